@@ -1,0 +1,258 @@
+"""Configuration: TOML files resolved to frozen, typed objects.
+
+Lookup order (first hit wins, no merging between files):
+`--config PATH`, `$HAKURIVER_CONFIG`, `~/.hakuriver/config.toml`, built-in
+defaults. Key names are those of HakuRiver 0.3 (see the reference page);
+new settings live in new sections (`auth`, `runner`) rather than renamed keys.
+
+Unknown sections or keys and wrongly typed values are errors: a typo in a
+scheduler's config silently falling back to a default is the kind of surprise
+a lab admin should never meet. Nothing here touches the disk at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, get_type_hints
+
+import toml
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("~/.hakuriver/config.toml")
+CONFIG_ENV_VAR = "HAKURIVER_CONFIG"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    host_bind_ip: str = "0.0.0.0"
+    host_port: int = 8000
+    host_ssh_proxy_port: int = 8002
+    host_reachable_address: str = "127.0.0.1"
+    runner_address: str = "127.0.0.1"
+    runner_port: int = 8001
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    shared_dir: str = ""
+    local_temp_dir: str = ""
+    numactl_path: str = ""
+    """Empty means `numactl` found on PATH."""
+    host_log_file: str = ""
+    runner_log_file: str = ""
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    db_file: str = ""
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout_factor: float = 6.0
+    cleanup_check_interval: float = 10.0
+
+    @property
+    def heartbeat_timeout(self) -> float:
+        return self.heartbeat_interval * self.heartbeat_timeout_factor
+
+
+@dataclass(frozen=True)
+class EnvironmentConfig:
+    runner_user: str = ""
+    """User for `--container NULL` tasks; empty means the runner's own user."""
+
+
+@dataclass(frozen=True)
+class DockerConfig:
+    container_dir: str = "hakuriver-containers"
+    default_container_name: str = "hakuriver-base"
+    initial_base_image: str = "python:3.12-alpine"
+    tasks_privileged: bool = False
+    """Default for --privileged, and whether users may ask for it at all."""
+    additional_mounts: tuple[str, ...] = ()
+    """Mounts added to every Docker task, "host:container[:ro]"; set by the admin."""
+    allowed_mount_prefixes: tuple[str, ...] = ()
+    """Host paths under which users may `--mount`. Empty: no user mounts."""
+    keep_tarballs: int = 2
+    """How many tarball versions of each environment to keep."""
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    token: str = ""
+    """Bearer token shared by the Host, the Runners and the CLIs. Required."""
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    name: str = ""
+    """The node name this runner registers as; empty means the hostname."""
+
+
+@dataclass(frozen=True)
+class Config:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
+    docker: DockerConfig = field(default_factory=DockerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    source: str | None = field(default=None, compare=False)
+    """The file this config was read from, or None for built-in defaults."""
+
+    # -- derived values -------------------------------------------------
+    @property
+    def host_url(self) -> str:
+        return f"http://{_url_host(self.network.host_reachable_address)}:{self.network.host_port}"
+
+    @property
+    def runner_url(self) -> str:
+        return f"http://{_url_host(self.network.runner_address)}:{self.network.runner_port}"
+
+    @property
+    def runner_name(self) -> str:
+        return self.runner.name or socket.gethostname()
+
+    def require(self, *keys: str) -> None:
+        """Fail with one clear message naming every required key that is empty."""
+        missing = [k for k in keys if not _get_dotted(self, k)]
+        if missing:
+            where = self.source or "the built-in defaults (no config file found)"
+            raise ConfigError(f"{', '.join(missing)} must be set in {where}")
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for f in fields(self):
+            if f.name == "source":
+                continue
+            section = dataclasses.asdict(getattr(self, f.name))
+            out[f.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
+        return out
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
+
+
+def _get_dotted(config: Config, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return getattr(getattr(config, section), name)
+
+
+SECTIONS: dict[str, type] = {
+    f.name: f.type if isinstance(f.type, type) else get_type_hints(Config)[f.name]
+    for f in fields(Config)
+    if f.name != "source"
+}
+
+
+def _coerce(section: str, key: str, value: Any, expected: Any) -> Any:
+    where = f"{section}.{key}"
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, not {value!r}")
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, not {value!r}")
+        if value < 0:
+            raise ConfigError(f"{where} must not be negative")
+        return value
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, not {value!r}")
+        if value <= 0:
+            raise ConfigError(f"{where} must be greater than zero")
+        return float(value)
+    if expected is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, not {value!r}")
+        return value
+    if expected == tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings, not {value!r}")
+        return tuple(value)
+    raise AssertionError(f"unhandled config type {expected!r}")  # pragma: no cover
+
+
+def config_from_dict(data: Mapping[str, Any], source: str | None = None) -> Config:
+    """Build a Config from parsed TOML, refusing unknown keys and wrong types."""
+    where = source or "config"
+    sections: dict[str, Any] = {}
+    for name, values in data.items():
+        if name not in SECTIONS:
+            known = ", ".join(sorted(SECTIONS))
+            raise ConfigError(f"{where}: unknown section [{name}] (known: {known})")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{where}: [{name}] must be a table")
+        cls = SECTIONS[name]
+        hints = get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in hints:
+                known = ", ".join(sorted(hints))
+                raise ConfigError(f"{where}: unknown key {name}.{key} (known in [{name}]: {known})")
+            kwargs[key] = _coerce(name, key, value, hints[key])
+        sections[name] = cls(**kwargs)
+    config = Config(**sections, source=source)
+    timing = config.timing
+    if timing.heartbeat_timeout_factor < 2:
+        raise ConfigError(f"{where}: timing.heartbeat_timeout_factor must be at least 2, or one late heartbeat marks a node offline")
+    return config
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The file the lookup order selects, or None for built-in defaults.
+
+    An explicitly named file (flag or env var) that does not exist is an
+    error; only the default location may be absent.
+    """
+    environ = os.environ if environ is None else environ
+    if path:
+        candidate = Path(path).expanduser()
+        if not candidate.is_file():
+            raise ConfigError(f"config file {candidate} does not exist")
+        return candidate.resolve()
+    env_path = environ.get(CONFIG_ENV_VAR)
+    if env_path:
+        candidate = Path(env_path).expanduser()
+        if not candidate.is_file():
+            raise ConfigError(f"${CONFIG_ENV_VAR} names {candidate}, which does not exist")
+        return candidate.resolve()
+    home = environ.get("HOME")
+    default = Path(home) / ".hakuriver" / "config.toml" if home else DEFAULT_CONFIG_PATH.expanduser()
+    return default.resolve() if default.is_file() else None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Resolve and read the config by the documented lookup order."""
+    resolved = resolve_config_path(path, environ)
+    if resolved is None:
+        return Config()
+    return read_config_file(resolved)
+
+
+def read_config_file(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = toml.loads(text)
+    except (toml.TomlDecodeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return config_from_dict(data, source=str(path))
+
+
+def dump_config(config: Config) -> str:
+    """TOML text for `config` (no comments; `hakuriver.init config` writes the commented form)."""
+    return toml.dumps(config.to_dict())

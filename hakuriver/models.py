@@ -1,0 +1,280 @@
+"""The domain model shared by the Host, the Runner and the CLIs.
+
+Everything here is plain data: no I/O, no framework imports. The JSON forms
+(`to_json` / `from_json`) are the wire format of the HTTP API, so changing a
+field name here is an API change.
+
+Task IDs are 64-bit integers; JSON carries them as *strings* because
+JavaScript and many JSON tools lose precision above 2**53.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TaskState(enum.StrEnum):
+    PENDING = "pending"
+    ASSIGNING = "assigning"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    KILLED = "killed"
+    KILLED_OOM = "killed_oom"
+    LOST = "lost"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+    @property
+    def holds_resources(self) -> bool:
+        return self in HOLDING_STATES
+
+
+FINAL_STATES = frozenset(
+    {TaskState.COMPLETED, TaskState.FAILED, TaskState.KILLED, TaskState.KILLED_OOM, TaskState.LOST}
+)
+"""States after which the Host ignores reports (with one exception, see LOST)."""
+
+HOLDING_STATES = frozenset({TaskState.ASSIGNING, TaskState.RUNNING, TaskState.PAUSED})
+"""States in which a task counts against its node's cores, memory and GPUs."""
+
+# Every allowed edge. The Host applies state changes as guarded updates
+# (`UPDATE ... WHERE state IN (<allowed predecessors>)`), so anything not
+# listed here can never be written, whatever order reports arrive in.
+#
+# LOST is final for *Host-side* decisions, but a runner that comes back and
+# reports the task as still alive (or reports how it ended while it was cut
+# off) is the better witness: LOST may then move on. Nothing else leaves a
+# final state.
+TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.PENDING: frozenset({TaskState.ASSIGNING, TaskState.KILLED, TaskState.FAILED}),
+    TaskState.ASSIGNING: frozenset(
+        {
+            TaskState.RUNNING,
+            TaskState.PAUSED,
+            TaskState.COMPLETED,
+            TaskState.FAILED,
+            TaskState.KILLED,
+            TaskState.KILLED_OOM,
+            TaskState.LOST,
+        }
+    ),
+    TaskState.RUNNING: frozenset(
+        {
+            TaskState.PAUSED,
+            TaskState.COMPLETED,
+            TaskState.FAILED,
+            TaskState.KILLED,
+            TaskState.KILLED_OOM,
+            TaskState.LOST,
+        }
+    ),
+    TaskState.PAUSED: frozenset(
+        {
+            TaskState.RUNNING,
+            TaskState.COMPLETED,
+            TaskState.FAILED,
+            TaskState.KILLED,
+            TaskState.KILLED_OOM,
+            TaskState.LOST,
+        }
+    ),
+    TaskState.LOST: frozenset(
+        {
+            TaskState.RUNNING,
+            TaskState.PAUSED,
+            TaskState.COMPLETED,
+            TaskState.FAILED,
+            TaskState.KILLED,
+            TaskState.KILLED_OOM,
+        }
+    ),
+    TaskState.COMPLETED: frozenset(),
+    TaskState.FAILED: frozenset(),
+    TaskState.KILLED: frozenset(),
+    TaskState.KILLED_OOM: frozenset(),
+}
+
+
+def predecessors(target: TaskState) -> frozenset[TaskState]:
+    """States from which `target` may be entered."""
+    return frozenset(s for s, nxt in TRANSITIONS.items() if target in nxt)
+
+
+def can_transition(current: TaskState, target: TaskState) -> bool:
+    return target in TRANSITIONS[current]
+
+
+SYSTEMD_CONTAINER = "NULL"
+"""`--container NULL` selects the systemd-run executor instead of Docker."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a task must run: `HOST[:NUMA][::GPU,GPU...]`."""
+
+    node: str
+    numa: int | None = None
+    gpus: tuple[int, ...] = ()
+
+    def __str__(self) -> str:
+        text = self.node
+        if self.numa is not None:
+            text += f":{self.numa}"
+        if self.gpus:
+            text += "::" + ",".join(str(g) for g in self.gpus)
+        return text
+
+
+@dataclass(frozen=True)
+class Mount:
+    host_path: str
+    container_path: str
+    read_only: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.host_path}:{self.container_path}" + (":ro" if self.read_only else "")
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """A validated submission: one task per target, or one auto-placed task."""
+
+    command: tuple[str, ...]
+    cores: int = 1
+    memory: int | None = None
+    container: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    mounts: tuple[Mount, ...] = ()
+    privileged: bool = False
+    targets: tuple[Target, ...] = ()
+    gpus: int = 0
+    """GPU *count* for automatic placement (no target); targets name GPU ids instead."""
+
+    @property
+    def uses_systemd(self) -> bool:
+        return self.container == SYSTEMD_CONTAINER
+
+
+@dataclass
+class Task:
+    """A task as the Host stores it. `node`, `numa` and `gpus` are the placement."""
+
+    id: int
+    batch_id: int
+    state: TaskState
+    command: list[str]
+    cores: int
+    memory: int | None
+    container: str | None
+    env: dict[str, str]
+    mounts: list[Mount]
+    privileged: bool
+    target: str | None
+    """The target as the user wrote it, or None for automatic placement."""
+    node: str | None = None
+    numa: int | None = None
+    gpus: list[int] = field(default_factory=list)
+    gpu_count: int = 0
+    submitted_at: float = 0.0
+    assigned_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task_id": str(self.id),
+            "batch_id": str(self.batch_id),
+            "state": str(self.state),
+            "command": list(self.command),
+            "cores": self.cores,
+            "memory": self.memory,
+            "container": self.container,
+            "env": dict(self.env),
+            "mounts": [str(m) for m in self.mounts],
+            "privileged": self.privileged,
+            "target": self.target,
+            "node": self.node,
+            "numa": self.numa,
+            "gpus": list(self.gpus),
+            "gpu_count": self.gpu_count,
+            "submitted_at": self.submitted_at,
+            "assigned_at": self.assigned_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "exit_code": self.exit_code,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class NumaNode:
+    id: int
+    cpus: tuple[int, ...]
+    memory: int
+    """Bytes of memory local to this NUMA node (0 when unknown)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "cpus": list(self.cpus), "memory": self.memory}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NumaNode:
+        return cls(id=int(data["id"]), cpus=tuple(int(c) for c in data["cpus"]), memory=int(data.get("memory", 0)))
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str = ""
+    uuid: str = ""
+    memory_total: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "name": self.name, "uuid": self.uuid, "memory_total": self.memory_total}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GpuInfo:
+        return cls(
+            index=int(data["index"]),
+            name=str(data.get("name", "")),
+            uuid=str(data.get("uuid", "")),
+            memory_total=int(data.get("memory_total", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    """What a runner offers the scheduler, as it reports at registration."""
+
+    hostname: str
+    url: str
+    cores: int
+    memory: int
+    numa: tuple[NumaNode, ...] = ()
+    gpus: tuple[GpuInfo, ...] = ()
+
+    def numa_node(self, numa_id: int) -> NumaNode | None:
+        return next((n for n in self.numa if n.id == numa_id), None)
+
+    def gpu_ids(self) -> frozenset[int]:
+        return frozenset(g.index for g in self.gpus)
+
+
+@dataclass(frozen=True)
+class ExitResult:
+    """How a task ended, as an executor observed it."""
+
+    state: TaskState
+    exit_code: int | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.state.is_final:
+            raise ValueError(f"ExitResult needs a final state, not {self.state}")

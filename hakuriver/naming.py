@@ -1,0 +1,49 @@
+"""Names and labels HakuRiver gives to things outside its own database.
+
+One place, because the runner must find its containers and units again after
+a restart, and the sudoers rule must match exactly the unit names used.
+"""
+
+from __future__ import annotations
+
+from .parsing import validate_env_name
+
+TASK_PREFIX = "hakuriver-task-"
+LABEL_TASK_ID = "org.hakuriver.task_id"
+LABEL_RUNNER = "org.hakuriver.runner"
+LABEL_ENVIRONMENT = "org.hakuriver.environment"
+IMAGE_REPO_PREFIX = "hakuriver/"
+IMAGE_TAG = "base"
+
+
+def task_container_name(task_id: int) -> str:
+    return f"{TASK_PREFIX}{task_id}"
+
+
+def task_unit_name(task_id: int) -> str:
+    """The systemd unit *base* name; the scope is `<name>.scope`."""
+    return f"{TASK_PREFIX}{task_id}"
+
+
+def environment_image(name: str) -> str:
+    """The local image an environment runs as: `hakuriver/<name>:base`."""
+    return f"{IMAGE_REPO_PREFIX}{validate_env_name(name)}:{IMAGE_TAG}"
+
+
+def task_id_from_name(name: str) -> int | None:
+    """Inverse of task_container_name / task_unit_name (with or without `.scope`)."""
+    name = name.lstrip("/")
+    if name.endswith(".scope") or name.endswith(".service"):
+        name = name.rsplit(".", 1)[0]
+    if not name.startswith(TASK_PREFIX):
+        return None
+    rest = name[len(TASK_PREFIX):]
+    return int(rest) if rest.isdigit() else None
+
+
+def stdout_path(shared_dir: str, task_id: int) -> str:
+    return f"{shared_dir.rstrip('/')}/task_outputs/{task_id}.out"
+
+
+def stderr_path(shared_dir: str, task_id: int) -> str:
+    return f"{shared_dir.rstrip('/')}/task_errors/{task_id}.err"

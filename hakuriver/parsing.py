@@ -1,0 +1,178 @@
+"""Parsers for what users type: targets, sizes, mounts, env pairs, names.
+
+Every parser raises `ValidationError` with a message that names the bad
+input and says what was expected. They are shared by the CLIs and the Host
+API, so both refuse exactly the same things.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from .errors import ValidationError
+from .models import Mount, Target
+
+MAX_MEMORY = 1 << 50  # 1 PiB: beyond any node this project will meet
+MAX_CORES = 4096
+MAX_GPU_ID = 1023
+MAX_NUMA_ID = 1023
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+# Docker's rule for repository name components, which environment names become.
+_ENV_NAME = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+
+
+def validate_node_name(name: str) -> str:
+    if not isinstance(name, str) or not _HOSTNAME.match(name):
+        raise ValidationError(
+            f"invalid node name {name!r}: use letters, digits, '.', '_' and '-' (at most 253 characters)"
+        )
+    return name
+
+
+def _small_int(text: str, what: str, limit: int, spec: str) -> int:
+    if not text.isdigit():
+        raise ValidationError(f"invalid target {spec!r}: {what} {text!r} is not a non-negative integer")
+    value = int(text)
+    if value > limit:
+        raise ValidationError(f"invalid target {spec!r}: {what} {value} is out of range (max {limit})")
+    return value
+
+
+def parse_target(spec: str) -> Target:
+    """Parse `HOST[:NUMA][::GPU[,GPU...]]`, e.g. `node1`, `node1:0`, `node1::0,1`, `node1:1::2`."""
+    if not isinstance(spec, str) or not spec:
+        raise ValidationError("invalid target '': expected HOST[:NUMA][::GPU,GPU...]")
+    head, sep, gpu_part = spec.partition("::")
+    gpus: tuple[int, ...] = ()
+    if sep:
+        if not gpu_part:
+            raise ValidationError(f"invalid target {spec!r}: '::' must be followed by GPU ids, e.g. node1::0,1")
+        ids = [_small_int(g, "GPU id", MAX_GPU_ID, spec) for g in gpu_part.split(",")]
+        if len(set(ids)) != len(ids):
+            raise ValidationError(f"invalid target {spec!r}: a GPU id is repeated")
+        gpus = tuple(ids)
+    node, sep, numa_part = head.partition(":")
+    numa = None
+    if sep:
+        if not numa_part:
+            raise ValidationError(f"invalid target {spec!r}: ':' must be followed by a NUMA id, e.g. node1:0")
+        numa = _small_int(numa_part, "NUMA id", MAX_NUMA_ID, spec)
+    if not node:
+        raise ValidationError(f"invalid target {spec!r}: the node name is missing")
+    try:
+        validate_node_name(node)
+    except ValidationError:
+        raise ValidationError(f"invalid target {spec!r}: {node!r} is not a valid node name") from None
+    return Target(node=node, numa=numa, gpus=gpus)
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a memory size: bytes as an int, or `512M`, `4G`, `1.5G`, `2GiB` (binary units)."""
+    if isinstance(text, bool):
+        raise ValidationError(f"invalid size {text!r}")
+    if isinstance(text, int):
+        value = text
+    else:
+        match = _SIZE.match(str(text))
+        if not match:
+            raise ValidationError(f"invalid size {text!r}: expected a number with an optional unit K, M, G or T")
+        value = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if value <= 0:
+        raise ValidationError(f"invalid size {text!r}: must be greater than zero")
+    if value > MAX_MEMORY:
+        raise ValidationError(f"invalid size {text!r}: larger than 1 PiB")
+    return value
+
+
+def format_size(value: int | None) -> str:
+    if not value:
+        return "-"
+    for unit in ("T", "G", "M", "K"):
+        if value >= _UNITS[unit] and value % _UNITS[unit] == 0:
+            return f"{value // _UNITS[unit]}{unit}"
+    for unit in ("T", "G", "M", "K"):
+        if value >= _UNITS[unit]:
+            return f"{value / _UNITS[unit]:.1f}{unit}"
+    return str(value)
+
+
+def parse_cores(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        else:
+            raise ValidationError(f"invalid core count {value!r}: expected a whole number")
+    if value < 1 or value > MAX_CORES:
+        raise ValidationError(f"invalid core count {value}: must be between 1 and {MAX_CORES}")
+    return value
+
+
+def _clean_abs_path(path: str, what: str, spec: str) -> str:
+    if not path.startswith("/"):
+        raise ValidationError(f"invalid mount {spec!r}: the {what} path must be absolute")
+    if "\x00" in path:
+        raise ValidationError(f"invalid mount {spec!r}: NUL in path")
+    if any(part == ".." for part in path.split("/")):
+        raise ValidationError(f"invalid mount {spec!r}: '..' is not allowed in the {what} path")
+    return posixpath.normpath(path)
+
+
+def parse_mount(spec: str) -> Mount:
+    """Parse `HOST_PATH:CONTAINER_PATH[:ro|:rw]`; both paths absolute, no '..'."""
+    if not isinstance(spec, str):
+        raise ValidationError(f"invalid mount {spec!r}: expected HOST_PATH:CONTAINER_PATH[:ro]")
+    parts = spec.split(":")
+    mode = "rw"
+    if len(parts) == 3:
+        mode = parts[2]
+        if mode not in ("ro", "rw"):
+            raise ValidationError(f"invalid mount {spec!r}: mode must be 'ro' or 'rw', not {mode!r}")
+    elif len(parts) != 2:
+        raise ValidationError(f"invalid mount {spec!r}: expected HOST_PATH:CONTAINER_PATH[:ro]")
+    host = _clean_abs_path(parts[0], "host", spec)
+    container = _clean_abs_path(parts[1], "container", spec)
+    if container == "/":
+        raise ValidationError(f"invalid mount {spec!r}: cannot mount over the container's /")
+    return Mount(host_path=host, container_path=container, read_only=mode == "ro")
+
+
+def parse_env(spec: str) -> tuple[str, str]:
+    """Parse `KEY=VALUE`; the value may contain '=' and may be empty."""
+    key, sep, value = spec.partition("=")
+    if not sep:
+        raise ValidationError(f"invalid env {spec!r}: expected KEY=VALUE")
+    validate_env_key(key)
+    if "\x00" in value:
+        raise ValidationError(f"invalid env {spec!r}: NUL in value")
+    return key, value
+
+
+def validate_env_key(key: str) -> str:
+    if not isinstance(key, str) or not _ENV_KEY.match(key):
+        raise ValidationError(f"invalid env name {key!r}: use letters, digits and '_', not starting with a digit")
+    return key
+
+
+def validate_env_name(name: str) -> str:
+    """An environment (container) name: what Docker accepts as a repository name part.
+
+    Lower-case only: Docker refuses upper-case repository names, so an
+    upper-case environment name is refused here, everywhere, with the reason,
+    rather than half-working. No '/', so a name can never become a path.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValidationError("invalid environment name '': it must not be empty")
+    if name != name.lower() and _ENV_NAME.match(name.lower()):
+        raise ValidationError(
+            f"invalid environment name {name!r}: Docker image names must be lower-case; use {name.lower()!r}"
+        )
+    if len(name) > 128 or not _ENV_NAME.match(name):
+        raise ValidationError(
+            f"invalid environment name {name!r}: use lower-case letters, digits and single '.', '_' or '-' between them"
+        )
+    return name

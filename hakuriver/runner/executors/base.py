@@ -1,0 +1,137 @@
+"""The one contract every execution backend implements (Docker, systemd, fake).
+
+Lifecycle, as the runner's task supervisor drives it:
+
+    handle = await ex.start(spec)     # the task exists and is running
+    <persist handle>                  # before anything is reported to the Host
+    result = await ex.wait(handle)    # returns when the task has ended
+    await ex.destroy(handle)          # remove what is left (container, unit)
+
+After a runner restart the supervisor loads persisted handles and calls
+`recover(handle)` for each: it returns the task's current `Presence`, and
+`wait` then works on the recovered handle exactly as on a fresh one.
+
+Rules for implementations:
+- Every method is async and never blocks the event loop: SDK calls, NVML,
+  subprocess waits and file reads go through a thread or an async API.
+- `start` either returns a handle for a task that really started, or raises
+  `ExecutorError` with a message a person can act on. It never leaves a
+  half-started task behind when it raises.
+- `wait` reports the real end: exit code, and `KILLED_OOM` for a memory
+  kill. It does not decide `KILLED`; the supervisor knows whether a kill was
+  asked for and maps the result itself.
+- Stopping the runner process must never stop tasks: nothing an executor
+  starts may be tied to the runner's lifetime.
+- Handles are JSON-serialisable (`Handle.to_json`), since they are persisted.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ...models import ExitResult, Mount, NumaNode
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything an executor needs to start one task. Built by the runner from
+    the Host's request; already validated and policy-checked by the Host."""
+
+    task_id: int
+    command: tuple[str, ...]
+    """argv: the program and its arguments. Never joined into a shell string."""
+    env: dict[str, str]
+    """The user's `--env` values; executors add HAKURIVER_* variables."""
+    stdout_path: str
+    stderr_path: str
+    shared_dir: str
+    local_temp_dir: str
+    cores: int | None = None
+    memory: int | None = None
+    gpus: tuple[int, ...] = ()
+    numa: NumaNode | None = None
+    image: str | None = None
+    """Docker only: the local image to run (`hakuriver/<env>:base`)."""
+    mounts: tuple[Mount, ...] = ()
+    privileged: bool = False
+
+    def task_env(self) -> dict[str, str]:
+        """The environment the task sees inside its sandbox (Docker paths)."""
+        env = dict(self.env)
+        env["HAKURIVER_TASK_ID"] = str(self.task_id)
+        return env
+
+
+@dataclass
+class Handle:
+    """What the runner persists to find a task again after a restart."""
+
+    task_id: int
+    executor: str
+    ref: str
+    """Backend reference: a container id, a unit name."""
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task_id": str(self.task_id), "executor": self.executor, "ref": self.ref, "data": self.data}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Handle:
+        return cls(task_id=int(data["task_id"]), executor=str(data["executor"]), ref=str(data["ref"]), data=dict(data.get("data") or {}))
+
+
+class Presence(enum.StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    EXITED = "exited"
+    """Ended; `wait` returns its result at once."""
+    MISSING = "missing"
+    """Gone without a trace (removed by hand, node rebooted): the result is unknown."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    pause: bool = True
+    oom_detection: bool = True
+
+
+class Executor(abc.ABC):
+    """An execution backend. See the module docstring for the contract."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    @abc.abstractmethod
+    async def start(self, spec: LaunchSpec) -> Handle: ...
+
+    @abc.abstractmethod
+    async def wait(self, handle: Handle) -> ExitResult: ...
+
+    @abc.abstractmethod
+    async def stop(self, handle: Handle, signal: str = "SIGKILL") -> None:
+        """Send `signal` to the task (SIGKILL by default). A task that already
+        ended is not an error."""
+
+    @abc.abstractmethod
+    async def pause(self, handle: Handle) -> None: ...
+
+    @abc.abstractmethod
+    async def resume(self, handle: Handle) -> None: ...
+
+    @abc.abstractmethod
+    async def destroy(self, handle: Handle) -> None:
+        """Remove what the task left (container, unit, status files). Idempotent."""
+
+    @abc.abstractmethod
+    async def recover(self, handle: Handle) -> Presence:
+        """Re-attach to a task after a runner restart and say where it stands."""
+
+    @abc.abstractmethod
+    async def list_untracked(self, tracked: set[int]) -> list[int]:
+        """IDs of tasks this backend finds on the node that are not in `tracked`."""
+
+    async def close(self) -> None:
+        """Release backend resources (clients, threads). Tasks keep running."""
