@@ -1,0 +1,290 @@
+"""The Host's HTTP handlers and its one route list.
+
+Handlers are thin: parse and validate, call `Cluster`, shape the JSON. The
+OpenAPI document (`openapi.yaml`, served at /api/openapi.yaml) lists every
+route here; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from .. import naming
+from ..errors import NotFound, ValidationError
+from ..ids import parse_id
+from ..models import GpuInfo, NodeResources, NumaNode, TaskState
+from ..parsing import validate_node_name
+from ..webapi import json_response, query_int, read_json_object, require_type
+from .db import NodeRecord
+from .keys import CLUSTER, CONFIG, DB
+from .submission import SUBMIT_FIELDS, parse_submission
+
+MAX_LIST = 1000
+MAX_WAIT_SECONDS = 300.0
+LOG_CHUNK = 1 << 20
+
+
+def _task_id(request: web.Request) -> int:
+    return parse_id(request.match_info["task_id"])
+
+
+# ----------------------------------------------------------------- tasks
+async def submit_tasks(request: web.Request) -> web.Response:
+    data = await read_json_object(request, SUBMIT_FIELDS)
+    req = parse_submission(data, request.app[CONFIG])
+    batch_id, tasks = await request.app[CLUSTER].submit(req)
+    return json_response(
+        {"batch_id": str(batch_id), "task_ids": [str(t.id) for t in tasks], "tasks": [t.to_json() for t in tasks]},
+        status=201,
+    )
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    states = None
+    if request.query.get("state"):
+        try:
+            states = {TaskState(s) for s in request.query["state"].split(",")}
+        except ValueError:
+            raise ValidationError(
+                f"unknown state in {request.query['state']!r}; states are: {', '.join(s.value for s in TaskState)}"
+            ) from None
+    node = request.query.get("node") or None
+    if node is not None:
+        validate_node_name(node)
+    limit = query_int(request, "limit", 100, minimum=1, maximum=MAX_LIST)
+    before = request.query.get("before")
+    before_id = parse_id(before) if before else None
+    tasks = await request.app[DB].list_tasks(states=states, node=node, limit=limit, before_id=before_id)
+    next_before = str(tasks[-1].id) if len(tasks) == limit else None
+    return json_response({"tasks": [t.to_json() for t in tasks], "next_before": next_before})
+
+
+async def get_task(request: web.Request) -> web.Response:
+    task_id = _task_id(request)
+    task = await request.app[DB].get_task(task_id)
+    if task is None:
+        raise NotFound(f"no task {task_id}")
+    return json_response(task.to_json())
+
+
+async def kill_task(request: web.Request) -> web.Response:
+    return json_response((await request.app[CLUSTER].kill(_task_id(request))).to_json())
+
+
+async def pause_task(request: web.Request) -> web.Response:
+    return json_response((await request.app[CLUSTER].pause(_task_id(request))).to_json())
+
+
+async def resume_task(request: web.Request) -> web.Response:
+    return json_response((await request.app[CLUSTER].resume(_task_id(request))).to_json())
+
+
+async def wait_tasks(request: web.Request) -> web.Response:
+    data = await read_json_object(request, {"task_ids", "timeout"})
+    raw_ids = require_type(data, "task_ids", list)
+    if not raw_ids or len(raw_ids) > MAX_LIST:
+        raise ValidationError(f"'task_ids' must hold between 1 and {MAX_LIST} ids")
+    ids = [parse_id(i) for i in raw_ids]
+    timeout = float(require_type(data, "timeout", (int, float), required=False, default=30))
+    if not 0 <= timeout <= MAX_WAIT_SECONDS:
+        raise ValidationError(f"'timeout' must be between 0 and {MAX_WAIT_SECONDS:.0f} seconds")
+    tasks = await request.app[CLUSTER].wait_final(ids, timeout)
+    found = {t.id for t in tasks}
+    missing = [str(i) for i in ids if i not in found]
+    if missing:
+        raise NotFound(f"no task {', '.join(missing)}")
+    return json_response({"tasks": [t.to_json() for t in tasks], "done": all(t.state.is_final for t in tasks)})
+
+
+def _read_log(path: str, offset: int | None, tail: int | None) -> tuple[bytes, int]:
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if tail is not None:
+                start = _tail_start(fh, size, tail)
+            else:
+                start = min(offset or 0, size)
+            fh.seek(start)
+            data = fh.read(LOG_CHUNK)
+            return data, start + len(data)
+    except FileNotFoundError:
+        return b"", offset or 0
+
+
+def _tail_start(fh: Any, size: int, lines: int) -> int:
+    """Byte offset where the last `lines` lines begin."""
+    if lines == 0:
+        return size
+    pos, found, block = size, 0, 8192
+    # A trailing newline ends the last line; it does not start a new one.
+    fh.seek(max(size - 1, 0))
+    if size and fh.read(1) == b"\n":
+        pos -= 1
+    while pos > 0:
+        step = min(block, pos)
+        fh.seek(pos - step)
+        chunk = fh.read(step)
+        for i in range(len(chunk) - 1, -1, -1):
+            if chunk[i] == 0x0A:
+                found += 1
+                if found == lines:
+                    return pos - step + i + 1
+        pos -= step
+    return 0
+
+
+async def task_logs(request: web.Request) -> web.StreamResponse:
+    task_id = _task_id(request)
+    task = await request.app[DB].get_task(task_id)
+    if task is None:
+        raise NotFound(f"no task {task_id}")
+    stream = request.query.get("stream", "stdout")
+    if stream not in ("stdout", "stderr"):
+        raise ValidationError("query parameter 'stream' must be 'stdout' or 'stderr'")
+    offset = query_int(request, "offset", 0)
+    tail = query_int(request, "tail", None, maximum=1_000_000)
+    shared = request.app[CONFIG].paths.shared_dir
+    path = naming.stdout_path(shared, task_id) if stream == "stdout" else naming.stderr_path(shared, task_id)
+    data, next_offset = await asyncio.to_thread(_read_log, path, offset, tail)
+    return web.Response(
+        body=data,
+        content_type="application/octet-stream",
+        headers={"X-HakuRiver-Next-Offset": str(next_offset), "X-HakuRiver-Task-State": str(task.state)},
+    )
+
+
+# ----------------------------------------------------------------- nodes
+def node_json(node: NodeRecord, cluster: Any) -> dict[str, Any]:
+    used = cluster.ledger.used(node.hostname)
+    return {
+        "hostname": node.hostname,
+        "url": node.url,
+        "online": node.online,
+        "cores": node.cores,
+        "memory": node.memory,
+        "numa": [n.to_json() for n in node.numa],
+        "gpus": [g.to_json() for g in node.gpus],
+        "registered_at": node.registered_at,
+        "last_heartbeat": node.last_heartbeat,
+        "stats": node.stats,
+        "allocated": {"cores": used.cores, "memory": used.memory, "gpus": sorted(used.gpus)},
+    }
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    cluster = request.app[CLUSTER]
+    nodes = await request.app[DB].list_nodes()
+    return json_response({"nodes": [node_json(n, cluster) for n in nodes]})
+
+
+async def get_node(request: web.Request) -> web.Response:
+    name = validate_node_name(request.match_info["hostname"])
+    node = await request.app[DB].get_node(name)
+    if node is None:
+        raise NotFound(f"no node {name}")
+    return json_response(node_json(node, request.app[CLUSTER]))
+
+
+async def health(request: web.Request) -> web.Response:
+    db = request.app[DB]
+    nodes = await db.list_nodes()
+    counts = await db.count_tasks_by_state()
+    return json_response(
+        {
+            "status": "ok",
+            "nodes": {"online": sum(n.online for n in nodes), "offline": sum(not n.online for n in nodes)},
+            "tasks": {str(k): v for k, v in counts.items()},
+        }
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    text = resources.files("hakuriver.host").joinpath("openapi.yaml").read_text(encoding="utf-8")
+    return web.Response(text=text, content_type="application/yaml")
+
+
+# --------------------------------------------------------- runner-facing
+REGISTER_FIELDS = {"hostname", "url", "cores", "memory", "numa", "gpus", "tasks"}
+HEARTBEAT_FIELDS = {"hostname", "stats", "tasks", "finishing"}
+REPORT_FIELDS = {"hostname", "state", "exit_code", "error"}
+
+
+def _reported_tasks(data: dict[str, Any]) -> list[dict[str, Any]]:
+    items = require_type(data, "tasks", list, required=False, default=[])
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"task_id", "state"}:
+            raise ValidationError("each entry of 'tasks' must be {\"task_id\": ..., \"state\": ...}")
+        state = item["state"]
+        if state not in (TaskState.RUNNING, TaskState.PAUSED):
+            raise ValidationError(f"a reported task must be running or paused, not {state!r}")
+        out.append({"task_id": parse_id(item["task_id"]), "state": state})
+    return out
+
+
+async def runner_register(request: web.Request) -> web.Response:
+    data = await read_json_object(request, REGISTER_FIELDS)
+    hostname = validate_node_name(require_type(data, "hostname", str))
+    url = require_type(data, "url", str)
+    if not url.startswith(("http://", "https://")):
+        raise ValidationError("'url' must be an http(s) URL")
+    cores = require_type(data, "cores", int)
+    memory = require_type(data, "memory", int)
+    if cores < 1 or memory < 1:
+        raise ValidationError("'cores' and 'memory' must be positive")
+    try:
+        numa = tuple(NumaNode.from_json(n) for n in require_type(data, "numa", list, required=False, default=[]))
+        gpus = tuple(GpuInfo.from_json(g) for g in require_type(data, "gpus", list, required=False, default=[]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValidationError(f"malformed 'numa' or 'gpus': {exc}") from None
+    res = NodeResources(hostname=hostname, url=url, cores=cores, memory=memory, numa=numa, gpus=gpus)
+    record = await request.app[CLUSTER].register(res, _reported_tasks(data))
+    config = request.app[CONFIG]
+    return json_response({"hostname": record.hostname, "heartbeat_interval": config.timing.heartbeat_interval})
+
+
+async def runner_heartbeat(request: web.Request) -> web.Response:
+    data = await read_json_object(request, HEARTBEAT_FIELDS)
+    hostname = validate_node_name(require_type(data, "hostname", str))
+    stats = require_type(data, "stats", dict, required=False, default={})
+    finishing = [parse_id(i) for i in require_type(data, "finishing", list, required=False, default=[])]
+    kills = await request.app[CLUSTER].heartbeat(hostname, stats, _reported_tasks(data), finishing)
+    return json_response({"kill": [str(k) for k in kills]})
+
+
+async def runner_report(request: web.Request) -> web.Response:
+    task_id = _task_id(request)
+    data = await read_json_object(request, REPORT_FIELDS)
+    hostname = validate_node_name(require_type(data, "hostname", str))
+    try:
+        state = TaskState(require_type(data, "state", str))
+    except ValueError:
+        raise ValidationError(f"unknown state {data.get('state')!r}") from None
+    exit_code = require_type(data, "exit_code", int, required=False)
+    error = require_type(data, "error", str, required=False)
+    task = await request.app[CLUSTER].apply_report(hostname, task_id, state, exit_code=exit_code, error=error)
+    return json_response({"task_id": str(task.id), "state": str(task.state)})
+
+
+ROUTES = [
+    web.post("/api/tasks", submit_tasks),
+    web.get("/api/tasks", list_tasks),
+    web.post("/api/tasks/wait", wait_tasks),
+    web.get("/api/tasks/{task_id}", get_task),
+    web.post("/api/tasks/{task_id}/kill", kill_task),
+    web.post("/api/tasks/{task_id}/pause", pause_task),
+    web.post("/api/tasks/{task_id}/resume", resume_task),
+    web.get("/api/tasks/{task_id}/logs", task_logs),
+    web.get("/api/nodes", list_nodes),
+    web.get("/api/nodes/{hostname}", get_node),
+    web.get("/api/health", health),
+    web.get("/api/openapi.yaml", openapi),
+    web.post("/api/runner/register", runner_register),
+    web.post("/api/runner/heartbeat", runner_heartbeat),
+    web.post("/api/runner/tasks/{task_id}/status", runner_report),
+]

@@ -1,0 +1,77 @@
+"""The Host application factory.
+
+Resources start in dependency order through `cleanup_ctx` (database, runner
+client, cluster state and its loops) and stop in reverse, so a failing start
+never leaves a half-open database behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from ..config import Config
+from ..errors import ConfigError
+from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
+from .api import ROUTES
+from .cluster import Cluster
+from .db import Database
+from .dispatch import RunnerClient
+from .keys import CLUSTER, CONFIG, DB, RUNNERS
+
+log = logging.getLogger(__name__)
+
+
+def check_host_config(config: Config) -> None:
+    config.require("auth.token", "database.db_file", "paths.shared_dir")
+    db_dir = Path(config.database.db_file).expanduser().parent
+    if not db_dir.is_dir():
+        raise ConfigError(f"database.db_file: directory {db_dir} does not exist")
+    if not Path(config.paths.shared_dir).is_dir():
+        raise ConfigError(f"paths.shared_dir: {config.paths.shared_dir} is not a directory")
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    app[DB] = await Database.open(str(Path(config.database.db_file).expanduser()))
+    yield
+    await app[DB].close()
+
+
+async def _runner_client(app: web.Application) -> AsyncIterator[None]:
+    client = RunnerClient(app[CONFIG].auth.token)
+    await client.start()
+    app[RUNNERS] = client
+    yield
+    await client.close()
+
+
+async def _cluster(app: web.Application) -> AsyncIterator[None]:
+    cluster = Cluster(app[CONFIG], app[DB], app[RUNNERS])
+    await cluster.load()
+    app[CLUSTER] = cluster
+    loops = [asyncio.create_task(cluster.schedule_loop()), asyncio.create_task(cluster.liveness_loop())]
+    yield
+    for loop in loops:
+        loop.cancel()
+    for loop in loops:
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    await cluster.close()
+
+
+def create_app(config: Config) -> web.Application:
+    check_host_config(config)
+    app = web.Application(
+        middlewares=[error_middleware, make_auth_middleware(config.auth.token)],
+        client_max_size=MAX_BODY_BYTES,
+    )
+    app[CONFIG] = config
+    app.cleanup_ctx.extend([_database, _runner_client, _cluster])
+    app.add_routes(ROUTES)
+    return app

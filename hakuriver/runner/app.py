@@ -1,0 +1,137 @@
+"""The Runner application factory.
+
+`cleanup_ctx` order: probe the node → open the state store → executors →
+supervisor (re-adopts persisted tasks, starts result delivery) → Host link
+(registration and heartbeats). Shutdown runs in reverse and never stops a
+task: only the runner's own coroutines and connections end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from aiohttp import web
+
+from ..config import Config
+from ..errors import ConfigError
+from ..models import NodeResources
+from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
+from . import probe
+from .api import ROUTES
+from .executors.base import Executor
+from .gpu import GpuProbe
+from .hostlink import HostLink
+from .keys import CONFIG, EXECUTORS, HOSTLINK, RESOURCES, STATE, SUPERVISOR
+from .state import RunnerState
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+GPU_PROBE = web.AppKey("gpu_probe", GpuProbe)
+
+
+def check_runner_config(config: Config) -> None:
+    config.require("auth.token", "paths.shared_dir", "paths.local_temp_dir")
+    for key in ("shared_dir", "local_temp_dir"):
+        path = getattr(config.paths, key)
+        if not Path(path).is_dir():
+            raise ConfigError(f"paths.{key}: {path} is not a directory")
+
+
+def state_path(config: Config) -> str:
+    return str(Path(config.paths.local_temp_dir) / f"hakuriver-runner-{config.runner_name}.db")
+
+
+def default_executors(config: Config) -> dict[str, Executor]:
+    """The backends this node can offer. A missing Docker engine is logged,
+    not fatal: the runner still serves `--container NULL` tasks."""
+    executors: dict[str, Executor] = {}
+    try:
+        from .executors.docker import DockerExecutor
+
+        executors["docker"] = DockerExecutor(runner_name=config.runner_name)
+    except Exception as exc:
+        log.warning("Docker is not available on this node (%s); Docker tasks will be refused", exc)
+    return executors
+
+
+async def _probe(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    gpu_probe = GpuProbe()
+    cores, memory, numa, gpus = await asyncio.gather(
+        asyncio.to_thread(probe.detect_cores),
+        asyncio.to_thread(probe.detect_memory),
+        asyncio.to_thread(probe.read_numa_topology),
+        asyncio.to_thread(gpu_probe.list_gpus),
+    )
+    app[GPU_PROBE] = gpu_probe
+    app[RESOURCES] = NodeResources(hostname=config.runner_name, url=config.runner_url, cores=cores, memory=memory,
+                                   numa=tuple(numa), gpus=tuple(gpus))
+    log.info("node %s: %d cores, %d MiB, %d NUMA node(s), %d GPU(s)", config.runner_name, cores, memory >> 20,
+             len(numa), len(gpus))
+    yield
+    await asyncio.to_thread(gpu_probe.close)
+
+
+async def _state(app: web.Application) -> AsyncIterator[None]:
+    app[STATE] = await RunnerState.open(state_path(app[CONFIG]))
+    yield
+    await app[STATE].close()
+
+
+def _executors_ctx(injected: dict[str, Executor] | None):
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        executors = injected if injected is not None else await asyncio.to_thread(default_executors, app[CONFIG])
+        app[EXECUTORS] = executors
+        yield
+        for ex in executors.values():
+            with contextlib.suppress(Exception):
+                await ex.close()
+
+    return ctx
+
+
+async def _stats(app: web.Application) -> dict[str, Any]:
+    stats, gpus = await asyncio.gather(asyncio.to_thread(probe.collect_stats), asyncio.to_thread(app[GPU_PROBE].stats))
+    stats["gpus"] = gpus
+    return stats
+
+
+async def _supervisor_and_link(app: web.Application) -> AsyncIterator[None]:
+    config, res = app[CONFIG], app[RESOURCES]
+    link_holder: dict[str, HostLink] = {}
+
+    class _Reporter:
+        async def report(self, *args: Any, **kwargs: Any) -> bool:
+            return await link_holder["link"].report(*args, **kwargs)
+
+    sup = Supervisor(config, app[STATE], app[EXECUTORS], _Reporter(), res.numa, res.gpu_ids())
+    link = HostLink(config, res, sup.running_report, sup.holding_ids, lambda: _stats(app), sup.kill)
+    link_holder["link"] = link
+    await link.start()
+    app[SUPERVISOR], app[HOSTLINK] = sup, link
+    await sup.recover()
+    loops = [asyncio.create_task(sup.deliver_loop()), asyncio.create_task(link.heartbeat_loop())]
+    yield
+    for loop in loops:
+        loop.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
+    await sup.shutdown()
+    await link.close()
+
+
+def create_app(config: Config, *, executors: dict[str, Executor] | None = None) -> web.Application:
+    """The Runner app. `executors` replaces the node's real backends (tests, demos)."""
+    check_runner_config(config)
+    app = web.Application(
+        middlewares=[error_middleware, make_auth_middleware(config.auth.token)],
+        client_max_size=MAX_BODY_BYTES,
+    )
+    app[CONFIG] = config
+    app.cleanup_ctx.extend([_probe, _state, _executors_ctx(executors), _supervisor_and_link])
+    app.add_routes(ROUTES)
+    return app

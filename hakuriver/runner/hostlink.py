@@ -1,0 +1,157 @@
+"""The runner's link to the Host: registration, heartbeats, state reports.
+
+- Registration retries with capped, jittered backoff *forever*: a runner is
+  never "up but unregistered" (the original gave up after five tries).
+- Heartbeats keep a monotonic schedule, and everything slow (psutil, NVML)
+  runs in a thread, so starting or stopping tasks never makes one late.
+- A heartbeat answered "unknown node" (a Host with a fresh database) triggers
+  re-registration at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+
+from ..config import Config
+from ..models import NodeResources, TaskState
+from ..webapi import auth_headers
+
+log = logging.getLogger(__name__)
+
+
+class HostLink:
+    def __init__(self, config: Config, resources: NodeResources,
+                 running: Callable[[], list[dict[str, str]]], holding: Callable[[], list[int]],
+                 stats: Callable[[], Awaitable[dict[str, Any]]], on_kill: Callable[[int], Awaitable[None]]):
+        self.config = config
+        self.resources = resources
+        self._running = running
+        self._holding = holding
+        self._stats = stats
+        self._on_kill = on_kill
+        self.registered = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self.base = config.host_url
+
+    async def start(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=max(self.config.timing.heartbeat_interval * 2, 5.0), connect=5.0)
+        self._session = aiohttp.ClientSession(timeout=timeout, headers=auth_headers(self.config.auth.token))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _post(self, path: str, payload: dict[str, Any]) -> tuple[int, Any]:
+        assert self._session is not None
+        async with self._session.post(self.base + path, json=payload) as resp:
+            text = await resp.text()
+            try:
+                body = json.loads(text) if text else {}
+            except ValueError:
+                body = {"raw": text[:200]}
+            return resp.status, body
+
+    # ---------------------------------------------------------- register
+    def _register_payload(self) -> dict[str, Any]:
+        r = self.resources
+        return {
+            "hostname": r.hostname,
+            "url": r.url,
+            "cores": r.cores,
+            "memory": r.memory,
+            "numa": [n.to_json() for n in r.numa],
+            "gpus": [g.to_json() for g in r.gpus],
+            "tasks": self._running(),
+        }
+
+    async def register_forever(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                status, body = await self._post("/api/runner/register", self._register_payload())
+                if status == 200:
+                    log.info("registered with the Host at %s as %s", self.base, self.resources.hostname)
+                    self.registered.set()
+                    return
+                log.warning("registration refused (%s): %s", status, _error(body))
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                log.warning("cannot reach the Host at %s to register: %s; retrying in %.1fs", self.base, exc, delay)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 30.0)
+
+    # --------------------------------------------------------- heartbeat
+    async def heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.timing.heartbeat_interval
+        await self.register_forever()
+        next_at = loop.time()
+        while True:
+            next_at += interval
+            try:
+                await self._beat()
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                log.warning("heartbeat to %s failed: %s", self.base, exc)
+            except Exception:
+                log.exception("heartbeat failed")
+            now = loop.time()
+            if next_at < now:  # fell behind (Host down): don't burst to catch up
+                next_at = now
+            await asyncio.sleep(next_at - now)
+
+    async def _beat(self) -> None:
+        payload = {
+            "hostname": self.resources.hostname,
+            "stats": await self._stats(),
+            "tasks": self._running(),
+            "finishing": [str(i) for i in self._holding()],
+        }
+        status, body = await self._post("/api/runner/heartbeat", payload)
+        if status == 404:
+            log.warning("the Host does not know this node any more; registering again")
+            self.registered.clear()
+            await self.register_forever()
+            return
+        if status != 200:
+            log.warning("heartbeat refused (%s): %s", status, _error(body))
+            return
+        for raw in body.get("kill", []):
+            log.info("the Host asks to kill task %s", raw)
+            try:
+                await self._on_kill(int(raw))
+            except Exception as exc:
+                log.warning("kill of task %s requested by the Host failed: %s", raw, exc)
+
+    # ------------------------------------------------------------ report
+    async def report(self, task_id: int, state: TaskState, exit_code: int | None = None, error: str | None = None) -> bool:
+        payload: dict[str, Any] = {"hostname": self.resources.hostname, "state": str(state)}
+        if exit_code is not None:
+            payload["exit_code"] = exit_code
+        if error is not None:
+            payload["error"] = error
+        try:
+            status, body = await self._post(f"/api/runner/tasks/{task_id}/status", payload)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            log.warning("cannot report task %s as %s: %s", task_id, state, exc)
+            return False
+        if status == 200:
+            return True
+        if status in (404, 409):
+            # Definitive: the Host will never accept this report. Keeping it
+            # would retry forever; drop it and say why.
+            log.warning("the Host refused the report for task %s (%s): %s", task_id, status, _error(body))
+            return True
+        log.warning("report for task %s failed (%s): %s", task_id, status, _error(body))
+        return False
+
+
+def _error(body: Any) -> str:
+    try:
+        return str(body["error"]["message"])
+    except (KeyError, TypeError):
+        return str(body)[:200]

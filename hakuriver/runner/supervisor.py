@@ -1,0 +1,298 @@
+"""The runner's task supervisor: one coroutine per task, from accept to result.
+
+Durability, in order:
+1. `accept` persists the request with a deterministic handle (the container or
+   unit name follows from the task id) *before* starting anything. A runner
+   that dies mid-start finds the task again on restart: adopted if it
+   started, started now if it never did.
+2. After `start`, the real handle is persisted, then the Host is told
+   `running`.
+3. The result goes to a durable outbox before the task is forgotten, and is
+   re-sent until the Host acknowledges it (`deliver_loop`).
+
+Stopping the runner cancels these coroutines only; tasks keep running and
+are re-adopted by `recover` at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .. import naming
+from ..config import Config
+from ..errors import ConfigError, Conflict, ExecutorError, NotFound, ValidationError
+from ..ids import parse_id
+from ..models import SYSTEMD_CONTAINER, ExitResult, NumaNode, TaskState
+from ..parsing import parse_mount, validate_env_key, validate_env_name
+from .executors.base import Executor, Handle, LaunchSpec, Presence
+from .state import RunnerState
+
+log = logging.getLogger(__name__)
+
+RUN_FIELDS = {"task_id", "command", "env", "cores", "memory", "gpus", "numa", "container", "mounts", "privileged"}
+
+
+class Reporter(Protocol):
+    async def report(self, task_id: int, state: TaskState, exit_code: int | None = None, error: str | None = None) -> bool:
+        """Send a state to the Host; True when the Host acknowledged it (2xx, or a definitive 4xx)."""
+
+
+@dataclass
+class Supervised:
+    task_id: int
+    request: dict[str, Any]
+    executor: Executor
+    handle: Handle
+    started: bool = False
+    paused: bool = False
+    kill_requested: bool = False
+    runner: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    def __init__(self, config: Config, state: RunnerState, executors: dict[str, Executor], reporter: Reporter,
+                 numa: tuple[NumaNode, ...], gpu_ids: frozenset[int]):
+        self.config = config
+        self.state = state
+        self.executors = executors
+        self.reporter = reporter
+        self.numa = {n.id: n for n in numa}
+        self.gpu_ids = gpu_ids
+        self.tasks: dict[int, Supervised] = {}
+        self._outbox_ids: set[int] = set()
+        self._deliver = asyncio.Event()
+
+    # -------------------------------------------------------------- views
+    def running_report(self) -> list[dict[str, str]]:
+        return [
+            {"task_id": str(t.task_id), "state": str(TaskState.PAUSED if t.paused else TaskState.RUNNING)}
+            for t in self.tasks.values()
+            if t.started
+        ]
+
+    def holding_ids(self) -> list[int]:
+        """Tasks this runner holds without running them: starting, or results in delivery."""
+        return [t.task_id for t in self.tasks.values() if not t.started] + sorted(self._outbox_ids)
+
+    # ------------------------------------------------------------ accept
+    def _executor_for(self, container: str) -> Executor:
+        name = "systemd" if container == SYSTEMD_CONTAINER else "docker"
+        executor = self.executors.get(name) or self.executors.get("*")
+        if executor is None:
+            raise ValidationError(f"this runner has no {name} executor available; it cannot run "
+                                  + ("--container NULL tasks" if name == "systemd" else "Docker tasks"))
+        return executor
+
+    def build_spec(self, request: dict[str, Any]) -> LaunchSpec:
+        task_id = parse_id(request["task_id"])
+        command = request.get("command")
+        if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+            raise ValidationError("'command' must be a non-empty list of strings")
+        env = request.get("env") or {}
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise ValidationError("'env' must be an object of strings")
+        for key in env:
+            validate_env_key(key)
+        cores, memory = request.get("cores"), request.get("memory")
+        for name, value in (("cores", cores), ("memory", memory)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValidationError(f"'{name}' must be a positive integer")
+        gpus = request.get("gpus") or []
+        if not isinstance(gpus, list) or not all(isinstance(g, int) and not isinstance(g, bool) for g in gpus):
+            raise ValidationError("'gpus' must be a list of GPU ids")
+        unknown = sorted(set(gpus) - self.gpu_ids)
+        if unknown:
+            raise ValidationError(f"this node has no GPU {unknown[0]} (it has {sorted(self.gpu_ids) or 'none'})")
+        numa = None
+        if request.get("numa") is not None:
+            numa = self.numa.get(request["numa"])
+            if numa is None:
+                raise ValidationError(f"this node has no NUMA node {request['numa']!r}")
+        container = request.get("container")
+        if not isinstance(container, str) or not container:
+            raise ValidationError("'container' must name an environment or be NULL")
+        image = None if container == SYSTEMD_CONTAINER else naming.environment_image(validate_env_name(container))
+        mounts = tuple(parse_mount(m) for m in request.get("mounts") or [])
+        shared = self.config.paths.shared_dir
+        return LaunchSpec(
+            task_id=task_id,
+            command=tuple(command),
+            env=dict(env),
+            stdout_path=naming.stdout_path(shared, task_id),
+            stderr_path=naming.stderr_path(shared, task_id),
+            shared_dir=shared,
+            local_temp_dir=self.config.paths.local_temp_dir,
+            cores=cores,
+            memory=memory,
+            gpus=tuple(gpus),
+            numa=numa,
+            image=image,
+            mounts=mounts,
+            privileged=bool(request.get("privileged", False)),
+        )
+
+    async def accept(self, request: dict[str, Any]) -> str:
+        """Take a task from the Host. Idempotent per task id."""
+        task_id = parse_id(request.get("task_id"))
+        if task_id in self.tasks or task_id in self._outbox_ids:
+            return "already_accepted"
+        spec = self.build_spec(request)
+        executor = self._executor_for(request["container"])
+        handle = Handle(task_id=task_id, executor=executor.name, ref=naming.task_container_name(task_id), data={})
+        await self.state.save_task(handle, request)
+        entry = Supervised(task_id=task_id, request=request, executor=executor, handle=handle)
+        self.tasks[task_id] = entry
+        entry.runner = asyncio.create_task(self._run(entry, spec))
+        return "accepted"
+
+    async def _run(self, entry: Supervised, spec: LaunchSpec) -> None:
+        try:
+            try:
+                handle = await entry.executor.start(spec)
+            except ExecutorError as exc:
+                await self._finish(entry, ExitResult(TaskState.FAILED, error=exc.message))
+                return
+            handle.data["started"] = True
+            entry.handle = handle
+            await self.state.save_task(handle, entry.request)
+            entry.started = True
+            if entry.kill_requested:
+                await entry.executor.stop(handle)
+            else:
+                await self.reporter.report(entry.task_id, TaskState.RUNNING)
+            await self._wait(entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("supervising task %s failed", entry.task_id)
+            await self._finish(entry, ExitResult(TaskState.FAILED, error=f"runner error: {exc}"))
+
+    async def _wait(self, entry: Supervised) -> None:
+        result = await entry.executor.wait(entry.handle)
+        if entry.kill_requested and result.state is not TaskState.COMPLETED:
+            result = ExitResult(TaskState.KILLED, exit_code=result.exit_code, error="killed by request")
+        await self._finish(entry, result)
+
+    async def _finish(self, entry: Supervised, result: ExitResult) -> None:
+        await self.state.record_result(entry.task_id, result, time.time())
+        self._outbox_ids.add(entry.task_id)
+        self.tasks.pop(entry.task_id, None)
+        self._deliver.set()
+        if entry.started:
+            try:
+                await entry.executor.destroy(entry.handle)
+            except Exception as exc:  # leftovers are swept later; the result is safe
+                log.warning("cleanup of task %s failed: %s", entry.task_id, exc)
+
+    # ---------------------------------------------------- kill/pause/resume
+    def _entry(self, task_id: int) -> Supervised:
+        entry = self.tasks.get(task_id)
+        if entry is None:
+            if task_id in self._outbox_ids:
+                raise Conflict(f"task {task_id} has already ended")
+            raise NotFound(f"this runner has no task {task_id}")
+        return entry
+
+    async def kill(self, task_id: int) -> None:
+        try:
+            entry = self._entry(task_id)
+        except Conflict:
+            return  # already ended: nothing left to kill
+        entry.kill_requested = True
+        await self.state.set_flags(task_id, kill_requested=True)
+        if entry.started:
+            await entry.executor.stop(entry.handle)
+
+    async def pause(self, task_id: int) -> None:
+        entry = self._entry(task_id)
+        if not entry.executor.capabilities.pause:
+            raise Conflict(f"the {entry.executor.name} executor cannot pause tasks")
+        if not entry.started:
+            raise Conflict(f"task {task_id} is still starting")
+        await entry.executor.pause(entry.handle)
+        entry.paused = True
+        await self.state.set_flags(task_id, paused=True)
+
+    async def resume(self, task_id: int) -> None:
+        entry = self._entry(task_id)
+        if not entry.started:
+            raise Conflict(f"task {task_id} is still starting")
+        await entry.executor.resume(entry.handle)
+        entry.paused = False
+        await self.state.set_flags(task_id, paused=False)
+
+    # ------------------------------------------------------------ recover
+    async def recover(self) -> None:
+        """Re-adopt every task persisted by a previous run of this runner."""
+        self._outbox_ids = {item.task_id for item in await self.state.outbox()}
+        for active in await self.state.active():
+            handle, request = active.handle, active.task
+            executor = self.executors.get(handle.executor) or self.executors.get("*")
+            if executor is None:
+                log.error("task %s was run by the %s executor, which is not available now", handle.task_id, handle.executor)
+                continue
+            entry = Supervised(task_id=handle.task_id, request=request, executor=executor, handle=handle,
+                               kill_requested=active.kill_requested, paused=active.paused)
+            presence = await executor.recover(handle)
+            self.tasks[handle.task_id] = entry
+            if presence is Presence.MISSING and not handle.data.get("started"):
+                log.info("task %s had not started before the restart; starting it now", handle.task_id)
+                try:
+                    spec = self.build_spec(request)
+                except (ValidationError, ConfigError) as exc:
+                    await self._finish(entry, ExitResult(TaskState.FAILED, error=str(exc)))
+                    continue
+                entry.runner = asyncio.create_task(self._run(entry, spec))
+                continue
+            if presence is Presence.MISSING:
+                entry.started = True
+                await self._finish(entry, ExitResult(TaskState.FAILED, error="the task vanished from this node while the runner was down"))
+                continue
+            entry.started = True
+            entry.paused = presence is Presence.PAUSED
+            log.info("re-adopted task %s (%s)", handle.task_id, presence)
+            entry.runner = asyncio.create_task(self._guarded_wait(entry))
+        if self._outbox_ids:
+            self._deliver.set()
+
+    async def _guarded_wait(self, entry: Supervised) -> None:
+        try:
+            await self._wait(entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("waiting for task %s failed", entry.task_id)
+            await self._finish(entry, ExitResult(TaskState.FAILED, error=f"runner error: {exc}"))
+
+    # ------------------------------------------------------------ delivery
+    async def deliver_loop(self) -> None:
+        """Send every recorded result until the Host acknowledges it."""
+        backoff = 0.5
+        while True:
+            await self._deliver.wait()
+            self._deliver.clear()
+            failed = False
+            for item in await self.state.outbox():
+                r = item.result
+                if await self.reporter.report(item.task_id, r.state, r.exit_code, r.error):
+                    await self.state.acknowledge(item.task_id)
+                    self._outbox_ids.discard(item.task_id)
+                else:
+                    failed = True
+            if failed:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                self._deliver.set()
+            else:
+                backoff = 0.5
+
+    async def shutdown(self) -> None:
+        """Stop supervising (the runner is stopping); tasks keep running."""
+        runners = [t.runner for t in self.tasks.values() if t.runner is not None]
+        for r in runners:
+            r.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)

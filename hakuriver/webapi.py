@@ -1,0 +1,146 @@
+"""HTTP plumbing shared by the Host and the Runner APIs.
+
+Two middlewares, in this order:
+- `error_middleware`: every failure leaves as `{"error": {"code", "message"}}`
+  with the right status, including aiohttp's own 404/405/413 and anything
+  unexpected (500, logged with its traceback, never sent to the client).
+- `auth_middleware`: every route needs `Authorization: Bearer <token>`,
+  compared in constant time. There is no anonymous endpoint.
+
+And strict request reading: `read_json_object` refuses non-JSON bodies,
+non-objects, and (with `fields`) unknown keys, so a typo in a client is a 400
+rather than a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any, Awaitable, Callable, Iterable
+
+from aiohttp import web
+
+from .errors import ConfigError, HakuRiverError, Unauthorized, ValidationError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+"""Largest request body either service accepts (aiohttp answers 413 beyond)."""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 415: "unsupported_media_type"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HakuRiverError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s failed: %s", request.method, request.path, exc.message)
+        headers = {"WWW-Authenticate": 'Bearer realm="hakuriver"'} if exc.status == 401 else None
+        return web.json_response(error_body(exc.code, exc.message), status=exc.status, headers=headers, dumps=_dumps)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 413:
+            message = f"request body too large (limit {MAX_BODY_BYTES} bytes)"
+        elif exc.status == 404:
+            message = f"no such endpoint: {request.method} {request.path}"
+        return web.json_response(error_body(code, message), status=exc.status, dumps=_dumps)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return web.json_response(error_body("internal", "internal server error; see the service log"), status=500, dumps=_dumps)
+
+
+def make_auth_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    if not token:
+        raise ConfigError("auth.token is empty: every API call is authenticated, so a token must be configured "
+                          "(hakuriver.init config generates one)")
+    expected = token.encode("utf-8")
+
+    @web.middleware
+    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            raise Unauthorized("missing bearer token: send 'Authorization: Bearer <auth.token>'")
+        if not hmac.compare_digest(presented.strip().encode("utf-8"), expected):
+            raise Unauthorized("invalid bearer token")
+        return await handler(request)
+
+    return auth_middleware
+
+
+def auth_headers(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def read_json_object(request: web.Request, fields: Iterable[str] | None = None) -> dict[str, Any]:
+    """The request body as a JSON object; 400 for anything else or unknown keys."""
+    if request.content_type not in ("application/json", ""):
+        raise ValidationError(f"expected a JSON body (Content-Type: application/json), not {request.content_type}")
+    raw = await request.read()
+    if not raw:
+        raise ValidationError("expected a JSON object body, got an empty body")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"malformed JSON body: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValidationError(f"expected a JSON object, got {type(data).__name__}")
+    if fields is not None:
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValidationError(f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(fields))})")
+    return data
+
+
+def require_type(data: dict[str, Any], key: str, kind: type | tuple[type, ...], *, required: bool = True, default: Any = None) -> Any:
+    """Fetch `data[key]` and check its JSON type (bool is never accepted as int)."""
+    if key not in data or data[key] is None:
+        if required:
+            raise ValidationError(f"field {key!r} is required")
+        return default
+    value = data[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ValidationError(f"field {key!r} has the wrong type: expected {_kind_names(kinds)}, got a boolean")
+    if not isinstance(value, kinds):
+        raise ValidationError(f"field {key!r} has the wrong type: expected {_kind_names(kinds)}, got {type(value).__name__}")
+    return value
+
+
+def _kind_names(kinds: tuple[type, ...]) -> str:
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def query_int(request: web.Request, name: str, default: int | None, *, minimum: int = 0, maximum: int = 1 << 62) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit():
+        raise ValidationError(f"query parameter {name!r} must be a non-negative integer, not {raw!r}")
+    value = int(raw)
+    if not minimum <= value <= maximum:
+        raise ValidationError(f"query parameter {name!r} must be between {minimum} and {maximum}")
+    return value
