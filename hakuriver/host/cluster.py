@@ -412,7 +412,7 @@ class Cluster:
         if now < self.started_at + timeout:
             return []
         async with self.lock:
-            offline = await self.db.mark_nodes_offline(now - timeout)
+            offline = await self.db.mark_nodes_offline(now - timeout, now=now)
             for hostname, task_ids in offline:
                 log.warning("node %s missed heartbeats for %.0fs: offline; %d task(s) lost", hostname, timeout, len(task_ids))
                 record = await self.db.get_node(hostname)

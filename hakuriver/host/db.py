@@ -1,0 +1,804 @@
+"""The Host's database: the one module that owns SQL.
+
+Contract
+--------
+* One aiosqlite connection (one worker thread) and one `asyncio.Lock`. Every
+  read and every write transaction holds the lock, so two coroutines can
+  never interleave statements inside one transaction, and nothing but the
+  database is awaited while it is held.
+* Writes are **group-committed**. Each write method queues an operation; a
+  single writer task takes everything queued (up to `MAX_BATCH` operations),
+  runs it inside one short `BEGIN IMMEDIATE ... COMMIT` and only then resolves
+  the callers' awaits. Under load, many submissions, heartbeats and state
+  reports share one fsync; when idle, an operation commits on its own at once.
+  A caller's await returns only after its change is durable
+  (WAL + `synchronous=FULL`). An operation that fails (e.g. a duplicate id) is
+  rolled back on its own (statement-level atomicity, or a SAVEPOINT for
+  multi-statement operations) and does not fail its batch-mates.
+* State changes are guarded updates (`... WHERE id=? AND state IN (...)`), so a
+  late report can never overwrite a final state; see `transition`.
+* Migrations are keyed on `PRAGMA user_version`. Each migration runs in its own
+  explicit transaction that re-reads `user_version` after `BEGIN IMMEDIATE`,
+  so two processes opening one file cannot both apply it. A file newer than
+  this code is refused with `SchemaTooNew`, never downgraded.
+
+Needs SQLite >= 3.35 (RETURNING, UPDATE ... FROM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+
+from ..errors import HakuRiverError
+from ..models import (
+    FINAL_STATES,
+    HOLDING_STATES,
+    GpuInfo,
+    Mount,
+    NodeResources,
+    NumaNode,
+    Task,
+    TaskState,
+    predecessors,
+)
+
+MIN_SQLITE = (3, 35, 0)
+BUSY_TIMEOUT_MS = 10_000
+MAX_BATCH = 256
+"""Most write operations committed together in one transaction."""
+_CHUNK = 500
+"""Most rows per statement where a statement takes rows as parameters."""
+
+
+class DatabaseError(HakuRiverError):
+    """The Host database cannot be opened or used."""
+
+    code = "database"
+
+
+class SchemaTooNew(DatabaseError):
+    """The file was written by a newer HakuRiver; refusing to touch it."""
+
+
+# --------------------------------------------------------------------------- schema
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: nodes and tasks.
+    """
+    CREATE TABLE nodes (
+        hostname       TEXT PRIMARY KEY,
+        url            TEXT NOT NULL,
+        cores          INTEGER NOT NULL,
+        memory         INTEGER NOT NULL,
+        numa_json      TEXT NOT NULL DEFAULT '[]',
+        gpus_json      TEXT NOT NULL DEFAULT '[]',
+        online         INTEGER NOT NULL DEFAULT 1,
+        registered_at  REAL NOT NULL,
+        last_heartbeat REAL NOT NULL,
+        stats_json     TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX nodes_online_heartbeat ON nodes(online, last_heartbeat);
+
+    CREATE TABLE tasks (
+        id           INTEGER PRIMARY KEY,
+        batch_id     INTEGER NOT NULL,
+        state        TEXT NOT NULL,
+        command_json TEXT NOT NULL,
+        cores        INTEGER NOT NULL,
+        memory       INTEGER,
+        container    TEXT,
+        env_json     TEXT NOT NULL DEFAULT '{}',
+        mounts_json  TEXT NOT NULL DEFAULT '[]',
+        privileged   INTEGER NOT NULL DEFAULT 0,
+        target       TEXT,
+        gpu_count    INTEGER NOT NULL DEFAULT 0,
+        node         TEXT,
+        numa         INTEGER,
+        gpus_json    TEXT NOT NULL DEFAULT '[]',
+        submitted_at REAL NOT NULL,
+        assigned_at  REAL,
+        started_at   REAL,
+        finished_at  REAL,
+        exit_code    INTEGER,
+        error        TEXT,
+        updated_at   REAL NOT NULL
+    );
+    CREATE INDEX tasks_state ON tasks(state, id);
+    CREATE INDEX tasks_node ON tasks(node, id);
+    CREATE INDEX tasks_submitted ON tasks(submitted_at, id);
+    CREATE INDEX tasks_batch ON tasks(batch_id, id);
+    """,
+)
+"""Migration N (1-based) is MIGRATIONS[N-1]. Append only; never edit a released one."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_TASK_COLUMNS = (
+    "id, batch_id, state, command_json, cores, memory, container, env_json, mounts_json, "
+    "privileged, target, gpu_count, node, numa, gpus_json, submitted_at, assigned_at, "
+    "started_at, finished_at, exit_code, error"
+)
+_NODE_COLUMNS = (
+    "hostname, url, cores, memory, numa_json, gpus_json, online, registered_at, last_heartbeat, stats_json"
+)
+_HOLDING_SQL = ",".join(f"'{s}'" for s in sorted(HOLDING_STATES))
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration script into complete statements (one per `;` line end)."""
+    statements, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            statements.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        raise DatabaseError(f"incomplete SQL statement in migration: {buf.strip()[:80]!r}")
+    return statements
+
+
+# --------------------------------------------------------------------------- row <-> model
+
+
+def _dumps(value: Any) -> str:
+    # ensure_ascii (the default) keeps lone surrogates (surrogateescape'd
+    # argv bytes) representable: SQLite stores UTF-8 and would refuse them raw.
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _mounts_json(mounts: Iterable[Mount]) -> str:
+    return _dumps([[m.host_path, m.container_path, bool(m.read_only)] for m in mounts])
+
+
+def _task_from_row(_cursor: Any, row: Sequence[Any]) -> Task:
+    """Row factory for `_TASK_COLUMNS` (runs in the database thread for lists)."""
+    return Task(
+        id=row[0],
+        batch_id=row[1],
+        state=TaskState(row[2]),
+        command=json.loads(row[3]),
+        cores=row[4],
+        memory=row[5],
+        container=row[6],
+        env=json.loads(row[7]),
+        mounts=[Mount(h, c, bool(ro)) for h, c, ro in json.loads(row[8])],
+        privileged=bool(row[9]),
+        target=row[10],
+        gpu_count=row[11],
+        node=row[12],
+        numa=row[13],
+        gpus=json.loads(row[14]),
+        submitted_at=row[15],
+        assigned_at=row[16],
+        started_at=row[17],
+        finished_at=row[18],
+        exit_code=row[19],
+        error=row[20],
+    )
+
+
+def _task_params(task: Task, now: float) -> tuple[Any, ...]:
+    return (
+        int(task.id),
+        int(task.batch_id),
+        str(TaskState(task.state)),
+        _dumps(list(task.command)),
+        int(task.cores),
+        None if task.memory is None else int(task.memory),
+        task.container,
+        _dumps(dict(task.env)),
+        _mounts_json(task.mounts),
+        1 if task.privileged else 0,
+        task.target,
+        int(task.gpu_count),
+        task.node,
+        None if task.numa is None else int(task.numa),
+        _dumps([int(g) for g in task.gpus]),
+        float(task.submitted_at),
+        task.assigned_at,
+        task.started_at,
+        task.finished_at,
+        task.exit_code,
+        task.error,
+        now,
+    )
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """A registered node as the Host stores it."""
+
+    hostname: str
+    url: str
+    cores: int
+    memory: int
+    numa: tuple[NumaNode, ...]
+    gpus: tuple[GpuInfo, ...]
+    online: bool
+    registered_at: float
+    last_heartbeat: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def resources(self) -> NodeResources:
+        return NodeResources(
+            hostname=self.hostname, url=self.url, cores=self.cores, memory=self.memory, numa=self.numa, gpus=self.gpus
+        )
+
+
+def _node_from_row(_cursor: Any, row: Sequence[Any]) -> NodeRecord:
+    return NodeRecord(
+        hostname=row[0],
+        url=row[1],
+        cores=row[2],
+        memory=row[3],
+        numa=tuple(NumaNode.from_json(n) for n in json.loads(row[4])),
+        gpus=tuple(GpuInfo.from_json(g) for g in json.loads(row[5])),
+        online=bool(row[6]),
+        registered_at=row[7],
+        last_heartbeat=row[8],
+        stats=json.loads(row[9]),
+    )
+
+
+_TRANSITION_FIELDS = frozenset(
+    {"node", "numa", "gpus", "assigned_at", "started_at", "finished_at", "exit_code", "error"}
+)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# --------------------------------------------------------------------------- the database
+
+
+@dataclass(eq=False)
+class _WriteOp:
+    fn: Callable[[aiosqlite.Connection], Awaitable[Any]]
+    fut: asyncio.Future
+    atomic: bool
+
+
+class Database:
+    """The Host's store. Create with `await Database.open(path)`; `await close()` at shutdown."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: str):
+        self._conn = conn
+        self.path = path
+        self._lock = asyncio.Lock()
+        self._queue: collections.deque[_WriteOp] = collections.deque()
+        self._writer: asyncio.Task | None = None
+        self._closed = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> Database:
+        """Open (creating if needed) and migrate the database at `path`.
+
+        The parent directory must exist: a missing directory is far more often
+        a configuration mistake than something to create silently.
+        """
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise DatabaseError(
+                f"SQLite {sqlite3.sqlite_version} is too old: HakuRiver needs {'.'.join(map(str, MIN_SQLITE))} or newer"
+            )
+        path = os.fspath(path)
+        if not path:
+            raise DatabaseError("no database file configured (database.db_file)")
+        if path != ":memory:":
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise DatabaseError(f"cannot open database {path!r}: directory {parent!r} does not exist")
+        try:
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise DatabaseError(f"cannot open database {path!r}: {e}") from e
+        db = cls(conn, path)
+        try:
+            await db._configure()
+            await db._migrate()
+        except BaseException:
+            await conn.close()
+            raise
+        return db
+
+    async def _configure(self) -> None:
+        conn = self._conn
+        try:
+            await conn.execute_fetchall(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            rows = await conn.execute_fetchall("PRAGMA journal_mode=WAL")
+            mode = rows[0][0] if rows else None
+            if self.path != ":memory:" and str(mode).lower() != "wal":
+                raise DatabaseError(f"cannot open database {self.path!r}: WAL journal mode unavailable (got {mode!r})")
+            await conn.execute_fetchall("PRAGMA synchronous=FULL")
+            await conn.execute_fetchall("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as e:
+            raise DatabaseError(f"cannot open database {self.path!r}: {e}") from e
+
+    async def _user_version(self) -> int:
+        rows = await self._conn.execute_fetchall("PRAGMA user_version")
+        return int(rows[0][0])
+
+    async def _migrate(self) -> None:
+        conn = self._conn
+        try:
+            current = await self._user_version()
+            if current > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"database {self.path!r} has schema version {current}, newer than this HakuRiver "
+                    f"understands ({SCHEMA_VERSION}); upgrade HakuRiver or use another database file"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                await conn.execute_fetchall("BEGIN IMMEDIATE")
+                try:
+                    # Re-read inside the write lock: another process may have
+                    # migrated between our first read and BEGIN.
+                    seen = await self._user_version()
+                    if seen >= version:
+                        if seen > SCHEMA_VERSION:
+                            raise SchemaTooNew(
+                                f"database {self.path!r} was upgraded to schema version {seen} while opening"
+                            )
+                        await conn.execute_fetchall("COMMIT")
+                        continue
+                    for statement in _split_sql(MIGRATIONS[version - 1]):
+                        await conn.execute_fetchall(statement)
+                    await conn.execute_fetchall(f"PRAGMA user_version={version}")
+                    await conn.execute_fetchall("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        await conn.execute_fetchall("ROLLBACK")
+                    raise
+        except sqlite3.Error as e:
+            raise DatabaseError(f"cannot open database {self.path!r}: {e}") from e
+
+    async def schema_version(self) -> int:
+        async with self._lock:
+            return await self._user_version()
+
+    async def close(self) -> None:
+        """Commit what is queued, then close. Further calls raise DatabaseError."""
+        if self._closed:
+            return
+        self._closed = True
+        writer = self._writer
+        if writer is not None and not writer.done():
+            try:
+                await asyncio.shield(writer)
+            except Exception:
+                pass  # its callers got the error
+        async with self._lock:
+            await self._conn.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DatabaseError("the database is closed")
+
+    async def ping(self) -> bool:
+        """Run `SELECT 1`; raises DatabaseError if the database does not answer."""
+        self._check_open()
+        try:
+            async with self._lock:
+                rows = await self._conn.execute_fetchall("SELECT 1")
+        except (sqlite3.Error, ValueError) as e:
+            raise DatabaseError(f"database {self.path!r} does not answer: {e}") from e
+        return rows[0][0] == 1
+
+    health = ping
+
+    # ----------------------------------------------------------------- plumbing
+
+    async def _fetch(self, sql: str, params: Sequence[Any], factory: Callable[[Any, Sequence[Any]], Any]) -> list:
+        """Run a read and build models in the database thread (a long list then
+        does not hold the event loop for its whole conversion)."""
+        self._check_open()
+        async with self._lock:
+            cursor = await self._conn.execute(sql, params)
+            try:
+                cursor.row_factory = factory
+                return list(await cursor.fetchall())
+            finally:
+                await cursor.close()
+
+    async def _write(self, fn: Callable[[aiosqlite.Connection], Awaitable[Any]], *, atomic: bool = False) -> Any:
+        """Queue one write operation and wait until it is committed (or failed).
+
+        `fn` runs inside the batch transaction and may only await the
+        connection. `atomic=True` wraps it in a SAVEPOINT (needed when it runs
+        more than one statement).
+        """
+        self._check_open()
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append(_WriteOp(fn, fut, atomic))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_loop(), name="hakuriver-db-writer")
+        return await fut
+
+    async def _write_loop(self) -> None:
+        while self._queue:
+            batch: list[_WriteOp] = []
+            while self._queue and len(batch) < MAX_BATCH:
+                op = self._queue.popleft()
+                if not op.fut.done():  # a cancelled caller's op is simply not run
+                    batch.append(op)
+            if not batch:
+                continue
+            try:
+                outcomes = await self._run_batch(batch)
+            except BaseException as e:
+                err = e if isinstance(e, Exception) else DatabaseError("database writer stopped")
+                for op in batch:
+                    if not op.fut.done():
+                        op.fut.set_exception(err)
+                while self._queue:
+                    op = self._queue.popleft()
+                    if not op.fut.done():
+                        op.fut.set_exception(err)
+                raise
+            for op, ok, value in outcomes:
+                if op.fut.done():
+                    continue
+                if ok:
+                    op.fut.set_result(value)
+                else:
+                    op.fut.set_exception(value)
+
+    async def _run_batch(self, batch: list[_WriteOp]) -> list[tuple[_WriteOp, bool, Any]]:
+        conn = self._conn
+        outcomes: list[tuple[_WriteOp, bool, Any]] = []
+        async with self._lock:
+            try:
+                await conn.execute_fetchall("BEGIN IMMEDIATE")
+                for op in batch:
+                    if op.atomic:
+                        await conn.execute_fetchall("SAVEPOINT op")
+                    try:
+                        value = await op.fn(conn)
+                    except Exception as e:
+                        if not conn.in_transaction:
+                            raise  # SQLite rolled the whole transaction back
+                        if op.atomic:
+                            await conn.execute_fetchall("ROLLBACK TO op")
+                            await conn.execute_fetchall("RELEASE op")
+                        outcomes.append((op, False, _wrap_error(e)))
+                    else:
+                        if op.atomic:
+                            await conn.execute_fetchall("RELEASE op")
+                        outcomes.append((op, True, value))
+                await conn.execute_fetchall("COMMIT")
+            except Exception as e:
+                await self._rollback_quietly()
+                err = _wrap_error(e)
+                return [(op, False, err) for op in batch]
+            except BaseException:
+                await self._rollback_quietly()
+                raise
+        return outcomes
+
+    async def _rollback_quietly(self) -> None:
+        try:
+            if self._conn.in_transaction:
+                await self._conn.execute_fetchall("ROLLBACK")
+        except (sqlite3.Error, ValueError):
+            pass
+
+    # ----------------------------------------------------------------- nodes
+
+    async def upsert_node(self, res: NodeResources, now: float) -> NodeRecord:
+        """Register (or re-register) a node: it is online with a fresh heartbeat."""
+        params = (
+            res.hostname,
+            res.url,
+            int(res.cores),
+            int(res.memory),
+            _dumps([n.to_json() for n in res.numa]),
+            _dumps([g.to_json() for g in res.gpus]),
+            now,
+            now,
+        )
+
+        async def op(conn: aiosqlite.Connection) -> NodeRecord:
+            rows = await conn.execute_fetchall(
+                f"""INSERT INTO nodes (hostname, url, cores, memory, numa_json, gpus_json, online,
+                                       registered_at, last_heartbeat, stats_json)
+                    VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, '{{}}')
+                    ON CONFLICT(hostname) DO UPDATE SET
+                        url=excluded.url, cores=excluded.cores, memory=excluded.memory,
+                        numa_json=excluded.numa_json, gpus_json=excluded.gpus_json, online=1,
+                        registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat
+                    RETURNING {_NODE_COLUMNS}""",
+                params,
+            )
+            return _node_from_row(None, rows[0])
+
+        return await self._write(op)
+
+    async def record_heartbeat(self, hostname: str, stats: dict[str, Any], now: float) -> NodeRecord | None:
+        """Store a heartbeat (the node is online again); None if the node is unknown."""
+        params = (now, _dumps(stats), hostname)
+
+        async def op(conn: aiosqlite.Connection) -> NodeRecord | None:
+            rows = await conn.execute_fetchall(
+                f"UPDATE nodes SET last_heartbeat=?, stats_json=?, online=1 WHERE hostname=? RETURNING {_NODE_COLUMNS}",
+                params,
+            )
+            return _node_from_row(None, rows[0]) if rows else None
+
+        return await self._write(op)
+
+    async def get_node(self, hostname: str) -> NodeRecord | None:
+        rows = await self._fetch(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE hostname=?", (hostname,), _node_from_row)
+        return rows[0] if rows else None
+
+    async def list_nodes(self, *, online: bool | None = None) -> list[NodeRecord]:
+        """All nodes by hostname; `online=True/False` filters."""
+        if online is None:
+            return await self._fetch(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY hostname", (), _node_from_row)
+        return await self._fetch(
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE online=? ORDER BY hostname", (1 if online else 0,), _node_from_row
+        )
+
+    async def mark_nodes_offline(self, stale_before: float, now: float | None = None) -> list[tuple[str, list[int]]]:
+        """Nodes online with `last_heartbeat < stale_before` go offline, and their
+        assigning/running/paused tasks become `lost` — all in one transaction.
+
+        Returns `[(hostname, [lost task ids...]), ...]` for the nodes that went
+        offline by this call (sorted by hostname, ids ascending).
+        """
+        when = time.time() if now is None else now
+
+        async def op(conn: aiosqlite.Connection) -> list[tuple[str, list[int]]]:
+            rows = await conn.execute_fetchall(
+                "UPDATE nodes SET online=0 WHERE online=1 AND last_heartbeat < ? RETURNING hostname",
+                (stale_before,),
+            )
+            hosts = sorted(r[0] for r in rows)
+            lost: dict[str, list[int]] = {h: [] for h in hosts}
+            for chunk in _chunks(hosts):
+                marks = ",".join("?" * len(chunk))
+                rows = await conn.execute_fetchall(
+                    f"""UPDATE tasks SET state='lost', finished_at=?, updated_at=?,
+                               error='node ' || node || ' stopped heartbeating'
+                        WHERE node IN ({marks}) AND state IN ({_HOLDING_SQL})
+                        RETURNING id, node""",
+                    (when, when, *chunk),
+                )
+                for task_id, node in rows:
+                    lost[node].append(task_id)
+            return [(h, sorted(lost[h])) for h in hosts]
+
+        return await self._write(op, atomic=True)
+
+    # ----------------------------------------------------------------- tasks: writes
+
+    async def insert_tasks(self, tasks: Sequence[Task], now: float | None = None) -> None:
+        """Insert new tasks, all or none (a duplicate id fails the whole call)."""
+        if not tasks:
+            return
+        when = time.time() if now is None else now
+        rows = [_task_params(t, when) for t in tasks]
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            cursor = await conn.executemany(
+                f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 22)})", rows
+            )
+            await cursor.close()
+
+        await self._write(op, atomic=len(rows) > 1)
+
+    async def transition(
+        self,
+        task_id: int,
+        new_state: TaskState,
+        *,
+        now: float,
+        allowed_from: frozenset[TaskState] | None = None,
+        **fields: Any,
+    ) -> Task | None:
+        """Move a task to `new_state` if it is in one of `allowed_from`
+        (default: every state `models.TRANSITIONS` allows into `new_state`).
+
+        Returns the updated task, or None if the task does not exist or the guard
+        failed (e.g. a late `completed` after `killed`: the stored state stays).
+
+        `fields` may set node, numa, gpus, assigned_at, started_at, finished_at,
+        exit_code, error. Unless given: entering ASSIGNING sets assigned_at=now;
+        entering RUNNING or PAUSED sets started_at=now if it was unset; entering
+        a final state sets finished_at=now; entering a non-final state clears
+        finished_at; leaving LOST clears the "stopped heartbeating" error.
+        """
+        new_state = TaskState(new_state)
+        unknown = set(fields) - _TRANSITION_FIELDS
+        if unknown:
+            raise TypeError(f"transition() got unexpected fields: {', '.join(sorted(unknown))}")
+        allowed = predecessors(new_state) if allowed_from is None else frozenset(TaskState(s) for s in allowed_from)
+        if not allowed:
+            return None
+
+        sets: list[str] = ["state=?", "updated_at=?"]
+        params: list[Any] = [str(new_state), now]
+        for name in ("node", "numa", "exit_code"):
+            if name in fields:
+                sets.append(f"{name}=?")
+                params.append(fields[name])
+        if "gpus" in fields:
+            sets.append("gpus_json=?")
+            params.append(_dumps([int(g) for g in (fields["gpus"] or ())]))
+        if "assigned_at" in fields:
+            sets.append("assigned_at=?")
+            params.append(fields["assigned_at"])
+        elif new_state == TaskState.ASSIGNING:
+            sets.append("assigned_at=?")
+            params.append(now)
+        if "started_at" in fields:
+            sets.append("started_at=?")
+            params.append(fields["started_at"])
+        elif new_state in (TaskState.RUNNING, TaskState.PAUSED):
+            sets.append("started_at=COALESCE(started_at, ?)")
+            params.append(now)
+        if "finished_at" in fields:
+            sets.append("finished_at=?")
+            params.append(fields["finished_at"])
+        elif new_state in FINAL_STATES:
+            sets.append("finished_at=?")
+            params.append(now)
+        else:
+            sets.append("finished_at=NULL")
+        if "error" in fields:
+            sets.append("error=?")
+            params.append(fields["error"])
+        else:
+            sets.append("error=CASE WHEN state='lost' THEN NULL ELSE error END")
+        params.append(int(task_id))
+        params.extend(str(s) for s in sorted(allowed))
+        sql = (
+            f"UPDATE tasks SET {', '.join(sets)} WHERE id=? AND state IN ({','.join('?' * len(allowed))}) "
+            f"RETURNING {_TASK_COLUMNS}"
+        )
+
+        async def op(conn: aiosqlite.Connection) -> Task | None:
+            rows = await conn.execute_fetchall(sql, params)
+            return _task_from_row(None, rows[0]) if rows else None
+
+        return await self._write(op)
+
+    async def assign_many(
+        self, placements: Iterable[tuple[int, str, int | None, Sequence[int]]], now: float
+    ) -> list[int]:
+        """pending -> assigning for many tasks in one transaction, each guarded.
+
+        `placements` are `(task_id, node, numa, gpus)` (scheduler.Placement is
+        one). Returns the ids actually moved, in the order given; a task that is
+        no longer pending (killed meanwhile) is skipped.
+        """
+        seen: set[int] = set()
+        rows: list[tuple[int, str, int | None, str]] = []
+        for task_id, node, numa, gpus in placements:
+            if task_id in seen:
+                continue
+            seen.add(task_id)
+            rows.append((int(task_id), node, None if numa is None else int(numa), _dumps([int(g) for g in gpus])))
+        if not rows:
+            return []
+
+        async def op(conn: aiosqlite.Connection) -> list[int]:
+            moved: set[int] = set()
+            for chunk in _chunks(rows, 250):
+                values = ",".join(["(?,?,?,?)"] * len(chunk))
+                params: list[Any] = [now, now]
+                for row in chunk:
+                    params.extend(row)
+                result = await conn.execute_fetchall(
+                    f"""UPDATE tasks SET state='assigning', node=v.column2, numa=v.column3, gpus_json=v.column4,
+                               assigned_at=?, updated_at=?, finished_at=NULL
+                        FROM (VALUES {values}) AS v
+                        WHERE tasks.id = v.column1 AND tasks.state = 'pending'
+                        RETURNING id""",
+                    params,
+                )
+                moved.update(r[0] for r in result)
+            return [r[0] for r in rows if r[0] in moved]
+
+        return await self._write(op, atomic=True)
+
+    async def restore_lost(self, task_id: int, state: TaskState, now: float, **fields: Any) -> Task | None:
+        """A lost task's runner came back and reports it as `state`."""
+        return await self.transition(task_id, state, now=now, allowed_from=frozenset({TaskState.LOST}), **fields)
+
+    # ----------------------------------------------------------------- tasks: reads
+
+    async def get_task(self, task_id: int) -> Task | None:
+        rows = await self._fetch(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id=?", (int(task_id),), _task_from_row)
+        return rows[0] if rows else None
+
+    async def get_tasks(self, ids: Iterable[int]) -> list[Task]:
+        """The tasks with these ids, in the order asked; unknown ids are left out."""
+        wanted = list(dict.fromkeys(int(i) for i in ids))
+        found: dict[int, Task] = {}
+        for chunk in _chunks(wanted):
+            for task in await self._fetch(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id IN ({','.join('?' * len(chunk))})",
+                tuple(chunk),
+                _task_from_row,
+            ):
+                found[task.id] = task
+        return [found[i] for i in wanted if i in found]
+
+    async def list_tasks(
+        self,
+        states: Iterable[TaskState] | None = None,
+        node: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+        *,
+        batch_id: int | None = None,
+    ) -> list[Task]:
+        """Newest first. Page with `before_id=<last id of the previous page>`."""
+        where: list[str] = []
+        params: list[Any] = []
+        if states is not None:
+            wanted = sorted({str(TaskState(s)) for s in states})
+            if not wanted:
+                return []
+            where.append(f"state IN ({','.join('?' * len(wanted))})")
+            params.extend(wanted)
+        if node is not None:
+            where.append("node=?")
+            params.append(node)
+        if batch_id is not None:
+            where.append("batch_id=?")
+            params.append(int(batch_id))
+        if before_id is not None:
+            where.append("id<?")
+            params.append(int(before_id))
+        limit = max(0, int(limit))
+        params.append(limit)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return await self._fetch(
+            f"SELECT {_TASK_COLUMNS} FROM tasks {clause}ORDER BY id DESC LIMIT ?", params, _task_from_row
+        )
+
+    async def count_tasks_by_state(self) -> dict[TaskState, int]:
+        """Every state with its count (0 included)."""
+        rows = await self._fetch(
+            "SELECT state, COUNT(*) FROM tasks GROUP BY state", (), lambda _c, r: (r[0], r[1])
+        )
+        counts = {s: 0 for s in TaskState}
+        for state, n in rows:
+            counts[TaskState(state)] = n
+        return counts
+
+    async def load_pending(self) -> list[Task]:
+        """Pending tasks, oldest (lowest id) first."""
+        return await self._fetch(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state='pending' ORDER BY id", (), _task_from_row
+        )
+
+    async def load_holding(self) -> list[Task]:
+        """Tasks that hold resources (assigning, running, paused), by id."""
+        return await self._fetch(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state IN ({_HOLDING_SQL}) ORDER BY id", (), _task_from_row
+        )
+
+
+def _wrap_error(e: BaseException) -> BaseException:
+    if isinstance(e, HakuRiverError):
+        return e
+    if isinstance(e, sqlite3.IntegrityError):
+        return DatabaseError(f"database constraint failed: {e}", code="conflict", status=409)
+    if isinstance(e, sqlite3.Error):
+        return DatabaseError(f"database error: {e}")
+    return e

@@ -1,0 +1,537 @@
+"""Placement and resource accounting. Pure: no I/O, no asyncio, deterministic.
+
+Accounting (`Ledger`)
+---------------------
+A task holds its node's resources from the moment it is placed (assigning)
+through running and paused, until it reaches a final state. Per node the
+ledger counts cores, memory and GPU ids; a task pinned to a NUMA node also
+counts its cores and memory against that NUMA node. Memory `None` means "no
+memory request": it counts 0 and always fits. Release is idempotent per task
+id and frees exactly what was held, whatever the task object says later.
+
+Placement (`Scheduler.schedule`)
+--------------------------------
+FIFO by task id. A targeted task goes to its node (its NUMA node / GPU ids
+when named). An untargeted task goes to the tightest-fitting online node:
+least free GPUs left for a GPU task (a CPU-only task prefers nodes without
+GPUs), then least cores left, then least memory left, then hostname. A GPU
+count gets the lowest free ids (avoiding ids a blocked task is waiting for).
+
+Backfill is conservative and needs no runtime estimates. A blocked task H
+gets a reservation on one node: its target, or for an untargeted task the
+online node where it fits by capacity and is closest to fitting now. A later
+task S may use that node only if it cannot delay H: for every dimension
+(node cores, node memory, cores/memory of H's NUMA node, H's GPU ids or GPU
+count) S takes none of it or what stays free after S still covers H's need.
+Since every task takes at least one core, a node whose reservation is short of
+cores admits nothing; a task waiting only for GPU 0 lets CPU-only work use the
+spare cores as long as its own cores and memory still fit.
+
+Within one pass free capacity only shrinks and reservations only grow, so a
+request shape that failed once fails again: later tasks of the same shape are
+skipped in O(1). A pass fully evaluates at most `max_examined` tasks and makes
+at most `max_reservations` reservations. Blocked tasks past that cap keep
+their place in the queue without a reservation for this pass; as the tasks
+ahead of them start they move into the reserved head of the queue, so every
+task is protected before long, while nodes nobody reserved keep filling.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from ..errors import Unschedulable, ValidationError
+from ..models import NodeResources, Target, Task
+from ..parsing import format_size, parse_target
+
+DEFAULT_MAX_EXAMINED = 1000
+DEFAULT_MAX_RESERVATIONS = 128
+
+
+class Placement(NamedTuple):
+    """Where the scheduler put a task (a tuple, as `Database.assign_many` takes)."""
+
+    task_id: int
+    node: str
+    numa: int | None
+    gpus: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Hold:
+    """What one task holds on its node."""
+
+    task_id: int
+    node: str
+    cores: int
+    memory: int
+    numa: int | None
+    gpus: tuple[int, ...]
+
+
+class _Usage:
+    __slots__ = ("cores", "memory", "gpus", "numa_cores", "numa_memory")
+
+    def __init__(self) -> None:
+        self.cores = 0
+        self.memory = 0
+        self.gpus: set[int] = set()
+        self.numa_cores: dict[int, int] = {}
+        self.numa_memory: dict[int, int] = {}
+
+
+@dataclass(frozen=True)
+class NumaFree:
+    cores: int
+    memory: int | None
+    """None when the node does not report this NUMA node's memory."""
+
+
+@dataclass(frozen=True)
+class FreeView:
+    """What is free on a node now (may be negative if a node shrank under its holds)."""
+
+    hostname: str
+    cores: int
+    memory: int
+    gpus: frozenset[int]
+    numa: dict[int, NumaFree] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Used:
+    cores: int
+    memory: int
+    gpus: frozenset[int]
+    numa_cores: dict[int, int]
+    numa_memory: dict[int, int]
+
+
+class Ledger:
+    """Resources held per node by tasks in assigning/running/paused."""
+
+    def __init__(self) -> None:
+        self._holds: dict[int, Hold] = {}
+        self._usage: dict[str, _Usage] = {}
+
+    @classmethod
+    def from_tasks(cls, tasks: Iterable[Task]) -> Ledger:
+        """Build from the holding tasks (`Database.load_holding()`); tasks
+        without a node or not in a holding state are ignored."""
+        ledger = cls()
+        for task in tasks:
+            if task.node is not None and task.state.holds_resources:
+                ledger.hold(task)
+        return ledger
+
+    def hold(self, task: Task) -> bool:
+        """Count `task` (placed: `task.node` set) against its node. False if it already was."""
+        if task.node is None:
+            raise ValueError(f"task {task.id} has no node to hold resources on")
+        return self.hold_placement(
+            task.id, task.node, cores=task.cores, memory=task.memory, numa=task.numa, gpus=task.gpus
+        )
+
+    def hold_placement(
+        self,
+        task_id: int,
+        node: str,
+        *,
+        cores: int,
+        memory: int | None,
+        numa: int | None = None,
+        gpus: Iterable[int] = (),
+    ) -> bool:
+        if task_id in self._holds:
+            return False
+        h = Hold(task_id, node, int(cores), int(memory or 0), numa, tuple(gpus))
+        self._holds[task_id] = h
+        u = self._usage.get(node)
+        if u is None:
+            u = self._usage[node] = _Usage()
+        u.cores += h.cores
+        u.memory += h.memory
+        u.gpus.update(h.gpus)
+        if h.numa is not None:
+            u.numa_cores[h.numa] = u.numa_cores.get(h.numa, 0) + h.cores
+            u.numa_memory[h.numa] = u.numa_memory.get(h.numa, 0) + h.memory
+        return True
+
+    def release(self, task: Task | int) -> bool:
+        """Free what the task held. Idempotent: False if it held nothing."""
+        task_id = task.id if isinstance(task, Task) else int(task)
+        h = self._holds.pop(task_id, None)
+        if h is None:
+            return False
+        u = self._usage[h.node]
+        u.cores -= h.cores
+        u.memory -= h.memory
+        u.gpus.difference_update(h.gpus)
+        if h.numa is not None:
+            u.numa_cores[h.numa] -= h.cores
+            u.numa_memory[h.numa] -= h.memory
+        return True
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._holds
+
+    def __len__(self) -> int:
+        return len(self._holds)
+
+    def held(self, task_id: int) -> Hold | None:
+        return self._holds.get(task_id)
+
+    def holds_on(self, hostname: str) -> list[Hold]:
+        return sorted((h for h in self._holds.values() if h.node == hostname), key=lambda h: h.task_id)
+
+    def used(self, hostname: str) -> Used:
+        u = self._usage.get(hostname) or _Usage()
+        return Used(u.cores, u.memory, frozenset(u.gpus), dict(u.numa_cores), dict(u.numa_memory))
+
+    def free(self, node: NodeResources) -> FreeView:
+        u = self._usage.get(node.hostname) or _Usage()
+        numa = {
+            n.id: NumaFree(
+                cores=len(n.cpus) - u.numa_cores.get(n.id, 0),
+                memory=(n.memory - u.numa_memory.get(n.id, 0)) if n.memory > 0 else None,
+            )
+            for n in node.numa
+        }
+        return FreeView(
+            hostname=node.hostname,
+            cores=node.cores - u.cores,
+            memory=node.memory - u.memory,
+            gpus=node.gpu_ids() - u.gpus,
+            numa=numa,
+        )
+
+    def _usage_for(self, hostname: str) -> _Usage:
+        u = self._usage.get(hostname)
+        if u is None:
+            u = self._usage[hostname] = _Usage()
+        return u
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    cores: int
+    memory: int  # 0 = no request
+    node: str | None
+    numa: int | None
+    gpu_ids: tuple[int, ...]  # explicit ids (a target's ::0,1)
+    gpu_count: int  # a count request (0 when ids are explicit)
+
+    @property
+    def gpus_needed(self) -> int:
+        return len(self.gpu_ids) or self.gpu_count
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_target_cached(spec: str) -> Target:
+    return parse_target(spec)
+
+
+def _request(
+    target: Target | str | None, cores: int | None, memory: int | None, gpu_count: int | None
+) -> _Request:
+    if isinstance(target, str):
+        target = _parse_target_cached(target)
+    cores = 1 if cores is None else int(cores)
+    memory = int(memory or 0)
+    if target is None:
+        return _Request(cores, memory, None, None, (), int(gpu_count or 0))
+    if target.gpus:
+        return _Request(cores, memory, target.node, target.numa, tuple(target.gpus), 0)
+    return _Request(cores, memory, target.node, target.numa, (), int(gpu_count or 0))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _ids(values: Iterable[int]) -> str:
+    return ", ".join(str(v) for v in sorted(values))
+
+
+def _never_fits_node(req: _Request, node: NodeResources) -> str | None:
+    """Why `req` can never fit on `node` (its capacity, ignoring what is held), or None."""
+    name = node.hostname
+    if req.cores > node.cores:
+        return f"task needs {_plural(req.cores, 'core')} but node {name!r} has {node.cores}"
+    if req.memory > node.memory:
+        return f"task needs {format_size(req.memory)} of memory but node {name!r} has {format_size(node.memory)}"
+    if req.numa is not None:
+        numa = node.numa_node(req.numa)
+        if numa is None:
+            have = f"it has {_ids(n.id for n in node.numa)}" if node.numa else "it reports no NUMA topology"
+            return f"node {name!r} has no NUMA node {req.numa} ({have})"
+        if req.cores > len(numa.cpus):
+            return f"task needs {_plural(req.cores, 'core')} but NUMA node {req.numa} of {name!r} has {len(numa.cpus)}"
+        if numa.memory > 0 and req.memory > numa.memory:
+            return (
+                f"task needs {format_size(req.memory)} of memory but NUMA node {req.numa} of {name!r} "
+                f"has {format_size(numa.memory)}"
+            )
+    if req.gpus_needed and not node.gpus:
+        return f"node {name!r} has no GPUs"
+    have_ids = node.gpu_ids()
+    for g in req.gpu_ids:
+        if g not in have_ids:
+            return f"node {name!r} has no GPU {g} (it has {_ids(have_ids)})"
+    if req.gpu_count > len(node.gpus):
+        return f"task needs {_plural(req.gpu_count, 'GPU')} but node {name!r} has {len(node.gpus)}"
+    return None
+
+
+def check_fits_ever(
+    req_target: Target | str | None,
+    cores: int,
+    memory: int | None,
+    gpu_count: int,
+    nodes: Sequence[NodeResources],
+) -> None:
+    """Raise `Unschedulable` when the request could never run on the known nodes.
+
+    `nodes` should be every known node, offline ones included: they may come
+    back, so a task targeted at an offline node waits rather than fails.
+    """
+    req = _request(req_target, cores, memory, gpu_count)  # a malformed target raises ValidationError
+    if not nodes:
+        raise Unschedulable("no nodes are registered")
+    if req.node is not None:
+        node = next((n for n in nodes if n.hostname == req.node), None)
+        if node is None:
+            raise Unschedulable(f"unknown node {req.node!r}")
+        reason = _never_fits_node(req, node)
+        if reason:
+            raise Unschedulable(reason)
+        return
+    if any(_never_fits_node(req, n) is None for n in nodes):
+        return
+    most_cores = max(n.cores for n in nodes)
+    if req.cores > most_cores:
+        raise Unschedulable(f"task needs {_plural(req.cores, 'core')} but the largest node has {most_cores}")
+    most_memory = max(n.memory for n in nodes)
+    if req.memory > most_memory:
+        raise Unschedulable(
+            f"task needs {format_size(req.memory)} of memory but the largest node has {format_size(most_memory)}"
+        )
+    most_gpus = max(len(n.gpus) for n in nodes)
+    if req.gpu_count > most_gpus:
+        if most_gpus == 0:
+            raise Unschedulable(f"task needs {_plural(req.gpu_count, 'GPU')} but no node has GPUs")
+        raise Unschedulable(f"task needs {_plural(req.gpu_count, 'GPU')} but no node has more than {most_gpus}")
+    parts = [_plural(req.cores, "core")]
+    if req.memory:
+        parts.append(f"{format_size(req.memory)} of memory")
+    if req.gpu_count:
+        parts.append(_plural(req.gpu_count, "GPU"))
+    raise Unschedulable(f"no single node has {' and '.join(parts)}")
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+class _NodeState:
+    """One online node during a pass: capacity, the ledger's usage, reservations."""
+
+    __slots__ = ("res", "name", "cores", "memory", "gpu_ids", "gpu_order", "numa", "usage", "reservations")
+
+    def __init__(self, res: NodeResources, usage: _Usage):
+        self.res = res
+        self.name = res.hostname
+        self.cores = res.cores
+        self.memory = res.memory
+        self.gpu_ids = res.gpu_ids()
+        self.gpu_order = tuple(sorted(self.gpu_ids))
+        self.numa = {n.id: (len(n.cpus), n.memory) for n in res.numa}
+        self.usage = usage
+        self.reservations: list[_Request] = []
+
+    def fit(self, req: _Request) -> tuple[int, ...] | None:
+        """The GPU ids `req` would get if it fits now, else None."""
+        u = self.usage
+        if self.cores - u.cores < req.cores:
+            return None
+        if req.memory and self.memory - u.memory < req.memory:
+            return None
+        if req.numa is not None:
+            numa = self.numa.get(req.numa)
+            if numa is None or numa[0] - u.numa_cores.get(req.numa, 0) < req.cores:
+                return None
+            if req.memory and numa[1] > 0 and numa[1] - u.numa_memory.get(req.numa, 0) < req.memory:
+                return None
+        if req.gpu_ids:
+            for g in req.gpu_ids:
+                if g not in self.gpu_ids or g in u.gpus:
+                    return None
+            return req.gpu_ids
+        if req.gpu_count:
+            free = [g for g in self.gpu_order if g not in u.gpus]
+            if len(free) < req.gpu_count:
+                return None
+            if self.reservations:
+                wanted = {g for r in self.reservations for g in r.gpu_ids}
+                if wanted:
+                    free.sort(key=lambda g: (g in wanted, g))
+            return tuple(sorted(free[: req.gpu_count]))
+        return ()
+
+    def respects_reservations(self, req: _Request, gpus: tuple[int, ...]) -> bool:
+        """Whether placing `req` (getting `gpus`) here leaves every reservation's need free."""
+        u = self.usage
+        for h in self.reservations:
+            if req.cores and self.cores - u.cores - req.cores < h.cores:
+                return False
+            if req.memory and h.memory and self.memory - u.memory - req.memory < h.memory:
+                return False
+            if h.numa is not None and req.numa == h.numa:
+                ncores, nmem = self.numa[h.numa]
+                if req.cores and ncores - u.numa_cores.get(h.numa, 0) - req.cores < h.cores:
+                    return False
+                if (
+                    req.memory
+                    and h.memory
+                    and nmem > 0
+                    and nmem - u.numa_memory.get(h.numa, 0) - req.memory < h.memory
+                ):
+                    return False
+            if gpus:
+                if h.gpu_ids and not set(h.gpu_ids).isdisjoint(gpus):
+                    return False
+                if h.gpu_count and len(self.gpu_ids) - len(u.gpus) - len(gpus) < h.gpu_count:
+                    return False
+        return True
+
+    def shortfall(self, req: _Request) -> float:
+        """How far `req` is from fitting now (0 = fits), each dimension scaled by capacity."""
+        u = self.usage
+        total = max(0, req.cores - (self.cores - u.cores)) / max(1, self.cores)
+        if req.memory:
+            total += max(0, req.memory - (self.memory - u.memory)) / max(1, self.memory)
+        if req.numa is not None:
+            ncores, nmem = self.numa[req.numa]
+            total += max(0, req.cores - (ncores - u.numa_cores.get(req.numa, 0))) / max(1, ncores)
+            if req.memory and nmem > 0:
+                total += max(0, req.memory - (nmem - u.numa_memory.get(req.numa, 0))) / nmem
+        if req.gpu_ids:
+            total += sum(1 for g in req.gpu_ids if g in u.gpus) / len(req.gpu_ids)
+        elif req.gpu_count:
+            free = len(self.gpu_ids) - len(u.gpus)
+            total += max(0, req.gpu_count - free) / max(1, len(self.gpu_ids))
+        return total
+
+
+@dataclass
+class PassStats:
+    pending: int = 0
+    examined: int = 0
+    placed: int = 0
+    reservations: int = 0
+    skipped_same_shape: int = 0
+    unreserved: int = 0
+    """Blocked tasks left without a reservation because the cap was reached."""
+    stopped_early: bool = False
+    """True when `max_examined` ended the pass before the end of the queue."""
+    reserved: dict[int, str] = field(default_factory=dict)
+    """Blocked task id -> the node reserved for it."""
+
+
+class Scheduler:
+    def __init__(
+        self, *, max_examined: int = DEFAULT_MAX_EXAMINED, max_reservations: int = DEFAULT_MAX_RESERVATIONS
+    ):
+        self.max_examined = max_examined
+        self.max_reservations = max_reservations
+        self.last_stats = PassStats()
+
+    def schedule(self, pending: Iterable[Task], nodes: Sequence[NodeResources], ledger: Ledger) -> list[Placement]:
+        """Place what fits now, FIFO with conservative backfill.
+
+        `nodes` are the online nodes. Every placement is also held in
+        `ledger`; if the caller then fails to record a placement (the task was
+        killed meanwhile), it must `ledger.release(task_id)`.
+        """
+        queue = sorted(pending, key=lambda t: t.id)
+        stats = PassStats(pending=len(queue))
+        self.last_stats = stats
+        states = [_NodeState(n, ledger._usage_for(n.hostname)) for n in sorted(nodes, key=lambda n: n.hostname)]
+        by_name = {s.name: s for s in states}
+        placements: list[Placement] = []
+        failed: set[_Request] = set()
+
+        for task in queue:
+            if task.id in ledger:
+                continue
+            try:
+                req = _request(task.target, task.cores, task.memory, task.gpu_count)
+            except ValidationError:
+                continue  # cannot happen for validated submissions; never place it
+            if req in failed:
+                stats.skipped_same_shape += 1
+                continue
+            if stats.examined >= self.max_examined:
+                stats.stopped_early = True
+                break
+            stats.examined += 1
+
+            if req.node is not None:
+                candidates = [by_name[req.node]] if req.node in by_name else []
+            else:
+                candidates = states
+            best: tuple | None = None
+            best_state: _NodeState | None = None
+            best_gpus: tuple[int, ...] = ()
+            for st in candidates:
+                gpus = st.fit(req)
+                if gpus is None or (st.reservations and not st.respects_reservations(req, gpus)):
+                    continue
+                if req.node is not None:
+                    best_state, best_gpus = st, gpus
+                    break
+                u = st.usage
+                rank = (
+                    (len(st.gpu_ids) - len(u.gpus) - len(gpus)) if req.gpus_needed else (1 if st.gpu_ids else 0),
+                    st.cores - u.cores - req.cores,
+                    st.memory - u.memory - req.memory,
+                    st.name,
+                )
+                if best is None or rank < best:
+                    best, best_state, best_gpus = rank, st, gpus
+
+            if best_state is not None:
+                ledger.hold_placement(
+                    task.id, best_state.name, cores=req.cores, memory=req.memory, numa=req.numa, gpus=best_gpus
+                )
+                placements.append(Placement(task.id, best_state.name, req.numa, best_gpus))
+                stats.placed += 1
+                continue
+
+            failed.add(req)
+            if stats.reservations >= self.max_reservations:
+                stats.unreserved += 1
+                continue
+            reserve_on = self._reservation_node(req, candidates)
+            if reserve_on is not None:
+                reserve_on.reservations.append(req)
+                stats.reservations += 1
+                stats.reserved[task.id] = reserve_on.name
+        return placements
+
+    @staticmethod
+    def _reservation_node(req: _Request, candidates: Sequence[_NodeState]) -> _NodeState | None:
+        best: tuple | None = None
+        chosen = None
+        for st in candidates:
+            if _never_fits_node(req, st.res) is not None:
+                continue  # it could never start here: reserving would block the node forever
+            rank = (st.shortfall(req), 0 if (req.gpus_needed or not st.gpu_ids) else 1, st.name)
+            if best is None or rank < best:
+                best, chosen = rank, st
+        return chosen
