@@ -37,8 +37,10 @@ from .scheduler import Ledger, Scheduler, check_fits_ever
 log = logging.getLogger(__name__)
 
 RUNNER_REPORTABLE = frozenset(
-    {TaskState.RUNNING, TaskState.PAUSED, TaskState.COMPLETED, TaskState.FAILED, TaskState.KILLED, TaskState.KILLED_OOM}
+    {TaskState.RUNNING, TaskState.PAUSED, TaskState.COMPLETED, TaskState.FAILED, TaskState.KILLED,
+     TaskState.KILLED_OOM, TaskState.LOST}
 )
+"""States a runner may report. LOST: the task's container vanished under the runner."""
 
 
 class Cluster:

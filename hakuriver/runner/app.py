@@ -46,17 +46,18 @@ def state_path(config: Config) -> str:
     return str(Path(config.paths.local_temp_dir) / f"hakuriver-runner-{config.runner_name}.db")
 
 
-def default_executors(config: Config) -> dict[str, Executor]:
-    """The backends this node can offer. A missing Docker engine is logged,
-    not fatal: the runner still serves `--container NULL` tasks."""
-    executors: dict[str, Executor] = {}
-    try:
-        from .executors.docker import DockerExecutor
+async def default_executors(config: Config) -> dict[str, Executor]:
+    """The backends this node offers. Docker stays registered even when its
+    engine does not answer yet (it connects on first use, so Docker tasks work
+    once the engine is up); the check only tells the admin at start."""
+    from .executors.docker import DockerExecutor
 
-        executors["docker"] = DockerExecutor(runner_name=config.runner_name)
+    docker_ex = DockerExecutor(runner_name=config.runner_name)
+    try:
+        log.info("Docker engine %s", await docker_ex.check())
     except Exception as exc:
-        log.warning("Docker is not available on this node (%s); Docker tasks will be refused", exc)
-    return executors
+        log.warning("the Docker engine does not answer (%s); Docker tasks fail until it does", exc)
+    return {"docker": docker_ex}
 
 
 async def _probe(app: web.Application) -> AsyncIterator[None]:
@@ -85,7 +86,7 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
 
 def _executors_ctx(injected: dict[str, Executor] | None):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        executors = injected if injected is not None else await asyncio.to_thread(default_executors, app[CONFIG])
+        executors = injected if injected is not None else await default_executors(app[CONFIG])
         app[EXECUTORS] = executors
         yield
         for ex in executors.values():

@@ -1,0 +1,40 @@
+"""Execution backends: a closed registry of the `Executor` implementations.
+
+Importing this package does not import the Docker SDK: `docker.py` loads it
+when a `DockerExecutor` is first used.
+"""
+
+from __future__ import annotations
+
+from ...errors import ExecutorError
+from .base import Capabilities, Executor, Handle, LaunchSpec, Presence
+from .docker import DockerExecutor
+from .fake import FakeExecutor
+
+EXECUTORS: dict[str, type[Executor]] = {
+    DockerExecutor.name: DockerExecutor,
+    FakeExecutor.name: FakeExecutor,
+}
+
+
+def executor_class(name: str) -> type[Executor]:
+    """The backend called `name`; ExecutorError naming the known ones otherwise."""
+    try:
+        return EXECUTORS[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(EXECUTORS))
+        raise ExecutorError(f"unknown executor {name!r}; known executors: {known}") from None
+
+
+__all__ = [
+    "EXECUTORS",
+    "Capabilities",
+    "DockerExecutor",
+    "Executor",
+    "ExecutorError",
+    "FakeExecutor",
+    "Handle",
+    "LaunchSpec",
+    "Presence",
+    "executor_class",
+]

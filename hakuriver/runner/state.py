@@ -1,0 +1,217 @@
+"""The runner's own durable memory: which tasks it runs, and results not yet delivered.
+
+A small SQLite file in `local_temp_dir`. The task supervisor writes a task's
+executor handle here *before* it reports the task running to the Host, and
+moves the task to the outbox when it ends; the outbox entry is deleted only
+when the Host acknowledges the result. After a restart the runner reloads
+`active()` (and recovers each handle) and re-sends `outbox()`.
+
+One connection, one asyncio.Lock, short `BEGIN IMMEDIATE` transactions; WAL
+with `synchronous=FULL` so a committed row survives a power cut. Migrations
+are keyed on `PRAGMA user_version`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from ..errors import HakuRiverError
+from ..models import ExitResult, TaskState
+from .executors.base import Handle
+
+# Each script runs as one transaction and ends by setting its version.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    BEGIN;
+    CREATE TABLE tasks (
+        task_id        INTEGER PRIMARY KEY,
+        handle         TEXT    NOT NULL,
+        task           TEXT    NOT NULL,
+        kill_requested INTEGER NOT NULL DEFAULT 0,
+        paused         INTEGER NOT NULL DEFAULT 0,
+        saved_at       REAL    NOT NULL
+    );
+    CREATE TABLE outbox (
+        task_id     INTEGER PRIMARY KEY,
+        state       TEXT    NOT NULL,
+        exit_code   INTEGER,
+        error       TEXT,
+        finished_at REAL    NOT NULL,
+        handle      TEXT,
+        task        TEXT
+    );
+    PRAGMA user_version = 1;
+    COMMIT;
+    """,
+)
+
+
+@dataclass(frozen=True)
+class ActiveTask:
+    handle: Handle
+    task: dict[str, Any]
+    """The Host's run request, as received."""
+    kill_requested: bool
+    paused: bool
+
+    @property
+    def task_id(self) -> int:
+        return self.handle.task_id
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    task_id: int
+    result: ExitResult
+    finished_at: float
+    handle: Handle | None
+    task: dict[str, Any] | None
+
+
+class RunnerState:
+    """Use `await RunnerState.open(path)`; `await close()` when done."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str):
+        self._db = db
+        self._lock = asyncio.Lock()
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str) -> RunnerState:
+        parent = os.path.dirname(os.path.abspath(path))
+        await asyncio.to_thread(os.makedirs, parent, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await _migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, path)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._db.close()
+
+    async def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> int:
+        """Run statements in one IMMEDIATE transaction; return the last rowcount."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rowcount = 0
+                for sql, params in statements:
+                    cur = await self._db.execute(sql, params)
+                    rowcount = cur.rowcount
+                    await cur.close()
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            return rowcount
+
+    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
+        async with self._lock:
+            async with self._db.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+
+    # -- active tasks ---------------------------------------------------
+    async def save_task(self, handle: Handle, task: dict[str, Any]) -> None:
+        """Remember a started task (or update its handle). Flags are kept on update."""
+        await self._write(
+            (
+                "INSERT INTO tasks (task_id, handle, task, saved_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(task_id) DO UPDATE SET handle = excluded.handle, task = excluded.task",
+                (handle.task_id, json.dumps(handle.to_json()), json.dumps(task), time.time()),
+            )
+        )
+
+    async def active(self) -> list[ActiveTask]:
+        rows = await self._read("SELECT handle, task, kill_requested, paused FROM tasks ORDER BY task_id")
+        return [_active(r) for r in rows]
+
+    async def get(self, task_id: int) -> ActiveTask | None:
+        rows = await self._read(
+            "SELECT handle, task, kill_requested, paused FROM tasks WHERE task_id = ?", (task_id,)
+        )
+        return _active(rows[0]) if rows else None
+
+    async def set_flags(self, task_id: int, *, kill_requested: bool | None = None, paused: bool | None = None) -> bool:
+        """Update the flags given; False when the task is not active."""
+        sets, params = [], []
+        if kill_requested is not None:
+            sets.append("kill_requested = ?")
+            params.append(int(kill_requested))
+        if paused is not None:
+            sets.append("paused = ?")
+            params.append(int(paused))
+        if not sets:
+            return await self.get(task_id) is not None
+        n = await self._write((f"UPDATE tasks SET {', '.join(sets)} WHERE task_id = ?", (*params, task_id)))
+        return n > 0
+
+    async def forget(self, task_id: int) -> None:
+        """Drop an active task without a result (e.g. it never really started)."""
+        await self._write(("DELETE FROM tasks WHERE task_id = ?", (task_id,)))
+
+    # -- results --------------------------------------------------------
+    async def record_result(self, task_id: int, result: ExitResult, finished_at: float) -> None:
+        """Move a task from active to the outbox, atomically. A result recorded
+        twice keeps the first (the first observation of an end is the real one)."""
+        await self._write(
+            (
+                "INSERT OR IGNORE INTO outbox (task_id, state, exit_code, error, finished_at, handle, task) "
+                "SELECT ?, ?, ?, ?, ?, t.handle, t.task FROM (SELECT 1) "
+                "LEFT JOIN tasks t ON t.task_id = ?",
+                (task_id, str(result.state), result.exit_code, result.error, finished_at, task_id),
+            ),
+            ("DELETE FROM tasks WHERE task_id = ?", (task_id,)),
+        )
+
+    async def outbox(self) -> list[OutboxEntry]:
+        rows = await self._read(
+            "SELECT task_id, state, exit_code, error, finished_at, handle, task FROM outbox ORDER BY finished_at, task_id"
+        )
+        return [
+            OutboxEntry(
+                task_id=int(r[0]),
+                result=ExitResult(state=TaskState(r[1]), exit_code=r[2], error=r[3]),
+                finished_at=float(r[4]),
+                handle=Handle.from_json(json.loads(r[5])) if r[5] else None,
+                task=json.loads(r[6]) if r[6] else None,
+            )
+            for r in rows
+        ]
+
+    async def acknowledge(self, task_id: int) -> None:
+        """The Host has the result: forget it."""
+        await self._write(("DELETE FROM outbox WHERE task_id = ?", (task_id,)))
+
+
+def _active(row: Any) -> ActiveTask:
+    return ActiveTask(
+        handle=Handle.from_json(json.loads(row[0])),
+        task=json.loads(row[1]),
+        kill_requested=bool(row[2]),
+        paused=bool(row[3]),
+    )
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    if version > len(MIGRATIONS):
+        raise HakuRiverError(
+            f"runner state file is at schema version {version}, newer than this HakuRiver ({len(MIGRATIONS)})"
+        )
+    for script in MIGRATIONS[version:]:
+        await db.executescript(script)

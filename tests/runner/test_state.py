@@ -1,0 +1,91 @@
+"""The runner's state file: handles before 'running', an outbox until acknowledged."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from hakuriver.models import ExitResult, TaskState
+from hakuriver.runner.executors.base import Handle
+from hakuriver.runner.state import MIGRATIONS, RunnerState
+
+BIG = 2**62 + 12345  # a snowflake-sized id
+
+
+def handle(task_id: int) -> Handle:
+    return Handle(task_id=task_id, executor="docker", ref=f"c{task_id}", data={"stdout": "/s/o", "stderr": "/s/e"})
+
+
+async def test_save_reopen_active(tmp_path):
+    path = str(tmp_path / "sub" / "runner.db")
+    st = await RunnerState.open(path)
+    await st.save_task(handle(BIG), {"task_id": str(BIG), "command": ["echo", "x"]})
+    await st.save_task(handle(7), {"task_id": "7"})
+    assert await st.set_flags(BIG, paused=True) is True
+    assert await st.set_flags(7, kill_requested=True) is True
+    assert await st.set_flags(999, paused=True) is False
+    await st.close()
+
+    st = await RunnerState.open(path)
+    active = await st.active()
+    assert [a.task_id for a in active] == [7, BIG]
+    by_id = {a.task_id: a for a in active}
+    assert by_id[BIG].handle == handle(BIG)
+    assert by_id[BIG].task == {"task_id": str(BIG), "command": ["echo", "x"]}
+    assert (by_id[BIG].paused, by_id[BIG].kill_requested) == (True, False)
+    assert (by_id[7].paused, by_id[7].kill_requested) == (False, True)
+    # re-saving keeps the flags
+    await st.save_task(handle(7), {"task_id": "7", "again": True})
+    got = await st.get(7)
+    assert got is not None and got.kill_requested and got.task["again"] is True
+    await st.forget(7)
+    assert await st.get(7) is None
+    await st.close()
+
+
+async def test_outbox_survives_reopen_and_acknowledge_removes(tmp_path):
+    path = str(tmp_path / "runner.db")
+    st = await RunnerState.open(path)
+    await st.save_task(handle(BIG), {"task_id": str(BIG)})
+    await st.record_result(BIG, ExitResult(TaskState.FAILED, 3, "exited with code 3"), 1000.5)
+    # a second observation does not overwrite the first
+    await st.record_result(BIG, ExitResult(TaskState.COMPLETED, 0), 2000.0)
+    await st.record_result(8, ExitResult(TaskState.KILLED_OOM, 137, "oom"), 999.0)  # never saved: still recorded
+    assert await st.active() == []
+    await st.close()
+
+    st = await RunnerState.open(path)
+    out = await st.outbox()
+    assert [o.task_id for o in out] == [8, BIG]
+    big = out[1]
+    assert big.result == ExitResult(TaskState.FAILED, 3, "exited with code 3")
+    assert big.finished_at == 1000.5
+    assert big.handle == handle(BIG) and big.task == {"task_id": str(BIG)}
+    assert out[0].handle is None
+    await st.acknowledge(BIG)
+    await st.acknowledge(BIG)
+    assert [o.task_id for o in await st.outbox()] == [8]
+    await st.close()
+
+
+async def test_pragmas_and_schema_version(tmp_path):
+    path = str(tmp_path / "runner.db")
+    st = await RunnerState.open(path)
+    await st.close()
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        con.close()
+
+
+async def test_newer_schema_is_refused(tmp_path):
+    path = str(tmp_path / "runner.db")
+    con = sqlite3.connect(path)
+    con.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    con.commit()
+    con.close()
+    with pytest.raises(Exception, match="newer than this HakuRiver"):
+        await RunnerState.open(path)
