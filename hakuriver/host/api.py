@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import naming
+from .. import __version__, naming
 from ..errors import NotFound, ValidationError
 from ..ids import parse_id
 from ..models import GpuInfo, NodeResources, NumaNode, TaskState
@@ -22,7 +22,7 @@ from ..parsing import validate_node_name
 from ..webapi import json_response, query_int, read_json_object, require_type
 from .db import NodeRecord
 from .keys import CLUSTER, CONFIG, DB
-from .submission import SUBMIT_FIELDS, parse_submission
+from .submission import MAX_TARGETS, SUBMIT_FIELDS, parse_submission
 
 MAX_LIST = 1000
 MAX_WAIT_SECONDS = 300.0
@@ -59,8 +59,11 @@ async def list_tasks(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 100, minimum=1, maximum=MAX_LIST)
     before = request.query.get("before")
     before_id = parse_id(before) if before else None
-    tasks = await request.app[DB].list_tasks(states=states, node=node, limit=limit, before_id=before_id)
-    next_before = str(tasks[-1].id) if len(tasks) == limit else None
+    # One row more than asked tells whether an older page exists.
+    tasks = await request.app[DB].list_tasks(states=states, node=node, limit=limit + 1, before_id=before_id)
+    more = len(tasks) > limit
+    tasks = tasks[:limit]
+    next_before = str(tasks[-1].id) if more else None
     return json_response({"tasks": [t.to_json() for t in tasks], "next_before": next_before})
 
 
@@ -87,8 +90,9 @@ async def resume_task(request: web.Request) -> web.Response:
 async def wait_tasks(request: web.Request) -> web.Response:
     data = await read_json_object(request, {"task_ids", "timeout"})
     raw_ids = require_type(data, "task_ids", list)
-    if not raw_ids or len(raw_ids) > MAX_LIST:
-        raise ValidationError(f"'task_ids' must hold between 1 and {MAX_LIST} ids")
+    # As many ids as one submission can create, so a batch is waited in one call.
+    if not raw_ids or len(raw_ids) > MAX_TARGETS:
+        raise ValidationError(f"'task_ids' must hold between 1 and {MAX_TARGETS} ids")
     ids = [parse_id(i) for i in raw_ids]
     timeout = float(require_type(data, "timeout", (int, float), required=False, default=30))
     if not 0 <= timeout <= MAX_WAIT_SECONDS:
@@ -172,7 +176,13 @@ def node_json(node: NodeRecord, cluster: Any) -> dict[str, Any]:
         "registered_at": node.registered_at,
         "last_heartbeat": node.last_heartbeat,
         "stats": node.stats,
-        "allocated": {"cores": used.cores, "memory": used.memory, "gpus": sorted(used.gpus)},
+        "allocated": {
+            "cores": used.cores,
+            "memory": used.memory,
+            "gpus": sorted(used.gpus),
+            "numa": {str(k): {"cores": used.numa_cores.get(k, 0), "memory": used.numa_memory.get(k, 0)}
+                     for k in sorted(set(used.numa_cores) | set(used.numa_memory))},
+        },
     }
 
 
@@ -197,6 +207,7 @@ async def health(request: web.Request) -> web.Response:
     return json_response(
         {
             "status": "ok",
+            "version": __version__,
             "nodes": {"online": sum(n.online for n in nodes), "offline": sum(not n.online for n in nodes)},
             "tasks": {str(k): v for k, v in counts.items()},
         }

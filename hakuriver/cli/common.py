@@ -1,0 +1,366 @@
+"""What every HakuRiver console script shares.
+
+- `CliParser`: argparse with one-line errors (`prog: error: ...`, exit 2).
+- `common_options()`: the shared parent parser (`--config`, `--json`, `-v`),
+  accepted before or after the subcommand.
+- `execute()`: parse, run the subcommand's coroutine, and turn every
+  expected failure into one line on stderr and an exit status. Never a
+  traceback for user errors, bad input or an unreachable Host.
+- Small formatting helpers for the human-readable tables.
+
+Exit statuses (the same for every CLI):
+
+    0    success
+    1    failure: the Host refused the request, could not be reached, the
+         config is invalid, or a waited-for task did not end `completed`
+    2    usage: bad flags or values, refused locally before anything is sent
+    124  `wait` / `submit --wait`: the timeout passed before every task ended
+    130  interrupted (Ctrl-C)
+    141  stdout was closed early (e.g. `| head`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from typing import Any, Awaitable, Callable, Iterable, Sequence
+
+from ..errors import ConfigError, HakuRiverError, ValidationError
+from ..ids import parse_id
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 124
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+EXIT_CODES_EPILOG = """\
+exit status:
+  0    success
+  1    failure (Host error, Host unreachable, bad config, or a waited-for task did not complete)
+  2    usage error (bad flags or values; nothing was sent)
+  124  timeout while waiting for tasks
+  130  interrupted"""
+
+SERVICE_EPILOG = """\
+exit status:
+  0    stopped cleanly (SIGINT or SIGTERM)
+  1    could not start (bad config, port in use) or stopped on an error
+  2    usage error"""
+
+CONFIG_HELP = "config file (default: $HAKURIVER_CONFIG, then ~/.hakuriver/config.toml, then built-in defaults)"
+
+
+class UsageError(Exception):
+    """Bad command-line input found after parsing: one line, exit 2."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line: `hakuriver.task: error: ...`."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        root = self.prog.split()[0]
+        self.exit(EXIT_USAGE, f"{root}: error: {one_line(message)} (see '{self.prog} --help')\n")
+
+
+def common_options(*, subcommand: bool = False) -> argparse.ArgumentParser:
+    """The shared parent parser: `--config`, `--json`, `-v`.
+
+    Add it to the top-level parser and (with `subcommand=True`) to each
+    subparser, so the options work on either side of the subcommand. In
+    subparsers the defaults are suppressed: otherwise a subparser's default
+    would overwrite a value given before the subcommand.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    default = argparse.SUPPRESS if subcommand else None
+    group = parent.add_argument_group("common options")
+    group.add_argument("--config", metavar="PATH", default=default, help=CONFIG_HELP)
+    group.add_argument("--json", action="store_true", default=argparse.SUPPRESS if subcommand else False,
+                       help="print the API's JSON instead of tables (for scripts)")
+    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS if subcommand else False,
+                       help="log debugging details to stderr")
+    return parent
+
+
+def service_options() -> argparse.ArgumentParser:
+    """The parent parser of the services (`hakuriver.host`, `hakuriver.runner`)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    parent.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    return parent
+
+
+# ------------------------------------------------------------ argparse types
+def task_id_arg(text: str) -> str:
+    """argparse `type=` for a task id: a positive 64-bit decimal number."""
+    try:
+        return str(parse_id(text.strip()))
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def positive_int_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def non_negative_int_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite, non-negative number of seconds")
+    return value
+
+
+# ---------------------------------------------------------------- running
+class Connect:
+    """Loads the config (only when a command needs the Host) and builds the client.
+
+    Commands validate their own input first and call this afterwards, so a
+    bad flag is reported as a usage error even without a config file.
+    """
+
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+        self.config: Any = None
+
+    def __call__(self) -> Any:
+        from ..client import HostClient
+        from ..config import CONFIG_ENV_VAR, load_config
+
+        config = load_config(self.config_path)
+        self.config = config
+        if not config.auth.token:
+            if config.source:
+                raise ConfigError(f"auth.token is not set in {config.source}; "
+                                  "the Host refuses unauthenticated calls (copy the token from the Host's config)")
+            raise ConfigError(f"no config file found (--config, ${CONFIG_ENV_VAR}, ~/.hakuriver/config.toml), "
+                              "so no auth.token to call the Host with; run 'hakuriver.init config' or pass --config")
+        return HostClient(config.host_url, config.auth.token)
+
+
+Handler = Callable[[argparse.Namespace, Connect], Awaitable[int]]
+
+
+def execute(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse `argv`, run `args.func(args, connect)`, map failures to exit statuses."""
+    prog = parser.prog.split()[0]
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    if getattr(args, "verbose", False):
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    connect = Connect(getattr(args, "config", None))
+    handler: Handler = args.func
+    try:
+        return asyncio.run(handler(args, connect))
+    except UsageError as exc:
+        return fail(prog, str(exc), EXIT_USAGE)
+    except ValidationError as exc:  # a local parser refused a flag's value
+        return fail(prog, exc.message, EXIT_USAGE)
+    except HakuRiverError as exc:
+        message = exc.message
+        if exc.status == 401 and exc.code == "unauthorized":
+            source = getattr(connect.config, "source", None) or "the config"
+            message += f" (check auth.token in {source})"
+        if getattr(args, "verbose", False):
+            message += f" [{type(exc).__name__}, code={exc.code}, status={exc.status}]"
+        return fail(prog, message, EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:  # a bug, or an answer this CLI does not understand
+        if getattr(args, "verbose", False):
+            raise
+        return fail(prog, f"unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", EXIT_FAILURE)
+
+
+def fail(prog: str, message: str, status: int = EXIT_FAILURE) -> int:
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
+    return status
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout again at exit; point it at /dev/null so that
+    # flush does not raise a second BrokenPipeError with a traceback.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+# ------------------------------------------------------------------ output
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A plain left-aligned table, columns two spaces apart, no trailing blanks."""
+    cells = [[str(h) for h in headers]] + [["-" if c is None or c == "" else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def format_time(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def format_ago(ts: float | None, now: float | None = None) -> str:
+    if not ts:
+        return "never"
+    delta = max(0.0, (time.time() if now is None else now) - ts)
+    if delta < 60:
+        return f"{delta:.0f}s ago"
+    if delta < 3600:
+        return f"{delta // 60:.0f}m ago"
+    if delta < 86400:
+        return f"{delta // 3600:.0f}h ago"
+    return f"{delta // 86400:.0f}d ago"
+
+
+_UNITS = (("P", 1 << 50), ("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10))
+
+
+def format_size(value: int | None) -> str:
+    """Bytes for people: 8G, 512M, 23.5G ("-" for none/0)."""
+    if not value:
+        return "-"
+    for unit, size in _UNITS:
+        if value >= size:
+            if value % size == 0:
+                return f"{value // size}{unit}"
+            return f"{value / size:.1f}{unit}"
+    return f"{value}B"
+
+
+def format_command(argv: Sequence[str], width: int | None = None) -> str:
+    """An argv list shown shell-quoted (for display only; never executed)."""
+    text = shlex.join(argv) if argv else "-"
+    if width is not None and len(text) > width:
+        text = text[: max(width - 3, 1)] + "..."
+    return text
+
+
+def format_cpus(cpus: Iterable[int]) -> str:
+    """[0, 1, 2, 3, 8] -> "0-3,8"."""
+    ordered = sorted(set(cpus))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts) or "-"
+
+
+# --------------------------------------------------------------- services
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_service_logging(verbose: bool, log_file: str) -> None:
+    """stderr always (journald picks it up), plus `log_file` when set."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    formatter = logging.Formatter(LOG_FORMAT)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        path = os.path.expanduser(log_file)
+        try:
+            handlers.append(logging.FileHandler(path, encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot open log file {path}: {exc.strerror or exc}") from None
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    if not verbose:
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def serve(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    *,
+    factory: Callable[[Any], Any],
+    bind: Callable[[Any], tuple[str, int]],
+    log_file: Callable[[Any], str],
+) -> int:
+    """Run a service (`hakuriver.host`, `hakuriver.runner`) until SIGINT/SIGTERM.
+
+    `factory(config)` imports and calls the service's `create_app`; `bind`
+    and `log_file` pick the address and log file from the config. Config
+    errors, a port already in use and other expected failures print one
+    line and exit 1.
+    """
+    from aiohttp import web
+
+    from ..config import load_config
+
+    prog = parser.prog.split()[0]
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    log = logging.getLogger(f"hakuriver.{prog.rpartition('.')[2]}")
+    try:
+        config = load_config(args.config)
+        setup_service_logging(args.verbose, log_file(config))
+        host, port = bind(config)
+        app = factory(config)
+        log.info("%s starting on %s:%d (config: %s)", prog, host, port, config.source or "built-in defaults")
+        try:
+            web.run_app(app, host=host, port=port, print=None, handle_signals=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    except HakuRiverError as exc:
+        return fail(prog, exc.message, EXIT_FAILURE)
+    except ImportError as exc:
+        return fail(prog, f"cannot load the service: {exc}", EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception:
+        log.exception("%s stopped on an unexpected error", prog)
+        return EXIT_FAILURE
+    log.info("%s stopped", prog)
+    return EXIT_OK

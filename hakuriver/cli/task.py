@@ -1,0 +1,402 @@
+"""`hakuriver.task`: submit tasks and follow them through their lifecycle.
+
+    hakuriver.task submit --target node1:0 --cores 4 --memory 8G -- python train.py --lr 0.1
+    hakuriver.task list --state running,pending
+    hakuriver.task logs ID --follow
+    hakuriver.task wait ID ID --timeout 600
+
+The command after `--` is an argv list: it travels to the runner as a JSON
+array and is executed without a shell, so `'$(id)'` or `'a;b'` arrive as the
+literal arguments typed. Flag values are checked locally with the same
+parsers (and messages) as the Host before anything is sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+from typing import Any
+
+from ..client import HostClient, is_final
+from ..errors import HakuRiverError, ValidationError
+from ..models import SYSTEMD_CONTAINER, TaskState
+from ..parsing import (
+    parse_cores,
+    parse_env,
+    parse_mount,
+    parse_size,
+    parse_target,
+    validate_env_name,
+    validate_node_name,
+)
+from .common import (
+    EXIT_CODES_EPILOG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    CliParser,
+    Connect,
+    UsageError,
+    common_options,
+    execute,
+    format_command,
+    format_size,
+    format_time,
+    non_negative_int_arg,
+    positive_int_arg,
+    print_json,
+    seconds_arg,
+    table,
+    task_id_arg,
+)
+
+PROG = "hakuriver.task"
+FOLLOW_INTERVAL = 0.5
+"""Seconds between polls of `logs --follow` when nothing new was written."""
+LIST_COMMAND_WIDTH = 40
+MAX_LIST_LIMIT = 1000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser. Pure: reads no config, environment, network or files."""
+    parser = CliParser(
+        prog=PROG,
+        description="Submit HakuRiver tasks and manage their lifecycle.",
+        epilog=EXIT_CODES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common_options()],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_submit(sub)
+    _add_status(sub)
+    _add_list(sub)
+    _add_control(sub, "kill", "kill a task (pending, assigning, running or paused)")
+    _add_control(sub, "pause", "pause a running task (it keeps its cores, memory and GPUs)")
+    _add_control(sub, "resume", "resume a paused task")
+    _add_logs(sub)
+    _add_wait(sub)
+    return parser
+
+
+def _subparser(sub: Any, name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
+                          parents=[common_options(subcommand=True)], **kwargs)
+
+
+# ------------------------------------------------------------------ submit
+def _add_submit(sub: Any) -> None:
+    p = _subparser(
+        sub, "submit", "submit a command as one task per --target (or one automatically placed task)",
+        usage=f"{PROG} submit [options] -- COMMAND [ARG ...]",
+        epilog="The command and its arguments are passed as a list, never through a shell.\n\n" + EXIT_CODES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--target", action="append", default=[], metavar="TARGET",
+                   help="where to run: HOST, HOST:NUMA, HOST::GPU,GPU or HOST:NUMA::GPU,... "
+                        "(repeatable: one task per target; none: automatic placement)")
+    p.add_argument("--cores", type=positive_int_arg, metavar="N", help="CPU cores (default 1)")
+    p.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512M, 4G")
+    p.add_argument("--gpus", type=non_negative_int_arg, metavar="N",
+                   help="number of GPUs for automatic placement (with --target, name GPU ids in the target instead)")
+    p.add_argument("--container", metavar="NAME",
+                   help=f"environment to run in (default: the cluster's default); "
+                        f"{SYSTEMD_CONTAINER} runs the task in a systemd scope on the node instead of Docker")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment variable for the task (repeatable)")
+    p.add_argument("--mount", action="append", default=[], metavar="HOST_PATH:CONTAINER_PATH",
+                   help="extra bind mount, optionally with :ro (repeatable; Docker tasks only, subject to the "
+                        "cluster's docker.allowed_mount_prefixes)")
+    p.add_argument("--privileged", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the container privileged, or explicitly not (default: the cluster's "
+                        "docker.tasks_privileged; privileged only where the cluster allows it)")
+    p.add_argument("--wait", action="store_true", help="wait until every task has ended and print a summary")
+    p.add_argument("--wait-timeout", type=seconds_arg, metavar="SECONDS",
+                   help="give up waiting after this long (implies --wait; default: wait forever)")
+    p.add_argument("command_argv", nargs=argparse.REMAINDER, metavar="COMMAND",
+                   help="the program and its arguments, after '--'")
+    p.set_defaults(func=_cmd_submit)
+
+
+def submit_request(args: argparse.Namespace) -> dict[str, Any]:
+    """Check the submit flags locally and build `HostClient.submit`'s arguments."""
+    command = list(args.command_argv)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError(f"no command given: {PROG} submit [options] -- COMMAND [ARG ...]")
+    if not command[0]:
+        raise UsageError("the program (the first word after '--') must not be empty")
+    targets = [str(parse_target(t)) for t in args.target]
+    memory = parse_size(args.memory) if args.memory is not None else None
+    cores = parse_cores(args.cores) if args.cores is not None else None
+    env: dict[str, str] = {}
+    for spec in args.env:
+        key, value = parse_env(spec)
+        if key.startswith("HAKURIVER_"):
+            raise ValidationError(f"env name {key!r} is reserved: HAKURIVER_* variables are set by the runner")
+        env[key] = value
+    mounts = [str(parse_mount(m)) for m in args.mount]
+    container = args.container
+    if container is not None and container != SYSTEMD_CONTAINER:
+        validate_env_name(container)
+    systemd = container == SYSTEMD_CONTAINER
+    if args.privileged and systemd:
+        raise ValidationError("--privileged applies to Docker tasks only, not to --container NULL")
+    if mounts and systemd:
+        raise ValidationError("--mount applies to Docker tasks only; --container NULL tasks see the node's filesystem")
+    if args.gpus and targets:
+        raise ValidationError("give GPUs either as a count (--gpus) for automatic placement "
+                              "or as ids in --target (node::0,1), not both")
+    return {
+        "command": command,
+        "cores": cores,
+        "memory": memory,
+        "container": container,
+        "env": env or None,
+        "mounts": mounts or None,
+        "privileged": args.privileged,
+        "targets": targets or None,
+        "gpus": args.gpus or None,
+    }
+
+
+async def _cmd_submit(args: argparse.Namespace, connect: Connect) -> int:
+    request = submit_request(args)
+    command = request.pop("command")
+    wait = args.wait or args.wait_timeout is not None
+    async with connect() as host:
+        result = await host.submit(command, **request)
+        if not wait:
+            if args.json:
+                print_json(result)
+            else:
+                print("\n".join(result["task_ids"]))
+            return EXIT_OK
+        if not args.json:
+            print("\n".join(result["task_ids"]), flush=True)
+        waited = await host.wait(result["task_ids"], timeout=args.wait_timeout)
+    if args.json:
+        print_json({**result, "tasks": waited["tasks"], "done": waited["done"]})
+    else:
+        print(_summary(waited["tasks"]))
+    return wait_status(waited)
+
+
+# --------------------------------------------------------- status / list
+def _add_status(sub: Any) -> None:
+    p = _subparser(sub, "status", "show one task in detail")
+    p.add_argument("task_id", type=task_id_arg, metavar="ID")
+    p.set_defaults(func=_cmd_status)
+
+
+async def _cmd_status(args: argparse.Namespace, connect: Connect) -> int:
+    async with connect() as host:
+        task = await host.get_task(args.task_id)
+    if args.json:
+        print_json(task)
+    else:
+        print(describe_task(task))
+    return EXIT_OK
+
+
+def describe_task(task: dict[str, Any]) -> str:
+    """A task's fields, one per line, for people."""
+    placement = task.get("node") or "-"
+    extra = []
+    if task.get("numa") is not None:
+        extra.append(f"numa {task['numa']}")
+    if task.get("gpus"):
+        extra.append("gpus " + ",".join(str(g) for g in task["gpus"]))
+    if extra:
+        placement += f" ({', '.join(extra)})"
+    env = task.get("env") or {}
+    rows = [
+        ("task", task.get("task_id")),
+        ("batch", task.get("batch_id")),
+        ("state", task.get("state")),
+        ("exit code", task.get("exit_code")),
+        ("error", task.get("error")),
+        ("command", format_command(task.get("command") or [])),
+        ("target", task.get("target") or "auto"),
+        ("node", placement),
+        ("cores", task.get("cores")),
+        ("memory", format_size(task.get("memory"))),
+        ("gpu count", task.get("gpu_count") or None),
+        ("container", task.get("container")),
+        ("privileged", "yes" if task.get("privileged") else "no"),
+        ("env", " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())),
+        ("mounts", " ".join(task.get("mounts") or [])),
+        ("submitted", format_time(task.get("submitted_at"))),
+        ("assigned", format_time(task.get("assigned_at"))),
+        ("started", format_time(task.get("started_at"))),
+        ("finished", format_time(task.get("finished_at"))),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {'-' if v is None or v == '' else v}" for k, v in rows)
+
+
+def _add_list(sub: Any) -> None:
+    p = _subparser(sub, "list", "list tasks, newest first")
+    p.add_argument("--state", metavar="STATE[,STATE]",
+                   help="only these states: " + ", ".join(s.value for s in TaskState))
+    p.add_argument("--node", metavar="NODE", help="only tasks placed on this node")
+    p.add_argument("--limit", type=positive_int_arg, default=100, metavar="N",
+                   help=f"at most N tasks (default 100, at most {MAX_LIST_LIMIT})")
+    p.add_argument("--before", type=task_id_arg, metavar="ID", help="only tasks older than ID (the next page)")
+    p.set_defaults(func=_cmd_list)
+
+
+def _check_states(text: str) -> str:
+    known = {s.value for s in TaskState}
+    states = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in states if s not in known]
+    if bad or not states:
+        raise UsageError(f"unknown state {', '.join(bad) or repr(text)}; states are: {', '.join(sorted(known))}")
+    return ",".join(states)
+
+
+async def _cmd_list(args: argparse.Namespace, connect: Connect) -> int:
+    states = _check_states(args.state) if args.state else None
+    if args.node:
+        validate_node_name(args.node)
+    if args.limit > MAX_LIST_LIMIT:
+        raise UsageError(f"--limit must be at most {MAX_LIST_LIMIT}")
+    async with connect() as host:
+        result = await host.list_tasks(state=states, node=args.node, limit=args.limit, before=args.before)
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    rows = [
+        (
+            t["task_id"],
+            t["state"],
+            t.get("node"),
+            t.get("cores"),
+            format_size(t.get("memory")),
+            format_command(t.get("command") or [], LIST_COMMAND_WIDTH),
+            format_time(t.get("submitted_at")),
+        )
+        for t in result["tasks"]
+    ]
+    print(table(("ID", "STATE", "NODE", "CORES", "MEM", "COMMAND", "SUBMITTED"), rows))
+    if result.get("next_before"):
+        print(f"(more: {PROG} list --before {result['next_before']})", file=sys.stderr)
+    return EXIT_OK
+
+
+# ------------------------------------------------------ kill/pause/resume
+def _add_control(sub: Any, action: str, help_text: str) -> None:
+    p = _subparser(sub, action, help_text)
+    p.add_argument("task_id", type=task_id_arg, metavar="ID")
+    p.set_defaults(func=_cmd_control, action=action)
+
+
+async def control_task(args: argparse.Namespace, connect: Connect, action: str) -> int:
+    async with connect() as host:
+        method = {"kill": host.kill, "pause": host.pause, "resume": host.resume}[action]
+        task = await method(args.task_id)
+    if args.json:
+        print_json(task)
+    else:
+        print(f"{task['task_id']}  {task['state']}")
+    return EXIT_OK
+
+
+async def _cmd_control(args: argparse.Namespace, connect: Connect) -> int:
+    return await control_task(args, connect, args.action)
+
+
+# -------------------------------------------------------------------- logs
+def _add_logs(sub: Any) -> None:
+    p = _subparser(sub, "logs", "print a task's output (stdout, or stderr with --stderr)")
+    p.add_argument("task_id", type=task_id_arg, metavar="ID")
+    p.add_argument("--stderr", action="store_true", help="show the standard error stream instead of stdout")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output until the task has ended")
+    p.add_argument("-n", "--tail", type=non_negative_int_arg, metavar="N", help="start with the last N lines")
+    p.add_argument("--interval", type=seconds_arg, default=FOLLOW_INTERVAL, metavar="SECONDS",
+                   help=f"with --follow, seconds between polls when nothing is new (default {FOLLOW_INTERVAL})")
+    p.set_defaults(func=_cmd_logs)
+
+
+async def stream_logs(host: HostClient, task_id: str, *, stream: str = "stdout", tail: int | None = None,
+                      follow: bool = False, interval: float = FOLLOW_INTERVAL, out: Any = None) -> str:
+    """Copy a task's log to `out` (a binary file); returns the task's last seen state.
+
+    Without `follow`: read what exists now. With `follow`: keep polling from
+    the returned offset until a read comes back empty *and* the task was
+    already final when that read was made (the Host reads the state before
+    the file), so nothing written before the end is missed.
+    """
+    out = out if out is not None else sys.stdout.buffer
+    offset = 0
+    while True:
+        data, next_offset, state = await host.logs(task_id, stream, offset, tail=tail)
+        tail = None
+        if data:
+            out.write(data)
+            out.flush()
+            if next_offset <= offset:
+                raise HakuRiverError(f"the Host's log offset for task {task_id} did not advance past {offset}",
+                                     code="bad_response")
+            offset = next_offset
+            continue  # there may be more right away: read on without sleeping
+        if not follow or is_final(state):
+            return state
+        await asyncio.sleep(interval)
+
+
+async def _cmd_logs(args: argparse.Namespace, connect: Connect) -> int:
+    sys.stdout.flush()
+    async with connect() as host:
+        await stream_logs(host, args.task_id, stream="stderr" if args.stderr else "stdout", tail=args.tail,
+                          follow=args.follow, interval=args.interval)
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------- wait
+def _add_wait(sub: Any) -> None:
+    p = _subparser(sub, "wait", "wait until tasks have ended; exit 0 only if all completed",
+                   epilog=EXIT_CODES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task_ids", type=task_id_arg, nargs="+", metavar="ID")
+    p.add_argument("--timeout", type=seconds_arg, metavar="SECONDS", help="give up after this long (default: never)")
+    p.set_defaults(func=_cmd_wait)
+
+
+async def _cmd_wait(args: argparse.Namespace, connect: Connect) -> int:
+    async with connect() as host:
+        waited = await host.wait(args.task_ids, timeout=args.timeout)
+    if args.json:
+        print_json(waited)
+    else:
+        print(_summary(waited["tasks"]))
+    return wait_status(waited)
+
+
+def wait_status(waited: dict[str, Any]) -> int:
+    """0 if every task completed; 1 if any ended otherwise; 124 if some are still not final."""
+    states = [t["state"] for t in waited["tasks"]]
+    if any(is_final(s) and s != TaskState.COMPLETED for s in states):
+        return EXIT_FAILURE
+    if not waited.get("done") or not all(is_final(s) for s in states):
+        return EXIT_TIMEOUT
+    return EXIT_OK
+
+
+def _summary(tasks: list[dict[str, Any]]) -> str:
+    rows = [(t["task_id"], t["state"], t.get("exit_code"), t.get("node"), t.get("error")) for t in tasks]
+    return table(("ID", "STATE", "EXIT", "NODE", "ERROR"), rows)
+
+
+# -------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    return execute(build_parser(), argv)
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
