@@ -32,7 +32,7 @@ from .engine import (
     remove_container,
     remove_network,
 )
-from .node import ContainerFactory, NodeFactory, _short_test_name
+from .node import ContainerFactory, Node, NodeFactory, _short_test_name
 
 DOCKER_FIXTURES = frozenset(
     {"docker_client", "harness_images", "docker_network", "network_factory", "node_factory",
@@ -291,3 +291,36 @@ def container_factory(request: pytest.FixtureRequest, docker_client: Any
         errors = factory.cleanup()
     if errors:
         pytest.fail("container teardown failed: " + "; ".join(errors), pytrace=False)
+
+
+# ------------------------------------------------------- hakuriver inside nodes
+
+
+@pytest.fixture(scope="session")
+def hakuriver_wheelhouse() -> Any:
+    """Wheels of hakuriver (fresh from the working tree) and its dependencies."""
+    from .install import build_wheelhouse
+
+    return build_wheelhouse()
+
+
+@pytest.fixture(scope="session")
+def node_py_image(docker_client: Any, harness_images: dict[str, str], hakuriver_wheelhouse: Any) -> str:
+    """The node image with hakuriver's dependencies in /opt/hakuriver/venv (cached by tag)."""
+    from .install import ensure_node_py_image
+
+    return ensure_node_py_image(docker_client, harness_images["node"], hakuriver_wheelhouse)
+
+
+@pytest.fixture
+def hakuriver_node_factory(node_factory: NodeFactory, node_py_image: str, hakuriver_wheelhouse: Any) -> Any:
+    """Like node_factory, but each node has hakuriver installed in /opt/hakuriver/venv."""
+    from .install import install_hakuriver
+
+    def make(suffix: str = "node", **kwargs: Any) -> Node:
+        kwargs.setdefault("image", node_py_image)
+        node = node_factory(suffix, **kwargs)
+        install_hakuriver(node, hakuriver_wheelhouse)
+        return node
+
+    return make
