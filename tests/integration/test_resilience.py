@@ -153,3 +153,33 @@ def test_gpu_validation_and_placement_with_fake_nvml(cluster: LocalCluster, node
     [counted] = cluster.submit(["true"], gpus=2)
     task = cluster.wait_final(counted)
     assert task["node"] == node_name and task["gpus"] == [0, 1], task
+
+
+def test_runner_started_before_the_host_registers_when_it_appears(cluster: LocalCluster, node_name: str) -> None:
+    cluster.stop_host()
+    cluster.add_runner(node_name, wait_online=False)
+    wait_until(lambda: "cannot reach the Host" in cluster.runners[node_name].proc.log(), what="a failed registration")
+    assert cluster.runners[node_name].proc.alive
+    cluster.host_proc.start()
+    cluster.wait_host_up()
+    cluster.wait_node(node_name, online=True)
+
+
+def test_result_finished_while_the_host_is_down_is_delivered(cluster: LocalCluster, node_name: str,
+                                                             docker_client: Any) -> None:
+    cluster.add_runner(node_name)
+    argv, release = waiting_task(cluster, "outbox")
+    script = argv[2] + "import sys; sys.exit(5)\n"
+    [task_id] = cluster.submit([argv[0], argv[1], script, argv[3]], targets=[node_name])
+    cluster.wait_state(task_id, "running")
+    cluster.stop_host()
+    release.touch()
+    wait_until(lambda: docker_client.containers.list(all=True, filters={"name": f"hakuriver-task-{task_id}"}) == []
+               or docker_client.containers.get(f"hakuriver-task-{task_id}").status == "exited",
+               what="the task to end while the Host is down")
+    wait_until(lambda: f"cannot report task {task_id}" in cluster.runners[node_name].proc.log(),
+               what="the runner to fail delivering the result")
+    cluster.host_proc.start()
+    cluster.wait_host_up()
+    task = cluster.wait_final(task_id)
+    assert task["state"] == "failed" and task["exit_code"] == 5, task

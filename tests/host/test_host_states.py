@@ -1,0 +1,199 @@
+"""The Host's state machine against a scripted runner: a real Host app on loopback,
+a real SQLite file, and a fake runner HTTP server that records what it is sent.
+
+These cover the transitions a real runner makes hard to catch on purpose: kill
+while `assigning`, a late report after `killed`, pause holding resources, a
+`lost` task restored by a heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from hakuriver.config import config_from_dict
+from hakuriver.host.app import create_app
+from tests.harness.polling import apoll
+
+TOKEN = "state-test-token"
+
+
+class FakeRunner:
+    """A runner endpoint whose answers a test controls."""
+
+    def __init__(self) -> None:
+        self.runs: list[dict[str, Any]] = []
+        self.controls: list[tuple[str, str]] = []
+        self.hold = asyncio.Event()
+        self.hold.set()
+        app = web.Application()
+        app.add_routes([web.post("/api/tasks", self._run), web.post("/api/tasks/{tid}/{action}", self._control)])
+        self.app = app
+
+    async def _run(self, request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+        body = await request.json()
+        self.runs.append(body)
+        await self.hold.wait()
+        return web.json_response({"task_id": body["task_id"], "status": "accepted"}, status=202)
+
+    async def _control(self, request: web.Request) -> web.Response:
+        self.controls.append((request.match_info["tid"], request.match_info["action"]))
+        return web.json_response({"ok": True})
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _serve(app: web.Application, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+class HostUnderTest:
+    def __init__(self, session: aiohttp.ClientSession, url: str, runner_url: str):
+        self.session, self.url, self.runner_url = session, url, runner_url
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.session.request(method, self.url + path, json=body) as resp:
+            return resp.status, await resp.json()
+
+    async def register(self, name: str = "n1", cores: int = 4, **extra: Any) -> None:
+        body = {"hostname": name, "url": self.runner_url, "cores": cores, "memory": 8 << 30, **extra}
+        status, reply = await self.call("POST", "/api/runner/register", body)
+        assert status == 200, reply
+
+    async def report(self, task_id: str, state: str, node: str = "n1", **extra: Any) -> tuple[int, Any]:
+        return await self.call("POST", f"/api/runner/tasks/{task_id}/status", {"hostname": node, "state": state, **extra})
+
+    async def heartbeat(self, node: str, tasks: list[tuple[str, str]]) -> tuple[int, Any]:
+        return await self.call("POST", "/api/runner/heartbeat", {
+            "hostname": node, "stats": {}, "tasks": [{"task_id": t, "state": s} for t, s in tasks]})
+
+    async def state(self, task_id: str) -> str:
+        return (await self.call("GET", f"/api/tasks/{task_id}"))[1]["state"]
+
+    async def wait_state(self, task_id: str, state: str) -> None:
+        async def check() -> bool:
+            return await self.state(task_id) == state
+
+        await apoll(check, timeout=10, what=f"task {task_id} to be {state}")
+
+    async def submit(self, **fields: Any) -> str:
+        status, reply = await self.call("POST", "/api/tasks", {"command": ["sleep", "1"], **fields})
+        assert status == 201, reply
+        return reply["task_ids"][0]
+
+
+@pytest.fixture
+async def host(tmp_path: Path) -> AsyncIterator[tuple[HostUnderTest, FakeRunner]]:
+    (tmp_path / "shared").mkdir()
+    fake = FakeRunner()
+    runner_port, host_port = _port(), _port()
+    fake_site = await _serve(fake.app, runner_port)
+    config = config_from_dict({
+        "network": {"host_port": host_port},
+        "paths": {"shared_dir": str(tmp_path / "shared")},
+        "database": {"db_file": str(tmp_path / "host.db")},
+        "timing": {"heartbeat_interval": 0.2, "heartbeat_timeout_factor": 3, "cleanup_check_interval": 0.1},
+        "auth": {"token": TOKEN},
+    })
+    host_site = await _serve(create_app(config), host_port)
+    session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        yield HostUnderTest(session, f"http://127.0.0.1:{host_port}", f"http://127.0.0.1:{runner_port}"), fake
+    finally:
+        fake.hold.set()
+        await session.close()
+        await host_site.cleanup()
+        await fake_site.cleanup()
+
+
+async def test_kill_while_assigning_is_forwarded_and_sticks(host: tuple[HostUnderTest, FakeRunner]) -> None:
+    h, fake = host
+    await h.register()
+    fake.hold.clear()  # the runner takes the task but does not answer yet
+    task_id = await h.submit()
+    await apoll(lambda: fake.runs, timeout=10, what="the dispatch to reach the runner")
+    assert await h.state(task_id) == "assigning"
+    status, body = await h.call("POST", f"/api/tasks/{task_id}/kill")
+    assert status == 200 and body["state"] == "killed"
+    await apoll(lambda: (task_id, "kill") in fake.controls, timeout=10, what="the kill to be forwarded")
+    fake.hold.set()
+    # The runner now says it started the task; the Host keeps `killed` and
+    # orders the kill again through the heartbeat reply.
+    status, body = await h.report(task_id, "running")
+    assert status == 200 and body["state"] == "killed"
+    status, body = await h.heartbeat("n1", [(task_id, "running")])
+    assert status == 200 and body["kill"] == [task_id]
+    status, body = await h.report(task_id, "completed", exit_code=0)
+    assert body["state"] == "killed"
+    assert await h.state(task_id) == "killed"
+
+
+async def test_pause_holds_resources_and_kill_works_when_paused(host: tuple[HostUnderTest, FakeRunner]) -> None:
+    h, fake = host
+    await h.register(cores=4)
+    first = await h.submit(cores=4)
+    await apoll(lambda: fake.runs, timeout=10, what="dispatch")
+    assert (await h.report(first, "running"))[0] == 200
+    status, body = await h.call("POST", f"/api/tasks/{first}/pause")
+    assert status == 200 and body["state"] == "paused"
+    assert (first, "pause") in fake.controls
+    second = await h.submit(cores=1)
+    node = (await h.call("GET", "/api/nodes/n1"))[1]
+    assert node["allocated"]["cores"] == 4
+    assert await h.state(second) == "pending"  # the paused task still holds every core
+    status, body = await h.call("POST", f"/api/tasks/{first}/kill")
+    assert status == 200 and body["state"] == "killed"
+    await apoll(lambda: (first, "kill") in fake.controls, timeout=10, what="kill forwarded for the paused task")
+    await h.wait_state(second, "assigning")
+
+
+async def test_lost_when_heartbeats_stop_then_restored(host: tuple[HostUnderTest, FakeRunner]) -> None:
+    h, fake = host
+    await h.register()
+    task_id = await h.submit(cores=2)
+    await apoll(lambda: fake.runs, timeout=10, what="dispatch")
+    await h.report(task_id, "running")
+    # No heartbeats: after interval × factor the node is offline, the task lost.
+    await h.wait_state(task_id, "lost")
+    node = (await h.call("GET", "/api/nodes/n1"))[1]
+    assert node["online"] is False and node["allocated"]["cores"] == 0
+    # The runner comes back still running it: restored, and counted again.
+    status, body = await h.heartbeat("n1", [(task_id, "running")])
+    assert status == 200 and body["kill"] == []
+    assert await h.state(task_id) == "running"
+    node = (await h.call("GET", "/api/nodes/n1"))[1]
+    assert node["online"] is True and node["allocated"]["cores"] == 2
+    status, body = await h.report(task_id, "completed", exit_code=0)
+    assert body["state"] == "completed"
+
+
+async def test_reports_are_checked(host: tuple[HostUnderTest, FakeRunner]) -> None:
+    h, fake = host
+    await h.register("n1")
+    await h.register("n2")
+    task_id = await h.submit(targets=["n1"])
+    await apoll(lambda: fake.runs, timeout=10, what="dispatch")
+    status, body = await h.report(task_id, "running", node="n2")
+    assert status == 409  # a runner cannot report another node's task
+    status, body = await h.report(task_id, "exploded")
+    assert status == 400
+    status, body = await h.report(task_id, "pending")
+    assert status == 400
+    status, body = await h.heartbeat("ghost", [])
+    assert status == 404 and body["error"]["code"] == "unknown_node"
+    status, body = await h.call("POST", f"/api/tasks/{task_id}/resume")
+    assert status == 409  # only a paused task can be resumed
