@@ -220,7 +220,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 # --------------------------------------------------------- runner-facing
-REGISTER_FIELDS = {"hostname", "url", "cores", "memory", "numa", "gpus", "tasks"}
+REGISTER_FIELDS = {"hostname", "url", "cores", "memory", "numa", "gpus", "tasks", "finishing"}
 HEARTBEAT_FIELDS = {"hostname", "stats", "tasks", "finishing"}
 REPORT_FIELDS = {"hostname", "state", "exit_code", "error"}
 
@@ -254,7 +254,8 @@ async def runner_register(request: web.Request) -> web.Response:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValidationError(f"malformed 'numa' or 'gpus': {exc}") from None
     res = NodeResources(hostname=hostname, url=url, cores=cores, memory=memory, numa=numa, gpus=gpus)
-    record = await request.app[CLUSTER].register(res, _reported_tasks(data))
+    finishing = [parse_id(i) for i in require_type(data, "finishing", list, required=False, default=[])]
+    record = await request.app[CLUSTER].register(res, _reported_tasks(data), finishing)
     config = request.app[CONFIG]
     return json_response({"hostname": record.hostname, "heartbeat_interval": config.timing.heartbeat_interval})
 

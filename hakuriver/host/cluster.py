@@ -330,11 +330,11 @@ class Cluster:
                     pass
 
     # ----------------------------------------------------------------- nodes
-    async def register(self, res: NodeResources, reported: list[dict[str, Any]]) -> NodeRecord:
+    async def register(self, res: NodeResources, reported: list[dict[str, Any]], finishing: list[int] = ()) -> NodeRecord:
         async with self.lock:
             record = await self.db.upsert_node(res, self.clock())
             self.nodes[record.hostname] = record
-        kills = await self._reconcile(record.hostname, reported, [])
+        kills = await self._reconcile(record.hostname, reported, list(finishing))
         for task_id in kills:
             self._spawn(self._forward_id(record, task_id, "kill"))
         self.kick()

@@ -68,6 +68,7 @@ class HostLink:
             "numa": [n.to_json() for n in r.numa],
             "gpus": [g.to_json() for g in r.gpus],
             "tasks": self._running(),
+            "finishing": [str(i) for i in self._holding()],
         }
 
     async def register_forever(self) -> None:
