@@ -1,0 +1,461 @@
+"""`hakuriver.init`: a starter config, systemd units and the Runner's sudoers drop-in.
+
+    hakuriver.init config --shared-dir /mnt/cluster --db-file /var/lib/hakuriver/host.db
+    hakuriver.init service --host --config ~/.hakuriver/config.toml
+    hakuriver.init service --runner --instance gpu1 --config /etc/hakuriver/gpu1.toml --print
+    hakuriver.init sudoers --runner --user hakuriver --output hakuriver.sudoers
+
+It only writes files (or prints them): it never runs sudo, never copies into
+/etc and never reloads systemd. It prints the commands that do, for a person
+or a playbook to run. Unit text comes from `hakuriver.deploy.units`, the
+generator the Ansible roles use too; the config text from
+`hakuriver.deploy.configfile`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import grp
+import os
+import pwd
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .. import __version__
+from ..errors import HakuRiverError, ValidationError
+from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliParser, UsageError, fail
+
+PROG = "hakuriver.init"
+DEFAULT_CONFIG_OUTPUT = "~/.hakuriver/config.toml"
+MIN_TOKEN_LENGTH = 16
+SUDOERS_DROPIN = "/etc/sudoers.d/hakuriver"
+"""Where the Runner's sudoers rule goes (hakuriver.deploy.sudoers.DEFAULT_SUDOERS_PATH;
+a test keeps them equal without importing that module here)."""
+
+EPILOG = """\
+exit status:
+  0    success
+  1    failure: a missing or invalid config, a file that exists (config without --force),
+       a directory that does not exist, a file that cannot be written
+  2    usage error (bad flags or values; nothing was written)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser. Pure: reads no config, environment, network or files."""
+    parser = CliParser(
+        prog=PROG,
+        description="Set up HakuRiver on a machine: write a starter config, generate systemd units for\n"
+                    "the Host and Runner, and the Runner's sudoers drop-in. Writes files (or prints them)\n"
+                    "and prints the commands that install them; never runs sudo or systemctl itself.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_config(sub)
+    _add_service(sub)
+    _add_sudoers(sub)
+    return parser
+
+
+# ------------------------------------------------------------------- config
+def _add_config(sub: Any) -> None:
+    p = sub.add_parser(
+        "config", help="write a commented starter config with a fresh auth token",
+        description="Write a commented config with every key, its default, and a fresh random auth token,\n"
+                    "readable by its owner only (mode 0600). Flags set common values so scripts need no editing.\n"
+                    "Paths given as flags are stored as absolute paths.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--output", "-o", metavar="PATH", help=f"where to write it (default: {DEFAULT_CONFIG_OUTPUT})")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file (its token is replaced)")
+    g = p.add_argument_group("network")
+    g.add_argument("--host-address", metavar="ADDR", help="network.host_reachable_address: how Runners and CLIs reach the Host")
+    g.add_argument("--host-bind-ip", metavar="ADDR", help="network.host_bind_ip: the address the Host listens on")
+    g.add_argument("--host-port", type=_port_arg, metavar="PORT", help="network.host_port")
+    g.add_argument("--runner-address", metavar="ADDR", help="network.runner_address: how the Host reaches this Runner")
+    g.add_argument("--runner-port", type=_port_arg, metavar="PORT", help="network.runner_port")
+    g = p.add_argument_group("paths")
+    g.add_argument("--shared-dir", metavar="DIR", help="paths.shared_dir: the same path on every node")
+    g.add_argument("--local-temp-dir", metavar="DIR", help="paths.local_temp_dir: node-local scratch")
+    g.add_argument("--db-file", metavar="FILE", help="database.db_file: the Host's SQLite file")
+    g.add_argument("--host-log-file", metavar="FILE", help="paths.host_log_file")
+    g.add_argument("--runner-log-file", metavar="FILE", help="paths.runner_log_file")
+    g = p.add_argument_group("identity")
+    g.add_argument("--runner-name", metavar="NAME", help="runner.name: the node name this Runner registers as")
+    g.add_argument("--runner-user", metavar="USER", help="environment.runner_user: the user --container NULL tasks run as")
+    tok = g.add_mutually_exclusive_group()
+    tok.add_argument("--token", metavar="TOKEN",
+                     help="auth.token to use instead of a fresh one (visible in ps: prefer --token-file)")
+    tok.add_argument("--token-file", metavar="FILE",
+                     help="read auth.token from FILE ('-': stdin), e.g. the Host's token on a Runner")
+    p.set_defaults(func=_cmd_config)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from ..deploy.configfile import new_token, render_config, write_private_file
+    from ..parsing import validate_node_name
+    from ..deploy.units import check_account
+
+    overrides: dict[str, dict[str, Any]] = {}
+
+    def put(key: str, value: Any) -> None:
+        if value is not None:
+            section, _, name = key.partition(".")
+            overrides.setdefault(section, {})[name] = value
+
+    put("network.host_reachable_address", _address(args.host_address, "--host-address"))
+    put("network.host_bind_ip", _address(args.host_bind_ip, "--host-bind-ip"))
+    put("network.host_port", args.host_port)
+    put("network.runner_address", _address(args.runner_address, "--runner-address"))
+    put("network.runner_port", args.runner_port)
+    for flag, key in (("shared_dir", "paths.shared_dir"), ("local_temp_dir", "paths.local_temp_dir"),
+                      ("db_file", "database.db_file"), ("host_log_file", "paths.host_log_file"),
+                      ("runner_log_file", "paths.runner_log_file")):
+        value = getattr(args, flag)
+        if value is not None:
+            if not value.strip():
+                raise UsageError(f"--{flag.replace('_', '-')} must not be empty")
+            put(key, os.path.abspath(os.path.expanduser(value)))
+    if args.runner_name is not None:
+        put("runner.name", _usage("--runner-name", validate_node_name, args.runner_name))
+    if args.runner_user is not None:
+        put("environment.runner_user", _usage("--runner-user", check_account, "user", args.runner_user))
+    if args.token is not None:
+        token, origin = _check_token(args.token, "--token"), "the token given"
+    elif args.token_file is not None:
+        token, origin = _check_token(_read_token_file(args.token_file), f"the token in {args.token_file}"), \
+            f"the token from {args.token_file}"
+    else:
+        token, origin = new_token(), "a fresh auth token"
+    put("auth.token", token)
+
+    expanded = os.path.expanduser(args.output or DEFAULT_CONFIG_OUTPUT)
+    if expanded.startswith("~"):
+        raise _Failure(f"cannot tell where {expanded} is (no home directory); pass --output PATH")
+    path = Path(os.path.abspath(expanded))
+    text = render_config(overrides, header=(
+        f"HakuRiver config, written by hakuriver.init config (hakuriver {__version__}).\n"
+        "Every key is listed with its default; an unknown key is an error. Mode 0600: it holds the token."))
+    try:
+        write_private_file(path, text, overwrite=args.force)
+    except FileExistsError:
+        raise _Failure(f"{path} exists; pass --force to overwrite it (its auth token changes)") from None
+    except OSError as exc:
+        raise _Failure(f"cannot write {path}: {exc.strerror or exc}") from None
+    print(f"wrote {path} (mode 0600, {origin})")
+    print("next:")
+    print(f"  review it, then: hakuriver.init service --host --config {shlex.quote(str(path))}   (on the Host)")
+    print(f"            or:   hakuriver.init service --runner --config {shlex.quote(str(path))} (on a Runner)")
+    print("  every Runner and CLI needs the Host's token: hakuriver.init config --token-file FILE on them")
+    return EXIT_OK
+
+
+def _port_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return value
+
+
+def _address(value: str | None, flag: str) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or any(c.isspace() or c in "/\"'\\" for c in value):
+        raise UsageError(f"{flag} {value!r} is not a host name or IP address")
+    return value
+
+
+def _check_token(token: str, what: str) -> str:
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise UsageError(f"{what} is shorter than {MIN_TOKEN_LENGTH} characters: too easy to guess")
+    if any(not c.isprintable() or c.isspace() for c in token):
+        raise UsageError(f"{what} contains whitespace or control characters")
+    return token
+
+
+def _read_token_file(name: str) -> str:
+    try:
+        if name == "-":
+            return sys.stdin.readline().strip()
+        with open(os.path.expanduser(name), encoding="utf-8") as fh:
+            return fh.readline().strip()
+    except OSError as exc:
+        raise _Failure(f"cannot read --token-file {name}: {exc.strerror or exc}") from None
+
+
+# ------------------------------------------------------------------ service
+def _add_service(sub: Any) -> None:
+    p = sub.add_parser(
+        "service", help="generate systemd units for the Host and/or the Runner",
+        description="Generate hakuriver-host.service and/or hakuriver-runner.service from a config.\n"
+                    "User, group and python default to the invoking user and this interpreter; the unit\n"
+                    "runs `<python> -m hakuriver.cli.<role> --config <absolute config path>` in the\n"
+                    "config's paths.shared_dir. Without --config the usual lookup applies\n"
+                    "($HAKURIVER_CONFIG, then ~/.hakuriver/config.toml).\n\n"
+                    "Several Runners on one machine: give each its own config (runner.name,\n"
+                    "network.runner_port) and --instance NAME, which writes hakuriver-runner-NAME.service.",
+        epilog="Writes files only; then, as root: cp the unit(s) to /etc/systemd/system,\n"
+               "systemctl daemon-reload, systemctl enable --now UNIT; logs: journalctl -u UNIT.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    role = p.add_mutually_exclusive_group(required=True)
+    role.add_argument("--host", action="store_const", const=("host",), dest="roles",
+                      help="the Host unit (hakuriver-host.service)")
+    role.add_argument("--runner", action="store_const", const=("runner",), dest="roles",
+                      help="the Runner unit (hakuriver-runner.service)")
+    role.add_argument("--all", action="store_const", const=("host", "runner"), dest="roles",
+                      help="both units")
+    p.add_argument("--config", metavar="PATH", help="config for both units")
+    p.add_argument("--host-config", metavar="PATH", help="config for the Host unit (overrides --config)")
+    p.add_argument("--runner-config", metavar="PATH", help="config for the Runner unit (overrides --config)")
+    p.add_argument("--output-dir", metavar="DIR", default=".", help="where to write the unit files (default: .)")
+    p.add_argument("--print", action="store_true", dest="print_unit",
+                   help="print the unit to stdout instead of writing a file (one role only)")
+    g = p.add_argument_group("overrides")
+    g.add_argument("--user", metavar="USER", help="User= (default: the invoking user)")
+    g.add_argument("--group", metavar="GROUP", help="Group= (default: the invoking user's primary group)")
+    g.add_argument("--python", metavar="PATH",
+                   help="interpreter with hakuriver installed (default: the one running this command)")
+    g.add_argument("--system-path", metavar="PATH",
+                   help="the PATH after the interpreter's bin directory (default: systemd's own, "
+                        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; a service should not "
+                        "depend on the PATH of whoever generated it)")
+    g.add_argument("--instance", metavar="NAME",
+                   help="Runner instance: writes hakuriver-runner-NAME.service (several Runners on one machine)")
+    g.add_argument("--harden", action="store_true",
+                   help="add systemd sandboxing to the Host unit (ProtectSystem=strict with write access "
+                        "only to the database directory, shared dir and log directory; ProtectHome, "
+                        "PrivateTmp, NoNewPrivileges, ...); the Runner unit is never hardened (it uses sudo)")
+    p.set_defaults(func=_cmd_service)
+
+
+def _cmd_service(args: argparse.Namespace) -> int:
+    from ..deploy import units
+
+    roles: tuple[str, ...] = args.roles
+    if args.instance is not None and "runner" not in roles:
+        raise UsageError("--instance names a Runner unit; add --runner or --all")
+    if args.harden and roles == ("runner",):
+        raise UsageError("--harden applies to the Host unit only (the Runner reaches its launcher through sudo)")
+    if args.print_unit and len(roles) > 1:
+        raise UsageError("--print prints one unit: choose --host or --runner")
+    instance = _usage("--instance", units.check_instance, args.instance) if args.instance is not None else None
+    user = _usage("--user", units.check_account, "user", args.user) if args.user else _current_user()
+    group = _usage("--group", units.check_account, "group", args.group) if args.group else _current_group()
+    python = args.python or sys.executable
+    if not python:
+        raise _Failure("cannot tell which python runs this command; pass --python")
+    python = os.path.abspath(os.path.expanduser(python))  # not resolved: a venv's python is a symlink
+    path_env = units.build_path_env(python, args.system_path)
+
+    out_dir = Path(os.path.expanduser(args.output_dir))
+    if not args.print_unit and not out_dir.is_dir():
+        raise _Failure(f"--output-dir {args.output_dir} does not exist or is not a directory")
+
+    rendered: list[tuple[str, str]] = []
+    notes: list[str] = []
+    for role in roles:
+        config_arg = (args.host_config if role == "host" else args.runner_config) or args.config
+        config = _service_config(config_arg)
+        params = units.unit_params_from_config(
+            config, role, user=user, group=group, python=python, path_env=path_env,
+            instance=instance if role == "runner" else None,
+            harden=args.harden and role == "host", version=__version__,
+        )
+        if params.instance and not config.runner.name:
+            notes.append(f"runner.name is empty in {config.source}: every Runner instance on this machine "
+                         "would register under the hostname; give each its own runner.name")
+        if not os.path.isdir(params.working_directory):
+            notes.append(f"paths.shared_dir {params.working_directory} (from {config.source}) does not exist "
+                         "here; the service will not start until it does")
+        rendered.append((units.unit_name(role, params.instance), units.render_unit(params)))
+    if not os.path.exists(python):
+        notes.append(f"{python} does not exist here; the unit will not start where it does not")
+    if user == "root":
+        notes.append("the unit runs as root; pass --user to run it as a dedicated user")
+    if args.harden and "runner" in roles:
+        notes.append("--harden applied to the Host unit only")
+
+    if args.print_unit:
+        [(_, text)] = rendered
+        sys.stdout.write(text)
+        for note in notes:
+            _note(note)
+        return EXIT_OK
+
+    written = []
+    for name, text in rendered:
+        path = out_dir / name
+        _write_public(path, text)
+        written.append((name, path))
+        print(f"wrote {path}")
+    print("next, as root:")
+    files = " ".join(shlex.quote(str(p)) for _, p in written)
+    names = " ".join(n for n, _ in written)
+    print(f"  cp {files} /etc/systemd/system/")
+    print("  systemctl daemon-reload")
+    print(f"  systemctl enable --now {names}")
+    print(f"  systemctl status {names}")
+    print("  journalctl -u " + " -u ".join(n for n, _ in written) + " -f")
+    if "runner" in roles:
+        name = os.path.basename(SUDOERS_DROPIN)
+        print(f"  for --container NULL tasks: hakuriver.init sudoers --runner --user {user} --output {name}")
+        print(f"    then: visudo -cf {name} && install -m 0440 -o root -g root {name} {SUDOERS_DROPIN}")
+    for note in notes:
+        _note(note)
+    return EXIT_OK
+
+
+def _service_config(path: str | None) -> Any:
+    from ..config import load_config, read_config_file
+
+    if path:
+        absolute = Path(os.path.abspath(os.path.expanduser(path)))
+        if not absolute.is_file():
+            raise _Failure(f"config file {absolute} does not exist")
+        config = read_config_file(absolute)
+        return dataclasses.replace(config, source=str(absolute))
+    config = load_config(None)
+    if config.source is None:
+        raise _Failure("no config file found ($HAKURIVER_CONFIG, ~/.hakuriver/config.toml): "
+                       "run 'hakuriver.init config' first or pass --config PATH")
+    return config
+
+
+def _write_public(path: Path, text: str) -> None:
+    """Atomically (temp file + rename) write a 0644 file: units hold no secrets."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                os.fchmod(fh.fileno(), 0o644)
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise _Failure(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _current_user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        raise _Failure(f"uid {os.geteuid()} has no user name; pass --user") from None
+
+
+def _current_group() -> str:
+    try:
+        return grp.getgrgid(os.getegid()).gr_name
+    except KeyError:
+        raise _Failure(f"gid {os.getegid()} has no group name; pass --group") from None
+
+
+# ------------------------------------------------------------------ sudoers
+def _add_sudoers(sub: Any) -> None:
+    p = sub.add_parser(
+        "sudoers", help="print or write the Runner's sudoers drop-in",
+        description="The sudoers rule that lets the Runner's user start --container NULL tasks through\n"
+                    "HakuRiver's root-owned launcher, and nothing else. Check it with `visudo -cf FILE`,\n"
+                    f"install it as {SUDOERS_DROPIN} with mode 0440 (owner root).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--runner", action="store_true", required=True, help="the Runner's rule (the only one there is)")
+    p.add_argument("--user", metavar="USER", help="the user the Runner service runs as (default: the invoking user)")
+    p.add_argument("--output", "-o", metavar="PATH", help="write it to PATH (mode 0440) instead of stdout")
+    p.set_defaults(func=_cmd_sudoers)
+
+
+def _cmd_sudoers(args: argparse.Namespace) -> int:
+    from ..deploy.units import check_account
+
+    user = _usage("--user", check_account, "user", args.user) if args.user else _current_user()
+    try:
+        from ..deploy.sudoers import render_sudoers  # issue 4's renderer, imported when needed
+    except ImportError as exc:
+        raise _Failure(f"this hakuriver has no sudoers renderer (hakuriver.deploy.sudoers: {exc})") from None
+    try:
+        text = render_sudoers(user)
+    except ValueError as exc:
+        hint = "" if args.user else " (pass --user: the user the Runner service runs as)"
+        raise _Failure(f"{exc}{hint}") from None
+    if not args.output:
+        sys.stdout.write(text)
+        return EXIT_OK
+    path = Path(os.path.abspath(os.path.expanduser(args.output)))
+    if not path.parent.is_dir():
+        raise _Failure(f"directory {path.parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                os.fchmod(fh.fileno(), 0o440)
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise _Failure(f"cannot write {path}: {exc.strerror or exc}") from None
+    quoted = shlex.quote(str(path))
+    print(f"wrote {path} (mode 0440)")
+    print("next, as root:")
+    print(f"  visudo -cf {quoted}")
+    print(f"  install -m 0440 -o root -g root {quoted} {SUDOERS_DROPIN}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ running
+class _Failure(Exception):
+    """A one-line failure: exit 1."""
+
+
+def _usage(flag: str, check: Callable[..., Any], *values: str) -> Any:
+    """`check(*values)`; a refused value becomes a usage error naming `flag`."""
+    try:
+        return check(*values)
+    except (ValueError, ValidationError) as exc:
+        raise UsageError(f"{flag}: {getattr(exc, 'message', exc)}") from None
+
+
+def _note(message: str) -> None:
+    print(f"{PROG}: note: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    from ..deploy.units import UnitError
+
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        return fail(PROG, str(exc), EXIT_USAGE)
+    except HakuRiverError as exc:  # ConfigError: a missing or invalid config
+        return fail(PROG, exc.message, EXIT_FAILURE)
+    except (UnitError, _Failure) as exc:
+        return fail(PROG, str(exc), EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

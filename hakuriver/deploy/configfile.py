@@ -1,0 +1,146 @@
+"""The commented starter config that `hakuriver.init config` writes.
+
+`render_config(overrides)` is pure: every section and key of `Config` in
+declaration order, each with a comment saying what it does, set to the
+override when one is given and to the built-in default otherwise. The text
+loads back with `hakuriver.config.read_config_file` to exactly those values
+(tests/init checks it, and that every key of `Config` has a comment here).
+
+`write_private_file()` creates a file readable by its owner only from the
+first byte: created 0600 under a temporary name in the target directory, then
+renamed over the target, so neither a half-written nor a world-readable file
+ever exists under the final name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import toml
+
+from ..config import SECTIONS, Config
+
+TOKEN_BYTES = 32
+"""`secrets.token_urlsafe(32)`: 256 random bits, 43 characters."""
+
+SECTION_COMMENTS: dict[str, str] = {
+    "network": "Where the Host and this Runner listen, and how they reach each other.",
+    "paths": "Storage. shared_dir must be the same path on every node (NFS or similar).",
+    "database": "The Host's SQLite database.",
+    "timing": "Heartbeats and liveness (seconds).",
+    "environment": "Tasks run with --container NULL (systemd units on the node).",
+    "docker": "Docker environments and the policy for Docker tasks.",
+    "auth": "Shared secret: the Host, every Runner and the CLIs need the same token.",
+    "runner": "This Runner's identity.",
+}
+
+KEY_COMMENTS: dict[str, str] = {
+    "network.host_bind_ip": "Address the Host listens on.",
+    "network.host_port": "Host API port.",
+    "network.host_ssh_proxy_port": "SSH relay port for interactive containers.",
+    "network.host_reachable_address": "How Runners and CLIs reach the Host (an address of the Host machine).",
+    "network.runner_address": "How the Host reaches this Runner; the Runner also listens on it.",
+    "network.runner_port": "Runner API port (one per Runner on a machine).",
+    "paths.shared_dir": "REQUIRED. Shared by all nodes at this same path: task logs, environment tarballs. "
+                        "Mounted at /shared in tasks; the services' working directory.",
+    "paths.local_temp_dir": "REQUIRED for Runners. Node-local scratch, mounted at /local_temp in tasks.",
+    "paths.numactl_path": "numactl binary; empty means `numactl` found on PATH.",
+    "paths.host_log_file": "Optional log file for the Host besides stderr/journald; empty: none.",
+    "paths.runner_log_file": "Optional log file for the Runner besides stderr/journald; empty: none.",
+    "database.db_file": "REQUIRED for the Host. SQLite file; its directory must exist.",
+    "timing.heartbeat_interval": "Seconds between Runner heartbeats.",
+    "timing.heartbeat_timeout_factor": "A node is offline after interval x factor seconds without a heartbeat (at least 2).",
+    "timing.cleanup_check_interval": "Seconds between the Host's dead-runner sweeps.",
+    "environment.runner_user": "User that --container NULL tasks run as; empty means the Runner's own user.",
+    "docker.container_dir": "Folder under shared_dir holding environment tarballs.",
+    "docker.default_container_name": "Environment used when a task names none.",
+    "docker.initial_base_image": "Image the default environment is created from.",
+    "docker.tasks_privileged": "Default for --privileged, and whether users may ask for it at all.",
+    "docker.additional_mounts": 'Mounts added to every Docker task: ["host:container[:ro]", ...].',
+    "docker.allowed_mount_prefixes": "Host paths under which users may --mount; empty: no user mounts. "
+                                     "/ can never be allowed.",
+    "docker.keep_tarballs": "Tarball versions of each environment to keep.",
+    "auth.token": "REQUIRED. Bearer token for every API call. Keep this file private (mode 0600).",
+    "runner.name": "Node name this Runner registers as; empty means the hostname. "
+                   "Give each Runner on one machine its own.",
+}
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def render_config(overrides: Mapping[str, Mapping[str, Any]] | None = None, *, header: str = "") -> str:
+    """The commented TOML text: defaults, with `overrides` ({section: {key: value}}) applied.
+
+    Unknown sections or keys in `overrides` are a `KeyError` (a caller bug).
+    """
+    overrides = overrides or {}
+    defaults = Config().to_dict()
+    for section, values in overrides.items():
+        if section not in defaults:
+            raise KeyError(f"unknown config section {section!r}")
+        for key in values:
+            if key not in defaults[section]:
+                raise KeyError(f"unknown config key {section}.{key}")
+    lines: list[str] = []
+    if header:
+        lines += [f"# {line}".rstrip() for line in header.splitlines()] + [""]
+    for section in SECTIONS:
+        lines.append(f"# {SECTION_COMMENTS[section]}")
+        lines.append(f"[{section}]")
+        for key, default in defaults[section].items():
+            value = overrides.get(section, {}).get(key, default)
+            lines.append(f"# {KEY_COMMENTS[f'{section}.{key}']}")
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    # toml's own encoder for one value: strings escaped, lists, bools, numbers.
+    text = toml.dumps({"v": value}).strip()
+    assert text.startswith("v = ")
+    return text[len("v = "):]
+
+
+def config_keys() -> dict[str, tuple[str, ...]]:
+    """Every key of `Config`, by section, in declaration order."""
+    return {name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in SECTIONS.items()}
+
+
+def write_private_file(path: Path, text: str, *, overwrite: bool) -> None:
+    """Write `text` to `path` with mode 0600 from the start (see the module doc).
+
+    Without `overwrite`, an existing `path` raises `FileExistsError` (checked
+    by the kernel at creation: `O_EXCL`). With it, the new text goes to a
+    0600 temporary file that is renamed over `path`. Missing parent
+    directories are created with mode 0700.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not overwrite:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        target = None
+    else:
+        fd, target = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # whatever the umask or an inherited ACL did
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if target is not None:
+            os.replace(target, path)
+    except BaseException:
+        try:
+            os.unlink(target or path)
+        except FileNotFoundError:
+            pass
+        raise
