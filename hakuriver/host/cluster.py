@@ -5,10 +5,16 @@ Invariants this module keeps:
 - The database is the truth for task states; every change is a guarded
   update (`Database.transition`), so reports arriving late or twice can never
   overwrite a final state.
-- `self.ledger` mirrors exactly the tasks in a holding state (assigning,
-  running, paused). Every mutation of states *and* ledger happens under
-  `self.lock`, which is what makes over-commit impossible even when many
-  submissions and reports arrive at once.
+- `self.ledger` tracks the tasks in a holding state (assigning, running,
+  paused). It is keyed by task id, so hold/release are idempotent, and it is
+  only ever *conservative*: a task leaving a holding state is released after
+  its database write, a task entering one (a lost task restored) is held
+  before it. A scheduling pass can therefore never hand out resources that a
+  task still holds, even while other writes are in flight.
+- `self.lock` serialises only what must be atomic with placement decisions:
+  the scheduling pass and kill (so a task killed while the pass writes its
+  placement is never dispatched). Reports, heartbeats and liveness take no
+  lock, so their database writes share group commits instead of queueing.
 - Nothing awaits the network while holding `self.lock`: dispatch and
   forwarding to runners happen after it is released.
 """
@@ -196,25 +202,34 @@ class Cluster:
             await self.finish(task.id, TaskState.FAILED, error=f"dispatch to {node.hostname} failed: {exc}")
 
     # ----------------------------------------------------------- transitions
-    async def _transition(self, task_id: int, new: TaskState, **fields: Any) -> Task | None:
-        """Guarded transition + ledger upkeep. Caller holds self.lock."""
-        before = await self.db.get_task(task_id)
-        if before is None:
-            raise NotFound(f"no task {task_id}")
+    async def _transition(self, task_id: int, new: TaskState, *, current: Task | None = None,
+                          **fields: Any) -> Task | None:
+        """Guarded transition with ledger upkeep; None when the guard refused it.
+
+        Pass `current` (the task as last read) when `new` may *enter* a
+        holding state from a non-holding one (lost -> running): it is held in
+        the ledger before the write, so no concurrent pass can give its
+        resources away.
+        """
+        pre_held = False
+        if new.holds_resources and current is not None and current.node and not current.state.holds_resources:
+            pre_held = self.ledger.hold(current)
         after = await self.db.transition(task_id, new, now=self.clock(), **fields)
         if after is None:
+            if pre_held:
+                self.ledger.release(task_id)
             return None
-        if before.state.holds_resources and not after.state.holds_resources:
-            self.ledger.release(after)
-        elif not before.state.holds_resources and after.state.holds_resources:
-            self.ledger.hold(after)
-        if before.state is TaskState.PENDING:
+        if after.state.holds_resources:
+            if after.node:
+                self.ledger.hold(after)
+        else:
+            self.ledger.release(task_id)
+        if after.state is not TaskState.PENDING:
             self.pending.pop(task_id, None)
         return after
 
     async def finish(self, task_id: int, state: TaskState, *, exit_code: int | None = None, error: str | None = None) -> Task | None:
-        async with self.lock:
-            task = await self._transition(task_id, state, exit_code=exit_code, error=error)
+        task = await self._transition(task_id, state, exit_code=exit_code, error=error)
         if task is not None:
             await self._changed_notify()
             self.kick()
@@ -233,18 +248,17 @@ class Cluster:
         """
         if state not in RUNNER_REPORTABLE:
             raise HakuRiverError(f"runners cannot report state {state}", code="invalid", status=400)
-        async with self.lock:
-            task = await self.db.get_task(task_id)
-            if task is None:
-                raise NotFound(f"no task {task_id}")
-            if task.node != node_name:
-                raise Conflict(f"task {task_id} is assigned to {task.node}, not {node_name}")
-            changed = None
-            if task.state is not state:
-                fields: dict[str, Any] = {}
-                if state.is_final:
-                    fields = {"exit_code": exit_code, "error": error}
-                changed = await self._transition(task_id, state, **fields)
+        task = await self.db.get_task(task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id}")
+        if task.node != node_name:
+            raise Conflict(f"task {task_id} is assigned to {task.node}, not {node_name}")
+        changed = None
+        if task.state is not state:
+            fields: dict[str, Any] = {}
+            if state.is_final:
+                fields = {"exit_code": exit_code, "error": error}
+            changed = await self._transition(task_id, state, current=task, **fields)
         if changed is not None:
             await self._changed_notify()
             if not changed.state.holds_resources:
@@ -303,8 +317,7 @@ class Cluster:
             raise Conflict(f"runner {node.hostname} could not {action} task {task_id}: {exc.message}") from None
         except RunnerUnreachable as exc:
             raise HakuRiverError(f"could not {action} task {task_id}: {exc}", code="runner_unreachable", status=502) from None
-        async with self.lock:
-            after = await self._transition(task_id, becomes)
+        after = await self._transition(task_id, becomes)
         if after is None:
             current = await self.db.get_task(task_id)
             raise Conflict(f"task {task_id} changed to {current.state if current else 'gone'} meanwhile")
@@ -331,9 +344,8 @@ class Cluster:
 
     # ----------------------------------------------------------------- nodes
     async def register(self, res: NodeResources, reported: list[dict[str, Any]], finishing: list[int] = ()) -> NodeRecord:
-        async with self.lock:
-            record = await self.db.upsert_node(res, self.clock())
-            self.nodes[record.hostname] = record
+        record = await self.db.upsert_node(res, self.clock())
+        self.nodes[record.hostname] = record
         kills = await self._reconcile(record.hostname, reported, list(finishing))
         for task_id in kills:
             self._spawn(self._forward_id(record, task_id, "kill"))
@@ -349,12 +361,11 @@ class Cluster:
     async def heartbeat(self, hostname: str, stats: dict[str, Any], reported: list[dict[str, Any]],
                         finishing: list[int]) -> list[int]:
         """Record a heartbeat; returns task ids the runner must kill."""
-        async with self.lock:
-            record = await self.db.record_heartbeat(hostname, stats, self.clock())
-            if record is None:
-                raise NotFound(f"node {hostname} is not registered", code="unknown_node")
-            came_back = not self.nodes.get(hostname, record).online
-            self.nodes[hostname] = record
+        record = await self.db.record_heartbeat(hostname, stats, self.clock())
+        if record is None:
+            raise NotFound(f"node {hostname} is not registered", code="unknown_node")
+        came_back = not self.nodes.get(hostname, record).online
+        self.nodes[hostname] = record
         kills = await self._reconcile(hostname, reported, finishing)
         if came_back:
             log.info("node %s is back online", hostname)
@@ -366,37 +377,36 @@ class Cluster:
         kills: list[int] = []
         changed = False
         by_id = {int(r["task_id"]): TaskState(r["state"]) for r in reported}
-        async with self.lock:
-            stored = {t.id: t for t in await self.db.get_tasks(list(by_id))} if by_id else {}
-            for task_id, state in by_id.items():
-                task = stored.get(task_id)
-                if task is None:
-                    log.warning("node %s runs task %s, which this Host does not know; leaving it alone", hostname, task_id)
-                    continue
-                if task.node != hostname:
-                    kills.append(task_id)
-                    continue
-                if task.state is TaskState.LOST or task.state is TaskState.ASSIGNING or (
-                    task.state in (TaskState.RUNNING, TaskState.PAUSED) and task.state is not state
-                ):
-                    if await self._transition(task_id, state, error=None) is not None:
-                        changed = True
-                        if task.state is TaskState.LOST:
-                            log.info("task %s on %s restored from lost to %s", task_id, hostname, state)
-                elif task.state.is_final:
-                    kills.append(task_id)
-            # A holding task the runner neither runs nor is delivering a result
-            # for was lost by it (its state store wiped, say). The grace covers
-            # a heartbeat built just before the task started on the runner.
-            grace = self.config.timing.heartbeat_timeout
-            now = self.clock()
-            known = set(by_id) | set(finishing)
-            suspects = [h.task_id for h in self.ledger.holds_on(hostname) if h.task_id not in known]
-            for task in await self.db.get_tasks(suspects) if suspects else []:
-                if now - (task.assigned_at or now) < grace:
-                    continue
-                if await self._transition(task.id, TaskState.LOST, error=f"runner {hostname} no longer knows this task") is not None:
+        stored = {t.id: t for t in await self.db.get_tasks(list(by_id))} if by_id else {}
+        for task_id, state in by_id.items():
+            task = stored.get(task_id)
+            if task is None:
+                log.warning("node %s runs task %s, which this Host does not know; leaving it alone", hostname, task_id)
+                continue
+            if task.node != hostname:
+                kills.append(task_id)
+                continue
+            if task.state is TaskState.LOST or task.state is TaskState.ASSIGNING or (
+                task.state in (TaskState.RUNNING, TaskState.PAUSED) and task.state is not state
+            ):
+                if await self._transition(task_id, state, current=task, error=None) is not None:
                     changed = True
+                    if task.state is TaskState.LOST:
+                        log.info("task %s on %s restored from lost to %s", task_id, hostname, state)
+            elif task.state.is_final:
+                kills.append(task_id)
+        # A holding task the runner neither runs nor is delivering a result
+        # for was lost by it (its state store wiped, say). The grace covers
+        # a heartbeat built just before the task started on the runner.
+        grace = self.config.timing.heartbeat_timeout
+        now = self.clock()
+        known = set(by_id) | set(finishing)
+        suspects = [h.task_id for h in self.ledger.holds_on(hostname) if h.task_id not in known]
+        for task in await self.db.get_tasks(suspects) if suspects else []:
+            if now - (task.assigned_at or now) < grace:
+                continue
+            if await self._transition(task.id, TaskState.LOST, error=f"runner {hostname} no longer knows this task") is not None:
+                changed = True
         if changed:
             await self._changed_notify()
             self.kick()
@@ -413,15 +423,14 @@ class Cluster:
         now = self.clock()
         if now < self.started_at + timeout:
             return []
-        async with self.lock:
-            offline = await self.db.mark_nodes_offline(now - timeout, now=now)
-            for hostname, task_ids in offline:
-                log.warning("node %s missed heartbeats for %.0fs: offline; %d task(s) lost", hostname, timeout, len(task_ids))
-                record = await self.db.get_node(hostname)
-                if record is not None:
-                    self.nodes[hostname] = record
-                for task_id in task_ids:
-                    self.ledger.release(task_id)
+        offline = await self.db.mark_nodes_offline(now - timeout, now=now)
+        for hostname, task_ids in offline:
+            log.warning("node %s missed heartbeats for %.0fs: offline; %d task(s) lost", hostname, timeout, len(task_ids))
+            for task_id in task_ids:
+                self.ledger.release(task_id)
+            record = await self.db.get_node(hostname)
+            if record is not None:
+                self.nodes[hostname] = record
         if offline:
             await self._changed_notify()
             self.kick()

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class HostLink:
     def __init__(self, config: Config, resources: NodeResources,
                  running: Callable[[], list[dict[str, str]]], holding: Callable[[], list[int]],
-                 stats: Callable[[], Awaitable[dict[str, Any]]], on_kill: Callable[[int], Awaitable[None]]):
+                 stats: Callable[[], Awaitable[dict[str, Any]]], on_kill: Callable[[int], Awaitable[bool]]):
         self.config = config
         self.resources = resources
         self._running = running
@@ -122,9 +122,12 @@ class HostLink:
             log.warning("heartbeat refused (%s): %s", status, _error(body))
             return
         for raw in body.get("kill", []):
-            log.info("the Host asks to kill task %s", raw)
+            # A heartbeat built just before a task ended may list it after the
+            # Host recorded its end; the Host then orders a kill of a task
+            # already gone, which is harmless and not worth a log line.
             try:
-                await self._on_kill(int(raw))
+                if await self._on_kill(int(raw)):
+                    log.info("killed task %s on the Host's order", raw)
             except Exception as exc:
                 log.warning("kill of task %s requested by the Host failed: %s", raw, exc)
 

@@ -197,15 +197,17 @@ class Supervisor:
             raise NotFound(f"this runner has no task {task_id}")
         return entry
 
-    async def kill(self, task_id: int) -> None:
+    async def kill(self, task_id: int) -> bool:
+        """Kill a task; False when it had already ended (nothing to do)."""
         try:
             entry = self._entry(task_id)
         except Conflict:
-            return  # already ended: nothing left to kill
+            return False
         entry.kill_requested = True
         await self.state.set_flags(task_id, kill_requested=True)
         if entry.started:
             await entry.executor.stop(entry.handle)
+        return True
 
     async def pause(self, task_id: int) -> None:
         entry = self._entry(task_id)
