@@ -21,7 +21,7 @@ def task_container_name(task_id: int) -> str:
 
 
 def task_unit_name(task_id: int) -> str:
-    """The systemd unit *base* name; the scope is `<name>.scope`."""
+    """The systemd unit *base* name; the task's transient service is `<name>.service`."""
     return f"{TASK_PREFIX}{task_id}"
 
 

@@ -49,15 +49,35 @@ def state_path(config: Config) -> str:
 async def default_executors(config: Config) -> dict[str, Executor]:
     """The backends this node offers. Docker stays registered even when its
     engine does not answer yet (it connects on first use, so Docker tasks work
-    once the engine is up); the check only tells the admin at start."""
+    once the engine is up); the check only tells the admin at start.
+
+    systemd (`--container NULL`) is registered only where systemd is PID 1 and
+    the root-owned task launcher is installed; elsewhere the supervisor refuses
+    NULL tasks ("this runner has no systemd executor available"). A missing
+    sudoers rule or allow-list entry is logged here and fails each task with
+    the same reason."""
     from .executors.docker import DockerExecutor
+    from .executors.systemd import SystemdExecutor, launcher_problem, systemd_booted
 
     docker_ex = DockerExecutor(runner_name=config.runner_name)
     try:
         log.info("Docker engine %s", await docker_ex.check())
     except Exception as exc:
         log.warning("the Docker engine does not answer (%s); Docker tasks fail until it does", exc)
-    return {"docker": docker_ex}
+    executors: dict[str, Executor] = {"docker": docker_ex}
+    systemd_ex = SystemdExecutor.from_config(config)
+    problem = None if systemd_booted() else "systemd is not PID 1 on this node"
+    problem = problem or launcher_problem(systemd_ex.launcher_path)
+    if problem:
+        log.info("--container NULL tasks are not available: %s", problem)
+        return executors
+    executors["systemd"] = systemd_ex
+    try:
+        info = await systemd_ex.check()
+        log.info("--container NULL tasks run as %s through %s", systemd_ex.task_user, info.get("launcher"))
+    except Exception as exc:
+        log.error("--container NULL tasks will fail: %s", exc)
+    return executors
 
 
 async def _probe(app: web.Application) -> AsyncIterator[None]:

@@ -158,12 +158,12 @@ def test_importing_the_registry_does_not_import_the_sdk():
 
 
 def test_registry():
-    from hakuriver.runner.executors import EXECUTORS, DockerExecutor, FakeExecutor, executor_class
+    from hakuriver.runner.executors import EXECUTORS, DockerExecutor, FakeExecutor, SystemdExecutor, executor_class
 
-    assert EXECUTORS == {"docker": DockerExecutor, "fake": FakeExecutor}
+    assert EXECUTORS == {"docker": DockerExecutor, "fake": FakeExecutor, "systemd": SystemdExecutor}
     assert executor_class("fake") is FakeExecutor
-    with pytest.raises(ExecutorError, match="unknown executor 'systemd'.*docker, fake"):
-        executor_class("systemd")
+    with pytest.raises(ExecutorError, match="unknown executor 'podman'.*docker, fake, systemd"):
+        executor_class("podman")
 
 
 def test_missed_after_aligns_only_when_certain():

@@ -1,7 +1,8 @@
 """Execution backends: a closed registry of the `Executor` implementations.
 
 Importing this package does not import the Docker SDK: `docker.py` loads it
-when a `DockerExecutor` is first used.
+when a `DockerExecutor` is first used. `systemd.py` needs nothing beyond the
+standard library (it drives the root-owned task launcher through sudo).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from ...errors import ExecutorError
 from .base import Capabilities, Executor, Handle, LaunchSpec, Presence
 from .docker import DockerExecutor
 from .fake import FakeExecutor
+from .systemd import SystemdExecutor
 
 EXECUTORS: dict[str, type[Executor]] = {
     DockerExecutor.name: DockerExecutor,
     FakeExecutor.name: FakeExecutor,
+    SystemdExecutor.name: SystemdExecutor,
 }
 
 
@@ -36,5 +39,6 @@ __all__ = [
     "Handle",
     "LaunchSpec",
     "Presence",
+    "SystemdExecutor",
     "executor_class",
 ]

@@ -1,0 +1,854 @@
+#!/usr/bin/python3 -I
+"""hakuriver-task-launcher: the only program a HakuRiver runner may run as root.
+
+Installed root-owned (0755, in a root-owned directory such as
+/usr/local/libexec/hakuriver/) and allowed by the sudoers drop-in that
+`hakuriver.deploy.sudoers.render_sudoers` writes. It runs with the system
+`/usr/bin/python3 -I`, imports the standard library only, and never the
+runner's (user-writable) virtualenv. Its settings come from a root-owned
+allow-list (`/etc/hakuriver/launcher.json`, see
+`hakuriver.deploy.launcher_install`).
+
+Every task is a transient systemd *service* `hakuriver-task-<id>.service`
+(not a scope: a scope's exit status is seen only by the systemd-run client).
+The launcher builds every systemd-run/systemctl argv itself, as lists; no
+shell ever sees an argument, and nothing the caller sends becomes a systemd
+property except validated numbers and an allow-listed user name.
+
+Subcommands (caller: the runner, through `sudo -n`):
+
+  start              JSON task request on stdin; starts the unit and prints
+                     {"unit": ..., "user": ..., "state_dir": ...}
+  kill ID SIGNAL     signal every process of a running task's unit
+  pause ID           SIGSTOP every process of the unit
+  resume ID          SIGCONT every process of the unit
+  cleanup ID         stop the unit if it still runs, reset-failed, drop the status file
+  status ID          the unit's state and recorded exit status, as JSON (no root needed)
+  info               version and allow-list, as JSON
+
+Run by systemd inside the unit (refused when started through sudo):
+
+  exec SPEC...       as the task's user: open the output files, chdir to the
+                     shared dir, set the task's environment, exec the argv
+  poststop ID        as root (ExecStopPost=+): record the exit status and the
+                     cgroup's OOM-kill count in <state_dir>/<id>.json
+
+Exit codes: 0 ok; 2 the request was refused (invalid, not allowed); 1 it was
+valid but failed (systemd said no, a file could not be created, ...). Errors
+are one line on stderr, prefixed with the program name.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import fcntl
+import json
+import os
+import pwd
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+VERSION = 1
+PROG = "hakuriver-task-launcher"
+UNIT_PREFIX = "hakuriver-task-"
+DEFAULT_CONFIG_PATH = "/etc/hakuriver/launcher.json"
+DEFAULT_STATE_DIR = "/var/lib/hakuriver/task-status"
+DEFAULT_SYSTEMD_RUN = "/usr/bin/systemd-run"
+DEFAULT_SYSTEMCTL = "/usr/bin/systemctl"
+DEFAULT_NUMACTL = "/usr/bin/numactl"
+TASK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""PATH a task starts with (its --env may replace it)."""
+TOOL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
+"""The whole environment systemd-run and systemctl get."""
+
+SIGNALS = ("SIGTERM", "SIGKILL", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+"""Signals `kill` may send. SIGSTOP/SIGCONT only through pause/resume."""
+MAX_REQUEST_BYTES = 1024 * 1024
+MAX_ARGS = 4096
+MAX_ARGV_BYTES = 256 * 1024
+MAX_ENV = 1024
+MAX_ENV_BYTES = 256 * 1024
+SPEC_CHUNK = 65536
+"""Base64 characters per `exec` argument (one argument may hold at most 128 KiB)."""
+MAX_CORES = 100000
+TIMEOUT_STOP = "15s"
+"""How long leftover processes get between SIGTERM and SIGKILL when a task ends or is stopped."""
+TOOL_TIMEOUT = 120.0
+
+REQUEST_FIELDS = frozenset(
+    {"task_id", "user", "command", "env", "shared_dir", "local_temp_dir", "stdout", "stderr",
+     "cores", "memory", "numa", "numactl", "runner"}
+)
+REQUIRED_FIELDS = frozenset({"task_id", "user", "command", "shared_dir", "local_temp_dir"})
+CONFIG_FIELDS = frozenset(
+    {"version", "task_users", "shared_dirs", "local_temp_dirs", "numactl_paths", "state_dir",
+     "systemd_run", "systemctl"}
+)
+
+_TASK_ID = re.compile(r"^[1-9][0-9]{0,18}$")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
+_RUNNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._+@/-]*$")
+"""Absolute paths with no spaces, quotes, `$`, `%` or `\\`: safe inside systemd properties."""
+
+
+class Refused(Exception):
+    """The request is invalid or not allowed (exit 2)."""
+
+    exit_code = 2
+
+
+class Failed(Exception):
+    """The request was valid but could not be carried out (exit 1)."""
+
+    exit_code = 1
+
+
+# ------------------------------------------------------------------ config
+
+
+class LauncherConfig:
+    """The root-owned allow-list. Built by `parse_config` (pure)."""
+
+    def __init__(self, task_users, shared_dirs, local_temp_dirs, numactl_paths, state_dir, systemd_run, systemctl):
+        self.task_users = tuple(task_users)
+        self.shared_dirs = tuple(shared_dirs)
+        self.local_temp_dirs = tuple(local_temp_dirs)
+        self.numactl_paths = tuple(numactl_paths)
+        self.state_dir = state_dir
+        self.systemd_run = systemd_run
+        self.systemctl = systemctl
+
+    def to_json(self):
+        return {
+            "version": VERSION,
+            "task_users": list(self.task_users),
+            "shared_dirs": list(self.shared_dirs),
+            "local_temp_dirs": list(self.local_temp_dirs),
+            "numactl_paths": list(self.numactl_paths),
+            "state_dir": self.state_dir,
+            "systemd_run": self.systemd_run,
+            "systemctl": self.systemctl,
+        }
+
+
+def clean_path(value, what):
+    """A normalised absolute path without characters systemd or a reader could misparse."""
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise Refused(f"{what} must be an absolute path, not {value!r}")
+    norm = os.path.normpath(value)
+    if norm.startswith("//"):
+        norm = "/" + norm.lstrip("/")
+    if not _PLAIN_PATH.match(norm) or "/../" in norm + "/":
+        raise Refused(f"{what} {value!r} may only contain letters, digits and ._+@/- characters")
+    return norm
+
+
+def parse_config(data):
+    """Validate the allow-list's JSON (a dict). Pure; raises Refused."""
+    if not isinstance(data, dict):
+        raise Refused("the launcher config must be a JSON object")
+    unknown = sorted(set(data) - CONFIG_FIELDS)
+    if unknown:
+        raise Refused(f"unknown launcher config key(s): {', '.join(unknown)}")
+    if data.get("version", VERSION) != VERSION:
+        raise Refused(f"launcher config version {data.get('version')!r} is not {VERSION}")
+
+    def str_list(key, required=True):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise Refused(f"launcher config: {key} must be a list of strings")
+        if required and not value:
+            raise Refused(f"launcher config: {key} must not be empty")
+        return value
+
+    users = str_list("task_users")
+    for u in users:
+        if not _USER.match(u):
+            raise Refused(f"launcher config: task user {u!r} is not a plain user name")
+    shared = [clean_path(p, "launcher config: shared dir") for p in str_list("shared_dirs")]
+    temps = [clean_path(p, "launcher config: local temp dir") for p in str_list("local_temp_dirs")]
+    numactl = [clean_path(p, "launcher config: numactl path") for p in str_list("numactl_paths", required=False)]
+    for p in shared + temps:
+        if p == "/":
+            raise Refused("launcher config: / cannot be a task directory")
+    state_dir = clean_path(data.get("state_dir", DEFAULT_STATE_DIR), "launcher config: state_dir")
+    systemd_run = clean_path(data.get("systemd_run", DEFAULT_SYSTEMD_RUN), "launcher config: systemd_run")
+    systemctl = clean_path(data.get("systemctl", DEFAULT_SYSTEMCTL), "launcher config: systemctl")
+    return LauncherConfig(users, shared, temps, numactl, state_dir, systemd_run, systemctl)
+
+
+def check_root_owned(path, what):
+    """`path` (resolved) and every directory above it belong to root and only root may write them."""
+    real = os.path.realpath(path)
+    current = real
+    while True:
+        try:
+            st = os.lstat(current)
+        except OSError as exc:
+            raise Failed(f"{what}: cannot inspect {current}: {exc.strerror}") from None
+        if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise Refused(
+                f"{what}: {current} must be owned by root and writable by root only "
+                f"(it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}); refusing to act as root"
+            )
+        if current == "/":
+            return real
+        current = os.path.dirname(current)
+
+
+def load_config(path=DEFAULT_CONFIG_PATH, *, trusted=True):
+    if trusted:
+        check_root_owned(path, "launcher config")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_REQUEST_BYTES + 1)
+    except FileNotFoundError:
+        raise Failed(f"launcher config {path} is missing: install it with hakuriver.init (launcher_install)") from None
+    except OSError as exc:
+        raise Failed(f"cannot read launcher config {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Failed(f"launcher config {path} is not valid JSON: {exc}") from None
+    return parse_config(data)
+
+
+# ------------------------------------------------------- pure validation
+
+
+def parse_task_id(value):
+    """Digits only, no leading zero, below 2**63. Accepts an int or a string."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not _TASK_ID.match(text) or int(text) >= 2 ** 63:
+        raise Refused(f"task id {value!r} must be a positive decimal number (digits only)")
+    return int(text)
+
+
+def unit_name(task_id):
+    return f"{UNIT_PREFIX}{parse_task_id(task_id)}.service"
+
+
+def output_paths(shared_dir, task_id):
+    return (f"{shared_dir}/task_outputs/{task_id}.out", f"{shared_dir}/task_errors/{task_id}.err")
+
+
+def state_path(cfg, task_id):
+    return f"{cfg.state_dir}/{parse_task_id(task_id)}.json"
+
+
+class TaskPlan:
+    """A validated start request: everything the unit is built from."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+    def __repr__(self):
+        return f"TaskPlan({self.__dict__!r})"
+
+
+def _int_field(req, key, low, high):
+    value = req.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Refused(f"{key} must be a whole number between {low} and {high}, not {value!r}")
+    return value
+
+
+def validate_request(req, cfg, *, getpwnam=pwd.getpwnam, node_exists=None):
+    """Check a start request against the allow-list and build its TaskPlan. Pure
+    apart from the two look-ups, which tests replace."""
+    if not isinstance(req, dict):
+        raise Refused("the start request must be a JSON object")
+    unknown = sorted(set(req) - REQUEST_FIELDS)
+    if unknown:
+        raise Refused(f"unknown request field(s): {', '.join(unknown)}")
+    missing = sorted(REQUIRED_FIELDS - set(req))
+    if missing:
+        raise Refused(f"missing request field(s): {', '.join(missing)}")
+    task_id = parse_task_id(req["task_id"])
+
+    user = req["user"]
+    if not isinstance(user, str) or not _USER.match(user):
+        raise Refused(f"task user {user!r} is not a plain user name")
+    if user not in cfg.task_users:
+        raise Refused(
+            f"user {user!r} is not allowed to run tasks on this node (allowed: {', '.join(cfg.task_users)}); "
+            f"add it to task_users in the launcher config"
+        )
+    try:
+        pw = getpwnam(user)
+    except KeyError:
+        raise Refused(f"user {user!r} does not exist on this node") from None
+
+    command = req["command"]
+    if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+        raise Refused("command must be a non-empty list of strings")
+    if len(command) > MAX_ARGS:
+        raise Refused(f"command has {len(command)} arguments; at most {MAX_ARGS}")
+    if not command[0]:
+        raise Refused("command[0] (the program) must not be empty")
+    if any("\x00" in a for a in command):
+        raise Refused("command arguments must not contain NUL bytes")
+    if sum(len(a.encode("utf-8", "surrogatepass")) for a in command) > MAX_ARGV_BYTES:
+        raise Refused(f"the command is longer than {MAX_ARGV_BYTES} bytes")
+
+    env_in = req.get("env") or {}
+    if not isinstance(env_in, dict) or len(env_in) > MAX_ENV:
+        raise Refused(f"env must be an object of at most {MAX_ENV} strings")
+    size = 0
+    for key, value in env_in.items():
+        if not _ENV_KEY.match(key):
+            raise Refused(f"env name {key!r} is not a valid variable name")
+        if not isinstance(value, str) or "\x00" in value:
+            raise Refused(f"env value of {key!r} must be a string without NUL bytes")
+        size += len(key) + len(value.encode("utf-8", "surrogatepass")) + 2
+    if size > MAX_ENV_BYTES:
+        raise Refused(f"the environment is longer than {MAX_ENV_BYTES} bytes")
+
+    shared = clean_path(req["shared_dir"], "shared_dir")
+    if shared not in cfg.shared_dirs:
+        raise Refused(f"shared dir {shared} is not one the launcher config allows ({', '.join(cfg.shared_dirs)})")
+    temp = clean_path(req["local_temp_dir"], "local_temp_dir")
+    if temp not in cfg.local_temp_dirs:
+        raise Refused(f"local temp dir {temp} is not one the launcher config allows ({', '.join(cfg.local_temp_dirs)})")
+    stdout, stderr = output_paths(shared, task_id)
+    for key, expected in (("stdout", stdout), ("stderr", stderr)):
+        if key in req and req[key] != expected:
+            raise Refused(f"{key} must be {expected} (the logs live in the shared dir), not {req[key]!r}")
+
+    cores = _int_field(req, "cores", 1, MAX_CORES)
+    memory = _int_field(req, "memory", 1, 2 ** 62)
+    numa = _int_field(req, "numa", 0, 4095)
+    argv = list(command)
+    numactl = None
+    if numa is not None:
+        raw = req.get("numactl")
+        if not raw:
+            raise Refused(f"a NUMA target needs numactl, and no numactl path was given (NUMA node {numa})")
+        numactl = clean_path(raw, "numactl")
+        if numactl not in cfg.numactl_paths:
+            raise Refused(f"numactl path {numactl} is not one the launcher config allows "
+                          f"({', '.join(cfg.numactl_paths) or 'none'})")
+        if node_exists is not None and not node_exists(numa):
+            raise Refused(f"this node has no NUMA node {numa}")
+        argv = [numactl, f"--cpunodebind={numa}", f"--membind={numa}", "--", *argv]
+    elif req.get("numactl") is not None:
+        raise Refused("numactl is only given with a NUMA target")
+
+    runner = req.get("runner")
+    if runner is not None and (not isinstance(runner, str) or not _RUNNER.match(runner)):
+        raise Refused(f"runner name {runner!r} may only contain letters, digits and ._-")
+
+    env = {"PATH": TASK_PATH, "HOME": pw.pw_dir, "USER": user, "LOGNAME": user, "SHELL": pw.pw_shell or "/bin/sh"}
+    env.update(env_in)
+    env["HAKURIVER_TASK_ID"] = str(task_id)
+    env["HAKURIVER_SHARED_DIR"] = shared
+    env["HAKURIVER_LOCAL_TEMP_DIR"] = temp
+    return TaskPlan(
+        task_id=task_id, unit=unit_name(task_id), user=user, uid=pw.pw_uid, gid=pw.pw_gid,
+        argv=argv, env=env, cwd=shared, stdout=stdout, stderr=stderr, cores=cores, memory=memory,
+        numa=numa, numactl=numactl, runner=runner,
+    )
+
+
+def exec_spec(plan):
+    """What the in-unit `exec` step needs, as a JSON-able dict."""
+    return {"v": VERSION, "task_id": plan.task_id, "user": plan.user, "uid": plan.uid, "argv": plan.argv,
+            "env": plan.env, "cwd": plan.cwd, "stdout": plan.stdout, "stderr": plan.stderr}
+
+
+def encode_spec(spec):
+    """base64url chunks: no `$` or `%` (systemd expands those in ExecStart), no quotes, no spaces."""
+    text = base64.urlsafe_b64encode(json.dumps(spec, separators=(",", ":")).encode("utf-8", "surrogatepass")).decode()
+    return [text[i:i + SPEC_CHUNK] for i in range(0, len(text), SPEC_CHUNK)] or [""]
+
+
+def decode_spec(chunks):
+    try:
+        spec = json.loads(base64.urlsafe_b64decode("".join(chunks).encode()).decode("utf-8", "surrogatepass"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Refused(f"malformed exec spec: {exc}") from None
+    if not isinstance(spec, dict) or spec.get("v") != VERSION:
+        raise Refused("malformed exec spec")
+    return spec
+
+
+def description(plan):
+    text = f"HakuRiver task {plan.task_id}"
+    return text + (f" (runner {plan.runner})" if plan.runner else "")
+
+
+def systemd_run_argv(plan, cfg, launcher_path):
+    """The systemd-run argv that starts `plan`. Pure."""
+    launcher = clean_path(launcher_path, "launcher path")
+    argv = [
+        cfg.systemd_run,
+        "--no-ask-password",
+        "--quiet",
+        f"--unit={plan.unit}",
+        f"--description={description(plan)}",
+        "--property=Type=exec",
+        f"--property=User={plan.user}",
+        "--property=KillMode=control-group",
+        f"--property=TimeoutStopSec={TIMEOUT_STOP}",
+    ]
+    if plan.cores is not None:
+        argv.append(f"--property=CPUQuota={plan.cores * 100}%")
+    if plan.memory is not None:
+        argv.append(f"--property=MemoryMax={plan.memory}")
+    argv.append(f"--property=ExecStopPost=+{launcher} poststop {plan.task_id}")
+    argv += ["--", launcher, "exec", *encode_spec(exec_spec(plan))]
+    return argv
+
+
+def systemctl_argv(cfg, verb, unit, *extra):
+    return [cfg.systemctl, "--no-ask-password", "--no-pager", verb, *extra, unit]
+
+
+def kill_argv(cfg, unit, signame):
+    if signame not in SIGNALS + ("SIGSTOP", "SIGCONT"):
+        raise Refused(f"signal {signame!r} is not one of {', '.join(SIGNALS)}")
+    return systemctl_argv(cfg, "kill", unit, "--kill-who=all", f"--signal={signame}")
+
+
+UNIT_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "Result", "MainPID", "ExecMainCode", "ExecMainStatus")
+
+
+def show_argv(cfg, units, properties=UNIT_PROPERTIES):
+    return [cfg.systemctl, "--no-pager", "show", "--property=" + ",".join(properties), "--", *units]
+
+
+def parse_show(text):
+    """`systemctl show` output for one or more units -> list of dicts (blank line between units)."""
+    blocks, current = [], {}
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                blocks.append(current)
+                current = {}
+            continue
+        key, sep, value = line.partition("=")
+        if sep:
+            current[key] = value
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def oom_kills_from(cgroup_lines, read=None):
+    """How many times the OOM killer struck in the cgroup of this process: memory.events
+    (cgroup v2) or memory.oom_control (v1). `cgroup_lines`: /proc/self/cgroup."""
+    read = read or _read_text
+    for line in cgroup_lines:
+        parts = line.strip().split(":", 2)
+        if len(parts) != 3:
+            continue
+        hier, controllers, path = parts
+        if hier == "0" and controllers == "":
+            candidates = [f"/sys/fs/cgroup{path}/memory.events"]
+        elif "memory" in controllers.split(","):
+            candidates = [f"/sys/fs/cgroup/memory{path}/memory.oom_control"]
+        else:
+            continue
+        for candidate in candidates:
+            text = read(candidate)
+            if text is None:
+                continue
+            for row in text.splitlines():
+                key, _, value = row.partition(" ")
+                if key == "oom_kill" and value.strip().isdigit() and int(value) > 0:
+                    return int(value)
+    return 0
+
+
+def _read_text(path):
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------- actions (I/O)
+
+
+def _run(argv, *, timeout=TOOL_TIMEOUT):
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(TOOL_ENV), timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise Failed(f"{argv[0]} is missing: is systemd installed?") from None
+    except subprocess.TimeoutExpired:
+        raise Failed(f"{os.path.basename(argv[0])} {argv[1:4]} did not answer within {timeout:.0f}s") from None
+
+
+def _tool_error(proc):
+    text = (proc.stderr or b"").decode(errors="replace").strip() or (proc.stdout or b"").decode(errors="replace").strip()
+    return " ".join(text.split())[:600] or f"exit status {proc.returncode}"
+
+
+def show_unit(cfg, unit):
+    proc = _run(show_argv(cfg, [unit]))
+    if proc.returncode != 0:
+        raise Failed(f"systemctl show {unit} failed: {_tool_error(proc)}")
+    blocks = parse_show(proc.stdout.decode(errors="replace"))
+    return blocks[0] if blocks else {"LoadState": "not-found"}
+
+
+def unit_is_live(props):
+    return props.get("LoadState") == "loaded" and props.get("ActiveState") in ("active", "activating", "deactivating", "reloading")
+
+
+def require_root():
+    if os.geteuid() != 0:
+        raise Refused("this subcommand must run as root (the runner calls it through sudo -n)")
+
+
+def refuse_under_sudo(what):
+    if "SUDO_UID" in os.environ or "SUDO_USER" in os.environ:
+        raise Refused(f"{what} is run by systemd inside a task's unit, never through sudo")
+
+
+def _preflight_child(plan, numactl):
+    """In a child that has become the task's user: can it run the task at all?"""
+    try:
+        os.chdir(plan.cwd)
+    except OSError as exc:
+        return f"user {plan.user} cannot enter the shared dir {plan.cwd}: {exc.strerror}"
+    for path in (plan.stdout, plan.stderr):
+        parent = os.path.dirname(path)
+        try:
+            os.makedirs(parent, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            return f"user {plan.user} cannot create {parent}: {exc.strerror}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+            return f"user {plan.user} cannot write {path}: {why}"
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return f"{path} is not a regular file"
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+    if numactl is not None and not os.access(numactl, os.X_OK):
+        return (f"numactl is not installed at {numactl} (NUMA node {plan.numa} was requested): "
+                f"install the numactl package or set paths.numactl_path")
+    program = plan.argv[4] if numactl is not None else plan.argv[0]
+    if "/" in program:
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            return f"the task's program {program} does not exist or is not executable for user {plan.user}"
+    else:
+        search = plan.env.get("PATH", TASK_PATH).split(os.pathsep)
+        if not any(d and os.path.isfile(os.path.join(d, program)) and os.access(os.path.join(d, program), os.X_OK)
+                   for d in search):
+            return f"the task's program {program!r} is not found on PATH ({plan.env.get('PATH', TASK_PATH)})"
+    return ""
+
+
+def preflight_as_user(plan):
+    """Create the (empty) log files as the task's user, so they belong to it and no
+    symlink planted in the shared dir is ever followed by root; check the program."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        message = ""
+        try:
+            os.close(read_fd)
+            os.setgroups(os.getgrouplist(plan.user, plan.gid))
+            os.setgid(plan.gid)
+            os.setuid(plan.uid)
+            os.umask(0o022)
+            message = _preflight_child(plan, plan.numactl)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            message = f"preflight as user {plan.user} failed: {exc}"
+        try:
+            os.write(write_fd, message.encode("utf-8", "replace")[:4000])
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    while True:
+        data = os.read(read_fd, 4096)
+        if not data:
+            break
+        chunks.append(data)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    message = b"".join(chunks).decode("utf-8", "replace")
+    if message:
+        raise Failed(message)
+
+
+def cmd_start(cfg, launcher_path, stdin):
+    require_root()
+    raw = stdin.read(MAX_REQUEST_BYTES + 1)
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise Refused(f"the start request is larger than {MAX_REQUEST_BYTES} bytes")
+    try:
+        req = json.loads(raw.decode("utf-8", "surrogatepass"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Refused(f"the start request is not valid JSON: {exc}") from None
+    plan = validate_request(req, cfg, node_exists=lambda n: os.path.isdir(f"/sys/devices/system/node/node{n}"))
+    ensure_state_dir(cfg)
+    # One start at a time on this node: "no such unit yet" must still hold when systemd-run
+    # runs, and a failed start may then safely remove the unit it made.
+    lock_fd = os.open(f"{cfg.state_dir}/.start.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        return _start_locked(cfg, launcher_path, plan)
+    finally:
+        os.close(lock_fd)
+
+
+def _start_locked(cfg, launcher_path, plan):
+    props = show_unit(cfg, plan.unit)
+    if props.get("LoadState") not in ("not-found", ""):
+        raise Failed(
+            f"unit {plan.unit} already exists ({props.get('ActiveState')}/{props.get('SubState')}): task "
+            f"{plan.task_id} was already started on this node; clear it with `systemctl stop {plan.unit}` "
+            f"and `systemctl reset-failed {plan.unit}`"
+        )
+    if os.path.lexists(state_path(cfg, plan.task_id)):
+        raise Failed(f"task {plan.task_id} already ran on this node (its exit status is recorded in "
+                     f"{state_path(cfg, plan.task_id)}); a task id runs once")
+    preflight_as_user(plan)
+    argv = systemd_run_argv(plan, cfg, launcher_path)
+    proc = _run(argv)
+    if proc.returncode != 0:
+        why = _tool_error(proc)
+        _discard(cfg, plan.task_id, plan.unit)
+        raise Failed(f"systemd-run could not start {plan.unit}: {why}")
+    return {"unit": plan.unit, "user": plan.user, "state_dir": cfg.state_dir}
+
+
+def ensure_state_dir(cfg):
+    try:
+        os.makedirs(cfg.state_dir, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise Failed(f"cannot create the state dir {cfg.state_dir}: {exc.strerror}") from None
+    check_root_owned(cfg.state_dir, "state dir")
+
+
+def _discard(cfg, task_id, unit):
+    """Remove a unit that failed to start (and anything it recorded)."""
+    props = show_unit(cfg, unit)
+    if unit_is_live(props):
+        _run(systemctl_argv(cfg, "stop", unit))
+    if props.get("LoadState") == "loaded":
+        _run(systemctl_argv(cfg, "reset-failed", unit))
+    try:
+        os.unlink(state_path(cfg, task_id))
+    except FileNotFoundError:
+        pass
+
+
+def cmd_signal(cfg, task_id, signame, *, verb):
+    require_root()
+    unit = unit_name(task_id)
+    props = show_unit(cfg, unit)
+    running = props.get("LoadState") == "loaded" and props.get("ActiveState") in ("active", "activating") \
+        and props.get("SubState") in ("running", "start")
+    if not running:
+        if verb == "kill":
+            return {"unit": unit, "signalled": False, "state": props.get("ActiveState", "unknown")}
+        raise Failed(f"task {task_id} is not running (unit {unit} is "
+                     f"{props.get('LoadState') if props.get('LoadState') != 'loaded' else props.get('ActiveState')})")
+    proc = _run(kill_argv(cfg, unit, signame))
+    if proc.returncode != 0:
+        raise Failed(f"systemctl kill --signal={signame} {unit} failed: {_tool_error(proc)}")
+    if verb == "kill" and signame != "SIGKILL":
+        _run(kill_argv(cfg, unit, "SIGCONT"))  # a paused task must see the signal now
+    return {"unit": unit, "signalled": True, "signal": signame}
+
+
+def cmd_cleanup(cfg, task_id):
+    require_root()
+    unit = unit_name(task_id)
+    props = show_unit(cfg, unit)
+    if unit_is_live(props):
+        proc = _run(systemctl_argv(cfg, "stop", unit))
+        if proc.returncode != 0:
+            raise Failed(f"systemctl stop {unit} failed: {_tool_error(proc)}")
+    props = show_unit(cfg, unit)
+    if props.get("LoadState") == "loaded" and not unit_is_live(props):
+        _run(systemctl_argv(cfg, "reset-failed", unit))
+    removed = False
+    try:
+        os.unlink(state_path(cfg, task_id))
+        removed = True
+    except FileNotFoundError:
+        pass
+    return {"unit": unit, "removed_status": removed}
+
+
+def read_status(cfg, task_id):
+    text = _read_text(state_path(cfg, task_id))
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def cmd_status(cfg, task_id):
+    unit = unit_name(task_id)
+    return {"unit": unit, "properties": show_unit(cfg, unit), "status": read_status(cfg, task_id)}
+
+
+def cmd_exec(cfg, chunks):
+    """In the unit, as the task's user: become the task. Never returns."""
+    refuse_under_sudo("exec")
+    spec = decode_spec(chunks)
+    user = spec.get("user")
+    if user not in cfg.task_users:
+        raise Refused(f"user {user!r} is not an allowed task user")
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise Refused(f"user {user!r} does not exist") from None
+    if os.geteuid() != uid or os.getuid() != uid or spec.get("uid") != uid:
+        raise Refused(f"exec must run as the task's user {user} (uid {uid}), not uid {os.geteuid()}")
+    argv, env = spec["argv"], spec["env"]
+    for path in (spec["stdout"], spec["stderr"]):
+        if not path.startswith(spec["cwd"] + "/"):
+            raise Refused(f"output path {path} is outside the shared dir")
+    fds = []
+    for path in (spec["stdout"], spec["stderr"]):
+        try:
+            fds.append(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+        except OSError as exc:
+            raise Failed(f"cannot open {path}: {exc.strerror}") from None
+    os.dup2(fds[0], 1)
+    os.dup2(fds[1], 2)
+    for fd in fds:
+        os.close(fd)
+    try:
+        os.chdir(spec["cwd"])
+    except OSError as exc:
+        os.write(2, f"hakuriver: cannot enter {spec['cwd']}: {exc.strerror}\n".encode())
+        os._exit(126)
+    # Python ignores these; an exec'd program must start with the default dispositions.
+    for name in ("SIGPIPE", "SIGXFSZ", "SIGXFZ"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        os.write(2, f"hakuriver: cannot run {argv[0]!r}: {exc.strerror}\n".encode("utf-8", "replace"))
+        os._exit(127 if exc.errno == errno.ENOENT else 126)
+
+
+def cmd_poststop(cfg, task_id):
+    """ExecStopPost=+ of the unit, as root: record how the task ended."""
+    refuse_under_sudo("poststop")
+    require_root()
+    unit = unit_name(task_id)
+    if "SERVICE_RESULT" not in os.environ or "EXIT_CODE" not in os.environ:
+        raise Refused("poststop runs only as a unit's ExecStopPost (SERVICE_RESULT is not set)")
+    lines = (_read_text("/proc/self/cgroup") or "").splitlines()
+    if not any(line.rsplit("/", 1)[-1] == unit for line in lines):
+        raise Refused(f"poststop runs only inside {unit}")
+    record = {
+        "task_id": str(task_id),
+        "unit": unit,
+        "result": os.environ.get("SERVICE_RESULT", ""),
+        "exit_code": os.environ.get("EXIT_CODE", ""),
+        "exit_status": os.environ.get("EXIT_STATUS", ""),
+        "oom_kills": oom_kills_from(lines),
+        "time": time.time(),
+    }
+    ensure_state_dir(cfg)
+    final = state_path(cfg, task_id)
+    tmp = f"{final}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, json.dumps(record).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, final)
+    return None
+
+
+# --------------------------------------------------------------------- main
+
+USAGE = f"""usage: {PROG} start < request.json
+       {PROG} kill ID SIGNAL | pause ID | resume ID | cleanup ID | status ID | info"""
+
+
+def _own_path():
+    return os.path.realpath(__file__)
+
+
+def main(argv=None, *, stdin=None, stdout=None, config_path=DEFAULT_CONFIG_PATH):
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = stdout or sys.stdout
+    try:
+        if not args:
+            raise Refused(USAGE)
+        sub, rest = args[0], args[1:]
+        arity = {"start": 0, "kill": 2, "pause": 1, "resume": 1, "cleanup": 1, "status": 1, "info": 0,
+                 "poststop": 1}
+        if sub == "exec":
+            if not rest:
+                raise Refused("exec needs its spec")
+        elif sub not in arity:
+            raise Refused(f"unknown subcommand {sub!r}\n{USAGE}")
+        elif len(rest) != arity[sub]:
+            raise Refused(f"{sub} takes {arity[sub]} argument(s), got {len(rest)}\n{USAGE}")
+        task_id = parse_task_id(rest[0]) if sub in ("kill", "pause", "resume", "cleanup", "status", "poststop") else None
+        if sub == "kill" and rest[1] not in SIGNALS:
+            raise Refused(f"signal {rest[1]!r} is not one of {', '.join(SIGNALS)}")
+        privileged = os.geteuid() == 0
+        if privileged:
+            launcher_path = check_root_owned(_own_path(), "the launcher")
+        else:
+            launcher_path = _own_path()
+        cfg = load_config(config_path, trusted=privileged)
+        if sub == "exec":
+            cmd_exec(cfg, rest)
+            return 0  # not reached
+        if sub == "poststop":
+            cmd_poststop(cfg, task_id)
+            return 0
+        if sub == "start":
+            result = cmd_start(cfg, launcher_path, stdin or sys.stdin.buffer)
+        elif sub == "kill":
+            result = cmd_signal(cfg, task_id, rest[1], verb="kill")
+        elif sub == "pause":
+            result = cmd_signal(cfg, task_id, "SIGSTOP", verb="pause")
+        elif sub == "resume":
+            result = cmd_signal(cfg, task_id, "SIGCONT", verb="resume")
+        elif sub == "cleanup":
+            result = cmd_cleanup(cfg, task_id)
+        elif sub == "status":
+            result = cmd_status(cfg, task_id)
+        else:
+            result = {"version": VERSION, "launcher": launcher_path, "config": config_path, **cfg.to_json()}
+        out.write(json.dumps(result) + "\n")
+        out.flush()
+        return 0
+    except (Refused, Failed) as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        sys.stderr.flush()
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for the runner to report
+        sys.stderr.write(f"{PROG}: internal error: {type(exc).__name__}: {exc}\n")
+        sys.stderr.flush()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

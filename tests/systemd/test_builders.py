@@ -1,0 +1,368 @@
+"""Pure parts of the systemd backend, without I/O: the launcher's validation and
+argv builders, the sudoers text, the executor's request and result mapping."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from hakuriver.deploy import launcher as L
+from hakuriver.deploy.launcher_install import (
+    install_plan,
+    launcher_config_for,
+    launcher_source,
+    render_launcher_config,
+)
+from hakuriver.deploy.sudoers import DEFAULT_LAUNCHER_PATH, render_sudoers
+from hakuriver.errors import ExecutorError
+from hakuriver.models import NumaNode, TaskState
+from hakuriver.runner.executors import EXECUTORS, executor_class
+from hakuriver.runner.executors.base import LaunchSpec
+from hakuriver.runner.executors.systemd import (
+    SystemdExecutor,
+    exit_result_from_record,
+    exit_result_from_unit,
+    launch_request,
+    launcher_argv,
+    resolve_task_user,
+    service_name,
+)
+
+CFG = L.parse_config({
+    "task_users": ["alice"],
+    "shared_dirs": ["/srv/shared"],
+    "local_temp_dirs": ["/srv/temp"],
+    "numactl_paths": ["/usr/bin/numactl"],
+})
+ALICE = SimpleNamespace(pw_name="alice", pw_uid=1001, pw_gid=1001, pw_dir="/home/alice", pw_shell="/bin/bash")
+ROOT = SimpleNamespace(pw_name="root", pw_uid=0, pw_gid=0, pw_dir="/root", pw_shell="/bin/bash")
+
+
+def users(name: str) -> SimpleNamespace:
+    found = {"alice": ALICE, "root": ROOT}.get(name)
+    if found is None:
+        raise KeyError(name)
+    return found
+
+
+def request(**overrides: object) -> dict:
+    req = {"task_id": "123", "user": "alice", "command": ["echo", "hi"], "shared_dir": "/srv/shared",
+           "local_temp_dir": "/srv/temp"}
+    req.update(overrides)
+    return {k: v for k, v in req.items() if v is not None}
+
+
+def plan(**overrides: object) -> L.TaskPlan:
+    return L.validate_request(request(**overrides), CFG, getpwnam=users, node_exists=lambda n: n == 0)
+
+
+# ------------------------------------------------------------------ launcher
+
+
+def test_a_valid_request_becomes_a_plan_with_a_clean_environment() -> None:
+    p = plan(env={"FOO": "bar", "HAKURIVER_TASK_ID": "spoof", "PATH": "/opt/bin"}, cores=2, memory=1 << 30)
+    assert p.unit == "hakuriver-task-123.service"
+    assert (p.user, p.uid, p.cwd) == ("alice", 1001, "/srv/shared")
+    assert p.stdout == "/srv/shared/task_outputs/123.out" and p.stderr == "/srv/shared/task_errors/123.err"
+    assert p.argv == ["echo", "hi"]
+    assert p.env == {"PATH": "/opt/bin", "HOME": "/home/alice", "USER": "alice", "LOGNAME": "alice",
+                     "SHELL": "/bin/bash", "FOO": "bar", "HAKURIVER_TASK_ID": "123",
+                     "HAKURIVER_SHARED_DIR": "/srv/shared", "HAKURIVER_LOCAL_TEMP_DIR": "/srv/temp"}
+
+
+@pytest.mark.parametrize("task_id", ["../1", "1 2", "1;id", "01", "0", "-1", "", "1.service", "9" * 20, "１２", True, 1.5])
+def test_task_ids_are_digits_only(task_id: object) -> None:
+    with pytest.raises(L.Refused, match="task id"):
+        plan(task_id=task_id)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"user": "root"}, "not allowed"),
+    ({"user": "bob"}, "not allowed"),
+    ({"user": "alice -p User=root"}, "plain user name"),
+    ({"shared_dir": "/etc"}, "shared dir /etc is not"),
+    ({"shared_dir": "/srv/shared/../../etc"}, "shared dir /etc is not"),
+    ({"shared_dir": "/srv/shared/sub"}, "shared dir /srv/shared/sub is not"),
+    ({"shared_dir": "srv/shared"}, "absolute"),
+    ({"shared_dir": "/srv/shared x"}, "may only contain"),
+    ({"local_temp_dir": "/tmp"}, "local temp dir /tmp is not"),
+    ({"stdout": "/etc/passwd"}, "stdout must be"),
+    ({"stderr": "/srv/shared/task_errors/124.err"}, "stderr must be"),
+    ({"properties": ["User=root"]}, "unknown request field"),
+    ({"User": "root"}, "unknown request field"),
+    ({"command": []}, "non-empty list"),
+    ({"command": "echo hi"}, "non-empty list"),
+    ({"command": ["", "x"]}, "must not be empty"),
+    ({"command": ["echo", "a\x00b"]}, "NUL"),
+    ({"env": {"A=B": "x"}}, "not a valid variable name"),
+    ({"env": {"A": 1}}, "must be a string"),
+    ({"cores": 0}, "cores"),
+    ({"cores": "2; rm"}, "cores"),
+    ({"cores": True}, "cores"),
+    ({"memory": "50M"}, "memory"),
+    ({"numa": 0}, "needs numactl"),
+    ({"numa": 0, "numactl": "/tmp/numactl"}, "not one the launcher config allows"),
+    ({"numa": 3, "numactl": "/usr/bin/numactl"}, "no NUMA node 3"),
+    ({"numactl": "/usr/bin/numactl"}, "only given with a NUMA target"),
+    ({"runner": "a b"}, "runner name"),
+])
+def test_requests_outside_the_allow_list_are_refused(overrides: dict, match: str) -> None:
+    with pytest.raises(L.Refused, match=match):
+        plan(**overrides)
+
+
+def test_missing_fields_and_unknown_users_are_refused() -> None:
+    with pytest.raises(L.Refused, match="missing request field"):
+        L.validate_request({"task_id": "1"}, CFG, getpwnam=users)
+    cfg = L.parse_config({"task_users": ["ghost"], "shared_dirs": ["/srv/shared"], "local_temp_dirs": ["/srv/temp"]})
+    with pytest.raises(L.Refused, match="does not exist on this node"):
+        L.validate_request(request(user="ghost"), cfg, getpwnam=users)
+
+
+def test_root_runs_tasks_only_when_listed() -> None:
+    cfg = L.parse_config({"task_users": ["root"], "shared_dirs": ["/srv/shared"], "local_temp_dirs": ["/srv/temp"]})
+    assert L.validate_request(request(user="root"), cfg, getpwnam=users).uid == 0
+
+
+def test_numa_wraps_the_command_in_numactl() -> None:
+    p = plan(numa=0, numactl="/usr/bin/numactl", command=["python3", "-c", "pass"])
+    assert p.argv == ["/usr/bin/numactl", "--cpunodebind=0", "--membind=0", "--", "python3", "-c", "pass"]
+
+
+def test_systemd_run_argv_is_built_from_validated_values_only() -> None:
+    evil = ["sh", "-c", "$(id); echo ${HOME} %n", "a;b && c", "q'\"", "new\nline", "--property=User=root"]
+    p = plan(command=evil, cores=2, memory=64 << 20, runner="node-1")
+    argv = L.systemd_run_argv(p, CFG, DEFAULT_LAUNCHER_PATH)
+    dashdash = argv.index("--")
+    options, tail = argv[:dashdash], argv[dashdash + 1:]
+    assert options == [
+        "/usr/bin/systemd-run", "--no-ask-password", "--quiet", "--unit=hakuriver-task-123.service",
+        "--description=HakuRiver task 123 (runner node-1)", "--property=Type=exec", "--property=User=alice",
+        "--property=KillMode=control-group", f"--property=TimeoutStopSec={L.TIMEOUT_STOP}",
+        "--property=CPUQuota=200%", f"--property=MemoryMax={64 << 20}",
+        f"--property=ExecStopPost=+{DEFAULT_LAUNCHER_PATH} poststop 123",
+    ]
+    assert tail[:2] == [DEFAULT_LAUNCHER_PATH, "exec"]
+    # systemd expands $VAR in ExecStart and %-specifiers in unit files: the spec holds neither.
+    assert all(set(chunk) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=") for chunk in tail[2:])
+    spec = L.decode_spec(tail[2:])
+    assert spec["argv"] == evil and spec["user"] == "alice" and spec["uid"] == 1001
+    assert spec["env"]["HAKURIVER_TASK_ID"] == "123"
+
+
+def test_limits_are_omitted_when_not_requested() -> None:
+    argv = L.systemd_run_argv(plan(), CFG, DEFAULT_LAUNCHER_PATH)
+    assert not [a for a in argv if "CPUQuota" in a or "MemoryMax" in a]
+
+
+def test_big_specs_are_split_into_arguments_below_the_kernel_limit() -> None:
+    p = plan(command=["echo"] + ["x" * 1000] * 200)
+    chunks = L.encode_spec(L.exec_spec(p))
+    assert len(chunks) > 1 and all(len(c) <= L.SPEC_CHUNK for c in chunks)
+    assert L.decode_spec(chunks)["argv"] == p.argv
+    with pytest.raises(L.Refused):
+        L.decode_spec([base64.urlsafe_b64encode(b"[1]").decode()])
+
+
+def test_kill_takes_known_signals_only() -> None:
+    assert L.kill_argv(CFG, "hakuriver-task-1.service", "SIGTERM") == [
+        "/usr/bin/systemctl", "--no-ask-password", "--no-pager", "kill", "--kill-who=all", "--signal=SIGTERM",
+        "hakuriver-task-1.service"]
+    with pytest.raises(L.Refused):
+        L.kill_argv(CFG, "hakuriver-task-1.service", "SIGKILL --kill-who=main")
+
+
+def test_parse_config_rejects_what_it_does_not_know() -> None:
+    with pytest.raises(L.Refused, match="unknown launcher config"):
+        L.parse_config({"task_users": ["a"], "shared_dirs": ["/s"], "local_temp_dirs": ["/t"], "extra": 1})
+    with pytest.raises(L.Refused, match="must not be empty"):
+        L.parse_config({"task_users": [], "shared_dirs": ["/s"], "local_temp_dirs": ["/t"]})
+    with pytest.raises(L.Refused, match="cannot be a task directory"):
+        L.parse_config({"task_users": ["a"], "shared_dirs": ["/"], "local_temp_dirs": ["/t"]})
+
+
+def test_parse_show_and_oom_counters() -> None:
+    blocks = L.parse_show("Id=a.service\nActiveState=active\n\nId=b.service\nLoadState=not-found\n")
+    assert blocks == [{"Id": "a.service", "ActiveState": "active"}, {"Id": "b.service", "LoadState": "not-found"}]
+    files = {
+        "/sys/fs/cgroup/memory/docker/x/system.slice/t.service/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        "/sys/fs/cgroup/system.slice/u.service/memory.events": "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n",
+    }
+    v1 = ["9:name=systemd:/docker/x/system.slice/t.service", "4:memory:/docker/x/system.slice/t.service"]
+    assert L.oom_kills_from(v1, read=files.get) == 2
+    assert L.oom_kills_from(["0::/system.slice/u.service"], read=files.get) == 1
+    assert L.oom_kills_from(["0::/system.slice/none.service"], read=files.get) == 0
+
+
+def test_in_unit_subcommands_refuse_to_run_under_sudo(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    monkeypatch.setenv("SUDO_UID", "1000")
+    with pytest.raises(L.Refused, match="never through sudo"):
+        L.cmd_exec(CFG, L.encode_spec({"v": 1}))
+    with pytest.raises(L.Refused, match="never through sudo"):
+        L.cmd_poststop(CFG, 1)
+
+
+def test_main_refuses_bad_arity_and_unknown_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["kill", "1", "SIGKILL", "extra"], ["start", "--property=User=root"], ["shell"], [],
+                 ["pause"], ["kill", "1", "SIGSTOP"]):
+        assert L.main(argv, config_path="/nonexistent/launcher.json") == 2, argv
+    assert "hakuriver-task-launcher:" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ install texts
+
+
+def test_sudoers_text_grants_the_launcher_only_and_passes_visudo(tmp_path: object) -> None:
+    text = render_sudoers("hakuriver")
+    rules = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert rules == [
+        f"Cmnd_Alias HAKURIVER_LAUNCHER = {DEFAULT_LAUNCHER_PATH}",
+        "Defaults!HAKURIVER_LAUNCHER env_reset, !requiretty",
+        "hakuriver ALL=(root) NOPASSWD: HAKURIVER_LAUNCHER",
+    ]
+    pinned = render_sudoers("hakuriver", launcher_sha256="ab" * 32)
+    assert f"sha256:{'ab' * 32} {DEFAULT_LAUNCHER_PATH}" in pinned
+    visudo = shutil.which("visudo")
+    if visudo is None:
+        pytest.skip("visudo is not installed here (the node tests check it)")
+    for t in (text, pinned):
+        path = tmp_path / "hakuriver"  # type: ignore[operator]
+        path.write_text(t)
+        proc = subprocess.run([visudo, "-cf", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("user", ["root", "", "Bob", "a b", "a,b", "ALL", "x" * 40, "%wheel"])
+def test_sudoers_refuses_odd_user_names(user: str) -> None:
+    with pytest.raises(ValueError):
+        render_sudoers(user)
+
+
+def test_install_texts_come_from_the_package() -> None:
+    source = launcher_source()
+    assert source.startswith("#!/usr/bin/python3 -I\n")
+    assert "import hakuriver" not in source and "from hakuriver" not in source
+    compile(source, "launcher", "exec")
+    cfg_text = render_launcher_config(task_users=["alice"], shared_dirs=["/srv/shared/"], local_temp_dirs=["/srv/temp"])
+    assert json.loads(cfg_text)["shared_dirs"] == ["/srv/shared"]
+    with pytest.raises(ValueError):
+        render_launcher_config(task_users=["alice"], shared_dirs=["/srv/a b"], local_temp_dirs=["/srv/temp"])
+    files = install_plan("alice", cfg_text)
+    assert [(f.path, f.mode) for f in files] == [(DEFAULT_LAUNCHER_PATH, 0o755), ("/etc/hakuriver/launcher.json", 0o644),
+                                                 ("/etc/sudoers.d/hakuriver", 0o440)]
+    assert [f.path for f in install_plan("root", cfg_text)] == [DEFAULT_LAUNCHER_PATH, "/etc/hakuriver/launcher.json"]
+    config = SimpleNamespace(paths=SimpleNamespace(shared_dir="/srv/shared", local_temp_dir="/srv/temp",
+                                                   numactl_path="/opt/numactl/bin/numactl"))
+    assert json.loads(launcher_config_for(config, "alice"))["numactl_paths"] == ["/opt/numactl/bin/numactl"]
+
+
+# ------------------------------------------------------------------ executor
+
+
+def spec(**overrides: object) -> LaunchSpec:
+    fields = dict(task_id=7, command=("python3", "-c", "print(1)"), env={"A": "1"},
+                  stdout_path="/srv/shared/task_outputs/7.out", stderr_path="/srv/shared/task_errors/7.err",
+                  shared_dir="/srv/shared", local_temp_dir="/srv/temp")
+    fields.update(overrides)
+    return LaunchSpec(**fields)  # type: ignore[arg-type]
+
+
+def test_the_executor_is_registered() -> None:
+    assert executor_class("systemd") is SystemdExecutor and EXECUTORS["systemd"].name == "systemd"
+    assert service_name(42) == "hakuriver-task-42.service"
+
+
+def test_launch_request_is_argv_and_validates_with_the_launcher() -> None:
+    req = launch_request(spec(cores=2, memory=1 << 26, numa=NumaNode(0, (0, 1), 0)), user="alice",
+                         runner_name="n1", numactl="/usr/bin/numactl")
+    assert req == {"task_id": "7", "user": "alice", "command": ["python3", "-c", "print(1)"], "env": {"A": "1"},
+                   "shared_dir": "/srv/shared", "local_temp_dir": "/srv/temp",
+                   "stdout": "/srv/shared/task_outputs/7.out", "stderr": "/srv/shared/task_errors/7.err",
+                   "runner": "n1", "cores": 2, "memory": 1 << 26, "numa": 0, "numactl": "/usr/bin/numactl"}
+    p = L.validate_request(json.loads(json.dumps(req)), CFG, getpwnam=users, node_exists=lambda n: True)
+    assert p.argv[:4] == ["/usr/bin/numactl", "--cpunodebind=0", "--membind=0", "--"]
+    with pytest.raises(ExecutorError, match="numactl is not installed"):
+        launch_request(spec(numa=NumaNode(0, (0,), 0)), user="alice", runner_name="n1", numactl=None)
+    with pytest.raises(ExecutorError, match="Docker"):
+        launch_request(spec(gpus=(0,)), user="alice", runner_name="n1", numactl=None)
+
+
+def test_launcher_argv_uses_sudo_non_interactively() -> None:
+    assert launcher_argv("/l", "kill", "7", "SIGTERM", sudo="/usr/bin/sudo") == [
+        "/usr/bin/sudo", "-n", "--", "/l", "kill", "7", "SIGTERM"]
+    assert launcher_argv("/l", "info", sudo=None) == ["/l", "info"]
+
+
+def test_task_user_is_never_empty_and_root_only_when_explicit() -> None:
+    assert resolve_task_user("", "runner") == "runner"
+    assert resolve_task_user("alice", "runner") == "alice"
+    assert resolve_task_user("root", "root") == "root"
+    with pytest.raises(ExecutorError, match="runner_user"):
+        resolve_task_user("", "root")
+    with pytest.raises(ExecutorError):
+        resolve_task_user("", "")
+    ex = SystemdExecutor("n1", task_user="", runner_user="root")
+    assert ex.task_user is None and "root" in (ex._user_error or "")
+
+
+@pytest.mark.parametrize("record, state, code", [
+    ({"result": "success", "exit_code": "exited", "exit_status": "0", "oom_kills": 0}, TaskState.COMPLETED, 0),
+    ({"result": "exit-code", "exit_code": "exited", "exit_status": "3", "oom_kills": 0}, TaskState.FAILED, 3),
+    ({"result": "signal", "exit_code": "killed", "exit_status": "KILL", "oom_kills": 1}, TaskState.KILLED_OOM, 137),
+    ({"result": "oom-kill", "exit_code": "killed", "exit_status": "KILL", "oom_kills": 0}, TaskState.KILLED_OOM, 137),
+    ({"result": "signal", "exit_code": "killed", "exit_status": "TERM", "oom_kills": 0}, TaskState.FAILED, 143),
+    ({"result": "core-dump", "exit_code": "dumped", "exit_status": "SEGV", "oom_kills": 0}, TaskState.FAILED, 139),
+    ({"result": "success", "exit_code": "exited", "exit_status": "0", "oom_kills": 2}, TaskState.COMPLETED, 0),
+    ({"result": "resources", "exit_code": "exited", "exit_status": "217", "oom_kills": 0}, TaskState.FAILED, 217),
+])
+def test_exit_records_map_to_results(record: dict, state: TaskState, code: int) -> None:
+    result = exit_result_from_record(record)
+    assert (result.state, result.exit_code) == (state, code)
+    if state is TaskState.FAILED:
+        assert result.error
+
+
+def test_failed_units_without_a_record_fall_back_to_systemd() -> None:
+    r = exit_result_from_unit({"ExecMainCode": "2", "ExecMainStatus": "9", "Result": "signal"})
+    assert (r.state, r.exit_code, r.error) == (TaskState.FAILED, 137, "killed by signal SIGKILL")
+    r = exit_result_from_unit({"ExecMainCode": "1", "ExecMainStatus": "4", "Result": "exit-code"})
+    assert (r.state, r.exit_code) == (TaskState.FAILED, 4)
+
+
+def test_default_executors_offer_systemd_only_where_it_can_work(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    import asyncio
+
+    from hakuriver.config import config_from_dict
+    from hakuriver.runner import app
+    from hakuriver.runner.executors import docker as docker_mod
+    from hakuriver.runner.executors import systemd as systemd_mod
+
+    async def fake_docker_check(self: object) -> str:
+        return "test"
+
+    async def fake_check(self: SystemdExecutor) -> dict:
+        return {"launcher": self.launcher_path}
+
+    monkeypatch.setattr(docker_mod.DockerExecutor, "check", fake_docker_check)
+    monkeypatch.setattr(systemd_mod.SystemdExecutor, "check", fake_check)
+    config = config_from_dict({"paths": {"shared_dir": str(tmp_path), "local_temp_dir": str(tmp_path)},
+                               "environment": {"runner_user": "alice"}, "runner": {"name": "n1"}})
+
+    async def names() -> list[str]:
+        executors = await app.default_executors(config)
+        for ex in executors.values():
+            await ex.close()
+        return sorted(executors)
+
+    monkeypatch.setattr(systemd_mod, "systemd_booted", lambda: False)
+    assert asyncio.run(names()) == ["docker"]
+    monkeypatch.setattr(systemd_mod, "systemd_booted", lambda: True)
+    monkeypatch.setattr(systemd_mod, "launcher_problem", lambda path: f"not installed at {path}")
+    assert asyncio.run(names()) == ["docker"]
+    monkeypatch.setattr(systemd_mod, "launcher_problem", lambda path: None)
+    assert asyncio.run(names()) == ["docker", "systemd"]

@@ -1,0 +1,234 @@
+"""`--container NULL` tasks for real: a Host and an unprivileged Runner in a systemd
+node, tasks in transient services started through the root-owned launcher."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+
+import pytest
+
+from tests.harness import poll
+
+from .sdcluster import LAUNCHER, NODE_NAME, RUNNER_MARKER, RUNNER_USER, SHARED, STATE_DIR, TEMP, SdCluster
+
+pytestmark = [pytest.mark.docker, pytest.mark.systemd]
+
+REPORT = (
+    "import json, os, sys\n"
+    "print(json.dumps({'argv': sys.argv[1:], 'env': dict(os.environ), 'uid': os.getuid(), 'cwd': os.getcwd()}))\n"
+    "print('to stderr', file=sys.stderr)\n"
+    "sys.exit(int(os.environ['WANT_EXIT']))\n"
+)
+EVIL = [
+    "$(touch /tmp/pwned-subst)",
+    "`touch /tmp/pwned-backtick`",
+    "; touch /tmp/pwned-semicolon",
+    "&& touch /tmp/pwned-and",
+    "' ; touch /tmp/pwned-quote ; '",
+    '" ; touch /tmp/pwned-dquote ; "',
+    "\ntouch /tmp/pwned-newline\n",
+    "| touch /tmp/pwned-pipe",
+    "$HOME ${PATH} $$ %n %i %% \\n \\",
+    "--property=User=root",
+    "",
+    "unicode: é ✓",
+]
+HOG = "x = []\nwhile True:\n    x.append(bytearray(1 << 20))\n"
+
+
+def test_a_task_runs_as_argv_with_its_output_exit_code_and_environment(sd: SdCluster) -> None:
+    failing = sd.submit(["python3", "-c", REPORT, *EVIL], env={"WANT_EXIT": "7", "GREETING": "hi $(id) ;"})
+    ok = sd.submit(["sh", "-c", 'echo "done $HAKURIVER_TASK_ID"'])
+    t = sd.wait_final(failing)
+    assert (t["state"], t["exit_code"]) == ("failed", 7), t
+    report = json.loads(sd.logs(failing))
+    assert report["argv"] == EVIL
+    assert sd.logs(failing, "stderr") == "to stderr\n"
+    env = report["env"]
+    assert env["GREETING"] == "hi $(id) ;"
+    assert (env["HAKURIVER_TASK_ID"], env["HAKURIVER_SHARED_DIR"], env["HAKURIVER_LOCAL_TEMP_DIR"]) == (failing, SHARED, TEMP)
+    assert RUNNER_MARKER not in env and "INVOCATION_ID" not in env, "the runner's environment leaked into the task"
+    assert env["USER"] == RUNNER_USER and report["cwd"] == SHARED
+    assert report["uid"] == int(sd.node.exec(["id", "-u", RUNNER_USER]).stdout)
+    # Nothing a shell would have run did run.
+    assert sd.node.exec(["sh", "-c", "ls /tmp/pwned-* 2>/dev/null || true"]).stdout == ""
+
+    t = sd.wait_final(ok)
+    assert (t["state"], t["exit_code"]) == ("completed", 0), t
+    assert sd.logs(ok) == f"done {ok}\n"
+    owners = sd.node.exec(["stat", "-c", "%U", f"{SHARED}/task_outputs/{failing}.out", f"{SHARED}/task_errors/{failing}.err"])
+    assert owners.stdout.split() == [RUNNER_USER, RUNNER_USER]
+    # destroy() cleans up (just after the result is reported): no unit, no status record.
+    poll(lambda: sd.unit(ok, "LoadState")["LoadState"] == sd.unit(failing, "LoadState")["LoadState"] == "not-found"
+         and sd.node.exec(["ls", STATE_DIR]).stdout.strip() == "", timeout=30, what="units and records cleaned up")
+
+
+def test_limits_numa_pause_resume_kill_and_oom(sd: SdCluster) -> None:
+    sleeper = sd.submit(["sleep", "600"], cores=1, memory="64M")
+    hog = sd.submit(["python3", "-c", HOG], memory="64M")
+    numa = sd.submit(["sh", "-c", "numactl --show; grep Cpus_allowed_list /proc/self/status"], targets=[f"{NODE_NAME}:0"])
+
+    sd.wait_state(sleeper, {"running"})
+    props = sd.unit(sleeper, "CPUQuotaPerSecUSec", "MemoryMax", "User", "MainPID")
+    assert (props["CPUQuotaPerSecUSec"], props["MemoryMax"], props["User"]) == ("1s", str(64 << 20), RUNNER_USER), props
+    pid = props["MainPID"]
+    # ... and the kernel enforces it (cgroup v1 memory controller here, v2 elsewhere).
+    limit = sd.node.exec(["sh", "-c", f"p=$(grep -E '^[0-9]+:memory:' /proc/{pid}/cgroup | cut -d: -f3); "
+                                      f"cat /sys/fs/cgroup/memory$p/memory.limit_in_bytes 2>/dev/null || "
+                                      f"cat /sys/fs/cgroup$(grep '^0::' /proc/{pid}/cgroup | cut -d: -f3)/memory.max"])
+    assert limit.stdout.strip() == str(64 << 20), limit
+
+    def proc_state() -> str:
+        return sd.node.exec(["sh", "-c", f"grep ^State: /proc/{pid}/status"]).stdout.split()[1]
+
+    sd.act(sleeper, "pause")
+    sd.wait_state(sleeper, {"paused"})
+    assert proc_state() == "T"
+    sd.act(sleeper, "resume")
+    sd.wait_state(sleeper, {"running"})
+    assert proc_state() == "S"
+    sd.act(sleeper, "pause")
+    sd.wait_state(sleeper, {"paused"})
+    sd.act(sleeper, "kill")  # a paused task can be killed
+    assert sd.wait_final(sleeper)["state"] == "killed"
+
+    t = sd.wait_final(hog)
+    assert t["state"] == "killed_oom", t
+    t = sd.wait_final(numa)
+    assert t["state"] == "completed", t
+    out = sd.logs(numa)
+    assert "policy: bind" in out and "membind: 0" in out and "cpubind: 0" in out, out
+    cpus = sd.node.exec(["cat", "/sys/devices/system/node/node0/cpulist"]).stdout.strip()
+    assert f"Cpus_allowed_list:\t{cpus}" in out
+
+
+def test_the_exit_code_survives_a_runner_restart(sd: SdCluster) -> None:
+    def waiting(name: str, code: int) -> list[str]:
+        return ["sh", "-c", f'while [ ! -e "$HAKURIVER_LOCAL_TEMP_DIR/{name}" ]; do sleep 0.1; done; exit {code}']
+
+    ends_while_down = sd.submit(waiting("go-a", 5))
+    ends_after = sd.submit(waiting("go-b", 6))
+    for t in (ends_while_down, ends_after):
+        sd.wait_state(t, {"running"})
+    sd.act(ends_after, "pause")
+    sd.wait_state(ends_after, {"paused"})
+    sd.stop_runner()  # KillMode=control-group: the runner's whole cgroup dies
+    for t in (ends_while_down, ends_after):
+        assert sd.unit(t, "ActiveState")["ActiveState"] == "active", "a task died with the runner"
+    sd.node.exec(["touch", f"{TEMP}/go-a"], user=RUNNER_USER)
+    poll(lambda: sd.node.exec(["test", "-e", f"{STATE_DIR}/{ends_while_down}.json"], check=False).ok,
+         timeout=30, what="the task to end while the runner is down")
+    assert sd.task(ends_while_down)["state"] == "running"  # nobody told the Host yet
+
+    sd.start_runner()
+    t = sd.wait_final(ends_while_down)
+    assert (t["state"], t["exit_code"]) == ("failed", 5), t
+    # Re-adopted as paused (its processes are stopped), and it can be resumed.
+    assert sd.runner_tasks() == {ends_after: "paused"}
+    assert sd.task(ends_after)["state"] == "paused"
+    sd.node.exec(["touch", f"{TEMP}/go-b"], user=RUNNER_USER)
+    sd.act(ends_after, "resume")
+    t = sd.wait_final(ends_after)
+    assert (t["state"], t["exit_code"]) == ("failed", 6), t
+
+
+def test_setup_errors_fail_tasks_with_a_reason(sd: SdCluster) -> None:
+    node = sd.node
+    node.exec(["mv", "/usr/bin/numactl", "/usr/bin/numactl.away"])
+    try:
+        t = sd.wait_final(sd.submit(["true"], targets=[f"{NODE_NAME}:0"]))
+    finally:
+        node.exec(["mv", "/usr/bin/numactl.away", "/usr/bin/numactl"])
+    assert t["state"] == "failed" and "numactl is not installed" in (t.get("error") or ""), t
+
+    node.exec(["mv", "/etc/sudoers.d/hakuriver", "/root/sudoers.away"])
+    try:
+        t = sd.wait_final(sd.submit(["true"]))
+    finally:
+        node.exec(["mv", "/root/sudoers.away", "/etc/sudoers.d/hakuriver"])
+    assert t["state"] == "failed" and "sudoers" in (t.get("error") or ""), t
+
+    t = sd.wait_final(sd.submit(["/nonexistent/program", "arg"]))
+    assert t["state"] == "failed" and "/nonexistent/program" in (t.get("error") or ""), t
+
+    original = node.read_file("/etc/hakuriver/launcher.json")
+    allow_ghost = json.loads(original)
+    allow_ghost["task_users"].append("ghost")
+    node.write_file("/etc/hakuriver/launcher.json", json.dumps(allow_ghost), mode=0o644)
+    try:
+        r = sd.launcher("start", input=start_request("920", user="ghost", command=["true"]))
+    finally:
+        node.write_file("/etc/hakuriver/launcher.json", original, mode=0o644)
+    assert r.rc == 2 and "user 'ghost' does not exist on this node" in r.stderr, r
+
+
+def start_request(task_id: str, **overrides: object) -> str:
+    req = {"task_id": task_id, "user": RUNNER_USER, "command": ["touch", "/root/pwned-launcher"],
+           "shared_dir": SHARED, "local_temp_dir": TEMP}
+    req.update(overrides)
+    return json.dumps(req)
+
+
+def test_the_runner_user_cannot_become_root(sd: SdCluster) -> None:
+    node = sd.node
+    assert node.exec(["visudo", "-cf", "/etc/sudoers.d/hakuriver"]).ok
+    listing = node.exec(["sudo", "-l", "-U", RUNNER_USER]).stdout
+    assert LAUNCHER in listing and "systemd-run" not in listing and "systemctl" not in listing
+
+    def refused_by_sudo(*argv: str) -> None:
+        r = node.exec(["sudo", "-n", *argv], user=RUNNER_USER, check=False)
+        assert r.rc != 0 and "sudo:" in r.stderr, f"sudo allowed {argv}: {r}"
+
+    refused_by_sudo("systemd-run", "--unit=hakuriver-task-1", "-p", "User=root", "/bin/sh", "-c", "touch /root/pwned-run")
+    refused_by_sudo("/usr/bin/systemd-run", "--unit=x", "/bin/sh")
+    refused_by_sudo("systemctl", "stop", "hkr-host.service")
+    refused_by_sudo("/usr/bin/systemctl", "kill", "hakuriver-task-1.service")
+    refused_by_sudo("/bin/sh", "-c", "id")
+    refused_by_sudo("/usr/bin/python3", "-I", LAUNCHER, "info")
+    refused_by_sudo("PYTHONPATH=/tmp", LAUNCHER, "info")
+    refused_by_sudo("-E", LAUNCHER, "info")
+    refused_by_sudo("-u", "nobody", LAUNCHER, "info")
+
+    def refused_by_launcher(*args: str, input: str | None = None, match: str = "") -> None:
+        r = sd.launcher(*args, input=input)
+        assert r.rc == 2 and "hakuriver-task-launcher:" in r.stderr and match in r.stderr, f"launcher allowed {args}: {r}"
+
+    refused_by_launcher("start", input=start_request("901", user="root"), match="not allowed")
+    refused_by_launcher("start", input=start_request("902", shared_dir="/root"), match="not one the launcher config allows")
+    refused_by_launcher("start", input=start_request("903", shared_dir=f"{SHARED}/../../../root"), match="/root is not")
+    refused_by_launcher("start", input=start_request("904", stdout="/etc/passwd"), match="stdout must be")
+    refused_by_launcher("start", input=start_request("../905"), match="task id")
+    refused_by_launcher("start", input=start_request("906 --property=User=root"), match="task id")
+    refused_by_launcher("start", input=start_request("907", properties=["User=root"]), match="unknown request field")
+    refused_by_launcher("start", input=start_request("908", numa=0, numactl="/bin/sh"), match="numactl path")
+    refused_by_launcher("start", "--property=User=root", input=start_request("909"))
+    refused_by_launcher("kill", "1", "SIGKILL", "extra")
+    refused_by_launcher("kill", "../1", "SIGKILL", match="task id")
+    refused_by_launcher("kill", "1", "SIGKILL --kill-who=main")
+    refused_by_launcher("cleanup", "1 2", match="task id")
+    refused_by_launcher("pause", "hkr-host", match="task id")
+    spec = ["/bin/sh", "-c", "touch /root/pwned-exec"]
+    exec_arg = json.dumps({"v": 1, "task_id": 910, "user": "root", "uid": 0, "argv": spec, "env": {},
+                           "cwd": SHARED, "stdout": f"{SHARED}/x", "stderr": f"{SHARED}/y"})
+    refused_by_launcher("exec", base64.urlsafe_b64encode(exec_arg.encode()).decode(), match="never through sudo")
+    refused_by_launcher("poststop", "910", match="never through sudo")
+
+    # A symlink the runner plants where the logs go is not followed (the files are
+    # opened by the task's user, never by root, and without following links).
+    node.exec(["sh", "-c", f"mkdir -p {SHARED}/task_outputs && ln -sf /etc/hkr-evil {SHARED}/task_outputs/911.out"],
+              user=RUNNER_USER)
+    r = sd.launcher("start", input=start_request("911", command=["true"]))
+    assert r.rc == 1 and "symbolic link" in r.stderr, r
+    assert sd.unit("911", "LoadState")["LoadState"] == "not-found"
+    # A unit name clash is reported, not papered over.
+    assert sd.launcher("start", input=start_request("912", command=["sleep", "600"])).ok
+    r = sd.launcher("start", input=start_request("912", command=["true"]))
+    assert r.rc == 1 and "already exists" in r.stderr, r
+    assert sd.launcher("cleanup", "912").ok
+    assert sd.unit("912", "LoadState")["LoadState"] == "not-found"
+
+    leftovers = node.exec(["sh", "-c", "ls /root/pwned-* /tmp/pwned-* /etc/hkr-evil 2>/dev/null || true"]).stdout
+    assert leftovers == "", f"something ran as root: {leftovers}"
+    assert shlex.split(node.exec(["stat", "-c", "%U %a", LAUNCHER]).stdout) == ["root", "755"]
