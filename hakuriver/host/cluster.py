@@ -42,6 +42,9 @@ from .scheduler import Ledger, Scheduler, check_fits_ever
 
 log = logging.getLogger(__name__)
 
+PASS_COALESCE_SECONDS = 0.005
+"""How long a scheduling pass waits after the first event, to batch a burst."""
+
 RUNNER_REPORTABLE = frozenset(
     {TaskState.RUNNING, TaskState.PAUSED, TaskState.COMPLETED, TaskState.FAILED, TaskState.KILLED,
      TaskState.KILLED_OOM, TaskState.LOST}
@@ -61,6 +64,8 @@ class Cluster:
         self.ledger = Ledger()
         self.pending: dict[int, Task] = {}
         self.nodes: dict[str, NodeRecord] = {}
+        self._resources: dict[str, NodeResources] = {}
+        """What each node offers; changes only when it registers again."""
         self.started_at = clock()
         self._kick = asyncio.Event()
         self._changed = asyncio.Condition()
@@ -71,6 +76,7 @@ class Cluster:
         """Rebuild in-memory state from the database after a (re)start."""
         self.started_at = self.clock()
         self.nodes = {n.hostname: n for n in await self.db.list_nodes()}
+        self._resources = {name: n.resources for name, n in self.nodes.items()}
         holding = await self.db.load_holding()
         self.ledger = Ledger.from_tasks(holding)
         self.pending = {t.id: t for t in await self.db.load_pending()}
@@ -97,7 +103,7 @@ class Cluster:
 
     # ------------------------------------------------------------- submitting
     def _known_resources(self) -> list[NodeResources]:
-        return [n.resources for n in self.nodes.values()]
+        return list(self._resources.values())
 
     async def submit(self, req: TaskRequest) -> tuple[int, list[Task]]:
         known = self._known_resources()
@@ -134,6 +140,9 @@ class Cluster:
     async def schedule_loop(self) -> None:
         while True:
             await self._kick.wait()
+            # Let a burst of submits and reports land before looking: one pass
+            # over the queue then serves them all, instead of one pass each.
+            await asyncio.sleep(PASS_COALESCE_SECONDS)
             self._kick.clear()
             try:
                 await self.schedule_once()
@@ -146,7 +155,7 @@ class Cluster:
         if not self.pending:
             return []
         async with self.lock:
-            online = [n.resources for n in self.nodes.values() if n.online]
+            online = [self._resources[name] for name, n in self.nodes.items() if n.online]
             if not online:
                 return []
             queue = sorted(self.pending.values(), key=lambda t: t.id)
@@ -346,6 +355,7 @@ class Cluster:
     async def register(self, res: NodeResources, reported: list[dict[str, Any]], finishing: list[int] = ()) -> NodeRecord:
         record = await self.db.upsert_node(res, self.clock())
         self.nodes[record.hostname] = record
+        self._resources[record.hostname] = record.resources
         kills = await self._reconcile(record.hostname, reported, list(finishing))
         for task_id in kills:
             self._spawn(self._forward_id(record, task_id, "kill"))

@@ -1,0 +1,1 @@
+"""HakuRiver benchmarks: `python -m bench.run [--quick]` (see bench/README.md)."""

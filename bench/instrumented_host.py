@@ -1,0 +1,102 @@
+"""The Host with timers on its locks and database writer (an experiment, not a benchmark).
+
+    python -m bench.run --only throughput --host-launcher bench/instrumented_host.py
+    INSTR_OUT=/tmp/instr.json python -m bench.run ... --host-launcher bench/instrumented_host.py
+
+Monkeypatches at start (the repository is not changed): `Cluster.lock` becomes a
+lock that records, per calling coroutine, how long it waited for and held the
+lock; `Database._run_batch` records each group commit's size and duration and
+`Database._write` how long each caller waited for its commit. On exit the
+percentiles go to $INSTR_OUT (default /tmp/hakuriver_instr.json).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import hakuriver.host.cluster as cluster_mod  # noqa: E402
+import hakuriver.host.db as db_mod  # noqa: E402
+
+STATS: dict[str, list[float]] = defaultdict(list)
+
+
+class TimedLock(asyncio.Lock):
+    async def acquire(self) -> bool:
+        t0 = time.perf_counter()
+        got = await super().acquire()
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_name in ("acquire", "__aenter__"):
+            frame = frame.f_back
+        self._who = frame.f_code.co_name if frame is not None else "?"
+        self._t_acq = time.perf_counter()
+        STATS["lock_wait:" + self._who].append(self._t_acq - t0)
+        return got
+
+    def release(self) -> None:
+        STATS["lock_hold:" + getattr(self, "_who", "?")].append(time.perf_counter() - self._t_acq)
+        super().release()
+
+
+_init = cluster_mod.Cluster.__init__
+
+
+def _patched_init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    _init(self, *args, **kwargs)
+    self.lock = TimedLock()
+
+
+cluster_mod.Cluster.__init__ = _patched_init
+
+_run_batch = db_mod.Database._run_batch
+
+
+async def _patched_run_batch(self, batch):  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    try:
+        return await _run_batch(self, batch)
+    finally:
+        STATS["db_batch_seconds"].append(time.perf_counter() - t0)
+        STATS["db_batch_size"].append(len(batch))
+
+
+db_mod.Database._run_batch = _patched_run_batch
+
+_write = db_mod.Database._write
+
+
+async def _patched_write(self, fn, **kwargs):  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    try:
+        return await _write(self, fn, **kwargs)
+    finally:
+        STATS["db_write_await"].append(time.perf_counter() - t0)
+
+
+db_mod.Database._write = _patched_write
+
+
+def _dump() -> None:
+    out = {}
+    for key, values in sorted(STATS.items()):
+        v = sorted(values)
+        n = len(v)
+        out[key] = {"n": n, "sum": round(sum(v), 3), "p50": round(v[n // 2], 5),
+                    "p99": round(v[min(n - 1, int(n * 0.99))], 5), "max": round(v[-1], 5)}
+    with open(os.environ.get("INSTR_OUT", "/tmp/hakuriver_instr.json"), "w") as fh:
+        json.dump(out, fh, indent=1)
+
+
+atexit.register(_dump)
+
+if __name__ == "__main__":
+    from hakuriver.cli.host import main
+
+    sys.exit(main(sys.argv[1:]))
