@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_service(sub)
     _add_sudoers(sub)
+    _add_launcher(sub)
     return parser
 
 
@@ -330,13 +331,13 @@ def _service_config(path: str | None) -> Any:
     return config
 
 
-def _write_public(path: Path, text: str) -> None:
-    """Atomically (temp file + rename) write a 0644 file: units hold no secrets."""
+def _write_public(path: Path, text: str, mode: int = 0o644) -> None:
+    """Atomically (temp file + rename) write a file with `mode`: units hold no secrets."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                os.fchmod(fh.fileno(), 0o644)
+                os.fchmod(fh.fileno(), mode)
                 fh.write(text)
             os.replace(tmp, path)
         except BaseException:
@@ -413,6 +414,67 @@ def _cmd_sudoers(args: argparse.Namespace) -> int:
     print("next, as root:")
     print(f"  visudo -cf {quoted}")
     print(f"  install -m 0440 -o root -g root {quoted} {SUDOERS_DROPIN}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------- launcher
+def _add_launcher(sub: Any) -> None:
+    p = sub.add_parser(
+        "launcher", help="write the files that enable --container NULL tasks on a Runner",
+        description="Write the three files a Runner node needs for --container NULL tasks into --output-dir:\n"
+                    "the root-owned task launcher, its allow-list (task user, shared and temp dirs, numactl)\n"
+                    "taken from the Runner's config, and the sudoers drop-in that lets the Runner's user run\n"
+                    "the launcher and nothing else. Prints the commands that install them as root; never\n"
+                    "writes outside --output-dir. Restart the Runner afterwards: it looks for the launcher\n"
+                    "when it starts.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="PATH", help="the Runner's config (default: the usual lookup)")
+    p.add_argument("--user", metavar="USER",
+                   help="the user the Runner service runs as (default: the invoking user)")
+    p.add_argument("--output-dir", metavar="DIR", default=".", help="where to write the files (default: .)")
+    p.add_argument("--pin-digest", action="store_true",
+                   help="pin the launcher's sha256 in the sudoers rule (reinstall both together on upgrade)")
+    p.set_defaults(func=_cmd_launcher)
+
+
+def _cmd_launcher(args: argparse.Namespace) -> int:
+    from ..deploy import launcher_install
+    from ..deploy.units import check_account
+
+    user = _usage("--user", check_account, "user", args.user) if args.user else _current_user()
+    config = _service_config(args.config)
+    missing = [k for k in ("paths.shared_dir", "paths.local_temp_dir")
+               if not getattr(config.paths, k.split(".")[1])]
+    if missing:
+        raise _Failure(f"{', '.join(missing)} must be set in {config.source}")
+    # Tasks run as environment.runner_user, else as the Runner's own user (never silently root).
+    task_user = config.environment.runner_user or user
+    out_dir = Path(os.path.expanduser(args.output_dir))
+    if not out_dir.is_dir():
+        raise _Failure(f"--output-dir {args.output_dir} does not exist or is not a directory")
+    try:
+        allow_list = launcher_install.launcher_config_for(config, task_user)
+        plan = launcher_install.install_plan(user, allow_list, pin_digest=args.pin_digest)
+    except ValueError as exc:
+        raise _Failure(str(exc)) from None
+    steps = []
+    for item in plan:
+        local = out_dir.resolve() / Path(item.path).name
+        _write_public(local, item.content, item.mode)
+        print(f"wrote {local} (for {item.path}, mode {item.mode:04o})")
+        parent = shlex.quote(str(Path(item.path).parent))
+        if item.path.startswith("/etc/sudoers"):
+            steps.append(f"visudo -cf {shlex.quote(str(local))}")
+        else:
+            steps.append(f"install -d -m 0755 -o root -g root {parent}")
+        steps.append(f"install -m {item.mode:04o} -o root -g root {shlex.quote(str(local))} {shlex.quote(item.path)}")
+    if task_user == "root":
+        _note("environment.runner_user is root: --container NULL tasks will run as root")
+    print("next, as root:")
+    for step in steps:
+        print(f"  {step}")
+    print("  systemctl restart hakuriver-runner.service")
     return EXIT_OK
 
 

@@ -210,7 +210,7 @@ def load_config(path=DEFAULT_CONFIG_PATH, *, trusted=True):
         with open(path, "rb") as fh:
             raw = fh.read(MAX_REQUEST_BYTES + 1)
     except FileNotFoundError:
-        raise Failed(f"launcher config {path} is missing: install it with hakuriver.init (launcher_install)") from None
+        raise Failed(f"launcher config {path} is missing: write it with `hakuriver.init launcher` and install it as root") from None
     except OSError as exc:
         raise Failed(f"cannot read launcher config {path}: {exc.strerror}") from None
     try:

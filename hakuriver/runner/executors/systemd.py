@@ -202,7 +202,7 @@ def launcher_problem(path: str) -> str | None:
     try:
         st = os.stat(path)
     except OSError:
-        return f"the HakuRiver task launcher is not installed at {path} (install it with hakuriver.init)"
+        return f"the HakuRiver task launcher is not installed at {path} (write it with `hakuriver.init launcher` and run the install steps it prints, as root)"
     if st.st_uid != 0 or st.st_mode & 0o022:
         return f"{path} must be owned by root and writable by root only"
     if not st.st_mode & 0o111:
@@ -326,7 +326,7 @@ class SystemdExecutor(Executor):
             return text[len(prefix):]
         if text.startswith("sudo:"):
             return (f"the runner user {self.runner_user!r} may not run the task launcher as root ({text}); "
-                    f"install the sudoers drop-in (hakuriver.init sudoers)")
+                    f"install the sudoers drop-in (hakuriver.init launcher writes it with the launcher)")
         return text
 
     async def _launcher(self, sub: str, *args: str, input: bytes | None = None) -> dict[str, Any]:
