@@ -1229,9 +1229,27 @@ async def bench_e2e(args: argparse.Namespace, root: Path, session: aiohttp.Clien
         overhead <= 0.100)
     add(sec, "overhead vs docker SDK p50", f"{ms(pct(to_done, 50) - pct(sdk, 50))}")
     add(sec, "CPU used by Runner / Host over the whole phase", f"{runner_cpu:.1f} s / {host_cpu:.1f} s")
-    # TODO(bench): `--container NULL` (systemd) variant goes here: the same loop with
-    # {"command": ["true"], "container": "NULL"} beside bare `systemd-run --scope true`.
-    add(sec, "--container NULL (systemd) variant", "not measured yet (placeholder)")
+    systemd_e2e(args)
+
+
+def systemd_e2e(args: argparse.Namespace) -> None:
+    """`--container NULL` no-op tasks in a real systemd node, beside bare systemd-run there."""
+    from bench.systemd_e2e import measure
+
+    sec = f"4. End-to-end: --container NULL in a systemd node, `true` x {args.e2e_n} sequential"
+    try:
+        r = measure(args.e2e_n)
+    except Exception as exc:  # a node that cannot boot here is a finding, not a crash
+        add(sec, "--container NULL (systemd) variant", f"not measured: {type(exc).__name__}: {exc}"[:200])
+        return
+    RAW["systemd_e2e"] = r
+    overhead = pct(r["to_done"], 50) - pct(r["bare_scope"], 50)
+    add(sec, "submit -> running  p50 / p99 (Host's started_at)", f"{ms(pct(r['to_running'], 50))} / {ms(pct(r['to_running'], 99))}")
+    add(sec, "submit -> completed p50 / p99 (Host's finished_at)", f"{ms(pct(r['to_done'], 50))} / {ms(pct(r['to_done'], 99))}")
+    add(sec, "bare `systemd-run --scope true` in the node p50 / p99", f"{ms(pct(r['bare_scope'], 50))} / {ms(pct(r['bare_scope'], 99))}")
+    add(sec, "bare `systemd-run --wait true` (transient service) p50 / p99",
+        f"{ms(pct(r['bare_service'], 50))} / {ms(pct(r['bare_service'], 99))}")
+    add(sec, "scheduler overhead = completed p50 - bare scope p50", f"{ms(overhead)}", "<= 50 ms", "", overhead <= 0.050)
 
 
 # ===================================================================== main

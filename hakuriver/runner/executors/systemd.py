@@ -68,8 +68,11 @@ DEFAULT_SUDO = "/usr/bin/sudo"
 DEFAULT_SYSTEMCTL = "/usr/bin/systemctl"
 CALL_TIMEOUT = 120.0
 """The launcher's own tool calls time out at 120 s; `cleanup` may wait for a stop."""
-DEFAULT_POLL_INTERVAL = 0.5
-UNIT_CHECK_EVERY = 6
+# Reading a few status files is a handful of stat() calls, so a short interval
+# costs little and is most of the end-to-end latency of a short task. The
+# `systemctl show` safety net (a process spawn) stays about every 3 s.
+DEFAULT_POLL_INTERVAL = 0.1
+UNIT_CHECK_EVERY = 30
 """Poll rounds between two `systemctl show` checks of the waited units."""
 SYSTEMD_EXIT_CODES = range(200, 256)
 """systemd's own "could not set up the process" exit codes (EXIT_CHDIR, EXIT_USER, ...)."""
