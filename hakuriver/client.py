@@ -22,7 +22,8 @@ import asyncio
 import json
 import os
 import socket
-from typing import Any, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Sequence
 
 import aiohttp
 
@@ -30,7 +31,7 @@ from . import __version__
 from .errors import HakuRiverError, HostUnreachable
 from .ids import parse_id
 from .models import FINAL_STATES
-from .parsing import validate_node_name
+from .parsing import validate_env_name, validate_node_name
 from .webapi import auth_headers
 
 DEFAULT_TIMEOUT = 30.0
@@ -47,6 +48,14 @@ WAIT_BATCH = 1000
 """Most ids one wait request may carry (the Host's MAX_LIST)."""
 
 STREAMS = ("stdout", "stderr")
+
+OPERATION_IDLE_TIMEOUT = 120.0
+"""Seconds an environment operation's stream may stay silent (the Host sends a
+keepalive line every 10 s) before the Host counts as unreachable."""
+
+UPLOAD_CHUNK = 1 << 20
+
+ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 class ApiError(HakuRiverError):
@@ -278,6 +287,142 @@ class HostClient:
     async def openapi(self) -> str:
         _, _, data = await self._send("GET", "/api/openapi.yaml")
         return data.decode("utf-8", "replace")
+
+    # ------------------------------------------------------- environments
+    # Names are checked locally (parsing.validate_env_name) before anything is
+    # sent, with the same message the Host would give.
+    async def list_env_containers(self) -> dict[str, Any]:
+        """{"containers": [{"name", "container", "id", "status", "image", "created"}, ...]}."""
+        return await self._json("GET", "/api/environments/containers")
+
+    async def create_env_container(self, name: str, image: str, *, pull: bool = False,
+                                   progress: ProgressCallback | None = None) -> dict[str, Any]:
+        """Start the environment container `hakuriver-env-<name>` from a local image
+        (pulled first only with `pull`). Returns the container as listed."""
+        path = f"/api/environments/containers/{validate_env_name(name)}"
+        return await self._operation("POST", path, body={"image": image, "pull": pull}, progress=progress)
+
+    async def start_env_container(self, name: str) -> dict[str, Any]:
+        return await self._json("POST", f"/api/environments/containers/{validate_env_name(name)}/start")
+
+    async def stop_env_container(self, name: str) -> dict[str, Any]:
+        return await self._json("POST", f"/api/environments/containers/{validate_env_name(name)}/stop", timeout=60)
+
+    async def delete_env_container(self, name: str) -> dict[str, Any]:
+        return await self._json("DELETE", f"/api/environments/containers/{validate_env_name(name)}", timeout=60)
+
+    async def create_tarball(self, name: str, *, progress: ProgressCallback | None = None) -> dict[str, Any]:
+        """create-tar: commit the environment container as a new version and save its
+        tarball. Returns {"name", "version", "file", "size", "image", "removed"}."""
+        path = f"/api/environments/containers/{validate_env_name(name)}/tarball"
+        return await self._operation("POST", path, progress=progress)
+
+    async def list_tarballs(self, name: str | None = None) -> dict[str, Any]:
+        """{"tarballs": [{"name", "version", "file", "size"}, ...]}, newest version first per name."""
+        params = {"name": validate_env_name(name)} if name else None
+        return await self._json("GET", "/api/environments/tarballs", params=params)
+
+    async def delete_tarball(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """Delete one version, or every version when `version` is None. {"deleted": [...]}."""
+        params = {"version": str(int(version))} if version is not None else None
+        return await self._json("DELETE", f"/api/environments/tarballs/{validate_env_name(name)}", params=params)
+
+    async def import_image(self, name: str, image: str, *, pull: bool = False,
+                           progress: ProgressCallback | None = None) -> dict[str, Any]:
+        """A new version of environment `name` made from an image on the Host."""
+        path = f"/api/environments/tarballs/{validate_env_name(name)}/image"
+        return await self._operation("POST", path, body={"image": image, "pull": pull}, progress=progress)
+
+    async def import_tar(self, name: str, file: str | Path, *,
+                         progress: ProgressCallback | None = None) -> dict[str, Any]:
+        """A new version of environment `name` from a local `docker save` tarball (uploaded)."""
+        path = f"/api/environments/tarballs/{validate_env_name(name)}/tar"
+        file = Path(file)
+        try:
+            size = file.stat().st_size
+            fh = await asyncio.to_thread(open, file, "rb")
+        except OSError as exc:
+            raise HakuRiverError(f"cannot read {file}: {exc.strerror or exc}", code="local_file") from None
+
+        async def chunks() -> AsyncIterator[bytes]:
+            sent = 0
+            try:
+                while chunk := await asyncio.to_thread(fh.read, UPLOAD_CHUNK):
+                    sent += len(chunk)
+                    if progress is not None:
+                        progress({"event": "progress", "stage": "upload", "message": f"sent {sent >> 20} MiB",
+                                  "bytes": sent, "total": size})
+                    yield chunk
+            finally:
+                fh.close()
+
+        try:
+            return await self._operation("POST", path, data=chunks(), progress=progress,
+                                         headers={"Content-Type": "application/x-tar"})
+        finally:
+            fh.close()
+
+    async def open_shell(self, name: str, *, command: Sequence[str] | None = None, rows: int = 24, cols: int = 80,
+                         term: str = "xterm") -> aiohttp.ClientWebSocketResponse:
+        """A websocket to a terminal in the environment container (see cli/docker.py for
+        the framing). The bearer token travels in the handshake's headers."""
+        if self._session is None:
+            raise RuntimeError("HostClient used outside 'async with' (or before open())")
+        params: list[tuple[str, str]] = [("rows", str(rows)), ("cols", str(cols)), ("term", term)]
+        params += [("cmd", str(arg)) for arg in command or ()]
+        url = f"{self.base_url}/api/environments/containers/{validate_env_name(name)}/shell"
+        try:
+            ws = await self._session.ws_connect(url, params=params, heartbeat=30.0, autoping=True,
+                                                max_msg_size=1 << 22, timeout=aiohttp.ClientWSTimeout(ws_close=10.0))
+        except aiohttp.WSServerHandshakeError as exc:
+            status = exc.status
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise HostUnreachable(f"cannot reach the Host at {self.base_url}: {exc or type(exc).__name__}") from None
+        else:
+            return ws
+        # A refused handshake carries no reason: ask again without the upgrade to read it.
+        await self._send("GET", url[len(self.base_url):], params=dict(params[:3]))
+        raise ApiError(status, f"http_{status}", f"the Host refused the shell (HTTP {status})")
+
+    async def _operation(self, method: str, path: str, *, body: Any = None, data: Any = None,
+                         headers: Mapping[str, str] | None = None,
+                         progress: ProgressCallback | None = None) -> dict[str, Any]:
+        """Run a long environment operation: read its NDJSON stream, hand each
+        progress line to `progress`, return the final result (or raise its error)."""
+        if self._session is None:
+            raise RuntimeError("HostClient used outside 'async with' (or before open())")
+        url = self.base_url + path
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=OPERATION_IDLE_TIMEOUT)
+        try:
+            async with self._session.request(method, url, json=body, data=data, headers=headers, timeout=timeout,
+                                             allow_redirects=False) as resp:
+                if resp.status >= 400:
+                    raise _api_error(resp.status, resp.headers, await resp.read())
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        raise HakuRiverError(f"unexpected answer from {url}: not NDJSON", code="bad_response") from None
+                    kind = event.get("event")
+                    if kind == "done":
+                        return event.get("result") or {}
+                    if kind == "error":
+                        err = event.get("error") or {}
+                        raise ApiError(502 if err.get("code") == "docker" else 400 if err.get("code") == "invalid"
+                                       else 500, str(err.get("code", "error")), str(err.get("message", "failed")))
+                    if kind == "progress" and progress is not None:
+                        progress(event)
+        except asyncio.TimeoutError:
+            raise HostUnreachable(f"the Host at {self.base_url} went silent for {OPERATION_IDLE_TIMEOUT:g}s during "
+                                  f"{method} {path}; the operation may still finish there") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise HostUnreachable(f"cannot reach the Host at {self.base_url}: {_os_reason(exc)}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise HostUnreachable(f"cannot reach the Host at {self.base_url}: {exc or type(exc).__name__}") from None
+        raise HostUnreachable(f"the Host at {self.base_url} ended {method} {path} without a result; "
+                              "the operation may still finish there")
 
 
 _FINAL = frozenset(s.value for s in FINAL_STATES)

@@ -12,6 +12,9 @@ TASK_PREFIX = "hakuriver-task-"
 LABEL_TASK_ID = "org.hakuriver.task_id"
 LABEL_RUNNER = "org.hakuriver.runner"
 LABEL_ENVIRONMENT = "org.hakuriver.environment"
+LABEL_ENV_VERSION = "org.hakuriver.environment.version"
+"""On an environment image: the version (tarball timestamp) it was committed as."""
+ENV_CONTAINER_PREFIX = "hakuriver-env-"
 IMAGE_REPO_PREFIX = "hakuriver/"
 IMAGE_TAG = "base"
 
@@ -28,6 +31,12 @@ def task_unit_name(task_id: int) -> str:
 def environment_image(name: str) -> str:
     """The local image an environment runs as: `hakuriver/<name>:base`."""
     return f"{IMAGE_REPO_PREFIX}{validate_env_name(name)}:{IMAGE_TAG}"
+
+
+def environment_container_name(name: str) -> str:
+    """The Host's environment container for `name`: `hakuriver-env-<name>`
+    (a prefix of its own, so it can never collide with a task container)."""
+    return f"{ENV_CONTAINER_PREFIX}{validate_env_name(name)}"
 
 
 def task_id_from_name(name: str) -> int | None:

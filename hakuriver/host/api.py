@@ -1,28 +1,35 @@
 """The Host's HTTP handlers and its one route list.
 
-Handlers are thin: parse and validate, call `Cluster`, shape the JSON. The
-OpenAPI document (`openapi.yaml`, served at /api/openapi.yaml) lists every
-route here; a test keeps the two equal.
+Handlers are thin: parse and validate, call `Cluster` (or the environment
+manager, `environments.py`), shape the JSON. The OpenAPI document
+(`openapi.yaml`, served at /api/openapi.yaml) lists every route here; a test
+keeps the two equal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 from importlib import resources
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from .. import __version__, naming
-from ..errors import NotFound, ValidationError
+from ..errors import HakuRiverError, NotFound, ValidationError
 from ..ids import parse_id
 from ..models import GpuInfo, NodeResources, NumaNode, TaskState
-from ..parsing import validate_node_name
+from ..parsing import validate_env_name, validate_node_name
 from ..webapi import json_response, query_int, read_json_object, require_type
 from .db import NodeRecord
-from .keys import CLUSTER, CONFIG, DB
+from .environments import Progress
+from .keys import CLUSTER, CONFIG, DB, ENVIRONMENTS
+from .shell import bridge_websocket
 from .submission import MAX_TARGETS, SUBMIT_FIELDS, parse_submission
+
+log = logging.getLogger(__name__)
 
 MAX_LIST = 1000
 MAX_WAIT_SECONDS = 300.0
@@ -219,6 +226,158 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="application/yaml")
 
 
+# ---------------------------------------------------------- environments
+OPERATION_KEEPALIVE = 10.0
+"""Seconds between keepalive lines of an operation that has nothing new to say."""
+UPLOAD_TYPES = ("application/x-tar", "application/octet-stream")
+
+
+def _env_name(request: web.Request) -> str:
+    return validate_env_name(request.match_info["name"])
+
+
+async def stream_operation(request: web.Request, make: Callable[[Progress], Awaitable[dict[str, Any]]]) -> web.StreamResponse:
+    """Run a long environment operation, streaming its progress as NDJSON.
+
+    One JSON object per line: `{"event": "progress", "stage", "message", ...}`,
+    `{"event": "keepalive"}` when nothing happened for a while, and last
+    either `{"event": "done", "result": {...}}` or `{"event": "error", "error":
+    {"code", "message"}}` (the status is already 200 by then). Refusals known
+    before the start are ordinary JSON errors instead. The operation runs to its
+    end even if the client goes away.
+    """
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def progress(stage: str, message: str, **extra: Any) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, {"event": "progress", "stage": stage, "message": message, **extra})
+
+    op = request.app[ENVIRONMENTS].track(make(progress))
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
+    await resp.prepare(request)
+    connected = True
+
+    async def send(event: dict[str, Any]) -> None:
+        nonlocal connected
+        if connected:
+            try:
+                await resp.write((json.dumps(event, separators=(",", ":")) + "\n").encode())
+            except (ConnectionError, RuntimeError):
+                connected = False
+
+    while not op.done():
+        getter = asyncio.ensure_future(events.get())
+        done, _ = await asyncio.wait({getter, op}, timeout=OPERATION_KEEPALIVE, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            await send(getter.result())
+        else:
+            getter.cancel()
+            if not done:
+                await send({"event": "keepalive"})
+    while not events.empty():
+        await send(events.get_nowait())
+    if op.cancelled():
+        await send({"event": "error", "error": {"code": "unavailable", "message": "the Host is stopping"}})
+    elif (exc := op.exception()) is None:
+        await send({"event": "done", "result": op.result()})
+    elif isinstance(exc, HakuRiverError):
+        await send({"event": "error", "error": {"code": exc.code, "message": exc.message}})
+    else:
+        log.error("%s %s failed", request.method, request.path, exc_info=exc)
+        await send({"event": "error", "error": {"code": "internal", "message": "internal error; see the Host log"}})
+    if connected:
+        try:
+            await resp.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass
+    return resp
+
+
+async def list_env_containers(request: web.Request) -> web.Response:
+    return json_response({"containers": await request.app[ENVIRONMENTS].list_containers()})
+
+
+async def create_env_container(request: web.Request) -> web.StreamResponse:
+    name = _env_name(request)
+    data = await read_json_object(request, {"image", "pull"})
+    image = require_type(data, "image", str)
+    pull = require_type(data, "pull", bool, required=False, default=False)
+    envs = request.app[ENVIRONMENTS]
+    await envs.check_create_container(name, image, pull)
+    return await stream_operation(request, lambda progress: envs.create_container(name, image, pull, progress))
+
+
+async def start_env_container(request: web.Request) -> web.Response:
+    return json_response(await request.app[ENVIRONMENTS].start_container(_env_name(request)))
+
+
+async def stop_env_container(request: web.Request) -> web.Response:
+    return json_response(await request.app[ENVIRONMENTS].stop_container(_env_name(request)))
+
+
+async def delete_env_container(request: web.Request) -> web.Response:
+    return json_response(await request.app[ENVIRONMENTS].delete_container(_env_name(request)))
+
+
+async def env_shell(request: web.Request) -> web.StreamResponse:
+    name = _env_name(request)
+    rows = query_int(request, "rows", 24, minimum=1, maximum=10000)
+    cols = query_int(request, "cols", 80, minimum=1, maximum=10000)
+    command = request.query.getall("cmd", []) or None
+    envs = request.app[ENVIRONMENTS]
+    await envs.check_shell(name)  # refusals first, so that a plain GET reads the reason
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1 << 20)
+    if not ws.can_prepare(request).ok:
+        raise ValidationError("this endpoint is a WebSocket: connect with an Upgrade: websocket request")
+    session = await envs.open_shell(name, command, rows, cols, request.query.get("term", "xterm"))
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        await session.close()
+        raise
+    await bridge_websocket(ws, session)
+    return ws
+
+
+async def commit_env(request: web.Request) -> web.StreamResponse:
+    name = _env_name(request)
+    envs = request.app[ENVIRONMENTS]
+    await envs.check_commit(name)
+    return await stream_operation(request, lambda progress: envs.create_tarball(name, progress))
+
+
+async def list_env_tarballs(request: web.Request) -> web.Response:
+    name = request.query.get("name") or None
+    if name is not None:
+        validate_env_name(name)
+    return json_response({"tarballs": await request.app[ENVIRONMENTS].list_tarballs(name)})
+
+
+async def delete_env_tarballs(request: web.Request) -> web.Response:
+    name = _env_name(request)
+    version = query_int(request, "version", None)
+    return json_response({"deleted": await request.app[ENVIRONMENTS].delete_tarballs(name, version)})
+
+
+async def import_env_image(request: web.Request) -> web.StreamResponse:
+    name = _env_name(request)
+    data = await read_json_object(request, {"image", "pull"})
+    image = require_type(data, "image", str)
+    pull = require_type(data, "pull", bool, required=False, default=False)
+    envs = request.app[ENVIRONMENTS]
+    await envs.check_import_image(name, image, pull)
+    return await stream_operation(request, lambda progress: envs.import_image(name, image, progress, pull=pull))
+
+
+async def import_env_tar(request: web.Request) -> web.StreamResponse:
+    name = _env_name(request)
+    if request.content_type not in UPLOAD_TYPES:
+        raise ValidationError(f"send the tarball as the body, with Content-Type {UPLOAD_TYPES[0]}")
+    envs = request.app[ENVIRONMENTS]
+    upload = await envs.receive_upload(request.content)
+    return await stream_operation(request, lambda progress: envs.import_tar(name, upload, progress))
+
+
 # --------------------------------------------------------- runner-facing
 REGISTER_FIELDS = {"hostname", "url", "cores", "memory", "numa", "gpus", "tasks", "finishing"}
 HEARTBEAT_FIELDS = {"hostname", "stats", "tasks", "finishing"}
@@ -296,6 +455,17 @@ ROUTES = [
     web.get("/api/nodes/{hostname}", get_node),
     web.get("/api/health", health),
     web.get("/api/openapi.yaml", openapi),
+    web.get("/api/environments/containers", list_env_containers),
+    web.post("/api/environments/containers/{name}", create_env_container),
+    web.delete("/api/environments/containers/{name}", delete_env_container),
+    web.post("/api/environments/containers/{name}/start", start_env_container),
+    web.post("/api/environments/containers/{name}/stop", stop_env_container),
+    web.get("/api/environments/containers/{name}/shell", env_shell),
+    web.post("/api/environments/containers/{name}/tarball", commit_env),
+    web.get("/api/environments/tarballs", list_env_tarballs),
+    web.delete("/api/environments/tarballs/{name}", delete_env_tarballs),
+    web.post("/api/environments/tarballs/{name}/image", import_env_image),
+    web.post("/api/environments/tarballs/{name}/tar", import_env_tar),
     web.post("/api/runner/register", runner_register),
     web.post("/api/runner/heartbeat", runner_heartbeat),
     web.post("/api/runner/tasks/{task_id}/status", runner_report),

@@ -1,8 +1,11 @@
 """The Host application factory.
 
 Resources start in dependency order through `cleanup_ctx` (database, runner
-client, cluster state and its loops) and stop in reverse, so a failing start
-never leaves a half-open database behind.
+client, cluster state and its loops, the environment manager) and stop in
+reverse, so a failing start never leaves a half-open database behind. The
+environment manager's start-up work (the default environment's tarball) runs
+in the background: a Docker engine that is down or offline never delays or
+fails the Host.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from .api import ROUTES
 from .cluster import Cluster
 from .db import Database
 from .dispatch import RunnerClient
-from .keys import CLUSTER, CONFIG, DB, RUNNERS
+from .environments import EnvironmentManager
+from .keys import CLUSTER, CONFIG, DB, ENVIRONMENTS, RUNNERS
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,14 @@ async def _cluster(app: web.Application) -> AsyncIterator[None]:
     await cluster.close()
 
 
+async def _environments(app: web.Application) -> AsyncIterator[None]:
+    manager = EnvironmentManager(app[CONFIG])
+    await manager.start()
+    app[ENVIRONMENTS] = manager
+    yield
+    await manager.close()
+
+
 def create_app(config: Config) -> web.Application:
     check_host_config(config)
     app = web.Application(
@@ -72,6 +84,6 @@ def create_app(config: Config) -> web.Application:
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONFIG] = config
-    app.cleanup_ctx.extend([_database, _runner_client, _cluster])
+    app.cleanup_ctx.extend([_database, _runner_client, _cluster, _environments])
     app.add_routes(ROUTES)
     return app

@@ -8,8 +8,10 @@ from ..config import Config
 from .cluster import Cluster
 from .db import Database
 from .dispatch import RunnerClient
+from .environments import EnvironmentManager
 
 CONFIG = web.AppKey("config", Config)
 DB = web.AppKey("db", Database)
 RUNNERS = web.AppKey("runners", RunnerClient)
 CLUSTER = web.AppKey("cluster", Cluster)
+ENVIRONMENTS = web.AppKey("environments", EnvironmentManager)

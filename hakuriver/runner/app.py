@@ -1,6 +1,7 @@
 """The Runner application factory.
 
 `cleanup_ctx` order: probe the node → open the state store → executors →
+environment sync (tarballs → local images, before each Docker task) →
 supervisor (re-adopts persisted tasks, starts result delivery) → Host link
 (registration and heartbeats). Shutdown runs in reverse and never stops a
 task: only the runner's own coroutines and connections end.
@@ -22,6 +23,7 @@ from ..models import NodeResources
 from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
 from . import probe
 from .api import ROUTES
+from .environments import EnvironmentSync
 from .executors.base import Executor
 from .gpu import GpuProbe
 from .hostlink import HostLink
@@ -32,6 +34,7 @@ from .supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 GPU_PROBE = web.AppKey("gpu_probe", GpuProbe)
+ENVIRONMENTS = web.AppKey("environments", EnvironmentSync)
 
 
 def check_runner_config(config: Config) -> None:
@@ -116,6 +119,19 @@ def _executors_ctx(injected: dict[str, Executor] | None):
     return ctx
 
 
+def _environments_ctx(enabled: bool):
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if not enabled:
+            yield
+            return
+        sync = EnvironmentSync(app[CONFIG])
+        app[ENVIRONMENTS] = sync
+        yield
+        await sync.close()
+
+    return ctx
+
+
 async def _stats(app: web.Application) -> dict[str, Any]:
     stats, gpus = await asyncio.gather(asyncio.to_thread(probe.collect_stats), asyncio.to_thread(app[GPU_PROBE].stats))
     stats["gpus"] = gpus
@@ -130,7 +146,8 @@ async def _supervisor_and_link(app: web.Application) -> AsyncIterator[None]:
         async def report(self, *args: Any, **kwargs: Any) -> bool:
             return await link_holder["link"].report(*args, **kwargs)
 
-    sup = Supervisor(config, app[STATE], app[EXECUTORS], _Reporter(), res.numa, res.gpu_ids())
+    sup = Supervisor(config, app[STATE], app[EXECUTORS], _Reporter(), res.numa, res.gpu_ids(),
+                     environments=app.get(ENVIRONMENTS))
     link = HostLink(config, res, sup.running_report, sup.holding_ids, lambda: _stats(app), sup.kill)
     link_holder["link"] = link
     await link.start()
@@ -145,14 +162,18 @@ async def _supervisor_and_link(app: web.Application) -> AsyncIterator[None]:
     await link.close()
 
 
-def create_app(config: Config, *, executors: dict[str, Executor] | None = None) -> web.Application:
-    """The Runner app. `executors` replaces the node's real backends (tests, demos)."""
+def create_app(config: Config, *, executors: dict[str, Executor] | None = None,
+               sync_environments: bool | None = None) -> web.Application:
+    """The Runner app. `executors` replaces the node's real backends (tests, demos).
+    `sync_environments`: load environment tarballs before Docker tasks (default:
+    only with the real backends)."""
     check_runner_config(config)
     app = web.Application(
         middlewares=[error_middleware, make_auth_middleware(config.auth.token)],
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONFIG] = config
-    app.cleanup_ctx.extend([_probe, _state, _executors_ctx(executors), _supervisor_and_link])
+    sync = executors is None if sync_environments is None else sync_environments
+    app.cleanup_ctx.extend([_probe, _state, _executors_ctx(executors), _environments_ctx(sync), _supervisor_and_link])
     app.add_routes(ROUTES)
     return app

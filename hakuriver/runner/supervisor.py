@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 RUN_FIELDS = {"task_id", "command", "env", "cores", "memory", "gpus", "numa", "container", "mounts", "privileged"}
 
 
+class Environments(Protocol):
+    async def ensure(self, name: str) -> str:
+        """Make the environment's image current on this node (`runner.environments`);
+        its reference, or ExecutorError saying why the task cannot run."""
+
+
 class Reporter(Protocol):
     async def report(self, task_id: int, state: TaskState, exit_code: int | None = None, error: str | None = None) -> bool:
         """Send a state to the Host; True when the Host acknowledged it (2xx, or a definitive 4xx)."""
@@ -55,8 +61,9 @@ class Supervised:
 
 class Supervisor:
     def __init__(self, config: Config, state: RunnerState, executors: dict[str, Executor], reporter: Reporter,
-                 numa: tuple[NumaNode, ...], gpu_ids: frozenset[int]):
+                 numa: tuple[NumaNode, ...], gpu_ids: frozenset[int], environments: Environments | None = None):
         self.config = config
+        self.environments = environments
         self.state = state
         self.executors = executors
         self.reporter = reporter
@@ -152,6 +159,12 @@ class Supervisor:
     async def _run(self, entry: Supervised, spec: LaunchSpec) -> None:
         try:
             try:
+                if spec.image is not None and self.environments is not None:
+                    # Before start: the newest tarball of the environment, loaded at most once.
+                    await self.environments.ensure(entry.request["container"])
+                    if entry.kill_requested:
+                        await self._finish(entry, ExitResult(TaskState.KILLED, error="killed by request"))
+                        return
                 handle = await entry.executor.start(spec)
             except ExecutorError as exc:
                 await self._finish(entry, ExitResult(TaskState.FAILED, error=exc.message))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hakuriver.cli import client as client_cli
+from hakuriver.cli import docker as docker_cli
 from hakuriver.cli import host as host_cli
 from hakuriver.cli import runner as runner_cli
 from hakuriver.cli import task as task_cli
@@ -20,7 +21,7 @@ from hakuriver.cli.common import EXIT_USAGE, format_command, format_cpus, table
 from .fakehost import _isolated_env, write_config  # noqa: F401 - autouse fixture
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = [task_cli, client_cli, host_cli, runner_cli]
+MODULES = [task_cli, client_cli, host_cli, runner_cli, docker_cli]
 
 
 def _help_texts(parser: argparse.ArgumentParser) -> list[str]:
@@ -47,7 +48,8 @@ def test_build_parser_is_pure_and_deterministic(module, monkeypatch):
 
 
 def test_prog_names_match_console_scripts():
-    assert [m.PROG for m in MODULES] == ["hakuriver.task", "hakuriver.client", "hakuriver.host", "hakuriver.runner"]
+    assert [m.PROG for m in MODULES] == ["hakuriver.task", "hakuriver.client", "hakuriver.host", "hakuriver.runner",
+                                         "hakuriver.docker"]
 
 
 @pytest.mark.parametrize(
@@ -255,7 +257,7 @@ def test_python_dash_m_unreachable(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["hakuriver.cli.task", "hakuriver.cli.client", "hakuriver.cli.host",
-                                    "hakuriver.cli.runner"])
+                                    "hakuriver.cli.runner", "hakuriver.cli.docker"])
 def test_python_dash_m_help(module, tmp_path):
     proc = _run(module, "--help", home=tmp_path)
     assert proc.returncode == 0 and "usage:" in proc.stdout
