@@ -44,7 +44,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from .. import naming, tarballs
 from ..config import Config
-from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
+from ..errors import Conflict, HakuRiverError, NotFound, ValidationError, docker_explanation
 from ..parsing import validate_env_name
 from .shell import ShellSession
 
@@ -75,11 +75,7 @@ def _sdk() -> Any:
     return docker
 
 
-def explain(exc: BaseException) -> str:
-    explanation = getattr(exc, "explanation", None)
-    if explanation:
-        return explanation.decode(errors="replace") if isinstance(explanation, bytes) else str(explanation)
-    return str(exc) or type(exc).__name__
+explain = docker_explanation
 
 
 def validate_image_ref(image: str) -> str:

@@ -46,7 +46,7 @@ from typing import Any, Callable, TypeVar
 
 from .. import naming, tarballs
 from ..config import Config
-from ..errors import ExecutorError, ValidationError
+from ..errors import ExecutorError, ValidationError, docker_explanation
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,7 @@ def _sdk() -> Any:
     return docker
 
 
-def _explain(exc: BaseException) -> str:
-    explanation = getattr(exc, "explanation", None)
-    if explanation:
-        return explanation.decode(errors="replace") if isinstance(explanation, bytes) else str(explanation)
-    return str(exc) or type(exc).__name__
+_explain = docker_explanation
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, TypeVar
 
-from ...errors import ExecutorError
+from ...errors import ExecutorError, docker_explanation
 from ...models import ExitResult, TaskState
 from ... import naming
 from ...naming import LABEL_RUNNER, LABEL_TASK_ID, task_container_name
@@ -96,12 +96,7 @@ def _sdk() -> Any:
     return docker
 
 
-def _explain(exc: BaseException) -> str:
-    """Docker's own explanation of an error, without the URL noise."""
-    explanation = getattr(exc, "explanation", None)
-    if explanation:
-        return explanation.decode(errors="replace") if isinstance(explanation, bytes) else str(explanation)
-    return str(exc) or type(exc).__name__
+_explain = docker_explanation
 
 
 # --------------------------------------------------------------- pure builders
