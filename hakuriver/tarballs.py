@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import naming
 from .config import Config
 from .errors import ValidationError
 from .parsing import validate_env_name
@@ -188,3 +189,12 @@ def read_manifest_tags(path: Path) -> list[str]:
         raise ValidationError(f"the tarball holds {len(manifest)} images; import one at a time")
     tags = manifest[0].get("RepoTags") or [] if isinstance(manifest[0], dict) else []
     return [str(t) for t in tags]
+
+
+def replaced_image_removable(info: dict, name: str) -> bool:
+    """Whether an image `docker inspect` describes may be removed after a newer version
+    of environment `name` replaced it: untagged, and labelled as a version of `name`.
+    (Docker itself refuses to remove an image a container still uses.)"""
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    return (not info.get("RepoTags") and labels.get(naming.LABEL_ENVIRONMENT) == name
+            and naming.LABEL_ENV_VERSION in labels)

@@ -584,10 +584,7 @@ class EnvironmentManager:
         sdk = _sdk()
         api = self._api()
         try:
-            info = api.inspect_image(image_id)
-            labels = (info.get("Config") or {}).get("Labels") or {}
-            if info.get("RepoTags") or labels.get(naming.LABEL_ENVIRONMENT) != name \
-                    or naming.LABEL_ENV_VERSION not in labels:
+            if not tarballs.replaced_image_removable(api.inspect_image(image_id), name):
                 return
             api.remove_image(image_id, noprune=True)
         except sdk.errors.DockerException as exc:  # in use by a container: it stays
