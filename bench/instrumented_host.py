@@ -22,8 +22,8 @@ from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import hakuriver.host.cluster as cluster_mod  # noqa: E402
-import hakuriver.host.db as db_mod  # noqa: E402
+import hakuriver.host.cluster as cluster_mod
+import hakuriver.host.db as db_mod
 
 STATS: dict[str, list[float]] = defaultdict(list)
 
@@ -88,8 +88,13 @@ def _dump() -> None:
     for key, values in sorted(STATS.items()):
         v = sorted(values)
         n = len(v)
-        out[key] = {"n": n, "sum": round(sum(v), 3), "p50": round(v[n // 2], 5),
-                    "p99": round(v[min(n - 1, int(n * 0.99))], 5), "max": round(v[-1], 5)}
+        out[key] = {
+            "n": n,
+            "sum": round(sum(v), 3),
+            "p50": round(v[n // 2], 5),
+            "p99": round(v[min(n - 1, int(n * 0.99))], 5),
+            "max": round(v[-1], 5),
+        }
     with open(os.environ.get("INSTR_OUT", "/tmp/hakuriver_instr.json"), "w") as fh:
         json.dump(out, fh, indent=1)
 

@@ -56,8 +56,12 @@ def measure(n: int) -> dict[str, Any]:
             to_running.append(task["started_at"] - task["submitted_at"])
             to_done.append(task["finished_at"] - task["submitted_at"])
         bare = json.loads(node.exec(["python3", "-c", BARE_TIMER, str(n)], timeout=600).stdout)
-        return {"to_running": to_running, "to_done": to_done, "bare_scope": bare["scope"],
-                "bare_service": bare["service"]}
+        return {
+            "to_running": to_running,
+            "to_done": to_done,
+            "bare_scope": bare["scope"],
+            "bare_service": bare["service"],
+        }
     finally:
         factory.cleanup()
 

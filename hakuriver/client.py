@@ -22,8 +22,9 @@ import asyncio
 import json
 import os
 import socket
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import aiohttp
 
@@ -116,7 +117,7 @@ class HostClient:
             ) as resp:
                 data = await resp.read()
                 status, headers = resp.status, resp.headers
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise HostUnreachable(f"cannot reach the Host at {self.base_url}: no answer within {limit:g}s") from None
         except aiohttp.InvalidURL:
             raise HostUnreachable(f"cannot reach the Host at {self.base_url}: not a valid URL") from None
@@ -129,8 +130,12 @@ class HostClient:
             raise _api_error(status, headers, data)
         if status >= 300:
             where = headers.get("Location", "?")
-            raise ApiError(status, "redirect", f"the Host at {self.base_url} redirected {method} {path} to {where}; "
-                                               "check network.host_reachable_address and host_port")
+            raise ApiError(
+                status,
+                "redirect",
+                f"the Host at {self.base_url} redirected {method} {path} to {where}; "
+                "check network.host_reachable_address and host_port",
+            )
         return status, headers, data
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -231,11 +236,13 @@ class HostClient:
         deadline = None if timeout is None else loop.time() + max(0.0, timeout)
         by_id: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), WAIT_BATCH):
-            batch = ids[start:start + WAIT_BATCH]
+            batch = ids[start : start + WAIT_BATCH]
             while True:
                 remaining = WAIT_CHUNK if deadline is None else max(0.0, min(WAIT_CHUNK, deadline - loop.time()))
                 result = await self._json(
-                    "POST", "/api/tasks/wait", body={"task_ids": batch, "timeout": round(remaining, 3)},
+                    "POST",
+                    "/api/tasks/wait",
+                    body={"task_ids": batch, "timeout": round(remaining, 3)},
                     timeout=remaining + self.timeout,
                 )
                 if result.get("done") or (deadline is not None and loop.time() >= deadline):
@@ -295,8 +302,9 @@ class HostClient:
         """{"containers": [{"name", "container", "id", "status", "image", "created"}, ...]}."""
         return await self._json("GET", "/api/environments/containers")
 
-    async def create_env_container(self, name: str, image: str, *, pull: bool = False,
-                                   progress: ProgressCallback | None = None) -> dict[str, Any]:
+    async def create_env_container(
+        self, name: str, image: str, *, pull: bool = False, progress: ProgressCallback | None = None
+    ) -> dict[str, Any]:
         """Start the environment container `hakuriver-env-<name>` from a local image
         (pulled first only with `pull`). Returns the container as listed."""
         path = f"/api/environments/containers/{validate_env_name(name)}"
@@ -327,14 +335,16 @@ class HostClient:
         params = {"version": str(int(version))} if version is not None else None
         return await self._json("DELETE", f"/api/environments/tarballs/{validate_env_name(name)}", params=params)
 
-    async def import_image(self, name: str, image: str, *, pull: bool = False,
-                           progress: ProgressCallback | None = None) -> dict[str, Any]:
+    async def import_image(
+        self, name: str, image: str, *, pull: bool = False, progress: ProgressCallback | None = None
+    ) -> dict[str, Any]:
         """A new version of environment `name` made from an image on the Host."""
         path = f"/api/environments/tarballs/{validate_env_name(name)}/image"
         return await self._operation("POST", path, body={"image": image, "pull": pull}, progress=progress)
 
-    async def import_tar(self, name: str, file: str | Path, *,
-                         progress: ProgressCallback | None = None) -> dict[str, Any]:
+    async def import_tar(
+        self, name: str, file: str | Path, *, progress: ProgressCallback | None = None
+    ) -> dict[str, Any]:
         """A new version of environment `name` from a local `docker save` tarball (uploaded)."""
         path = f"/api/environments/tarballs/{validate_env_name(name)}/tar"
         file = Path(file)
@@ -350,20 +360,29 @@ class HostClient:
                 while chunk := await asyncio.to_thread(fh.read, UPLOAD_CHUNK):
                     sent += len(chunk)
                     if progress is not None:
-                        progress({"event": "progress", "stage": "upload", "message": f"sent {sent >> 20} MiB",
-                                  "bytes": sent, "total": size})
+                        progress(
+                            {
+                                "event": "progress",
+                                "stage": "upload",
+                                "message": f"sent {sent >> 20} MiB",
+                                "bytes": sent,
+                                "total": size,
+                            }
+                        )
                     yield chunk
             finally:
                 fh.close()
 
         try:
-            return await self._operation("POST", path, data=chunks(), progress=progress,
-                                         headers={"Content-Type": "application/x-tar"})
+            return await self._operation(
+                "POST", path, data=chunks(), progress=progress, headers={"Content-Type": "application/x-tar"}
+            )
         finally:
             fh.close()
 
-    async def open_shell(self, name: str, *, command: Sequence[str] | None = None, rows: int = 24, cols: int = 80,
-                         term: str = "xterm") -> aiohttp.ClientWebSocketResponse:
+    async def open_shell(
+        self, name: str, *, command: Sequence[str] | None = None, rows: int = 24, cols: int = 80, term: str = "xterm"
+    ) -> aiohttp.ClientWebSocketResponse:
         """A websocket to a terminal in the environment container (see cli/docker.py for
         the framing). The bearer token travels in the handshake's headers."""
         if self._session is None:
@@ -372,21 +391,34 @@ class HostClient:
         params += [("cmd", str(arg)) for arg in command or ()]
         url = f"{self.base_url}/api/environments/containers/{validate_env_name(name)}/shell"
         try:
-            ws = await self._session.ws_connect(url, params=params, heartbeat=30.0, autoping=True,
-                                                max_msg_size=1 << 22, timeout=aiohttp.ClientWSTimeout(ws_close=10.0))
+            ws = await self._session.ws_connect(
+                url,
+                params=params,
+                heartbeat=30.0,
+                autoping=True,
+                max_msg_size=1 << 22,
+                timeout=aiohttp.ClientWSTimeout(ws_close=10.0),
+            )
         except aiohttp.WSServerHandshakeError as exc:
             status = exc.status
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise HostUnreachable(f"cannot reach the Host at {self.base_url}: {exc or type(exc).__name__}") from None
         else:
             return ws
         # A refused handshake carries no reason: ask again without the upgrade to read it.
-        await self._send("GET", url[len(self.base_url):], params=dict(params[:3]))
+        await self._send("GET", url[len(self.base_url) :], params=dict(params[:3]))
         raise ApiError(status, f"http_{status}", f"the Host refused the shell (HTTP {status})")
 
-    async def _operation(self, method: str, path: str, *, body: Any = None, data: Any = None,
-                         headers: Mapping[str, str] | None = None,
-                         progress: ProgressCallback | None = None) -> dict[str, Any]:
+    async def _operation(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
         """Run a long environment operation: read its NDJSON stream, hand each
         progress line to `progress`, return the final result (or raise its error)."""
         if self._session is None:
@@ -394,8 +426,9 @@ class HostClient:
         url = self.base_url + path
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=OPERATION_IDLE_TIMEOUT)
         try:
-            async with self._session.request(method, url, json=body, data=data, headers=headers, timeout=timeout,
-                                             allow_redirects=False) as resp:
+            async with self._session.request(
+                method, url, json=body, data=data, headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
                 if resp.status >= 400:
                     raise _api_error(resp.status, resp.headers, await resp.read())
                 async for line in resp.content:
@@ -410,19 +443,25 @@ class HostClient:
                         return event.get("result") or {}
                     if kind == "error":
                         err = event.get("error") or {}
-                        raise ApiError(502 if err.get("code") == "docker" else 400 if err.get("code") == "invalid"
-                                       else 500, str(err.get("code", "error")), str(err.get("message", "failed")))
+                        raise ApiError(
+                            502 if err.get("code") == "docker" else 400 if err.get("code") == "invalid" else 500,
+                            str(err.get("code", "error")),
+                            str(err.get("message", "failed")),
+                        )
                     if kind == "progress" and progress is not None:
                         progress(event)
-        except asyncio.TimeoutError:
-            raise HostUnreachable(f"the Host at {self.base_url} went silent for {OPERATION_IDLE_TIMEOUT:g}s during "
-                                  f"{method} {path}; the operation may still finish there") from None
+        except TimeoutError:
+            raise HostUnreachable(
+                f"the Host at {self.base_url} went silent for {OPERATION_IDLE_TIMEOUT:g}s during "
+                f"{method} {path}; the operation may still finish there"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             raise HostUnreachable(f"cannot reach the Host at {self.base_url}: {_os_reason(exc)}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise HostUnreachable(f"cannot reach the Host at {self.base_url}: {exc or type(exc).__name__}") from None
-        raise HostUnreachable(f"the Host at {self.base_url} ended {method} {path} without a result; "
-                              "the operation may still finish there")
+        raise HostUnreachable(
+            f"the Host at {self.base_url} ended {method} {path} without a result; the operation may still finish there"
+        )
 
 
 _FINAL = frozenset(s.value for s in FINAL_STATES)

@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, get_type_hints
+from typing import Any, get_type_hints
 
 import toml
 
@@ -29,7 +30,7 @@ CONFIG_ENV_VAR = "HAKURIVER_CONFIG"
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    host_bind_ip: str = "0.0.0.0"
+    host_bind_ip: str = "0.0.0.0"  # noqa: S104 - the Host serves the lab network by default
     host_port: int = 8000
     host_ssh_proxy_port: int = 8002
     host_reachable_address: str = "127.0.0.1"
@@ -206,7 +207,9 @@ def config_from_dict(data: Mapping[str, Any], source: str | None = None) -> Conf
     config = Config(**sections, source=source)
     timing = config.timing
     if timing.heartbeat_timeout_factor < 2:
-        raise ConfigError(f"{where}: timing.heartbeat_timeout_factor must be at least 2, or one late heartbeat marks a node offline")
+        raise ConfigError(
+            f"{where}: timing.heartbeat_timeout_factor must be at least 2, or one late heartbeat marks a node offline"
+        )
     return config
 
 

@@ -46,7 +46,7 @@ def task_id_from_name(name: str) -> int | None:
         name = name.rsplit(".", 1)[0]
     if not name.startswith(TASK_PREFIX):
         return None
-    rest = name[len(TASK_PREFIX):]
+    rest = name[len(TASK_PREFIX) :]
     return int(rest) if rest.isdigit() else None
 
 

@@ -196,5 +196,6 @@ def replaced_image_removable(info: dict, name: str) -> bool:
     of environment `name` replaced it: untagged, and labelled as a version of `name`.
     (Docker itself refuses to remove an image a container still uses.)"""
     labels = (info.get("Config") or {}).get("Labels") or {}
-    return (not info.get("RepoTags") and labels.get(naming.LABEL_ENVIRONMENT) == name
-            and naming.LABEL_ENV_VERSION in labels)
+    return (
+        not info.get("RepoTags") and labels.get(naming.LABEL_ENVIRONMENT) == name and naming.LABEL_ENV_VERSION in labels
+    )

@@ -17,9 +17,11 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from typing import Any, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, overload
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from .errors import ConfigError, HakuRiverError, Unauthorized, ValidationError
 
@@ -43,8 +45,16 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 415: "unsupported_media_type"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
 
 
 @web.middleware
@@ -68,13 +78,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.json_response(error_body(code, message), status=exc.status, dumps=_dumps)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return web.json_response(error_body("internal", "internal server error; see the service log"), status=500, dumps=_dumps)
+        return web.json_response(
+            error_body("internal", "internal server error; see the service log"), status=500, dumps=_dumps
+        )
 
 
-def make_auth_middleware(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def make_auth_middleware(token: str) -> Middleware:
     if not token:
-        raise ConfigError("auth.token is empty: every API call is authenticated, so a token must be configured "
-                          "(hakuriver.init config generates one)")
+        raise ConfigError(
+            "auth.token is empty: every API call is authenticated, so a token must be configured "
+            "(hakuriver.init config generates one)"
+        )
     expected = token.encode("utf-8")
 
     @web.middleware
@@ -114,7 +128,9 @@ async def read_json_object(request: web.Request, fields: Iterable[str] | None = 
     return data
 
 
-def require_type(data: dict[str, Any], key: str, kind: type | tuple[type, ...], *, required: bool = True, default: Any = None) -> Any:
+def require_type(
+    data: dict[str, Any], key: str, kind: type | tuple[type, ...], *, required: bool = True, default: Any = None
+) -> Any:
     """Fetch `data[key]` and check its JSON type (bool is never accepted as int)."""
     if key not in data or data[key] is None:
         if required:
@@ -125,7 +141,9 @@ def require_type(data: dict[str, Any], key: str, kind: type | tuple[type, ...], 
     if isinstance(value, bool) and bool not in kinds:
         raise ValidationError(f"field {key!r} has the wrong type: expected {_kind_names(kinds)}, got a boolean")
     if not isinstance(value, kinds):
-        raise ValidationError(f"field {key!r} has the wrong type: expected {_kind_names(kinds)}, got {type(value).__name__}")
+        raise ValidationError(
+            f"field {key!r} has the wrong type: expected {_kind_names(kinds)}, got {type(value).__name__}"
+        )
     return value
 
 
@@ -134,7 +152,15 @@ def _kind_names(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def query_int(request: web.Request, name: str, default: int | None, *, minimum: int = 0, maximum: int = 1 << 62) -> int | None:
+@overload
+def query_int(request: web.Request, name: str, default: int, *, minimum: int = ..., maximum: int = ...) -> int: ...
+@overload
+def query_int(
+    request: web.Request, name: str, default: None, *, minimum: int = ..., maximum: int = ...
+) -> int | None: ...
+def query_int(
+    request: web.Request, name: str, default: int | None, *, minimum: int = 0, maximum: int = 1 << 62
+) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default

@@ -69,6 +69,12 @@ python_venv() {
         rm -rf "$VENV"
     fi
     if [[ ! -x $VENV/bin/python ]]; then
+        # Debian splits ensurepip out; the fast check may run before the apt phase.
+        if ! "$PY" -c 'import ensurepip' 2>/dev/null; then
+            [[ $EUID -eq 0 ]] || die "$PY has no venv support: apt-get install python3-venv (as root)"
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        fi
         "$PY" -m venv "$VENV"
     fi
     local stamp="$VENV/.hakuriver-install-stamp" want

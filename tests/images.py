@@ -41,8 +41,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
 
 # Bump when the build recipe changes in a way the declared specs below do not capture.
 BUILDER_VERSION = "2"
@@ -145,9 +145,7 @@ _NODE_PACKAGES = (
 _NODE_FILES = {
     **_COMMON_FILES,
     # journal in memory, small: nodes are short-lived.
-    "etc/systemd/journald.conf.d/10-hakuriver-test.conf": (
-        "[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n"
-    ),
+    "etc/systemd/journald.conf.d/10-hakuriver-test.conf": ("[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n"),
     # `docker stop` sends SIGTERM; systemd wants SIGRTMIN+3 (set per container by the harness).
     # Give services a short stop timeout so teardown never waits 90 s on a unit.
     "etc/systemd/system.conf.d/10-hakuriver-test.conf": (
@@ -189,16 +187,14 @@ IMAGES: dict[str, ImageSpec] = {
             "etc/docker/daemon.json": json.dumps(
                 {"storage-driver": "vfs", "exec-opts": ["native.cgroupdriver=systemd"]},
                 indent=2,
-            ) + "\n",
+            )
+            + "\n",
         },
         symlinks={
             **{f"etc/systemd/system/{u}": "/dev/null" for u in _NODE_MASKS},
-            "etc/systemd/system/multi-user.target.wants/docker.service":
-                "/lib/systemd/system/docker.service",
-            "etc/systemd/system/sockets.target.wants/docker.socket":
-                "/lib/systemd/system/docker.socket",
-            "etc/systemd/system/multi-user.target.wants/containerd.service":
-                "/lib/systemd/system/containerd.service",
+            "etc/systemd/system/multi-user.target.wants/docker.service": "/lib/systemd/system/docker.service",
+            "etc/systemd/system/sockets.target.wants/docker.socket": "/lib/systemd/system/docker.socket",
+            "etc/systemd/system/multi-user.target.wants/containerd.service": "/lib/systemd/system/containerd.service",
         },
         remove=_COMMON_REMOVE,
         changes=_NODE_CHANGES,
@@ -348,9 +344,7 @@ def _import(spec: ImageSpec, rootfs: str) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        imp = subprocess.run(
-            import_argv, stdin=tar.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        imp = subprocess.run(import_argv, stdin=tar.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     finally:
         assert tar.stdout is not None
         tar.stdout.close()
@@ -410,11 +404,18 @@ def _harness_images() -> list[tuple[str, str]]:
     """(id, repo:tag) of every image carrying the harness label ('<none>' for untagged)."""
     r = subprocess.run(
         [
-            "docker", "image", "ls", "--no-trunc",
-            "--filter", f"label={HARNESS_LABEL}=1",
-            "--format", "{{.ID}} {{.Repository}}:{{.Tag}}",
+            "docker",
+            "image",
+            "ls",
+            "--no-trunc",
+            "--filter",
+            f"label={HARNESS_LABEL}=1",
+            "--format",
+            "{{.ID}} {{.Repository}}:{{.Tag}}",
         ],
-        check=True, stdout=subprocess.PIPE, text=True,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     return [tuple(line.split(" ", 1)) for line in r.stdout.splitlines() if line.strip()]  # type: ignore[misc]
 
@@ -436,7 +437,9 @@ def sweep_images(all_images: bool = False) -> list[str]:
             continue
         target = image_id if "<none>" in ref else ref
         r = subprocess.run(
-            ["docker", "image", "rm", target], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            ["docker", "image", "rm", target],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
         )
         if r.returncode == 0:
@@ -449,7 +452,8 @@ def sweep_images(all_images: bool = False) -> list[str]:
 def image_in_node(node_container: str, image: str) -> bool:
     r = subprocess.run(
         ["docker", "exec", node_container, "docker", "image", "inspect", image],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     return r.returncode == 0
 
@@ -461,12 +465,14 @@ def load_image_into_node(node_container: str, image: str, timeout: float = 300) 
     """
     if image_in_node(node_container, image):
         return
-    save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         load = subprocess.run(
             ["docker", "exec", "-i", node_container, "docker", "load"],
-            stdin=save.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+            stdin=save.stdout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
         )
     finally:
         assert save.stdout is not None
@@ -486,17 +492,21 @@ def load_image_into_node(node_container: str, image: str, timeout: float = 300) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.images", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m tests.images", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build missing images (cached by tag)")
-    b.add_argument("--only", action="append", choices=sorted(IMAGES),
-                   help="build only this image (repeatable)")
+    b.add_argument("--only", action="append", choices=sorted(IMAGES), help="build only this image (repeatable)")
     b.add_argument("--force", action="store_true", help="rebuild even if the tag exists")
-    s = sub.add_parser("sweep", help="remove leftover harness containers/networks (of ended"
-                       " sessions) and harness images that are not current tags")
-    s.add_argument("--all", action="store_true",
-                   help="remove every harness container/network and current image tags too")
+    s = sub.add_parser(
+        "sweep",
+        help="remove leftover harness containers/networks (of ended"
+        " sessions) and harness images that are not current tags",
+    )
+    s.add_argument(
+        "--all", action="store_true", help="remove every harness container/network and current image tags too"
+    )
     sub.add_parser("tags", help="print name=tag for every image")
     args = ap.parse_args(argv)
 

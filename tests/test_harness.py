@@ -44,11 +44,21 @@ def test_systemd_scope_gets_memory_and_cpu_limits(node_factory) -> None:
     assert node.system_state() in ("running", "degraded")
     assert node.exec(["cat", "/proc/1/comm"]).stdout.strip() == "systemd"
 
-    r = node.exec([
-        "systemd-run", "--scope", "--collect", "--unit=probe",
-        "-p", "MemoryMax=64M", "-p", "CPUQuota=50%",
-        "python3", "-c", PROBE_SCRIPT,
-    ])
+    r = node.exec(
+        [
+            "systemd-run",
+            "--scope",
+            "--collect",
+            "--unit=probe",
+            "-p",
+            "MemoryMax=64M",
+            "-p",
+            "CPUQuota=50%",
+            "python3",
+            "-c",
+            PROBE_SCRIPT,
+        ]
+    )
     probe = parse_probe(r.stdout)
     assert probe["memory_path"].endswith("/probe.scope"), probe
     assert probe["memory_limit"] == 64 * MiB, probe
@@ -61,8 +71,7 @@ def test_systemd_scope_gets_memory_and_cpu_limits(node_factory) -> None:
 @pytest.mark.systemd
 def test_node_exec_files_and_users(node_factory, tmp_path) -> None:
     node = node_factory("exec", hostname="worker-1")
-    r = node.exec(["sh", "-c", 'echo out; echo err >&2; echo "$HKR_X"; exit 3'],
-                  env={"HKR_X": "x y"}, check=False)
+    r = node.exec(["sh", "-c", 'echo out; echo err >&2; echo "$HKR_X"; exit 3'], env={"HKR_X": "x y"}, check=False)
     assert (r.rc, r.stdout, r.stderr) == (3, "out\nx y\n", "err\n")
     with pytest.raises(CommandFailed, match="exited 3"):
         node.exec(["sh", "-c", "exit 3"])
@@ -82,12 +91,10 @@ def test_node_exec_files_and_users(node_factory, tmp_path) -> None:
 @pytest.mark.docker
 @pytest.mark.systemd
 def test_nodes_reach_each_other_by_alias(node_factory, docker_network) -> None:
-    a, b = node_factory.start_many(["alpha", "beta"], network=docker_network,
-                                   aliases=["hkr-peer"])
+    a, b = node_factory.start_many(["alpha", "beta"], network=docker_network, aliases=["hkr-peer"])
     assert a.ip(docker_network.name) != b.ip(docker_network.name)
     # A real service on a, managed by a's systemd, reached from b by hostname.
-    a.exec(["systemd-run", "--unit=hkr-web", "--working-directory=/etc",
-            "python3", "-m", "http.server", "8080"])
+    a.exec(["systemd-run", "--unit=hkr-web", "--working-directory=/etc", "python3", "-m", "http.server", "8080"])
     a.wait_unit_active("hkr-web.service")
     url = "http://alpha:8080/hostname"
 
@@ -100,8 +107,7 @@ def test_nodes_reach_each_other_by_alias(node_factory, docker_network) -> None:
 
 
 @pytest.mark.docker
-def test_task_container_limits_visible_in_inspect_and_cgroup(container_factory,
-                                                            harness_images) -> None:
+def test_task_container_limits_visible_in_inspect_and_cgroup(container_factory, harness_images) -> None:
     c = container_factory(
         harness_images["task"],
         ["python3", "-c", PROBE_SCRIPT],
@@ -131,7 +137,6 @@ def test_nested_docker_runs_a_container_inside_a_node(node_factory, harness_imag
 
     task_image = harness_images["task"]
     node.load_image(task_image)
-    r = node.exec(["docker", "run", "--rm", task_image,
-                   "sh", "-c", "echo hkr-nested-$((6 * 7))"], timeout=180)
+    r = node.exec(["docker", "run", "--rm", task_image, "sh", "-c", "echo hkr-nested-$((6 * 7))"], timeout=180)
     assert "hkr-nested-42" in r.stdout.split(), r
     assert node.exec(["docker", "ps", "-aq"]).stdout.strip() == ""

@@ -1,8 +1,8 @@
 """`hakuriver.client`: the cluster view (nodes, health) plus quick task status/kill.
 
-    hakuriver.client nodes
-    hakuriver.client health            # cluster summary and live node stats
-    hakuriver.client health node1      # one node: resources, NUMA, temperatures, GPUs
+hakuriver.client nodes
+hakuriver.client health            # cluster summary and live node stats
+hakuriver.client health node1      # one node: resources, NUMA, temperatures, GPUs
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from .common import (
     common_options,
     execute,
     format_ago,
-    format_size,
     format_cpus,
+    format_size,
     format_time,
     print_json,
     table,
@@ -44,21 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common_options()],
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    parents = [common_options(subcommand=True)]
+    parents: list[Any] = [common_options(subcommand=True)]
 
-    p = sub.add_parser("nodes", help="list nodes with their allocated and total resources",
-                       description="List nodes with their allocated and total resources.", parents=parents)
+    p = sub.add_parser(
+        "nodes",
+        help="list nodes with their allocated and total resources",
+        description="List nodes with their allocated and total resources.",
+        parents=parents,
+    )
     p.set_defaults(func=_cmd_nodes)
 
-    p = sub.add_parser("health", help="cluster summary, or one node's live stats",
-                       description="Without HOST: the cluster summary and every node's live stats. "
-                                   "With HOST: that node in detail (NUMA, temperatures, GPU stats).",
-                       parents=parents)
+    p = sub.add_parser(
+        "health",
+        help="cluster summary, or one node's live stats",
+        description="Without HOST: the cluster summary and every node's live stats. "
+        "With HOST: that node in detail (NUMA, temperatures, GPU stats).",
+        parents=parents,
+    )
     p.add_argument("host", nargs="?", metavar="HOST", help="a node name")
     p.set_defaults(func=_cmd_health)
 
-    p = sub.add_parser("status", help="show one task in detail", description="Show one task in detail.",
-                       parents=parents)
+    p = sub.add_parser(
+        "status", help="show one task in detail", description="Show one task in detail.", parents=parents
+    )
     p.add_argument("task_id", type=task_id_arg, metavar="ID")
     p.set_defaults(func=_cmd_status)
 
@@ -181,20 +189,25 @@ def node_detail(node: dict[str, Any]) -> str:
     lines = [f"{k.ljust(width)}  {v if v not in (None, '') else '-'}" for k, v in rows]
     numa = node.get("numa") or []
     if numa:
-        lines += ["", "NUMA", table(("ID", "CPUS", "MEMORY"),
-                                    [(n["id"], format_cpus(n.get("cpus") or []), format_size(n.get("memory")))
-                                     for n in numa])]
+        lines += [
+            "",
+            "NUMA",
+            table(
+                ("ID", "CPUS", "MEMORY"),
+                [(n["id"], format_cpus(n.get("cpus") or []), format_size(n.get("memory"))) for n in numa],
+            ),
+        ]
     temps = stats.get("temperatures") or {}
     if temps:
         lines += ["", "TEMPERATURES", table(("SENSOR", "C"), [(k, f"{v:.1f}") for k, v in sorted(temps.items())])]
     gpu_stats = {g.get("index"): g for g in stats.get("gpus") or []}
     gpus = node.get("gpus") or []
     if gpus or gpu_stats:
-        rows = []
+        gpu_rows: list[tuple[Any, ...]] = []
         for g in gpus or [{"index": i} for i in sorted(gpu_stats)]:
             s = gpu_stats.get(g["index"], {})
             mem_used, mem_total = s.get("memory_used"), s.get("memory_total") or g.get("memory_total")
-            rows.append(
+            gpu_rows.append(
                 (
                     g["index"],
                     g.get("name"),
@@ -204,8 +217,11 @@ def node_detail(node: dict[str, Any]) -> str:
                     f"{s['power_watts']}W" if s.get("power_watts") is not None else "-",
                 )
             )
-        lines += ["", f"GPUS ({gpus_used} allocated)",
-                  table(("INDEX", "NAME", "UTIL", "MEMORY", "TEMP", "POWER"), rows)]
+        lines += [
+            "",
+            f"GPUS ({gpus_used} allocated)",
+            table(("INDEX", "NAME", "UTIL", "MEMORY", "TEMP", "POWER"), gpu_rows),
+        ]
     return "\n".join(lines)
 
 

@@ -29,7 +29,8 @@ import os
 import shlex
 import sys
 import time
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any
 
 from ..errors import ConfigError, HakuRiverError, ValidationError
 from ..ids import parse_id
@@ -82,10 +83,19 @@ def common_options(*, subcommand: bool = False) -> argparse.ArgumentParser:
     default = argparse.SUPPRESS if subcommand else None
     group = parent.add_argument_group("common options")
     group.add_argument("--config", metavar="PATH", default=default, help=CONFIG_HELP)
-    group.add_argument("--json", action="store_true", default=argparse.SUPPRESS if subcommand else False,
-                       help="print the API's JSON instead of tables (for scripts)")
-    group.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS if subcommand else False,
-                       help="log debugging details to stderr")
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if subcommand else False,
+        help="print the API's JSON instead of tables (for scripts)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS if subcommand else False,
+        help="log debugging details to stderr",
+    )
     return parent
 
 
@@ -156,14 +166,18 @@ class Connect:
         self.config = config
         if not config.auth.token:
             if config.source:
-                raise ConfigError(f"auth.token is not set in {config.source}; "
-                                  "the Host refuses unauthenticated calls (copy the token from the Host's config)")
-            raise ConfigError(f"no config file found (--config, ${CONFIG_ENV_VAR}, ~/.hakuriver/config.toml), "
-                              "so no auth.token to call the Host with; run 'hakuriver.init config' or pass --config")
+                raise ConfigError(
+                    f"auth.token is not set in {config.source}; "
+                    "the Host refuses unauthenticated calls (copy the token from the Host's config)"
+                )
+            raise ConfigError(
+                f"no config file found (--config, ${CONFIG_ENV_VAR}, ~/.hakuriver/config.toml), "
+                "so no auth.token to call the Host with; run 'hakuriver.init config' or pass --config"
+            )
         return HostClient(config.host_url, config.auth.token)
 
 
-Handler = Callable[[argparse.Namespace, Connect], Awaitable[int]]
+Handler = Callable[[argparse.Namespace, Connect], Coroutine[Any, Any, int]]
 
 
 def execute(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
@@ -174,8 +188,9 @@ def execute(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
     if getattr(args, "verbose", False):
-        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.DEBUG, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     connect = Connect(getattr(args, "config", None))
     handler: Handler = args.func
     try:

@@ -27,8 +27,9 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import HakuRiverError
 from ..parsing import validate_env_name
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog=PROG,
         description="Manage HakuRiver environments: the environment containers on the Host and the versioned "
-                    "tarballs in shared storage that every runner loads before a task with --container NAME.",
+        "tarballs in shared storage that every runner loads before a task with --container NAME.",
         epilog=EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common_options()],
@@ -70,22 +71,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subparser(sub, "create-container", "create and start an environment container from an image on the Host")
     p.add_argument("image", metavar="IMAGE", help="an image present on the Host, e.g. python:3.12-slim")
     _name(p)
-    p.add_argument("--pull", action="store_true",
-                   help="pull IMAGE on the Host if it is not there (by default nothing is ever pulled)")
+    p.add_argument(
+        "--pull",
+        action="store_true",
+        help="pull IMAGE on the Host if it is not there (by default nothing is ever pulled)",
+    )
     p.set_defaults(func=_cmd_create_container)
 
-    for action, text in (("start", "start a stopped environment container"),
-                         ("stop", "stop an environment container (its changes are kept)"),
-                         ("delete", "delete an environment container (its tarballs are kept)")):
+    for action, text in (
+        ("start", "start a stopped environment container"),
+        ("stop", "stop an environment container (its changes are kept)"),
+        ("delete", "delete an environment container (its tarballs are kept)"),
+    ):
         p = _subparser(sub, f"{action}-container", text)
         _name(p)
         p.set_defaults(func=_cmd_container_action, action=action)
 
-    p = _subparser(sub, "shell", "open an interactive terminal in a running environment container",
-                   usage=f"{PROG} shell [options] NAME [-- COMMAND [ARG ...]]")
+    p = _subparser(
+        sub,
+        "shell",
+        "open an interactive terminal in a running environment container",
+        usage=f"{PROG} shell [options] NAME [-- COMMAND [ARG ...]]",
+    )
     _name(p)
-    p.add_argument("command_argv", nargs=argparse.REMAINDER, metavar="COMMAND",
-                   help="program to run instead of a login shell (bash, else sh), after '--'")
+    p.add_argument(
+        "command_argv",
+        nargs=argparse.REMAINDER,
+        metavar="COMMAND",
+        help="program to run instead of a login shell (bash, else sh), after '--'",
+    )
     p.set_defaults(func=_cmd_shell)
 
     p = _subparser(sub, "create-tar", "commit an environment container as a new version and save its tarball")
@@ -115,13 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _subparser(sub: Any, name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
-                          parents=[common_options(subcommand=True)], **kwargs)
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text[:1].upper() + help_text[1:] + ".",
+        parents=[common_options(subcommand=True)],
+        **kwargs,
+    )
 
 
 def _name(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", metavar="NAME",
-                   help="environment name: lower-case letters, digits and '.', '_' or '-' between them")
+    p.add_argument(
+        "name", metavar="NAME", help="environment name: lower-case letters, digits and '.', '_' or '-' between them"
+    )
 
 
 def _progress(args: argparse.Namespace) -> Any:
@@ -161,8 +181,11 @@ async def _cmd_create_container(args: argparse.Namespace, connect: Connect) -> i
 async def _cmd_container_action(args: argparse.Namespace, connect: Connect) -> int:
     validate_env_name(args.name)
     async with connect() as host:
-        method = {"start": host.start_env_container, "stop": host.stop_env_container,
-                  "delete": host.delete_env_container}[args.action]
+        method = {
+            "start": host.start_env_container,
+            "stop": host.stop_env_container,
+            "delete": host.delete_env_container,
+        }[args.action]
         result = await method(args.name)
     return _print_result(args, result, f"{args.name}  {result.get('status', 'deleted')}")
 
@@ -194,8 +217,16 @@ async def _cmd_list_tars(args: argparse.Namespace, connect: Connect) -> int:
     for t in result["tarballs"]:
         newest = t["name"] not in seen
         seen.add(t["name"])
-        rows.append((t["name"], t["version"], format_time(t["version"]), format_size(t["size"]),
-                     "yes" if newest else "no", t["file"]))
+        rows.append(
+            (
+                t["name"],
+                t["version"],
+                format_time(t["version"]),
+                format_size(t["size"]),
+                "yes" if newest else "no",
+                t["file"],
+            )
+        )
     print(table(("NAME", "VERSION", "CREATED", "SIZE", "NEWEST", "FILE"), rows))
     return EXIT_OK
 
@@ -283,8 +314,8 @@ def terminal_size(fd: int) -> tuple[int, int]:
 @contextlib.contextmanager
 def raw_terminal(fd: int) -> Iterator[None]:
     """Raw mode on `fd` (a terminal) for the duration; always restored."""
-    import termios  # noqa: PLC0415 - POSIX only
-    import tty  # noqa: PLC0415
+    import termios
+    import tty
 
     saved = termios.tcgetattr(fd)
     try:
@@ -306,7 +337,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 async def relay(ws: Any, in_fd: int, out_fd: int, *, interactive: bool) -> int:
     """Relay a terminal session until the remote program ends; its exit status."""
-    from aiohttp import WSMsgType  # noqa: PLC0415
+    from aiohttp import WSMsgType
 
     loop = asyncio.get_running_loop()
     outgoing: asyncio.Queue[bytes | str | None] = asyncio.Queue()
@@ -394,8 +425,9 @@ async def _cmd_shell(args: argparse.Namespace, connect: Connect) -> int:
     rows, cols = terminal_size(out_fd)
     sys.stdout.flush()
     async with connect() as host:
-        ws = await host.open_shell(args.name, command=command, rows=rows, cols=cols,
-                                   term=os.environ.get("TERM") or "xterm")
+        ws = await host.open_shell(
+            args.name, command=command, rows=rows, cols=cols, term=os.environ.get("TERM") or "xterm"
+        )
         async with ws:
             if not interactive:
                 return await relay(ws, in_fd, out_fd, interactive=False)

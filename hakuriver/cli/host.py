@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     return CliParser(
         prog=PROG,
         description="Run the HakuRiver Host: the node registry, the task queue and the HTTP API\n"
-                    "that runners and the CLIs talk to.",
+        "that runners and the CLIs talk to.",
         epilog=SERVICE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[service_options()],

@@ -22,8 +22,9 @@ import pwd
 import shlex
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .. import __version__
 from ..errors import HakuRiverError, ValidationError
@@ -49,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog=PROG,
         description="Set up HakuRiver on a machine: write a starter config, generate systemd units for\n"
-                    "the Host and Runner, and the Runner's sudoers drop-in. Writes files (or prints them)\n"
-                    "and prints the commands that install them; never runs sudo or systemctl itself.",
+        "the Host and Runner, and the Runner's sudoers drop-in. Writes files (or prints them)\n"
+        "and prints the commands that install them; never runs sudo or systemctl itself.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -65,16 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------- config
 def _add_config(sub: Any) -> None:
     p = sub.add_parser(
-        "config", help="write a commented starter config with a fresh auth token",
+        "config",
+        help="write a commented starter config with a fresh auth token",
         description="Write a commented config with every key, its default, and a fresh random auth token,\n"
-                    "readable by its owner only (mode 0600). Flags set common values so scripts need no editing.\n"
-                    "Paths given as flags are stored as absolute paths.",
+        "readable by its owner only (mode 0600). Flags set common values so scripts need no editing.\n"
+        "Paths given as flags are stored as absolute paths.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--output", "-o", metavar="PATH", help=f"where to write it (default: {DEFAULT_CONFIG_OUTPUT})")
     p.add_argument("--force", action="store_true", help="overwrite an existing file (its token is replaced)")
     g = p.add_argument_group("network")
-    g.add_argument("--host-address", metavar="ADDR", help="network.host_reachable_address: how Runners and CLIs reach the Host")
+    g.add_argument(
+        "--host-address", metavar="ADDR", help="network.host_reachable_address: how Runners and CLIs reach the Host"
+    )
     g.add_argument("--host-bind-ip", metavar="ADDR", help="network.host_bind_ip: the address the Host listens on")
     g.add_argument("--host-port", type=_port_arg, metavar="PORT", help="network.host_port")
     g.add_argument("--runner-address", metavar="ADDR", help="network.runner_address: how the Host reaches this Runner")
@@ -87,19 +91,23 @@ def _add_config(sub: Any) -> None:
     g.add_argument("--runner-log-file", metavar="FILE", help="paths.runner_log_file")
     g = p.add_argument_group("identity")
     g.add_argument("--runner-name", metavar="NAME", help="runner.name: the node name this Runner registers as")
-    g.add_argument("--runner-user", metavar="USER", help="environment.runner_user: the user --container NULL tasks run as")
+    g.add_argument(
+        "--runner-user", metavar="USER", help="environment.runner_user: the user --container NULL tasks run as"
+    )
     tok = g.add_mutually_exclusive_group()
-    tok.add_argument("--token", metavar="TOKEN",
-                     help="auth.token to use instead of a fresh one (visible in ps: prefer --token-file)")
-    tok.add_argument("--token-file", metavar="FILE",
-                     help="read auth.token from FILE ('-': stdin), e.g. the Host's token on a Runner")
+    tok.add_argument(
+        "--token", metavar="TOKEN", help="auth.token to use instead of a fresh one (visible in ps: prefer --token-file)"
+    )
+    tok.add_argument(
+        "--token-file", metavar="FILE", help="read auth.token from FILE ('-': stdin), e.g. the Host's token on a Runner"
+    )
     p.set_defaults(func=_cmd_config)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
     from ..deploy.configfile import new_token, render_config, write_private_file
-    from ..parsing import validate_node_name
     from ..deploy.units import check_account
+    from ..parsing import validate_node_name
 
     overrides: dict[str, dict[str, Any]] = {}
 
@@ -113,9 +121,13 @@ def _cmd_config(args: argparse.Namespace) -> int:
     put("network.host_port", args.host_port)
     put("network.runner_address", _address(args.runner_address, "--runner-address"))
     put("network.runner_port", args.runner_port)
-    for flag, key in (("shared_dir", "paths.shared_dir"), ("local_temp_dir", "paths.local_temp_dir"),
-                      ("db_file", "database.db_file"), ("host_log_file", "paths.host_log_file"),
-                      ("runner_log_file", "paths.runner_log_file")):
+    for flag, key in (
+        ("shared_dir", "paths.shared_dir"),
+        ("local_temp_dir", "paths.local_temp_dir"),
+        ("db_file", "database.db_file"),
+        ("host_log_file", "paths.host_log_file"),
+        ("runner_log_file", "paths.runner_log_file"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             if not value.strip():
@@ -128,8 +140,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
     if args.token is not None:
         token, origin = _check_token(args.token, "--token"), "the token given"
     elif args.token_file is not None:
-        token, origin = _check_token(_read_token_file(args.token_file), f"the token in {args.token_file}"), \
-            f"the token from {args.token_file}"
+        token, origin = (
+            _check_token(_read_token_file(args.token_file), f"the token in {args.token_file}"),
+            f"the token from {args.token_file}",
+        )
     else:
         token, origin = new_token(), "a fresh auth token"
     put("auth.token", token)
@@ -138,9 +152,13 @@ def _cmd_config(args: argparse.Namespace) -> int:
     if expanded.startswith("~"):
         raise _Failure(f"cannot tell where {expanded} is (no home directory); pass --output PATH")
     path = Path(os.path.abspath(expanded))
-    text = render_config(overrides, header=(
-        f"HakuRiver config, written by hakuriver.init config (hakuriver {__version__}).\n"
-        "Every key is listed with its default; an unknown key is an error. Mode 0600: it holds the token."))
+    text = render_config(
+        overrides,
+        header=(
+            f"HakuRiver config, written by hakuriver.init config (hakuriver {__version__}).\n"
+            "Every key is listed with its default; an unknown key is an error. Mode 0600: it holds the token."
+        ),
+    )
     try:
         write_private_file(path, text, overwrite=args.force)
     except FileExistsError:
@@ -195,46 +213,66 @@ def _read_token_file(name: str) -> str:
 # ------------------------------------------------------------------ service
 def _add_service(sub: Any) -> None:
     p = sub.add_parser(
-        "service", help="generate systemd units for the Host and/or the Runner",
+        "service",
+        help="generate systemd units for the Host and/or the Runner",
         description="Generate hakuriver-host.service and/or hakuriver-runner.service from a config.\n"
-                    "User, group and python default to the invoking user and this interpreter; the unit\n"
-                    "runs `<python> -m hakuriver.cli.<role> --config <absolute config path>` in the\n"
-                    "config's paths.shared_dir. Without --config the usual lookup applies\n"
-                    "($HAKURIVER_CONFIG, then ~/.hakuriver/config.toml).\n\n"
-                    "Several Runners on one machine: give each its own config (runner.name,\n"
-                    "network.runner_port) and --instance NAME, which writes hakuriver-runner-NAME.service.",
+        "User, group and python default to the invoking user and this interpreter; the unit\n"
+        "runs `<python> -m hakuriver.cli.<role> --config <absolute config path>` in the\n"
+        "config's paths.shared_dir. Without --config the usual lookup applies\n"
+        "($HAKURIVER_CONFIG, then ~/.hakuriver/config.toml).\n\n"
+        "Several Runners on one machine: give each its own config (runner.name,\n"
+        "network.runner_port) and --instance NAME, which writes hakuriver-runner-NAME.service.",
         epilog="Writes files only; then, as root: cp the unit(s) to /etc/systemd/system,\n"
-               "systemctl daemon-reload, systemctl enable --now UNIT; logs: journalctl -u UNIT.",
+        "systemctl daemon-reload, systemctl enable --now UNIT; logs: journalctl -u UNIT.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     role = p.add_mutually_exclusive_group(required=True)
-    role.add_argument("--host", action="store_const", const=("host",), dest="roles",
-                      help="the Host unit (hakuriver-host.service)")
-    role.add_argument("--runner", action="store_const", const=("runner",), dest="roles",
-                      help="the Runner unit (hakuriver-runner.service)")
-    role.add_argument("--all", action="store_const", const=("host", "runner"), dest="roles",
-                      help="both units")
+    role.add_argument(
+        "--host", action="store_const", const=("host",), dest="roles", help="the Host unit (hakuriver-host.service)"
+    )
+    role.add_argument(
+        "--runner",
+        action="store_const",
+        const=("runner",),
+        dest="roles",
+        help="the Runner unit (hakuriver-runner.service)",
+    )
+    role.add_argument("--all", action="store_const", const=("host", "runner"), dest="roles", help="both units")
     p.add_argument("--config", metavar="PATH", help="config for both units")
     p.add_argument("--host-config", metavar="PATH", help="config for the Host unit (overrides --config)")
     p.add_argument("--runner-config", metavar="PATH", help="config for the Runner unit (overrides --config)")
     p.add_argument("--output-dir", metavar="DIR", default=".", help="where to write the unit files (default: .)")
-    p.add_argument("--print", action="store_true", dest="print_unit",
-                   help="print the unit to stdout instead of writing a file (one role only)")
+    p.add_argument(
+        "--print",
+        action="store_true",
+        dest="print_unit",
+        help="print the unit to stdout instead of writing a file (one role only)",
+    )
     g = p.add_argument_group("overrides")
     g.add_argument("--user", metavar="USER", help="User= (default: the invoking user)")
     g.add_argument("--group", metavar="GROUP", help="Group= (default: the invoking user's primary group)")
-    g.add_argument("--python", metavar="PATH",
-                   help="interpreter with hakuriver installed (default: the one running this command)")
-    g.add_argument("--system-path", metavar="PATH",
-                   help="the PATH after the interpreter's bin directory (default: systemd's own, "
-                        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; a service should not "
-                        "depend on the PATH of whoever generated it)")
-    g.add_argument("--instance", metavar="NAME",
-                   help="Runner instance: writes hakuriver-runner-NAME.service (several Runners on one machine)")
-    g.add_argument("--harden", action="store_true",
-                   help="add systemd sandboxing to the Host unit (ProtectSystem=strict with write access "
-                        "only to the database directory, shared dir and log directory; ProtectHome, "
-                        "PrivateTmp, NoNewPrivileges, ...); the Runner unit is never hardened (it uses sudo)")
+    g.add_argument(
+        "--python", metavar="PATH", help="interpreter with hakuriver installed (default: the one running this command)"
+    )
+    g.add_argument(
+        "--system-path",
+        metavar="PATH",
+        help="the PATH after the interpreter's bin directory (default: systemd's own, "
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; a service should not "
+        "depend on the PATH of whoever generated it)",
+    )
+    g.add_argument(
+        "--instance",
+        metavar="NAME",
+        help="Runner instance: writes hakuriver-runner-NAME.service (several Runners on one machine)",
+    )
+    g.add_argument(
+        "--harden",
+        action="store_true",
+        help="add systemd sandboxing to the Host unit (ProtectSystem=strict with write access "
+        "only to the database directory, shared dir and log directory; ProtectHome, "
+        "PrivateTmp, NoNewPrivileges, ...); the Runner unit is never hardened (it uses sudo)",
+    )
     p.set_defaults(func=_cmd_service)
 
 
@@ -267,16 +305,26 @@ def _cmd_service(args: argparse.Namespace) -> int:
         config_arg = (args.host_config if role == "host" else args.runner_config) or args.config
         config = _service_config(config_arg)
         params = units.unit_params_from_config(
-            config, role, user=user, group=group, python=python, path_env=path_env,
+            config,
+            role,
+            user=user,
+            group=group,
+            python=python,
+            path_env=path_env,
             instance=instance if role == "runner" else None,
-            harden=args.harden and role == "host", version=__version__,
+            harden=args.harden and role == "host",
+            version=__version__,
         )
         if params.instance and not config.runner.name:
-            notes.append(f"runner.name is empty in {config.source}: every Runner instance on this machine "
-                         "would register under the hostname; give each its own runner.name")
+            notes.append(
+                f"runner.name is empty in {config.source}: every Runner instance on this machine "
+                "would register under the hostname; give each its own runner.name"
+            )
         if not os.path.isdir(params.working_directory):
-            notes.append(f"paths.shared_dir {params.working_directory} (from {config.source}) does not exist "
-                         "here; the service will not start until it does")
+            notes.append(
+                f"paths.shared_dir {params.working_directory} (from {config.source}) does not exist "
+                "here; the service will not start until it does"
+            )
         rendered.append((units.unit_name(role, params.instance), units.render_unit(params)))
     if not os.path.exists(python):
         notes.append(f"{python} does not exist here; the unit will not start where it does not")
@@ -326,8 +374,10 @@ def _service_config(path: str | None) -> Any:
         return dataclasses.replace(config, source=str(absolute))
     config = load_config(None)
     if config.source is None:
-        raise _Failure("no config file found ($HAKURIVER_CONFIG, ~/.hakuriver/config.toml): "
-                       "run 'hakuriver.init config' first or pass --config PATH")
+        raise _Failure(
+            "no config file found ($HAKURIVER_CONFIG, ~/.hakuriver/config.toml): "
+            "run 'hakuriver.init config' first or pass --config PATH"
+        )
     return config
 
 
@@ -365,10 +415,11 @@ def _current_group() -> str:
 # ------------------------------------------------------------------ sudoers
 def _add_sudoers(sub: Any) -> None:
     p = sub.add_parser(
-        "sudoers", help="print or write the Runner's sudoers drop-in",
+        "sudoers",
+        help="print or write the Runner's sudoers drop-in",
         description="The sudoers rule that lets the Runner's user start --container NULL tasks through\n"
-                    "HakuRiver's root-owned launcher, and nothing else. Check it with `visudo -cf FILE`,\n"
-                    f"install it as {SUDOERS_DROPIN} with mode 0440 (owner root).",
+        "HakuRiver's root-owned launcher, and nothing else. Check it with `visudo -cf FILE`,\n"
+        f"install it as {SUDOERS_DROPIN} with mode 0440 (owner root).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--runner", action="store_true", required=True, help="the Runner's rule (the only one there is)")
@@ -420,21 +471,24 @@ def _cmd_sudoers(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------- launcher
 def _add_launcher(sub: Any) -> None:
     p = sub.add_parser(
-        "launcher", help="write the files that enable --container NULL tasks on a Runner",
+        "launcher",
+        help="write the files that enable --container NULL tasks on a Runner",
         description="Write the three files a Runner node needs for --container NULL tasks into --output-dir:\n"
-                    "the root-owned task launcher, its allow-list (task user, shared and temp dirs, numactl)\n"
-                    "taken from the Runner's config, and the sudoers drop-in that lets the Runner's user run\n"
-                    "the launcher and nothing else. Prints the commands that install them as root; never\n"
-                    "writes outside --output-dir. Restart the Runner afterwards: it looks for the launcher\n"
-                    "when it starts.",
+        "the root-owned task launcher, its allow-list (task user, shared and temp dirs, numactl)\n"
+        "taken from the Runner's config, and the sudoers drop-in that lets the Runner's user run\n"
+        "the launcher and nothing else. Prints the commands that install them as root; never\n"
+        "writes outside --output-dir. Restart the Runner afterwards: it looks for the launcher\n"
+        "when it starts.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="PATH", help="the Runner's config (default: the usual lookup)")
-    p.add_argument("--user", metavar="USER",
-                   help="the user the Runner service runs as (default: the invoking user)")
+    p.add_argument("--user", metavar="USER", help="the user the Runner service runs as (default: the invoking user)")
     p.add_argument("--output-dir", metavar="DIR", default=".", help="where to write the files (default: .)")
-    p.add_argument("--pin-digest", action="store_true",
-                   help="pin the launcher's sha256 in the sudoers rule (reinstall both together on upgrade)")
+    p.add_argument(
+        "--pin-digest",
+        action="store_true",
+        help="pin the launcher's sha256 in the sudoers rule (reinstall both together on upgrade)",
+    )
     p.set_defaults(func=_cmd_launcher)
 
 
@@ -444,8 +498,7 @@ def _cmd_launcher(args: argparse.Namespace) -> int:
 
     user = _usage("--user", check_account, "user", args.user) if args.user else _current_user()
     config = _service_config(args.config)
-    missing = [k for k in ("paths.shared_dir", "paths.local_temp_dir")
-               if not getattr(config.paths, k.split(".")[1])]
+    missing = [k for k in ("paths.shared_dir", "paths.local_temp_dir") if not getattr(config.paths, k.split(".")[1])]
     if missing:
         raise _Failure(f"{', '.join(missing)} must be set in {config.source}")
     # Tasks run as environment.runner_user, else as the Runner's own user (never silently root).

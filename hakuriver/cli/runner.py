@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     return CliParser(
         prog=PROG,
         description="Run the HakuRiver Runner: registers this node with the Host, heartbeats,\n"
-                    "and runs the tasks the Host sends (Docker containers, or systemd units for --container NULL).",
+        "and runs the tasks the Host sends (Docker containers, or systemd units for --container NULL).",
         epilog=SERVICE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[service_options()],

@@ -81,41 +81,75 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _subparser(sub: Any, name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".",
-                          parents=[common_options(subcommand=True)], **kwargs)
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text[:1].upper() + help_text[1:] + ".",
+        parents=[common_options(subcommand=True)],
+        **kwargs,
+    )
 
 
 # ------------------------------------------------------------------ submit
 def _add_submit(sub: Any) -> None:
     p = _subparser(
-        sub, "submit", "submit a command as one task per --target (or one automatically placed task)",
+        sub,
+        "submit",
+        "submit a command as one task per --target (or one automatically placed task)",
         usage=f"{PROG} submit [options] -- COMMAND [ARG ...]",
         epilog="The command and its arguments are passed as a list, never through a shell.\n\n" + EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--target", action="append", default=[], metavar="TARGET",
-                   help="where to run: HOST, HOST:NUMA, HOST::GPU,GPU or HOST:NUMA::GPU,... "
-                        "(repeatable: one task per target; none: automatic placement)")
+    p.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="where to run: HOST, HOST:NUMA, HOST::GPU,GPU or HOST:NUMA::GPU,... "
+        "(repeatable: one task per target; none: automatic placement)",
+    )
     p.add_argument("--cores", type=positive_int_arg, metavar="N", help="CPU cores (default 1)")
     p.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 512M, 4G")
-    p.add_argument("--gpus", type=non_negative_int_arg, metavar="N",
-                   help="number of GPUs for automatic placement (with --target, name GPU ids in the target instead)")
-    p.add_argument("--container", metavar="NAME",
-                   help=f"environment to run in (default: the cluster's default); "
-                        f"{SYSTEMD_CONTAINER} runs the task in a systemd scope on the node instead of Docker")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="environment variable for the task (repeatable)")
-    p.add_argument("--mount", action="append", default=[], metavar="HOST_PATH:CONTAINER_PATH",
-                   help="extra bind mount, optionally with :ro (repeatable; Docker tasks only, subject to the "
-                        "cluster's docker.allowed_mount_prefixes)")
-    p.add_argument("--privileged", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the container privileged, or explicitly not (default: the cluster's "
-                        "docker.tasks_privileged; privileged only where the cluster allows it)")
+    p.add_argument(
+        "--gpus",
+        type=non_negative_int_arg,
+        metavar="N",
+        help="number of GPUs for automatic placement (with --target, name GPU ids in the target instead)",
+    )
+    p.add_argument(
+        "--container",
+        metavar="NAME",
+        help=f"environment to run in (default: the cluster's default); "
+        f"{SYSTEMD_CONTAINER} runs the task in a systemd scope on the node instead of Docker",
+    )
+    p.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable for the task (repeatable)"
+    )
+    p.add_argument(
+        "--mount",
+        action="append",
+        default=[],
+        metavar="HOST_PATH:CONTAINER_PATH",
+        help="extra bind mount, optionally with :ro (repeatable; Docker tasks only, subject to the "
+        "cluster's docker.allowed_mount_prefixes)",
+    )
+    p.add_argument(
+        "--privileged",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the container privileged, or explicitly not (default: the cluster's "
+        "docker.tasks_privileged; privileged only where the cluster allows it)",
+    )
     p.add_argument("--wait", action="store_true", help="wait until every task has ended and print a summary")
-    p.add_argument("--wait-timeout", type=seconds_arg, metavar="SECONDS",
-                   help="give up waiting after this long (implies --wait; default: wait forever)")
-    p.add_argument("command_argv", nargs=argparse.REMAINDER, metavar="COMMAND",
-                   help="the program and its arguments, after '--'")
+    p.add_argument(
+        "--wait-timeout",
+        type=seconds_arg,
+        metavar="SECONDS",
+        help="give up waiting after this long (implies --wait; default: wait forever)",
+    )
+    p.add_argument(
+        "command_argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="the program and its arguments, after '--'"
+    )
     p.set_defaults(func=_cmd_submit)
 
 
@@ -147,8 +181,9 @@ def submit_request(args: argparse.Namespace) -> dict[str, Any]:
     if mounts and systemd:
         raise ValidationError("--mount applies to Docker tasks only; --container NULL tasks see the node's filesystem")
     if args.gpus and targets:
-        raise ValidationError("give GPUs either as a count (--gpus) for automatic placement "
-                              "or as ids in --target (node::0,1), not both")
+        raise ValidationError(
+            "give GPUs either as a count (--gpus) for automatic placement or as ids in --target (node::0,1), not both"
+        )
     return {
         "command": command,
         "cores": cores,
@@ -239,11 +274,17 @@ def describe_task(task: dict[str, Any]) -> str:
 
 def _add_list(sub: Any) -> None:
     p = _subparser(sub, "list", "list tasks, newest first")
-    p.add_argument("--state", metavar="STATE[,STATE]",
-                   help="only these states: " + ", ".join(s.value for s in TaskState))
+    p.add_argument(
+        "--state", metavar="STATE[,STATE]", help="only these states: " + ", ".join(s.value for s in TaskState)
+    )
     p.add_argument("--node", metavar="NODE", help="only tasks placed on this node")
-    p.add_argument("--limit", type=positive_int_arg, default=100, metavar="N",
-                   help=f"at most N tasks (default 100, at most {MAX_LIST_LIMIT})")
+    p.add_argument(
+        "--limit",
+        type=positive_int_arg,
+        default=100,
+        metavar="N",
+        help=f"at most N tasks (default 100, at most {MAX_LIST_LIMIT})",
+    )
     p.add_argument("--before", type=task_id_arg, metavar="ID", help="only tasks older than ID (the next page)")
     p.set_defaults(func=_cmd_list)
 
@@ -315,13 +356,26 @@ def _add_logs(sub: Any) -> None:
     p.add_argument("--stderr", action="store_true", help="show the standard error stream instead of stdout")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new output until the task has ended")
     p.add_argument("-n", "--tail", type=non_negative_int_arg, metavar="N", help="start with the last N lines")
-    p.add_argument("--interval", type=seconds_arg, default=FOLLOW_INTERVAL, metavar="SECONDS",
-                   help=f"with --follow, seconds between polls when nothing is new (default {FOLLOW_INTERVAL})")
+    p.add_argument(
+        "--interval",
+        type=seconds_arg,
+        default=FOLLOW_INTERVAL,
+        metavar="SECONDS",
+        help=f"with --follow, seconds between polls when nothing is new (default {FOLLOW_INTERVAL})",
+    )
     p.set_defaults(func=_cmd_logs)
 
 
-async def stream_logs(host: HostClient, task_id: str, *, stream: str = "stdout", tail: int | None = None,
-                      follow: bool = False, interval: float = FOLLOW_INTERVAL, out: Any = None) -> str:
+async def stream_logs(
+    host: HostClient,
+    task_id: str,
+    *,
+    stream: str = "stdout",
+    tail: int | None = None,
+    follow: bool = False,
+    interval: float = FOLLOW_INTERVAL,
+    out: Any = None,
+) -> str:
     """Copy a task's log to `out` (a binary file); returns the task's last seen state.
 
     Without `follow`: read what exists now. With `follow`: keep polling from
@@ -338,8 +392,9 @@ async def stream_logs(host: HostClient, task_id: str, *, stream: str = "stdout",
             out.write(data)
             out.flush()
             if next_offset <= offset:
-                raise HakuRiverError(f"the Host's log offset for task {task_id} did not advance past {offset}",
-                                     code="bad_response")
+                raise HakuRiverError(
+                    f"the Host's log offset for task {task_id} did not advance past {offset}", code="bad_response"
+                )
             offset = next_offset
             continue  # there may be more right away: read on without sleeping
         if not follow or is_final(state):
@@ -350,15 +405,26 @@ async def stream_logs(host: HostClient, task_id: str, *, stream: str = "stdout",
 async def _cmd_logs(args: argparse.Namespace, connect: Connect) -> int:
     sys.stdout.flush()
     async with connect() as host:
-        await stream_logs(host, args.task_id, stream="stderr" if args.stderr else "stdout", tail=args.tail,
-                          follow=args.follow, interval=args.interval)
+        await stream_logs(
+            host,
+            args.task_id,
+            stream="stderr" if args.stderr else "stdout",
+            tail=args.tail,
+            follow=args.follow,
+            interval=args.interval,
+        )
     return EXIT_OK
 
 
 # -------------------------------------------------------------------- wait
 def _add_wait(sub: Any) -> None:
-    p = _subparser(sub, "wait", "wait until tasks have ended; exit 0 only if all completed",
-                   epilog=EXIT_CODES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _subparser(
+        sub,
+        "wait",
+        "wait until tasks have ended; exit 0 only if all completed",
+        epilog=EXIT_CODES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("task_ids", type=task_id_arg, nargs="+", metavar="ID")
     p.add_argument("--timeout", type=seconds_arg, metavar="SECONDS", help="give up after this long (default: never)")
     p.set_defaults(func=_cmd_wait)

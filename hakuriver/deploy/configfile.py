@@ -18,8 +18,9 @@ import dataclasses
 import os
 import secrets
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import toml
 
@@ -47,14 +48,16 @@ KEY_COMMENTS: dict[str, str] = {
     "network.runner_address": "How the Host reaches this Runner; the Runner also listens on it.",
     "network.runner_port": "Runner API port (one per Runner on a machine).",
     "paths.shared_dir": "REQUIRED. Shared by all nodes at this same path: task logs, environment tarballs. "
-                        "Mounted at /shared in tasks; the services' working directory.",
+    "Mounted at /shared in tasks; the services' working directory.",
     "paths.local_temp_dir": "REQUIRED for Runners. Node-local scratch, mounted at /local_temp in tasks.",
     "paths.numactl_path": "numactl binary; empty means `numactl` found on PATH.",
     "paths.host_log_file": "Optional log file for the Host besides stderr/journald; empty: none.",
     "paths.runner_log_file": "Optional log file for the Runner besides stderr/journald; empty: none.",
     "database.db_file": "REQUIRED for the Host. SQLite file; its directory must exist.",
     "timing.heartbeat_interval": "Seconds between Runner heartbeats.",
-    "timing.heartbeat_timeout_factor": "A node is offline after interval x factor seconds without a heartbeat (at least 2).",
+    "timing.heartbeat_timeout_factor": (
+        "A node is offline after interval x factor seconds without a heartbeat (at least 2)."
+    ),
     "timing.cleanup_check_interval": "Seconds between the Host's dead-runner sweeps.",
     "environment.runner_user": "User that --container NULL tasks run as; empty means the Runner's own user.",
     "docker.container_dir": "Folder under shared_dir holding environment tarballs.",
@@ -63,11 +66,11 @@ KEY_COMMENTS: dict[str, str] = {
     "docker.tasks_privileged": "Default for --privileged, and whether users may ask for it at all.",
     "docker.additional_mounts": 'Mounts added to every Docker task: ["host:container[:ro]", ...].',
     "docker.allowed_mount_prefixes": "Host paths under which users may --mount; empty: no user mounts. "
-                                     "/ can never be allowed.",
+    "/ can never be allowed.",
     "docker.keep_tarballs": "Tarball versions of each environment to keep.",
     "auth.token": "REQUIRED. Bearer token for every API call. Keep this file private (mode 0600).",
     "runner.name": "Node name this Runner registers as; empty means the hostname. "
-                   "Give each Runner on one machine its own.",
+    "Give each Runner on one machine its own.",
 }
 
 
@@ -108,7 +111,7 @@ def _toml_value(value: Any) -> str:
     # toml's own encoder for one value: strings escaped, lists, bools, numbers.
     text = toml.dumps({"v": value}).strip()
     assert text.startswith("v = ")
-    return text[len("v = "):]
+    return text[len("v = ") :]
 
 
 def config_keys() -> dict[str, tuple[str, ...]]:

@@ -81,13 +81,34 @@ TIMEOUT_STOP = "15s"
 TOOL_TIMEOUT = 120.0
 
 REQUEST_FIELDS = frozenset(
-    {"task_id", "user", "command", "env", "shared_dir", "local_temp_dir", "stdout", "stderr",
-     "cores", "memory", "numa", "numactl", "runner"}
+    {
+        "task_id",
+        "user",
+        "command",
+        "env",
+        "shared_dir",
+        "local_temp_dir",
+        "stdout",
+        "stderr",
+        "cores",
+        "memory",
+        "numa",
+        "numactl",
+        "runner",
+    }
 )
 REQUIRED_FIELDS = frozenset({"task_id", "user", "command", "shared_dir", "local_temp_dir"})
 CONFIG_FIELDS = frozenset(
-    {"version", "task_users", "shared_dirs", "local_temp_dirs", "numactl_paths", "state_dir",
-     "systemd_run", "systemctl"}
+    {
+        "version",
+        "task_users",
+        "shared_dirs",
+        "local_temp_dirs",
+        "numactl_paths",
+        "state_dir",
+        "systemd_run",
+        "systemctl",
+    }
 )
 
 _TASK_ID = re.compile(r"^[1-9][0-9]{0,18}$")
@@ -210,7 +231,9 @@ def load_config(path=DEFAULT_CONFIG_PATH, *, trusted=True):
         with open(path, "rb") as fh:
             raw = fh.read(MAX_REQUEST_BYTES + 1)
     except FileNotFoundError:
-        raise Failed(f"launcher config {path} is missing: write it with `hakuriver.init launcher` and install it as root") from None
+        raise Failed(
+            f"launcher config {path} is missing: write it with `hakuriver.init launcher` and install it as root"
+        ) from None
     except OSError as exc:
         raise Failed(f"cannot read launcher config {path}: {exc.strerror}") from None
     try:
@@ -226,7 +249,7 @@ def load_config(path=DEFAULT_CONFIG_PATH, *, trusted=True):
 def parse_task_id(value):
     """Digits only, no leading zero, below 2**63. Accepts an int or a string."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(text, str) or not _TASK_ID.match(text) or int(text) >= 2 ** 63:
+    if not isinstance(text, str) or not _TASK_ID.match(text) or int(text) >= 2**63:
         raise Refused(f"task id {value!r} must be a positive decimal number (digits only)")
     return int(text)
 
@@ -262,7 +285,7 @@ def _int_field(req, key, low, high):
     return value
 
 
-def validate_request(req, cfg, *, getpwnam=pwd.getpwnam, node_exists=None):
+def validate_request(req, cfg, *, getpwnam=pwd.getpwnam, node_exists=None):  # noqa: C901 - one check per field, in one place
     """Check a start request against the allow-list and build its TaskPlan. Pure
     apart from the two look-ups, which tests replace."""
     if not isinstance(req, dict):
@@ -325,7 +348,7 @@ def validate_request(req, cfg, *, getpwnam=pwd.getpwnam, node_exists=None):
             raise Refused(f"{key} must be {expected} (the logs live in the shared dir), not {req[key]!r}")
 
     cores = _int_field(req, "cores", 1, MAX_CORES)
-    memory = _int_field(req, "memory", 1, 2 ** 62)
+    memory = _int_field(req, "memory", 1, 2**62)
     numa = _int_field(req, "numa", 0, 4095)
     argv = list(command)
     numactl = None
@@ -335,8 +358,10 @@ def validate_request(req, cfg, *, getpwnam=pwd.getpwnam, node_exists=None):
             raise Refused(f"a NUMA target needs numactl, and no numactl path was given (NUMA node {numa})")
         numactl = clean_path(raw, "numactl")
         if numactl not in cfg.numactl_paths:
-            raise Refused(f"numactl path {numactl} is not one the launcher config allows "
-                          f"({', '.join(cfg.numactl_paths) or 'none'})")
+            raise Refused(
+                f"numactl path {numactl} is not one the launcher config allows "
+                f"({', '.join(cfg.numactl_paths) or 'none'})"
+            )
         if node_exists is not None and not node_exists(numa):
             raise Refused(f"this node has no NUMA node {numa}")
         argv = [numactl, f"--cpunodebind={numa}", f"--membind={numa}", "--", *argv]
@@ -353,22 +378,43 @@ def validate_request(req, cfg, *, getpwnam=pwd.getpwnam, node_exists=None):
     env["HAKURIVER_SHARED_DIR"] = shared
     env["HAKURIVER_LOCAL_TEMP_DIR"] = temp
     return TaskPlan(
-        task_id=task_id, unit=unit_name(task_id), user=user, uid=pw.pw_uid, gid=pw.pw_gid,
-        argv=argv, env=env, cwd=shared, stdout=stdout, stderr=stderr, cores=cores, memory=memory,
-        numa=numa, numactl=numactl, runner=runner,
+        task_id=task_id,
+        unit=unit_name(task_id),
+        user=user,
+        uid=pw.pw_uid,
+        gid=pw.pw_gid,
+        argv=argv,
+        env=env,
+        cwd=shared,
+        stdout=stdout,
+        stderr=stderr,
+        cores=cores,
+        memory=memory,
+        numa=numa,
+        numactl=numactl,
+        runner=runner,
     )
 
 
 def exec_spec(plan):
     """What the in-unit `exec` step needs, as a JSON-able dict."""
-    return {"v": VERSION, "task_id": plan.task_id, "user": plan.user, "uid": plan.uid, "argv": plan.argv,
-            "env": plan.env, "cwd": plan.cwd, "stdout": plan.stdout, "stderr": plan.stderr}
+    return {
+        "v": VERSION,
+        "task_id": plan.task_id,
+        "user": plan.user,
+        "uid": plan.uid,
+        "argv": plan.argv,
+        "env": plan.env,
+        "cwd": plan.cwd,
+        "stdout": plan.stdout,
+        "stderr": plan.stderr,
+    }
 
 
 def encode_spec(spec):
     """base64url chunks: no `$` or `%` (systemd expands those in ExecStart), no quotes, no spaces."""
     text = base64.urlsafe_b64encode(json.dumps(spec, separators=(",", ":")).encode("utf-8", "surrogatepass")).decode()
-    return [text[i:i + SPEC_CHUNK] for i in range(0, len(text), SPEC_CHUNK)] or [""]
+    return [text[i : i + SPEC_CHUNK] for i in range(0, len(text), SPEC_CHUNK)] or [""]
 
 
 def decode_spec(chunks):
@@ -428,7 +474,8 @@ def show_argv(cfg, units, properties=UNIT_PROPERTIES):
 
 def parse_show(text):
     """`systemctl show` output for one or more units -> list of dicts (blank line between units)."""
-    blocks, current = [], {}
+    blocks: list = []
+    current: dict = {}
     for line in text.splitlines():
         if not line.strip():
             if current:
@@ -482,8 +529,14 @@ def _read_text(path):
 
 def _run(argv, *, timeout=TOOL_TIMEOUT):
     try:
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=dict(TOOL_ENV), timeout=timeout, check=False)
+        return subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=dict(TOOL_ENV),
+            timeout=timeout,
+            check=False,
+        )
     except FileNotFoundError:
         raise Failed(f"{argv[0]} is missing: is systemd installed?") from None
     except subprocess.TimeoutExpired:
@@ -491,7 +544,9 @@ def _run(argv, *, timeout=TOOL_TIMEOUT):
 
 
 def _tool_error(proc):
-    text = (proc.stderr or b"").decode(errors="replace").strip() or (proc.stdout or b"").decode(errors="replace").strip()
+    text = (proc.stderr or b"").decode(errors="replace").strip() or (proc.stdout or b"").decode(
+        errors="replace"
+    ).strip()
     return " ".join(text.split())[:600] or f"exit status {proc.returncode}"
 
 
@@ -504,7 +559,12 @@ def show_unit(cfg, unit):
 
 
 def unit_is_live(props):
-    return props.get("LoadState") == "loaded" and props.get("ActiveState") in ("active", "activating", "deactivating", "reloading")
+    return props.get("LoadState") == "loaded" and props.get("ActiveState") in (
+        "active",
+        "activating",
+        "deactivating",
+        "reloading",
+    )
 
 
 def require_root():
@@ -541,16 +601,20 @@ def _preflight_child(plan, numactl):
         finally:
             os.close(fd)
     if numactl is not None and not os.access(numactl, os.X_OK):
-        return (f"numactl is not installed at {numactl} (NUMA node {plan.numa} was requested): "
-                f"install the numactl package or set paths.numactl_path")
+        return (
+            f"numactl is not installed at {numactl} (NUMA node {plan.numa} was requested): "
+            f"install the numactl package or set paths.numactl_path"
+        )
     program = plan.argv[4] if numactl is not None else plan.argv[0]
     if "/" in program:
         if not (os.path.isfile(program) and os.access(program, os.X_OK)):
             return f"the task's program {program} does not exist or is not executable for user {plan.user}"
     else:
         search = plan.env.get("PATH", TASK_PATH).split(os.pathsep)
-        if not any(d and os.path.isfile(os.path.join(d, program)) and os.access(os.path.join(d, program), os.X_OK)
-                   for d in search):
+        if not any(
+            d and os.path.isfile(os.path.join(d, program)) and os.access(os.path.join(d, program), os.X_OK)
+            for d in search
+        ):
             return f"the task's program {program!r} is not found on PATH ({plan.env.get('PATH', TASK_PATH)})"
     return ""
 
@@ -619,8 +683,10 @@ def _start_locked(cfg, launcher_path, plan):
             f"and `systemctl reset-failed {plan.unit}`"
         )
     if os.path.lexists(state_path(cfg, plan.task_id)):
-        raise Failed(f"task {plan.task_id} already ran on this node (its exit status is recorded in "
-                     f"{state_path(cfg, plan.task_id)}); a task id runs once")
+        raise Failed(
+            f"task {plan.task_id} already ran on this node (its exit status is recorded in "
+            f"{state_path(cfg, plan.task_id)}); a task id runs once"
+        )
     preflight_as_user(plan)
     argv = systemd_run_argv(plan, cfg, launcher_path)
     proc = _run(argv)
@@ -656,13 +722,18 @@ def cmd_signal(cfg, task_id, signame, *, verb):
     require_root()
     unit = unit_name(task_id)
     props = show_unit(cfg, unit)
-    running = props.get("LoadState") == "loaded" and props.get("ActiveState") in ("active", "activating") \
+    running = (
+        props.get("LoadState") == "loaded"
+        and props.get("ActiveState") in ("active", "activating")
         and props.get("SubState") in ("running", "start")
+    )
     if not running:
         if verb == "kill":
             return {"unit": unit, "signalled": False, "state": props.get("ActiveState", "unknown")}
-        raise Failed(f"task {task_id} is not running (unit {unit} is "
-                     f"{props.get('LoadState') if props.get('LoadState') != 'loaded' else props.get('ActiveState')})")
+        raise Failed(
+            f"task {task_id} is not running (unit {unit} is "
+            f"{props.get('LoadState') if props.get('LoadState') != 'loaded' else props.get('ActiveState')})"
+        )
     proc = _run(kill_argv(cfg, unit, signame))
     if proc.returncode != 0:
         raise Failed(f"systemctl kill --signal={signame} {unit} failed: {_tool_error(proc)}")
@@ -744,7 +815,7 @@ def cmd_exec(cfg, chunks):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
     try:
-        os.execvpe(argv[0], argv, env)
+        os.execvpe(argv[0], argv, env)  # noqa: S606 - the task's own argv, after the drop to its user
     except OSError as exc:
         os.write(2, f"hakuriver: cannot run {argv[0]!r}: {exc.strerror}\n".encode("utf-8", "replace"))
         os._exit(127 if exc.errno == errno.ENOENT else 126)
@@ -799,8 +870,7 @@ def main(argv=None, *, stdin=None, stdout=None, config_path=DEFAULT_CONFIG_PATH)
         if not args:
             raise Refused(USAGE)
         sub, rest = args[0], args[1:]
-        arity = {"start": 0, "kill": 2, "pause": 1, "resume": 1, "cleanup": 1, "status": 1, "info": 0,
-                 "poststop": 1}
+        arity = {"start": 0, "kill": 2, "pause": 1, "resume": 1, "cleanup": 1, "status": 1, "info": 0, "poststop": 1}
         if sub == "exec":
             if not rest:
                 raise Refused("exec needs its spec")
@@ -808,7 +878,9 @@ def main(argv=None, *, stdin=None, stdout=None, config_path=DEFAULT_CONFIG_PATH)
             raise Refused(f"unknown subcommand {sub!r}\n{USAGE}")
         elif len(rest) != arity[sub]:
             raise Refused(f"{sub} takes {arity[sub]} argument(s), got {len(rest)}\n{USAGE}")
-        task_id = parse_task_id(rest[0]) if sub in ("kill", "pause", "resume", "cleanup", "status", "poststop") else None
+        task_id = (
+            parse_task_id(rest[0]) if sub in ("kill", "pause", "resume", "cleanup", "status", "poststop") else None
+        )
         if sub == "kill" and rest[1] not in SIGNALS:
             raise Refused(f"signal {rest[1]!r} is not one of {', '.join(SIGNALS)}")
         privileged = os.geteuid() == 0

@@ -21,10 +21,11 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any
 
 from . import launcher as _launcher
 from .sudoers import (
@@ -85,11 +86,12 @@ def render_launcher_config(
     return json.dumps(parsed.to_json(), indent=2) + "\n"
 
 
-def launcher_config_for(config: object, task_user: str, *, numactl_path: str | None = None,
-                        state_dir: str = DEFAULT_STATE_DIR) -> str:
+def launcher_config_for(
+    config: Any, task_user: str, *, numactl_path: str | None = None, state_dir: str = DEFAULT_STATE_DIR
+) -> str:
     """The allow-list for one runner's `hakuriver.config.Config` and its task user
     (`environment.runner_user`, else the runner's own user: the caller decides)."""
-    paths = getattr(config, "paths")
+    paths = config.paths
     numactl = numactl_path or getattr(paths, "numactl_path", "") or shutil.which("numactl") or DEFAULT_NUMACTL
     return render_launcher_config(
         task_users=[task_user],
@@ -123,8 +125,11 @@ def install_plan(
     files = [InstallFile(launcher_path, source, 0o755), InstallFile(config_path, launcher_config, 0o644)]
     if runner_user != "root":
         digest = hashlib.sha256(source.encode("utf-8")).hexdigest() if pin_digest else None
-        files.append(InstallFile(sudoers_path, render_sudoers(runner_user, launcher_path=launcher_path,
-                                                              launcher_sha256=digest), 0o440))
+        files.append(
+            InstallFile(
+                sudoers_path, render_sudoers(runner_user, launcher_path=launcher_path, launcher_sha256=digest), 0o440
+            )
+        )
     return files
 
 

@@ -21,8 +21,8 @@ import contextlib
 import importlib
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 SCRIPTS: dict[str, tuple[str, str]] = {
     "hakuriver.host": ("hakuriver.cli.host", "run the HakuRiver Host (node registry, task queue, API)"),
@@ -90,13 +90,16 @@ def render_page(prog: str) -> str:
 
     with _fixed_width(PAGE_WIDTH):
         parser = build_parser_for(prog)
-        page = Manpage(parser, _data={
-            "date": PAGE_DATE,
-            "description": SCRIPTS[prog][1],
-            "project_name": "hakuriver",
-            "version": __version__,
-            "manual_title": MANUAL_TITLE,
-        })
+        page = Manpage(
+            parser,
+            _data={
+                "date": PAGE_DATE,
+                "description": SCRIPTS[prog][1],
+                "project_name": "hakuriver",
+                "version": __version__,
+                "manual_title": MANUAL_TITLE,
+            },
+        )
         body = str(page)
     return stamp_line(renderer_id()) + "\n" + body
 
@@ -130,17 +133,22 @@ def stale_pages(man_dir: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hakuriver.deploy.manpages",
-                                     description="Render the console scripts' man pages from their parsers.")
-    parser.add_argument("--output-dir", type=Path, default=MAN_DIR, metavar="DIR",
-                        help=f"where the pages go (default: {MAN_DIR})")
+    parser = argparse.ArgumentParser(
+        prog="python -m hakuriver.deploy.manpages",
+        description="Render the console scripts' man pages from their parsers.",
+    )
+    parser.add_argument(
+        "--output-dir", type=Path, default=MAN_DIR, metavar="DIR", help=f"where the pages go (default: {MAN_DIR})"
+    )
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page is stale")
     args = parser.parse_args(argv)
     if args.check:
         stale = stale_pages(args.output_dir)
         if stale:
-            print(f"stale man pages in {args.output_dir}: {', '.join(stale)} "
-                  "(run: python -m hakuriver.deploy.manpages)", file=sys.stderr)
+            print(
+                f"stale man pages in {args.output_dir}: {', '.join(stale)} (run: python -m hakuriver.deploy.manpages)",
+                file=sys.stderr,
+            )
             return 1
         print(f"man pages in {args.output_dir} are up to date ({renderer_id()})")
         return 0

@@ -12,8 +12,9 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -187,8 +188,10 @@ def node_json(node: NodeRecord, cluster: Any) -> dict[str, Any]:
             "cores": used.cores,
             "memory": used.memory,
             "gpus": sorted(used.gpus),
-            "numa": {str(k): {"cores": used.numa_cores.get(k, 0), "memory": used.numa_memory.get(k, 0)}
-                     for k in sorted(set(used.numa_cores) | set(used.numa_memory))},
+            "numa": {
+                str(k): {"cores": used.numa_cores.get(k, 0), "memory": used.numa_memory.get(k, 0)}
+                for k in sorted(set(used.numa_cores) | set(used.numa_memory))
+            },
         },
     }
 
@@ -236,7 +239,9 @@ def _env_name(request: web.Request) -> str:
     return validate_env_name(request.match_info["name"])
 
 
-async def stream_operation(request: web.Request, make: Callable[[Progress], Awaitable[dict[str, Any]]]) -> web.StreamResponse:
+async def stream_operation(
+    request: web.Request, make: Callable[[Progress], Awaitable[dict[str, Any]]]
+) -> web.StreamResponse:
     """Run a long environment operation, streaming its progress as NDJSON.
 
     One JSON object per line: `{"event": "progress", "stage", "message", ...}`,
@@ -389,7 +394,7 @@ def _reported_tasks(data: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for item in items:
         if not isinstance(item, dict) or set(item) != {"task_id", "state"}:
-            raise ValidationError("each entry of 'tasks' must be {\"task_id\": ..., \"state\": ...}")
+            raise ValidationError('each entry of \'tasks\' must be {"task_id": ..., "state": ...}')
         state = item["state"]
         if state not in (TaskState.RUNNING, TaskState.PAUSED):
             raise ValidationError(f"a reported task must be running or paused, not {state!r}")

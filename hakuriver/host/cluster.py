@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..config import Config
 from ..errors import Conflict, HakuRiverError, NotFound
@@ -32,6 +33,7 @@ from ..ids import IdGenerator
 from ..models import (
     SYSTEMD_CONTAINER,
     NodeResources,
+    Target,
     Task,
     TaskRequest,
     TaskState,
@@ -46,8 +48,15 @@ PASS_COALESCE_SECONDS = 0.005
 """How long a scheduling pass waits after the first event, to batch a burst."""
 
 RUNNER_REPORTABLE = frozenset(
-    {TaskState.RUNNING, TaskState.PAUSED, TaskState.COMPLETED, TaskState.FAILED, TaskState.KILLED,
-     TaskState.KILLED_OOM, TaskState.LOST}
+    {
+        TaskState.RUNNING,
+        TaskState.PAUSED,
+        TaskState.COMPLETED,
+        TaskState.FAILED,
+        TaskState.KILLED,
+        TaskState.KILLED_OOM,
+        TaskState.LOST,
+    }
 )
 """States a runner may report. LOST: the task's container vanished under the runner."""
 
@@ -107,7 +116,7 @@ class Cluster:
 
     async def submit(self, req: TaskRequest) -> tuple[int, list[Task]]:
         known = self._known_resources()
-        targets = list(req.targets) or [None]
+        targets: list[Target | None] = list(req.targets) or [None]
         for target in targets:
             check_fits_ever(target, req.cores, req.memory, req.gpus, known)
         now = self.clock()
@@ -203,7 +212,9 @@ class Cluster:
         try:
             await self.runners.run_task(node.url, self.run_payload(task))
         except RunnerRejected as exc:
-            await self.finish(task.id, TaskState.FAILED, error=f"runner {node.hostname} refused the task: {exc.message}")
+            await self.finish(
+                task.id, TaskState.FAILED, error=f"runner {node.hostname} refused the task: {exc.message}"
+            )
         except RunnerUnreachable as exc:
             # The runner may have received it (a timeout after sending); its
             # heartbeat will list the task if so, and a final state here makes
@@ -211,8 +222,9 @@ class Cluster:
             await self.finish(task.id, TaskState.FAILED, error=f"dispatch to {node.hostname} failed: {exc}")
 
     # ----------------------------------------------------------- transitions
-    async def _transition(self, task_id: int, new: TaskState, *, current: Task | None = None,
-                          **fields: Any) -> Task | None:
+    async def _transition(
+        self, task_id: int, new: TaskState, *, current: Task | None = None, **fields: Any
+    ) -> Task | None:
         """Guarded transition with ledger upkeep; None when the guard refused it.
 
         Pass `current` (the task as last read) when `new` may *enter* a
@@ -237,7 +249,9 @@ class Cluster:
             self.pending.pop(task_id, None)
         return after
 
-    async def finish(self, task_id: int, state: TaskState, *, exit_code: int | None = None, error: str | None = None) -> Task | None:
+    async def finish(
+        self, task_id: int, state: TaskState, *, exit_code: int | None = None, error: str | None = None
+    ) -> Task | None:
         task = await self._transition(task_id, state, exit_code=exit_code, error=error)
         if task is not None:
             await self._changed_notify()
@@ -248,8 +262,9 @@ class Cluster:
         async with self._changed:
             self._changed.notify_all()
 
-    async def apply_report(self, node_name: str, task_id: int, state: TaskState, *, exit_code: int | None = None,
-                           error: str | None = None) -> Task:
+    async def apply_report(
+        self, node_name: str, task_id: int, state: TaskState, *, exit_code: int | None = None, error: str | None = None
+    ) -> Task:
         """A runner's report of a task's state. Returns the task as stored afterwards.
 
         Reports that the guards refuse (a late `completed` after `killed`)
@@ -303,7 +318,13 @@ class Cluster:
         try:
             await self.runners.control(node.url, task.id, action)
         except (RunnerRejected, RunnerUnreachable) as exc:
-            log.warning("could not %s task %s on %s: %s (heartbeat reconciliation will retry)", action, task.id, node.hostname, exc)
+            log.warning(
+                "could not %s task %s on %s: %s (heartbeat reconciliation will retry)",
+                action,
+                task.id,
+                node.hostname,
+                exc,
+            )
 
     async def pause(self, task_id: int) -> Task:
         return await self._pause_resume(task_id, "pause", TaskState.RUNNING, TaskState.PAUSED)
@@ -316,7 +337,9 @@ class Cluster:
         if task is None:
             raise NotFound(f"no task {task_id}")
         if task.state is not need:
-            raise Conflict(f"cannot {action} task {task_id}: it is {task.state}, and only a {need} task can be {action}d")
+            raise Conflict(
+                f"cannot {action} task {task_id}: it is {task.state}, and only a {need} task can be {action}d"
+            )
         node = self.nodes.get(task.node or "")
         if node is None:
             raise Conflict(f"task {task_id} has no known node")
@@ -325,7 +348,9 @@ class Cluster:
         except RunnerRejected as exc:
             raise Conflict(f"runner {node.hostname} could not {action} task {task_id}: {exc.message}") from None
         except RunnerUnreachable as exc:
-            raise HakuRiverError(f"could not {action} task {task_id}: {exc}", code="runner_unreachable", status=502) from None
+            raise HakuRiverError(
+                f"could not {action} task {task_id}: {exc}", code="runner_unreachable", status=502
+            ) from None
         after = await self._transition(task_id, becomes)
         if after is None:
             current = await self.db.get_task(task_id)
@@ -348,11 +373,13 @@ class Cluster:
                     return tasks
                 try:
                     await asyncio.wait_for(self._changed.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     # ----------------------------------------------------------------- nodes
-    async def register(self, res: NodeResources, reported: list[dict[str, Any]], finishing: list[int] = ()) -> NodeRecord:
+    async def register(
+        self, res: NodeResources, reported: list[dict[str, Any]], finishing: Iterable[int] = ()
+    ) -> NodeRecord:
         record = await self.db.upsert_node(res, self.clock())
         self.nodes[record.hostname] = record
         self._resources[record.hostname] = record.resources
@@ -368,8 +395,9 @@ class Cluster:
         except (RunnerRejected, RunnerUnreachable) as exc:
             log.warning("could not %s task %s on %s: %s", action, task_id, node.hostname, exc)
 
-    async def heartbeat(self, hostname: str, stats: dict[str, Any], reported: list[dict[str, Any]],
-                        finishing: list[int]) -> list[int]:
+    async def heartbeat(
+        self, hostname: str, stats: dict[str, Any], reported: list[dict[str, Any]], finishing: list[int]
+    ) -> list[int]:
         """Record a heartbeat; returns task ids the runner must kill."""
         record = await self.db.record_heartbeat(hostname, stats, self.clock())
         if record is None:
@@ -396,8 +424,10 @@ class Cluster:
             if task.node != hostname:
                 kills.append(task_id)
                 continue
-            if task.state is TaskState.LOST or task.state is TaskState.ASSIGNING or (
-                task.state in (TaskState.RUNNING, TaskState.PAUSED) and task.state is not state
+            if (
+                task.state is TaskState.LOST
+                or task.state is TaskState.ASSIGNING
+                or (task.state in (TaskState.RUNNING, TaskState.PAUSED) and task.state is not state)
             ):
                 if await self._transition(task_id, state, current=task, error=None) is not None:
                     changed = True
@@ -415,7 +445,10 @@ class Cluster:
         for task in await self.db.get_tasks(suspects) if suspects else []:
             if now - (task.assigned_at or now) < grace:
                 continue
-            if await self._transition(task.id, TaskState.LOST, error=f"runner {hostname} no longer knows this task") is not None:
+            if (
+                await self._transition(task.id, TaskState.LOST, error=f"runner {hostname} no longer knows this task")
+                is not None
+            ):
                 changed = True
         if changed:
             await self._changed_notify()
@@ -435,7 +468,9 @@ class Cluster:
             return []
         offline = await self.db.mark_nodes_offline(now - timeout, now=now)
         for hostname, task_ids in offline:
-            log.warning("node %s missed heartbeats for %.0fs: offline; %d task(s) lost", hostname, timeout, len(task_ids))
+            log.warning(
+                "node %s missed heartbeats for %.0fs: offline; %d task(s) lost", hostname, timeout, len(task_ids)
+            )
             for task_id in task_ids:
                 self.ledger.release(task_id)
             record = await self.db.get_node(hostname)

@@ -128,9 +128,7 @@ _TASK_COLUMNS = (
     "privileged, target, gpu_count, node, numa, gpus_json, submitted_at, assigned_at, "
     "started_at, finished_at, exit_code, error"
 )
-_NODE_COLUMNS = (
-    "hostname, url, cores, memory, numa_json, gpus_json, online, registered_at, last_heartbeat, stats_json"
-)
+_NODE_COLUMNS = "hostname, url, cores, memory, numa_json, gpus_json, online, registered_at, last_heartbeat, stats_json"
 _HOLDING_SQL = ",".join(f"'{s}'" for s in sorted(HOLDING_STATES))
 
 
@@ -319,7 +317,7 @@ class Database:
         conn = self._conn
         try:
             await conn.execute_fetchall(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            rows = await conn.execute_fetchall("PRAGMA journal_mode=WAL")
+            rows = list(await conn.execute_fetchall("PRAGMA journal_mode=WAL"))
             mode = rows[0][0] if rows else None
             if self.path != ":memory:" and str(mode).lower() != "wal":
                 raise DatabaseError(f"cannot open database {self.path!r}: WAL journal mode unavailable (got {mode!r})")
@@ -329,7 +327,7 @@ class Database:
             raise DatabaseError(f"cannot open database {self.path!r}: {e}") from e
 
     async def _user_version(self) -> int:
-        rows = await self._conn.execute_fetchall("PRAGMA user_version")
+        rows = list(await self._conn.execute_fetchall("PRAGMA user_version"))
         return int(rows[0][0])
 
     async def _migrate(self) -> None:
@@ -378,7 +376,7 @@ class Database:
         if writer is not None and not writer.done():
             try:
                 await asyncio.shield(writer)
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 - its callers got the error
                 pass  # its callers got the error
         async with self._lock:
             await self._conn.close()
@@ -392,7 +390,7 @@ class Database:
         self._check_open()
         try:
             async with self._lock:
-                rows = await self._conn.execute_fetchall("SELECT 1")
+                rows = list(await self._conn.execute_fetchall("SELECT 1"))
         except (sqlite3.Error, ValueError) as e:
             raise DatabaseError(f"database {self.path!r} does not answer: {e}") from e
         return rows[0][0] == 1
@@ -408,7 +406,7 @@ class Database:
         async with self._lock:
             cursor = await self._conn.execute(sql, params)
             try:
-                cursor.row_factory = factory
+                cursor.row_factory = factory  # type: ignore[assignment]  # typeshed allows only type
                 return list(await cursor.fetchall())
             finally:
                 await cursor.close()
@@ -479,7 +477,7 @@ class Database:
                             await conn.execute_fetchall("RELEASE op")
                         outcomes.append((op, True, value))
                 await conn.execute_fetchall("COMMIT")
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - every waiter gets the error
                 await self._rollback_quietly()
                 err = _wrap_error(e)
                 return [(op, False, err) for op in batch]
@@ -522,7 +520,7 @@ class Database:
                     RETURNING {_NODE_COLUMNS}""",
                 params,
             )
-            return _node_from_row(None, rows[0])
+            return _node_from_row(None, list(rows)[0])
 
         return await self._write(op)
 
@@ -535,7 +533,7 @@ class Database:
                 f"UPDATE nodes SET last_heartbeat=?, stats_json=?, online=1 WHERE hostname=? RETURNING {_NODE_COLUMNS}",
                 params,
             )
-            return _node_from_row(None, rows[0]) if rows else None
+            return next((_node_from_row(None, r) for r in rows), None)
 
         return await self._write(op)
 
@@ -670,7 +668,7 @@ class Database:
         )
 
         async def op(conn: aiosqlite.Connection) -> Task | None:
-            rows = await conn.execute_fetchall(sql, params)
+            rows = list(await conn.execute_fetchall(sql, params))
             return _task_from_row(None, rows[0]) if rows else None
 
         return await self._write(op)
@@ -773,9 +771,7 @@ class Database:
 
     async def count_tasks_by_state(self) -> dict[TaskState, int]:
         """Every state with its count (0 included)."""
-        rows = await self._fetch(
-            "SELECT state, COUNT(*) FROM tasks GROUP BY state", (), lambda _c, r: (r[0], r[1])
-        )
+        rows = await self._fetch("SELECT state, COUNT(*) FROM tasks GROUP BY state", (), lambda _c, r: (r[0], r[1]))
         counts = {s: 0 for s in TaskState}
         for state, n in rows:
             counts[TaskState(state)] = n

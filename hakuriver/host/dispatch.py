@@ -12,7 +12,6 @@ Failures come in two kinds, because the Host acts differently on them:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
@@ -62,7 +61,7 @@ class RunnerClient:
                 if resp.status >= 400:
                     raise RunnerRejected(resp.status, _message(text))
                 return json.loads(text) if text else {}
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise RunnerUnreachable(f"cannot reach runner at {base_url}: {exc.__class__.__name__}: {exc}") from None
 
     async def run_task(self, base_url: str, payload: dict[str, Any]) -> dict[str, Any]:

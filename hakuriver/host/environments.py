@@ -39,8 +39,9 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 from .. import naming, tarballs
 from ..config import Config
@@ -70,7 +71,7 @@ _IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
 
 
 def _sdk() -> Any:
-    import docker  # noqa: PLC0415 - loaded on first use, like the runner's executor
+    import docker
 
     return docker
 
@@ -80,8 +81,9 @@ explain = docker_explanation
 
 def validate_image_ref(image: str) -> str:
     if not isinstance(image, str) or not _IMAGE_REF.match(image):
-        raise ValidationError(f"invalid image reference {image!r}: expected e.g. python:3.12-slim or "
-                              "registry.example.org/team/image:tag")
+        raise ValidationError(
+            f"invalid image reference {image!r}: expected e.g. python:3.12-slim or registry.example.org/team/image:tag"
+        )
     return image
 
 
@@ -100,9 +102,11 @@ def environment_labels(name: str, version: int) -> list[str]:
 
 
 def import_instructions(name: str) -> str:
-    return (f"provide it from any image on this Host with 'hakuriver.docker import-image LOCAL_IMAGE {name}', "
-            f"from an image tarball with 'hakuriver.docker import-tar FILE {name}', or build it with "
-            f"'hakuriver.docker create-container IMAGE {name}' then 'hakuriver.docker create-tar {name}'")
+    return (
+        f"provide it from any image on this Host with 'hakuriver.docker import-image LOCAL_IMAGE {name}', "
+        f"from an image tarball with 'hakuriver.docker import-tar FILE {name}', or build it with "
+        f"'hakuriver.docker create-container IMAGE {name}' then 'hakuriver.docker create-tar {name}'"
+    )
 
 
 class EnvironmentManager:
@@ -129,8 +133,9 @@ class EnvironmentManager:
                 try:
                     self._client = sdk.from_env(timeout=DOCKER_TIMEOUT)
                 except sdk.errors.DockerException as exc:
-                    raise HakuRiverError(f"cannot reach the Docker engine on the Host: {explain(exc)}",
-                                         code="docker", status=503) from exc
+                    raise HakuRiverError(
+                        f"cannot reach the Docker engine on the Host: {explain(exc)}", code="docker", status=503
+                    ) from exc
             return self._client.api
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -207,9 +212,15 @@ class EnvironmentManager:
             if await self._call(tarballs.newest_tarball, self.directory, name) is not None:
                 return
             if await self._call(self._image_or_none, naming.environment_image(name)) is not None:
-                log.info("the default environment %r has no tarball in %s; the local image %s serves this machine. "
-                         "To share it with every runner: hakuriver.docker import-image %s %s",
-                         name, self.directory, naming.environment_image(name), naming.environment_image(name), name)
+                log.info(
+                    "the default environment %r has no tarball in %s; the local image %s serves this machine. "
+                    "To share it with every runner: hakuriver.docker import-image %s %s",
+                    name,
+                    self.directory,
+                    naming.environment_image(name),
+                    naming.environment_image(name),
+                    name,
+                )
                 return
             image = self.config.docker.initial_base_image
             validate_image_ref(image)
@@ -221,15 +232,21 @@ class EnvironmentManager:
                     log.warning(
                         "the default environment %r has no tarball in %s, and docker.initial_base_image %s is not on "
                         "this Host and cannot be pulled (%s). Tasks without --container fail until it exists; %s",
-                        name, self.directory, image, exc.message, import_instructions(name))
+                        name,
+                        self.directory,
+                        image,
+                        exc.message,
+                        import_instructions(name),
+                    )
                     return
             result = await self.import_image(name, image, lambda *a, **k: None)
             log.info("created the default environment %r from %s: %s", name, image, result["file"])
         except asyncio.CancelledError:
             raise
         except HakuRiverError as exc:
-            log.warning("could not create the default environment %r: %s; %s", name, exc.message,
-                        import_instructions(name))
+            log.warning(
+                "could not create the default environment %r: %s; %s", name, exc.message, import_instructions(name)
+            )
         except Exception:
             log.exception("could not create the default environment %r; %s", name, import_instructions(name))
 
@@ -251,15 +268,19 @@ class EnvironmentManager:
         except sdk.errors.NotFound:
             return None
         if (info.get("Config", {}).get("Labels") or {}).get(naming.LABEL_ENVIRONMENT) != name:
-            raise Conflict(f"a container named {naming.environment_container_name(name)} exists but HakuRiver did "
-                           "not create it; rename or remove it yourself")
+            raise Conflict(
+                f"a container named {naming.environment_container_name(name)} exists but HakuRiver did "
+                "not create it; rename or remove it yourself"
+            )
         return info
 
     def _require_container(self, name: str) -> dict[str, Any]:
         info = self._env_container(name)
         if info is None:
-            raise NotFound(f"no environment container {name!r} on the Host (create it with "
-                           f"'hakuriver.docker create-container IMAGE {name}')")
+            raise NotFound(
+                f"no environment container {name!r} on the Host (create it with "
+                f"'hakuriver.docker create-container IMAGE {name}')"
+            )
         return info
 
     @staticmethod
@@ -284,9 +305,16 @@ class EnvironmentManager:
                 # Task containers inherit the label from their image; only ours carry our name.
                 if naming.LABEL_TASK_ID in labels or f"{naming.ENV_CONTAINER_PREFIX}{name}" not in names:
                     continue
-                out.append({"name": name, "container": f"{naming.ENV_CONTAINER_PREFIX}{name}", "id": c["Id"][:12],
-                            "status": c.get("State") or "unknown", "image": c.get("Image", ""),
-                            "created": c.get("Created")})
+                out.append(
+                    {
+                        "name": name,
+                        "container": f"{naming.ENV_CONTAINER_PREFIX}{name}",
+                        "id": c["Id"][:12],
+                        "status": c.get("State") or "unknown",
+                        "image": c.get("Image", ""),
+                        "created": c.get("Created"),
+                    }
+                )
             return sorted(out, key=lambda c: c["name"])
 
         return await self._call(run)
@@ -298,8 +326,10 @@ class EnvironmentManager:
         if await self._call(self._env_container, name) is not None:
             raise Conflict(f"the environment container {name!r} already exists")
         if not pull and await self._call(self._image_or_none, image) is None:
-            raise NotFound(f"image {image} is not on the Host; HakuRiver never pulls silently: pull or load it on "
-                           f"the Host first, or ask for it explicitly with --pull")
+            raise NotFound(
+                f"image {image} is not on the Host; HakuRiver never pulls silently: pull or load it on "
+                f"the Host first, or ask for it explicitly with --pull"
+            )
 
     async def create_container(self, name: str, image: str, pull: bool, progress: Progress) -> dict[str, Any]:
         async with self.lock(name):
@@ -331,8 +361,15 @@ class EnvironmentManager:
         api = self._api()
         host_config = api.create_host_config(init=True, restart_policy={"Name": "unless-stopped"})
         created = api.create_container(
-            image, name=naming.environment_container_name(name), entrypoint=KEEPALIVE_COMMAND, command=[],
-            labels={naming.LABEL_ENVIRONMENT: name}, host_config=host_config, detach=True, use_config_proxy=False)
+            image,
+            name=naming.environment_container_name(name),
+            entrypoint=KEEPALIVE_COMMAND,
+            command=[],
+            labels={naming.LABEL_ENVIRONMENT: name},
+            host_config=host_config,
+            detach=True,
+            use_config_proxy=False,
+        )
         try:
             api.start(created["Id"])
         except Exception:
@@ -402,8 +439,10 @@ class EnvironmentManager:
         validate_env_name(name)
         validate_image_ref(image)
         if not pull and await self._call(self._image_or_none, image) is None:
-            raise NotFound(f"image {image} is not on the Host; HakuRiver never pulls silently: pull or load it on "
-                           f"the Host first, or ask for it explicitly with --pull")
+            raise NotFound(
+                f"image {image} is not on the Host; HakuRiver never pulls silently: pull or load it on "
+                f"the Host first, or ask for it explicitly with --pull"
+            )
 
     async def import_image(self, name: str, image: str, progress: Progress, pull: bool = False) -> dict[str, Any]:
         """import-image: a new version of `name` made from a local image (no environment container)."""
@@ -426,8 +465,13 @@ class EnvironmentManager:
 
     def _temp_container(self, image_id: str, name: str) -> str:
         # Created, never started: only a source for `commit` (which sets the labels).
-        created = self._api().create_container(image_id, entrypoint=["/hakuriver-import-placeholder"], command=[],
-                                               labels={naming.LABEL_ENVIRONMENT: name}, use_config_proxy=False)
+        created = self._api().create_container(
+            image_id,
+            entrypoint=["/hakuriver-import-placeholder"],
+            command=[],
+            labels={naming.LABEL_ENVIRONMENT: name},
+            use_config_proxy=False,
+        )
         return created["Id"]
 
     async def receive_upload(self, content: Any) -> Path:
@@ -491,7 +535,7 @@ class EnvironmentManager:
                 stream = str(event.get("stream", ""))
                 for prefix in ("Loaded image ID: ", "Loaded image: "):
                     if stream.startswith(prefix):
-                        loaded.append(stream[len(prefix):].strip())
+                        loaded.append(stream[len(prefix) :].strip())
         if not loaded:
             raise ValidationError("the tarball holds no image")
         if len(loaded) > 1:
@@ -505,8 +549,9 @@ class EnvironmentManager:
         except sdk.errors.DockerException as exc:
             log.info("left the imported tag %s in place: %s", tag, explain(exc))
 
-    async def _commit_and_save(self, name: str, container: str, source_config: dict[str, Any],
-                               progress: Progress) -> dict[str, Any]:
+    async def _commit_and_save(
+        self, name: str, container: str, source_config: dict[str, Any], progress: Progress
+    ) -> dict[str, Any]:
         """Commit `container` as the next version of `name`, save it, keep the newest K."""
         existing = await self._call(tarballs.list_tarballs, self.directory, name)
         image_ref = naming.environment_image(name)
@@ -516,20 +561,33 @@ class EnvironmentManager:
         progress("commit", f"committing {name} as {image_ref} (version {version})")
         repo, tag = _split_tag(image_ref)
         changes = restore_changes(source_config) + environment_labels(name, version)
-        commit = self._call(lambda: self._api().commit(
-            container, repository=repo, tag=tag, changes=changes,
-            message=f"hakuriver environment {name} version {version}", author="hakuriver"))
+        commit = self._call(
+            lambda: self._api().commit(
+                container,
+                repository=repo,
+                tag=tag,
+                changes=changes,
+                message=f"hakuriver environment {name} version {version}",
+                author="hakuriver",
+            )
+        )
         image_id = (await self._keepalive(commit, progress, "commit", "committing"))["Id"]
         if previous is not None and previous["Id"] != image_id:
             await self._call(self._remove_if_unused, previous["Id"], name)
         path = tarballs.tarball_path(self.directory, name, version)
-        size = await self._keepalive(self._call(self._save, image_ref, image_id, path, progress), progress,
-                                     "save", "saving")
+        size = await self._keepalive(
+            self._call(self._save, image_ref, image_id, path, progress), progress, "save", "saving"
+        )
         pruned = await self._call(self._prune, name)
-        log.info("environment %s: version %d saved to %s (%d bytes)%s", name, version, path, size,
-                 f"; removed {', '.join(pruned)}" if pruned else "")
-        return {"name": name, "version": version, "file": path.name, "size": size, "image": image_id,
-                "removed": pruned}
+        log.info(
+            "environment %s: version %d saved to %s (%d bytes)%s",
+            name,
+            version,
+            path,
+            size,
+            f"; removed {', '.join(pruned)}" if pruned else "",
+        )
+        return {"name": name, "version": version, "file": path.name, "size": size, "image": image_id, "removed": pruned}
 
     async def _keepalive(self, work: Awaitable[T], progress: Progress, stage: str, doing: str) -> T:
         """Await `work`, telling the client every few seconds that it still runs."""
@@ -571,7 +629,7 @@ class EnvironmentManager:
 
     def _prune(self, name: str) -> list[str]:
         removed = []
-        for old in tarballs.list_tarballs(self.directory, name)[self.keep:]:
+        for old in tarballs.list_tarballs(self.directory, name)[self.keep :]:
             try:
                 os.unlink(old.path)
                 removed.append(old.file)
@@ -594,8 +652,10 @@ class EnvironmentManager:
     def _require_running(self, name: str) -> dict[str, Any]:
         info = self._require_container(name)
         if not (info.get("State") or {}).get("Running"):
-            raise Conflict(f"the environment container {name!r} is not running; start it with "
-                           f"'hakuriver.docker start-container {name}'")
+            raise Conflict(
+                f"the environment container {name!r} is not running; start it with "
+                f"'hakuriver.docker start-container {name}'"
+            )
         return info
 
     async def check_shell(self, name: str) -> None:
@@ -609,8 +669,9 @@ class EnvironmentManager:
         validate_env_name(name)
         if not _TERM.match(term):
             raise ValidationError(f"invalid terminal type {term!r}")
-        if command is not None and (not command or not all(isinstance(a, str) and a and "\x00" not in a
-                                                           for a in command)):
+        if command is not None and (
+            not command or not all(isinstance(a, str) and a and "\x00" not in a for a in command)
+        ):
             raise ValidationError("'cmd' must be a non-empty list of non-empty arguments")
         if len(self._shells) >= MAX_SHELLS:
             raise Conflict(f"too many open shells on the Host (at most {MAX_SHELLS})")
@@ -618,8 +679,9 @@ class EnvironmentManager:
         def run() -> tuple[str, Any]:
             info = self._require_running(name)
             api = self._api()
-            exec_id = api.exec_create(info["Id"], command or DEFAULT_SHELL, stdin=True, tty=True,
-                                      environment={"TERM": term})["Id"]
+            exec_id = api.exec_create(
+                info["Id"], command or DEFAULT_SHELL, stdin=True, tty=True, environment={"TERM": term}
+            )["Id"]
             sock = api.exec_start(exec_id, tty=True, socket=True)
             try:
                 api.exec_resize(exec_id, height=rows, width=cols)

@@ -237,9 +237,7 @@ def _parse_target_cached(spec: str) -> Target:
     return parse_target(spec)
 
 
-def _request(
-    target: Target | str | None, cores: int | None, memory: int | None, gpu_count: int | None
-) -> _Request:
+def _request(target: Target | str | None, cores: int | None, memory: int | None, gpu_count: int | None) -> _Request:
     if isinstance(target, str):
         target = _parse_target_cached(target)
     cores = 1 if cores is None else int(cores)
@@ -395,12 +393,7 @@ class _NodeState:
                 ncores, nmem = self.numa[h.numa]
                 if req.cores and ncores - u.numa_cores.get(h.numa, 0) - req.cores < h.cores:
                     return False
-                if (
-                    req.memory
-                    and h.memory
-                    and nmem > 0
-                    and nmem - u.numa_memory.get(h.numa, 0) - req.memory < h.memory
-                ):
+                if req.memory and h.memory and nmem > 0 and nmem - u.numa_memory.get(h.numa, 0) - req.memory < h.memory:
                     return False
             if gpus:
                 if h.gpu_ids and not set(h.gpu_ids).isdisjoint(gpus):
@@ -444,9 +437,7 @@ class PassStats:
 
 
 class Scheduler:
-    def __init__(
-        self, *, max_examined: int = DEFAULT_MAX_EXAMINED, max_reservations: int = DEFAULT_MAX_RESERVATIONS
-    ):
+    def __init__(self, *, max_examined: int = DEFAULT_MAX_EXAMINED, max_reservations: int = DEFAULT_MAX_RESERVATIONS):
         self.max_examined = max_examined
         self.max_reservations = max_reservations
         self.last_stats = PassStats()

@@ -27,7 +27,8 @@ import json
 import logging
 import socket
 import threading
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..errors import ValidationError
 
@@ -52,8 +53,15 @@ class ShellBackend(Protocol):
 class ShellSession:
     QUEUE = 64
 
-    def __init__(self, backend: ShellBackend, sock: Any, loop: asyncio.AbstractEventLoop,
-                 pool: concurrent.futures.Executor, *, name: str = "shell"):
+    def __init__(
+        self,
+        backend: ShellBackend,
+        sock: Any,
+        loop: asyncio.AbstractEventLoop,
+        pool: concurrent.futures.Executor,
+        *,
+        name: str = "shell",
+    ):
         self.backend = backend
         self.name = name
         self._io = sock
@@ -150,12 +158,12 @@ def parse_client_message(text: str) -> tuple[int, int]:
     for value in (rows, cols):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TERMINAL:
             raise ValidationError(f"'rows' and 'cols' must be whole numbers from 1 to {MAX_TERMINAL}")
-    return rows, cols
+    return int(rows or 0), int(cols or 0)  # checked above; `or 0` only narrows the type
 
 
 async def bridge_websocket(ws: Any, session: ShellSession) -> None:
     """Relay between a prepared aiohttp WebSocketResponse and a shell until either ends."""
-    from aiohttp import WSMsgType  # noqa: PLC0415 - keeps the module importable without a server
+    from aiohttp import WSMsgType
 
     async def output() -> None:
         while (data := await session.read()) is not None:

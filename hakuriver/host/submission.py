@@ -97,7 +97,9 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
     if gpus < 0 or gpus > MAX_GPU_COUNT:
         raise ValidationError(f"field 'gpus' must be between 0 and {MAX_GPU_COUNT}")
     if gpus and targets:
-        raise ValidationError("give GPUs either as a count ('gpus') for automatic placement or as ids in --target, not both")
+        raise ValidationError(
+            "give GPUs either as a count ('gpus') for automatic placement or as ids in --target, not both"
+        )
 
     return TaskRequest(
         command=tuple(command),
@@ -117,9 +119,14 @@ def _checked_mount(spec: Any, config: Config) -> Mount:
         raise ValidationError(f"each mount must be a string 'HOST:CONTAINER[:ro]', got {type(spec).__name__}")
     mount = parse_mount(spec)
     if not mount_allowed(mount.host_path, config.docker.allowed_mount_prefixes):
-        allowed = ", ".join(config.docker.allowed_mount_prefixes) or "none are allowed (docker.allowed_mount_prefixes is empty)"
+        allowed = (
+            ", ".join(config.docker.allowed_mount_prefixes)
+            or "none are allowed (docker.allowed_mount_prefixes is empty)"
+        )
         raise PolicyDenied(f"mount of {mount.host_path} is not allowed by policy; allowed host prefixes: {allowed}")
-    if mount.container_path in ("/shared", "/local_temp") or mount.container_path.startswith(("/shared/", "/local_temp/")):
+    if mount.container_path in ("/shared", "/local_temp") or mount.container_path.startswith(
+        ("/shared/", "/local_temp/")
+    ):
         raise ValidationError(f"mount target {mount.container_path} is reserved for HakuRiver's own mounts")
     return mount
 

@@ -42,8 +42,9 @@ async def list_tasks(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     res = request.app[RESOURCES]
     sup = request.app[SUPERVISOR]
-    return json_response({"status": "ok", "hostname": res.hostname, "tasks": len(sup.tasks),
-                          "executors": sorted(sup.executors)})
+    return json_response(
+        {"status": "ok", "hostname": res.hostname, "tasks": len(sup.tasks), "executors": sorted(sup.executors)}
+    )
 
 
 ROUTES = [

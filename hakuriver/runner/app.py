@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -65,7 +66,7 @@ async def default_executors(config: Config) -> dict[str, Executor]:
     docker_ex = DockerExecutor(runner_name=config.runner_name)
     try:
         log.info("Docker engine %s", await docker_ex.check())
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - start-up report only
         log.warning("the Docker engine does not answer (%s); Docker tasks fail until it does", exc)
     executors: dict[str, Executor] = {"docker": docker_ex}
     systemd_ex = SystemdExecutor.from_config(config)
@@ -78,7 +79,7 @@ async def default_executors(config: Config) -> dict[str, Executor]:
     try:
         info = await systemd_ex.check()
         log.info("--container NULL tasks run as %s through %s", systemd_ex.task_user, info.get("launcher"))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - start-up report only
         log.error("--container NULL tasks will fail: %s", exc)
     return executors
 
@@ -93,10 +94,22 @@ async def _probe(app: web.Application) -> AsyncIterator[None]:
         asyncio.to_thread(gpu_probe.list_gpus),
     )
     app[GPU_PROBE] = gpu_probe
-    app[RESOURCES] = NodeResources(hostname=config.runner_name, url=config.runner_url, cores=cores, memory=memory,
-                                   numa=tuple(numa), gpus=tuple(gpus))
-    log.info("node %s: %d cores, %d MiB, %d NUMA node(s), %d GPU(s)", config.runner_name, cores, memory >> 20,
-             len(numa), len(gpus))
+    app[RESOURCES] = NodeResources(
+        hostname=config.runner_name,
+        url=config.runner_url,
+        cores=cores,
+        memory=memory,
+        numa=tuple(numa),
+        gpus=tuple(gpus),
+    )
+    log.info(
+        "node %s: %d cores, %d MiB, %d NUMA node(s), %d GPU(s)",
+        config.runner_name,
+        cores,
+        memory >> 20,
+        len(numa),
+        len(gpus),
+    )
     yield
     await asyncio.to_thread(gpu_probe.close)
 
@@ -146,8 +159,9 @@ async def _supervisor_and_link(app: web.Application) -> AsyncIterator[None]:
         async def report(self, *args: Any, **kwargs: Any) -> bool:
             return await link_holder["link"].report(*args, **kwargs)
 
-    sup = Supervisor(config, app[STATE], app[EXECUTORS], _Reporter(), res.numa, res.gpu_ids(),
-                     environments=app.get(ENVIRONMENTS))
+    sup = Supervisor(
+        config, app[STATE], app[EXECUTORS], _Reporter(), res.numa, res.gpu_ids(), environments=app.get(ENVIRONMENTS)
+    )
     link = HostLink(config, res, sup.running_report, sup.holding_ids, lambda: _stats(app), sup.kill)
     link_holder["link"] = link
     await link.start()
@@ -162,8 +176,9 @@ async def _supervisor_and_link(app: web.Application) -> AsyncIterator[None]:
     await link.close()
 
 
-def create_app(config: Config, *, executors: dict[str, Executor] | None = None,
-               sync_environments: bool | None = None) -> web.Application:
+def create_app(
+    config: Config, *, executors: dict[str, Executor] | None = None, sync_environments: bool | None = None
+) -> web.Application:
     """The Runner app. `executors` replaces the node's real backends (tests, demos).
     `sync_environments`: load environment tarballs before Docker tasks (default:
     only with the real backends)."""

@@ -40,9 +40,10 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from .. import naming, tarballs
 from ..config import Config
@@ -58,7 +59,7 @@ SYNC_THREADS = 2
 
 
 def _sdk() -> Any:
-    import docker  # noqa: PLC0415 - loaded on first use
+    import docker
 
     return docker
 
@@ -148,7 +149,8 @@ class EnvironmentSync:
                 raise ExecutorError(
                     f"unknown environment {name!r}: image {image} is not present on this node and there is no "
                     f"tarball {name}-<version>.tar in {self.directory} (HakuRiver never pulls environments; create "
-                    f"it on the Host with hakuriver.docker create-tar or import-image)")
+                    f"it on the Host with hakuriver.docker create-tar or import-image)"
+                )
             return
         if not needs_load(local, newest):
             return
@@ -177,7 +179,7 @@ class EnvironmentSync:
                     stream = str(event.get("stream", ""))
                     for prefix in ("Loaded image ID: ", "Loaded image: "):
                         if stream.startswith(prefix):
-                            loaded.append(stream[len(prefix):].strip())
+                            loaded.append(stream[len(prefix) :].strip())
         except OSError as exc:
             error = f"cannot read it: {exc.strerror or exc}"
         except sdk.errors.DockerException as exc:
@@ -192,11 +194,18 @@ class EnvironmentSync:
             except sdk.errors.DockerException as exc:
                 error = f"cannot tag {loaded[0]} as {image}: {_explain(exc)}"
         if error is not None:
-            kept = (f"the previous image (version {previous.version})" if previous and previous.version is not None
-                    else "the previous image" if previous else "no image")
-            message = (f"environment {name!r}: cannot load tarball {tarball.file} (version {tarball.version}): "
-                       f"{error}; {kept} is unchanged on this node. Replace the tarball (hakuriver.docker create-tar "
-                       f"{name}) or delete it (hakuriver.docker delete-tar {name} --version {tarball.version})")
+            kept = (
+                f"the previous image (version {previous.version})"
+                if previous and previous.version is not None
+                else "the previous image"
+                if previous
+                else "no image"
+            )
+            message = (
+                f"environment {name!r}: cannot load tarball {tarball.file} (version {tarball.version}): "
+                f"{error}; {kept} is unchanged on this node. Replace the tarball (hakuriver.docker create-tar "
+                f"{name}) or delete it (hakuriver.docker delete-tar {name} --version {tarball.version})"
+            )
             self._failed[tarball.identity] = message
             log.error("%s", message)
             raise ExecutorError(message)
@@ -205,8 +214,13 @@ class EnvironmentSync:
             raise ExecutorError(f"environment {name!r}: {image} is missing right after loading {tarball.file}")
         self._loaded[name] = (tarball.identity, current.id)
         if current.version != tarball.version:
-            log.warning("environment %s: %s holds version %s, not %d as its name says", name, tarball.file,
-                        current.version, tarball.version)
+            log.warning(
+                "environment %s: %s holds version %s, not %d as its name says",
+                name,
+                tarball.file,
+                current.version,
+                tarball.version,
+            )
         log.info("environment %s: version %d loaded in %.1fs", name, tarball.version, time.monotonic() - started)
         if previous is not None and previous.id != current.id:
             self._remove_replaced(name, previous.id)

@@ -14,7 +14,8 @@ import importlib
 import logging
 import threading
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..models import GpuInfo
 
@@ -77,7 +78,7 @@ class GpuProbe:
     def _shutdown(nvml: Any) -> None:
         try:
             nvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S110
             pass
 
     def close(self) -> None:

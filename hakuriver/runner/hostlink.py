@@ -14,7 +14,8 @@ import asyncio
 import json
 import logging
 import random
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
@@ -26,9 +27,15 @@ log = logging.getLogger(__name__)
 
 
 class HostLink:
-    def __init__(self, config: Config, resources: NodeResources,
-                 running: Callable[[], list[dict[str, str]]], holding: Callable[[], list[int]],
-                 stats: Callable[[], Awaitable[dict[str, Any]]], on_kill: Callable[[int], Awaitable[bool]]):
+    def __init__(
+        self,
+        config: Config,
+        resources: NodeResources,
+        running: Callable[[], list[dict[str, str]]],
+        holding: Callable[[], list[int]],
+        stats: Callable[[], Awaitable[dict[str, Any]]],
+        on_kill: Callable[[int], Awaitable[bool]],
+    ):
         self.config = config
         self.resources = resources
         self._running = running
@@ -81,9 +88,9 @@ class HostLink:
                     self.registered.set()
                     return
                 log.warning("registration refused (%s): %s", status, _error(body))
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.warning("cannot reach the Host at %s to register: %s; retrying in %.1fs", self.base, exc, delay)
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not a secret
             delay = min(delay * 2, 30.0)
 
     # --------------------------------------------------------- heartbeat
@@ -96,7 +103,7 @@ class HostLink:
             next_at += interval
             try:
                 await self._beat()
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.warning("heartbeat to %s failed: %s", self.base, exc)
             except Exception:
                 log.exception("heartbeat failed")
@@ -128,11 +135,13 @@ class HostLink:
             try:
                 if await self._on_kill(int(raw)):
                     log.info("killed task %s on the Host's order", raw)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one failed kill must not stop the others
                 log.warning("kill of task %s requested by the Host failed: %s", raw, exc)
 
     # ------------------------------------------------------------ report
-    async def report(self, task_id: int, state: TaskState, exit_code: int | None = None, error: str | None = None) -> bool:
+    async def report(
+        self, task_id: int, state: TaskState, exit_code: int | None = None, error: str | None = None
+    ) -> bool:
         payload: dict[str, Any] = {"hostname": self.resources.hostname, "state": str(state)}
         if exit_code is not None:
             payload["exit_code"] = exit_code
@@ -140,7 +149,7 @@ class HostLink:
             payload["error"] = error
         try:
             status, body = await self._post(f"/api/runner/tasks/{task_id}/status", payload)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("cannot report task %s as %s: %s", task_id, state, exc)
             return False
         if status == 200:

@@ -139,9 +139,7 @@ class RunnerState:
         return [_active(r) for r in rows]
 
     async def get(self, task_id: int) -> ActiveTask | None:
-        rows = await self._read(
-            "SELECT handle, task, kill_requested, paused FROM tasks WHERE task_id = ?", (task_id,)
-        )
+        rows = await self._read("SELECT handle, task, kill_requested, paused FROM tasks WHERE task_id = ?", (task_id,))
         return _active(rows[0]) if rows else None
 
     async def set_flags(self, task_id: int, *, kill_requested: bool | None = None, paused: bool | None = None) -> bool:
@@ -178,7 +176,8 @@ class RunnerState:
 
     async def outbox(self) -> list[OutboxEntry]:
         rows = await self._read(
-            "SELECT task_id, state, exit_code, error, finished_at, handle, task FROM outbox ORDER BY finished_at, task_id"
+            "SELECT task_id, state, exit_code, error, finished_at, handle, task"
+            " FROM outbox ORDER BY finished_at, task_id"
         )
         return [
             OutboxEntry(

@@ -43,7 +43,9 @@ class Environments(Protocol):
 
 
 class Reporter(Protocol):
-    async def report(self, task_id: int, state: TaskState, exit_code: int | None = None, error: str | None = None) -> bool:
+    async def report(
+        self, task_id: int, state: TaskState, exit_code: int | None = None, error: str | None = None
+    ) -> bool:
         """Send a state to the Host; True when the Host acknowledged it (2xx, or a definitive 4xx)."""
 
 
@@ -60,8 +62,16 @@ class Supervised:
 
 
 class Supervisor:
-    def __init__(self, config: Config, state: RunnerState, executors: dict[str, Executor], reporter: Reporter,
-                 numa: tuple[NumaNode, ...], gpu_ids: frozenset[int], environments: Environments | None = None):
+    def __init__(
+        self,
+        config: Config,
+        state: RunnerState,
+        executors: dict[str, Executor],
+        reporter: Reporter,
+        numa: tuple[NumaNode, ...],
+        gpu_ids: frozenset[int],
+        environments: Environments | None = None,
+    ):
         self.config = config
         self.environments = environments
         self.state = state
@@ -90,8 +100,10 @@ class Supervisor:
         name = "systemd" if container == SYSTEMD_CONTAINER else "docker"
         executor = self.executors.get(name) or self.executors.get("*")
         if executor is None:
-            raise ValidationError(f"this runner has no {name} executor available; it cannot run "
-                                  + ("--container NULL tasks" if name == "systemd" else "Docker tasks"))
+            raise ValidationError(
+                f"this runner has no {name} executor available; it cannot run "
+                + ("--container NULL tasks" if name == "systemd" else "Docker tasks")
+            )
         return executor
 
     def build_spec(self, request: dict[str, Any]) -> LaunchSpec:
@@ -198,7 +210,7 @@ class Supervisor:
         if entry.started:
             try:
                 await entry.executor.destroy(entry.handle)
-            except Exception as exc:  # leftovers are swept later; the result is safe
+            except Exception as exc:  # noqa: BLE001 - leftovers are swept later; the result is safe
                 log.warning("cleanup of task %s failed: %s", entry.task_id, exc)
 
     # ---------------------------------------------------- kill/pause/resume
@@ -248,10 +260,18 @@ class Supervisor:
             handle, request = active.handle, active.task
             executor = self.executors.get(handle.executor) or self.executors.get("*")
             if executor is None:
-                log.error("task %s was run by the %s executor, which is not available now", handle.task_id, handle.executor)
+                log.error(
+                    "task %s was run by the %s executor, which is not available now", handle.task_id, handle.executor
+                )
                 continue
-            entry = Supervised(task_id=handle.task_id, request=request, executor=executor, handle=handle,
-                               kill_requested=active.kill_requested, paused=active.paused)
+            entry = Supervised(
+                task_id=handle.task_id,
+                request=request,
+                executor=executor,
+                handle=handle,
+                kill_requested=active.kill_requested,
+                paused=active.paused,
+            )
             presence = await executor.recover(handle)
             self.tasks[handle.task_id] = entry
             if presence is Presence.MISSING and not handle.data.get("started"):
@@ -265,7 +285,10 @@ class Supervisor:
                 continue
             if presence is Presence.MISSING:
                 entry.started = True
-                await self._finish(entry, ExitResult(TaskState.FAILED, error="the task vanished from this node while the runner was down"))
+                await self._finish(
+                    entry,
+                    ExitResult(TaskState.FAILED, error="the task vanished from this node while the runner was down"),
+                )
                 continue
             entry.started = True
             entry.paused = presence is Presence.PAUSED

@@ -21,8 +21,14 @@ TEMPLATE = ROLE / "templates" / "config.toml.j2"
 
 # Role defaults that deliberately differ from the package's built-in ones
 # (the package leaves paths empty; a deployment needs real ones).
-ROLE_CHOSEN = {"paths.shared_dir", "paths.local_temp_dir", "database.db_file",
-               "network.host_reachable_address", "network.runner_address", "auth.token"}
+ROLE_CHOSEN = {
+    "paths.shared_dir",
+    "paths.local_temp_dir",
+    "database.db_file",
+    "network.host_reachable_address",
+    "network.runner_address",
+    "auth.token",
+}
 
 
 def _template_keys() -> dict[str, tuple[str, ...]]:
@@ -75,9 +81,12 @@ def test_rendered_defaults_load_and_keep_the_package_defaults() -> None:
 def test_values_needing_quotes_survive() -> None:
     import toml
 
-    text = _render(hakuriver_shared_dir='/srv/with "quotes" \\ and ünïcode',
-                   hakuriver_docker_additional_mounts=["/data:/data:ro", "/x y:/z"],
-                   hakuriver_docker_tasks_privileged=True, hakuriver_heartbeat_interval=2)
+    text = _render(
+        hakuriver_shared_dir='/srv/with "quotes" \\ and ünïcode',
+        hakuriver_docker_additional_mounts=["/data:/data:ro", "/x y:/z"],
+        hakuriver_docker_tasks_privileged=True,
+        hakuriver_heartbeat_interval=2,
+    )
     config = config_from_dict(toml.loads(text), source="rendered")
     assert config.paths.shared_dir == '/srv/with "quotes" \\ and ünïcode'
     assert config.docker.additional_mounts == ("/data:/data:ro", "/x y:/z")

@@ -144,11 +144,27 @@ class FakeHost:
         task_id = str(self.next_id)
         self.next_id += 1
         task = {
-            "task_id": task_id, "batch_id": task_id, "state": state, "command": list(command), "cores": 1,
-            "memory": None, "container": "hakuriver-base", "env": {}, "mounts": [], "privileged": False,
-            "target": None, "node": "node1", "numa": None, "gpus": [], "gpu_count": 0,
-            "submitted_at": time.time(), "assigned_at": None, "started_at": None, "finished_at": None,
-            "exit_code": None, "error": None,
+            "task_id": task_id,
+            "batch_id": task_id,
+            "state": state,
+            "command": list(command),
+            "cores": 1,
+            "memory": None,
+            "container": "hakuriver-base",
+            "env": {},
+            "mounts": [],
+            "privileged": False,
+            "target": None,
+            "node": "node1",
+            "numa": None,
+            "gpus": [],
+            "gpu_count": 0,
+            "submitted_at": time.time(),
+            "assigned_at": None,
+            "started_at": None,
+            "finished_at": None,
+            "exit_code": None,
+            "error": None,
         }
         task.update(fields)
         self.tasks[task_id] = task
@@ -176,9 +192,16 @@ class FakeHost:
         batch = str(self.next_id)
         tasks = []
         for target in targets:
-            task = self.add_task(body["command"], batch_id=batch, target=target, cores=body.get("cores", 1),
-                                 memory=body.get("memory"), env=body.get("env", {}), mounts=body.get("mounts", []),
-                                 node=target.split(":")[0] if target else None)
+            task = self.add_task(
+                body["command"],
+                batch_id=batch,
+                target=target,
+                cores=body.get("cores", 1),
+                memory=body.get("memory"),
+                env=body.get("env", {}),
+                mounts=body.get("mounts", []),
+                node=target.split(":")[0] if target else None,
+            )
             tasks.append(task)
         return web.json_response(
             {"batch_id": batch, "task_ids": [t["task_id"] for t in tasks], "tasks": tasks}, status=201
@@ -252,7 +275,7 @@ class FakeHost:
             start = len(content) - sum(len(line) for line in lines[-n:]) if n else len(content)
         else:
             start = min(int(request.query.get("offset", 0)), len(content))
-        data = content[start:start + self.log_chunk]
+        data = content[start : start + self.log_chunk]
         return web.Response(
             body=data,
             content_type="application/octet-stream",
@@ -285,20 +308,41 @@ def sample_node(name: str = "node1", online: bool = True) -> dict[str, Any]:
         "online": online,
         "cores": 16,
         "memory": 64 << 30,
-        "numa": [{"id": 0, "cpus": list(range(8)), "memory": 32 << 30},
-                 {"id": 1, "cpus": list(range(8, 16)), "memory": 32 << 30}],
-        "gpus": [{"index": 0, "name": "Fake GPU", "uuid": "GPU-0", "memory_total": 16 << 30},
-                 {"index": 1, "name": "Fake GPU", "uuid": "GPU-1", "memory_total": 16 << 30}],
+        "numa": [
+            {"id": 0, "cpus": list(range(8)), "memory": 32 << 30},
+            {"id": 1, "cpus": list(range(8, 16)), "memory": 32 << 30},
+        ],
+        "gpus": [
+            {"index": 0, "name": "Fake GPU", "uuid": "GPU-0", "memory_total": 16 << 30},
+            {"index": 1, "name": "Fake GPU", "uuid": "GPU-1", "memory_total": 16 << 30},
+        ],
         "registered_at": time.time() - 3600,
         "last_heartbeat": time.time() - 2,
         "stats": {
-            "cpu_percent": 42.5, "memory_used": 10 << 30, "memory_total": 64 << 30, "memory_percent": 15.6,
+            "cpu_percent": 42.5,
+            "memory_used": 10 << 30,
+            "memory_total": 64 << 30,
+            "memory_percent": 15.6,
             "temperatures": {"coretemp/Package id 0": 55.0},
             "load_average": [1.5, 1.2, 1.0],
-            "gpus": [{"index": 0, "utilization": 87, "memory_used": 4 << 30, "memory_total": 16 << 30,
-                      "temperature": 71, "power_watts": 210.5},
-                     {"index": 1, "utilization": None, "memory_used": None, "memory_total": None,
-                      "temperature": None, "power_watts": None}],
+            "gpus": [
+                {
+                    "index": 0,
+                    "utilization": 87,
+                    "memory_used": 4 << 30,
+                    "memory_total": 16 << 30,
+                    "temperature": 71,
+                    "power_watts": 210.5,
+                },
+                {
+                    "index": 1,
+                    "utilization": None,
+                    "memory_used": None,
+                    "memory_total": None,
+                    "temperature": None,
+                    "power_watts": None,
+                },
+            ],
         },
         "allocated": {"cores": 4, "memory": 8 << 30, "gpus": [0]},
     }

@@ -46,14 +46,41 @@ def test_submit_sends_argv_as_a_list_and_prints_the_id(fake_host: FakeHost, host
 
 
 def test_submit_flags_reach_the_host(fake_host: FakeHost, host_config: Path, capsys):
-    code = task(host_config, "submit", "--target", "node1:0::1", "--target", "node2", "--cores", "2",
-                "--memory", "512M", "--env", "A=x=y", "--mount", "/data:/data:ro", "--container", "my-env",
-                "--privileged", "--", "python", "-c", "print(1)")
+    code = task(
+        host_config,
+        "submit",
+        "--target",
+        "node1:0::1",
+        "--target",
+        "node2",
+        "--cores",
+        "2",
+        "--memory",
+        "512M",
+        "--env",
+        "A=x=y",
+        "--mount",
+        "/data:/data:ro",
+        "--container",
+        "my-env",
+        "--privileged",
+        "--",
+        "python",
+        "-c",
+        "print(1)",
+    )
     assert code == 0
     (body,) = fake_host.submitted_bodies()
-    assert body == {"command": ["python", "-c", "print(1)"], "cores": 2, "memory": 512 << 20,
-                    "container": "my-env", "env": {"A": "x=y"}, "mounts": ["/data:/data:ro"], "privileged": True,
-                    "targets": ["node1:0::1", "node2"]}
+    assert body == {
+        "command": ["python", "-c", "print(1)"],
+        "cores": 2,
+        "memory": 512 << 20,
+        "container": "my-env",
+        "env": {"A": "x=y"},
+        "mounts": ["/data:/data:ro"],
+        "privileged": True,
+        "targets": ["node1:0::1", "node2"],
+    }
     ids = capsys.readouterr().out.splitlines()
     assert len(ids) == 2 and all(i.isdigit() for i in ids)
 
@@ -65,8 +92,9 @@ def test_submit_json(fake_host: FakeHost, host_config: Path, capsys):
     assert data["tasks"][0]["command"] == ["true"]
 
 
-@pytest.mark.parametrize("program, code, state", [("true", 0, "completed"), ("false", 1, "failed"),
-                                                  ("oom", 1, "killed_oom")])
+@pytest.mark.parametrize(
+    "program, code, state", [("true", 0, "completed"), ("false", 1, "failed"), ("oom", 1, "killed_oom")]
+)
 def test_submit_wait_exit_codes(fake_host: FakeHost, host_config: Path, capsys, program, code, state):
     assert task(host_config, "submit", "--wait", "--", program) == code
     out = capsys.readouterr().out.splitlines()
@@ -159,8 +187,12 @@ def test_logs_unknown_task(fake_host: FakeHost, host_config: Path, capsys):
 
 # ------------------------------------------------------- list/status/kill
 def test_list_table(fake_host: FakeHost, host_config: Path, capsys):
-    fake_host.add_task(["python", "train.py", "--epochs", "100", "--learning-rate", "0.001", "--name", "x" * 30],
-                       state="running", cores=4, memory=8 << 30)
+    fake_host.add_task(
+        ["python", "train.py", "--epochs", "100", "--learning-rate", "0.001", "--name", "x" * 30],
+        state="running",
+        cores=4,
+        memory=8 << 30,
+    )
     fake_host.add_task(["true"], state="completed", node="node2")
     assert task(host_config, "list") == 0
     out, err = capsys.readouterr()
@@ -196,7 +228,7 @@ def test_status_kill_pause_resume(fake_host: FakeHost, host_config: Path, capsys
     assert task(host_config, "resume", tid) == 0
     assert task(host_config, "kill", tid, "--json") == 0
     out = capsys.readouterr().out
-    assert json.loads(out[out.index("{"):])["state"] == "killed"
+    assert json.loads(out[out.index("{") :])["state"] == "killed"
     assert task(host_config, "kill", tid) == 1
     assert one_error_line(capsys.readouterr().err) == f"hakuriver.task: error: task {tid} is already killed"
 
@@ -233,9 +265,24 @@ def test_client_health_one_node(fake_host: FakeHost, host_config: Path, capsys):
     fake_host.nodes = [sample_node("node1")]
     assert client(host_config, "health", "node1") == 0
     out = capsys.readouterr().out
-    for expected in ("node1", "online", "4/16 allocated", "NUMA", "0-7", "8-15", "TEMPERATURES",
-                     "coretemp/Package id 0", "55.0", "GPUS (1 allocated)", "Fake GPU", "87%", "71C", "210.5W",
-                     "4G/16G", "1.50 1.20 1.00"):
+    for expected in (
+        "node1",
+        "online",
+        "4/16 allocated",
+        "NUMA",
+        "0-7",
+        "8-15",
+        "TEMPERATURES",
+        "coretemp/Package id 0",
+        "55.0",
+        "GPUS (1 allocated)",
+        "Fake GPU",
+        "87%",
+        "71C",
+        "210.5W",
+        "4G/16G",
+        "1.50 1.20 1.00",
+    ):
         assert expected in out, expected
     assert client(host_config, "health", "nodeX") == 1
     assert one_error_line(capsys.readouterr().err) == "hakuriver.client: error: no node nodeX"

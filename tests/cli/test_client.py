@@ -19,13 +19,27 @@ async def test_submit_sends_argv_list_and_only_given_fields(fake_host: FakeHost)
     async with HostClient(fake_host.url, TOKEN) as host:
         result = await host.submit(["echo", "$(id)", "a;b", ""])
         await host.submit(
-            ["true"], cores=2, memory=1 << 30, container="NULL", env={"A": "1"},
-            mounts=[Mount("/a", "/b", True)], privileged=False, targets=[Target("n1", 0, (1,)), "n2"],
+            ["true"],
+            cores=2,
+            memory=1 << 30,
+            container="NULL",
+            env={"A": "1"},
+            mounts=[Mount("/a", "/b", True)],
+            privileged=False,
+            targets=[Target("n1", 0, (1,)), "n2"],
         )
     first, second = fake_host.submitted_bodies()
     assert first == {"command": ["echo", "$(id)", "a;b", ""]}
-    assert second == {"command": ["true"], "cores": 2, "memory": 1 << 30, "container": "NULL", "env": {"A": "1"},
-                      "mounts": ["/a:/b:ro"], "privileged": False, "targets": ["n1:0::1", "n2"]}
+    assert second == {
+        "command": ["true"],
+        "cores": 2,
+        "memory": 1 << 30,
+        "container": "NULL",
+        "env": {"A": "1"},
+        "mounts": ["/a:/b:ro"],
+        "privileged": False,
+        "targets": ["n1:0::1", "n2"],
+    }
     assert result["task_ids"] == [result["tasks"][0]["task_id"]]
 
 

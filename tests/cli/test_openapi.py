@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from importlib import resources
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -91,8 +92,19 @@ def test_error_schema_matches_webapi(doc):
 
 
 def test_task_schema_matches_the_wire_format(doc):
-    task = Task(id=1, batch_id=1, state=TaskState.PENDING, command=["true"], cores=1, memory=None, container=None,
-                env={}, mounts=[], privileged=False, target=None)
+    task = Task(
+        id=1,
+        batch_id=1,
+        state=TaskState.PENDING,
+        command=["true"],
+        cores=1,
+        memory=None,
+        container=None,
+        env={},
+        mounts=[],
+        privileged=False,
+        target=None,
+    )
     schema = doc["components"]["schemas"]["Task"]
     assert set(schema["required"]) == set(task.to_json()) == set(schema["properties"])
     assert doc["components"]["schemas"]["TaskState"]["enum"] == [s.value for s in TaskState]

@@ -48,16 +48,23 @@ def test_build_parser_is_pure_and_deterministic(module, monkeypatch):
 
 
 def test_prog_names_match_console_scripts():
-    assert [m.PROG for m in MODULES] == ["hakuriver.task", "hakuriver.client", "hakuriver.host", "hakuriver.runner",
-                                         "hakuriver.docker"]
+    assert [m.PROG for m in MODULES] == [
+        "hakuriver.task",
+        "hakuriver.client",
+        "hakuriver.host",
+        "hakuriver.runner",
+        "hakuriver.docker",
+    ]
 
 
 @pytest.mark.parametrize(
     "argv, command",
     [
         (["submit", "--", "echo", "$(id)", "a;b"], ["echo", "$(id)", "a;b"]),
-        (["submit", "--cores", "2", "--", "sh", "-c", "echo $HOME && rm -rf /"],
-         ["sh", "-c", "echo $HOME && rm -rf /"]),
+        (
+            ["submit", "--cores", "2", "--", "sh", "-c", "echo $HOME && rm -rf /"],
+            ["sh", "-c", "echo $HOME && rm -rf /"],
+        ),
         (["submit", "--", "python", "--cores", "3", "--", "x"], ["python", "--cores", "3", "--", "x"]),
         (["submit", "--", "-v"], ["-v"]),
         (["submit", "echo", "it's", "  spaced  "], ["echo", "it's", "  spaced  "]),
@@ -71,9 +78,27 @@ def test_submit_keeps_argv_verbatim(argv, command):
 
 def test_submit_request_validates_and_normalises():
     args = task_cli.build_parser().parse_args(
-        ["submit", "--target", "node1:0::1,2", "--target", "node2", "--cores", "4", "--memory", "1.5G",
-         "--env", "A=1=2", "--env", "EMPTY=", "--mount", "/data//x/:/x:ro", "--container", "my-env",
-         "--", "true"]
+        [
+            "submit",
+            "--target",
+            "node1:0::1,2",
+            "--target",
+            "node2",
+            "--cores",
+            "4",
+            "--memory",
+            "1.5G",
+            "--env",
+            "A=1=2",
+            "--env",
+            "EMPTY=",
+            "--mount",
+            "/data//x/:/x:ro",
+            "--container",
+            "my-env",
+            "--",
+            "true",
+        ]
     )
     req = task_cli.submit_request(args)
     assert req["targets"] == ["node1:0::1,2", "node2"]
@@ -93,8 +118,17 @@ def test_submit_request_systemd_container():
 def test_submit_request_omits_defaults():
     args = task_cli.build_parser().parse_args(["submit", "--", "true"])
     req = task_cli.submit_request(args)
-    assert req == {"command": ["true"], "cores": None, "memory": None, "container": None, "env": None,
-                   "mounts": None, "privileged": None, "targets": None, "gpus": None}
+    assert req == {
+        "command": ["true"],
+        "cores": None,
+        "memory": None,
+        "container": None,
+        "env": None,
+        "mounts": None,
+        "privileged": None,
+        "targets": None,
+        "gpus": None,
+    }
 
 
 @pytest.mark.parametrize(
@@ -202,8 +236,9 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("argv", [["list"], ["status", "123"], ["submit", "--", "true"], ["wait", "5"],
-                                  ["logs", "5", "--follow"]])
+@pytest.mark.parametrize(
+    "argv", [["list"], ["status", "123"], ["submit", "--", "true"], ["wait", "5"], ["logs", "5", "--follow"]]
+)
 def test_unreachable_host_is_one_line_exit_1(argv, capsys, tmp_path):
     port = _closed_port()
     config = write_config(tmp_path / "c.toml", port)
@@ -226,8 +261,9 @@ def test_unreachable_host_client_cli(capsys, tmp_path):
 def _run(module: str, *argv: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "HAKURIVER_CONFIG"}
     env.update(HOME=str(home), PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", module, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", module, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize(
@@ -256,8 +292,16 @@ def test_python_dash_m_unreachable(tmp_path):
     assert len(proc.stderr.splitlines()) == 1 and "cannot reach the Host" in proc.stderr
 
 
-@pytest.mark.parametrize("module", ["hakuriver.cli.task", "hakuriver.cli.client", "hakuriver.cli.host",
-                                    "hakuriver.cli.runner", "hakuriver.cli.docker"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "hakuriver.cli.task",
+        "hakuriver.cli.client",
+        "hakuriver.cli.host",
+        "hakuriver.cli.runner",
+        "hakuriver.cli.docker",
+    ],
+)
 def test_python_dash_m_help(module, tmp_path):
     proc = _run(module, "--help", home=tmp_path)
     assert proc.returncode == 0 and "usage:" in proc.stdout

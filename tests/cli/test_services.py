@@ -67,11 +67,15 @@ def _config(path: Path, text: str) -> Path:
         (runner_cli, "network", "runner_address", "runner_port", "runner_log_file"),
     ],
 )
-def test_service_binds_and_logs_from_config(module, section, bind_key, port_key, log_key, tmp_path, monkeypatch,
-                                            run_app_calls):
+def test_service_binds_and_logs_from_config(
+    module, section, bind_key, port_key, log_key, tmp_path, monkeypatch, run_app_calls
+):
     log_file = tmp_path / "service.log"
-    config = _config(tmp_path / "c.toml", f'[network]\n{bind_key} = "127.0.0.2"\n{port_key} = 18123\n'
-                                          f'[paths]\n{log_key} = "{log_file}"\n[auth]\ntoken = "t"\n')
+    config = _config(
+        tmp_path / "c.toml",
+        f'[network]\n{bind_key} = "127.0.0.2"\n{port_key} = 18123\n'
+        f'[paths]\n{log_key} = "{log_file}"\n[auth]\ntoken = "t"\n',
+    )
     seen: list[Any] = []
     sentinel = object()
     monkeypatch.setattr(module, "_create_app", lambda cfg: seen.append(cfg) or sentinel)
@@ -119,8 +123,13 @@ def test_service_port_in_use_is_one_line(tmp_path, capsys):
         port = busy.getsockname()[1]
         parser = host_cli.build_parser()
         config = _config(tmp_path / "c.toml", f'[network]\nhost_bind_ip = "127.0.0.1"\nhost_port = {port}\n')
-        code = common.serve(parser, ["--config", str(config)], factory=lambda cfg: web.Application(),
-                            bind=lambda c: (c.network.host_bind_ip, c.network.host_port), log_file=lambda c: "")
+        code = common.serve(
+            parser,
+            ["--config", str(config)],
+            factory=lambda cfg: web.Application(),
+            bind=lambda c: (c.network.host_bind_ip, c.network.host_port),
+            log_file=lambda c: "",
+        )
     assert code == 1
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith(f"hakuriver.host: error: cannot serve on 127.0.0.1:{port}: ")
@@ -149,7 +158,6 @@ raise SystemExit(common.serve(host.build_parser(), ["--config", {str(config)!r}]
                               bind=lambda c: (c.network.host_bind_ip, c.network.host_port), log_file=lambda c: ""))
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "hakuriver.host starting on 127.0.0.1" in proc.stderr and "hakuriver.host stopped" in proc.stderr

@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import secrets
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import docker.errors
 import pytest

@@ -21,8 +21,24 @@ from hakuriver.parsing import validate_env_name
 from hakuriver.runner.environments import EnvironmentSync, LocalImage, needs_load
 from hakuriver.runner.supervisor import Supervisor
 
-TRICKS = ["../x", "a/b", ".", "..", "x\x00y", "/etc/passwd", "a" * 129, "", "-a", "a-", "a..b", "~root",
-          "a b", "a\nb", "%2e%2e", "..\\x"]
+TRICKS = [
+    "../x",
+    "a/b",
+    ".",
+    "..",
+    "x\x00y",
+    "/etc/passwd",
+    "a" * 129,
+    "",
+    "-a",
+    "a-",
+    "a..b",
+    "~root",
+    "a b",
+    "a\nb",
+    "%2e%2e",
+    "..\\x",
+]
 
 
 @pytest.mark.parametrize("name", TRICKS)
@@ -89,8 +105,13 @@ def test_commit_restores_the_image_entrypoint_and_command() -> None:
 def test_shell_framing() -> None:
     # What the CLI sends and the Host reads.
     assert parse_client_message(docker_cli.resize_message(40, 120)) == (40, 120)
-    for bad in ('{"type": "resize", "rows": 0, "cols": 80}', '{"type": "resize", "rows": true, "cols": 80}',
-                '{"type": "stdin"}', "[]", "not json"):
+    for bad in (
+        '{"type": "resize", "rows": 0, "cols": 80}',
+        '{"type": "resize", "rows": true, "cols": 80}',
+        '{"type": "stdin"}',
+        "[]",
+        "not json",
+    ):
         with pytest.raises(ValidationError):
             parse_client_message(bad)
     # What the Host sends and the CLI reads.
@@ -105,10 +126,19 @@ def test_shell_framing() -> None:
 
 def test_cli_parser_is_pure_and_complete() -> None:
     parser = docker_cli.build_parser()
-    for argv in (["list-containers"], ["create-container", "img", "e", "--pull"], ["start-container", "e"],
-                 ["stop-container", "e"], ["delete-container", "e"], ["shell", "e", "--", "top"],
-                 ["create-tar", "e"], ["list-tars"], ["delete-tar", "e", "--version", "5"],
-                 ["import-image", "img", "e"], ["import-tar", "f.tar", "e"]):
+    for argv in (
+        ["list-containers"],
+        ["create-container", "img", "e", "--pull"],
+        ["start-container", "e"],
+        ["stop-container", "e"],
+        ["delete-container", "e"],
+        ["shell", "e", "--", "top"],
+        ["create-tar", "e"],
+        ["list-tars"],
+        ["delete-tar", "e", "--version", "5"],
+        ["import-image", "img", "e"],
+        ["import-tar", "f.tar", "e"],
+    ):
         args = parser.parse_args(argv)
         assert callable(args.func), argv
 

@@ -83,8 +83,11 @@ async def test_shell_runs_commands_resizes_and_reports_the_exit_code(
         container = docker_client.containers.get(f"hakuriver-env-{name}")
         await apoll(lambda: "4242" in str(container.top()["Processes"]), timeout=20, what="the shell's program")
         await ws.close()
-        await apoll(lambda: "4242" not in str(container.top()["Processes"]), timeout=20,
-                    what="the dropped shell's program to end")
+        await apoll(
+            lambda: "4242" not in str(container.top()["Processes"]),
+            timeout=20,
+            what="the dropped shell's program to end",
+        )
 
         # The handshake is authenticated, and refusals carry their reason.
         async with aiohttp.ClientSession() as anonymous:
@@ -142,8 +145,21 @@ def test_cli_shell_in_a_real_terminal(cluster: LocalCluster, made: Made, harness
     env.pop("HAKURIVER_CONFIG", None)
     pid, master = pty.fork()
     if pid == 0:  # the child: the CLI on a terminal of its own
-        os.execve(sys.executable, [sys.executable, "-m", "hakuriver.cli.docker", "--config",
-                                   str(cluster.host_config_path), "shell", name, "--", "sh"], env)
+        os.execve(
+            sys.executable,
+            [
+                sys.executable,
+                "-m",
+                "hakuriver.cli.docker",
+                "--config",
+                str(cluster.host_config_path),
+                "shell",
+                name,
+                "--",
+                "sh",
+            ],
+            env,
+        )
     try:
         _read_until(master, b"# ")
         assert not termios.tcgetattr(master)[3] & termios.ICANON, "the local terminal is not in raw mode"

@@ -23,8 +23,11 @@ def test_offline_host_starts_logs_the_import_command_and_imports(
 ) -> None:
     name = made.name()
     cluster = cluster_factory(docker_overrides={"default_container_name": name, "initial_base_image": MISSING_IMAGE})
-    log = poll(lambda: cluster.host_proc.log() if f"import-image LOCAL_IMAGE {name}" in cluster.host_proc.log()
-               else None, timeout=60, what="the Host to explain how to provide the default environment")
+    log = poll(
+        lambda: cluster.host_proc.log() if f"import-image LOCAL_IMAGE {name}" in cluster.host_proc.log() else None,
+        timeout=60,
+        what="the Host to explain how to provide the default environment",
+    )
     assert MISSING_IMAGE in log and "cannot be pulled" in log
     assert cluster.api("GET", "/api/health")[0] == 200
     config = ["--config", str(cluster.host_config_path)]

@@ -18,7 +18,7 @@ from typing import Any
 
 PROBE_MARKER = "HKR-CGROUP-PROBE"
 
-PROBE_SCRIPT = r'''
+PROBE_SCRIPT = r"""
 import json, os
 
 def read(p):
@@ -78,7 +78,7 @@ else:
     out["cpu_quota"] = None if q is None or int(q) < 0 else int(q)
     out["cpu_period"] = None if p is None else int(p)
 print("HKR-CGROUP-PROBE " + json.dumps(out, sort_keys=True), flush=True)
-'''
+"""
 
 
 def parse_probe(output: str | bytes) -> dict[str, Any]:
@@ -87,5 +87,5 @@ def parse_probe(output: str | bytes) -> dict[str, Any]:
         output = output.decode(errors="replace")
     for line in output.splitlines():
         if line.startswith(PROBE_MARKER + " "):
-            return json.loads(line[len(PROBE_MARKER) + 1:])
+            return json.loads(line[len(PROBE_MARKER) + 1 :])
     raise ValueError(f"no {PROBE_MARKER} line in output: {output!r}")

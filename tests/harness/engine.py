@@ -208,8 +208,13 @@ def remove_network(client: docker.DockerClient, network: Any, timeout: float = 3
             return True
         return True
 
-    poll(_gone, timeout=timeout, interval=0.5, what=f"removal of network {network.name}",
-         ignore=(docker.errors.APIError,))
+    poll(
+        _gone,
+        timeout=timeout,
+        interval=0.5,
+        what=f"removal of network {network.name}",
+        ignore=(docker.errors.APIError,),
+    )
 
 
 def _age_seconds(created: str | None) -> float:
@@ -224,7 +229,7 @@ def _age_seconds(created: str | None) -> float:
         when = datetime.datetime.fromisoformat(stamp)
     except ValueError:
         return 0.0
-    return (datetime.datetime.now(datetime.timezone.utc) - when).total_seconds()
+    return (datetime.datetime.now(datetime.UTC) - when).total_seconds()
 
 
 # Containers that carry the harness label only because they were made from a harness image

@@ -16,15 +16,16 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from . import engine
 from .engine import (
-    EngineUnavailable,
     SESSION_ID,
     SESSION_LABEL,
+    EngineUnavailable,
     harness_labels,
     harness_name,
     labelled_containers,
@@ -35,8 +36,7 @@ from .engine import (
 from .node import ContainerFactory, Node, NodeFactory, _short_test_name
 
 DOCKER_FIXTURES = frozenset(
-    {"docker_client", "harness_images", "docker_network", "network_factory", "node_factory",
-     "container_factory"}
+    {"docker_client", "harness_images", "docker_network", "network_factory", "node_factory", "container_factory"}
 )
 IMAGE_FIXTURES = frozenset({"harness_images", "node_factory"})
 
@@ -74,9 +74,12 @@ def _prepare_engine(config: pytest.Config) -> None:
         return
     removed = engine.sweep(_State.client)
     info = _State.client.version()
-    _say(config, f"docker engine {info.get('Version')} (API {info.get('ApiVersion')}) ready in "
-                 f"{time.monotonic() - t0:.1f}s; session {SESSION_ID}; swept "
-                 f"{len(removed)} leftover(s){': ' + ', '.join(removed) if removed else ''}")
+    _say(
+        config,
+        f"docker engine {info.get('Version')} (API {info.get('ApiVersion')}) ready in "
+        f"{time.monotonic() - t0:.1f}s; session {SESSION_ID}; swept "
+        f"{len(removed)} leftover(s){': ' + ', '.join(removed) if removed else ''}",
+    )
 
 
 def _prepare_images(config: pytest.Config) -> None:
@@ -92,8 +95,7 @@ def _prepare_images(config: pytest.Config) -> None:
         _State.images_error = f"{type(exc).__name__}: {exc}"
         _say(config, f"image build FAILED: {_State.images_error}")
         return
-    _say(config, f"images ready in {time.monotonic() - t0:.1f}s: "
-                 + ", ".join(_State.images.values()))
+    _say(config, f"images ready in {time.monotonic() - t0:.1f}s: " + ", ".join(_State.images.values()))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -134,8 +136,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     status = int(getattr(config, "_hkr_exitstatus", 1))
 
     def force_exit() -> None:
-        leaked = [t for t in threading.enumerate()
-                  if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+        leaked = [
+            t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()
+        ]
         if not leaked:
             return
         sys.stderr.write(
@@ -179,12 +182,10 @@ def _check_leftovers(session: pytest.Session) -> None:
         return
     _say(session.config, "LEFTOVERS after the session (removing them; the session fails):")
     for c in ours:
-        _say(session.config, f"  container {c.name} ({c.status}) from "
-                             f"{c.labels.get(engine.TEST_LABEL)}")
+        _say(session.config, f"  container {c.name} ({c.status}) from {c.labels.get(engine.TEST_LABEL)}")
         remove_container(c)
     for n in our_nets:
-        _say(session.config, f"  network {n.name} from "
-                             f"{(n.attrs.get('Labels') or {}).get(engine.TEST_LABEL)}")
+        _say(session.config, f"  network {n.name} from {(n.attrs.get('Labels') or {}).get(engine.TEST_LABEL)}")
         remove_network(client, n)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -201,10 +202,13 @@ def _warn_ownerless(session: pytest.Session, client: Any) -> None:
             if engine.OWNER_LABEL in c.labels:
                 continue
             if engine._age_seconds(c.attrs.get("Created")) <= time.time() - _SESSION_T0:
-                _say(session.config, f"WARNING: container {c.name} ({c.status}, image "
-                                     f"{c.attrs.get('Config', {}).get('Image')}), created from a harness "
-                                     f"image while this session ran (by it or by a concurrent "
-                                     f"one), still exists")
+                _say(
+                    session.config,
+                    f"WARNING: container {c.name} ({c.status}, image "
+                    f"{c.attrs.get('Config', {}).get('Image')}), created from a harness "
+                    f"image while this session ran (by it or by a concurrent "
+                    f"one), still exists",
+                )
     except Exception as exc:
         _say(session.config, f"could not list ownerless containers: {exc!r}")
 
@@ -267,8 +271,9 @@ def docker_network(network_factory: Any) -> Any:
 
 
 @pytest.fixture
-def node_factory(request: pytest.FixtureRequest, docker_client: Any,
-                 harness_images: dict[str, str]) -> Iterator[NodeFactory]:
+def node_factory(
+    request: pytest.FixtureRequest, docker_client: Any, harness_images: dict[str, str]
+) -> Iterator[NodeFactory]:
     """Start systemd nodes; all of them are removed at teardown, pass or fail."""
     factory = NodeFactory(docker_client, request.node.nodeid, harness_images)
     request.node.stash.setdefault(_FACTORIES, []).append(factory)
@@ -281,8 +286,7 @@ def node_factory(request: pytest.FixtureRequest, docker_client: Any,
 
 
 @pytest.fixture
-def container_factory(request: pytest.FixtureRequest, docker_client: Any
-                      ) -> Iterator[ContainerFactory]:
+def container_factory(request: pytest.FixtureRequest, docker_client: Any) -> Iterator[ContainerFactory]:
     """Start plain labelled containers through the SDK; removed at teardown."""
     factory = ContainerFactory(docker_client, request.node.nodeid)
     try:

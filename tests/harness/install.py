@@ -51,14 +51,20 @@ def build_wheelhouse() -> Wheelhouse:
     if not (deps / ".complete").exists():
         shutil.rmtree(deps, ignore_errors=True)
         deps.mkdir(parents=True)
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(deps), str(REPO)],
-                       check=True, cwd=str(REPO))
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(deps), str(REPO)],
+            check=True,
+            cwd=str(REPO),
+        )
         for whl in deps.glob("hakuriver-*.whl"):
             whl.unlink()  # the project's own wheel is rebuilt fresh below
         (deps / ".complete").write_text(key)
     fresh = Path(tempfile.mkdtemp(prefix="hkr-wheel-"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(fresh), str(REPO)],
-                   check=True, cwd=str(REPO))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(fresh), str(REPO)],
+        check=True,
+        cwd=str(REPO),
+    )
     [wheel] = list(fresh.glob("hakuriver-*.whl"))
     target = CACHE / "current"
     target.mkdir(parents=True, exist_ok=True)
@@ -80,8 +86,11 @@ def ensure_node_py_image(client: Any, node_image: str, wheelhouse: Wheelhouse) -
     except Exception:
         pass
     container = client.containers.run(
-        node_image, command=["sleep", "infinity"], detach=True,
-        name=harness_name("node-py", "build"), labels=harness_labels("node-py-build"),
+        node_image,
+        command=["sleep", "infinity"],
+        detach=True,
+        name=harness_name("node-py", "build"),
+        labels=harness_labels("node-py-build"),
     )
     try:
         handle = ContainerHandle(container)
@@ -89,11 +98,16 @@ def ensure_node_py_image(client: Any, node_image: str, wheelhouse: Wheelhouse) -
         wheel_dir = f"/opt/{wheelhouse.deps_dir.name}"
         handle.exec(["python3", "-m", "venv", VENV])
         requirements = [p.name.split("-")[0] for p in wheelhouse.deps_dir.glob("*.whl")]
-        handle.exec([f"{VENV}/bin/pip", "install", "--quiet", "--no-index", "--find-links", wheel_dir, *requirements],
-                    timeout=600)
+        handle.exec(
+            [f"{VENV}/bin/pip", "install", "--quiet", "--no-index", "--find-links", wheel_dir, *requirements],
+            timeout=600,
+        )
         handle.exec(["rm", "-rf", wheel_dir])
-        container.commit(repository=NODE_PY_REPO, tag=tag_key,
-                         changes=['CMD ["/lib/systemd/systemd"]', "LABEL org.hakuriver.harness=1"])
+        container.commit(
+            repository=NODE_PY_REPO,
+            tag=tag_key,
+            changes=['CMD ["/lib/systemd/systemd"]', "LABEL org.hakuriver.harness=1"],
+        )
     finally:
         remove_container(container)
     return tag
@@ -102,7 +116,16 @@ def ensure_node_py_image(client: Any, node_image: str, wheelhouse: Wheelhouse) -
 def install_hakuriver(node: Node, wheelhouse: Wheelhouse) -> str:
     """Install the fresh hakuriver wheel into the node's venv; returns the venv's python."""
     node.copy_in(wheelhouse.hakuriver_wheel, "/tmp")
-    node.exec([f"{VENV}/bin/pip", "install", "--quiet", "--no-index", "--no-deps", "--force-reinstall",
-               f"/tmp/{wheelhouse.hakuriver_wheel.name}"], timeout=300)
+    node.exec(
+        [
+            f"{VENV}/bin/pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--force-reinstall",
+            f"/tmp/{wheelhouse.hakuriver_wheel.name}",
+        ],
+        timeout=300,
+    )
     return f"{VENV}/bin/python"
-

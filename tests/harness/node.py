@@ -13,8 +13,9 @@ import io
 import os
 import subprocess
 import tarfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import docker
 import docker.errors
@@ -27,7 +28,7 @@ DEFAULT_EXEC_TIMEOUT = 120.0
 
 
 class CommandFailed(AssertionError):
-    def __init__(self, result: "ExecResult"):
+    def __init__(self, result: ExecResult):
         self.result = result
         super().__init__(str(result))
 
@@ -44,13 +45,13 @@ class ExecResult:
     def ok(self) -> bool:
         return self.rc == 0
 
-    def check(self) -> "ExecResult":
+    def check(self) -> ExecResult:
         if self.rc != 0:
             raise CommandFailed(self)
         return self
 
     def __str__(self) -> str:
-        shown = [a if len(a) <= 120 else a[:100] + "...<%d chars>" % len(a) for a in self.argv]
+        shown = [a if len(a) <= 120 else a[:100] + f"...<{len(a)} chars>" for a in self.argv]
         return (
             f"{shown!r} in {self.where} exited {self.rc}\n"
             f"--- stdout ---\n{self.stdout[-4000:]}\n--- stderr ---\n{self.stderr[-4000:]}"
@@ -141,11 +142,11 @@ class ContainerHandle:
 
         ``check=True`` raises :class:`CommandFailed` (an AssertionError) on a non-zero rc.
         """
-        return docker_exec(self.name, argv, user=user, env=env, check=check,
-                           timeout=timeout, workdir=workdir, input=input)
+        return docker_exec(
+            self.name, argv, user=user, env=env, check=check, timeout=timeout, workdir=workdir, input=input
+        )
 
-    def copy_in(self, local_path: str | os.PathLike[str], dest_dir: str,
-                arcname: str | None = None) -> str:
+    def copy_in(self, local_path: str | os.PathLike[str], dest_dir: str, arcname: str | None = None) -> str:
         """Copy a local file or directory into ``dest_dir`` (created if missing).
 
         Returns the path it got inside the container. Ownership inside is root.
@@ -226,7 +227,7 @@ class Node(ContainerHandle):
 
     def system_state(self) -> str:
         r = self.exec(["systemctl", "is-system-running"], check=False, timeout=30)
-        return (r.stdout.strip() or r.stderr.strip())
+        return r.stdout.strip() or r.stderr.strip()
 
     def diagnostics(self, journal_lines: int = 60) -> str:
         """systemctl --failed, the journal tail and the container log, for failure messages."""
@@ -254,24 +255,36 @@ class Node(ContainerHandle):
             state = self.system_state()
             return state if state in ("running", "degraded") else None
 
-        return poll(booted, timeout=timeout, interval=0.25,
-                    what=f"systemd in {self.name} to reach running/degraded",
-                    on_timeout=self.diagnostics)
+        return poll(
+            booted,
+            timeout=timeout,
+            interval=0.25,
+            what=f"systemd in {self.name} to reach running/degraded",
+            on_timeout=self.diagnostics,
+        )
 
     def wait_unit_active(self, unit: str, timeout: float = 60) -> None:
-        poll(lambda: self.exec(["systemctl", "is-active", unit], check=False).rc == 0,
-             timeout=timeout, interval=0.25, what=f"{unit} active in {self.name}",
-             on_timeout=lambda: self.exec(
-                 ["systemctl", "status", "--no-pager", "-l", unit], check=False).stdout)
+        poll(
+            lambda: self.exec(["systemctl", "is-active", unit], check=False).rc == 0,
+            timeout=timeout,
+            interval=0.25,
+            what=f"{unit} active in {self.name}",
+            on_timeout=lambda: self.exec(["systemctl", "status", "--no-pager", "-l", unit], check=False).stdout,
+        )
 
     def wait_docker(self, timeout: float = 90) -> None:
         """Wait until the inner dockerd answers (docker_in_node nodes)."""
-        poll(lambda: self.exec(["docker", "info", "--format", "{{.ServerVersion}}"],
-                               check=False, timeout=30).rc == 0,
-             timeout=timeout, interval=0.5, what=f"inner dockerd in {self.name}",
-             on_timeout=lambda: self.exec(
-                 ["journalctl", "-b", "--no-pager", "-n", "40", "-u", "docker", "-u",
-                  "containerd"], check=False).stdout)
+        poll(
+            lambda: self.exec(["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=30).rc == 0,
+            timeout=timeout,
+            interval=0.5,
+            what=f"inner dockerd in {self.name}",
+            on_timeout=lambda: (
+                self.exec(
+                    ["journalctl", "-b", "--no-pager", "-n", "40", "-u", "docker", "-u", "containerd"], check=False
+                ).stdout
+            ),
+        )
 
     def load_image(self, image: str, timeout: float = 300) -> None:
         """Copy an image of the outer engine into the inner one (docker save | docker load)."""
@@ -363,9 +376,7 @@ class NodeFactory:
             net_name = getattr(network, "name", network)
             all_aliases = list(dict.fromkeys([hostname, *aliases]))
             kwargs["network"] = net_name
-            kwargs["networking_config"] = {
-                net_name: self.client.api.create_endpoint_config(aliases=all_aliases)
-            }
+            kwargs["networking_config"] = {net_name: self.client.api.create_endpoint_config(aliases=all_aliases)}
         kwargs.update(run_kwargs)
 
         container = self.client.containers.create(**kwargs)
@@ -404,13 +415,11 @@ class ContainerFactory:
         self.client = client
         self.test_id = test_id
 
-    def __call__(self, image: str, command: Any = None, *, suffix: str = "ctr",
-                 **kwargs: Any) -> Any:
+    def __call__(self, image: str, command: Any = None, *, suffix: str = "ctr", **kwargs: Any) -> Any:
         labels = dict(kwargs.pop("labels", None) or {})
         labels.update(harness_labels(self.test_id))
         name = kwargs.pop("name", None) or harness_name(_short_test_name(self.test_id), suffix)
-        container = self.client.containers.create(image, command, name=name, labels=labels,
-                                                  **kwargs)
+        container = self.client.containers.create(image, command, name=name, labels=labels, **kwargs)
         self._tracker.handles.append(ContainerHandle(container))
         container.start()
         container.reload()

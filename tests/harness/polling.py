@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from typing import Any, Awaitable, Callable, TypeVar, Union
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -47,15 +48,14 @@ def poll(
             last_exc = None
             if last_value:
                 return last_value
-        except ignore as exc:  # noqa: PERF203 - polling loop
+        except ignore as exc:
             last_exc = exc
         if final:
             break
         remaining = deadline - time.monotonic()
         time.sleep(max(0.0, min(interval, remaining)))
-    msg = (
-        f"timed out after {time.monotonic() - start:.1f}s (limit {timeout}s) waiting for {what}; "
-        + _describe(last_value, last_exc)
+    msg = f"timed out after {time.monotonic() - start:.1f}s (limit {timeout}s) waiting for {what}; " + _describe(
+        last_value, last_exc
     )
     if on_timeout is not None:
         try:
@@ -66,7 +66,7 @@ def poll(
 
 
 async def apoll(
-    fn: Callable[[], Union[T, Awaitable[T]]],
+    fn: Callable[[], T | Awaitable[T]],
     timeout: float,
     interval: float = 0.2,
     what: str = "condition",
@@ -89,14 +89,13 @@ async def apoll(
             last_exc = None
             if last_value:
                 return last_value
-        except ignore as exc:  # noqa: PERF203
+        except ignore as exc:
             last_exc = exc
         if final:
             break
         await asyncio.sleep(max(0.0, min(interval, deadline - loop.time())))
-    msg = (
-        f"timed out after {loop.time() - start:.1f}s (limit {timeout}s) waiting for {what}; "
-        + _describe(last_value, last_exc)
+    msg = f"timed out after {loop.time() - start:.1f}s (limit {timeout}s) waiting for {what}; " + _describe(
+        last_value, last_exc
     )
     if on_timeout is not None:
         try:

@@ -78,8 +78,7 @@ async def test_fresh_file_is_migrated(tmp_path):
         indexes = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert {"tasks_state", "tasks_node", "tasks_submitted", "tasks_batch"} <= indexes
         plan = " ".join(
-            str(r[-1])
-            for r in raw.execute("EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE state='pending' ORDER BY id")
+            str(r[-1]) for r in raw.execute("EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE state='pending' ORDER BY id")
         )
         assert "tasks_state" in plan
     finally:
@@ -322,9 +321,7 @@ async def test_transition_guards_and_arguments(db):
 async def test_concurrent_transitions_exactly_one_wins(db):
     await db.insert_tasks([make_task(1, state=S.RUNNING, node="n1")])
     finals = [S.KILLED, S.COMPLETED, S.FAILED, S.KILLED_OOM] * 25
-    results = await asyncio.gather(
-        *(db.transition(1, st, now=float(i), exit_code=i) for i, st in enumerate(finals))
-    )
+    results = await asyncio.gather(*(db.transition(1, st, now=float(i), exit_code=i) for i, st in enumerate(finals)))
     winners = [r for r in results if r is not None]
     assert len(winners) == 1
     stored = await db.get_task(1)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -75,11 +76,16 @@ class HostUnderTest:
         assert status == 200, reply
 
     async def report(self, task_id: str, state: str, node: str = "n1", **extra: Any) -> tuple[int, Any]:
-        return await self.call("POST", f"/api/runner/tasks/{task_id}/status", {"hostname": node, "state": state, **extra})
+        return await self.call(
+            "POST", f"/api/runner/tasks/{task_id}/status", {"hostname": node, "state": state, **extra}
+        )
 
     async def heartbeat(self, node: str, tasks: list[tuple[str, str]]) -> tuple[int, Any]:
-        return await self.call("POST", "/api/runner/heartbeat", {
-            "hostname": node, "stats": {}, "tasks": [{"task_id": t, "state": s} for t, s in tasks]})
+        return await self.call(
+            "POST",
+            "/api/runner/heartbeat",
+            {"hostname": node, "stats": {}, "tasks": [{"task_id": t, "state": s} for t, s in tasks]},
+        )
 
     async def state(self, task_id: str) -> str:
         return (await self.call("GET", f"/api/tasks/{task_id}"))[1]["state"]
@@ -102,13 +108,15 @@ async def host(tmp_path: Path) -> AsyncIterator[tuple[HostUnderTest, FakeRunner]
     fake = FakeRunner()
     runner_port, host_port = _port(), _port()
     fake_site = await _serve(fake.app, runner_port)
-    config = config_from_dict({
-        "network": {"host_port": host_port},
-        "paths": {"shared_dir": str(tmp_path / "shared")},
-        "database": {"db_file": str(tmp_path / "host.db")},
-        "timing": {"heartbeat_interval": 0.2, "heartbeat_timeout_factor": 3, "cleanup_check_interval": 0.1},
-        "auth": {"token": TOKEN},
-    })
+    config = config_from_dict(
+        {
+            "network": {"host_port": host_port},
+            "paths": {"shared_dir": str(tmp_path / "shared")},
+            "database": {"db_file": str(tmp_path / "host.db")},
+            "timing": {"heartbeat_interval": 0.2, "heartbeat_timeout_factor": 3, "cleanup_check_interval": 0.1},
+            "auth": {"token": TOKEN},
+        }
+    )
     host_site = await _serve(create_app(config), host_port)
     session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"})
     try:

@@ -293,9 +293,7 @@ def test_task_waiting_for_gpu0_lets_cpu_work_use_spare_cores():
 def test_count_reservation_keeps_gpus_free_and_steers_ids():
     n = node("a", cores=16, gpus=4)
     ledger = Ledger.from_tasks([running(1, "a", gpus=[0, 1, 2])])
-    out = Scheduler().schedule(
-        [task(2, gpu_count=2), task(3, gpu_count=1), task(4, cores=4)], [n], ledger
-    )
+    out = Scheduler().schedule([task(2, gpu_count=2), task(3, gpu_count=1), task(4, cores=4)], [n], ledger)
     # 2 waits for two GPUs: 3 may not take the last free one; CPU-only 4 may run
     assert out == [Placement(4, "a", None, ())]
 

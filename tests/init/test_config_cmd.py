@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import toml
@@ -48,8 +48,9 @@ def test_every_config_key_has_a_comment_and_the_defaults_round_trip() -> None:
         assert f"# {comment}\n{dotted.partition('.')[2]} = " in text
 
 
-def test_default_path_mode_0600_and_a_fresh_token(home: Path, open_umask: None,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_default_path_mode_0600_and_a_fresh_token(
+    home: Path, open_umask: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["config"]) == 0
     path = home / ".hakuriver" / "config.toml"
     assert mode(path) == 0o600
@@ -69,14 +70,44 @@ def test_flags_round_trip(tmp_path: Path, home: Path, monkeypatch: pytest.Monkey
     token = "k" * 20 + "-_Zz09"
     (tmp_path / "tok").write_text(token + "\n")
     out = tmp_path / "cfg" / "host.toml"
-    argv = ["config", "--output", str(out), "--host-address", "10.0.0.1", "--host-bind-ip", "10.0.0.1",
-            "--host-port", "9100", "--runner-address", "10.0.0.7", "--runner-port", "9101",
-            "--shared-dir", "shared", "--local-temp-dir", "/scratch/hkr", "--db-file", "~/db/host.db",
-            "--host-log-file", "/var/log/hkr/host.log", "--runner-log-file", "/var/log/hkr/runner.log",
-            "--runner-name", "gpu-7", "--runner-user", "tasks", "--token-file", str(tmp_path / "tok")]
+    argv = [
+        "config",
+        "--output",
+        str(out),
+        "--host-address",
+        "10.0.0.1",
+        "--host-bind-ip",
+        "10.0.0.1",
+        "--host-port",
+        "9100",
+        "--runner-address",
+        "10.0.0.7",
+        "--runner-port",
+        "9101",
+        "--shared-dir",
+        "shared",
+        "--local-temp-dir",
+        "/scratch/hkr",
+        "--db-file",
+        "~/db/host.db",
+        "--host-log-file",
+        "/var/log/hkr/host.log",
+        "--runner-log-file",
+        "/var/log/hkr/runner.log",
+        "--runner-name",
+        "gpu-7",
+        "--runner-user",
+        "tasks",
+        "--token-file",
+        str(tmp_path / "tok"),
+    ]
     assert main(argv) == 0
     c = read_config_file(out)
-    assert (c.network.host_reachable_address, c.network.host_bind_ip, c.network.host_port) == ("10.0.0.1", "10.0.0.1", 9100)
+    assert (c.network.host_reachable_address, c.network.host_bind_ip, c.network.host_port) == (
+        "10.0.0.1",
+        "10.0.0.1",
+        9100,
+    )
     assert (c.network.runner_address, c.network.runner_port) == ("10.0.0.7", 9101)
     assert c.paths.shared_dir == str(tmp_path / "shared"), "relative paths are stored absolute"
     assert c.paths.local_temp_dir == "/scratch/hkr"
@@ -97,8 +128,9 @@ def test_token_flag(tmp_path: Path) -> None:
     assert read_config_file(out).auth.token == "A" * 40
 
 
-def test_refuses_to_overwrite_without_force(tmp_path: Path, open_umask: None,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_refuses_to_overwrite_without_force(
+    tmp_path: Path, open_umask: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "c.toml"
     out.write_text("# mine\n")
     out.chmod(0o644)
@@ -114,19 +146,23 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path, open_umask: None,
     assert [p.name for p in tmp_path.iterdir()] == ["c.toml"], "no temporary file left behind"
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--host-port", "0"], "port"),
-    (["--runner-port", "http"], "port"),
-    (["--token", "short"], "shorter than"),
-    (["--token", "a" * 20 + " b"], "whitespace"),
-    (["--token", "a" * 20, "--token-file", "x"], "not allowed with"),
-    (["--runner-name", "no spaces"], "--runner-name"),
-    (["--runner-user", "a:b"], "--runner-user"),
-    (["--host-address", ""], "--host-address"),
-    (["--shared-dir", ""], "--shared-dir"),
-])
-def test_bad_values_are_one_line_usage_errors(tmp_path: Path, argv: list[str], needle: str,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--host-port", "0"], "port"),
+        (["--runner-port", "http"], "port"),
+        (["--token", "short"], "shorter than"),
+        (["--token", "a" * 20 + " b"], "whitespace"),
+        (["--token", "a" * 20, "--token-file", "x"], "not allowed with"),
+        (["--runner-name", "no spaces"], "--runner-name"),
+        (["--runner-user", "a:b"], "--runner-user"),
+        (["--host-address", ""], "--host-address"),
+        (["--shared-dir", ""], "--shared-dir"),
+    ],
+)
+def test_bad_values_are_one_line_usage_errors(
+    tmp_path: Path, argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "c.toml"
     assert main(["config", "--output", str(out), *argv]) == 2
     err = capsys.readouterr().err

@@ -23,8 +23,20 @@ def _init(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_files_are_the_package_generators_output(tmp_path: Path) -> None:
     config = tmp_path / "runner.toml"
-    assert _init("config", "--output", str(config), "--shared-dir", str(tmp_path), "--local-temp-dir", "/tmp",
-                 "--runner-user", "labuser").returncode == 0
+    assert (
+        _init(
+            "config",
+            "--output",
+            str(config),
+            "--shared-dir",
+            str(tmp_path),
+            "--local-temp-dir",
+            "/tmp",
+            "--runner-user",
+            "labuser",
+        ).returncode
+        == 0
+    )
     out = tmp_path / "out"
     out.mkdir()
     result = _init("launcher", "--config", str(config), "--user", RUNNER_USER, "--output-dir", str(out))
@@ -32,7 +44,8 @@ def test_files_are_the_package_generators_output(tmp_path: Path) -> None:
     from hakuriver.config import read_config_file
 
     plan = launcher_install.install_plan(
-        RUNNER_USER, launcher_install.launcher_config_for(read_config_file(config), "labuser"))
+        RUNNER_USER, launcher_install.launcher_config_for(read_config_file(config), "labuser")
+    )
     for item in plan:
         local = out / Path(item.path).name
         assert local.read_text() == item.content
@@ -52,20 +65,38 @@ def test_printed_steps_install_a_working_minimal_rule(hakuriver_node_factory: An
     node.exec(["install", "-d", "-o", RUNNER_USER, "/srv/shared", "/srv/temp", "/srv/out"])
     venv = "/opt/hakuriver/venv/bin"
     as_runner = ["runuser", "-u", RUNNER_USER, "--"]
-    node.exec(as_runner + [f"{venv}/hakuriver.init", "config", "--output", "/srv/out/runner.toml",
-                           "--shared-dir", "/srv/shared", "--local-temp-dir", "/srv/temp"])
-    printed = node.exec(as_runner + [f"{venv}/hakuriver.init", "launcher", "--config", "/srv/out/runner.toml",
-                                     "--output-dir", "/srv/out"]).stdout
-    steps = [line.strip() for line in printed.splitlines()[printed.splitlines().index("next, as root:") + 1:]]
+    node.exec(
+        as_runner
+        + [
+            f"{venv}/hakuriver.init",
+            "config",
+            "--output",
+            "/srv/out/runner.toml",
+            "--shared-dir",
+            "/srv/shared",
+            "--local-temp-dir",
+            "/srv/temp",
+        ]
+    )
+    printed = node.exec(
+        as_runner
+        + [f"{venv}/hakuriver.init", "launcher", "--config", "/srv/out/runner.toml", "--output-dir", "/srv/out"]
+    ).stdout
+    steps = [line.strip() for line in printed.splitlines()[printed.splitlines().index("next, as root:") + 1 :]]
     assert steps[-1] == "systemctl restart hakuriver-runner.service"
     for step in steps[:-1]:
         node.exec(shlex.split(step))
     info = node.exec(as_runner + ["sudo", "-n", "/usr/local/libexec/hakuriver/hakuriver-task-launcher", "info"])
     assert info.rc == 0
     # The rule allows the launcher and nothing else as root.
-    for argv in (["sudo", "-n", "/bin/sh", "-c", "id"], ["sudo", "-n", "systemctl", "status"],
-                 ["sudo", "-n", "/usr/bin/systemd-run", "--scope", "true"]):
+    for argv in (
+        ["sudo", "-n", "/bin/sh", "-c", "id"],
+        ["sudo", "-n", "systemctl", "status"],
+        ["sudo", "-n", "/usr/bin/systemd-run", "--scope", "true"],
+    ):
         refused = node.exec(as_runner + argv, check=False)
         assert refused.rc != 0, argv
-    assert node.exec(["stat", "-c", "%U %a", "/usr/local/libexec/hakuriver/hakuriver-task-launcher"]).stdout.split() == ["root", "755"]
+    assert node.exec(
+        ["stat", "-c", "%U %a", "/usr/local/libexec/hakuriver/hakuriver-task-launcher"]
+    ).stdout.split() == ["root", "755"]
     assert node.exec(["stat", "-c", "%U %a", "/etc/sudoers.d/hakuriver"]).stdout.split() == ["root", "440"]

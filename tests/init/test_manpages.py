@@ -9,8 +9,9 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -39,10 +40,13 @@ def test_committed_pages_are_current(tmp_path: Path) -> None:
         assert committed.is_file(), f"man/{page.name} is missing: run python -m hakuriver.deploy.manpages"
         text = committed.read_text()
         if manpages.page_renderer(text) != renderer:
-            pytest.skip(f"man/{page.name} was rendered by {manpages.page_renderer(text)}, this is {renderer}: "
-                        "argparse layouts differ between them, so staleness cannot be judged here")
+            pytest.skip(
+                f"man/{page.name} was rendered by {manpages.page_renderer(text)}, this is {renderer}: "
+                "argparse layouts differ between them, so staleness cannot be judged here"
+            )
         assert text == page.read_text(), (
-            f"man/{page.name} is stale against its parser: run python -m hakuriver.deploy.manpages")
+            f"man/{page.name} is stale against its parser: run python -m hakuriver.deploy.manpages"
+        )
 
 
 @contextlib.contextmanager
@@ -51,8 +55,10 @@ def _audit_opens() -> Iterator[list[Any]]:
     active = [True]
 
     def hook(event: str, args: Any) -> None:
-        if active[0] and (event in ("open", "subprocess.Popen", "os.system", "os.listdir", "os.scandir")
-                          or event.startswith("socket.")):
+        if active[0] and (
+            event in ("open", "subprocess.Popen", "os.system", "os.listdir", "os.scandir")
+            or event.startswith("socket.")
+        ):
             events.append((event, args[:2] if isinstance(args, tuple) else args))
 
     sys.addaudithook(hook)  # hooks cannot be removed; this one goes quiet after the block
@@ -89,12 +95,14 @@ def test_check_mode_reports_stale_pages(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_the_wheel_ships_the_pages(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path),
-                    str(REPO)], check=True, cwd=str(tmp_path))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path), str(REPO)],
+        check=True,
+        cwd=str(tmp_path),
+    )
     [wheel] = tmp_path.glob("hakuriver-*.whl")
     with zipfile.ZipFile(wheel) as zf:
-        pages = {n.rsplit("/", 1)[1]: zf.read(n).decode() for n in zf.namelist()
-                 if "/data/share/man/man1/" in n}
+        pages = {n.rsplit("/", 1)[1]: zf.read(n).decode() for n in zf.namelist() if "/data/share/man/man1/" in n}
         entry_points = next(zf.read(n).decode() for n in zf.namelist() if n.endswith("entry_points.txt"))
     assert sorted(pages) == sorted(f"{p}.1" for p in manpages.SCRIPTS)
     for name, text in pages.items():

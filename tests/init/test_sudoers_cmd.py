@@ -13,7 +13,8 @@ from hakuriver.cli.init import SUDOERS_DROPIN, main
 
 
 def test_prints_the_renderers_text_and_writes_a_file_visudo_accepts(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from hakuriver.deploy.sudoers import render_sudoers  # issue 4's module
 
     assert main(["sudoers", "--runner", "--user", "hkrunner"]) == 0
@@ -40,20 +41,24 @@ def test_the_drop_in_path_printed_is_the_renderers() -> None:
     assert SUDOERS_DROPIN == sudoers.DEFAULT_SUDOERS_PATH
 
 
-@pytest.mark.parametrize("argv,status,needle", [
-    (["sudoers"], 2, "--runner"),
-    (["sudoers", "--runner", "--user", "a b"], 2, "--user"),
-    (["sudoers", "--runner", "--user", "root"], 1, "root"),
-    (["sudoers", "--runner", "--user", "hk", "--output", "/nonexistent/dir/x"], 1, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv,status,needle",
+    [
+        (["sudoers"], 2, "--runner"),
+        (["sudoers", "--runner", "--user", "a b"], 2, "--user"),
+        (["sudoers", "--runner", "--user", "root"], 1, "root"),
+        (["sudoers", "--runner", "--user", "hk", "--output", "/nonexistent/dir/x"], 1, "does not exist"),
+    ],
+)
 def test_errors_are_one_line(argv: list[str], status: int, needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == status
     err = capsys.readouterr().err
     assert err.startswith("hakuriver.init: error:") and err.count("\n") == 1 and needle in err, err
 
 
-def test_a_missing_renderer_is_a_one_line_failure(monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_renderer_is_a_one_line_failure(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "hakuriver.deploy.sudoers", None)  # import fails

@@ -24,9 +24,15 @@ PY = "/opt/hakuriver/venv/bin/python"
 
 
 def params(role: str = "host", **kw: object) -> UnitParams:
-    base: dict[str, object] = dict(role=role, user="hakuriver", group="hakuriver", python=PY,
-                                   config_path="/etc/hakuriver/config.toml", working_directory="/srv/shared",
-                                   path_env=build_path_env(PY, None))
+    base: dict[str, object] = dict(
+        role=role,
+        user="hakuriver",
+        group="hakuriver",
+        python=PY,
+        config_path="/etc/hakuriver/config.toml",
+        working_directory="/srv/shared",
+        path_env=build_path_env(PY, None),
+    )
     base.update(kw)
     return UnitParams(**base)  # type: ignore[arg-type]
 
@@ -82,8 +88,9 @@ def test_runner_unit_orders_after_docker_without_requiring_it_and_keeps_tasks() 
     svc = directives(text, "Service")
     assert svc["ExecStart"] == [f"{PY} -m hakuriver.cli.runner --config /etc/hakuriver/config.toml"]
     assert svc["KillMode"] == ["process"]
-    assert not any(k.startswith(("NoNewPrivileges", "Protect", "Private")) for k in svc), \
+    assert not any(k.startswith(("NoNewPrivileges", "Protect", "Private")) for k in svc), (
         "the runner uses sudo: no sandboxing"
+    )
 
 
 def test_render_unit_dispatches_and_renderers_check_the_role() -> None:
@@ -134,26 +141,30 @@ def test_hardening_is_host_only_and_scoped_to_the_configs_paths() -> None:
 
 
 def test_hardening_keeps_home_and_tmp_paths_reachable() -> None:
-    home = render_unit(params(harden=True, config_path="/home/ann/.hakuriver/config.toml",
-                              read_write_paths=("/srv/shared",)))
+    home = render_unit(
+        params(harden=True, config_path="/home/ann/.hakuriver/config.toml", read_write_paths=("/srv/shared",))
+    )
     assert directives(home, "Service")["ProtectHome"] == ["read-only"]
     tmp = render_unit(params(harden=True, read_write_paths=("/tmp/hkr/shared",)))
     assert "PrivateTmp" not in directives(tmp, "Service"), "a private /tmp would hide the Host's files"
 
 
-@pytest.mark.parametrize("field,value", [
-    ("config_path", "/etc/x\nExecStartPre=/bin/evil"),
-    ("config_path", "relative/config.toml"),
-    ("config_path", '/etc/a"b.toml'),
-    ("working_directory", "/srv/x\\y"),
-    ("python", ""),
-    ("user", "root\nUser=x"),
-    ("user", "a b"),
-    ("group", "g:h"),
-    ("path_env", "/usr/bin::/bin"),
-    ("path_env", "/usr/bin:relative"),
-    ("version", "1.0\nX=y"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("config_path", "/etc/x\nExecStartPre=/bin/evil"),
+        ("config_path", "relative/config.toml"),
+        ("config_path", '/etc/a"b.toml'),
+        ("working_directory", "/srv/x\\y"),
+        ("python", ""),
+        ("user", "root\nUser=x"),
+        ("user", "a b"),
+        ("group", "g:h"),
+        ("path_env", "/usr/bin::/bin"),
+        ("path_env", "/usr/bin:relative"),
+        ("version", "1.0\nX=y"),
+    ],
+)
 def test_values_that_could_break_the_unit_are_refused(field: str, value: str) -> None:
     with pytest.raises(UnitError):
         params(**{field: value})
@@ -176,8 +187,11 @@ def test_path_env_has_the_venv_first_and_no_empty_or_relative_elements() -> None
 
 
 def _config(**paths: str) -> object:
-    data = {"auth": {"token": "t" * 32}, "paths": {"shared_dir": "/srv/shared", "local_temp_dir": "/var/tmp/hkr"},
-            "database": {"db_file": "/var/lib/hakuriver/host.db"}}
+    data = {
+        "auth": {"token": "t" * 32},
+        "paths": {"shared_dir": "/srv/shared", "local_temp_dir": "/var/tmp/hkr"},
+        "database": {"db_file": "/var/lib/hakuriver/host.db"},
+    }
     for key, value in paths.items():
         section, _, name = key.partition("__")
         data.setdefault(section, {})[name] = value
@@ -186,24 +200,32 @@ def _config(**paths: str) -> object:
 
 def test_params_from_config_take_the_configs_own_paths() -> None:
     config = _config(paths__host_log_file="/var/log/hakuriver/host.log")
-    p = unit_params_from_config(config, "host", user="u", group="g", python=PY,
-                                path_env=build_path_env(PY, None), harden=True)
+    p = unit_params_from_config(
+        config, "host", user="u", group="g", python=PY, path_env=build_path_env(PY, None), harden=True
+    )
     assert p.config_path == "/etc/hakuriver/config.toml"
     assert p.working_directory == "/srv/shared"
     assert p.read_write_paths == ("/srv/shared", "/var/lib/hakuriver", "/var/log/hakuriver")
-    r = unit_params_from_config(config, "runner", user="u", group="g", python=PY,
-                                path_env=build_path_env(PY, None), instance="b")
+    r = unit_params_from_config(
+        config, "runner", user="u", group="g", python=PY, path_env=build_path_env(PY, None), instance="b"
+    )
     assert (r.role, r.instance, r.harden, r.read_write_paths) == ("runner", "b", False, ())
 
 
 def test_params_from_config_refuse_what_the_service_would_refuse() -> None:
     kw = dict(user="u", group="g", python=PY, path_env=build_path_env(PY, None))
     with pytest.raises(UnitError, match="database.db_file"):
-        unit_params_from_config(config_from_dict({"auth": {"token": "x" * 20}, "paths": {"shared_dir": "/s"}},
-                                                 source="/c.toml"), "host", **kw)
+        unit_params_from_config(
+            config_from_dict({"auth": {"token": "x" * 20}, "paths": {"shared_dir": "/s"}}, source="/c.toml"),
+            "host",
+            **kw,
+        )
     with pytest.raises(UnitError, match="local_temp_dir"):
-        unit_params_from_config(config_from_dict({"auth": {"token": "x" * 20}, "paths": {"shared_dir": "/s"}},
-                                                 source="/c.toml"), "runner", **kw)
+        unit_params_from_config(
+            config_from_dict({"auth": {"token": "x" * 20}, "paths": {"shared_dir": "/s"}}, source="/c.toml"),
+            "runner",
+            **kw,
+        )
     with pytest.raises(UnitError, match="config file"):
         unit_params_from_config(config_from_dict({}), "host", **kw)
     with pytest.raises(UnitError, match="absolute"):

@@ -47,8 +47,9 @@ class Proc:
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                      cwd=str(REPO), start_new_session=True)
+        self.popen = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=str(REPO), start_new_session=True
+        )
         log.close()
 
     @property
@@ -104,13 +105,19 @@ class LocalCluster:
         docker = {"default_container_name": TEST_ENV, "allowed_mount_prefixes": [str(self.root / "mountable")]}
         docker.update(self.docker_overrides)
         return {
-            "network": {"host_bind_ip": "127.0.0.1", "host_port": self.host_port,
-                        "host_reachable_address": "127.0.0.1", "runner_address": "127.0.0.1"},
+            "network": {
+                "host_bind_ip": "127.0.0.1",
+                "host_port": self.host_port,
+                "host_reachable_address": "127.0.0.1",
+                "runner_address": "127.0.0.1",
+            },
             "paths": {"shared_dir": str(self.shared), "local_temp_dir": str(self.root / "host_temp")},
             "database": {"db_file": str(self.db_file)},
-            "timing": {"heartbeat_interval": self.heartbeat_interval,
-                       "heartbeat_timeout_factor": self.heartbeat_timeout_factor,
-                       "cleanup_check_interval": 0.25},
+            "timing": {
+                "heartbeat_interval": self.heartbeat_interval,
+                "heartbeat_timeout_factor": self.heartbeat_timeout_factor,
+                "cleanup_check_interval": 0.25,
+            },
             "docker": docker,
             "auth": {"token": self.token},
         }
@@ -129,7 +136,9 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.host_port}"
 
     # ----------------------------------------------------------------- http
-    def api(self, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 10) -> tuple[int, Any]:
+    def api(
+        self, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 10
+    ) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Authorization", f"Bearer {self.token if token is None else token}")
@@ -138,7 +147,9 @@ class LocalCluster:
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
-                return resp.status, (json.loads(raw) if raw and resp.headers.get_content_type() == "application/json" else raw)
+                return resp.status, (
+                    json.loads(raw) if raw and resp.headers.get_content_type() == "application/json" else raw
+                )
         except urllib.error.HTTPError as exc:
             raw = exc.read()
             try:
@@ -156,8 +167,12 @@ class LocalCluster:
 
     def start_host(self) -> None:
         self.write_host_config()
-        self.host_proc = Proc("host", [sys.executable, "-m", "hakuriver.cli.host", "--config", str(self.host_config_path)],
-                              self.logs / "host.log", self._env())
+        self.host_proc = Proc(
+            "host",
+            [sys.executable, "-m", "hakuriver.cli.host", "--config", str(self.host_config_path)],
+            self.logs / "host.log",
+            self._env(),
+        )
         self.host_proc.start()
         self.wait_host_up()
 
@@ -176,8 +191,14 @@ class LocalCluster:
         if self.host_proc is not None:
             self.host_proc.stop(sig)
 
-    def add_runner(self, name: str, *, env: dict[str, str] | None = None, config: dict[str, Any] | None = None,
-                   wait_online: bool = True) -> RunnerInfo:
+    def add_runner(
+        self,
+        name: str,
+        *,
+        env: dict[str, str] | None = None,
+        config: dict[str, Any] | None = None,
+        wait_online: bool = True,
+    ) -> RunnerInfo:
         port = free_port()
         cfg = self.base_config()
         local_temp = self.root / f"temp-{name}"
@@ -189,8 +210,12 @@ class LocalCluster:
             cfg.setdefault(section, {}).update(values)
         path = self.root / f"runner-{name}.toml"
         path.write_text(toml.dumps(cfg))
-        proc = Proc(f"runner-{name}", [sys.executable, "-m", "hakuriver.cli.runner", "--config", str(path)],
-                    self.logs / f"runner-{name}.log", self._env(env))
+        proc = Proc(
+            f"runner-{name}",
+            [sys.executable, "-m", "hakuriver.cli.runner", "--config", str(path)],
+            self.logs / f"runner-{name}.log",
+            self._env(env),
+        )
         info = RunnerInfo(name=name, config_path=path, port=port, proc=proc, local_temp=local_temp)
         self.runners[name] = info
         proc.start()

@@ -35,7 +35,9 @@ def test_every_endpoint_needs_the_token(cluster: LocalCluster, node_name: str) -
     assert status == 401
     # The runner refuses work without the token.
     runner_url = f"http://127.0.0.1:{runner.port}"
-    status, body = raw_post(runner_url + "/api/tasks", b'{"task_id": "1", "command": ["true"], "container": "x"}', "bad")
+    status, body = raw_post(
+        runner_url + "/api/tasks", b'{"task_id": "1", "command": ["true"], "container": "x"}', "bad"
+    )
     assert status == 401 and body["error"]["code"] == "unauthorized"
     status, body = cluster.api("GET", "/api/tasks")
     assert status == 200 and body["tasks"] == []

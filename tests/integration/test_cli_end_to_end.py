@@ -14,14 +14,33 @@ pytestmark = pytest.mark.docker
 
 
 def cli(cluster: LocalCluster, module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", f"hakuriver.cli.{module}", "--config", str(cluster.host_config_path), *args],
-                          capture_output=True, text=True, timeout=timeout, env=cluster._env())
+    return subprocess.run(
+        [sys.executable, "-m", f"hakuriver.cli.{module}", "--config", str(cluster.host_config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cluster._env(),
+    )
 
 
 def test_submit_wait_logs_list_and_nodes(cluster: LocalCluster, node_name: str) -> None:
     cluster.add_runner(node_name)
-    ok = cli(cluster, "task", "submit", "--wait", "--target", node_name, "--env", "WHO=river", "--",
-             "python3", "-c", "import os, sys; print('hi', os.environ['WHO'], sys.argv[1:])", "$(id)", "a;b")
+    ok = cli(
+        cluster,
+        "task",
+        "submit",
+        "--wait",
+        "--target",
+        node_name,
+        "--env",
+        "WHO=river",
+        "--",
+        "python3",
+        "-c",
+        "import os, sys; print('hi', os.environ['WHO'], sys.argv[1:])",
+        "$(id)",
+        "a;b",
+    )
     assert ok.returncode == 0, ok.stderr
     task_id = ok.stdout.split()[0]
     assert cluster.task(task_id)["state"] == "completed"
@@ -61,10 +80,12 @@ def test_follow_logs_and_kill_from_the_cli(cluster: LocalCluster, node_name: str
 
 
 def test_user_errors_are_one_line(cluster: LocalCluster) -> None:
-    for args in (["task", "submit", "--target", "n:x", "--", "true"],
-                 ["task", "submit", "--memory", "lots", "--", "true"],
-                 ["task", "status", "999"],
-                 ["task", "submit", "--target", "ghost", "--", "true"]):
+    for args in (
+        ["task", "submit", "--target", "n:x", "--", "true"],
+        ["task", "submit", "--memory", "lots", "--", "true"],
+        ["task", "status", "999"],
+        ["task", "submit", "--target", "ghost", "--", "true"],
+    ):
         result = cli(cluster, *args)
         assert result.returncode in (1, 2), (args, result)
         lines = result.stderr.strip().splitlines()

@@ -27,7 +27,7 @@ def waiting_task(cluster: LocalCluster, name: str) -> tuple[list[str], Any]:
 
 def test_exit_code_output_files_and_argv_verbatim(cluster: LocalCluster, node_name: str) -> None:
     cluster.add_runner(node_name)
-    tricky = ["$(id)", "a;b && echo pwned", "it's \"quoted\"", "line1\nline2", "*"]
+    tricky = ["$(id)", "a;b && echo pwned", 'it\'s "quoted"', "line1\nline2", "*"]
     script = "import sys, json; print(json.dumps(sys.argv[1:])); print('to-stderr', file=sys.stderr); sys.exit(3)"
     [task_id] = cluster.submit(["python3", "-c", script, *tricky], targets=[node_name])
     task = cluster.wait_final(task_id)
@@ -49,7 +49,9 @@ def test_env_workdir_and_task_id(cluster: LocalCluster, node_name: str) -> None:
     assert seen == {"FOO": "bar=baz", "EMPTY": "", "HAKURIVER_TASK_ID": task_id, "cwd": "/shared"}
 
 
-def test_limits_visible_in_inspect_and_output_while_running(cluster: LocalCluster, node_name: str, docker_client: Any) -> None:
+def test_limits_visible_in_inspect_and_output_while_running(
+    cluster: LocalCluster, node_name: str, docker_client: Any
+) -> None:
     cluster.add_runner(node_name)
     argv, release = waiting_task(cluster, "limits")
     [task_id] = cluster.submit(argv, cores=1, memory=64 << 20, targets=[node_name])
@@ -91,8 +93,10 @@ def test_pause_resume_kill_running(cluster: LocalCluster, node_name: str, docker
     status, body = cluster.api("POST", f"/api/tasks/{task_id}/kill")
     assert status == 200 and body["state"] == "killed", body
     # The container goes away, and a late report never overwrites `killed`.
-    wait_until(lambda: not docker_client.containers.list(all=True, filters={"name": f"hakuriver-task-{task_id}"}),
-               what="the killed task's container to be removed")
+    wait_until(
+        lambda: not docker_client.containers.list(all=True, filters={"name": f"hakuriver-task-{task_id}"}),
+        what="the killed task's container to be removed",
+    )
     wait_until(lambda: cluster.node(node_name)["allocated"]["cores"] == 0, what="the cores to be released")
     assert cluster.task(task_id)["state"] == "killed"
     status, body = cluster.api("POST", f"/api/tasks/{task_id}/kill")

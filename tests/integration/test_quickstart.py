@@ -23,8 +23,12 @@ def _alive(pid_file: Path) -> bool:
 
 
 def test_quickstart_runs_a_sample_task_and_stops(tmp_path: Path, env_image: str, docker_client: Any) -> None:
-    env = dict(os.environ, HAKURIVER_QUICKSTART_DIR=str(tmp_path / "qs"),
-               QS_HOST_PORT=str(free_port()), QS_RUNNER_PORT=str(free_port()))
+    env = dict(
+        os.environ,
+        HAKURIVER_QUICKSTART_DIR=str(tmp_path / "qs"),
+        QS_HOST_PORT=str(free_port()),
+        QS_RUNNER_PORT=str(free_port()),
+    )
     env.pop("HAKURIVER_CONFIG", None)
     script = str(REPO / "scripts" / "quickstart.sh")
     pids = [tmp_path / "qs" / "host.pid", tmp_path / "qs" / "runner.pid"]
@@ -46,6 +50,7 @@ def test_quickstart_runs_a_sample_task_and_stops(tmp_path: Path, env_image: str,
         for c in docker_client.containers.list(all=True, filters={"label": "org.hakuriver.task_id"}):
             if str(tmp_path) in str(c.attrs.get("HostConfig", {}).get("Binds")):
                 c.remove(force=True)
+
     def all_gone() -> bool:
         for pid in started:
             try:

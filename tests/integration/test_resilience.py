@@ -28,8 +28,10 @@ def test_runner_restart_readopts_running_tasks(cluster: LocalCluster, node_name:
     # Stopping the runner never stops its tasks.
     assert docker_client.containers.get(f"hakuriver-task-{task_id}").status == "running"
     release.touch()  # the task ends while its runner is down
-    wait_until(lambda: docker_client.containers.get(f"hakuriver-task-{task_id}").status == "exited",
-               what="the task to exit while the runner is down")
+    wait_until(
+        lambda: docker_client.containers.get(f"hakuriver-task-{task_id}").status == "exited",
+        what="the task to exit while the runner is down",
+    )
     cluster.runners[node_name].proc.start()
     task = cluster.wait_final(task_id)
     assert task["state"] == "failed" and task["exit_code"] == 7, task
@@ -165,8 +167,9 @@ def test_runner_started_before_the_host_registers_when_it_appears(cluster: Local
     cluster.wait_node(node_name, online=True)
 
 
-def test_result_finished_while_the_host_is_down_is_delivered(cluster: LocalCluster, node_name: str,
-                                                             docker_client: Any) -> None:
+def test_result_finished_while_the_host_is_down_is_delivered(
+    cluster: LocalCluster, node_name: str, docker_client: Any
+) -> None:
     cluster.add_runner(node_name)
     argv, release = waiting_task(cluster, "outbox")
     script = argv[2] + "import sys; sys.exit(5)\n"
@@ -174,11 +177,17 @@ def test_result_finished_while_the_host_is_down_is_delivered(cluster: LocalClust
     cluster.wait_state(task_id, "running")
     cluster.stop_host()
     release.touch()
-    wait_until(lambda: docker_client.containers.list(all=True, filters={"name": f"hakuriver-task-{task_id}"}) == []
-               or docker_client.containers.get(f"hakuriver-task-{task_id}").status == "exited",
-               what="the task to end while the Host is down")
-    wait_until(lambda: f"cannot report task {task_id}" in cluster.runners[node_name].proc.log(),
-               what="the runner to fail delivering the result")
+    wait_until(
+        lambda: (
+            docker_client.containers.list(all=True, filters={"name": f"hakuriver-task-{task_id}"}) == []
+            or docker_client.containers.get(f"hakuriver-task-{task_id}").status == "exited"
+        ),
+        what="the task to end while the Host is down",
+    )
+    wait_until(
+        lambda: f"cannot report task {task_id}" in cluster.runners[node_name].proc.log(),
+        what="the runner to fail delivering the result",
+    )
     cluster.host_proc.start()
     cluster.wait_host_up()
     task = cluster.wait_final(task_id)

@@ -13,7 +13,8 @@ import inspect
 import os
 import secrets
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -68,7 +69,7 @@ def remove_test_containers(client: Any, runner: str | None = None) -> list[str]:
         try:
             client.api.remove_container(c["Id"], force=True)
             removed.append(c["Id"])
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:
             pass
     return removed
 
@@ -79,7 +80,7 @@ def docker_client():
     try:
         client = docker.from_env(max_pool_size=64)
         client.ping()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         pytest.skip(f"no Docker engine: {exc}")
     yield client
     client.close()

@@ -332,9 +332,7 @@ async def test_recover_a_task_that_ended_while_the_runner_was_away(make_executor
     await first.close()
     (shared / "go1").write_text("")
     (shared / "go2").write_text("")
-    await eventually(
-        lambda: container(docker_client, handle)["State"]["Status"] == "exited", what="the task to exit"
-    )
+    await eventually(lambda: container(docker_client, handle)["State"]["Status"] == "exited", what="the task to exit")
     second = make_executor()
     assert await second.recover(handle) is Presence.EXITED
     result = await second.wait(handle)
@@ -509,7 +507,9 @@ async def test_check_on_an_unreachable_engine(make_executor):
 
 async def test_a_second_start_of_the_same_task_is_refused_and_harmless(executor, make_spec, task_dirs):
     shared, _ = task_dirs
-    spec = make_spec(py("import os, time\nprint('first', flush=True)\nwhile not os.path.exists('go'): time.sleep(0.05)"))
+    spec = make_spec(
+        py("import os, time\nprint('first', flush=True)\nwhile not os.path.exists('go'): time.sleep(0.05)")
+    )
     handle = await executor.start(spec)
     await eventually(lambda: read(spec.stdout_path) == "first\n", what="output")
     with pytest.raises(ExecutorError, match="cannot create container"):

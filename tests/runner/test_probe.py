@@ -163,7 +163,14 @@ def test_detect_on_this_machine():
 
 def test_stats_without_sensors_do_not_crash(monkeypatch):
     stats = probe.collect_stats()
-    assert set(stats) == {"cpu_percent", "memory_used", "memory_total", "memory_percent", "temperatures", "load_average"}
+    assert set(stats) == {
+        "cpu_percent",
+        "memory_used",
+        "memory_total",
+        "memory_percent",
+        "temperatures",
+        "load_average",
+    }
     assert isinstance(stats["temperatures"], dict)
     assert 0 < stats["memory_used"] <= stats["memory_total"]
     assert len(stats["load_average"]) == 3

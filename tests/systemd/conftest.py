@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,9 @@ from .sdcluster import SdCluster
 
 
 @pytest.fixture(scope="module")
-def _sd_factory(request: pytest.FixtureRequest, docker_client: Any, harness_images: dict[str, str]) -> Iterator[NodeFactory]:
+def _sd_factory(
+    request: pytest.FixtureRequest, docker_client: Any, harness_images: dict[str, str]
+) -> Iterator[NodeFactory]:
     factory = NodeFactory(docker_client, request.node.nodeid, harness_images)
     try:
         yield factory

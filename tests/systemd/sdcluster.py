@@ -68,8 +68,13 @@ class SdCluster:
         settings = {"user": RUNNER_USER, "shared": SHARED, "temp": TEMP, "host_dir": HOST_DIR}
         self.node.exec([VENV_PY, "-c", _SETUP, json.dumps(settings)])
         common = {
-            "network": {"host_bind_ip": "0.0.0.0", "host_port": HOST_PORT, "host_reachable_address": "127.0.0.1",
-                        "runner_address": "127.0.0.1", "runner_port": 8001},
+            "network": {
+                "host_bind_ip": "0.0.0.0",
+                "host_port": HOST_PORT,
+                "host_reachable_address": "127.0.0.1",
+                "runner_address": "127.0.0.1",
+                "runner_port": 8001,
+            },
             "paths": {"shared_dir": SHARED, "local_temp_dir": TEMP},
             "database": {"db_file": f"{HOST_DIR}/host.db"},
             "timing": {"heartbeat_interval": 1.0, "heartbeat_timeout_factor": 10.0, "cleanup_check_interval": 1.0},
@@ -79,16 +84,45 @@ class SdCluster:
         host = {**common, "paths": {"shared_dir": SHARED, "local_temp_dir": HOST_DIR}}
         self.node.write_file("/etc/hakuriver/host.toml", _toml(host), mode=0o600)
         self.node.write_file("/etc/hakuriver/runner.toml", _toml(common), mode=0o644)
-        self.node.exec(["systemd-run", "--unit=hkr-host", "--quiet", "--", VENV_PY, "-m", "hakuriver.cli.host",
-                        "--config", "/etc/hakuriver/host.toml"])
-        poll(lambda: self.api("GET", "/api/health")[0] == 200, timeout=60, ignore=(OSError,),
-             what="the Host in the node to answer", on_timeout=lambda: self.journal("hkr-host"))
+        self.node.exec(
+            [
+                "systemd-run",
+                "--unit=hkr-host",
+                "--quiet",
+                "--",
+                VENV_PY,
+                "-m",
+                "hakuriver.cli.host",
+                "--config",
+                "/etc/hakuriver/host.toml",
+            ]
+        )
+        poll(
+            lambda: self.api("GET", "/api/health")[0] == 200,
+            timeout=60,
+            ignore=(OSError,),
+            what="the Host in the node to answer",
+            on_timeout=lambda: self.journal("hkr-host"),
+        )
         self.start_runner()
 
     def start_runner(self) -> None:
-        self.node.exec(["systemd-run", "--unit=hkr-runner", "--quiet", f"--property=User={RUNNER_USER}",
-                        "--property=KillMode=control-group", f"--setenv={RUNNER_MARKER}=leaked",
-                        "--", VENV_PY, "-m", "hakuriver.cli.runner", "--config", "/etc/hakuriver/runner.toml"])
+        self.node.exec(
+            [
+                "systemd-run",
+                "--unit=hkr-runner",
+                "--quiet",
+                f"--property=User={RUNNER_USER}",
+                "--property=KillMode=control-group",
+                f"--setenv={RUNNER_MARKER}=leaked",
+                "--",
+                VENV_PY,
+                "-m",
+                "hakuriver.cli.runner",
+                "--config",
+                "/etc/hakuriver/runner.toml",
+            ]
+        )
         self.wait_online(True)
 
     def stop_runner(self) -> None:
@@ -99,8 +133,13 @@ class SdCluster:
             status, body = self.api("GET", f"/api/nodes/{NODE_NAME}")
             return status == 200 and body.get("online") is online
 
-        poll(check, timeout=60, ignore=(OSError,), what=f"{NODE_NAME} online={online}",
-             on_timeout=lambda: self.journal("hkr-runner"))
+        poll(
+            check,
+            timeout=60,
+            ignore=(OSError,),
+            what=f"{NODE_NAME} online={online}",
+            on_timeout=lambda: self.journal("hkr-runner"),
+        )
 
     # -------------------------------------------------------------- api
     def api(self, method: str, path: str, body: Any = None, timeout: float = 10) -> tuple[int, Any]:
@@ -138,8 +177,12 @@ class SdCluster:
             t = self.task(task_id)
             return t if t["state"] in states else None
 
-        return poll(check, timeout=timeout, what=f"task {task_id} in {sorted(states)}",
-                    on_timeout=lambda: f"last: {self.task(task_id)}\n{self.journal('hkr-runner')}")
+        return poll(
+            check,
+            timeout=timeout,
+            what=f"task {task_id} in {sorted(states)}",
+            on_timeout=lambda: f"last: {self.task(task_id)}\n{self.journal('hkr-runner')}",
+        )
 
     def wait_final(self, task_id: str, timeout: float = 60) -> dict[str, Any]:
         return self.wait_state(task_id, FINAL, timeout)
@@ -155,17 +198,22 @@ class SdCluster:
 
     def runner_tasks(self) -> dict[str, str]:
         """What the runner itself says it runs (its own API, inside the node)."""
-        out = self.node.exec(["curl", "-sf", "-H", f"Authorization: Bearer {self.token}",
-                              "http://127.0.0.1:8001/api/tasks"]).stdout
+        out = self.node.exec(
+            ["curl", "-sf", "-H", f"Authorization: Bearer {self.token}", "http://127.0.0.1:8001/api/tasks"]
+        ).stdout
         return {t["task_id"]: t["state"] for t in json.loads(out)["tasks"]}
 
     # ------------------------------------------------------------ node
     def unit(self, task_id: str, *props: str) -> dict[str, str]:
-        out = self.node.exec(["systemctl", "show", f"--property={','.join(props)}", f"hakuriver-task-{task_id}.service"]).stdout
+        out = self.node.exec(
+            ["systemctl", "show", f"--property={','.join(props)}", f"hakuriver-task-{task_id}.service"]
+        ).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
     def launcher(self, *args: str, input: str | None = None, user: str = RUNNER_USER) -> Any:
         return self.node.exec(["sudo", "-n", LAUNCHER, *args], user=user, input=input, check=False)
 
     def journal(self, unit: str, lines: int = 60) -> str:
-        return self.node.exec(["journalctl", "--no-pager", "-o", "cat", "-n", str(lines), "-u", unit], check=False).stdout
+        return self.node.exec(
+            ["journalctl", "--no-pager", "-o", "cat", "-n", str(lines), "-u", unit], check=False
+        ).stdout

@@ -33,12 +33,14 @@ from hakuriver.runner.executors.systemd import (
     service_name,
 )
 
-CFG = L.parse_config({
-    "task_users": ["alice"],
-    "shared_dirs": ["/srv/shared"],
-    "local_temp_dirs": ["/srv/temp"],
-    "numactl_paths": ["/usr/bin/numactl"],
-})
+CFG = L.parse_config(
+    {
+        "task_users": ["alice"],
+        "shared_dirs": ["/srv/shared"],
+        "local_temp_dirs": ["/srv/temp"],
+        "numactl_paths": ["/usr/bin/numactl"],
+    }
+)
 ALICE = SimpleNamespace(pw_name="alice", pw_uid=1001, pw_gid=1001, pw_dir="/home/alice", pw_shell="/bin/bash")
 ROOT = SimpleNamespace(pw_name="root", pw_uid=0, pw_gid=0, pw_dir="/root", pw_shell="/bin/bash")
 
@@ -51,8 +53,13 @@ def users(name: str) -> SimpleNamespace:
 
 
 def request(**overrides: object) -> dict:
-    req = {"task_id": "123", "user": "alice", "command": ["echo", "hi"], "shared_dir": "/srv/shared",
-           "local_temp_dir": "/srv/temp"}
+    req = {
+        "task_id": "123",
+        "user": "alice",
+        "command": ["echo", "hi"],
+        "shared_dir": "/srv/shared",
+        "local_temp_dir": "/srv/temp",
+    }
     req.update(overrides)
     return {k: v for k, v in req.items() if v is not None}
 
@@ -70,47 +77,60 @@ def test_a_valid_request_becomes_a_plan_with_a_clean_environment() -> None:
     assert (p.user, p.uid, p.cwd) == ("alice", 1001, "/srv/shared")
     assert p.stdout == "/srv/shared/task_outputs/123.out" and p.stderr == "/srv/shared/task_errors/123.err"
     assert p.argv == ["echo", "hi"]
-    assert p.env == {"PATH": "/opt/bin", "HOME": "/home/alice", "USER": "alice", "LOGNAME": "alice",
-                     "SHELL": "/bin/bash", "FOO": "bar", "HAKURIVER_TASK_ID": "123",
-                     "HAKURIVER_SHARED_DIR": "/srv/shared", "HAKURIVER_LOCAL_TEMP_DIR": "/srv/temp"}
+    assert p.env == {
+        "PATH": "/opt/bin",
+        "HOME": "/home/alice",
+        "USER": "alice",
+        "LOGNAME": "alice",
+        "SHELL": "/bin/bash",
+        "FOO": "bar",
+        "HAKURIVER_TASK_ID": "123",
+        "HAKURIVER_SHARED_DIR": "/srv/shared",
+        "HAKURIVER_LOCAL_TEMP_DIR": "/srv/temp",
+    }
 
 
-@pytest.mark.parametrize("task_id", ["../1", "1 2", "1;id", "01", "0", "-1", "", "1.service", "9" * 20, "１２", True, 1.5])
+@pytest.mark.parametrize(
+    "task_id", ["../1", "1 2", "1;id", "01", "0", "-1", "", "1.service", "9" * 20, "１２", True, 1.5]
+)
 def test_task_ids_are_digits_only(task_id: object) -> None:
     with pytest.raises(L.Refused, match="task id"):
         plan(task_id=task_id)
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"user": "root"}, "not allowed"),
-    ({"user": "bob"}, "not allowed"),
-    ({"user": "alice -p User=root"}, "plain user name"),
-    ({"shared_dir": "/etc"}, "shared dir /etc is not"),
-    ({"shared_dir": "/srv/shared/../../etc"}, "shared dir /etc is not"),
-    ({"shared_dir": "/srv/shared/sub"}, "shared dir /srv/shared/sub is not"),
-    ({"shared_dir": "srv/shared"}, "absolute"),
-    ({"shared_dir": "/srv/shared x"}, "may only contain"),
-    ({"local_temp_dir": "/tmp"}, "local temp dir /tmp is not"),
-    ({"stdout": "/etc/passwd"}, "stdout must be"),
-    ({"stderr": "/srv/shared/task_errors/124.err"}, "stderr must be"),
-    ({"properties": ["User=root"]}, "unknown request field"),
-    ({"User": "root"}, "unknown request field"),
-    ({"command": []}, "non-empty list"),
-    ({"command": "echo hi"}, "non-empty list"),
-    ({"command": ["", "x"]}, "must not be empty"),
-    ({"command": ["echo", "a\x00b"]}, "NUL"),
-    ({"env": {"A=B": "x"}}, "not a valid variable name"),
-    ({"env": {"A": 1}}, "must be a string"),
-    ({"cores": 0}, "cores"),
-    ({"cores": "2; rm"}, "cores"),
-    ({"cores": True}, "cores"),
-    ({"memory": "50M"}, "memory"),
-    ({"numa": 0}, "needs numactl"),
-    ({"numa": 0, "numactl": "/tmp/numactl"}, "not one the launcher config allows"),
-    ({"numa": 3, "numactl": "/usr/bin/numactl"}, "no NUMA node 3"),
-    ({"numactl": "/usr/bin/numactl"}, "only given with a NUMA target"),
-    ({"runner": "a b"}, "runner name"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"user": "root"}, "not allowed"),
+        ({"user": "bob"}, "not allowed"),
+        ({"user": "alice -p User=root"}, "plain user name"),
+        ({"shared_dir": "/etc"}, "shared dir /etc is not"),
+        ({"shared_dir": "/srv/shared/../../etc"}, "shared dir /etc is not"),
+        ({"shared_dir": "/srv/shared/sub"}, "shared dir /srv/shared/sub is not"),
+        ({"shared_dir": "srv/shared"}, "absolute"),
+        ({"shared_dir": "/srv/shared x"}, "may only contain"),
+        ({"local_temp_dir": "/tmp"}, "local temp dir /tmp is not"),
+        ({"stdout": "/etc/passwd"}, "stdout must be"),
+        ({"stderr": "/srv/shared/task_errors/124.err"}, "stderr must be"),
+        ({"properties": ["User=root"]}, "unknown request field"),
+        ({"User": "root"}, "unknown request field"),
+        ({"command": []}, "non-empty list"),
+        ({"command": "echo hi"}, "non-empty list"),
+        ({"command": ["", "x"]}, "must not be empty"),
+        ({"command": ["echo", "a\x00b"]}, "NUL"),
+        ({"env": {"A=B": "x"}}, "not a valid variable name"),
+        ({"env": {"A": 1}}, "must be a string"),
+        ({"cores": 0}, "cores"),
+        ({"cores": "2; rm"}, "cores"),
+        ({"cores": True}, "cores"),
+        ({"memory": "50M"}, "memory"),
+        ({"numa": 0}, "needs numactl"),
+        ({"numa": 0, "numactl": "/tmp/numactl"}, "not one the launcher config allows"),
+        ({"numa": 3, "numactl": "/usr/bin/numactl"}, "no NUMA node 3"),
+        ({"numactl": "/usr/bin/numactl"}, "only given with a NUMA target"),
+        ({"runner": "a b"}, "runner name"),
+    ],
+)
 def test_requests_outside_the_allow_list_are_refused(overrides: dict, match: str) -> None:
     with pytest.raises(L.Refused, match=match):
         plan(**overrides)
@@ -139,17 +159,26 @@ def test_systemd_run_argv_is_built_from_validated_values_only() -> None:
     p = plan(command=evil, cores=2, memory=64 << 20, runner="node-1")
     argv = L.systemd_run_argv(p, CFG, DEFAULT_LAUNCHER_PATH)
     dashdash = argv.index("--")
-    options, tail = argv[:dashdash], argv[dashdash + 1:]
+    options, tail = argv[:dashdash], argv[dashdash + 1 :]
     assert options == [
-        "/usr/bin/systemd-run", "--no-ask-password", "--quiet", "--unit=hakuriver-task-123.service",
-        "--description=HakuRiver task 123 (runner node-1)", "--property=Type=exec", "--property=User=alice",
-        "--property=KillMode=control-group", f"--property=TimeoutStopSec={L.TIMEOUT_STOP}",
-        "--property=CPUQuota=200%", f"--property=MemoryMax={64 << 20}",
+        "/usr/bin/systemd-run",
+        "--no-ask-password",
+        "--quiet",
+        "--unit=hakuriver-task-123.service",
+        "--description=HakuRiver task 123 (runner node-1)",
+        "--property=Type=exec",
+        "--property=User=alice",
+        "--property=KillMode=control-group",
+        f"--property=TimeoutStopSec={L.TIMEOUT_STOP}",
+        "--property=CPUQuota=200%",
+        f"--property=MemoryMax={64 << 20}",
         f"--property=ExecStopPost=+{DEFAULT_LAUNCHER_PATH} poststop 123",
     ]
     assert tail[:2] == [DEFAULT_LAUNCHER_PATH, "exec"]
     # systemd expands $VAR in ExecStart and %-specifiers in unit files: the spec holds neither.
-    assert all(set(chunk) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=") for chunk in tail[2:])
+    assert all(
+        set(chunk) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=") for chunk in tail[2:]
+    )
     spec = L.decode_spec(tail[2:])
     assert spec["argv"] == evil and spec["user"] == "alice" and spec["uid"] == 1001
     assert spec["env"]["HAKURIVER_TASK_ID"] == "123"
@@ -171,8 +200,14 @@ def test_big_specs_are_split_into_arguments_below_the_kernel_limit() -> None:
 
 def test_kill_takes_known_signals_only() -> None:
     assert L.kill_argv(CFG, "hakuriver-task-1.service", "SIGTERM") == [
-        "/usr/bin/systemctl", "--no-ask-password", "--no-pager", "kill", "--kill-who=all", "--signal=SIGTERM",
-        "hakuriver-task-1.service"]
+        "/usr/bin/systemctl",
+        "--no-ask-password",
+        "--no-pager",
+        "kill",
+        "--kill-who=all",
+        "--signal=SIGTERM",
+        "hakuriver-task-1.service",
+    ]
     with pytest.raises(L.Refused):
         L.kill_argv(CFG, "hakuriver-task-1.service", "SIGKILL --kill-who=main")
 
@@ -208,8 +243,14 @@ def test_in_unit_subcommands_refuse_to_run_under_sudo(monkeypatch: pytest.Monkey
 
 
 def test_main_refuses_bad_arity_and_unknown_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["kill", "1", "SIGKILL", "extra"], ["start", "--property=User=root"], ["shell"], [],
-                 ["pause"], ["kill", "1", "SIGSTOP"]):
+    for argv in (
+        ["kill", "1", "SIGKILL", "extra"],
+        ["start", "--property=User=root"],
+        ["shell"],
+        [],
+        ["pause"],
+        ["kill", "1", "SIGSTOP"],
+    ):
         assert L.main(argv, config_path="/nonexistent/launcher.json") == 2, argv
     assert "hakuriver-task-launcher:" in capsys.readouterr().err
 
@@ -253,11 +294,17 @@ def test_install_texts_come_from_the_package() -> None:
     with pytest.raises(ValueError):
         render_launcher_config(task_users=["alice"], shared_dirs=["/srv/a b"], local_temp_dirs=["/srv/temp"])
     files = install_plan("alice", cfg_text)
-    assert [(f.path, f.mode) for f in files] == [(DEFAULT_LAUNCHER_PATH, 0o755), ("/etc/hakuriver/launcher.json", 0o644),
-                                                 ("/etc/sudoers.d/hakuriver", 0o440)]
+    assert [(f.path, f.mode) for f in files] == [
+        (DEFAULT_LAUNCHER_PATH, 0o755),
+        ("/etc/hakuriver/launcher.json", 0o644),
+        ("/etc/sudoers.d/hakuriver", 0o440),
+    ]
     assert [f.path for f in install_plan("root", cfg_text)] == [DEFAULT_LAUNCHER_PATH, "/etc/hakuriver/launcher.json"]
-    config = SimpleNamespace(paths=SimpleNamespace(shared_dir="/srv/shared", local_temp_dir="/srv/temp",
-                                                   numactl_path="/opt/numactl/bin/numactl"))
+    config = SimpleNamespace(
+        paths=SimpleNamespace(
+            shared_dir="/srv/shared", local_temp_dir="/srv/temp", numactl_path="/opt/numactl/bin/numactl"
+        )
+    )
     assert json.loads(launcher_config_for(config, "alice"))["numactl_paths"] == ["/opt/numactl/bin/numactl"]
 
 
@@ -265,9 +312,15 @@ def test_install_texts_come_from_the_package() -> None:
 
 
 def spec(**overrides: object) -> LaunchSpec:
-    fields = dict(task_id=7, command=("python3", "-c", "print(1)"), env={"A": "1"},
-                  stdout_path="/srv/shared/task_outputs/7.out", stderr_path="/srv/shared/task_errors/7.err",
-                  shared_dir="/srv/shared", local_temp_dir="/srv/temp")
+    fields = dict(
+        task_id=7,
+        command=("python3", "-c", "print(1)"),
+        env={"A": "1"},
+        stdout_path="/srv/shared/task_outputs/7.out",
+        stderr_path="/srv/shared/task_errors/7.err",
+        shared_dir="/srv/shared",
+        local_temp_dir="/srv/temp",
+    )
     fields.update(overrides)
     return LaunchSpec(**fields)  # type: ignore[arg-type]
 
@@ -278,12 +331,27 @@ def test_the_executor_is_registered() -> None:
 
 
 def test_launch_request_is_argv_and_validates_with_the_launcher() -> None:
-    req = launch_request(spec(cores=2, memory=1 << 26, numa=NumaNode(0, (0, 1), 0)), user="alice",
-                         runner_name="n1", numactl="/usr/bin/numactl")
-    assert req == {"task_id": "7", "user": "alice", "command": ["python3", "-c", "print(1)"], "env": {"A": "1"},
-                   "shared_dir": "/srv/shared", "local_temp_dir": "/srv/temp",
-                   "stdout": "/srv/shared/task_outputs/7.out", "stderr": "/srv/shared/task_errors/7.err",
-                   "runner": "n1", "cores": 2, "memory": 1 << 26, "numa": 0, "numactl": "/usr/bin/numactl"}
+    req = launch_request(
+        spec(cores=2, memory=1 << 26, numa=NumaNode(0, (0, 1), 0)),
+        user="alice",
+        runner_name="n1",
+        numactl="/usr/bin/numactl",
+    )
+    assert req == {
+        "task_id": "7",
+        "user": "alice",
+        "command": ["python3", "-c", "print(1)"],
+        "env": {"A": "1"},
+        "shared_dir": "/srv/shared",
+        "local_temp_dir": "/srv/temp",
+        "stdout": "/srv/shared/task_outputs/7.out",
+        "stderr": "/srv/shared/task_errors/7.err",
+        "runner": "n1",
+        "cores": 2,
+        "memory": 1 << 26,
+        "numa": 0,
+        "numactl": "/usr/bin/numactl",
+    }
     p = L.validate_request(json.loads(json.dumps(req)), CFG, getpwnam=users, node_exists=lambda n: True)
     assert p.argv[:4] == ["/usr/bin/numactl", "--cpunodebind=0", "--membind=0", "--"]
     with pytest.raises(ExecutorError, match="numactl is not installed"):
@@ -294,7 +362,14 @@ def test_launch_request_is_argv_and_validates_with_the_launcher() -> None:
 
 def test_launcher_argv_uses_sudo_non_interactively() -> None:
     assert launcher_argv("/l", "kill", "7", "SIGTERM", sudo="/usr/bin/sudo") == [
-        "/usr/bin/sudo", "-n", "--", "/l", "kill", "7", "SIGTERM"]
+        "/usr/bin/sudo",
+        "-n",
+        "--",
+        "/l",
+        "kill",
+        "7",
+        "SIGTERM",
+    ]
     assert launcher_argv("/l", "info", sudo=None) == ["/l", "info"]
 
 
@@ -310,16 +385,23 @@ def test_task_user_is_never_empty_and_root_only_when_explicit() -> None:
     assert ex.task_user is None and "root" in (ex._user_error or "")
 
 
-@pytest.mark.parametrize("record, state, code", [
-    ({"result": "success", "exit_code": "exited", "exit_status": "0", "oom_kills": 0}, TaskState.COMPLETED, 0),
-    ({"result": "exit-code", "exit_code": "exited", "exit_status": "3", "oom_kills": 0}, TaskState.FAILED, 3),
-    ({"result": "signal", "exit_code": "killed", "exit_status": "KILL", "oom_kills": 1}, TaskState.KILLED_OOM, 137),
-    ({"result": "oom-kill", "exit_code": "killed", "exit_status": "KILL", "oom_kills": 0}, TaskState.KILLED_OOM, 137),
-    ({"result": "signal", "exit_code": "killed", "exit_status": "TERM", "oom_kills": 0}, TaskState.FAILED, 143),
-    ({"result": "core-dump", "exit_code": "dumped", "exit_status": "SEGV", "oom_kills": 0}, TaskState.FAILED, 139),
-    ({"result": "success", "exit_code": "exited", "exit_status": "0", "oom_kills": 2}, TaskState.COMPLETED, 0),
-    ({"result": "resources", "exit_code": "exited", "exit_status": "217", "oom_kills": 0}, TaskState.FAILED, 217),
-])
+@pytest.mark.parametrize(
+    "record, state, code",
+    [
+        ({"result": "success", "exit_code": "exited", "exit_status": "0", "oom_kills": 0}, TaskState.COMPLETED, 0),
+        ({"result": "exit-code", "exit_code": "exited", "exit_status": "3", "oom_kills": 0}, TaskState.FAILED, 3),
+        ({"result": "signal", "exit_code": "killed", "exit_status": "KILL", "oom_kills": 1}, TaskState.KILLED_OOM, 137),
+        (
+            {"result": "oom-kill", "exit_code": "killed", "exit_status": "KILL", "oom_kills": 0},
+            TaskState.KILLED_OOM,
+            137,
+        ),
+        ({"result": "signal", "exit_code": "killed", "exit_status": "TERM", "oom_kills": 0}, TaskState.FAILED, 143),
+        ({"result": "core-dump", "exit_code": "dumped", "exit_status": "SEGV", "oom_kills": 0}, TaskState.FAILED, 139),
+        ({"result": "success", "exit_code": "exited", "exit_status": "0", "oom_kills": 2}, TaskState.COMPLETED, 0),
+        ({"result": "resources", "exit_code": "exited", "exit_status": "217", "oom_kills": 0}, TaskState.FAILED, 217),
+    ],
+)
 def test_exit_records_map_to_results(record: dict, state: TaskState, code: int) -> None:
     result = exit_result_from_record(record)
     assert (result.state, result.exit_code) == (state, code)
@@ -334,7 +416,9 @@ def test_failed_units_without_a_record_fall_back_to_systemd() -> None:
     assert (r.state, r.exit_code) == (TaskState.FAILED, 4)
 
 
-def test_default_executors_offer_systemd_only_where_it_can_work(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+def test_default_executors_offer_systemd_only_where_it_can_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
     import asyncio
 
     from hakuriver.config import config_from_dict
@@ -350,8 +434,13 @@ def test_default_executors_offer_systemd_only_where_it_can_work(monkeypatch: pyt
 
     monkeypatch.setattr(docker_mod.DockerExecutor, "check", fake_docker_check)
     monkeypatch.setattr(systemd_mod.SystemdExecutor, "check", fake_check)
-    config = config_from_dict({"paths": {"shared_dir": str(tmp_path), "local_temp_dir": str(tmp_path)},
-                               "environment": {"runner_user": "alice"}, "runner": {"name": "n1"}})
+    config = config_from_dict(
+        {
+            "paths": {"shared_dir": str(tmp_path), "local_temp_dir": str(tmp_path)},
+            "environment": {"runner_user": "alice"},
+            "runner": {"name": "n1"},
+        }
+    )
 
     async def names() -> list[str]:
         executors = await app.default_executors(config)

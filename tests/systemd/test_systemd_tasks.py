@@ -48,7 +48,11 @@ def test_a_task_runs_as_argv_with_its_output_exit_code_and_environment(sd: SdClu
     assert sd.logs(failing, "stderr") == "to stderr\n"
     env = report["env"]
     assert env["GREETING"] == "hi $(id) ;"
-    assert (env["HAKURIVER_TASK_ID"], env["HAKURIVER_SHARED_DIR"], env["HAKURIVER_LOCAL_TEMP_DIR"]) == (failing, SHARED, TEMP)
+    assert (env["HAKURIVER_TASK_ID"], env["HAKURIVER_SHARED_DIR"], env["HAKURIVER_LOCAL_TEMP_DIR"]) == (
+        failing,
+        SHARED,
+        TEMP,
+    )
     assert RUNNER_MARKER not in env and "INVOCATION_ID" not in env, "the runner's environment leaked into the task"
     assert env["USER"] == RUNNER_USER and report["cwd"] == SHARED
     assert report["uid"] == int(sd.node.exec(["id", "-u", RUNNER_USER]).stdout)
@@ -58,26 +62,42 @@ def test_a_task_runs_as_argv_with_its_output_exit_code_and_environment(sd: SdClu
     t = sd.wait_final(ok)
     assert (t["state"], t["exit_code"]) == ("completed", 0), t
     assert sd.logs(ok) == f"done {ok}\n"
-    owners = sd.node.exec(["stat", "-c", "%U", f"{SHARED}/task_outputs/{failing}.out", f"{SHARED}/task_errors/{failing}.err"])
+    owners = sd.node.exec(
+        ["stat", "-c", "%U", f"{SHARED}/task_outputs/{failing}.out", f"{SHARED}/task_errors/{failing}.err"]
+    )
     assert owners.stdout.split() == [RUNNER_USER, RUNNER_USER]
     # destroy() cleans up (just after the result is reported): no unit, no status record.
-    poll(lambda: sd.unit(ok, "LoadState")["LoadState"] == sd.unit(failing, "LoadState")["LoadState"] == "not-found"
-         and sd.node.exec(["ls", STATE_DIR]).stdout.strip() == "", timeout=30, what="units and records cleaned up")
+    poll(
+        lambda: (
+            sd.unit(ok, "LoadState")["LoadState"] == sd.unit(failing, "LoadState")["LoadState"] == "not-found"
+            and sd.node.exec(["ls", STATE_DIR]).stdout.strip() == ""
+        ),
+        timeout=30,
+        what="units and records cleaned up",
+    )
 
 
 def test_limits_numa_pause_resume_kill_and_oom(sd: SdCluster) -> None:
     sleeper = sd.submit(["sleep", "600"], cores=1, memory="64M")
     hog = sd.submit(["python3", "-c", HOG], memory="64M")
-    numa = sd.submit(["sh", "-c", "numactl --show; grep Cpus_allowed_list /proc/self/status"], targets=[f"{NODE_NAME}:0"])
+    numa = sd.submit(
+        ["sh", "-c", "numactl --show; grep Cpus_allowed_list /proc/self/status"], targets=[f"{NODE_NAME}:0"]
+    )
 
     sd.wait_state(sleeper, {"running"})
     props = sd.unit(sleeper, "CPUQuotaPerSecUSec", "MemoryMax", "User", "MainPID")
     assert (props["CPUQuotaPerSecUSec"], props["MemoryMax"], props["User"]) == ("1s", str(64 << 20), RUNNER_USER), props
     pid = props["MainPID"]
     # ... and the kernel enforces it (cgroup v1 memory controller here, v2 elsewhere).
-    limit = sd.node.exec(["sh", "-c", f"p=$(grep -E '^[0-9]+:memory:' /proc/{pid}/cgroup | cut -d: -f3); "
-                                      f"cat /sys/fs/cgroup/memory$p/memory.limit_in_bytes 2>/dev/null || "
-                                      f"cat /sys/fs/cgroup$(grep '^0::' /proc/{pid}/cgroup | cut -d: -f3)/memory.max"])
+    limit = sd.node.exec(
+        [
+            "sh",
+            "-c",
+            f"p=$(grep -E '^[0-9]+:memory:' /proc/{pid}/cgroup | cut -d: -f3); "
+            f"cat /sys/fs/cgroup/memory$p/memory.limit_in_bytes 2>/dev/null || "
+            f"cat /sys/fs/cgroup$(grep '^0::' /proc/{pid}/cgroup | cut -d: -f3)/memory.max",
+        ]
+    )
     assert limit.stdout.strip() == str(64 << 20), limit
 
     def proc_state() -> str:
@@ -118,8 +138,11 @@ def test_the_exit_code_survives_a_runner_restart(sd: SdCluster) -> None:
     for t in (ends_while_down, ends_after):
         assert sd.unit(t, "ActiveState")["ActiveState"] == "active", "a task died with the runner"
     sd.node.exec(["touch", f"{TEMP}/go-a"], user=RUNNER_USER)
-    poll(lambda: sd.node.exec(["test", "-e", f"{STATE_DIR}/{ends_while_down}.json"], check=False).ok,
-         timeout=30, what="the task to end while the runner is down")
+    poll(
+        lambda: sd.node.exec(["test", "-e", f"{STATE_DIR}/{ends_while_down}.json"], check=False).ok,
+        timeout=30,
+        what="the task to end while the runner is down",
+    )
     assert sd.task(ends_while_down)["state"] == "running"  # nobody told the Host yet
 
     sd.start_runner()
@@ -165,8 +188,13 @@ def test_setup_errors_fail_tasks_with_a_reason(sd: SdCluster) -> None:
 
 
 def start_request(task_id: str, **overrides: object) -> str:
-    req = {"task_id": task_id, "user": RUNNER_USER, "command": ["touch", "/root/pwned-launcher"],
-           "shared_dir": SHARED, "local_temp_dir": TEMP}
+    req = {
+        "task_id": task_id,
+        "user": RUNNER_USER,
+        "command": ["touch", "/root/pwned-launcher"],
+        "shared_dir": SHARED,
+        "local_temp_dir": TEMP,
+    }
     req.update(overrides)
     return json.dumps(req)
 
@@ -181,7 +209,9 @@ def test_the_runner_user_cannot_become_root(sd: SdCluster) -> None:
         r = node.exec(["sudo", "-n", *argv], user=RUNNER_USER, check=False)
         assert r.rc != 0 and "sudo:" in r.stderr, f"sudo allowed {argv}: {r}"
 
-    refused_by_sudo("systemd-run", "--unit=hakuriver-task-1", "-p", "User=root", "/bin/sh", "-c", "touch /root/pwned-run")
+    refused_by_sudo(
+        "systemd-run", "--unit=hakuriver-task-1", "-p", "User=root", "/bin/sh", "-c", "touch /root/pwned-run"
+    )
     refused_by_sudo("/usr/bin/systemd-run", "--unit=x", "/bin/sh")
     refused_by_sudo("systemctl", "stop", "hkr-host.service")
     refused_by_sudo("/usr/bin/systemctl", "kill", "hakuriver-task-1.service")
@@ -193,10 +223,14 @@ def test_the_runner_user_cannot_become_root(sd: SdCluster) -> None:
 
     def refused_by_launcher(*args: str, input: str | None = None, match: str = "") -> None:
         r = sd.launcher(*args, input=input)
-        assert r.rc == 2 and "hakuriver-task-launcher:" in r.stderr and match in r.stderr, f"launcher allowed {args}: {r}"
+        assert r.rc == 2 and "hakuriver-task-launcher:" in r.stderr and match in r.stderr, (
+            f"launcher allowed {args}: {r}"
+        )
 
     refused_by_launcher("start", input=start_request("901", user="root"), match="not allowed")
-    refused_by_launcher("start", input=start_request("902", shared_dir="/root"), match="not one the launcher config allows")
+    refused_by_launcher(
+        "start", input=start_request("902", shared_dir="/root"), match="not one the launcher config allows"
+    )
     refused_by_launcher("start", input=start_request("903", shared_dir=f"{SHARED}/../../../root"), match="/root is not")
     refused_by_launcher("start", input=start_request("904", stdout="/etc/passwd"), match="stdout must be")
     refused_by_launcher("start", input=start_request("../905"), match="task id")
@@ -210,15 +244,28 @@ def test_the_runner_user_cannot_become_root(sd: SdCluster) -> None:
     refused_by_launcher("cleanup", "1 2", match="task id")
     refused_by_launcher("pause", "hkr-host", match="task id")
     spec = ["/bin/sh", "-c", "touch /root/pwned-exec"]
-    exec_arg = json.dumps({"v": 1, "task_id": 910, "user": "root", "uid": 0, "argv": spec, "env": {},
-                           "cwd": SHARED, "stdout": f"{SHARED}/x", "stderr": f"{SHARED}/y"})
+    exec_arg = json.dumps(
+        {
+            "v": 1,
+            "task_id": 910,
+            "user": "root",
+            "uid": 0,
+            "argv": spec,
+            "env": {},
+            "cwd": SHARED,
+            "stdout": f"{SHARED}/x",
+            "stderr": f"{SHARED}/y",
+        }
+    )
     refused_by_launcher("exec", base64.urlsafe_b64encode(exec_arg.encode()).decode(), match="never through sudo")
     refused_by_launcher("poststop", "910", match="never through sudo")
 
     # A symlink the runner plants where the logs go is not followed (the files are
     # opened by the task's user, never by root, and without following links).
-    node.exec(["sh", "-c", f"mkdir -p {SHARED}/task_outputs && ln -sf /etc/hkr-evil {SHARED}/task_outputs/911.out"],
-              user=RUNNER_USER)
+    node.exec(
+        ["sh", "-c", f"mkdir -p {SHARED}/task_outputs && ln -sf /etc/hkr-evil {SHARED}/task_outputs/911.out"],
+        user=RUNNER_USER,
+    )
     r = sd.launcher("start", input=start_request("911", command=["true"]))
     assert r.rc == 1 and "symbolic link" in r.stderr, r
     assert sd.unit("911", "LoadState")["LoadState"] == "not-found"

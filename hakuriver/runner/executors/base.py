@@ -80,7 +80,12 @@ class Handle:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Handle:
-        return cls(task_id=int(data["task_id"]), executor=str(data["executor"]), ref=str(data["ref"]), data=dict(data.get("data") or {}))
+        return cls(
+            task_id=int(data["task_id"]),
+            executor=str(data["executor"]),
+            ref=str(data["ref"]),
+            data=dict(data.get("data") or {}),
+        )
 
 
 class Presence(enum.StrEnum):
@@ -133,5 +138,5 @@ class Executor(abc.ABC):
     async def list_untracked(self, tracked: set[int]) -> list[int]:
         """IDs of tasks this backend finds on the node that are not in `tracked`."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook; a no-op by default
         """Release backend resources (clients, threads). Tasks keep running."""

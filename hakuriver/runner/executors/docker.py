@@ -60,12 +60,13 @@ import socket
 import struct
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
+from ... import naming
 from ...errors import ExecutorError, docker_explanation
 from ...models import ExitResult, TaskState
-from ... import naming
 from ...naming import LABEL_RUNNER, LABEL_TASK_ID, task_container_name
 from .base import Capabilities, Executor, Handle, LaunchSpec, Presence
 
@@ -90,7 +91,7 @@ _FRAME = struct.Struct(">BxxxL")
 
 def _sdk() -> Any:
     try:
-        import docker  # noqa: PLC0415 - deliberately lazy: see the module docstring
+        import docker
     except ImportError as exc:  # pragma: no cover - the SDK is a hard dependency
         raise ExecutorError(f"the docker executor needs the Docker SDK for Python ({exc})") from exc
     return docker
@@ -175,9 +176,7 @@ def exit_result(state: dict[str, Any], *, kernel_oom: bool = False) -> ExitResul
         return ExitResult(TaskState.FAILED, None, "the container was created but never started")
     code = int(state.get("ExitCode") or 0)
     if (state.get("OOMKilled") or kernel_oom) and code != 0:
-        return ExitResult(
-            TaskState.KILLED_OOM, code, f"killed by the out-of-memory killer (exit code {code})"
-        )
+        return ExitResult(TaskState.KILLED_OOM, code, f"killed by the out-of-memory killer (exit code {code})")
     if code == 0:
         return ExitResult(TaskState.COMPLETED, 0)
     error = f"exited with code {code}"
@@ -318,7 +317,7 @@ def _shutdown_socket(sock: Any) -> None:
         if s is not None and hasattr(s, "shutdown"):
             try:
                 s.shutdown(socket.SHUT_RDWR)
-            except Exception:  # noqa: BLE001 - already closed is fine
+            except Exception:  # noqa: BLE001, S110 - already closed is fine
                 pass
             return
 
@@ -345,9 +344,7 @@ def missed_after(window: list[Any], consumed: list[Any]) -> list[Any] | None:
     when that is not certain: no alignment or several fit, or the overlap is under
     half the window (too many missed to trust an alignment of timestamped frames).
     Pure."""
-    fits = [
-        j for j in range(1, min(len(window), len(consumed)) + 1) if window[:j] == consumed[len(consumed) - j :]
-    ]
+    fits = [j for j in range(1, min(len(window), len(consumed)) + 1) if window[:j] == consumed[len(consumed) - j :]]
     if len(fits) != 1 or fits[0] * 2 <= len(window):
         return None
     return window[fits[0] :]
@@ -546,7 +543,7 @@ class DockerExecutor(Executor):
     def _watch_main(self, w: _Watch) -> None:
         try:
             result = self._watch(w)
-        except BaseException as exc:  # noqa: BLE001 - delivered to wait()
+        except BaseException as exc:
             log.exception("watch of task %s failed", w.task_id)
             err = exc if isinstance(exc, ExecutorError) else ExecutorError(f"task {w.task_id}: watch failed: {exc}")
             _settle(w.future, exc=err)
@@ -636,7 +633,7 @@ class DockerExecutor(Executor):
         params = {"stdout": 1, "stderr": 1, "follow": 0, "tail": CATCH_UP_TAIL}
         window = list(self._frames(w, params))
         if len(window) < CATCH_UP_TAIL:  # the window is the whole log
-            return window[trail.count:]
+            return window[trail.count :]
         return missed_after(window, list(trail.frames))
 
     def _frames(self, w: _Watch, params: dict[str, Any]) -> Iterator[tuple[int, bytes, bytes]]:
@@ -753,7 +750,7 @@ class DockerExecutor(Executor):
             await self.stop(handle, "SIGKILL")
             try:
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(w.future)), DESTROY_DRAIN_TIMEOUT)
-            except Exception:  # noqa: BLE001 - removal goes ahead regardless
+            except Exception:  # noqa: BLE001, S110 - removal goes ahead regardless
                 pass
         await self._call(self._remove, handle)
         w = self._watches.pop(handle.ref, None)
@@ -781,7 +778,9 @@ class DockerExecutor(Executor):
         if info is None:
             return Presence.MISSING
         if "stdout" not in handle.data or "stderr" not in handle.data:
-            shared = next((m.get("Source") for m in info.get("Mounts") or () if m.get("Destination") == SHARED_MOUNT), None)
+            shared = next(
+                (m.get("Source") for m in info.get("Mounts") or () if m.get("Destination") == SHARED_MOUNT), None
+            )
             if shared:
                 handle.data.setdefault("stdout", naming.stdout_path(shared, handle.task_id))
                 handle.data.setdefault("stderr", naming.stderr_path(shared, handle.task_id))

@@ -206,7 +206,7 @@ class FakeExecutor(Executor):
             if t.runner is not None:
                 try:
                     await t.runner
-                except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110
                     pass
 
     @staticmethod

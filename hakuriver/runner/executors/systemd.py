@@ -41,15 +41,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal as _signal
 from dataclasses import dataclass
 from typing import Any
 
+from ... import naming
 from ...deploy.launcher import (
     DEFAULT_STATE_DIR,
     UNIT_PROPERTIES,
@@ -58,7 +59,6 @@ from ...deploy.launcher import (
 from ...deploy.sudoers import DEFAULT_LAUNCHER_PATH
 from ...errors import ExecutorError
 from ...models import ExitResult, TaskState
-from ... import naming
 from .base import Capabilities, Executor, Handle, LaunchSpec, Presence
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def resolve_task_user(configured: str, runner_user: str) -> str:
     if user == "root" and (configured or "").strip() != "root":
         raise ExecutorError(
             "the runner runs as root and environment.runner_user is empty: --container NULL tasks would run "
-            "as root. Set environment.runner_user to the user tasks should run as (\"root\" only if you mean it)"
+            'as root. Set environment.runner_user to the user tasks should run as ("root" only if you mean it)'
         )
     return user
 
@@ -175,6 +175,7 @@ def exit_result_from_unit(props: dict[str, str]) -> ExitResult:
 
 
 def _result(code_kind: str, status: str, result: str, oom: bool) -> ExitResult:
+    code: int | None
     if code_kind == "exited" and status.lstrip("-").isdigit():
         code = int(status)
     elif code_kind in ("killed", "dumped"):
@@ -183,18 +184,28 @@ def _result(code_kind: str, status: str, result: str, oom: bool) -> ExitResult:
     else:
         code = None
     if oom and (code is None or code != 0):
-        return ExitResult(TaskState.KILLED_OOM, code,
-                          f"killed by the out-of-memory killer (exit code {code})" if code is not None
-                          else "killed by the out-of-memory killer")
+        return ExitResult(
+            TaskState.KILLED_OOM,
+            code,
+            f"killed by the out-of-memory killer (exit code {code})"
+            if code is not None
+            else "killed by the out-of-memory killer",
+        )
     if code == 0:
         return ExitResult(TaskState.COMPLETED, 0)
     if code_kind in ("killed", "dumped"):
         sig = signal_of(status)
         name = sig.name if sig is not None else status
-        return ExitResult(TaskState.FAILED, code, f"killed by signal {name}" + (" (core dumped)" if code_kind == "dumped" else ""))
+        return ExitResult(
+            TaskState.FAILED, code, f"killed by signal {name}" + (" (core dumped)" if code_kind == "dumped" else "")
+        )
     if code is not None and code in SYSTEMD_EXIT_CODES:
-        return ExitResult(TaskState.FAILED, code, f"systemd could not set up the task (exit code {code}, result "
-                                                  f"{result or 'unknown'}); see journalctl -u of its unit")
+        return ExitResult(
+            TaskState.FAILED,
+            code,
+            f"systemd could not set up the task (exit code {code}, result "
+            f"{result or 'unknown'}); see journalctl -u of its unit",
+        )
     if code is not None:
         return ExitResult(TaskState.FAILED, code, f"exited with code {code}")
     return ExitResult(TaskState.FAILED, None, f"the task's unit ended with result {result or 'unknown'}")
@@ -205,7 +216,10 @@ def launcher_problem(path: str) -> str | None:
     try:
         st = os.stat(path)
     except OSError:
-        return f"the HakuRiver task launcher is not installed at {path} (write it with `hakuriver.init launcher` and run the install steps it prints, as root)"
+        return (
+            f"the HakuRiver task launcher is not installed at {path} "
+            "(write it with `hakuriver.init launcher` and run the install steps it prints, as root)"
+        )
     if st.st_uid != 0 or st.st_mode & 0o022:
         return f"{path} must be owned by root and writable by root only"
     if not st.st_mode & 0o111:
@@ -292,9 +306,13 @@ class SystemdExecutor(Executor):
         self._closed = False
 
     @classmethod
-    def from_config(cls, config: Any, **kwargs: Any) -> "SystemdExecutor":
-        return cls(config.runner_name, task_user=config.environment.runner_user,
-                   numactl_path=config.paths.numactl_path, **kwargs)
+    def from_config(cls, config: Any, **kwargs: Any) -> SystemdExecutor:
+        return cls(
+            config.runner_name,
+            task_user=config.environment.runner_user,
+            numactl_path=config.paths.numactl_path,
+            **kwargs,
+        )
 
     # -- plumbing ---------------------------------------------------------
     async def _exec(self, argv: list[str], *, input: bytes | None = None, timeout: float = CALL_TIMEOUT) -> _Call:
@@ -302,7 +320,8 @@ class SystemdExecutor(Executor):
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
         except FileNotFoundError:
             raise ExecutorError(f"{argv[0]} is not installed on this node") from None
@@ -310,11 +329,13 @@ class SystemdExecutor(Executor):
             raise ExecutorError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
         try:
             out, err = await asyncio.wait_for(proc.communicate(input), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 proc.kill()
             await proc.wait()
-            raise ExecutorError(f"{os.path.basename(argv[0])} {' '.join(argv[1:4])} did not finish within {timeout:.0f}s") from None
+            raise ExecutorError(
+                f"{os.path.basename(argv[0])} {' '.join(argv[1:4])} did not finish within {timeout:.0f}s"
+            ) from None
         except asyncio.CancelledError:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -326,10 +347,12 @@ class SystemdExecutor(Executor):
         text = " ".join(call.stderr.split()) or " ".join(call.stdout.split()) or f"exit status {call.rc}"
         prefix = f"{LAUNCHER_PROG}: "
         if text.startswith(prefix):
-            return text[len(prefix):]
+            return text[len(prefix) :]
         if text.startswith("sudo:"):
-            return (f"the runner user {self.runner_user!r} may not run the task launcher as root ({text}); "
-                    f"install the sudoers drop-in (hakuriver.init launcher writes it with the launcher)")
+            return (
+                f"the runner user {self.runner_user!r} may not run the task launcher as root ({text}); "
+                f"install the sudoers drop-in (hakuriver.init launcher writes it with the launcher)"
+            )
         return text
 
     async def _launcher(self, sub: str, *args: str, input: bytes | None = None) -> dict[str, Any]:
@@ -343,7 +366,9 @@ class SystemdExecutor(Executor):
         try:
             data = json.loads(call.stdout or "{}")
         except ValueError:
-            raise ExecutorError(f"the task launcher answered {sub} with something that is not JSON: {call.stdout[:200]!r}") from None
+            raise ExecutorError(
+                f"the task launcher answered {sub} with something that is not JSON: {call.stdout[:200]!r}"
+            ) from None
         return data if isinstance(data, dict) else {}
 
     async def check(self) -> dict[str, Any]:
@@ -354,8 +379,10 @@ class SystemdExecutor(Executor):
         info = await self._launcher("info")
         self._state_dir = str(info.get("state_dir") or DEFAULT_STATE_DIR)
         if self.task_user not in (info.get("task_users") or []):
-            raise ExecutorError(f"the launcher config does not allow tasks to run as {self.task_user!r} "
-                                f"(it allows {', '.join(info.get('task_users') or []) or 'nobody'})")
+            raise ExecutorError(
+                f"the launcher config does not allow tasks to run as {self.task_user!r} "
+                f"(it allows {', '.join(info.get('task_users') or []) or 'nobody'})"
+            )
         return info
 
     async def _state_dir_path(self) -> str:
@@ -418,12 +445,14 @@ class SystemdExecutor(Executor):
         if not task_ids:
             return {}
         units = [service_name(t) for t in task_ids]
-        call = await self._exec([self.systemctl_path, "--no-pager", "show",
-                                 "--property=" + ",".join(UNIT_PROPERTIES), "--", *units], timeout=60)
+        call = await self._exec(
+            [self.systemctl_path, "--no-pager", "show", "--property=" + ",".join(UNIT_PROPERTIES), "--", *units],
+            timeout=60,
+        )
         if call.rc != 0:
             raise ExecutorError(f"systemctl show failed: {self._explain(call)}")
         by_unit = {b.get("Id", ""): b for b in parse_show(call.stdout)}
-        out = {tid: by_unit.get(unit, {"LoadState": "not-found"}) for tid, unit in zip(task_ids, units)}
+        out = {tid: by_unit.get(unit, {"LoadState": "not-found"}) for tid, unit in zip(task_ids, units, strict=True)}
         return out
 
     def _ensure_poller(self) -> None:
@@ -444,7 +473,7 @@ class SystemdExecutor(Executor):
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _poll_once(self, *, check_units: bool) -> None:
@@ -474,8 +503,12 @@ class SystemdExecutor(Executor):
             elif load != "loaded" or active == "inactive":
                 w.absent += 1
                 if w.absent >= 2:
-                    self._settle(w, ExitResult(TaskState.LOST, None,
-                                               "the task's unit disappeared without recording its exit status"))
+                    self._settle(
+                        w,
+                        ExitResult(
+                            TaskState.LOST, None, "the task's unit disappeared without recording its exit status"
+                        ),
+                    )
             else:
                 w.absent = 0
 
@@ -545,8 +578,19 @@ class SystemdExecutor(Executor):
         return Presence.RUNNING
 
     async def list_untracked(self, tracked: set[int]) -> list[int]:
-        call = await self._exec([self.systemctl_path, "--no-pager", "list-units", "--all", "--plain", "--no-legend",
-                                 "--full", f"{naming.TASK_PREFIX}*.service"], timeout=60)
+        call = await self._exec(
+            [
+                self.systemctl_path,
+                "--no-pager",
+                "list-units",
+                "--all",
+                "--plain",
+                "--no-legend",
+                "--full",
+                f"{naming.TASK_PREFIX}*.service",
+            ],
+            timeout=60,
+        )
         if call.rc != 0:
             raise ExecutorError(f"systemctl list-units failed: {self._explain(call)}")
         found = set()
@@ -556,7 +600,11 @@ class SystemdExecutor(Executor):
                 continue
             tid = naming.task_id_from_name(parts[0])
             desc = parts[4] if len(parts) > 4 else ""
-            if tid is not None and tid not in tracked and (not self.runner_name or f"(runner {self.runner_name})" in desc):
+            if (
+                tid is not None
+                and tid not in tracked
+                and (not self.runner_name or f"(runner {self.runner_name})" in desc)
+            ):
                 found.add(tid)
         return sorted(found)
 

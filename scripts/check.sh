@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The fast check: lint, format, types, man pages and the tests that need no Docker or systemd.
+# Well under a minute on a 2-core machine; the first step of .ci/run and what pre-commit runs.
+#
+#   bash scripts/check.sh            # everything
+#   bash scripts/check.sh --no-tests # lint, format, types, man pages only (pre-commit)
+#
+# Creates .venv with the test extra when it is missing (no root needed for that).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+LOG_TAG=check
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
+T_START=$SECONDS
+
+TESTS=1
+[[ ${1:-} == --no-tests ]] && TESTS=0
+
+phase "python venv" python_venv test
+RC=0
+step() {
+    local name=$1 t0=$SECONDS rc=0
+    shift
+    "$@" || rc=$?
+    log "$name: exit $rc ($((SECONDS - t0))s)"
+    ((rc == 0)) || RC=1
+}
+step "ruff check" "$VENV/bin/ruff" check hakuriver tests bench
+step "ruff format" "$VENV/bin/ruff" format --check --quiet hakuriver tests bench
+step "mypy" "$VENV/bin/mypy"
+step "man pages" "$VENV/bin/python" -m hakuriver.deploy.manpages --check
+if ((TESTS)); then
+    # The in-process tier: real aiohttp servers on loopback, real SQLite files, fake executors.
+    step "fast tests" "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+        -m "not docker and not systemd" tests \
+        --ignore=tests/test_harness.py --ignore=tests/integration --ignore=tests/environments
+fi
+log "total: $((SECONDS - T_START))s"
+((RC == 0)) || die "the fast check failed"
+log "OK"
