@@ -24,7 +24,7 @@ from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
 from .api import ROUTES
 from .cluster import Cluster
 from .db import Database
-from .dispatch import RunnerClient
+from .runner_client import RunnerClient
 from .environments import EnvironmentManager
 from .keys import CLUSTER, CONFIG, DB, ENVIRONMENTS, RUNNERS
 

@@ -39,7 +39,7 @@ from ..models import (
     TaskState,
 )
 from .db import Database, NodeRecord
-from .dispatch import RunnerClient, RunnerRejected, RunnerUnreachable
+from .runner_client import RunnerClient, RunnerRejected, RunnerUnreachable
 from .scheduler import Ledger, Scheduler, check_fits_ever
 
 log = logging.getLogger(__name__)

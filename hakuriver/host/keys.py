@@ -7,7 +7,7 @@ from aiohttp import web
 from ..config import Config
 from .cluster import Cluster
 from .db import Database
-from .dispatch import RunnerClient
+from .runner_client import RunnerClient
 from .environments import EnvironmentManager
 
 CONFIG = web.AppKey("config", Config)
