@@ -24,9 +24,9 @@ from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
 from .api import ROUTES
 from .cluster import Cluster
 from .db import Database
-from .runner_client import RunnerClient
 from .environments import EnvironmentManager
 from .keys import CLUSTER, CONFIG, DB, ENVIRONMENTS, RUNNERS
+from .runner_client import RunnerClient
 
 log = logging.getLogger(__name__)
 

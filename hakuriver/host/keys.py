@@ -7,8 +7,8 @@ from aiohttp import web
 from ..config import Config
 from .cluster import Cluster
 from .db import Database
-from .runner_client import RunnerClient
 from .environments import EnvironmentManager
+from .runner_client import RunnerClient
 
 CONFIG = web.AppKey("config", Config)
 DB = web.AppKey("db", Database)
