@@ -24,9 +24,10 @@ from ..ids import parse_id
 from ..models import GpuInfo, NodeResources, NumaNode, TaskState
 from ..parsing import validate_env_name, validate_node_name
 from ..webapi import json_response, query_int, read_json_object, require_type
+from .cluster import Cluster
 from .db import NodeRecord
 from .environments import Progress
-from .keys import CLUSTER, CONFIG, DB, ENVIRONMENTS
+from .keys import CLUSTER, CONFIG, DB, ENVIRONMENTS, LIVENESS
 from .shell import bridge_websocket
 from .submission import MAX_TARGETS, SUBMIT_FIELDS, parse_submission
 
@@ -171,8 +172,8 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
 
 
 # ----------------------------------------------------------------- nodes
-def node_json(node: NodeRecord, cluster: Any) -> dict[str, Any]:
-    used = cluster.ledger.used(node.hostname)
+def node_json(node: NodeRecord, cluster: Cluster) -> dict[str, Any]:
+    used = cluster.allocated(node.hostname)
     return {
         "hostname": node.hostname,
         "url": node.url,
@@ -419,7 +420,7 @@ async def runner_register(request: web.Request) -> web.Response:
         raise ValidationError(f"malformed 'numa' or 'gpus': {exc}") from None
     res = NodeResources(hostname=hostname, url=url, cores=cores, memory=memory, numa=numa, gpus=gpus)
     finishing = [parse_id(i) for i in require_type(data, "finishing", list, required=False, default=[])]
-    record = await request.app[CLUSTER].register(res, _reported_tasks(data), finishing)
+    record = await request.app[LIVENESS].register(res, _reported_tasks(data), finishing)
     config = request.app[CONFIG]
     return json_response({"hostname": record.hostname, "heartbeat_interval": config.timing.heartbeat_interval})
 
@@ -429,7 +430,7 @@ async def runner_heartbeat(request: web.Request) -> web.Response:
     hostname = validate_node_name(require_type(data, "hostname", str))
     stats = require_type(data, "stats", dict, required=False, default={})
     finishing = [parse_id(i) for i in require_type(data, "finishing", list, required=False, default=[])]
-    kills = await request.app[CLUSTER].heartbeat(hostname, stats, _reported_tasks(data), finishing)
+    kills = await request.app[LIVENESS].heartbeat(hostname, stats, _reported_tasks(data), finishing)
     return json_response({"kill": [str(k) for k in kills]})
 
 

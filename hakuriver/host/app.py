@@ -24,8 +24,10 @@ from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
 from .api import ROUTES
 from .cluster import Cluster
 from .db import Database
+from .dispatch import Dispatcher
 from .environments import EnvironmentManager
-from .keys import CLUSTER, CONFIG, DB, ENVIRONMENTS, RUNNERS
+from .keys import CLUSTER, CONFIG, DB, DISPATCHER, ENVIRONMENTS, LIVENESS, RUNNERS
+from .liveness import Liveness
 from .runner_client import RunnerClient
 
 log = logging.getLogger(__name__)
@@ -57,9 +59,11 @@ async def _runner_client(app: web.Application) -> AsyncIterator[None]:
 
 async def _cluster(app: web.Application) -> AsyncIterator[None]:
     cluster = Cluster(app[CONFIG], app[DB], app[RUNNERS])
-    await cluster.load()
-    app[CLUSTER] = cluster
-    loops = [asyncio.create_task(cluster.schedule_loop()), asyncio.create_task(cluster.liveness_loop())]
+    assigning = await cluster.load()
+    dispatcher, liveness = Dispatcher(cluster), Liveness(cluster)
+    app[CLUSTER], app[DISPATCHER], app[LIVENESS] = cluster, dispatcher, liveness
+    dispatcher.resume(assigning)
+    loops = [asyncio.create_task(dispatcher.schedule_loop()), asyncio.create_task(liveness.liveness_loop())]
     yield
     for loop in loops:
         loop.cancel()

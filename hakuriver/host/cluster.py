@@ -1,5 +1,11 @@
-"""The Host's orchestration: submissions, the scheduling pass, dispatch,
-runner reports, kill/pause/resume, and node liveness.
+"""The Host's cluster state and the commands users give it.
+
+`Cluster` owns what the Host believes: the nodes it knows and what they offer,
+the resource ledger, the pending queue, the lock, and every guarded state
+transition. Users' commands (submit, kill, pause, resume, wait) act on it
+here. Two modules drive it from outside, and it never imports them:
+- `dispatch`: the scheduling pass and sending tasks to runners;
+- `liveness`: registration, heartbeat reconciliation and the offline sweep.
 
 Invariants this module keeps:
 - The database is the truth for task states; every change is a guarded
@@ -24,28 +30,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from ..config import Config
-from ..errors import Conflict, HakuRiverError, NotFound
+from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
 from ..ids import IdGenerator
-from ..models import (
-    SYSTEMD_CONTAINER,
-    NodeResources,
-    Target,
-    Task,
-    TaskRequest,
-    TaskState,
-)
+from ..models import NodeResources, Target, Task, TaskRequest, TaskState
 from .db import Database, NodeRecord
 from .runner_client import RunnerClient, RunnerRejected, RunnerUnreachable
-from .scheduler import Ledger, Scheduler, check_fits_ever
+from .scheduler import Ledger, Used, check_fits_ever
 
 log = logging.getLogger(__name__)
-
-PASS_COALESCE_SECONDS = 0.005
-"""How long a scheduling pass waits after the first event, to batch a burst."""
 
 RUNNER_REPORTABLE = frozenset(
     {
@@ -62,18 +58,19 @@ RUNNER_REPORTABLE = frozenset(
 
 
 class Cluster:
+    """The Host's state; see the module docstring for its invariants."""
+
     def __init__(self, config: Config, db: Database, runners: RunnerClient, *, clock: Callable[[], float] = time.time):
         self.config = config
         self.db = db
         self.runners = runners
         self.clock = clock
         self.ids = IdGenerator()
-        self.scheduler = Scheduler()
         self.lock = asyncio.Lock()
         self.ledger = Ledger()
         self.pending: dict[int, Task] = {}
         self.nodes: dict[str, NodeRecord] = {}
-        self._resources: dict[str, NodeResources] = {}
+        self.resources: dict[str, NodeResources] = {}
         """What each node offers; changes only when it registers again."""
         self.started_at = clock()
         self._kick = asyncio.Event()
@@ -81,26 +78,33 @@ class Cluster:
         self._background: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ start
-    async def load(self) -> None:
-        """Rebuild in-memory state from the database after a (re)start."""
+    async def load(self) -> list[Task]:
+        """Rebuild in-memory state from the database after a (re)start.
+
+        Returns the tasks caught in `assigning`: the dispatcher sends them
+        again, since they may or may not have reached their runner."""
         self.started_at = self.clock()
         self.nodes = {n.hostname: n for n in await self.db.list_nodes()}
-        self._resources = {name: n.resources for name, n in self.nodes.items()}
+        self.resources = {name: n.resources for name, n in self.nodes.items()}
         holding = await self.db.load_holding()
         self.ledger = Ledger.from_tasks(holding)
         self.pending = {t.id: t for t in await self.db.load_pending()}
-        # Tasks caught in `assigning` by a Host restart may or may not have
-        # reached their runner. Runners accept a task id idempotently, so
-        # sending again is safe and loses nothing.
-        for task in holding:
-            if task.state is TaskState.ASSIGNING:
-                self._spawn(self._dispatch(task))
         self.kick()
+        return [t for t in holding if t.state is TaskState.ASSIGNING]
 
     def kick(self) -> None:
+        """Ask for a scheduling pass: something was queued or freed."""
         self._kick.set()
 
-    def _spawn(self, coro: Any) -> None:
+    async def kicked(self) -> None:
+        """Wait for the next `kick()` and consume it."""
+        await self._kick.wait()
+
+    def clear_kick(self) -> None:
+        self._kick.clear()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` in the background until it ends or the Host stops."""
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -110,12 +114,16 @@ class Cluster:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
 
-    # ------------------------------------------------------------- submitting
-    def _known_resources(self) -> list[NodeResources]:
-        return list(self._resources.values())
+    def online_resources(self) -> list[NodeResources]:
+        return [self.resources[name] for name, n in self.nodes.items() if n.online]
 
+    def allocated(self, hostname: str) -> Used:
+        """What the tasks holding resources on `hostname` use now."""
+        return self.ledger.used(hostname)
+
+    # ------------------------------------------------------------- submitting
     async def submit(self, req: TaskRequest) -> tuple[int, list[Task]]:
-        known = self._known_resources()
+        known = list(self.resources.values())
         targets: list[Target | None] = list(req.targets) or [None]
         for target in targets:
             check_fits_ever(target, req.cores, req.memory, req.gpus, known)
@@ -145,84 +153,8 @@ class Cluster:
         self.kick()
         return batch_id, tasks
 
-    # ------------------------------------------------------------- scheduling
-    async def schedule_loop(self) -> None:
-        while True:
-            await self._kick.wait()
-            # Let a burst of submits and reports land before looking: one pass
-            # over the queue then serves them all, instead of one pass each.
-            await asyncio.sleep(PASS_COALESCE_SECONDS)
-            self._kick.clear()
-            try:
-                await self.schedule_once()
-            except Exception:
-                log.exception("scheduling pass failed; retrying on the next event")
-                await asyncio.sleep(1.0)
-                self.kick()
-
-    async def schedule_once(self) -> list[Task]:
-        if not self.pending:
-            return []
-        async with self.lock:
-            online = [self._resources[name] for name, n in self.nodes.items() if n.online]
-            if not online:
-                return []
-            queue = sorted(self.pending.values(), key=lambda t: t.id)
-            # The scheduler holds each placement in the ledger as it decides.
-            placements = self.scheduler.schedule(queue, online, self.ledger)
-            if not placements:
-                return []
-            now = self.clock()
-            moved = set(await self.db.assign_many([(p.task_id, p.node, p.numa, list(p.gpus)) for p in placements], now))
-            dispatched = []
-            for p in placements:
-                task = self.pending.pop(p.task_id, None)
-                if task is None or p.task_id not in moved:
-                    self.ledger.release(p.task_id)  # killed meanwhile
-                    continue
-                task.state = TaskState.ASSIGNING
-                task.node, task.numa, task.gpus, task.assigned_at = p.node, p.numa, list(p.gpus), now
-                dispatched.append(task)
-        for task in dispatched:
-            self._spawn(self._dispatch(task))
-        return dispatched
-
-    def run_payload(self, task: Task) -> dict[str, Any]:
-        mounts = [str(m) for m in task.mounts]
-        if task.container != SYSTEMD_CONTAINER:
-            mounts += list(self.config.docker.additional_mounts)
-        return {
-            "task_id": str(task.id),
-            "command": task.command,
-            "env": task.env,
-            "cores": task.cores,
-            "memory": task.memory,
-            "gpus": task.gpus,
-            "numa": task.numa,
-            "container": task.container,
-            "mounts": mounts,
-            "privileged": task.privileged,
-        }
-
-    async def _dispatch(self, task: Task) -> None:
-        node = self.nodes.get(task.node or "")
-        if node is None:
-            await self.finish(task.id, TaskState.FAILED, error=f"node {task.node} vanished before dispatch")
-            return
-        try:
-            await self.runners.run_task(node.url, self.run_payload(task))
-        except RunnerRejected as exc:
-            await self.finish(
-                task.id, TaskState.FAILED, error=f"runner {node.hostname} refused the task: {exc.message}"
-            )
-        except RunnerUnreachable as exc:
-            # The runner may have received it (a timeout after sending); its
-            # heartbeat will list the task if so, and a final state here makes
-            # the Host ask it to kill the task again. Nothing runs untracked.
-            await self.finish(task.id, TaskState.FAILED, error=f"dispatch to {node.hostname} failed: {exc}")
-
     # ----------------------------------------------------------- transitions
-    async def _transition(
+    async def transition(
         self, task_id: int, new: TaskState, *, current: Task | None = None, **fields: Any
     ) -> Task | None:
         """Guarded transition with ledger upkeep; None when the guard refused it.
@@ -252,13 +184,15 @@ class Cluster:
     async def finish(
         self, task_id: int, state: TaskState, *, exit_code: int | None = None, error: str | None = None
     ) -> Task | None:
-        task = await self._transition(task_id, state, exit_code=exit_code, error=error)
+        """Move a task to a final state, waking waiters and the scheduler."""
+        task = await self.transition(task_id, state, exit_code=exit_code, error=error)
         if task is not None:
-            await self._changed_notify()
+            await self.notify_changed()
             self.kick()
         return task
 
-    async def _changed_notify(self) -> None:
+    async def notify_changed(self) -> None:
+        """Wake every `wait_final` so it looks again."""
         async with self._changed:
             self._changed.notify_all()
 
@@ -271,7 +205,7 @@ class Cluster:
         are acknowledged but change nothing.
         """
         if state not in RUNNER_REPORTABLE:
-            raise HakuRiverError(f"runners cannot report state {state}", code="invalid", status=400)
+            raise ValidationError(f"runners cannot report state {state}")
         task = await self.db.get_task(task_id)
         if task is None:
             raise NotFound(f"no task {task_id}")
@@ -282,9 +216,9 @@ class Cluster:
             fields: dict[str, Any] = {}
             if state.is_final:
                 fields = {"exit_code": exit_code, "error": error}
-            changed = await self._transition(task_id, state, current=task, **fields)
+            changed = await self.transition(task_id, state, current=task, **fields)
         if changed is not None:
-            await self._changed_notify()
+            await self.notify_changed()
             if not changed.state.holds_resources:
                 self.kick()
             return changed
@@ -298,32 +232,30 @@ class Cluster:
                 raise NotFound(f"no task {task_id}")
             if task.state.is_final:
                 raise Conflict(f"task {task_id} already ended: {task.state}")
-            after = await self._transition(task_id, TaskState.KILLED, error="killed by request")
+            after = await self.transition(task_id, TaskState.KILLED, error="killed by request")
             if after is None:  # raced with another final report
                 current = await self.db.get_task(task_id)
                 raise Conflict(f"task {task_id} already ended: {current.state if current else 'gone'}")
-        await self._changed_notify()
+        await self.notify_changed()
         self.kick()
-        if task.state is not TaskState.PENDING:
+        if task.state is not TaskState.PENDING and after.node:
             # Forward whenever the task may be running there (assigning too).
             # If the runner cannot be reached, its next heartbeat lists the
             # task and the Host answers with a kill order.
-            self._spawn(self._forward(after, "kill"))
+            self.spawn(self.forward(after.node, task_id, "kill"))
         return after
 
-    async def _forward(self, task: Task, action: str) -> None:
-        node = self.nodes.get(task.node or "")
+    async def forward(self, hostname: str, task_id: int, action: str) -> None:
+        """Send a control order to a node, best effort: heartbeat
+        reconciliation repeats what did not arrive."""
+        node = self.nodes.get(hostname)
         if node is None:
             return
         try:
-            await self.runners.control(node.url, task.id, action)
+            await self.runners.control(node.url, task_id, action)
         except (RunnerRejected, RunnerUnreachable) as exc:
             log.warning(
-                "could not %s task %s on %s: %s (heartbeat reconciliation will retry)",
-                action,
-                task.id,
-                node.hostname,
-                exc,
+                "could not %s task %s on %s: %s (heartbeat reconciliation will retry)", action, task_id, hostname, exc
             )
 
     async def pause(self, task_id: int) -> Task:
@@ -351,11 +283,11 @@ class Cluster:
             raise HakuRiverError(
                 f"could not {action} task {task_id}: {exc}", code="runner_unreachable", status=502
             ) from None
-        after = await self._transition(task_id, becomes)
+        after = await self.transition(task_id, becomes)
         if after is None:
             current = await self.db.get_task(task_id)
             raise Conflict(f"task {task_id} changed to {current.state if current else 'gone'} meanwhile")
-        await self._changed_notify()
+        await self.notify_changed()
         return after
 
     # --------------------------------------------------------------- waiting
@@ -375,117 +307,3 @@ class Cluster:
                     await asyncio.wait_for(self._changed.wait(), remaining)
                 except TimeoutError:
                     pass
-
-    # ----------------------------------------------------------------- nodes
-    async def register(
-        self, res: NodeResources, reported: list[dict[str, Any]], finishing: Iterable[int] = ()
-    ) -> NodeRecord:
-        record = await self.db.upsert_node(res, self.clock())
-        self.nodes[record.hostname] = record
-        self._resources[record.hostname] = record.resources
-        kills = await self._reconcile(record.hostname, reported, list(finishing))
-        for task_id in kills:
-            self._spawn(self._forward_id(record, task_id, "kill"))
-        self.kick()
-        return record
-
-    async def _forward_id(self, node: NodeRecord, task_id: int, action: str) -> None:
-        try:
-            await self.runners.control(node.url, task_id, action)
-        except (RunnerRejected, RunnerUnreachable) as exc:
-            log.warning("could not %s task %s on %s: %s", action, task_id, node.hostname, exc)
-
-    async def heartbeat(
-        self, hostname: str, stats: dict[str, Any], reported: list[dict[str, Any]], finishing: list[int]
-    ) -> list[int]:
-        """Record a heartbeat; returns task ids the runner must kill."""
-        record = await self.db.record_heartbeat(hostname, stats, self.clock())
-        if record is None:
-            raise NotFound(f"node {hostname} is not registered", code="unknown_node")
-        came_back = not self.nodes.get(hostname, record).online
-        self.nodes[hostname] = record
-        kills = await self._reconcile(hostname, reported, finishing)
-        if came_back:
-            log.info("node %s is back online", hostname)
-            self.kick()
-        return kills
-
-    async def _reconcile(self, hostname: str, reported: list[dict[str, Any]], finishing: list[int]) -> list[int]:
-        """Compare what a runner says it runs with what the Host believes."""
-        kills: list[int] = []
-        changed = False
-        by_id = {int(r["task_id"]): TaskState(r["state"]) for r in reported}
-        stored = {t.id: t for t in await self.db.get_tasks(list(by_id))} if by_id else {}
-        for task_id, state in by_id.items():
-            task = stored.get(task_id)
-            if task is None:
-                log.warning("node %s runs task %s, which this Host does not know; leaving it alone", hostname, task_id)
-                continue
-            if task.node != hostname:
-                kills.append(task_id)
-                continue
-            if (
-                task.state is TaskState.LOST
-                or task.state is TaskState.ASSIGNING
-                or (task.state in (TaskState.RUNNING, TaskState.PAUSED) and task.state is not state)
-            ):
-                if await self._transition(task_id, state, current=task, error=None) is not None:
-                    changed = True
-                    if task.state is TaskState.LOST:
-                        log.info("task %s on %s restored from lost to %s", task_id, hostname, state)
-            elif task.state.is_final:
-                kills.append(task_id)
-        # A holding task the runner neither runs nor is delivering a result
-        # for was lost by it (its state store wiped, say). The grace covers
-        # a heartbeat built just before the task started on the runner.
-        grace = self.config.timing.heartbeat_timeout
-        now = self.clock()
-        known = set(by_id) | set(finishing)
-        suspects = [h.task_id for h in self.ledger.holds_on(hostname) if h.task_id not in known]
-        for task in await self.db.get_tasks(suspects) if suspects else []:
-            if now - (task.assigned_at or now) < grace:
-                continue
-            if (
-                await self._transition(task.id, TaskState.LOST, error=f"runner {hostname} no longer knows this task")
-                is not None
-            ):
-                changed = True
-        if changed:
-            await self._changed_notify()
-            self.kick()
-        return kills
-
-    async def check_liveness(self) -> list[tuple[str, list[int]]]:
-        """Mark nodes offline whose heartbeats stopped; their tasks become lost.
-
-        After a Host (re)start, every node gets a full timeout to heartbeat
-        before anything is marked offline: the Host being down is not the
-        runners' fault.
-        """
-        timeout = self.config.timing.heartbeat_timeout
-        now = self.clock()
-        if now < self.started_at + timeout:
-            return []
-        offline = await self.db.mark_nodes_offline(now - timeout, now=now)
-        for hostname, task_ids in offline:
-            log.warning(
-                "node %s missed heartbeats for %.0fs: offline; %d task(s) lost", hostname, timeout, len(task_ids)
-            )
-            for task_id in task_ids:
-                self.ledger.release(task_id)
-            record = await self.db.get_node(hostname)
-            if record is not None:
-                self.nodes[hostname] = record
-        if offline:
-            await self._changed_notify()
-            self.kick()
-        return offline
-
-    async def liveness_loop(self) -> None:
-        interval = self.config.timing.cleanup_check_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.check_liveness()
-            except Exception:
-                log.exception("liveness sweep failed; retrying in %.0fs", interval)

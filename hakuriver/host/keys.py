@@ -7,11 +7,15 @@ from aiohttp import web
 from ..config import Config
 from .cluster import Cluster
 from .db import Database
+from .dispatch import Dispatcher
 from .environments import EnvironmentManager
+from .liveness import Liveness
 from .runner_client import RunnerClient
 
 CONFIG = web.AppKey("config", Config)
 DB = web.AppKey("db", Database)
 RUNNERS = web.AppKey("runners", RunnerClient)
 CLUSTER = web.AppKey("cluster", Cluster)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+LIVENESS = web.AppKey("liveness", Liveness)
 ENVIRONMENTS = web.AppKey("environments", EnvironmentManager)

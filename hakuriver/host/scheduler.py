@@ -181,9 +181,6 @@ class Ledger:
     def __len__(self) -> int:
         return len(self._holds)
 
-    def held(self, task_id: int) -> Hold | None:
-        return self._holds.get(task_id)
-
     def holds_on(self, hostname: str) -> list[Hold]:
         return sorted((h for h in self._holds.values() if h.node == hostname), key=lambda h: h.task_id)
 
@@ -208,7 +205,9 @@ class Ledger:
             numa=numa,
         )
 
-    def _usage_for(self, hostname: str) -> _Usage:
+    def usage_record(self, hostname: str) -> _Usage:
+        """The live, mutable usage of `hostname`: the scheduling pass reads it
+        as holds are added during the pass (a copy would go stale)."""
         u = self._usage.get(hostname)
         if u is None:
             u = self._usage[hostname] = _Usage()
@@ -452,7 +451,7 @@ class Scheduler:
         queue = sorted(pending, key=lambda t: t.id)
         stats = PassStats(pending=len(queue))
         self.last_stats = stats
-        states = [_NodeState(n, ledger._usage_for(n.hostname)) for n in sorted(nodes, key=lambda n: n.hostname)]
+        states = [_NodeState(n, ledger.usage_record(n.hostname)) for n in sorted(nodes, key=lambda n: n.hostname)]
         by_name = {s.name: s for s in states}
         placements: list[Placement] = []
         failed: set[_Request] = set()

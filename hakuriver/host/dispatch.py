@@ -1,0 +1,116 @@
+"""Dispatch: the scheduling pass and sending placed tasks to their runners.
+
+The `Dispatcher` waits for the cluster's kicks (a submit, a task ending, a
+node coming back), runs one pass of the pure `Scheduler` over the pending
+queue under the cluster lock, writes the placements (pending -> assigning),
+and sends each placed task to its runner after the lock is released. A
+burst of events shares one pass (`PASS_COALESCE_SECONDS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ..models import SYSTEMD_CONTAINER, Task, TaskState
+from .cluster import Cluster
+from .runner_client import RunnerRejected, RunnerUnreachable
+from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+PASS_COALESCE_SECONDS = 0.005
+"""How long a scheduling pass waits after the first event, to batch a burst."""
+
+
+class Dispatcher:
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.scheduler = Scheduler()
+
+    def resume(self, assigning: list[Task]) -> None:
+        """Send again the tasks a Host restart caught in `assigning`. Runners
+        accept a task id idempotently, so sending twice loses nothing."""
+        for task in assigning:
+            self.cluster.spawn(self.dispatch(task))
+
+    async def schedule_loop(self) -> None:
+        cluster = self.cluster
+        while True:
+            await cluster.kicked()
+            # Let a burst of submits and reports land before looking: one pass
+            # over the queue then serves them all, instead of one pass each.
+            await asyncio.sleep(PASS_COALESCE_SECONDS)
+            cluster.clear_kick()
+            try:
+                await self.schedule_once()
+            except Exception:
+                log.exception("scheduling pass failed; retrying on the next event")
+                await asyncio.sleep(1.0)
+                cluster.kick()
+
+    async def schedule_once(self) -> list[Task]:
+        cluster = self.cluster
+        if not cluster.pending:
+            return []
+        async with cluster.lock:
+            online = cluster.online_resources()
+            if not online:
+                return []
+            queue = sorted(cluster.pending.values(), key=lambda t: t.id)
+            # The scheduler holds each placement in the ledger as it decides.
+            placements = self.scheduler.schedule(queue, online, cluster.ledger)
+            if not placements:
+                return []
+            now = cluster.clock()
+            moved = set(
+                await cluster.db.assign_many([(p.task_id, p.node, p.numa, list(p.gpus)) for p in placements], now)
+            )
+            dispatched = []
+            for p in placements:
+                task = cluster.pending.pop(p.task_id, None)
+                if task is None or p.task_id not in moved:
+                    cluster.ledger.release(p.task_id)  # killed meanwhile
+                    continue
+                task.state = TaskState.ASSIGNING
+                task.node, task.numa, task.gpus, task.assigned_at = p.node, p.numa, list(p.gpus), now
+                dispatched.append(task)
+        for task in dispatched:
+            cluster.spawn(self.dispatch(task))
+        return dispatched
+
+    def run_payload(self, task: Task) -> dict[str, Any]:
+        mounts = [str(m) for m in task.mounts]
+        if task.container != SYSTEMD_CONTAINER:
+            mounts += list(self.cluster.config.docker.additional_mounts)
+        return {
+            "task_id": str(task.id),
+            "command": task.command,
+            "env": task.env,
+            "cores": task.cores,
+            "memory": task.memory,
+            "gpus": task.gpus,
+            "numa": task.numa,
+            "container": task.container,
+            "mounts": mounts,
+            "privileged": task.privileged,
+        }
+
+    async def dispatch(self, task: Task) -> None:
+        cluster = self.cluster
+        node = cluster.nodes.get(task.node or "")
+        if node is None:
+            await cluster.finish(task.id, TaskState.FAILED, error=f"node {task.node} vanished before dispatch")
+            return
+        try:
+            await cluster.runners.run_task(node.url, self.run_payload(task))
+        except RunnerRejected as exc:
+            await cluster.finish(
+                task.id, TaskState.FAILED, error=f"runner {node.hostname} refused the task: {exc.message}"
+            )
+        except RunnerUnreachable as exc:
+            # The runner may have received it (a timeout after sending); its
+            # heartbeat will list the task if so, and a final state here makes
+            # the Host ask it to kill the task again. Nothing runs untracked.
+            await cluster.finish(task.id, TaskState.FAILED, error=f"dispatch to {node.hostname} failed: {exc}")

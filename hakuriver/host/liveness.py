@@ -1,0 +1,140 @@
+"""Liveness: who is alive, and whether they agree with the Host.
+
+- `register`: a runner (re)joins with what it offers and what it runs.
+- `heartbeat`: a runner is alive; its list of running tasks is reconciled
+  with the Host's view (lost tasks restored, tasks that should not run
+  killed, tasks it forgot marked lost).
+- `check_liveness` / `liveness_loop`: nodes whose heartbeats stopped go
+  offline and their tasks become lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from ..errors import NotFound
+from ..models import NodeResources, TaskState
+from .cluster import Cluster
+from .db import NodeRecord
+
+log = logging.getLogger(__name__)
+
+
+class Liveness:
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+
+    async def register(
+        self, res: NodeResources, reported: list[dict[str, Any]], finishing: Iterable[int] = ()
+    ) -> NodeRecord:
+        cluster = self.cluster
+        record = await cluster.db.upsert_node(res, cluster.clock())
+        cluster.nodes[record.hostname] = record
+        cluster.resources[record.hostname] = record.resources
+        kills = await self._reconcile(record.hostname, reported, list(finishing))
+        for task_id in kills:
+            cluster.spawn(cluster.forward(record.hostname, task_id, "kill"))
+        cluster.kick()
+        return record
+
+    async def heartbeat(
+        self, hostname: str, stats: dict[str, Any], reported: list[dict[str, Any]], finishing: list[int]
+    ) -> list[int]:
+        """Record a heartbeat; returns task ids the runner must kill."""
+        cluster = self.cluster
+        record = await cluster.db.record_heartbeat(hostname, stats, cluster.clock())
+        if record is None:
+            raise NotFound(f"node {hostname} is not registered", code="unknown_node")
+        came_back = not cluster.nodes.get(hostname, record).online
+        cluster.nodes[hostname] = record
+        kills = await self._reconcile(hostname, reported, finishing)
+        if came_back:
+            log.info("node %s is back online", hostname)
+            cluster.kick()
+        return kills
+
+    async def _reconcile(self, hostname: str, reported: list[dict[str, Any]], finishing: list[int]) -> list[int]:
+        """Compare what a runner says it runs with what the Host believes."""
+        cluster = self.cluster
+        kills: list[int] = []
+        changed = False
+        by_id = {int(r["task_id"]): TaskState(r["state"]) for r in reported}
+        stored = {t.id: t for t in await cluster.db.get_tasks(list(by_id))} if by_id else {}
+        for task_id, state in by_id.items():
+            task = stored.get(task_id)
+            if task is None:
+                log.warning("node %s runs task %s, which this Host does not know; leaving it alone", hostname, task_id)
+                continue
+            if task.node != hostname:
+                kills.append(task_id)
+                continue
+            if (
+                task.state is TaskState.LOST
+                or task.state is TaskState.ASSIGNING
+                or (task.state in (TaskState.RUNNING, TaskState.PAUSED) and task.state is not state)
+            ):
+                if await cluster.transition(task_id, state, current=task, error=None) is not None:
+                    changed = True
+                    if task.state is TaskState.LOST:
+                        log.info("task %s on %s restored from lost to %s", task_id, hostname, state)
+            elif task.state.is_final:
+                kills.append(task_id)
+        # A holding task the runner neither runs nor is delivering a result
+        # for was lost by it (its state store wiped, say). The grace covers
+        # a heartbeat built just before the task started on the runner.
+        grace = cluster.config.timing.heartbeat_timeout
+        now = cluster.clock()
+        known = set(by_id) | set(finishing)
+        suspects = [h.task_id for h in cluster.ledger.holds_on(hostname) if h.task_id not in known]
+        for task in await cluster.db.get_tasks(suspects) if suspects else []:
+            if now - (task.assigned_at or now) < grace:
+                continue
+            lost = await cluster.transition(
+                task.id, TaskState.LOST, error=f"runner {hostname} no longer knows this task"
+            )
+            if lost is not None:
+                changed = True
+        if changed:
+            await cluster.notify_changed()
+            cluster.kick()
+        return kills
+
+    async def check_liveness(self) -> list[tuple[str, list[int]]]:
+        """Mark nodes offline whose heartbeats stopped; their tasks become lost.
+
+        After a Host (re)start, every node gets a full timeout to heartbeat
+        before anything is marked offline: the Host being down is not the
+        runners' fault.
+        """
+        cluster = self.cluster
+        timeout = cluster.config.timing.heartbeat_timeout
+        now = cluster.clock()
+        if now < cluster.started_at + timeout:
+            return []
+        offline = await cluster.db.mark_nodes_offline(now - timeout, now=now)
+        for hostname, task_ids in offline:
+            log.warning(
+                "node %s missed heartbeats for %.0fs: offline; %d task(s) lost", hostname, timeout, len(task_ids)
+            )
+            for task_id in task_ids:
+                cluster.ledger.release(task_id)
+            record = await cluster.db.get_node(hostname)
+            if record is not None:
+                cluster.nodes[hostname] = record
+        if offline:
+            await cluster.notify_changed()
+            cluster.kick()
+        return offline
+
+    async def liveness_loop(self) -> None:
+        # timing.cleanup_check_interval is the 0.3 name of this sweep's period.
+        interval = self.cluster.config.timing.cleanup_check_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check_liveness()
+            except Exception:
+                log.exception("liveness sweep failed; retrying in %.0fs", interval)
