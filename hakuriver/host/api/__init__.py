@@ -1,0 +1,42 @@
+"""The Host's HTTP API: one module per resource and the one route list.
+
+Handlers are thin: parse and validate, call the cluster (or the dispatcher,
+liveness, the environment manager), shape the JSON. The OpenAPI document
+(`openapi.yaml`, served at /api/openapi.yaml) lists every route here; a test
+keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from . import environments, nodes, runners, tasks
+
+ROUTES = [
+    web.post("/api/tasks", tasks.submit_tasks),
+    web.get("/api/tasks", tasks.list_tasks),
+    web.post("/api/tasks/wait", tasks.wait_tasks),
+    web.get("/api/tasks/{task_id}", tasks.get_task),
+    web.post("/api/tasks/{task_id}/kill", tasks.kill_task),
+    web.post("/api/tasks/{task_id}/pause", tasks.pause_task),
+    web.post("/api/tasks/{task_id}/resume", tasks.resume_task),
+    web.get("/api/tasks/{task_id}/logs", tasks.task_logs),
+    web.get("/api/nodes", nodes.list_nodes),
+    web.get("/api/nodes/{hostname}", nodes.get_node),
+    web.get("/api/health", nodes.health),
+    web.get("/api/openapi.yaml", nodes.openapi),
+    web.get("/api/environments/containers", environments.list_env_containers),
+    web.post("/api/environments/containers/{name}", environments.create_env_container),
+    web.delete("/api/environments/containers/{name}", environments.delete_env_container),
+    web.post("/api/environments/containers/{name}/start", environments.start_env_container),
+    web.post("/api/environments/containers/{name}/stop", environments.stop_env_container),
+    web.get("/api/environments/containers/{name}/shell", environments.env_shell),
+    web.post("/api/environments/containers/{name}/tarball", environments.commit_env),
+    web.get("/api/environments/tarballs", environments.list_env_tarballs),
+    web.delete("/api/environments/tarballs/{name}", environments.delete_env_tarballs),
+    web.post("/api/environments/tarballs/{name}/image", environments.import_env_image),
+    web.post("/api/environments/tarballs/{name}/tar", environments.import_env_tar),
+    web.post("/api/runner/register", runners.runner_register),
+    web.post("/api/runner/heartbeat", runners.runner_heartbeat),
+    web.post("/api/runner/tasks/{task_id}/status", runners.runner_report),
+]

@@ -1,0 +1,74 @@
+"""Node routes, and the service's own: health and the OpenAPI document."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from ... import __version__
+from ...errors import NotFound
+from ...parsing import validate_node_name
+from ...webapi import json_response
+from ..cluster import Cluster
+from ..db import NodeRecord
+from ..keys import CLUSTER, DB
+
+
+def node_json(node: NodeRecord, cluster: Cluster) -> dict[str, Any]:
+    used = cluster.allocated(node.hostname)
+    return {
+        "hostname": node.hostname,
+        "url": node.url,
+        "online": node.online,
+        "cores": node.cores,
+        "memory": node.memory,
+        "numa": [n.to_json() for n in node.numa],
+        "gpus": [g.to_json() for g in node.gpus],
+        "registered_at": node.registered_at,
+        "last_heartbeat": node.last_heartbeat,
+        "stats": node.stats,
+        "allocated": {
+            "cores": used.cores,
+            "memory": used.memory,
+            "gpus": sorted(used.gpus),
+            "numa": {
+                str(k): {"cores": used.numa_cores.get(k, 0), "memory": used.numa_memory.get(k, 0)}
+                for k in sorted(set(used.numa_cores) | set(used.numa_memory))
+            },
+        },
+    }
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    cluster = request.app[CLUSTER]
+    nodes = await request.app[DB].list_nodes()
+    return json_response({"nodes": [node_json(n, cluster) for n in nodes]})
+
+
+async def get_node(request: web.Request) -> web.Response:
+    name = validate_node_name(request.match_info["hostname"])
+    node = await request.app[DB].get_node(name)
+    if node is None:
+        raise NotFound(f"no node {name}")
+    return json_response(node_json(node, request.app[CLUSTER]))
+
+
+async def health(request: web.Request) -> web.Response:
+    db = request.app[DB]
+    nodes = await db.list_nodes()
+    counts = await db.count_tasks_by_state()
+    return json_response(
+        {
+            "status": "ok",
+            "version": __version__,
+            "nodes": {"online": sum(n.online for n in nodes), "offline": sum(not n.online for n in nodes)},
+            "tasks": {str(k): v for k, v in counts.items()},
+        }
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    text = resources.files("hakuriver.host").joinpath("openapi.yaml").read_text(encoding="utf-8")
+    return web.Response(text=text, content_type="application/yaml")

@@ -1,0 +1,77 @@
+"""Runner-facing routes: registration, heartbeats and task reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ...errors import ValidationError
+from ...ids import parse_id
+from ...models import GpuInfo, NodeResources, NumaNode, TaskState
+from ...parsing import validate_node_name
+from ...webapi import json_response, read_json_object, require_type
+from ..keys import CLUSTER, CONFIG, LIVENESS
+from .tasks import task_id_of
+
+REGISTER_FIELDS = {"hostname", "url", "cores", "memory", "numa", "gpus", "tasks", "finishing"}
+HEARTBEAT_FIELDS = {"hostname", "stats", "tasks", "finishing"}
+REPORT_FIELDS = {"hostname", "state", "exit_code", "error"}
+
+
+def _reported_tasks(data: dict[str, Any]) -> list[dict[str, Any]]:
+    items = require_type(data, "tasks", list, required=False, default=[])
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"task_id", "state"}:
+            raise ValidationError('each entry of \'tasks\' must be {"task_id": ..., "state": ...}')
+        state = item["state"]
+        if state not in (TaskState.RUNNING, TaskState.PAUSED):
+            raise ValidationError(f"a reported task must be running or paused, not {state!r}")
+        out.append({"task_id": parse_id(item["task_id"]), "state": state})
+    return out
+
+
+async def runner_register(request: web.Request) -> web.Response:
+    data = await read_json_object(request, REGISTER_FIELDS)
+    hostname = validate_node_name(require_type(data, "hostname", str))
+    url = require_type(data, "url", str)
+    if not url.startswith(("http://", "https://")):
+        raise ValidationError("'url' must be an http(s) URL")
+    cores = require_type(data, "cores", int)
+    memory = require_type(data, "memory", int)
+    if cores < 1 or memory < 1:
+        raise ValidationError("'cores' and 'memory' must be positive")
+    try:
+        numa = tuple(NumaNode.from_json(n) for n in require_type(data, "numa", list, required=False, default=[]))
+        gpus = tuple(GpuInfo.from_json(g) for g in require_type(data, "gpus", list, required=False, default=[]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValidationError(f"malformed 'numa' or 'gpus': {exc}") from None
+    res = NodeResources(hostname=hostname, url=url, cores=cores, memory=memory, numa=numa, gpus=gpus)
+    finishing = [parse_id(i) for i in require_type(data, "finishing", list, required=False, default=[])]
+    record = await request.app[LIVENESS].register(res, _reported_tasks(data), finishing)
+    config = request.app[CONFIG]
+    return json_response({"hostname": record.hostname, "heartbeat_interval": config.timing.heartbeat_interval})
+
+
+async def runner_heartbeat(request: web.Request) -> web.Response:
+    data = await read_json_object(request, HEARTBEAT_FIELDS)
+    hostname = validate_node_name(require_type(data, "hostname", str))
+    stats = require_type(data, "stats", dict, required=False, default={})
+    finishing = [parse_id(i) for i in require_type(data, "finishing", list, required=False, default=[])]
+    kills = await request.app[LIVENESS].heartbeat(hostname, stats, _reported_tasks(data), finishing)
+    return json_response({"kill": [str(k) for k in kills]})
+
+
+async def runner_report(request: web.Request) -> web.Response:
+    task_id = task_id_of(request)
+    data = await read_json_object(request, REPORT_FIELDS)
+    hostname = validate_node_name(require_type(data, "hostname", str))
+    try:
+        state = TaskState(require_type(data, "state", str))
+    except ValueError:
+        raise ValidationError(f"unknown state {data.get('state')!r}") from None
+    exit_code = require_type(data, "exit_code", int, required=False)
+    error = require_type(data, "error", str, required=False)
+    task = await request.app[CLUSTER].apply_report(hostname, task_id, state, exit_code=exit_code, error=error)
+    return json_response({"task_id": str(task.id), "state": str(task.state)})

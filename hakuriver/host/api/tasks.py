@@ -1,0 +1,116 @@
+"""Task routes: submit, list, status, wait, kill/pause/resume, logs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from ... import naming
+from ...errors import NotFound, ValidationError
+from ...ids import parse_id
+from ...models import TaskState
+from ...parsing import validate_node_name
+from ...webapi import json_response, query_int, read_json_object, require_type
+from ..keys import CLUSTER, CONFIG, DB
+from ..logs import read_log
+from ..submission import MAX_TARGETS, SUBMIT_FIELDS, parse_submission
+
+MAX_LIST = 1000
+MAX_WAIT_SECONDS = 300.0
+
+
+def task_id_of(request: web.Request) -> int:
+    return parse_id(request.match_info["task_id"])
+
+
+# ----------------------------------------------------------------- tasks
+async def submit_tasks(request: web.Request) -> web.Response:
+    data = await read_json_object(request, SUBMIT_FIELDS)
+    req = parse_submission(data, request.app[CONFIG])
+    batch_id, tasks = await request.app[CLUSTER].submit(req)
+    return json_response(
+        {"batch_id": str(batch_id), "task_ids": [str(t.id) for t in tasks], "tasks": [t.to_json() for t in tasks]},
+        status=201,
+    )
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    states = None
+    if request.query.get("state"):
+        try:
+            states = {TaskState(s) for s in request.query["state"].split(",")}
+        except ValueError:
+            raise ValidationError(
+                f"unknown state in {request.query['state']!r}; states are: {', '.join(s.value for s in TaskState)}"
+            ) from None
+    node = request.query.get("node") or None
+    if node is not None:
+        validate_node_name(node)
+    limit = query_int(request, "limit", 100, minimum=1, maximum=MAX_LIST)
+    before = request.query.get("before")
+    before_id = parse_id(before) if before else None
+    # One row more than asked tells whether an older page exists.
+    tasks = await request.app[DB].list_tasks(states=states, node=node, limit=limit + 1, before_id=before_id)
+    more = len(tasks) > limit
+    tasks = tasks[:limit]
+    next_before = str(tasks[-1].id) if more else None
+    return json_response({"tasks": [t.to_json() for t in tasks], "next_before": next_before})
+
+
+async def get_task(request: web.Request) -> web.Response:
+    task_id = task_id_of(request)
+    task = await request.app[DB].get_task(task_id)
+    if task is None:
+        raise NotFound(f"no task {task_id}")
+    return json_response(task.to_json())
+
+
+async def kill_task(request: web.Request) -> web.Response:
+    return json_response((await request.app[CLUSTER].kill(task_id_of(request))).to_json())
+
+
+async def pause_task(request: web.Request) -> web.Response:
+    return json_response((await request.app[CLUSTER].pause(task_id_of(request))).to_json())
+
+
+async def resume_task(request: web.Request) -> web.Response:
+    return json_response((await request.app[CLUSTER].resume(task_id_of(request))).to_json())
+
+
+async def wait_tasks(request: web.Request) -> web.Response:
+    data = await read_json_object(request, {"task_ids", "timeout"})
+    raw_ids = require_type(data, "task_ids", list)
+    # As many ids as one submission can create, so a batch is waited in one call.
+    if not raw_ids or len(raw_ids) > MAX_TARGETS:
+        raise ValidationError(f"'task_ids' must hold between 1 and {MAX_TARGETS} ids")
+    ids = [parse_id(i) for i in raw_ids]
+    timeout = float(require_type(data, "timeout", (int, float), required=False, default=30))
+    if not 0 <= timeout <= MAX_WAIT_SECONDS:
+        raise ValidationError(f"'timeout' must be between 0 and {MAX_WAIT_SECONDS:.0f} seconds")
+    tasks = await request.app[CLUSTER].wait_final(ids, timeout)
+    found = {t.id for t in tasks}
+    missing = [str(i) for i in ids if i not in found]
+    if missing:
+        raise NotFound(f"no task {', '.join(missing)}")
+    return json_response({"tasks": [t.to_json() for t in tasks], "done": all(t.state.is_final for t in tasks)})
+
+
+async def task_logs(request: web.Request) -> web.StreamResponse:
+    task_id = task_id_of(request)
+    task = await request.app[DB].get_task(task_id)
+    if task is None:
+        raise NotFound(f"no task {task_id}")
+    stream = request.query.get("stream", "stdout")
+    if stream not in ("stdout", "stderr"):
+        raise ValidationError("query parameter 'stream' must be 'stdout' or 'stderr'")
+    offset = query_int(request, "offset", 0)
+    tail = query_int(request, "tail", None, maximum=1_000_000)
+    shared = request.app[CONFIG].paths.shared_dir
+    path = naming.stdout_path(shared, task_id) if stream == "stdout" else naming.stderr_path(shared, task_id)
+    data, next_offset = await asyncio.to_thread(read_log, path, offset, tail)
+    return web.Response(
+        body=data,
+        content_type="application/octet-stream",
+        headers={"X-HakuRiver-Next-Offset": str(next_offset), "X-HakuRiver-Task-State": str(task.state)},
+    )
