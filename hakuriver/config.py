@@ -254,8 +254,3 @@ def read_config_file(path: Path) -> Config:
     except (toml.TomlDecodeError, TypeError, ValueError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     return config_from_dict(data, source=str(path))
-
-
-def dump_config(config: Config) -> str:
-    """TOML text for `config` (no comments; `hakuriver.init config` writes the commented form)."""
-    return toml.dumps(config.to_dict())

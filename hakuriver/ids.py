@@ -14,6 +14,8 @@ from __future__ import annotations
 import threading
 import time
 
+from .errors import ValidationError
+
 EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 _SEQ_BITS = 12
 _GEN_BITS = 10
@@ -45,15 +47,8 @@ class IdGenerator:
             return (now_ms << (_GEN_BITS + _SEQ_BITS)) | (self._generator << _SEQ_BITS) | self._seq
 
 
-def id_timestamp(task_id: int) -> float:
-    """The creation time (seconds since the Unix epoch) encoded in an ID."""
-    return ((task_id >> (_GEN_BITS + _SEQ_BITS)) + EPOCH_MS) / 1000.0
-
-
 def parse_id(text: object) -> int:
     """Accept an ID as JSON gives it (a decimal string, or an int) and range-check it."""
-    from .errors import ValidationError
-
     if isinstance(text, bool):
         raise ValidationError(f"invalid task id {text!r}")
     if isinstance(text, int):

@@ -106,10 +106,6 @@ def predecessors(target: TaskState) -> frozenset[TaskState]:
     return frozenset(s for s, nxt in TRANSITIONS.items() if target in nxt)
 
 
-def can_transition(current: TaskState, target: TaskState) -> bool:
-    return target in TRANSITIONS[current]
-
-
 SYSTEMD_CONTAINER = "NULL"
 """`--container NULL` selects the systemd-run executor instead of Docker."""
 
@@ -155,10 +151,6 @@ class TaskRequest:
     targets: tuple[Target, ...] = ()
     gpus: int = 0
     """GPU *count* for automatic placement (no target); targets name GPU ids instead."""
-
-    @property
-    def uses_systemd(self) -> bool:
-        return self.container == SYSTEMD_CONTAINER
 
 
 @dataclass

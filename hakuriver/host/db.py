@@ -395,8 +395,6 @@ class Database:
             raise DatabaseError(f"database {self.path!r} does not answer: {e}") from e
         return rows[0][0] == 1
 
-    health = ping
-
     # ----------------------------------------------------------------- plumbing
 
     async def _fetch(self, sql: str, params: Sequence[Any], factory: Callable[[Any, Sequence[Any]], Any]) -> list:
@@ -711,10 +709,6 @@ class Database:
             return [r[0] for r in rows if r[0] in moved]
 
         return await self._write(op, atomic=True)
-
-    async def restore_lost(self, task_id: int, state: TaskState, now: float, **fields: Any) -> Task | None:
-        """A lost task's runner came back and reports it as `state`."""
-        return await self.transition(task_id, state, now=now, allowed_from=frozenset({TaskState.LOST}), **fields)
 
     # ----------------------------------------------------------------- tasks: reads
 

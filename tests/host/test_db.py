@@ -20,6 +20,7 @@ from hakuriver.host.scheduler import Placement
 from hakuriver.models import GpuInfo, Mount, NodeResources, NumaNode, Task, TaskState
 
 S = TaskState
+LOST_ONLY = frozenset({TaskState.LOST})
 
 
 def make_task(task_id: int, state: TaskState = S.PENDING, **kw) -> Task:
@@ -61,7 +62,7 @@ async def test_fresh_file_is_migrated(tmp_path):
     try:
         assert await database.schema_version() == SCHEMA_VERSION >= 1
         assert await database.ping() is True
-        assert await database.health() is True
+        assert await database.ping() is True
         pragmas = {
             name: (await database._conn.execute_fetchall(f"PRAGMA {name}"))[0][0]
             for name in ("synchronous", "foreign_keys", "busy_timeout", "journal_mode")
@@ -293,7 +294,7 @@ async def test_lost_can_come_back(db):
     await db.mark_nodes_offline(stale_before=100.0, now=100.0)
     lost = await db.get_task(1)
     assert lost.state is S.LOST and lost.finished_at == 100.0 and "stopped heartbeating" in lost.error
-    back = await db.restore_lost(1, S.RUNNING, now=101.0)
+    back = await db.transition(1, S.RUNNING, now=101.0, allowed_from=LOST_ONLY)
     assert back.state is S.RUNNING
     assert back.finished_at is None and back.error is None and back.started_at == 1.0
     # ...and a lost task may also learn how it ended
@@ -302,8 +303,8 @@ async def test_lost_can_come_back(db):
     )
     done = await db.transition(2, S.COMPLETED, now=102.0, exit_code=0)
     assert (done.state, done.exit_code, done.error, done.finished_at) == (S.COMPLETED, 0, None, 102.0)
-    # restore_lost only moves LOST tasks
-    assert await db.restore_lost(1, S.RUNNING, now=103.0) is None
+    # restoring from lost only moves LOST tasks
+    assert await db.transition(1, S.RUNNING, now=103.0, allowed_from=LOST_ONLY) is None
 
 
 async def test_transition_guards_and_arguments(db):
