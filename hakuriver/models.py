@@ -167,8 +167,8 @@ class Task:
     env: dict[str, str]
     mounts: list[Mount]
     privileged: bool
-    target: str | None
-    """The target as the user wrote it, or None for automatic placement."""
+    target: Target | None
+    """Where the user asked it to run, or None for automatic placement."""
     node: str | None = None
     numa: int | None = None
     gpus: list[int] = field(default_factory=list)
@@ -192,7 +192,7 @@ class Task:
             "env": dict(self.env),
             "mounts": [str(m) for m in self.mounts],
             "privileged": self.privileged,
-            "target": self.target,
+            "target": None if self.target is None else str(self.target),
             "node": self.node,
             "numa": self.numa,
             "gpus": list(self.gpus),

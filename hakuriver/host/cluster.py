@@ -141,7 +141,7 @@ class Cluster:
                 env=dict(req.env),
                 mounts=list(req.mounts),
                 privileged=req.privileged,
-                target=str(target) if target else None,
+                target=target,
                 gpu_count=len(target.gpus) if target else req.gpus,
                 submitted_at=now,
             )

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -39,7 +41,7 @@ from typing import Any
 
 import aiosqlite
 
-from ..errors import HakuRiverError
+from ..errors import HakuRiverError, ValidationError
 from ..models import (
     FINAL_STATES,
     HOLDING_STATES,
@@ -47,10 +49,14 @@ from ..models import (
     Mount,
     NodeResources,
     NumaNode,
+    Target,
     Task,
     TaskState,
     predecessors,
 )
+from ..parsing import parse_target
+
+log = logging.getLogger(__name__)
 
 MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT_MS = 10_000
@@ -158,6 +164,20 @@ def _mounts_json(mounts: Iterable[Mount]) -> str:
     return _dumps([[m.host_path, m.container_path, bool(m.read_only)] for m in mounts])
 
 
+@functools.lru_cache(maxsize=4096)
+def target_from_stored(text: str | None) -> Target | None:
+    """The typed target of a stored row. Targets are validated at submit, so
+    one that no longer parses means a damaged row: it becomes a target that
+    names no node (node names never hold ':'), so it waits, never misplaced."""
+    if text is None:
+        return None
+    try:
+        return parse_target(text)
+    except ValidationError:
+        log.error("stored target %r does not parse; the task can never be placed", text)
+        return Target(node=text)
+
+
 def _task_from_row(_cursor: Any, row: Sequence[Any]) -> Task:
     """Row factory for `_TASK_COLUMNS` (runs in the database thread for lists)."""
     return Task(
@@ -171,7 +191,7 @@ def _task_from_row(_cursor: Any, row: Sequence[Any]) -> Task:
         env=json.loads(row[7]),
         mounts=[Mount(h, c, bool(ro)) for h, c, ro in json.loads(row[8])],
         privileged=bool(row[9]),
-        target=row[10],
+        target=target_from_stored(row[10]),
         gpu_count=row[11],
         node=row[12],
         numa=row[13],
@@ -197,7 +217,7 @@ def _task_params(task: Task, now: float) -> tuple[Any, ...]:
         _dumps(dict(task.env)),
         _mounts_json(task.mounts),
         1 if task.privileged else 0,
-        task.target,
+        None if task.target is None else str(task.target),
         int(task.gpu_count),
         task.node,
         None if task.numa is None else int(task.numa),

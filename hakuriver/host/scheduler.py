@@ -38,14 +38,13 @@ task is protected before long, while nodes nobody reserved keep filling.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ..errors import Unschedulable, ValidationError
+from ..errors import Unschedulable
 from ..models import NodeResources, Target, Task
-from ..parsing import format_size, parse_target
+from ..parsing import format_size
 
 DEFAULT_MAX_EXAMINED = 1000
 DEFAULT_MAX_RESERVATIONS = 128
@@ -231,14 +230,7 @@ class _Request:
         return len(self.gpu_ids) or self.gpu_count
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_target_cached(spec: str) -> Target:
-    return parse_target(spec)
-
-
-def _request(target: Target | str | None, cores: int | None, memory: int | None, gpu_count: int | None) -> _Request:
-    if isinstance(target, str):
-        target = _parse_target_cached(target)
+def _request(target: Target | None, cores: int | None, memory: int | None, gpu_count: int | None) -> _Request:
     cores = 1 if cores is None else int(cores)
     memory = int(memory or 0)
     if target is None:
@@ -287,7 +279,7 @@ def _never_fits_node(req: _Request, node: NodeResources) -> str | None:
 
 
 def check_fits_ever(
-    req_target: Target | str | None,
+    req_target: Target | None,
     cores: int,
     memory: int | None,
     gpu_count: int,
@@ -298,7 +290,7 @@ def check_fits_ever(
     `nodes` should be every known node, offline ones included: they may come
     back, so a task targeted at an offline node waits rather than fails.
     """
-    req = _request(req_target, cores, memory, gpu_count)  # a malformed target raises ValidationError
+    req = _request(req_target, cores, memory, gpu_count)
     if not nodes:
         raise Unschedulable("no nodes are registered")
     if req.node is not None:
@@ -459,10 +451,7 @@ class Scheduler:
         for task in queue:
             if task.id in ledger:
                 continue
-            try:
-                req = _request(task.target, task.cores, task.memory, task.gpu_count)
-            except ValidationError:
-                continue  # cannot happen for validated submissions; never place it
+            req = _request(task.target, task.cores, task.memory, task.gpu_count)
             if req in failed:
                 stats.skipped_same_shape += 1
                 continue

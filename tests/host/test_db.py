@@ -15,6 +15,7 @@ from hakuriver.host.db import (
     DatabaseError,
     NodeRecord,
     SchemaTooNew,
+    target_from_stored,
 )
 from hakuriver.host.scheduler import Placement
 from hakuriver.models import GpuInfo, Mount, NodeResources, NumaNode, Task, TaskState
@@ -39,6 +40,8 @@ def make_task(task_id: int, state: TaskState = S.PENDING, **kw) -> Task:
         submitted_at=1000.0 + task_id,
     )
     base.update(kw)
+    if isinstance(base.get("target"), str):
+        base["target"] = target_from_stored(base["target"])
     return Task(**base)
 
 
@@ -169,7 +172,7 @@ async def test_every_task_field_round_trips(db):
         env={"A": "1", "EMPTY": "", "EQ": "x=y=z", "UNI": "ünï\ncode", "Z": "last"},
         mounts=[Mount("/data", "/mnt/data", True), Mount("/scratch", "/scratch", False)],
         privileged=True,
-        target="node1:1::0,3",
+        target=target_from_stored("node1:1::0,3"),
         node="node1",
         numa=1,
         gpus=[3, 0],

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from hakuriver.errors import Unschedulable, ValidationError
+from hakuriver.host.db import target_from_stored
 from hakuriver.host.scheduler import Ledger, Placement, Scheduler, check_fits_ever
-from hakuriver.models import GpuInfo, NodeResources, NumaNode, Task, TaskState
+from hakuriver.models import GpuInfo, NodeResources, NumaNode, Target, Task, TaskState
 from hakuriver.parsing import parse_target
 
 S = TaskState
@@ -39,7 +40,7 @@ def task(
     task_id: int,
     cores: int = 1,
     memory: int | None = None,
-    target: str | None = None,
+    target: str | Target | None = None,
     gpu_count: int = 0,
     state: TaskState = S.PENDING,
     node_name: str | None = None,
@@ -57,7 +58,7 @@ def task(
         env={},
         mounts=[],
         privileged=False,
-        target=target,
+        target=target_from_stored(target) if isinstance(target, str) else target,
         node=node_name,
         numa=numa,
         gpus=list(gpus or []),
@@ -379,6 +380,11 @@ CLUSTER = [
 ]
 
 
+def fits_ever(target: str | None, *args):
+    """check_fits_ever on a target as the user writes it."""
+    return check_fits_ever(None if target is None else parse_target(target), *args)
+
+
 @pytest.mark.parametrize(
     "target,cores,memory,gpus,message",
     [
@@ -408,12 +414,10 @@ CLUSTER = [
 )
 def test_check_fits_ever(target, cores, memory, gpus, message):
     if message is None:
-        check_fits_ever(target, cores, memory, gpus, CLUSTER)
-        if target is not None:
-            check_fits_ever(parse_target(target), cores, memory, gpus, CLUSTER)
+        fits_ever(target, cores, memory, gpus, CLUSTER)
     else:
         with pytest.raises(Unschedulable) as info:
-            check_fits_ever(target, cores, memory, gpus, CLUSTER)
+            fits_ever(target, cores, memory, gpus, CLUSTER)
         assert info.value.message == message
         assert info.value.status == 400 and info.value.code == "unschedulable"
 
@@ -424,10 +428,10 @@ def test_check_fits_ever_edge_cases():
     with pytest.raises(Unschedulable, match="^task needs 1 GPU but no node has GPUs$"):
         check_fits_ever(None, 1, None, 1, [node("a")])
     with pytest.raises(ValidationError):
-        check_fits_ever("bad::", 1, None, 0, [node("a")])
+        fits_ever("bad::", 1, None, 0, [node("a")])
     # plural/singular
     with pytest.raises(Unschedulable, match="^task needs 1 core but node 'z' has 0$"):
-        check_fits_ever("z", 1, None, 0, [node("z", cores=0)])
+        fits_ever("z", 1, None, 0, [node("z", cores=0)])
 
 
 # ---------------------------------------------------------------- properties
@@ -479,7 +483,7 @@ def _check_capacity(nodes, active: dict[int, tuple[Task, Placement]]):
     for t, p in active.values():
         assert p.node in by_name
         if t.target:
-            tg = parse_target(t.target)
+            tg = t.target
             assert p.node == tg.node and p.numa == tg.numa
             assert p.gpus == tg.gpus if tg.gpus else len(p.gpus) == t.gpu_count
         else:
@@ -492,7 +496,7 @@ def _check_reservations_respected(sched, nodes, ledger, tasks_by_id, placements)
     by_name = {n.hostname: n for n in nodes}
     for hid, nname in sched.last_stats.reserved.items():
         h = tasks_by_id[hid]
-        ht = parse_target(h.target) if h.target else None
+        ht = h.target
         later = [tasks_by_id[p.task_id] for p in placements if p.node == nname and p.task_id > hid]
         later_p = [p for p in placements if p.node == nname and p.task_id > hid]
         free = ledger.free(by_name[nname])
