@@ -26,6 +26,8 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("~/.hakuriver/config.toml")
 CONFIG_ENV_VAR = "HAKURIVER_CONFIG"
+TOKEN_ENV_VAR = "HAKURIVER_TOKEN"
+DOCKER_TASK_USERS = ("submitter", "root")
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,9 @@ class TimingConfig:
 @dataclass(frozen=True)
 class EnvironmentConfig:
     runner_user: str = ""
-    """User for `--container NULL` tasks; empty means the runner's own user."""
+    """The 0.3 name: the account `--container NULL` tasks of users *without* a
+    Unix account run as. Empty (the default): such tasks are refused. Tasks of
+    users with a `unix_user` always run as that account."""
 
 
 @dataclass(frozen=True)
@@ -83,12 +87,50 @@ class DockerConfig:
     """Host paths under which users may `--mount`. Empty: no user mounts."""
     keep_tarballs: int = 2
     """How many tarball versions of each environment to keep."""
+    task_user: str = "submitter"
+    """Who Docker tasks run as. `submitter`: the submitter's Unix account
+    (`unix_user`), and `nobody` for users without one. `root`: users without
+    an account run as root in the container (an admin's explicit choice)."""
 
 
 @dataclass(frozen=True)
 class AuthConfig:
     token: str = ""
-    """Bearer token shared by the Host, the Runners and the CLIs. Required."""
+    """A client's own API token (a user's, from `hakuriver.admin user add`).
+    `$HAKURIVER_TOKEN` wins over it. On a Host or Runner whose config has no
+    `admin_token` / `runner_token`, this 0.4-dev single token stands in for
+    both (the services log a warning saying how to split them)."""
+    admin_token: str = ""
+    """Host: the first admin's credential (user `admin_user`). A client whose
+    config has no `token` uses it, so the Host machine's config works as is."""
+    admin_user: str = "admin"
+    """The user name tasks submitted with `admin_token` carry."""
+    runner_token: str = ""
+    """The cluster secret Runners present to the Host. Host and Runners hold
+    it; users never do."""
+
+    def effective_admin_token(self) -> str:
+        return self.admin_token or self.token
+
+    def effective_runner_token(self) -> str:
+        return self.runner_token or self.token
+
+    def client_token(self, environ: Mapping[str, str] | None = None) -> str:
+        """The token a CLI sends: $HAKURIVER_TOKEN, then `token`, then `admin_token`."""
+        environ = os.environ if environ is None else environ
+        return environ.get(TOKEN_ENV_VAR, "").strip() or self.token or self.admin_token
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    enabled: bool = False
+    """Speak HTTPS: the Host and Runners serve it, clients and Runners use it."""
+    ca_file: str = ""
+    """The cluster CA (PEM) that peers' certificates are checked against."""
+    cert_file: str = ""
+    """This service's certificate (PEM), signed by the cluster CA."""
+    key_file: str = ""
+    """This service's private key (PEM, mode 0600)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +148,7 @@ class Config:
     environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     source: str | None = field(default=None, compare=False)
     """The file this config was read from, or None for built-in defaults."""
@@ -113,11 +156,15 @@ class Config:
     # -- derived values -------------------------------------------------
     @property
     def host_url(self) -> str:
-        return f"http://{_url_host(self.network.host_reachable_address)}:{self.network.host_port}"
+        return f"{self.scheme}://{_url_host(self.network.host_reachable_address)}:{self.network.host_port}"
 
     @property
     def runner_url(self) -> str:
-        return f"http://{_url_host(self.network.runner_address)}:{self.network.runner_port}"
+        return f"{self.scheme}://{_url_host(self.network.runner_address)}:{self.network.runner_port}"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls.enabled else "http"
 
     @property
     def runner_name(self) -> str:
@@ -209,6 +256,10 @@ def config_from_dict(data: Mapping[str, Any], source: str | None = None) -> Conf
     if timing.heartbeat_timeout_factor < 2:
         raise ConfigError(
             f"{where}: timing.heartbeat_timeout_factor must be at least 2, or one late heartbeat marks a node offline"
+        )
+    if config.docker.task_user not in DOCKER_TASK_USERS:
+        raise ConfigError(
+            f"{where}: docker.task_user must be one of {', '.join(DOCKER_TASK_USERS)}, not {config.docker.task_user!r}"
         )
     return config
 

@@ -36,7 +36,8 @@ SECTION_COMMENTS: dict[str, str] = {
     "timing": "Heartbeats and liveness (seconds).",
     "environment": "Tasks run with --container NULL (systemd units on the node).",
     "docker": "Docker environments and the policy for Docker tasks.",
-    "auth": "Shared secret: the Host, every Runner and the CLIs need the same token.",
+    "auth": "Credentials. Keep this file private (mode 0600).",
+    "tls": "HTTPS with a cluster CA (hakuriver.init tls makes one).",
     "runner": "This Runner's identity.",
 }
 
@@ -59,7 +60,9 @@ KEY_COMMENTS: dict[str, str] = {
         "A node is offline after interval x factor seconds without a heartbeat (at least 2)."
     ),
     "timing.cleanup_check_interval": "Seconds between the Host's dead-runner sweeps.",
-    "environment.runner_user": "User that --container NULL tasks run as; empty means the Runner's own user.",
+    "environment.runner_user": (
+        "Account for --container NULL tasks of users without a unix_user; empty: such tasks are refused."
+    ),
     "docker.container_dir": "Folder under shared_dir holding environment tarballs.",
     "docker.default_container_name": "Environment used when a task names none.",
     "docker.initial_base_image": "Image the default environment is created from.",
@@ -68,7 +71,15 @@ KEY_COMMENTS: dict[str, str] = {
     "docker.allowed_mount_prefixes": "Host paths under which users may --mount; empty: no user mounts. "
     "/ can never be allowed.",
     "docker.keep_tarballs": "Tarball versions of each environment to keep.",
-    "auth.token": "REQUIRED. Bearer token for every API call. Keep this file private (mode 0600).",
+    "docker.task_user": "Docker tasks run as the submitter's unix_user; users without one: 'submitter' = nobody, 'root'.",
+    "auth.token": "A client's own API token (hakuriver.admin user add prints one); $HAKURIVER_TOKEN wins.",
+    "auth.admin_token": "Host: the first admin's credential; clients on this machine use it when token is empty.",
+    "auth.admin_user": "The user name of admin_token's tasks.",
+    "auth.runner_token": "Host and Runners: the cluster secret Runners present. Users never hold it.",
+    "tls.enabled": "Serve and speak HTTPS (true) or plain HTTP (false, one-machine use).",
+    "tls.ca_file": "The cluster CA certificate (PEM) peers are checked against.",
+    "tls.cert_file": "This service's certificate (PEM).",
+    "tls.key_file": "This service's private key (PEM, mode 0600).",
     "runner.name": "Node name this Runner registers as; empty means the hostname. "
     "Give each Runner on one machine its own.",
 }

@@ -1,0 +1,123 @@
+"""The run request: what the Host orders a runner to run, as one typed record.
+
+The Host builds it from a placed task (`dispatch`), the wire carries its JSON
+form (`POST /api/tasks` on a runner), and the runner decodes it once, checks
+it against its own facts, and persists this same record in its state store,
+so that a restarted runner recovers exactly what it was told.
+
+`version` numbers the record's shape. A runner reads every version up to
+`RUN_REQUEST_VERSION` (a missing version is 1) and refuses a newer one with
+a clear reason, so a Host upgraded first never has its orders misread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ValidationError
+from .ids import parse_id
+from .models import Mount
+from .parsing import parse_mount, validate_env_key
+
+RUN_REQUEST_VERSION = 1
+
+RUN_FIELDS = frozenset(
+    {"version", "task_id", "command", "env", "cores", "memory", "gpus", "numa", "container", "mounts", "privileged"}
+)
+"""The JSON fields of a run request; anything else is refused."""
+
+
+def _positive_or_none(data: dict[str, Any], name: str) -> int | None:
+    value = data.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValidationError(f"'{name}' must be a positive integer")
+    return value
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One task as a runner must run it. Placement (`numa`, `gpus`) is the
+    Host's decision; the runner checks it against what the node has."""
+
+    task_id: int
+    command: tuple[str, ...]
+    container: str
+    """An environment name, or `NULL` for a systemd task."""
+    env: dict[str, str] = field(default_factory=dict)
+    cores: int | None = None
+    memory: int | None = None
+    gpus: tuple[int, ...] = ()
+    numa: int | None = None
+    mounts: tuple[Mount, ...] = ()
+    privileged: bool = False
+    version: int = RUN_REQUEST_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "task_id": str(self.task_id),
+            "command": list(self.command),
+            "env": dict(self.env),
+            "cores": self.cores,
+            "memory": self.memory,
+            "gpus": list(self.gpus),
+            "numa": self.numa,
+            "container": self.container,
+            "mounts": [str(m) for m in self.mounts],
+            "privileged": self.privileged,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRequest:
+        """Decode and type-check; `ValidationError` names the first bad field."""
+        if not isinstance(data, dict):
+            raise ValidationError("a run request is a JSON object")
+        unknown = sorted(set(data) - RUN_FIELDS)
+        if unknown:
+            raise ValidationError(f"unknown field {unknown[0]!r} in the run request")
+        version = data.get("version", 1)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValidationError("'version' must be a positive integer")
+        if version > RUN_REQUEST_VERSION:
+            raise ValidationError(
+                f"run request version {version} is newer than this runner understands ({RUN_REQUEST_VERSION}); "
+                "upgrade the runner"
+            )
+        task_id = parse_id(data.get("task_id"))
+        command = data.get("command")
+        if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+            raise ValidationError("'command' must be a non-empty list of strings")
+        env = data.get("env") or {}
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise ValidationError("'env' must be an object of strings")
+        for key in env:
+            validate_env_key(key)
+        gpus = data.get("gpus") or []
+        if not isinstance(gpus, list) or not all(isinstance(g, int) and not isinstance(g, bool) for g in gpus):
+            raise ValidationError("'gpus' must be a list of GPU ids")
+        numa = data.get("numa")
+        if numa is not None and (isinstance(numa, bool) or not isinstance(numa, int)):
+            raise ValidationError(f"this node has no NUMA node {numa!r}")
+        container = data.get("container")
+        if not isinstance(container, str) or not container:
+            raise ValidationError("'container' must name an environment or be NULL")
+        mounts = data.get("mounts") or []
+        if not isinstance(mounts, list) or not all(isinstance(m, str) for m in mounts):
+            raise ValidationError("'mounts' must be a list of HOST:CONTAINER[:ro] strings")
+        privileged = data.get("privileged", False)
+        if not isinstance(privileged, bool):
+            raise ValidationError("'privileged' must be true or false")
+        return cls(
+            task_id=task_id,
+            command=tuple(command),
+            container=container,
+            env=dict(env),
+            cores=_positive_or_none(data, "cores"),
+            memory=_positive_or_none(data, "memory"),
+            gpus=tuple(gpus),
+            numa=numa,
+            mounts=tuple(parse_mount(m) for m in mounts),
+            privileged=privileged,
+            version=version,
+        )
