@@ -26,7 +26,7 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("~/.hakuriver/config.toml")
 CONFIG_ENV_VAR = "HAKURIVER_CONFIG"
-TOKEN_ENV_VAR = "HAKURIVER_TOKEN"
+TOKEN_ENV_VAR = "HAKURIVER_TOKEN"  # noqa: S105 - the variable's name, not a secret
 DOCKER_TASK_USERS = ("submitter", "root")
 
 
