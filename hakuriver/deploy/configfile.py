@@ -71,7 +71,7 @@ KEY_COMMENTS: dict[str, str] = {
     "docker.allowed_mount_prefixes": "Host paths under which users may --mount; empty: no user mounts. "
     "/ can never be allowed.",
     "docker.keep_tarballs": "Tarball versions of each environment to keep.",
-    "docker.task_user": "Docker tasks run as the submitter's unix_user; users without one: submitter = nobody, or root.",
+    "docker.task_user": "Docker tasks run as the submitter's unix_user; no unix_user: submitter = nobody, or root.",
     "auth.token": "A client's own API token (hakuriver.admin user add prints one); $HAKURIVER_TOKEN wins.",
     "auth.admin_token": "Host: the first admin's credential; clients on this machine use it when token is empty.",
     "auth.admin_user": "The user name of admin_token's tasks.",
