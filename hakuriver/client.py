@@ -25,6 +25,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -199,6 +200,7 @@ class HostClient:
         node: str | None = None,
         limit: int = 100,
         before: int | str | None = None,
+        user: str | None = None,
     ) -> dict[str, Any]:
         """Newest first. `state` is one state, "a,b", or a list. Returns
         {"tasks": [...], "next_before": id or None}: pass `next_before` as
@@ -208,6 +210,8 @@ class HostClient:
             params["state"] = state if isinstance(state, str) else ",".join(state)
         if node:
             params["node"] = node
+        if user:
+            params["user"] = user
         if before is not None:
             params["before"] = task_id_str(before)
         return await self._json("GET", "/api/tasks", params=params)
@@ -287,6 +291,28 @@ class HostClient:
 
     async def node(self, name: str) -> dict[str, Any]:
         return await self._json("GET", f"/api/nodes/{validate_node_name(name)}")
+
+    async def whoami(self) -> dict[str, Any]:
+        return await self._json("GET", "/api/whoami")
+
+    async def list_users(self) -> dict[str, Any]:
+        return await self._json("GET", "/api/users")
+
+    async def add_user(self, name: str, *, admin: bool = False, unix_user: str | None = None) -> dict[str, Any]:
+        """Returns {"user": {...}, "token": ...}; the token is shown only this once."""
+        body: dict[str, Any] = {"name": name, "admin": admin}
+        if unix_user is not None:
+            body["unix_user"] = unix_user
+        return await self._json("POST", "/api/users", json=body)
+
+    async def remove_user(self, name: str) -> dict[str, Any]:
+        return await self._json("DELETE", f"/api/users/{quote(name, safe='')}")
+
+    async def issue_token(self, name: str, *, revoke_all: bool = False) -> dict[str, Any]:
+        return await self._json("POST", f"/api/users/{quote(name, safe='')}/tokens", json={"revoke_all": revoke_all})
+
+    async def forget_node(self, name: str) -> dict[str, Any]:
+        return await self._json("POST", f"/api/nodes/{quote(name, safe='')}/forget")
 
     async def health(self) -> dict[str, Any]:
         return await self._json("GET", "/api/health")

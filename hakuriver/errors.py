@@ -44,6 +44,13 @@ class PolicyDenied(HakuRiverError):
     code = "forbidden"
 
 
+class Forbidden(HakuRiverError):
+    """Authenticated, but this principal may not do this (403)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class Unauthorized(HakuRiverError):
     status = 401
     code = "unauthorized"

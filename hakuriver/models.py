@@ -179,6 +179,8 @@ class Task:
     finished_at: float | None = None
     exit_code: int | None = None
     error: str | None = None
+    owner: str | None = None
+    """Who submitted it; None for tasks from before users existed."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -203,6 +205,7 @@ class Task:
             "finished_at": self.finished_at,
             "exit_code": self.exit_code,
             "error": self.error,
+            "owner": self.owner,
         }
 
 

@@ -12,6 +12,7 @@ a clear reason, so a Host upgraded first never has its orders misread.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +23,24 @@ from .parsing import parse_mount, validate_env_key
 
 RUN_REQUEST_VERSION = 1
 
+_UNIX_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?\Z")
+
 RUN_FIELDS = frozenset(
-    {"version", "task_id", "command", "env", "cores", "memory", "gpus", "numa", "container", "mounts", "privileged"}
+    {
+        "version",
+        "task_id",
+        "command",
+        "env",
+        "cores",
+        "memory",
+        "gpus",
+        "numa",
+        "container",
+        "mounts",
+        "privileged",
+        "user",
+        "unix_user",
+    }
 )
 """The JSON fields of a run request; anything else is refused."""
 
@@ -51,6 +68,12 @@ class RunRequest:
     numa: int | None = None
     mounts: tuple[Mount, ...] = ()
     privileged: bool = False
+    user: str = ""
+    """The HakuRiver user who submitted the task (labels, logs)."""
+    unix_user: str | None = None
+    """The submitter's Unix account, resolved to uid/gid on the node; None:
+    they have none, and the node's policy decides (`docker.task_user`,
+    `environment.runner_user`)."""
     version: int = RUN_REQUEST_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -66,6 +89,8 @@ class RunRequest:
             "container": self.container,
             "mounts": [str(m) for m in self.mounts],
             "privileged": self.privileged,
+            "user": self.user,
+            "unix_user": self.unix_user,
         }
 
     @classmethod
@@ -108,6 +133,12 @@ class RunRequest:
         privileged = data.get("privileged", False)
         if not isinstance(privileged, bool):
             raise ValidationError("'privileged' must be true or false")
+        user = data.get("user") or ""
+        if not isinstance(user, str) or len(user) > 64:
+            raise ValidationError("'user' must be a user name")
+        unix_user = data.get("unix_user")
+        if unix_user is not None and not (isinstance(unix_user, str) and _UNIX_NAME.match(unix_user)):
+            raise ValidationError(f"'unix_user' {unix_user!r} is not a Unix account name")
         return cls(
             task_id=task_id,
             command=tuple(command),
@@ -119,5 +150,7 @@ class RunRequest:
             numa=numa,
             mounts=tuple(parse_mount(m) for m in mounts),
             privileged=privileged,
+            user=user,
+            unix_user=unix_user,
             version=version,
         )

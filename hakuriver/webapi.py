@@ -27,6 +27,9 @@ from .errors import ConfigError, HakuRiverError, Unauthorized, ValidationError
 
 log = logging.getLogger(__name__)
 
+NODE_KEY_HEADER = "X-HakuRiver-Node-Key"
+"""Runners prove which node they are with this header on every call."""
+
 MAX_BODY_BYTES = 1 << 20
 """Largest request body either service accepts (aiohttp answers 413 beyond)."""
 
@@ -83,25 +86,45 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
-def make_auth_middleware(token: str) -> Middleware:
-    if not token:
-        raise ConfigError(
-            "auth.token is empty: every API call is authenticated, so a token must be configured "
-            "(hakuriver.init config generates one)"
-        )
-    expected = token.encode("utf-8")
+def bearer_token(request: web.Request) -> str:
+    """The bearer token of `request`; `Unauthorized` (never echoing what was
+    sent, which may be a mistyped secret) when there is none."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    if not presented.isascii() or not presented.isprintable():
+        raise Unauthorized("malformed bearer token (not printable ASCII)")
+    return presented
+
+
+Authenticate = Callable[[web.Request, str], None]
+"""Checks a request's bearer token; raises Unauthorized/Forbidden, or records the caller."""
+
+
+def make_auth_middleware(authenticate: Authenticate) -> Middleware:
+    """Every route is authenticated: `authenticate(request, token)` decides."""
 
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        header = request.headers.get("Authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented:
-            raise Unauthorized("missing bearer token: send 'Authorization: Bearer <auth.token>'")
-        if not hmac.compare_digest(presented.strip().encode("utf-8"), expected):
-            raise Unauthorized("invalid bearer token")
+        authenticate(request, bearer_token(request))
         return await handler(request)
 
     return auth_middleware
+
+
+def shared_secret(token: str, what: str) -> Authenticate:
+    """An `Authenticate` that accepts exactly one secret."""
+    if not token:
+        raise ConfigError(f"{what} is empty: every API call is authenticated, so a token must be configured")
+    expected = token.encode("utf-8")
+
+    def check(request: web.Request, presented: str) -> None:
+        if not hmac.compare_digest(presented.encode("utf-8"), expected):
+            raise Unauthorized("invalid bearer token")
+
+    return check
 
 
 def auth_headers(token: str) -> dict[str, str]:

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
+from ..config import TOKEN_ENV_VAR
 from ..errors import ConfigError, HakuRiverError, ValidationError
 from ..ids import parse_id
 
@@ -160,21 +161,22 @@ class Connect:
 
     def __call__(self) -> Any:
         from ..client import HostClient
-        from ..config import CONFIG_ENV_VAR, load_config
+        from ..config import CONFIG_ENV_VAR, TOKEN_ENV_VAR, load_config
 
         config = load_config(self.config_path)
         self.config = config
-        if not config.auth.token:
+        token = config.auth.client_token()
+        if not token:
             if config.source:
                 raise ConfigError(
-                    f"auth.token is not set in {config.source}; "
-                    "the Host refuses unauthenticated calls (copy the token from the Host's config)"
+                    f"no API token: set ${TOKEN_ENV_VAR} or auth.token in {config.source} "
+                    "(an admin gives you one with 'hakuriver.admin user add' or 'user token')"
                 )
             raise ConfigError(
-                f"no config file found (--config, ${CONFIG_ENV_VAR}, ~/.hakuriver/config.toml), "
-                "so no auth.token to call the Host with; run 'hakuriver.init config' or pass --config"
+                f"no config file found (--config, ${CONFIG_ENV_VAR}, ~/.hakuriver/config.toml) and no "
+                f"${TOKEN_ENV_VAR}; run 'hakuriver.init config --client' or pass --config"
             )
-        return HostClient(config.host_url, config.auth.token)
+        return HostClient(config.host_url, token)
 
 
 Handler = Callable[[argparse.Namespace, Connect], Coroutine[Any, Any, int]]
@@ -203,7 +205,7 @@ def execute(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         message = exc.message
         if exc.status == 401 and exc.code == "unauthorized":
             source = getattr(connect.config, "source", None) or "the config"
-            message += f" (check auth.token in {source})"
+            message += f" (check ${TOKEN_ENV_VAR} or auth.token in {source})"
         if getattr(args, "verbose", False):
             message += f" [{type(exc).__name__}, code={exc.code}, status={exc.status}]"
         return fail(prog, message, EXIT_FAILURE)

@@ -67,10 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_config(sub: Any) -> None:
     p = sub.add_parser(
         "config",
-        help="write a commented starter config with a fresh auth token",
-        description="Write a commented config with every key, its default, and a fresh random auth token,\n"
-        "readable by its owner only (mode 0600). Flags set common values so scripts need no editing.\n"
-        "Paths given as flags are stored as absolute paths.",
+        help="write a commented starter config with fresh credentials",
+        description="Write a commented config with every key, its default, and fresh random credentials\n"
+        "(auth.admin_token for the first admin, auth.runner_token for the Runners), readable by its\n"
+        "owner only (mode 0600). Flags set common values so scripts need no editing.\n"
+        "Paths given as flags are stored as absolute paths.\n\n"
+        "On a Runner: --runner-token-file FILE (the Host's runner_token), no admin token.\n"
+        "For a lab member: --client --token-file FILE writes only the Host's address and their token.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--output", "-o", metavar="PATH", help=f"where to write it (default: {DEFAULT_CONFIG_OUTPUT})")
@@ -94,12 +97,25 @@ def _add_config(sub: Any) -> None:
     g.add_argument(
         "--runner-user", metavar="USER", help="environment.runner_user: the user --container NULL tasks run as"
     )
+    g = p.add_argument_group("credentials")
     tok = g.add_mutually_exclusive_group()
     tok.add_argument(
-        "--token", metavar="TOKEN", help="auth.token to use instead of a fresh one (visible in ps: prefer --token-file)"
+        "--token",
+        metavar="TOKEN",
+        help="auth.token: a user's token, or a single token for everything (visible in ps: prefer --token-file)",
     )
     tok.add_argument(
-        "--token-file", metavar="FILE", help="read auth.token from FILE ('-': stdin), e.g. the Host's token on a Runner"
+        "--token-file", metavar="FILE", help="read auth.token from FILE ('-': stdin); with --client, the user's token"
+    )
+    tok.add_argument(
+        "--runner-token-file",
+        metavar="FILE",
+        help="read auth.runner_token from FILE ('-': stdin): a Runner's config, with the Host's runner token",
+    )
+    g.add_argument(
+        "--client",
+        action="store_true",
+        help="a client-only config: the Host's address and port and the user's token (--token-file), nothing else",
     )
     p.set_defaults(func=_cmd_config)
 
@@ -138,20 +154,25 @@ def _cmd_config(args: argparse.Namespace) -> int:
     if args.runner_user is not None:
         put("environment.runner_user", _usage("--runner-user", check_account, "user", args.runner_user))
     if args.token is not None:
-        token, origin = _check_token(args.token, "--token"), "the token given"
+        put("auth.token", _check_token(args.token, "--token"))
+        origin = "the token given"
     elif args.token_file is not None:
-        token, origin = (
-            _check_token(_read_token_file(args.token_file), f"the token in {args.token_file}"),
-            f"the token from {args.token_file}",
-        )
+        put("auth.token", _check_token(_read_token_file(args.token_file), f"the token in {args.token_file}"))
+        origin = f"the token from {args.token_file}"
+    elif args.runner_token_file is not None:
+        secret = _read_token_file(args.runner_token_file, "--runner-token-file")
+        put("auth.runner_token", _check_token(secret, f"the token in {args.runner_token_file}"))
+        origin = f"the runner token from {args.runner_token_file}"
+    elif args.client:
+        raise UsageError("--client needs the user's token: --token-file FILE (or --token TOKEN)")
     else:
-        token, origin = new_token(), "a fresh auth token"
-    put("auth.token", token)
+        put("auth.admin_token", new_token())
+        put("auth.runner_token", new_token())
+        origin = "a fresh admin token and runner token"
+    if args.client:
+        return _write_client_config(args, overrides, origin)
 
-    expanded = os.path.expanduser(args.output or DEFAULT_CONFIG_OUTPUT)
-    if expanded.startswith("~"):
-        raise _Failure(f"cannot tell where {expanded} is (no home directory); pass --output PATH")
-    path = Path(os.path.abspath(expanded))
+    path = _output_path(args)
     text = render_config(
         overrides,
         header=(
@@ -169,8 +190,17 @@ def _cmd_config(args: argparse.Namespace) -> int:
     print("next:")
     print(f"  review it, then: hakuriver.init service --host --config {shlex.quote(str(path))}   (on the Host)")
     print(f"            or:   hakuriver.init service --runner --config {shlex.quote(str(path))} (on a Runner)")
-    print("  every Runner and CLI needs the Host's token: hakuriver.init config --token-file FILE on them")
+    if "admin_token" in overrides.get("auth", {}):
+        print("  Runners need this file's auth.runner_token: hakuriver.init config --runner-token-file FILE on them")
+        print("  lab members get their own token: hakuriver.admin user add NAME, then hakuriver.init config --client")
     return EXIT_OK
+
+
+def _output_path(args: argparse.Namespace) -> Path:
+    expanded = os.path.expanduser(args.output or DEFAULT_CONFIG_OUTPUT)
+    if expanded.startswith("~"):
+        raise _Failure(f"cannot tell where {expanded} is (no home directory); pass --output PATH")
+    return Path(os.path.abspath(expanded))
 
 
 def _port_arg(text: str) -> int:
@@ -200,14 +230,50 @@ def _check_token(token: str, what: str) -> str:
     return token
 
 
-def _read_token_file(name: str) -> str:
+def _read_token_file(name: str, flag: str = "--token-file") -> str:
     try:
         if name == "-":
             return sys.stdin.readline().strip()
         with open(os.path.expanduser(name), encoding="utf-8") as fh:
             return fh.readline().strip()
     except OSError as exc:
-        raise _Failure(f"cannot read --token-file {name}: {exc.strerror or exc}") from None
+        raise _Failure(f"cannot read {flag} {name}: {exc.strerror or exc}") from None
+
+
+def _write_client_config(args: argparse.Namespace, overrides: dict[str, dict[str, Any]], origin: str) -> int:
+    """A lab member's config: where the Host is, and their own token. It holds
+    no cluster secret, so a leaked client config costs one user's token."""
+    from ..deploy.configfile import write_private_file
+
+    network = overrides.get("network", {})
+    lines = [
+        f"# HakuRiver client config, written by hakuriver.init config --client (hakuriver {__version__}).",
+        "# Mode 0600: it holds your API token. $HAKURIVER_TOKEN, when set, wins over auth.token.",
+        "",
+        "[network]",
+        f"host_reachable_address = {_toml_str(network.get('host_reachable_address', '127.0.0.1'))}",
+        f"host_port = {int(network.get('host_port', 8000))}",
+        "",
+        "[auth]",
+        f"token = {_toml_str(overrides['auth']['token'])}",
+        "",
+    ]
+    path = _output_path(args)
+    try:
+        write_private_file(path, "\n".join(lines), overwrite=args.force)
+    except FileExistsError:
+        raise _Failure(f"{path} exists; pass --force to overwrite it") from None
+    except OSError as exc:
+        raise _Failure(f"cannot write {path}: {exc.strerror or exc}") from None
+    print(f"wrote {path} (mode 0600, client only, {origin})")
+    print(f"next: hakuriver.task --config {shlex.quote(str(path))} list   (or put it at ~/.hakuriver/config.toml)")
+    return EXIT_OK
+
+
+def _toml_str(value: str) -> str:
+    import json
+
+    return json.dumps(value)  # a TOML basic string is a JSON string for printable text
 
 
 # ------------------------------------------------------------------ service

@@ -31,6 +31,7 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "hakuriver.client": ("hakuriver.cli.client", "look at the HakuRiver cluster: nodes, health, tasks"),
     "hakuriver.init": ("hakuriver.cli.init", "write a HakuRiver config, systemd units and the sudoers drop-in"),
     "hakuriver.docker": ("hakuriver.cli.docker", "manage HakuRiver environments: containers, tarballs, shells"),
+    "hakuriver.admin": ("hakuriver.cli.admin", "manage HakuRiver users, their tokens, and nodes (admins only)"),
 }
 """Console script -> (the module whose `build_parser()` it runs, the NAME line).
 Tests keep the keys equal to pyproject's [project.scripts]."""

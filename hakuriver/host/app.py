@@ -21,12 +21,13 @@ from aiohttp import web
 from ..config import Config
 from ..errors import ConfigError
 from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
+from .accounts import Accounts, host_authenticator
 from .api import ROUTES
 from .cluster import Cluster
 from .db import Database
 from .dispatch import Dispatcher
 from .environments import EnvironmentManager
-from .keys import CLUSTER, CONFIG, DB, DISPATCHER, ENVIRONMENTS, LIVENESS, RUNNERS
+from .keys import ACCOUNTS, CLUSTER, CONFIG, DB, DISPATCHER, ENVIRONMENTS, LIVENESS, RUNNERS
 from .liveness import Liveness
 from .runner_client import RunnerClient
 
@@ -34,7 +35,13 @@ log = logging.getLogger(__name__)
 
 
 def check_host_config(config: Config) -> None:
-    config.require("auth.token", "database.db_file", "paths.shared_dir")
+    config.require("database.db_file", "paths.shared_dir")
+    auth = config.auth
+    if not auth.effective_admin_token() or not auth.effective_runner_token():
+        raise ConfigError(
+            f"auth.admin_token and auth.runner_token must be set in {config.source or 'the config'} "
+            "(hakuriver.init config generates both)"
+        )
     db_dir = Path(config.database.db_file).expanduser().parent
     if not db_dir.is_dir():
         raise ConfigError(f"database.db_file: directory {db_dir} does not exist")
@@ -49,8 +56,23 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await app[DB].close()
 
 
+async def _accounts(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    accounts = Accounts(config, app[DB])
+    await accounts.load()
+    app[ACCOUNTS] = accounts
+    auth = config.auth
+    if not (auth.admin_token and auth.runner_token):
+        log.warning(
+            "auth.token is both the admin credential and the runner secret: anyone who can submit can also "
+            "pose as a runner. Split them: set auth.admin_token and auth.runner_token (hakuriver.init config "
+            "makes both), put the runner token in each Runner's config, and drop auth.token"
+        )
+    yield
+
+
 async def _runner_client(app: web.Application) -> AsyncIterator[None]:
-    client = RunnerClient(app[CONFIG].auth.token)
+    client = RunnerClient(app[CONFIG].auth.effective_runner_token())
     await client.start()
     app[RUNNERS] = client
     yield
@@ -83,11 +105,16 @@ async def _environments(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(config: Config) -> web.Application:
     check_host_config(config)
+
+    def authenticate(request: web.Request, token: str) -> None:
+        # The accounts exist once cleanup_ctx ran; no request arrives before.
+        host_authenticator(request.app[ACCOUNTS])(request, token)
+
     app = web.Application(
-        middlewares=[error_middleware, make_auth_middleware(config.auth.token)],
+        middlewares=[error_middleware, make_auth_middleware(authenticate)],
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONFIG] = config
-    app.cleanup_ctx.extend([_database, _runner_client, _cluster, _environments])
+    app.cleanup_ctx.extend([_database, _accounts, _runner_client, _cluster, _environments])
     app.add_routes(ROUTES)
     return app

@@ -121,8 +121,26 @@ class Cluster:
         """What the tasks holding resources on `hostname` use now."""
         return self.ledger.used(hostname)
 
+    async def forget_node(self, hostname: str) -> None:
+        """Drop a node and the runner identity bound to its name, so another
+        runner may register under it. Refused while tasks hold resources there."""
+        if hostname not in self.nodes:
+            raise NotFound(f"no node {hostname}")
+        holding = self.ledger.holds_on(hostname)
+        if holding:
+            raise Conflict(
+                f"node {hostname} still has {len(holding)} task(s) holding resources "
+                f"(e.g. {holding[0].task_id}); kill them or wait for them to end first"
+            )
+        await self.db.forget_node(hostname)
+        self.nodes.pop(hostname, None)
+        self.resources.pop(hostname, None)
+        log.warning(
+            "node %s forgotten by an admin; the next runner to register under that name is bound to it", hostname
+        )
+
     # ------------------------------------------------------------- submitting
-    async def submit(self, req: TaskRequest) -> tuple[int, list[Task]]:
+    async def submit(self, req: TaskRequest, *, owner: str) -> tuple[int, list[Task]]:
         known = list(self.resources.values())
         targets: list[Target | None] = list(req.targets) or [None]
         for target in targets:
@@ -144,6 +162,7 @@ class Cluster:
                 target=target,
                 gpu_count=len(target.gpus) if target else req.gpus,
                 submitted_at=now,
+                owner=owner,
             )
             for target in targets
         ]
@@ -252,7 +271,7 @@ class Cluster:
         if node is None:
             return
         try:
-            await self.runners.control(node.url, task_id, action)
+            await self.runners.control(node, task_id, action)
         except (RunnerRejected, RunnerUnreachable) as exc:
             log.warning(
                 "could not %s task %s on %s: %s (heartbeat reconciliation will retry)", action, task_id, hostname, exc
@@ -276,7 +295,7 @@ class Cluster:
         if node is None:
             raise Conflict(f"task {task_id} has no known node")
         try:
-            await self.runners.control(node.url, task_id, action)
+            await self.runners.control(node, task_id, action)
         except RunnerRejected as exc:
             raise Conflict(f"runner {node.hostname} could not {action} task {task_id}: {exc.message}") from None
         except RunnerUnreachable as exc:

@@ -124,6 +124,33 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_submitted ON tasks(submitted_at, id);
     CREATE INDEX tasks_batch ON tasks(batch_id, id);
     """,
+    # 2: the trust model. Users and their token hashes; who submitted each
+    # task (NULL for tasks from before users: only admins control those);
+    # each node bound to the runner identity that registered it, and the
+    # credential the Host presents to that runner; environment owners.
+    """
+    CREATE TABLE users (
+        name       TEXT PRIMARY KEY,
+        role       TEXT NOT NULL CHECK (role IN ('admin', 'user')),
+        unix_user  TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE tokens (
+        hash       TEXT PRIMARY KEY,
+        user       TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX tokens_user ON tokens(user);
+    ALTER TABLE tasks ADD COLUMN owner TEXT;
+    CREATE INDEX tasks_owner ON tasks(owner, id);
+    ALTER TABLE nodes ADD COLUMN identity_hash TEXT;
+    ALTER TABLE nodes ADD COLUMN order_token TEXT NOT NULL DEFAULT '';
+    CREATE TABLE environment_owners (
+        name       TEXT PRIMARY KEY,
+        owner      TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 )
 """Migration N (1-based) is MIGRATIONS[N-1]. Append only; never edit a released one."""
 
@@ -132,9 +159,12 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _TASK_COLUMNS = (
     "id, batch_id, state, command_json, cores, memory, container, env_json, mounts_json, "
     "privileged, target, gpu_count, node, numa, gpus_json, submitted_at, assigned_at, "
-    "started_at, finished_at, exit_code, error"
+    "started_at, finished_at, exit_code, error, owner"
 )
-_NODE_COLUMNS = "hostname, url, cores, memory, numa_json, gpus_json, online, registered_at, last_heartbeat, stats_json"
+_NODE_COLUMNS = (
+    "hostname, url, cores, memory, numa_json, gpus_json, online, registered_at, last_heartbeat, stats_json, "
+    "identity_hash, order_token"
+)
 _HOLDING_SQL = ",".join(f"'{s}'" for s in sorted(HOLDING_STATES))
 
 
@@ -202,6 +232,7 @@ def _task_from_row(_cursor: Any, row: Sequence[Any]) -> Task:
         finished_at=row[18],
         exit_code=row[19],
         error=row[20],
+        owner=row[21],
     )
 
 
@@ -228,6 +259,7 @@ def _task_params(task: Task, now: float) -> tuple[Any, ...]:
         task.finished_at,
         task.exit_code,
         task.error,
+        task.owner,
         now,
     )
 
@@ -246,6 +278,10 @@ class NodeRecord:
     registered_at: float
     last_heartbeat: float
     stats: dict[str, Any] = field(default_factory=dict)
+    identity_hash: str | None = None
+    """sha256 of the key of the runner this name is bound to (None: unbound)."""
+    order_token: str = ""
+    """What the Host presents to this runner; the runner chose it. Never shown."""
 
     @property
     def resources(self) -> NodeResources:
@@ -266,6 +302,8 @@ def _node_from_row(_cursor: Any, row: Sequence[Any]) -> NodeRecord:
         registered_at=row[7],
         last_heartbeat=row[8],
         stats=json.loads(row[9]),
+        identity_hash=row[10],
+        order_token=row[11],
     )
 
 
@@ -289,7 +327,117 @@ class _WriteOp:
     atomic: bool
 
 
-class Database:
+@dataclass(frozen=True)
+class UserRecord:
+    name: str
+    role: str
+    """`admin` or `user`."""
+    unix_user: str | None
+    created_at: float
+    tokens: int = 0
+    """How many live tokens the user has."""
+
+
+def _user_from_row(_cursor: Any, row: Sequence[Any]) -> UserRecord:
+    return UserRecord(name=row[0], role=row[1], unix_user=row[2], created_at=row[3], tokens=row[4])
+
+
+class _Accounts:
+    """SQL for users, token hashes, environment owners and node forgetting
+    (mixed into `Database`; the policy is in `host/accounts.py`)."""
+
+    _fetch: Callable[..., Awaitable[list]]
+    _write: Callable[..., Awaitable[Any]]
+
+    async def list_users(self) -> list[UserRecord]:
+        return await self._fetch(
+            """SELECT u.name, u.role, u.unix_user, u.created_at, COUNT(t.hash)
+               FROM users u LEFT JOIN tokens t ON t.user = u.name GROUP BY u.name ORDER BY u.name""",
+            (),
+            _user_from_row,
+        )
+
+    async def token_owners(self) -> list[tuple[str, str]]:
+        """Every (token hash, user name): the Host keeps them in memory."""
+        return await self._fetch("SELECT hash, user FROM tokens", (), lambda _c, row: (row[0], row[1]))
+
+    async def add_user(
+        self, name: str, role: str, unix_user: str | None, token_hash: str, now: float
+    ) -> UserRecord | None:
+        """Create a user with its first token; None if the name is taken."""
+
+        async def op(conn: aiosqlite.Connection) -> UserRecord | None:
+            rows = list(
+                await conn.execute_fetchall(
+                    "INSERT INTO users (name, role, unix_user, created_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(name) DO NOTHING RETURNING name",
+                    (name, role, unix_user, now),
+                )
+            )
+            if not rows:
+                return None
+            await conn.execute_fetchall(
+                "INSERT INTO tokens (hash, user, created_at) VALUES (?, ?, ?)", (token_hash, name, now)
+            )
+            return UserRecord(name, role, unix_user, now, 1)
+
+        return await self._write(op, atomic=True)
+
+    async def remove_user(self, name: str) -> bool:
+        async def op(conn: aiosqlite.Connection) -> bool:
+            await conn.execute_fetchall("DELETE FROM tokens WHERE user=?", (name,))
+            rows = list(await conn.execute_fetchall("DELETE FROM users WHERE name=? RETURNING name", (name,)))
+            return bool(rows)
+
+        return await self._write(op, atomic=True)
+
+    async def add_token(self, name: str, token_hash: str, now: float, *, revoke_others: bool) -> bool:
+        """Give a user a new token (and, with `revoke_others`, only that one)."""
+
+        async def op(conn: aiosqlite.Connection) -> bool:
+            if not list(await conn.execute_fetchall("SELECT 1 FROM users WHERE name=?", (name,))):
+                return False
+            if revoke_others:
+                await conn.execute_fetchall("DELETE FROM tokens WHERE user=?", (name,))
+            await conn.execute_fetchall(
+                "INSERT INTO tokens (hash, user, created_at) VALUES (?, ?, ?)", (token_hash, name, now)
+            )
+            return True
+
+        return await self._write(op, atomic=True)
+
+    async def environment_owner(self, name: str) -> str | None:
+        rows = await self._fetch("SELECT owner FROM environment_owners WHERE name=?", (name,), lambda _c, row: row[0])
+        return rows[0] if rows else None
+
+    async def set_environment_owner(self, name: str, owner: str | None, now: float) -> None:
+        """Record who owns environment `name`; None forgets it."""
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            if owner is None:
+                await conn.execute_fetchall("DELETE FROM environment_owners WHERE name=?", (name,))
+            else:
+                await conn.execute_fetchall(
+                    "INSERT INTO environment_owners (name, owner, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET owner=excluded.owner, updated_at=excluded.updated_at",
+                    (name, owner, now),
+                )
+
+        await self._write(op)
+
+    async def forget_node(self, hostname: str) -> bool:
+        """Remove a node and its identity binding; its tasks keep their records."""
+
+        async def op(conn: aiosqlite.Connection) -> bool:
+            rows = list(
+                await conn.execute_fetchall("DELETE FROM nodes WHERE hostname=? RETURNING hostname", (hostname,))
+            )
+            return bool(rows)
+
+        return await self._write(op)
+
+
+class Database(_Accounts):
     """The Host's store. Create with `await Database.open(path)`; `await close()` at shutdown."""
 
     def __init__(self, conn: aiosqlite.Connection, path: str):
@@ -513,8 +661,11 @@ class Database:
 
     # ----------------------------------------------------------------- nodes
 
-    async def upsert_node(self, res: NodeResources, now: float) -> NodeRecord:
-        """Register (or re-register) a node: it is online with a fresh heartbeat."""
+    async def upsert_node(
+        self, res: NodeResources, now: float, *, identity_hash: str | None = None, order_token: str = ""
+    ) -> NodeRecord:
+        """Register (or re-register) a node: it is online with a fresh heartbeat,
+        bound to `identity_hash` (the caller checked the binding)."""
         params = (
             res.hostname,
             res.url,
@@ -524,17 +675,20 @@ class Database:
             _dumps([g.to_json() for g in res.gpus]),
             now,
             now,
+            identity_hash,
+            order_token,
         )
 
         async def op(conn: aiosqlite.Connection) -> NodeRecord:
             rows = await conn.execute_fetchall(
                 f"""INSERT INTO nodes (hostname, url, cores, memory, numa_json, gpus_json, online,
-                                       registered_at, last_heartbeat, stats_json)
-                    VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, '{{}}')
+                                       registered_at, last_heartbeat, stats_json, identity_hash, order_token)
+                    VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, '{{}}', ?, ?)
                     ON CONFLICT(hostname) DO UPDATE SET
                         url=excluded.url, cores=excluded.cores, memory=excluded.memory,
                         numa_json=excluded.numa_json, gpus_json=excluded.gpus_json, online=1,
-                        registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat
+                        registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat,
+                        identity_hash=excluded.identity_hash, order_token=excluded.order_token
                     RETURNING {_NODE_COLUMNS}""",
                 params,
             )
@@ -609,7 +763,7 @@ class Database:
 
         async def op(conn: aiosqlite.Connection) -> None:
             cursor = await conn.executemany(
-                f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 22)})", rows
+                f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 23)})", rows
             )
             await cursor.close()
 
@@ -757,6 +911,7 @@ class Database:
         before_id: int | None = None,
         *,
         batch_id: int | None = None,
+        owner: str | None = None,
     ) -> list[Task]:
         """Newest first. Page with `before_id=<last id of the previous page>`."""
         where: list[str] = []
@@ -773,6 +928,9 @@ class Database:
         if batch_id is not None:
             where.append("batch_id=?")
             params.append(int(batch_id))
+        if owner is not None:
+            where.append("owner=?")
+            params.append(owner)
         if before_id is not None:
             where.append("id<?")
             params.append(int(before_id))

@@ -104,7 +104,7 @@ class Dispatcher:
             await cluster.finish(task.id, TaskState.FAILED, error=f"node {task.node} vanished before dispatch")
             return
         try:
-            await cluster.runners.run_task(node.url, self.run_payload(task))
+            await cluster.runners.run_task(node, self.run_payload(task))
         except RunnerRejected as exc:
             await cluster.finish(
                 task.id, TaskState.FAILED, error=f"runner {node.hostname} refused the task: {exc.message}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..config import Config
+from .accounts import Accounts
 from .cluster import Cluster
 from .db import Database
 from .dispatch import Dispatcher
@@ -14,6 +15,7 @@ from .runner_client import RunnerClient
 
 CONFIG = web.AppKey("config", Config)
 DB = web.AppKey("db", Database)
+ACCOUNTS = web.AppKey("accounts", Accounts)
 RUNNERS = web.AppKey("runners", RunnerClient)
 CLUSTER = web.AppKey("cluster", Cluster)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)

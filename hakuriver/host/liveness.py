@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import NotFound
+from ..errors import Conflict, Forbidden, NotFound
 from ..models import NodeResources, TaskState
+from .accounts import token_hash
 from .cluster import Cluster
 from .db import NodeRecord
 
@@ -27,11 +29,41 @@ class Liveness:
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
 
+    def check_node_key(self, hostname: str, node_key: str | None) -> None:
+        """Refuse a heartbeat or report for `hostname` from any runner but the
+        one bound to that name. Unbound names (registered before identities
+        existed) are let through until their runner registers again."""
+        record = self.cluster.nodes.get(hostname)
+        if record is None or record.identity_hash is None:
+            return
+        if node_key is None or not hmac.compare_digest(token_hash(node_key), record.identity_hash):
+            log.warning("refused a call for node %s from a runner that is not bound to that name", hostname)
+            raise Forbidden(f"this runner is not the one bound to node {hostname}")
+
     async def register(
-        self, res: NodeResources, reported: list[dict[str, Any]], finishing: Iterable[int] = ()
+        self,
+        res: NodeResources,
+        reported: list[dict[str, Any]],
+        finishing: Iterable[int] = (),
+        *,
+        node_key: str | None = None,
+        order_token: str = "",
     ) -> NodeRecord:
+        """(Re)register a node. The first runner to register a name binds it
+        (by the hash of its node key); another identity is refused while the
+        node is online, and logged."""
         cluster = self.cluster
-        record = await cluster.db.upsert_node(res, cluster.clock())
+        identity = token_hash(node_key) if node_key else None
+        existing = cluster.nodes.get(res.hostname)
+        if existing is not None and existing.identity_hash and existing.identity_hash != identity:
+            if existing.online or identity is None:
+                log.warning("refused a registration as node %s: it is bound to another runner identity", res.hostname)
+                raise Conflict(
+                    f"node {res.hostname} is bound to another runner; if this runner replaces it, "
+                    f"stop the old one, or have an admin run 'hakuriver.admin node forget {res.hostname}'"
+                )
+            log.warning("node %s was offline and is now bound to a new runner identity", res.hostname)
+        record = await cluster.db.upsert_node(res, cluster.clock(), identity_hash=identity, order_token=order_token)
         cluster.nodes[record.hostname] = record
         cluster.resources[record.hostname] = record.resources
         kills = await self._reconcile(record.hostname, reported, list(finishing))

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from ..webapi import auth_headers
+from .db import NodeRecord
 
 log = logging.getLogger(__name__)
 
@@ -35,26 +36,32 @@ class RunnerUnreachable(Exception):
 
 
 class RunnerClient:
-    def __init__(self, token: str, *, timeout: float = 10.0, limit_per_host: int = 16):
-        self._headers = auth_headers(token)
+    """Calls runners. Each node is called with the order token its runner
+    chose at registration (`NodeRecord.order_token`); a runner registered
+    before those existed gets `fallback_token` (the cluster's runner secret)."""
+
+    def __init__(self, fallback_token: str, *, timeout: float = 10.0, limit_per_host: int = 16):
+        self._fallback = fallback_token
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 5.0))
         self._limit_per_host = limit_per_host
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit_per_host, keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, headers=self._headers)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def post(self, base_url: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def post(self, node: NodeRecord, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         assert self._session is not None, "RunnerClient.start() was not awaited"
+        base_url = node.url
         url = base_url.rstrip("/") + path
+        headers = auth_headers(node.order_token or self._fallback)
         try:
-            async with self._session.post(url, json=payload or {}) as resp:
+            async with self._session.post(url, json=payload or {}, headers=headers) as resp:
                 text = await resp.text()
                 if resp.status >= 500:
                     raise RunnerUnreachable(f"runner at {base_url} answered {resp.status}: {_message(text)}")
@@ -64,13 +71,13 @@ class RunnerClient:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise RunnerUnreachable(f"cannot reach runner at {base_url}: {exc.__class__.__name__}: {exc}") from None
 
-    async def run_task(self, base_url: str, payload: dict[str, Any]) -> dict[str, Any]:
-        return await self.post(base_url, "/api/tasks", payload)
+    async def run_task(self, node: NodeRecord, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self.post(node, "/api/tasks", payload)
 
-    async def control(self, base_url: str, task_id: int, action: str) -> dict[str, Any]:
+    async def control(self, node: NodeRecord, task_id: int, action: str) -> dict[str, Any]:
         if action not in ("kill", "pause", "resume"):
             raise ValueError(action)
-        return await self.post(base_url, f"/api/tasks/{task_id}/{action}")
+        return await self.post(node, f"/api/tasks/{task_id}/{action}")
 
 
 def _message(text: str) -> str:

@@ -21,7 +21,7 @@ from aiohttp import web
 from ..config import Config
 from ..errors import ConfigError
 from ..models import NodeResources
-from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
+from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware, shared_secret
 from . import probe
 from .api import ROUTES
 from .environments import EnvironmentSync
@@ -39,7 +39,9 @@ ENVIRONMENTS = web.AppKey("environments", EnvironmentSync)
 
 
 def check_runner_config(config: Config) -> None:
-    config.require("auth.token", "paths.shared_dir", "paths.local_temp_dir")
+    config.require("paths.shared_dir", "paths.local_temp_dir")
+    if not config.auth.effective_runner_token():
+        raise ConfigError(f"auth.runner_token must be set in {config.source or 'the config'} (the Host's runner_token)")
     for key in ("shared_dir", "local_temp_dir"):
         path = getattr(config.paths, key)
         if not Path(path).is_dir():
@@ -184,7 +186,10 @@ def create_app(
     only with the real backends)."""
     check_runner_config(config)
     app = web.Application(
-        middlewares=[error_middleware, make_auth_middleware(config.auth.token)],
+        middlewares=[
+            error_middleware,
+            make_auth_middleware(shared_secret(config.auth.effective_runner_token(), "auth.runner_token")),
+        ],
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONFIG] = config

@@ -48,7 +48,9 @@ class HostLink:
 
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=max(self.config.timing.heartbeat_interval * 2, 5.0), connect=5.0)
-        self._session = aiohttp.ClientSession(timeout=timeout, headers=auth_headers(self.config.auth.token))
+        self._session = aiohttp.ClientSession(
+            timeout=timeout, headers=auth_headers(self.config.auth.effective_runner_token())
+        )
 
     async def close(self) -> None:
         if self._session is not None:

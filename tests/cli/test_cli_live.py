@@ -119,7 +119,9 @@ def test_host_validation_error_is_one_line(fake_host: FakeHost, host_config: Pat
     fake_host.token = "rotated"
     assert task(host_config, "submit", "--", "true") == 1
     line = one_error_line(capsys.readouterr().err)
-    assert line == f"hakuriver.task: error: invalid bearer token (check auth.token in {host_config})"
+    assert (
+        line == f"hakuriver.task: error: invalid bearer token (check $HAKURIVER_TOKEN or auth.token in {host_config})"
+    )
 
 
 # -------------------------------------------------------------------- wait
@@ -300,7 +302,7 @@ def test_client_wrong_token(fake_host: FakeHost, tmp_path: Path, capsys):
     config = write_config(tmp_path / "other.toml", fake_host.port, token="wrong")
     assert client(config, "nodes") == 1
     line = one_error_line(capsys.readouterr().err)
-    assert line.startswith("hakuriver.client: error: invalid bearer token (check auth.token in ")
+    assert line.startswith("hakuriver.client: error: invalid bearer token (check $HAKURIVER_TOKEN or auth.token in ")
 
 
 def test_malformed_answer_is_one_line_unless_verbose(fake_host: FakeHost, host_config: Path, capsys):

@@ -114,3 +114,17 @@ def test_logs_headers_documented(doc):
     ok = doc["paths"]["/api/tasks/{task_id}/logs"]["get"]["responses"]["200"]
     assert set(ok["headers"]) == {"X-HakuRiver-Next-Offset", "X-HakuRiver-Task-State"}
     assert "application/octet-stream" in ok["content"]
+
+
+def test_every_operation_says_which_role_it_needs(doc):
+    from hakuriver.host.accounts import RUNNER_ROUTES
+
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            role = op.get("x-hakuriver-role")
+            assert role in {"user", "owner", "admin", "runner"}, f"{method} {path}: x-hakuriver-role is {role!r}"
+            assert (role == "runner") == path.startswith(RUNNER_ROUTES), f"{method} {path}: role {role}"
+            if role != "user":
+                assert "403" in op["responses"], f"{method} {path} ({role}) does not document 403"

@@ -56,13 +56,15 @@ def test_default_path_mode_0600_and_a_fresh_token(
     assert mode(path) == 0o600
     assert mode(path.parent) == 0o700
     config = read_config_file(path)
-    assert len(config.auth.token) >= 43
+    auth = config.auth
+    assert len(auth.admin_token) >= 43 and len(auth.runner_token) >= 43 and auth.admin_token != auth.runner_token
+    assert auth.token == "", "no single shared token any more"
     out = capsys.readouterr().out
     assert f"wrote {path} (mode 0600" in out
-    assert config.auth.token not in out, "the token is never printed"
+    assert auth.admin_token not in out and auth.runner_token not in out, "secrets are never printed"
     other = home / "other.toml"
     assert main(["config", "--output", str(other)]) == 0
-    assert read_config_file(other).auth.token != config.auth.token
+    assert read_config_file(other).auth.admin_token != auth.admin_token
 
 
 def test_flags_round_trip(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,7 +144,7 @@ def test_refuses_to_overwrite_without_force(
     assert main(["config", "--output", str(out), "--force"]) == 0
     assert mode(out) == 0o600
     assert out.stat().st_ino != inode, "replaced by rename, never rewritten in place"
-    assert read_config_file(out).auth.token
+    assert read_config_file(out).auth.admin_token
     assert [p.name for p in tmp_path.iterdir()] == ["c.toml"], "no temporary file left behind"
 
 
@@ -173,3 +175,30 @@ def test_bad_values_are_one_line_usage_errors(
 def test_unreadable_token_file_is_a_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "--output", str(tmp_path / "c.toml"), "--token-file", str(tmp_path / "none")]) == 1
     assert "cannot read --token-file" in capsys.readouterr().err
+
+
+def test_runner_config_holds_the_runner_token_and_no_admin_token(tmp_path: Path) -> None:
+    secret = "r" * 30 + "-_09"
+    (tmp_path / "rt").write_text(secret + "\n")
+    out = tmp_path / "runner.toml"
+    assert main(["config", "--output", str(out), "--runner-token-file", str(tmp_path / "rt")]) == 0
+    auth = read_config_file(out).auth
+    assert (auth.runner_token, auth.admin_token, auth.token) == (secret, "", "")
+
+
+def test_client_config_has_only_the_host_address_and_the_users_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = "hkr_" + "u" * 40
+    (tmp_path / "tok").write_text(token + "\n")
+    out = tmp_path / "client.toml"
+    argv = ["config", "--client", "--output", str(out), "--token-file", str(tmp_path / "tok")]
+    assert main([*argv, "--host-address", "10.1.2.3", "--host-port", "8123"]) == 0
+    assert mode(out) == 0o600
+    config = read_config_file(out)
+    assert (config.network.host_reachable_address, config.network.host_port) == ("10.1.2.3", 8123)
+    assert (config.auth.token, config.auth.admin_token, config.auth.runner_token) == (token, "", "")
+    assert "runner_token" not in out.read_text() and "admin_token" not in out.read_text()
+    assert token not in capsys.readouterr().out
+    assert main(["config", "--client", "--output", str(tmp_path / "x.toml")]) == 2
+    assert "--client needs the user's token" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import environments, nodes, runners, tasks
+from . import environments, nodes, runners, tasks, users
 
 ROUTES = [
     web.post("/api/tasks", tasks.submit_tasks),
@@ -23,6 +23,7 @@ ROUTES = [
     web.get("/api/tasks/{task_id}/logs", tasks.task_logs),
     web.get("/api/nodes", nodes.list_nodes),
     web.get("/api/nodes/{hostname}", nodes.get_node),
+    web.post("/api/nodes/{hostname}/forget", nodes.forget_node),
     web.get("/api/health", nodes.health),
     web.get("/api/openapi.yaml", nodes.openapi),
     web.get("/api/environments/containers", environments.list_env_containers),
@@ -36,6 +37,11 @@ ROUTES = [
     web.delete("/api/environments/tarballs/{name}", environments.delete_env_tarballs),
     web.post("/api/environments/tarballs/{name}/image", environments.import_env_image),
     web.post("/api/environments/tarballs/{name}/tar", environments.import_env_tar),
+    web.get("/api/whoami", users.whoami),
+    web.get("/api/users", users.list_users),
+    web.post("/api/users", users.add_user),
+    web.delete("/api/users/{name}", users.remove_user),
+    web.post("/api/users/{name}/tokens", users.issue_token),
     web.post("/api/runner/register", runners.runner_register),
     web.post("/api/runner/heartbeat", runners.runner_heartbeat),
     web.post("/api/runner/tasks/{task_id}/status", runners.runner_report),

@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from ...errors import HakuRiverError, ValidationError
+from ...errors import Forbidden, HakuRiverError, ValidationError
 from ...parsing import validate_env_name
 from ...webapi import json_response, query_int, read_json_object, require_type
+from ..accounts import principal_of, require_owner_or_admin
 from ..environments import Progress
-from ..keys import ENVIRONMENTS
+from ..keys import CONFIG, DB, ENVIRONMENTS
 from ..shell import bridge_websocket
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,33 @@ UPLOAD_TYPES = ("application/x-tar", "application/octet-stream")
 
 def _env_name(request: web.Request) -> str:
     return validate_env_name(request.match_info["name"])
+
+
+async def _exists(request: web.Request, name: str) -> bool:
+    envs = request.app[ENVIRONMENTS]
+    if await envs.list_tarballs(name):
+        return True
+    try:
+        return any(c["name"] == name for c in await envs.list_containers())
+    except HakuRiverError:  # no engine: only tarballs can tell
+        return False
+
+
+async def authorize(request: web.Request, name: str, what: str, *, claim: bool = False) -> None:
+    """Only an environment's owner, or an admin, may change it. The first user
+    to create a name owns it (`claim`); the default environment and those from
+    before users existed belong to the admins."""
+    principal = principal_of(request)
+    db = request.app[DB]
+    owner = await db.environment_owner(name)
+    if owner is None and (name == request.app[CONFIG].docker.default_container_name or await _exists(request, name)):
+        owner = request.app[CONFIG].auth.admin_user
+        if not principal.is_admin:
+            raise Forbidden(f"environment {name!r} belongs to the admins; only an admin may {what} it")
+    if owner is not None:
+        require_owner_or_admin(principal, owner, f"{what} environments")
+    elif claim:
+        await db.set_environment_owner(name, principal.name, time.time())
 
 
 async def stream_operation(
@@ -98,20 +127,27 @@ async def create_env_container(request: web.Request) -> web.StreamResponse:
     image = require_type(data, "image", str)
     pull = require_type(data, "pull", bool, required=False, default=False)
     envs = request.app[ENVIRONMENTS]
+    await authorize(request, name, "replace", claim=True)
     await envs.check_create_container(name, image, pull)
     return await stream_operation(request, lambda progress: envs.create_container(name, image, pull, progress))
 
 
 async def start_env_container(request: web.Request) -> web.Response:
-    return json_response(await request.app[ENVIRONMENTS].start_container(_env_name(request)))
+    name = _env_name(request)
+    await authorize(request, name, "start")
+    return json_response(await request.app[ENVIRONMENTS].start_container(name))
 
 
 async def stop_env_container(request: web.Request) -> web.Response:
-    return json_response(await request.app[ENVIRONMENTS].stop_container(_env_name(request)))
+    name = _env_name(request)
+    await authorize(request, name, "stop")
+    return json_response(await request.app[ENVIRONMENTS].stop_container(name))
 
 
 async def delete_env_container(request: web.Request) -> web.Response:
-    return json_response(await request.app[ENVIRONMENTS].delete_container(_env_name(request)))
+    name = _env_name(request)
+    await authorize(request, name, "delete")
+    return json_response(await request.app[ENVIRONMENTS].delete_container(name))
 
 
 async def env_shell(request: web.Request) -> web.StreamResponse:
@@ -120,6 +156,7 @@ async def env_shell(request: web.Request) -> web.StreamResponse:
     cols = query_int(request, "cols", 80, minimum=1, maximum=10000)
     command = request.query.getall("cmd", []) or None
     envs = request.app[ENVIRONMENTS]
+    await authorize(request, name, "open a shell in")
     await envs.check_shell(name)  # refusals first, so that a plain GET reads the reason
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1 << 20)
     if not ws.can_prepare(request).ok:
@@ -137,6 +174,7 @@ async def env_shell(request: web.Request) -> web.StreamResponse:
 async def commit_env(request: web.Request) -> web.StreamResponse:
     name = _env_name(request)
     envs = request.app[ENVIRONMENTS]
+    await authorize(request, name, "commit")
     await envs.check_commit(name)
     return await stream_operation(request, lambda progress: envs.create_tarball(name, progress))
 
@@ -151,6 +189,7 @@ async def list_env_tarballs(request: web.Request) -> web.Response:
 async def delete_env_tarballs(request: web.Request) -> web.Response:
     name = _env_name(request)
     version = query_int(request, "version", None)
+    await authorize(request, name, "delete")
     return json_response({"deleted": await request.app[ENVIRONMENTS].delete_tarballs(name, version)})
 
 
@@ -160,6 +199,7 @@ async def import_env_image(request: web.Request) -> web.StreamResponse:
     image = require_type(data, "image", str)
     pull = require_type(data, "pull", bool, required=False, default=False)
     envs = request.app[ENVIRONMENTS]
+    await authorize(request, name, "replace", claim=True)
     await envs.check_import_image(name, image, pull)
     return await stream_operation(request, lambda progress: envs.import_image(name, image, progress, pull=pull))
 
@@ -169,5 +209,6 @@ async def import_env_tar(request: web.Request) -> web.StreamResponse:
     if request.content_type not in UPLOAD_TYPES:
         raise ValidationError(f"send the tarball as the body, with Content-Type {UPLOAD_TYPES[0]}")
     envs = request.app[ENVIRONMENTS]
+    await authorize(request, name, "replace", claim=True)
     upload = await envs.receive_upload(request.content)
     return await stream_operation(request, lambda progress: envs.import_tar(name, upload, progress))

@@ -11,6 +11,7 @@ from ... import __version__
 from ...errors import NotFound
 from ...parsing import validate_node_name
 from ...webapi import json_response
+from ..accounts import principal_of, require_admin
 from ..cluster import Cluster
 from ..db import NodeRecord
 from ..keys import CLUSTER, DB
@@ -53,6 +54,13 @@ async def get_node(request: web.Request) -> web.Response:
     if node is None:
         raise NotFound(f"no node {name}")
     return json_response(node_json(node, request.app[CLUSTER]))
+
+
+async def forget_node(request: web.Request) -> web.Response:
+    require_admin(principal_of(request), "forget nodes")
+    name = validate_node_name(request.match_info["hostname"])
+    await request.app[CLUSTER].forget_node(name)
+    return json_response({"forgotten": name})
 
 
 async def health(request: web.Request) -> web.Response:

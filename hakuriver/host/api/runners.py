@@ -10,11 +10,37 @@ from ...errors import ValidationError
 from ...ids import parse_id
 from ...models import GpuInfo, NodeResources, NumaNode, TaskState
 from ...parsing import validate_node_name
-from ...webapi import json_response, read_json_object, require_type
+from ...webapi import NODE_KEY_HEADER, json_response, read_json_object, require_type
 from ..keys import CLUSTER, CONFIG, LIVENESS
 from .tasks import task_id_of
 
-REGISTER_FIELDS = {"hostname", "url", "cores", "memory", "numa", "gpus", "tasks", "finishing"}
+REGISTER_FIELDS = {
+    "hostname",
+    "url",
+    "cores",
+    "memory",
+    "numa",
+    "gpus",
+    "tasks",
+    "finishing",
+    "node_key",
+    "order_token",
+}
+MAX_CORES = 1 << 20
+MAX_MEMORY = 1 << 62
+
+
+def _secret(data: dict[str, Any], name: str) -> str | None:
+    value = require_type(data, name, str, required=False)
+    if value is not None and not (16 <= len(value) <= 256 and value.isascii() and value.isprintable()):
+        raise ValidationError(f"'{name}' must be 16 to 256 printable ASCII characters")
+    return value
+
+
+def _node_key(request: web.Request) -> str | None:
+    return request.headers.get(NODE_KEY_HEADER) or None
+
+
 HEARTBEAT_FIELDS = {"hostname", "stats", "tasks", "finishing"}
 REPORT_FIELDS = {"hostname", "state", "exit_code", "error"}
 
@@ -40,8 +66,8 @@ async def runner_register(request: web.Request) -> web.Response:
         raise ValidationError("'url' must be an http(s) URL")
     cores = require_type(data, "cores", int)
     memory = require_type(data, "memory", int)
-    if cores < 1 or memory < 1:
-        raise ValidationError("'cores' and 'memory' must be positive")
+    if not (1 <= cores <= MAX_CORES and 1 <= memory <= MAX_MEMORY):
+        raise ValidationError(f"'cores' must be 1 to {MAX_CORES} and 'memory' 1 to {MAX_MEMORY}")
     try:
         numa = tuple(NumaNode.from_json(n) for n in require_type(data, "numa", list, required=False, default=[]))
         gpus = tuple(GpuInfo.from_json(g) for g in require_type(data, "gpus", list, required=False, default=[]))
@@ -49,7 +75,13 @@ async def runner_register(request: web.Request) -> web.Response:
         raise ValidationError(f"malformed 'numa' or 'gpus': {exc}") from None
     res = NodeResources(hostname=hostname, url=url, cores=cores, memory=memory, numa=numa, gpus=gpus)
     finishing = [parse_id(i) for i in require_type(data, "finishing", list, required=False, default=[])]
-    record = await request.app[LIVENESS].register(res, _reported_tasks(data), finishing)
+    record = await request.app[LIVENESS].register(
+        res,
+        _reported_tasks(data),
+        finishing,
+        node_key=_secret(data, "node_key"),
+        order_token=_secret(data, "order_token") or "",
+    )
     config = request.app[CONFIG]
     return json_response({"hostname": record.hostname, "heartbeat_interval": config.timing.heartbeat_interval})
 
@@ -59,6 +91,7 @@ async def runner_heartbeat(request: web.Request) -> web.Response:
     hostname = validate_node_name(require_type(data, "hostname", str))
     stats = require_type(data, "stats", dict, required=False, default={})
     finishing = [parse_id(i) for i in require_type(data, "finishing", list, required=False, default=[])]
+    request.app[LIVENESS].check_node_key(hostname, _node_key(request))
     kills = await request.app[LIVENESS].heartbeat(hostname, stats, _reported_tasks(data), finishing)
     return json_response({"kill": [str(k) for k in kills]})
 
@@ -73,5 +106,8 @@ async def runner_report(request: web.Request) -> web.Response:
         raise ValidationError(f"unknown state {data.get('state')!r}") from None
     exit_code = require_type(data, "exit_code", int, required=False)
     error = require_type(data, "error", str, required=False)
+    if exit_code is not None and not -(1 << 31) <= exit_code < (1 << 31):
+        raise ValidationError("'exit_code' must fit in 32 bits")
+    request.app[LIVENESS].check_node_key(hostname, _node_key(request))
     task = await request.app[CLUSTER].apply_report(hostname, task_id, state, exit_code=exit_code, error=error)
     return json_response({"task_id": str(task.id), "state": str(task.state)})

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 
 from ... import naming
 from ...errors import NotFound, ValidationError
 from ...ids import parse_id
-from ...models import TaskState
+from ...models import Task, TaskState
 from ...parsing import validate_node_name
 from ...webapi import json_response, query_int, read_json_object, require_type
+from ..accounts import Principal, principal_of, require_owner_or_admin, validate_user_name
 from ..keys import CLUSTER, CONFIG, DB
 from ..logs import read_log
 from ..submission import MAX_TARGETS, SUBMIT_FIELDS, parse_submission
@@ -20,17 +22,44 @@ MAX_LIST = 1000
 MAX_WAIT_SECONDS = 300.0
 
 
+REDACTED = "<redacted>"
+"""What others see of a task's --env values (they may be secrets)."""
+
+
 def task_id_of(request: web.Request) -> int:
     return parse_id(request.match_info["task_id"])
+
+
+def task_view(task: Task, principal: Principal) -> dict[str, Any]:
+    """A task as `principal` may see it: everyone sees every task (like
+    squeue), but only its owner and admins see its env values."""
+    data = task.to_json()
+    if not (principal.is_admin or task.owner == principal.name):
+        data["env"] = dict.fromkeys(task.env, REDACTED)
+    return data
+
+
+async def _owned_task(request: web.Request, what: str) -> Task:
+    task_id = task_id_of(request)
+    task = await request.app[DB].get_task(task_id)
+    if task is None:
+        raise NotFound(f"no task {task_id}")
+    require_owner_or_admin(principal_of(request), task.owner, f"{what} tasks")
+    return task
 
 
 # ----------------------------------------------------------------- tasks
 async def submit_tasks(request: web.Request) -> web.Response:
     data = await read_json_object(request, SUBMIT_FIELDS)
     req = parse_submission(data, request.app[CONFIG])
-    batch_id, tasks = await request.app[CLUSTER].submit(req)
+    principal = principal_of(request)
+    batch_id, tasks = await request.app[CLUSTER].submit(req, owner=principal.name)
     return json_response(
-        {"batch_id": str(batch_id), "task_ids": [str(t.id) for t in tasks], "tasks": [t.to_json() for t in tasks]},
+        {
+            "batch_id": str(batch_id),
+            "task_ids": [str(t.id) for t in tasks],
+            "tasks": [task_view(t, principal) for t in tasks],
+        },
         status=201,
     )
 
@@ -47,15 +76,19 @@ async def list_tasks(request: web.Request) -> web.Response:
     node = request.query.get("node") or None
     if node is not None:
         validate_node_name(node)
+    user = request.query.get("user") or None
+    if user is not None:
+        validate_user_name(user)
     limit = query_int(request, "limit", 100, minimum=1, maximum=MAX_LIST)
     before = request.query.get("before")
     before_id = parse_id(before) if before else None
     # One row more than asked tells whether an older page exists.
-    tasks = await request.app[DB].list_tasks(states=states, node=node, limit=limit + 1, before_id=before_id)
+    tasks = await request.app[DB].list_tasks(states=states, node=node, limit=limit + 1, before_id=before_id, owner=user)
     more = len(tasks) > limit
     tasks = tasks[:limit]
     next_before = str(tasks[-1].id) if more else None
-    return json_response({"tasks": [t.to_json() for t in tasks], "next_before": next_before})
+    principal = principal_of(request)
+    return json_response({"tasks": [task_view(t, principal) for t in tasks], "next_before": next_before})
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -63,19 +96,22 @@ async def get_task(request: web.Request) -> web.Response:
     task = await request.app[DB].get_task(task_id)
     if task is None:
         raise NotFound(f"no task {task_id}")
-    return json_response(task.to_json())
+    return json_response(task_view(task, principal_of(request)))
 
 
 async def kill_task(request: web.Request) -> web.Response:
-    return json_response((await request.app[CLUSTER].kill(task_id_of(request))).to_json())
+    task = await _owned_task(request, "kill")
+    return json_response(task_view(await request.app[CLUSTER].kill(task.id), principal_of(request)))
 
 
 async def pause_task(request: web.Request) -> web.Response:
-    return json_response((await request.app[CLUSTER].pause(task_id_of(request))).to_json())
+    task = await _owned_task(request, "pause")
+    return json_response(task_view(await request.app[CLUSTER].pause(task.id), principal_of(request)))
 
 
 async def resume_task(request: web.Request) -> web.Response:
-    return json_response((await request.app[CLUSTER].resume(task_id_of(request))).to_json())
+    task = await _owned_task(request, "resume")
+    return json_response(task_view(await request.app[CLUSTER].resume(task.id), principal_of(request)))
 
 
 async def wait_tasks(request: web.Request) -> web.Response:
@@ -93,14 +129,14 @@ async def wait_tasks(request: web.Request) -> web.Response:
     missing = [str(i) for i in ids if i not in found]
     if missing:
         raise NotFound(f"no task {', '.join(missing)}")
-    return json_response({"tasks": [t.to_json() for t in tasks], "done": all(t.state.is_final for t in tasks)})
+    principal = principal_of(request)
+    done = all(t.state.is_final for t in tasks)
+    return json_response({"tasks": [task_view(t, principal) for t in tasks], "done": done})
 
 
 async def task_logs(request: web.Request) -> web.StreamResponse:
-    task_id = task_id_of(request)
-    task = await request.app[DB].get_task(task_id)
-    if task is None:
-        raise NotFound(f"no task {task_id}")
+    task = await _owned_task(request, "read the logs of")
+    task_id = task.id
     stream = request.query.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise ValidationError("query parameter 'stream' must be 'stdout' or 'stderr'")
