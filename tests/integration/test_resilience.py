@@ -177,13 +177,12 @@ def test_result_finished_while_the_host_is_down_is_delivered(
     cluster.wait_state(task_id, "running")
     cluster.stop_host()
     release.touch()
-    wait_until(
-        lambda: (
-            docker_client.containers.list(all=True, filters={"name": f"hakuriver-task-{task_id}"}) == []
-            or docker_client.containers.get(f"hakuriver-task-{task_id}").status == "exited"
-        ),
-        what="the task to end while the Host is down",
-    )
+    def ended() -> bool:
+        # One inspect: the runner may remove the container between a list and a get.
+        found = docker_client.containers.list(all=True, filters={"name": f"hakuriver-task-{task_id}"})
+        return all(c.status == "exited" for c in found)
+
+    wait_until(ended, what="the task to end while the Host is down")
     wait_until(
         lambda: f"cannot report task {task_id}" in cluster.runners[node_name].proc.log(),
         what="the runner to fail delivering the result",
