@@ -152,8 +152,8 @@ async def test_memory_hog_is_killed_oom(executor, make_spec):
 async def test_missing_image_is_refused_without_pull_or_leftovers(executor, make_spec, docker_client, monkeypatch):
     pulls = []
     monkeypatch.setattr(docker_client.api, "pull", lambda *a, **k: pulls.append(a) or "")
-    executor._client = docker_client  # the executor must not pull through any path
-    executor._owns_client = False
+    executor._engine._client = docker_client  # the executor must not pull through any path
+    executor._engine._owns_client = False
     image = "hakuriver/definitely-not-here-" + os.urandom(3).hex() + ":base"
     spec = make_spec(["true"], image=image)
     with pytest.raises(ExecutorError) as info:

@@ -1,7 +1,8 @@
 """The Docker backend: one container per task, `hakuriver-task-<id>`.
 
-Only this module (on the runner) imports the Docker SDK, and only when a
-`DockerExecutor` is first used, so importing the executor registry never
+This module and the runner's environment sync are the only runner code that
+uses the Docker SDK, through `hakuriver.dockerapi`, which imports it only
+when a `DockerExecutor` is first used: importing the executor registry never
 needs it.
 
 How a task is run
@@ -52,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import logging
 import os
 import re
@@ -65,7 +65,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ... import naming
-from ...errors import ExecutorError, docker_explanation
+from ...dockerapi import Engine, docker_explanation, sdk
+from ...errors import ExecutorError
 from ...models import ExitResult, TaskState
 from ...naming import LABEL_RUNNER, LABEL_TASK_ID, task_container_name
 from .base import Capabilities, Executor, Handle, LaunchSpec, Presence
@@ -87,17 +88,6 @@ DESTROY_DRAIN_TIMEOUT = 30.0
 
 _STDOUT, _STDERR = 1, 2
 _FRAME = struct.Struct(">BxxxL")
-
-
-def _sdk() -> Any:
-    try:
-        import docker
-    except ImportError as exc:  # pragma: no cover - the SDK is a hard dependency
-        raise ExecutorError(f"the docker executor needs the Docker SDK for Python ({exc})") from exc
-    return docker
-
-
-_explain = docker_explanation
 
 
 # --------------------------------------------------------------- pure builders
@@ -376,6 +366,10 @@ class _Watch:
             _shutdown_socket(sock)
 
 
+def _unreachable(why: str) -> ExecutorError:
+    return ExecutorError(f"cannot reach the Docker engine: {why}")
+
+
 class DockerExecutor(Executor):
     """Runs each task in its own container. See the module docstring."""
 
@@ -400,14 +394,14 @@ class DockerExecutor(Executor):
         `kernel_log`: where to read OOM-kill records (None: trust Docker's flag only)."""
         self.runner_name = runner_name
         self._labels = dict(labels or {})
-        self._client = client
-        self._owns_client = client is None
-        self._base_url = base_url
-        self._max_pool_size = max_pool_size
         self._init = init
-        self._client_lock = threading.Lock()
-        self._calls = concurrent.futures.ThreadPoolExecutor(
-            max_workers=call_threads, thread_name_prefix="hakuriver-docker"
+        self._engine = Engine(
+            threads=call_threads,
+            name="hakuriver-docker",
+            unreachable=_unreachable,
+            client=client,
+            base_url=base_url,
+            max_pool_size=max_pool_size,
         )
         self._watches: dict[str, _Watch] = {}
         self._oom_log = KernelOomLog(kernel_log) if kernel_log else None
@@ -415,25 +409,13 @@ class DockerExecutor(Executor):
 
     # -- plumbing ---------------------------------------------------------
     def _api(self) -> Any:
-        """The low-level APIClient; the client is made on first use, in a worker
-        thread, because making one asks the daemon for its API version."""
-        with self._client_lock:
-            if self._client is None:
-                sdk = _sdk()
-                try:
-                    if self._base_url:
-                        self._client = sdk.DockerClient(base_url=self._base_url, max_pool_size=self._max_pool_size)
-                    else:
-                        self._client = sdk.from_env(max_pool_size=self._max_pool_size)
-                except sdk.errors.DockerException as exc:
-                    raise ExecutorError(f"cannot reach the Docker engine: {_explain(exc)}") from exc
-            return self._client.api
+        """The low-level APIClient (made on first use: call it in a worker thread)."""
+        return self._engine.api()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise ExecutorError("the docker executor is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._calls, functools.partial(fn, *args))
+        return await self._engine.call(fn, *args)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -443,7 +425,7 @@ class DockerExecutor(Executor):
     async def start(self, spec: LaunchSpec) -> Handle:
         self._check_open()
         plan = build_plan(spec, self.runner_name, init=self._init, extra_labels=self._labels)
-        job = self._calls.submit(self._create_and_start, spec, plan)
+        job = self._engine.pool.submit(self._create_and_start, spec, plan)
         try:
             container_id = await asyncio.shield(asyncio.wrap_future(job))
         except asyncio.CancelledError:
@@ -461,7 +443,7 @@ class DockerExecutor(Executor):
         return handle
 
     def _create_and_start(self, spec: LaunchSpec, plan: ContainerPlan) -> str:
-        sdk = _sdk()
+        docker = sdk()
         api = self._api()
         name = plan.create["name"]
         missing = (
@@ -470,18 +452,22 @@ class DockerExecutor(Executor):
         )
         try:
             api.inspect_image(spec.image)
-        except sdk.errors.ImageNotFound:
+        except docker.errors.ImageNotFound:
             raise ExecutorError(missing) from None
-        except sdk.errors.DockerException as exc:
-            raise ExecutorError(f"task {spec.task_id}: cannot inspect image {spec.image}: {_explain(exc)}") from exc
+        except docker.errors.DockerException as exc:
+            raise ExecutorError(
+                f"task {spec.task_id}: cannot inspect image {spec.image}: {docker_explanation(exc)}"
+            ) from exc
 
         try:
             host_config = api.create_host_config(**plan.host_config)
             created = api.create_container(**plan.create, host_config=host_config)
-        except sdk.errors.ImageNotFound:
+        except docker.errors.ImageNotFound:
             raise ExecutorError(missing) from None
-        except sdk.errors.DockerException as exc:
-            raise ExecutorError(f"task {spec.task_id}: cannot create container {name}: {_explain(exc)}") from exc
+        except docker.errors.DockerException as exc:
+            raise ExecutorError(
+                f"task {spec.task_id}: cannot create container {name}: {docker_explanation(exc)}"
+            ) from exc
         container_id = created["Id"]
         try:
             # Fresh, empty output files (made only now that the name was ours):
@@ -495,13 +481,13 @@ class DockerExecutor(Executor):
                     raise ExecutorError(f"task {spec.task_id}: cannot create output file {path}: {exc}") from exc
             try:
                 api.start(container_id)
-            except sdk.errors.DockerException as exc:
-                raise ExecutorError(f"task {spec.task_id} could not start: {_explain(exc)}") from exc
+            except docker.errors.DockerException as exc:
+                raise ExecutorError(f"task {spec.task_id} could not start: {docker_explanation(exc)}") from exc
         except BaseException:
             try:
                 api.remove_container(container_id, force=True)
-            except sdk.errors.DockerException as rm_exc:
-                log.warning("could not remove container %s after a failed start: %s", name, _explain(rm_exc))
+            except docker.errors.DockerException as rm_exc:
+                log.warning("could not remove container %s after a failed start: %s", name, docker_explanation(rm_exc))
             raise
         return container_id
 
@@ -518,7 +504,7 @@ class DockerExecutor(Executor):
                 log.warning("could not remove container %s of a cancelled start: %s", container_id[:12], exc)
 
         try:
-            self._calls.submit(remove)
+            self._engine.pool.submit(remove)
         except RuntimeError:  # pool already shut down: do it here
             remove()
 
@@ -555,7 +541,7 @@ class DockerExecutor(Executor):
 
     def _watch(self, w: _Watch) -> ExitResult | None:
         """Pump the log until the container stops; return how it ended (None: closed)."""
-        sdk = _sdk()
+        docker = sdk()
         for path in (w.stdout_path, w.stderr_path):
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         backoff = 0.0
@@ -567,7 +553,7 @@ class DockerExecutor(Executor):
                 wrote = False
                 try:
                     wrote = self._pump(w, files, trail, follow=True)
-                except sdk.errors.NotFound:
+                except docker.errors.NotFound:
                     if w.stopping.is_set():
                         return None
                     return ExitResult(TaskState.LOST, None, "the task's container disappeared")
@@ -577,10 +563,10 @@ class DockerExecutor(Executor):
                     return None
                 try:
                     state = self._api().inspect_container(w.container_id)["State"]
-                except sdk.errors.NotFound:
+                except docker.errors.NotFound:
                     return ExitResult(TaskState.LOST, None, "the task's container disappeared")
                 except Exception as exc:  # noqa: BLE001 - daemon unreachable: keep trying
-                    log.warning("task %s: cannot inspect its container: %s", w.task_id, _explain(exc))
+                    log.warning("task %s: cannot inspect its container: %s", w.task_id, docker_explanation(exc))
                     state = None
                 if state is not None and presence_of(state) is Presence.EXITED:
                     self._catch_up(w, files, trail if error is None else None)
@@ -594,7 +580,7 @@ class DockerExecutor(Executor):
                     )
                     return exit_result(state, kernel_oom=oom)
                 if error is not None:
-                    log.warning("task %s: log stream broke (%s); resuming", w.task_id, _explain(error))
+                    log.warning("task %s: log stream broke (%s); resuming", w.task_id, docker_explanation(error))
                 backoff = 0.1 if wrote else min(5.0, max(0.1, backoff * 2))
                 if w.stopping.wait(backoff):
                     return None
@@ -626,7 +612,7 @@ class DockerExecutor(Executor):
                     _write_all(target, data)
         except Exception as exc:  # noqa: BLE001 - the exit status matters more than the tail
             if not w.stopping.is_set():
-                log.warning("task %s: the end of its output may be missing: %s", w.task_id, _explain(exc))
+                log.warning("task %s: the end of its output may be missing: %s", w.task_id, docker_explanation(exc))
 
     def _missed_frames(self, w: _Watch, trail: _Trail) -> list[tuple[int, bytes, bytes]] | None:
         """The frames after the last pass's end, or None when that is not certain."""
@@ -705,17 +691,17 @@ class DockerExecutor(Executor):
         await self._call(self._kill, handle, signal)
 
     def _kill(self, handle: Handle, signal: str) -> None:
-        sdk = _sdk()
+        docker = sdk()
         try:
             self._api().kill(handle.ref, signal=signal)
-        except sdk.errors.NotFound:
+        except docker.errors.NotFound:
             return
-        except sdk.errors.APIError as exc:
+        except docker.errors.APIError as exc:
             if exc.status_code == 409:  # not running: it already ended
                 return
-            raise ExecutorError(f"cannot signal task {handle.task_id}: {_explain(exc)}") from exc
-        except sdk.errors.DockerException as exc:
-            raise ExecutorError(f"cannot signal task {handle.task_id}: {_explain(exc)}") from exc
+            raise ExecutorError(f"cannot signal task {handle.task_id}: {docker_explanation(exc)}") from exc
+        except docker.errors.DockerException as exc:
+            raise ExecutorError(f"cannot signal task {handle.task_id}: {docker_explanation(exc)}") from exc
 
     async def pause(self, handle: Handle) -> None:
         await self._call(self._freeze, handle, True)
@@ -724,24 +710,24 @@ class DockerExecutor(Executor):
         await self._call(self._freeze, handle, False)
 
     def _freeze(self, handle: Handle, frozen: bool) -> None:
-        sdk = _sdk()
+        docker = sdk()
         api = self._api()
         verb = "pause" if frozen else "resume"
         try:
             (api.pause if frozen else api.unpause)(handle.ref)
-        except sdk.errors.NotFound:
+        except docker.errors.NotFound:
             raise ExecutorError(f"cannot {verb} task {handle.task_id}: its container no longer exists") from None
-        except sdk.errors.APIError as exc:
+        except docker.errors.APIError as exc:
             # Already in that state is fine (Docker answers 409 or 500); not running is not.
             try:
                 state = api.inspect_container(handle.ref)["State"]
-            except sdk.errors.DockerException:
+            except docker.errors.DockerException:
                 state = {}
             if state.get("Running") and bool(state.get("Paused")) == frozen:
                 return
-            raise ExecutorError(f"cannot {verb} task {handle.task_id}: {_explain(exc)}") from exc
-        except sdk.errors.DockerException as exc:
-            raise ExecutorError(f"cannot {verb} task {handle.task_id}: {_explain(exc)}") from exc
+            raise ExecutorError(f"cannot {verb} task {handle.task_id}: {docker_explanation(exc)}") from exc
+        except docker.errors.DockerException as exc:
+            raise ExecutorError(f"cannot {verb} task {handle.task_id}: {docker_explanation(exc)}") from exc
 
     async def destroy(self, handle: Handle) -> None:
         w = self._watches.get(handle.ref)
@@ -758,17 +744,21 @@ class DockerExecutor(Executor):
             w.stop()
 
     def _remove(self, handle: Handle) -> None:
-        sdk = _sdk()
+        docker = sdk()
         try:
             self._api().remove_container(handle.ref, force=True)
-        except sdk.errors.NotFound:
+        except docker.errors.NotFound:
             return
-        except sdk.errors.APIError as exc:
-            if exc.status_code == 409 and "already in progress" in _explain(exc):
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409 and "already in progress" in docker_explanation(exc):
                 return
-            raise ExecutorError(f"cannot remove the container of task {handle.task_id}: {_explain(exc)}") from exc
-        except sdk.errors.DockerException as exc:
-            raise ExecutorError(f"cannot remove the container of task {handle.task_id}: {_explain(exc)}") from exc
+            raise ExecutorError(
+                f"cannot remove the container of task {handle.task_id}: {docker_explanation(exc)}"
+            ) from exc
+        except docker.errors.DockerException as exc:
+            raise ExecutorError(
+                f"cannot remove the container of task {handle.task_id}: {docker_explanation(exc)}"
+            ) from exc
 
     async def recover(self, handle: Handle) -> Presence:
         """Also accepts a placeholder handle (ref = the container name, no output
@@ -792,13 +782,13 @@ class DockerExecutor(Executor):
         return presence_of(info.get("State") or {})
 
     def _inspect_or_none(self, handle: Handle) -> dict[str, Any] | None:
-        sdk = _sdk()
+        docker = sdk()
         try:
             return self._api().inspect_container(handle.ref)
-        except sdk.errors.NotFound:
+        except docker.errors.NotFound:
             return None
-        except sdk.errors.DockerException as exc:
-            raise ExecutorError(f"cannot inspect task {handle.task_id}: {_explain(exc)}") from exc
+        except docker.errors.DockerException as exc:
+            raise ExecutorError(f"cannot inspect task {handle.task_id}: {docker_explanation(exc)}") from exc
 
     async def check(self) -> str:
         """Reach the engine now; its version, or ExecutorError saying why not.
@@ -806,11 +796,11 @@ class DockerExecutor(Executor):
         engine that comes up later is used then.)"""
 
         def version() -> str:
-            sdk = _sdk()
+            docker = sdk()
             try:
                 return str(self._api().version().get("Version", "unknown"))
-            except sdk.errors.DockerException as exc:
-                raise ExecutorError(f"cannot reach the Docker engine: {_explain(exc)}") from exc
+            except docker.errors.DockerException as exc:
+                raise ExecutorError(f"cannot reach the Docker engine: {docker_explanation(exc)}") from exc
 
         return await self._call(version)
 
@@ -824,13 +814,13 @@ class DockerExecutor(Executor):
         return sorted(found)
 
     def _own_containers(self) -> list[dict[str, Any]]:
-        sdk = _sdk()
+        docker = sdk()
         try:
             return self._api().containers(
                 all=True, filters={"label": [LABEL_TASK_ID, f"{LABEL_RUNNER}={self.runner_name}"]}
             )
-        except sdk.errors.DockerException as exc:
-            raise ExecutorError(f"cannot list task containers: {_explain(exc)}") from exc
+        except docker.errors.DockerException as exc:
+            raise ExecutorError(f"cannot list task containers: {docker_explanation(exc)}") from exc
 
     async def close(self) -> None:
         if self._closed:
@@ -840,7 +830,6 @@ class DockerExecutor(Executor):
         self._watches.clear()
         for w in watches:
             w.stop()
-        loop = asyncio.get_running_loop()
 
         def join() -> None:
             for w in watches:
@@ -849,12 +838,9 @@ class DockerExecutor(Executor):
                     if w.thread.is_alive():
                         log.warning("the watch of task %s did not stop within %.0fs", w.task_id, JOIN_TIMEOUT)
 
-        await loop.run_in_executor(self._calls, join)
+        await self._engine.call(join)
         for w in watches:
             _settle(w.future, exc=ExecutorError("the docker executor was closed before the task ended"))
-        self._calls.shutdown(wait=False, cancel_futures=True)
         if self._oom_log is not None:
             self._oom_log.close()
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            await asyncio.to_thread(client.close)
+        await self._engine.close()
