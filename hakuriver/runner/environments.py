@@ -28,7 +28,7 @@ it replaced is removed only if it is untagged, carries the HakuRiver
 version label of this environment and no container uses it; nothing else is
 ever removed.
 
-This module and `executors/docker.py` are the only runner modules that use
+This module and `executors/docker/` are the only runner code that uses
 Docker (through `hakuriver.dockerapi`); every call runs in this object's own
 threads.
 """
