@@ -16,10 +16,11 @@ tarball without an environment container (a temporary, never started
 container is committed, so that the labels are set).
 
 Rules kept here:
-- This is the only Host module that drives Docker (through
-  `hakuriver.dockerapi`); every SDK call runs in this manager's own threads,
-  never on the event loop. Long operations report progress through a
-  callback (the API streams it as NDJSON).
+- This module and `shell.py` (the exec behind a shell) are the only Host
+  modules that drive Docker (through `hakuriver.dockerapi`); every SDK call
+  runs in this manager's own threads, never on the event loop. Long
+  operations report progress through a callback (the API streams it as
+  NDJSON).
 - Only what HakuRiver made is ever removed: the environment containers (by
   name *and* label), the temporary containers of an import, an image tag an
   import loaded that did not exist before, and the previous commit of an
@@ -47,7 +48,7 @@ from ..config import Config
 from ..dockerapi import Engine, docker_explanation, run_in, sdk, thread_pool
 from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
 from ..parsing import validate_env_name
-from .shell import ShellSession
+from .shell import DockerShell, ShellSession
 
 log = logging.getLogger(__name__)
 
@@ -673,64 +674,11 @@ class EnvironmentManager:
 
         exec_id, sock = await run_in(self._shell_pool, self._guarded, run)
         loop = asyncio.get_running_loop()
-        session = ShellSession(_ShellBackend(self, name, exec_id), sock, loop, self._shell_pool, name=name)
+        session = ShellSession(DockerShell(self._api, name, exec_id), sock, loop, self._shell_pool, name=name)
         self._shells.add(session)
         session.on_close = self._shells.discard
         session.start()
         return session
-
-
-class _ShellBackend:
-    """The Docker side of one shell: resize, exit status, hang-up (blocking; called in
-    the shell pool by `ShellSession`)."""
-
-    def __init__(self, manager: EnvironmentManager, name: str, exec_id: str):
-        self.manager, self.name, self.exec_id = manager, name, exec_id
-
-    def resize(self, rows: int, cols: int) -> None:
-        self.manager._api().exec_resize(self.exec_id, height=rows, width=cols)
-
-    def status(self) -> tuple[bool, int | None]:
-        """(still running, exit code)."""
-        info = self.manager._api().exec_inspect(self.exec_id)
-        return bool(info.get("Running")), info.get("ExitCode")
-
-    def hang_up(self, stop: threading.Event) -> None:
-        """SIGHUP, then SIGKILL, the program if it still runs (a dropped connection
-        must not leave a shell behind in the environment container)."""
-        api = self.manager._api()
-        info = api.exec_inspect(self.exec_id)
-        if not info.get("Running"):
-            return
-        pid = _namespace_pid(int(info.get("Pid") or 0))
-        container = info.get("ContainerID")
-        if pid is None or not container:
-            log.warning("a shell in environment %s may still run (cannot tell its pid)", self.name)
-            return
-        for signal_name in ("HUP", "KILL"):
-            # A fixed script; the pid is a number read from /proc, never user input.
-            kill = api.exec_create(container, ["/bin/sh", "-c", f'kill -{signal_name} "$1"', "sh", str(pid)])
-            api.exec_start(kill["Id"])
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline:
-                if not api.exec_inspect(self.exec_id).get("Running"):
-                    return
-                stop.wait(0.1)
-        log.warning("a shell in environment %s did not end after SIGKILL", self.name)
-
-
-def _namespace_pid(host_pid: int) -> int | None:
-    """The pid a host process has inside its own pid namespace (/proc NSpid), or None."""
-    if host_pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{host_pid}/status", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("NSpid:"):
-                    return int(line.split()[-1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def _split_tag(image: str) -> tuple[str, str | None]:
