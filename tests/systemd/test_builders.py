@@ -11,15 +11,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from hakuriver.deploy import launcher as L
+from hakuriver import launcher as L
 from hakuriver.deploy.launcher_install import (
     install_plan,
     launcher_config_for,
     launcher_source,
     render_launcher_config,
 )
-from hakuriver.deploy.sudoers import DEFAULT_LAUNCHER_PATH, render_sudoers
+from hakuriver.deploy.sudoers import render_sudoers
 from hakuriver.errors import ExecutorError
+from hakuriver.launcher import DEFAULT_LAUNCHER_PATH
 from hakuriver.models import NumaNode, TaskState
 from hakuriver.runner.executors import EXECUTORS, executor_class
 from hakuriver.runner.executors.base import LaunchSpec

@@ -29,7 +29,7 @@ How the end is observed
     unit that vanished without a record (LOST).
 
 What runs as root
-    Only the launcher (see hakuriver/deploy/launcher.py), through
+    Only the launcher (see hakuriver/launcher.py), through
     `sudo -n <launcher> start|kill|pause|resume|cleanup|info`, argv lists,
     the task request as JSON on stdin. `-n` makes a missing sudoers rule fail
     at once with a message instead of waiting for a password. When the runner
@@ -51,13 +51,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ... import naming
-from ...deploy.launcher import (
-    DEFAULT_STATE_DIR,
-    UNIT_PROPERTIES,
-    parse_show,
-)
-from ...deploy.sudoers import DEFAULT_LAUNCHER_PATH
 from ...errors import ExecutorError
+from ...launcher import DEFAULT_LAUNCHER_PATH, DEFAULT_STATE_DIR, UNIT_PROPERTIES, parse_show
 from ...models import ExitResult, TaskState
 from .base import Capabilities, Executor, Handle, LaunchSpec, Presence
 
