@@ -2,9 +2,11 @@
 
 `cleanup_ctx` order: probe the node → open the state store → executors →
 environment sync (tarballs → local images, before each Docker task) →
-supervisor (re-adopts persisted tasks, starts result delivery) → Host link
-(registration and heartbeats). Shutdown runs in reverse and never stops a
-task: only the runner's own coroutines and connections end.
+supervisor (re-adopts persisted tasks) → Host link (registration,
+heartbeats, running reports and result delivery: every call to the Host).
+The supervisor posts what happened (`Notices`) and the link reads it, so
+neither holds the other. Shutdown runs in reverse and never stops a task:
+only the runner's own coroutines and connections end.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .gpu import GpuProbe
 from .hostlink import HostLink
 from .keys import CONFIG, EXECUTORS, HOSTLINK, RESOURCES, STATE, SUPERVISOR
 from .state import RunnerState
-from .supervisor import Supervisor
+from .supervisor import Notices, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -152,28 +154,27 @@ async def _stats(app: web.Application) -> dict[str, Any]:
 
 
 async def _supervisor_and_link(app: web.Application) -> AsyncIterator[None]:
-    config, res = app[CONFIG], app[RESOURCES]
-    link_holder: dict[str, HostLink] = {}
-
-    class _Reporter:
-        async def report(self, *args: Any, **kwargs: Any) -> bool:
-            return await link_holder["link"].report(*args, **kwargs)
-
+    config, res, state = app[CONFIG], app[RESOURCES], app[STATE]
+    notices = Notices()
     sup = Supervisor(
-        config, app[STATE], app[EXECUTORS], _Reporter(), res.numa, res.gpu_ids(), environments=app.get(ENVIRONMENTS)
+        config, state, app[EXECUTORS], notices, res.numa, res.gpu_ids(), environments=app.get(ENVIRONMENTS)
     )
-    link = HostLink(config, res, sup.running_report, sup.holding_ids, lambda: _stats(app), sup.kill)
-    link_holder["link"] = link
-    await link.start()
+    link = HostLink(
+        config,
+        res,
+        state,
+        notices,
+        running=sup.running_report,
+        holding=sup.holding_ids,
+        stats=lambda: _stats(app),
+        on_kill=sup.kill,
+    )
     app[SUPERVISOR], app[HOSTLINK] = sup, link
     await sup.recover()
-    loops = [asyncio.create_task(sup.deliver_loop()), asyncio.create_task(link.heartbeat_loop())]
+    await link.start()
     yield
-    for loop in loops:
-        loop.cancel()
-    await asyncio.gather(*loops, return_exceptions=True)
-    await sup.shutdown()
     await link.close()
+    await sup.shutdown()
 
 
 def create_app(
