@@ -30,14 +30,11 @@ from .environments import EnvironmentSync
 from .executors.base import Executor
 from .gpu import GpuProbe
 from .hostlink import HostLink
-from .keys import CONFIG, EXECUTORS, HOSTLINK, RESOURCES, STATE, SUPERVISOR
+from .keys import CONFIG, ENVIRONMENTS, EXECUTORS, GPU_PROBE, HOSTLINK, RESOURCES, STATE, SUPERVISOR
 from .state import RunnerState
 from .supervisor import Notices, Supervisor
 
 log = logging.getLogger(__name__)
-
-GPU_PROBE = web.AppKey("gpu_probe", GpuProbe)
-ENVIRONMENTS = web.AppKey("environments", EnvironmentSync)
 
 
 def check_runner_config(config: Config) -> None:
