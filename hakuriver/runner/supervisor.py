@@ -205,7 +205,7 @@ class Supervisor:
             except ExecutorError as exc:
                 await self._finish(entry, ExitResult(TaskState.FAILED, error=exc.message))
                 return
-            handle.data["started"] = True
+            handle.started = True
             entry.handle = handle
             await self.state.save_task(handle, entry.request)
             entry.started = True
@@ -296,7 +296,7 @@ class Supervisor:
             )
             presence = await executor.recover(handle)
             self.tasks[handle.task_id] = entry
-            if presence is Presence.MISSING and not handle.data.get("started"):
+            if presence is Presence.MISSING and not handle.started:
                 log.info("task %s had not started before the restart; starting it now", handle.task_id)
                 try:
                     spec = self.build_spec(request)

@@ -74,17 +74,31 @@ class Handle:
     ref: str
     """Backend reference: a container id, a unit name."""
     data: dict[str, Any] = field(default_factory=dict)
+    """Backend-owned state (output paths, names); only the backend reads it."""
+    started: bool = False
+    """The supervisor's mark: `start` returned this handle, so the task really
+    started. The placeholder persisted before `start` is not marked."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"task_id": str(self.task_id), "executor": self.executor, "ref": self.ref, "data": self.data}
+        return {
+            "task_id": str(self.task_id),
+            "executor": self.executor,
+            "ref": self.ref,
+            "data": self.data,
+            "started": self.started,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Handle:
+        backend = dict(data.get("data") or {})
+        # Handles persisted by earlier versions carry the mark in `data`.
+        started = bool(data.get("started", False)) | bool(backend.pop("started", False))
         return cls(
             task_id=int(data["task_id"]),
             executor=str(data["executor"]),
             ref=str(data["ref"]),
-            data=dict(data.get("data") or {}),
+            data=backend,
+            started=started,
         )
 
 
