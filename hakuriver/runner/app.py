@@ -56,15 +56,15 @@ async def default_executors(config: Config) -> dict[str, Executor]:
 
     systemd (`--container NULL`) is registered only where systemd is PID 1 and
     the root-owned task launcher is installed; elsewhere the supervisor refuses
-    NULL tasks ("this runner has no systemd executor available"). A missing
-    sudoers rule or allow-list entry is logged here and fails each task with
-    the same reason."""
+    NULL tasks ("this runner has no systemd executor available"). Each
+    backend's fingerprint is logged; a missing sudoers rule or allow-list
+    entry is logged here and fails each task with the same reason."""
     from .executors.docker import DockerExecutor
     from .executors.systemd import SystemdExecutor, launcher_problem, systemd_booted
 
     docker_ex = DockerExecutor(runner_name=config.runner_name)
     try:
-        log.info("Docker engine %s", await docker_ex.check())
+        log.info("%s", (await docker_ex.fingerprint()).summary)
     except Exception as exc:  # noqa: BLE001 - start-up report only
         log.warning("the Docker engine does not answer (%s); Docker tasks fail until it does", exc)
     executors: dict[str, Executor] = {"docker": docker_ex}
@@ -76,8 +76,7 @@ async def default_executors(config: Config) -> dict[str, Executor]:
         return executors
     executors["systemd"] = systemd_ex
     try:
-        info = await systemd_ex.check()
-        log.info("--container NULL tasks run as %s through %s", systemd_ex.task_user, info.get("launcher"))
+        log.info("%s", (await systemd_ex.fingerprint()).summary)
     except Exception as exc:  # noqa: BLE001 - start-up report only
         log.error("--container NULL tasks will fail: %s", exc)
     return executors

@@ -496,13 +496,13 @@ async def test_recover_from_a_placeholder_handle(make_executor, make_spec, docke
 
 
 async def test_check_reports_the_engine(executor):
-    assert (await executor.check())[:1].isdigit()
+    assert (await executor.fingerprint()).version[:1].isdigit()
 
 
 async def test_check_on_an_unreachable_engine(make_executor):
     ex = make_executor(base_url="unix:///nonexistent/docker.sock")
     with pytest.raises(ExecutorError, match="cannot reach the Docker engine"):
-        await ex.check()
+        await ex.fingerprint()
 
 
 async def test_a_second_start_of_the_same_task_is_refused_and_harmless(executor, make_spec, task_dirs):

@@ -8,7 +8,7 @@ standard library (it drives the root-owned task launcher through sudo).
 from __future__ import annotations
 
 from ...errors import ExecutorError
-from .base import Capabilities, Executor, Handle, LaunchSpec, Presence
+from .base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
 from .docker import DockerExecutor
 from .fake import FakeExecutor
 from .systemd import SystemdExecutor
@@ -36,6 +36,7 @@ __all__ = [
     "Executor",
     "ExecutorError",
     "FakeExecutor",
+    "Fingerprint",
     "Handle",
     "LaunchSpec",
     "Presence",

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from ...errors import ExecutorError
 from ...models import ExitResult, TaskState
-from .base import Capabilities, Executor, Handle, LaunchSpec, Presence
+from .base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
 
 SCRIPT_WORD = "fake"
 
@@ -113,6 +113,9 @@ class FakeExecutor(Executor):
     def __init__(self, runner_name: str = "", **_: object):
         self.runner_name = runner_name
         self._tasks: dict[str, _FakeTask] = {}
+
+    async def fingerprint(self) -> Fingerprint:
+        return Fingerprint(version="fake", summary="fake tasks run inside the runner's process")
 
     @staticmethod
     def _ref(task_id: int) -> str:

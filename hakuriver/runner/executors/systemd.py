@@ -54,7 +54,7 @@ from ... import naming
 from ...errors import ExecutorError
 from ...launcher import DEFAULT_LAUNCHER_PATH, DEFAULT_STATE_DIR, UNIT_PROPERTIES, parse_show
 from ...models import ExitResult, TaskState
-from .base import Capabilities, Executor, Handle, LaunchSpec, Presence
+from .base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
 
 log = logging.getLogger(__name__)
 
@@ -366,9 +366,9 @@ class SystemdExecutor(Executor):
             ) from None
         return data if isinstance(data, dict) else {}
 
-    async def check(self) -> dict[str, Any]:
-        """Run `launcher info` through sudo now: the allow-list it reads, or ExecutorError
-        saying what is missing (not part of the contract)."""
+    async def fingerprint(self) -> Fingerprint:
+        """Runs `launcher info` through sudo: the facts are the launcher's paths and
+        the allow-list it reads. ExecutorError also when it does not allow the task user."""
         if self._user_error:
             raise ExecutorError(self._user_error)
         info = await self._launcher("info")
@@ -378,7 +378,11 @@ class SystemdExecutor(Executor):
                 f"the launcher config does not allow tasks to run as {self.task_user!r} "
                 f"(it allows {', '.join(info.get('task_users') or []) or 'nobody'})"
             )
-        return info
+        return Fingerprint(
+            version=str(info.get("version", "unknown")),
+            summary=f"--container NULL tasks run as {self.task_user} through {info.get('launcher')}",
+            facts=info,
+        )
 
     async def _state_dir_path(self) -> str:
         if self._state_dir is None:

@@ -30,7 +30,7 @@ from ....dockerapi import Engine, docker_explanation, sdk
 from ....errors import ExecutorError
 from ....models import ExitResult, TaskState
 from ....naming import LABEL_RUNNER, LABEL_TASK_ID
-from ..base import Capabilities, Executor, Handle, LaunchSpec, Presence
+from ..base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
 from .logs import STDERR, STDOUT, Trail, Watch, catch_up, pump, settle
 from .oom import KernelOomLog
 from .plan import SHARED_MOUNT, ContainerPlan, build_plan, exit_result, presence_of
@@ -375,19 +375,17 @@ class DockerExecutor(Executor):
         except docker.errors.DockerException as exc:
             raise ExecutorError(f"cannot inspect task {handle.task_id}: {docker_explanation(exc)}") from exc
 
-    async def check(self) -> str:
-        """Reach the engine now; its version, or ExecutorError saying why not.
-        (Not part of the Executor contract: the constructor never blocks, and an
-        engine that comes up later is used then.)"""
-
-        def version() -> str:
+    async def fingerprint(self) -> Fingerprint:
+        def version() -> dict[str, Any]:
             docker = sdk()
             try:
-                return str(self._api().version().get("Version", "unknown"))
+                return dict(self._api().version())
             except docker.errors.DockerException as exc:
                 raise ExecutorError(f"cannot reach the Docker engine: {docker_explanation(exc)}") from exc
 
-        return await self._call(version)
+        facts = await self._call(version)
+        engine = str(facts.get("Version", "unknown"))
+        return Fingerprint(version=engine, summary=f"Docker engine {engine}", facts=facts)
 
     async def list_untracked(self, tracked: set[int]) -> list[int]:
         containers = await self._call(self._own_containers)
