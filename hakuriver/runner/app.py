@@ -27,6 +27,7 @@ from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
 from . import probe
 from .api import ROUTES
 from .environments import EnvironmentSync
+from .executors import executor_class
 from .executors.base import Executor
 from .gpu import GpuProbe
 from .hostlink import HostLink
@@ -49,36 +50,35 @@ def state_path(config: Config) -> str:
     return str(Path(config.paths.local_temp_dir) / f"hakuriver-runner-{config.runner_name}.db")
 
 
+NODE_EXECUTORS = ("docker", "systemd")
+"""The backends a runner offers, by their names in the executor registry."""
+
+
 async def default_executors(config: Config) -> dict[str, Executor]:
-    """The backends this node offers. Docker stays registered even when its
-    engine does not answer yet (it connects on first use, so Docker tasks work
-    once the engine is up); the check only tells the admin at start.
+    """The backends this node offers: each of NODE_EXECUTORS, from the registry,
+    where it can work at all.
 
-    systemd (`--container NULL`) is registered only where systemd is PID 1 and
-    the root-owned task launcher is installed; elsewhere the supervisor refuses
-    NULL tasks ("this runner has no systemd executor available"). Each
-    backend's fingerprint is logged; a missing sudoers rule or allow-list
-    entry is logged here and fails each task with the same reason."""
-    from .executors.docker import DockerExecutor
-    from .executors.systemd import SystemdExecutor, launcher_problem, systemd_booted
-
-    docker_ex = DockerExecutor(runner_name=config.runner_name)
-    try:
-        log.info("%s", (await docker_ex.fingerprint()).summary)
-    except Exception as exc:  # noqa: BLE001 - start-up report only
-        log.warning("the Docker engine does not answer (%s); Docker tasks fail until it does", exc)
-    executors: dict[str, Executor] = {"docker": docker_ex}
-    systemd_ex = SystemdExecutor.from_config(config)
-    problem = None if systemd_booted() else "systemd is not PID 1 on this node"
-    problem = problem or launcher_problem(systemd_ex.launcher_path)
-    if problem:
-        log.info("--container NULL tasks are not available: %s", problem)
-        return executors
-    executors["systemd"] = systemd_ex
-    try:
-        log.info("%s", (await systemd_ex.fingerprint()).summary)
-    except Exception as exc:  # noqa: BLE001 - start-up report only
-        log.error("--container NULL tasks will fail: %s", exc)
+    Docker always can: it stays registered even when its engine does not
+    answer yet (it connects on first use, so Docker tasks work once the
+    engine is up). systemd (`--container NULL`) is registered only where
+    systemd is PID 1 and the root-owned task launcher is installed; elsewhere
+    the supervisor refuses NULL tasks ("this runner has no systemd executor
+    available"). Each registered backend's fingerprint is logged, or why it
+    cannot be taken (an engine down, a missing sudoers rule or allow-list
+    entry: each task then fails with that reason)."""
+    executors: dict[str, Executor] = {}
+    for name in NODE_EXECUTORS:
+        executor = executor_class(name).from_config(config)
+        problem = await executor.unavailable()
+        if problem:
+            log.info("no %s executor on this node: %s", name, problem)
+            await executor.close()
+            continue
+        executors[name] = executor
+        try:
+            log.info("%s", (await executor.fingerprint()).summary)
+        except Exception as exc:  # noqa: BLE001 - start-up report only
+            log.warning("the %s executor does not answer (%s); its tasks fail until it does", name, exc)
     return executors
 
 

@@ -1,5 +1,8 @@
 """Execution backends: a closed registry of the `Executor` implementations.
 
+The runner builds its backends by name through it (`runner.app.default_executors`);
+an unknown name is an ExecutorError that lists the known ones.
+
 Importing this package does not import the Docker SDK: `docker.py` loads it
 when a `DockerExecutor` is first used. `systemd.py` needs nothing beyond the
 standard library (it drives the root-owned task launcher through sudo).

@@ -33,9 +33,12 @@ import abc
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from ...models import ExitResult, Mount, NumaNode
+
+if TYPE_CHECKING:
+    from ...config import Config
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,18 @@ class Executor(abc.ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: Config) -> Self:
+        """This backend for a runner's configuration. Never blocks and reaches
+        nothing yet: a backend connects on first use."""
+
+    async def unavailable(self) -> str | None:
+        """Why this backend cannot work on this node at all (a missing system
+        piece), or None when it can. One that only cannot be reached yet is
+        available: `fingerprint` says so, and it is used once it can be."""
+        return None
 
     @abc.abstractmethod
     async def fingerprint(self) -> Fingerprint:

@@ -26,10 +26,14 @@ import os
 import shlex
 import signal as _signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ...errors import ExecutorError
 from ...models import ExitResult, TaskState
 from .base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
+
+if TYPE_CHECKING:
+    from ...config import Config
 
 SCRIPT_WORD = "fake"
 
@@ -113,6 +117,10 @@ class FakeExecutor(Executor):
     def __init__(self, runner_name: str = "", **_: object):
         self.runner_name = runner_name
         self._tasks: dict[str, _FakeTask] = {}
+
+    @classmethod
+    def from_config(cls, config: Config) -> FakeExecutor:
+        return cls(config.runner_name)
 
     async def fingerprint(self) -> Fingerprint:
         return Fingerprint(version="fake", summary="fake tasks run inside the runner's process")

@@ -309,6 +309,14 @@ class SystemdExecutor(Executor):
             **kwargs,
         )
 
+    async def unavailable(self) -> str | None:
+        """Where systemd is not PID 1, or the root-owned launcher is not installed as
+        it must be. A missing sudoers rule or allow-list entry is not detected here:
+        `fingerprint` reports it, and each task fails with the same reason."""
+        if not systemd_booted():
+            return "systemd is not PID 1 on this node"
+        return launcher_problem(self.launcher_path)
+
     # -- plumbing ---------------------------------------------------------
     async def _exec(self, argv: list[str], *, input: bytes | None = None, timeout: float = CALL_TIMEOUT) -> _Call:
         try:

@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .... import naming
 from ....dockerapi import Engine, docker_explanation, sdk
@@ -34,6 +34,9 @@ from ..base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Pres
 from .logs import STDERR, STDOUT, Trail, Watch, catch_up, pump, settle
 from .oom import KernelOomLog
 from .plan import SHARED_MOUNT, ContainerPlan, build_plan, exit_result, presence_of
+
+if TYPE_CHECKING:
+    from ....config import Config
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,10 @@ class DockerExecutor(Executor):
         self._watches: dict[str, Watch] = {}
         self._oom_log = KernelOomLog(kernel_log) if kernel_log else None
         self._closed = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> DockerExecutor:
+        return cls(config.runner_name)
 
     # -- plumbing ---------------------------------------------------------
     def _api(self) -> Any:
