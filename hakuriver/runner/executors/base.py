@@ -119,8 +119,10 @@ class Presence(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Capabilities:
+    """What a backend can do beyond the contract's minimum."""
+
     pause: bool = True
-    oom_detection: bool = True
+    """`pause` and `resume` work (the supervisor refuses them otherwise)."""
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ class _FakeTask:
 
 class FakeExecutor(Executor):
     name = "fake"
-    capabilities = Capabilities(pause=True, oom_detection=True)
+    capabilities = Capabilities(pause=True)
 
     def __init__(self, runner_name: str = "", **_: object):
         self.runner_name = runner_name

@@ -262,7 +262,7 @@ class SystemdExecutor(Executor):
     """Runs each task as a transient systemd service. See the module docstring."""
 
     name = "systemd"
-    capabilities = Capabilities(pause=True, oom_detection=True)
+    capabilities = Capabilities(pause=True)
 
     def __init__(
         self,

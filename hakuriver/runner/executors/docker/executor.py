@@ -58,7 +58,7 @@ class DockerExecutor(Executor):
     """Runs each task in its own container. See the package docstring."""
 
     name = "docker"
-    capabilities = Capabilities(pause=True, oom_detection=True)
+    capabilities = Capabilities(pause=True)
 
     def __init__(
         self,
