@@ -62,7 +62,6 @@ class HostLink:
         self._holding = holding
         self._stats = stats
         self._on_kill = on_kill
-        self.registered = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._announcing = asyncio.Lock()
         self._loops: list[asyncio.Task[None]] = []
@@ -119,7 +118,6 @@ class HostLink:
                 status, body = await self._post("/api/runner/register", self._register_payload())
                 if status == 200:
                     log.info("registered with the Host at %s as %s", self.base, self.resources.hostname)
-                    self.registered.set()
                     return
                 log.warning("registration refused (%s): %s", status, _error(body))
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -156,7 +154,6 @@ class HostLink:
         status, body = await self._post("/api/runner/heartbeat", payload)
         if status == 404:
             log.warning("the Host does not know this node any more; registering again")
-            self.registered.clear()
             await self.register_forever()
             return
         if status != 200:
