@@ -162,10 +162,6 @@ class RunnerState:
         n = await self._write((f"UPDATE tasks SET {', '.join(sets)} WHERE task_id = ?", (*params, task_id)))
         return n > 0
 
-    async def forget(self, task_id: int) -> None:
-        """Drop an active task without a result (e.g. it never really started)."""
-        await self._write(("DELETE FROM tasks WHERE task_id = ?", (task_id,)))
-
     # -- results --------------------------------------------------------
     async def record_result(self, task_id: int, result: ExitResult, finished_at: float) -> None:
         """Move a task from active to the outbox, atomically. A result recorded
