@@ -176,7 +176,9 @@ async def _supervisor_and_link(app: web.Application) -> AsyncIterator[None]:
 def create_app(
     config: Config, *, executors: dict[str, Executor] | None = None, sync_environments: bool | None = None
 ) -> web.Application:
-    """The Runner app. `executors` replaces the node's real backends (tests, demos).
+    """The Runner app. `executors` replaces the node's real backends (tests, demos),
+    keyed like them: "docker" runs environment tasks, "systemd" `--container NULL`
+    ones (see `Supervisor`).
     `sync_environments`: load environment tarballs before Docker tasks (default:
     only with the real backends)."""
     check_runner_config(config)

@@ -88,6 +88,10 @@ class Supervised:
 
 
 class Supervisor:
+    """`executors` maps a backend name to the backend: "docker" runs environment
+    tasks, "systemd" `--container NULL` ones; a persisted handle is re-adopted by
+    the one under the name it records (`Handle.executor`)."""
+
     def __init__(
         self,
         config: Config,
@@ -122,7 +126,7 @@ class Supervisor:
     # ------------------------------------------------------------ accept
     def _executor_for(self, container: str) -> Executor:
         name = "systemd" if container == SYSTEMD_CONTAINER else "docker"
-        executor = self.executors.get(name) or self.executors.get("*")
+        executor = self.executors.get(name)
         if executor is None:
             raise ValidationError(
                 f"this runner has no {name} executor available; it cannot run "
@@ -280,7 +284,7 @@ class Supervisor:
         """Re-adopt every task persisted by a previous run of this runner."""
         for active in await self.state.active():
             handle, request = active.handle, active.task
-            executor = self.executors.get(handle.executor) or self.executors.get("*")
+            executor = self.executors.get(handle.executor)
             if executor is None:
                 log.error(
                     "task %s was run by the %s executor, which is not available now", handle.task_id, handle.executor
