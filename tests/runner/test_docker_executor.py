@@ -350,19 +350,6 @@ async def test_recover_missing_container(executor):
     await executor.stop(handle)  # nothing there: fine
 
 
-async def test_list_untracked_filters_on_task_and_runner_labels(make_executor, make_spec, runner_name):
-    mine = make_executor()
-    other = make_executor(runner_name + "-other")
-    specs = [make_spec(["sleep", "300"]) for _ in range(3)]
-    handles = [await mine.start(specs[0]), await mine.start(specs[1]), await other.start(specs[2])]
-    assert await mine.list_untracked({specs[0].task_id}) == [specs[1].task_id]
-    assert await mine.list_untracked(set()) == sorted([specs[0].task_id, specs[1].task_id])
-    assert await other.list_untracked(set()) == [specs[2].task_id]
-    for h, ex in zip(handles, (mine, mine, other)):
-        await ex.destroy(h)
-    assert await mine.list_untracked(set()) == []
-
-
 async def test_closed_executor_refuses_work(make_executor, make_spec):
     ex = make_executor()
     await ex.close()

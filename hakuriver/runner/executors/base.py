@@ -209,10 +209,6 @@ class Executor(abc.ABC):
         `start` (its ref follows from the task id): MISSING then says the task
         never started. Afterwards `wait` works as on a fresh handle."""
 
-    @abc.abstractmethod
-    async def list_untracked(self, tracked: set[int]) -> list[int]:
-        """IDs of tasks this backend finds on the node that are not in `tracked`."""
-
     async def close(self) -> None:  # noqa: B027 - optional hook; a no-op by default
         """Release backend resources (clients, threads, watches). Tasks keep
         running; another executor's `recover` finds them."""

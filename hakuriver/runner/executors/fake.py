@@ -234,9 +234,6 @@ class FakeExecutor(Executor):
             return Presence.EXITED
         return Presence.PAUSED if t.paused else Presence.RUNNING
 
-    async def list_untracked(self, tracked: set[int]) -> list[int]:
-        return sorted(t.task_id for t in self._tasks.values() if t.task_id not in tracked)
-
     async def close(self) -> None:
         """Fake tasks live in this process: closing ends them (a real backend's would not)."""
         for t in list(self._tasks.values()):

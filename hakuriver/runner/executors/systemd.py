@@ -584,37 +584,6 @@ class SystemdExecutor(Executor):
                 return Presence.PAUSED
         return Presence.RUNNING
 
-    async def list_untracked(self, tracked: set[int]) -> list[int]:
-        call = await self._exec(
-            [
-                self.systemctl_path,
-                "--no-pager",
-                "list-units",
-                "--all",
-                "--plain",
-                "--no-legend",
-                "--full",
-                f"{naming.TASK_PREFIX}*.service",
-            ],
-            timeout=60,
-        )
-        if call.rc != 0:
-            raise ExecutorError(f"systemctl list-units failed: {self._explain(call)}")
-        found = set()
-        for line in call.stdout.splitlines():
-            parts = line.split(None, 4)
-            if not parts:
-                continue
-            tid = naming.task_id_from_name(parts[0])
-            desc = parts[4] if len(parts) > 4 else ""
-            if (
-                tid is not None
-                and tid not in tracked
-                and (not self.runner_name or f"(runner {self.runner_name})" in desc)
-            ):
-                found.add(tid)
-        return sorted(found)
-
     async def close(self) -> None:
         if self._closed:
             return

@@ -29,7 +29,6 @@ from .... import naming
 from ....dockerapi import Engine, docker_explanation, sdk
 from ....errors import ExecutorError
 from ....models import ExitResult, TaskState
-from ....naming import LABEL_RUNNER, LABEL_TASK_ID
 from ..base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
 from .logs import STDERR, STDOUT, Trail, Watch, catch_up, pump, settle
 from .oom import KernelOomLog
@@ -393,24 +392,6 @@ class DockerExecutor(Executor):
         facts = await self._call(version)
         engine = str(facts.get("Version", "unknown"))
         return Fingerprint(version=engine, summary=f"Docker engine {engine}", facts=facts)
-
-    async def list_untracked(self, tracked: set[int]) -> list[int]:
-        containers = await self._call(self._own_containers)
-        found: set[int] = set()
-        for c in containers:
-            value = (c.get("Labels") or {}).get(LABEL_TASK_ID, "")
-            if value.isdigit() and int(value) not in tracked:
-                found.add(int(value))
-        return sorted(found)
-
-    def _own_containers(self) -> list[dict[str, Any]]:
-        docker = sdk()
-        try:
-            return self._api().containers(
-                all=True, filters={"label": [LABEL_TASK_ID, f"{LABEL_RUNNER}={self.runner_name}"]}
-            )
-        except docker.errors.DockerException as exc:
-            raise ExecutorError(f"cannot list task containers: {docker_explanation(exc)}") from exc
 
     async def close(self) -> None:
         if self._closed:
