@@ -3,8 +3,8 @@
 The runner builds its backends by name through it (`runner.app.default_executors`);
 an unknown name is an ExecutorError that lists the known ones.
 
-Importing this package does not import the Docker SDK: `docker.py` loads it
-when a `DockerExecutor` is first used. `systemd.py` needs nothing beyond the
+Importing this package does not import the Docker SDK: `docker/` loads it
+(through `hakuriver.dockerapi`) when a `DockerExecutor` is first used. `systemd.py` needs nothing beyond the
 standard library (it drives the root-owned task launcher through sudo).
 """
 
