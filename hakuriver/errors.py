@@ -84,11 +84,3 @@ class HostUnreachable(HakuRiverError):
     """A client could not reach the Host (CLI side)."""
 
     code = "unreachable"
-
-
-def docker_explanation(exc: BaseException) -> str:
-    """Docker's own explanation of an SDK error, without the request URL noise."""
-    explanation = getattr(exc, "explanation", None)
-    if explanation:
-        return explanation.decode(errors="replace") if isinstance(explanation, bytes) else str(explanation)
-    return str(exc) or type(exc).__name__

@@ -27,13 +27,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import launcher as _launcher
-from .sudoers import (
-    DEFAULT_LAUNCHER_CONFIG,
-    DEFAULT_LAUNCHER_PATH,
-    DEFAULT_SUDOERS_PATH,
-    render_sudoers,
-)
+from .. import launcher as _launcher
+from ..launcher import DEFAULT_LAUNCHER_CONFIG, DEFAULT_LAUNCHER_PATH
+from .sudoers import DEFAULT_SUDOERS_PATH, render_sudoers
 
 DEFAULT_PYTHON = "/usr/bin/python3"
 DEFAULT_STATE_DIR = _launcher.DEFAULT_STATE_DIR
@@ -42,10 +38,10 @@ DEFAULT_NUMACTL = _launcher.DEFAULT_NUMACTL
 
 def launcher_source(python: str = DEFAULT_PYTHON) -> str:
     """The launcher program's text, with its `#!` line naming `python` (run isolated, `-I`)."""
-    text = resources.files("hakuriver.deploy").joinpath("launcher.py").read_text(encoding="utf-8")
+    text = resources.files("hakuriver").joinpath("launcher.py").read_text(encoding="utf-8")
     first, _, rest = text.partition("\n")
     if not first.startswith("#!"):
-        raise RuntimeError("hakuriver/deploy/launcher.py lost its #! line")
+        raise RuntimeError("hakuriver/launcher.py lost its #! line")
     if not python.startswith("/") or any(c.isspace() for c in python):
         raise ValueError(f"python must be an absolute path without spaces, not {python!r}")
     return f"#!{python} -I\n{rest}"

@@ -1,7 +1,7 @@
 """The sudoers drop-in for systemd (`--container NULL`) tasks: the one place its text is produced.
 
 The runner user gets exactly one command as root: the root-owned task launcher
-(`hakuriver/deploy/launcher.py`, installed at `DEFAULT_LAUNCHER_PATH`). The
+(`hakuriver/launcher.py`, installed at `DEFAULT_LAUNCHER_PATH`). The
 launcher validates its arguments against a root-owned allow-list and builds
 the `systemd-run` / `systemctl` argv itself, so no sudoers wildcard has to
 constrain arguments (sudoers `*` matches spaces and cannot do that safely).
@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import re
 
-DEFAULT_LAUNCHER_DIR = "/usr/local/libexec/hakuriver"
-DEFAULT_LAUNCHER_PATH = f"{DEFAULT_LAUNCHER_DIR}/hakuriver-task-launcher"
-DEFAULT_LAUNCHER_CONFIG = "/etc/hakuriver/launcher.json"
+from ..launcher import DEFAULT_LAUNCHER_PATH
+
 DEFAULT_SUDOERS_PATH = "/etc/sudoers.d/hakuriver"
 
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")

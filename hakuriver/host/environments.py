@@ -16,9 +16,11 @@ tarball without an environment container (a temporary, never started
 container is committed, so that the labels are set).
 
 Rules kept here:
-- This is the only Host module that imports the Docker SDK; every SDK call
+- This module and `shell.py` (the exec behind a shell) are the only Host
+  modules that drive Docker (through `hakuriver.dockerapi`); every SDK call
   runs in this manager's own threads, never on the event loop. Long
-  operations report progress through a callback (the API streams it as NDJSON).
+  operations report progress through a callback (the API streams it as
+  NDJSON).
 - Only what HakuRiver made is ever removed: the environment containers (by
   name *and* label), the temporary containers of an import, an image tag an
   import loaded that did not exist before, and the previous commit of an
@@ -30,8 +32,6 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import json
 import logging
 import os
@@ -45,9 +45,10 @@ from typing import Any, TypeVar
 
 from .. import naming, tarballs
 from ..config import Config
-from ..errors import Conflict, HakuRiverError, NotFound, ValidationError, docker_explanation
+from ..dockerapi import Engine, docker_explanation, run_in, sdk, thread_pool
+from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
 from ..parsing import validate_env_name
-from .shell import ShellSession
+from .shell import DockerShell, ShellSession
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,8 @@ _TERM = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
 _IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
 
 
-def _sdk() -> Any:
-    import docker
-
-    return docker
-
-
-explain = docker_explanation
+def _unreachable(why: str) -> HakuRiverError:
+    return HakuRiverError(f"cannot reach the Docker engine on the Host: {why}", code="docker", status=503)
 
 
 def validate_image_ref(image: str) -> str:
@@ -114,11 +110,10 @@ class EnvironmentManager:
         self.config = config
         self.directory = tarballs.tarball_dir(config)
         self.keep = max(1, config.docker.keep_tarballs)
-        self._client = client
-        self._owns_client = client is None
-        self._client_lock = threading.Lock()
-        self._pool = concurrent.futures.ThreadPoolExecutor(OP_THREADS, thread_name_prefix="hakuriver-env")
-        self._shell_pool = concurrent.futures.ThreadPoolExecutor(SHELL_THREADS, thread_name_prefix="hakuriver-shell")
+        self._engine = Engine(
+            threads=OP_THREADS, name="hakuriver-env", unreachable=_unreachable, client=client, timeout=DOCKER_TIMEOUT
+        )
+        self._shell_pool = thread_pool(SHELL_THREADS, "hakuriver-shell")
         self._locks: dict[str, asyncio.Lock] = {}
         self._stopping = threading.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -127,30 +122,20 @@ class EnvironmentManager:
 
     # ------------------------------------------------------------ plumbing
     def _api(self) -> Any:
-        with self._client_lock:
-            if self._client is None:
-                sdk = _sdk()
-                try:
-                    self._client = sdk.from_env(timeout=DOCKER_TIMEOUT)
-                except sdk.errors.DockerException as exc:
-                    raise HakuRiverError(
-                        f"cannot reach the Docker engine on the Host: {explain(exc)}", code="docker", status=503
-                    ) from exc
-            return self._client.api
+        return self._engine.api()
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(self._guarded, fn, *args, **kwargs))
+        return await self._engine.call(self._guarded, fn, *args, **kwargs)
 
     def _guarded(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run `fn` in a worker thread, turning Docker failures into API errors."""
-        sdk = _sdk()
+        docker = sdk()
         try:
             return fn(*args, **kwargs)
         except HakuRiverError:
             raise
-        except sdk.errors.DockerException as exc:
-            raise HakuRiverError(f"Docker on the Host: {explain(exc)}", code="docker", status=502) from exc
+        except docker.errors.DockerException as exc:
+            raise HakuRiverError(f"Docker on the Host: {docker_explanation(exc)}", code="docker", status=502) from exc
         except OSError as exc:  # the shared storage: full, read-only, gone
             where = f" ({exc.filename})" if exc.filename else ""
             raise HakuRiverError(f"storage on the Host: {exc.strerror or exc}{where}", code="storage") from exc
@@ -192,11 +177,8 @@ class EnvironmentManager:
             await shell.close()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=30)
-        self._pool.shutdown(wait=False, cancel_futures=True)
         self._shell_pool.shutdown(wait=False, cancel_futures=True)
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            await asyncio.to_thread(client.close)
+        await self._engine.close()
 
     async def bootstrap_default(self) -> None:
         """Give the default environment a tarball if it has none (in the background).
@@ -252,20 +234,20 @@ class EnvironmentManager:
 
     # ----------------------------------------------------------- containers
     def _image_or_none(self, ref: str) -> dict[str, Any] | None:
-        sdk = _sdk()
+        docker = sdk()
         try:
             return self._api().inspect_image(ref)
-        except sdk.errors.ImageNotFound:
+        except docker.errors.ImageNotFound:
             return None
-        except sdk.errors.NotFound:
+        except docker.errors.NotFound:
             return None
 
     def _env_container(self, name: str) -> dict[str, Any] | None:
         """The environment container of `name` (by name *and* label), or None."""
-        sdk = _sdk()
+        docker = sdk()
         try:
             info = self._api().inspect_container(naming.environment_container_name(name))
-        except sdk.errors.NotFound:
+        except docker.errors.NotFound:
             return None
         if (info.get("Config", {}).get("Labels") or {}).get(naming.LABEL_ENVIRONMENT) != name:
             raise Conflict(
@@ -343,7 +325,7 @@ class EnvironmentManager:
             return self.container_json(info, name)
 
     def _pull(self, image: str, progress: Progress) -> None:
-        sdk = _sdk()
+        docker = sdk()
         repo, tag = _split_tag(image)
         last = 0.0
         try:
@@ -354,8 +336,10 @@ class EnvironmentManager:
                 if now - last >= PROGRESS_INTERVAL and event.get("status"):
                     last = now
                     progress("pull", f"{event.get('id', '')} {event['status']} {event.get('progress', '')}".strip())
-        except sdk.errors.DockerException as exc:
-            raise HakuRiverError(f"cannot pull {image}: {explain(exc)}", code="pull_failed", status=502) from exc
+        except docker.errors.DockerException as exc:
+            raise HakuRiverError(
+                f"cannot pull {image}: {docker_explanation(exc)}", code="pull_failed", status=502
+            ) from exc
 
     def _create_env_container(self, name: str, image: str) -> dict[str, Any]:
         api = self._api()
@@ -543,11 +527,11 @@ class EnvironmentManager:
         return api.inspect_image(loaded[0])["Id"]
 
     def _untag(self, tag: str) -> None:
-        sdk = _sdk()
+        docker = sdk()
         try:
             self._api().remove_image(tag, noprune=True)
-        except sdk.errors.DockerException as exc:
-            log.info("left the imported tag %s in place: %s", tag, explain(exc))
+        except docker.errors.DockerException as exc:
+            log.info("left the imported tag %s in place: %s", tag, docker_explanation(exc))
 
     async def _commit_and_save(
         self, name: str, container: str, source_config: dict[str, Any], progress: Progress
@@ -639,14 +623,14 @@ class EnvironmentManager:
 
     def _remove_if_unused(self, image_id: str, name: str) -> None:
         """Remove a previous commit of `name`: only if untagged, ours, and unused."""
-        sdk = _sdk()
+        docker = sdk()
         api = self._api()
         try:
             if not tarballs.replaced_image_removable(api.inspect_image(image_id), name):
                 return
             api.remove_image(image_id, noprune=True)
-        except sdk.errors.DockerException as exc:  # in use by a container: it stays
-            log.debug("kept the previous image %s of %s: %s", image_id[:19], name, explain(exc))
+        except docker.errors.DockerException as exc:  # in use by a container: it stays
+            log.debug("kept the previous image %s of %s: %s", image_id[:19], name, docker_explanation(exc))
 
     # --------------------------------------------------------------- shells
     def _require_running(self, name: str) -> dict[str, Any]:
@@ -660,8 +644,7 @@ class EnvironmentManager:
 
     async def check_shell(self, name: str) -> None:
         validate_env_name(name)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._shell_pool, functools.partial(self._guarded, self._require_running, name))
+        await run_in(self._shell_pool, self._guarded, self._require_running, name)
 
     async def open_shell(self, name: str, command: list[str] | None, rows: int, cols: int, term: str) -> ShellSession:
         """Start `command` (default: a login shell) with a terminal in the running
@@ -686,69 +669,16 @@ class EnvironmentManager:
             try:
                 api.exec_resize(exec_id, height=rows, width=cols)
             except Exception as exc:  # noqa: BLE001 - the first size is a nicety
-                log.debug("first resize of a shell failed: %s", explain(exc))
+                log.debug("first resize of a shell failed: %s", docker_explanation(exc))
             return exec_id, sock
 
+        exec_id, sock = await run_in(self._shell_pool, self._guarded, run)
         loop = asyncio.get_running_loop()
-        exec_id, sock = await loop.run_in_executor(self._shell_pool, functools.partial(self._guarded, run))
-        session = ShellSession(_ShellBackend(self, name, exec_id), sock, loop, self._shell_pool, name=name)
+        session = ShellSession(DockerShell(self._api, name, exec_id), sock, loop, self._shell_pool, name=name)
         self._shells.add(session)
         session.on_close = self._shells.discard
         session.start()
         return session
-
-
-class _ShellBackend:
-    """The Docker side of one shell: resize, exit status, hang-up (blocking; called in
-    the shell pool by `ShellSession`)."""
-
-    def __init__(self, manager: EnvironmentManager, name: str, exec_id: str):
-        self.manager, self.name, self.exec_id = manager, name, exec_id
-
-    def resize(self, rows: int, cols: int) -> None:
-        self.manager._api().exec_resize(self.exec_id, height=rows, width=cols)
-
-    def status(self) -> tuple[bool, int | None]:
-        """(still running, exit code)."""
-        info = self.manager._api().exec_inspect(self.exec_id)
-        return bool(info.get("Running")), info.get("ExitCode")
-
-    def hang_up(self, stop: threading.Event) -> None:
-        """SIGHUP, then SIGKILL, the program if it still runs (a dropped connection
-        must not leave a shell behind in the environment container)."""
-        api = self.manager._api()
-        info = api.exec_inspect(self.exec_id)
-        if not info.get("Running"):
-            return
-        pid = _namespace_pid(int(info.get("Pid") or 0))
-        container = info.get("ContainerID")
-        if pid is None or not container:
-            log.warning("a shell in environment %s may still run (cannot tell its pid)", self.name)
-            return
-        for signal_name in ("HUP", "KILL"):
-            # A fixed script; the pid is a number read from /proc, never user input.
-            kill = api.exec_create(container, ["/bin/sh", "-c", f'kill -{signal_name} "$1"', "sh", str(pid)])
-            api.exec_start(kill["Id"])
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline:
-                if not api.exec_inspect(self.exec_id).get("Running"):
-                    return
-                stop.wait(0.1)
-        log.warning("a shell in environment %s did not end after SIGKILL", self.name)
-
-
-def _namespace_pid(host_pid: int) -> int | None:
-    """The pid a host process has inside its own pid namespace (/proc NSpid), or None."""
-    if host_pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{host_pid}/status", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("NSpid:"):
-                    return int(line.split()[-1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def _split_tag(image: str) -> tuple[str, str | None]:

@@ -2,8 +2,9 @@
 relayed over a websocket.
 
 `EnvironmentManager.open_shell` starts the program through `docker exec` with a
-terminal (all Docker work stays in `environments.py`) and hands the session
-its attached socket; this module only moves bytes:
+terminal and hands the session its attached socket and a `DockerShell`, the
+exec's Docker side (resize, exit status, hang-up), defined here with the
+session that moves the bytes:
 
 - A dedicated daemon thread reads the exec's stream into a bounded queue, so
   a slow client slows the program down rather than filling the Host's
@@ -27,6 +28,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -48,6 +50,60 @@ class ShellBackend(Protocol):
         """(still running, exit code)."""
 
     def hang_up(self, stop: threading.Event) -> None: ...
+
+
+class DockerShell:
+    """The Docker side of one shell, a `ShellBackend`: resize, exit status, hang-up
+    of the exec `exec_id` (blocking; called in the shell pool by `ShellSession`).
+    `api` gives the APIClient (`EnvironmentManager`'s engine)."""
+
+    def __init__(self, api: Callable[[], Any], name: str, exec_id: str):
+        self.api, self.name, self.exec_id = api, name, exec_id
+
+    def resize(self, rows: int, cols: int) -> None:
+        self.api().exec_resize(self.exec_id, height=rows, width=cols)
+
+    def status(self) -> tuple[bool, int | None]:
+        """(still running, exit code)."""
+        info = self.api().exec_inspect(self.exec_id)
+        return bool(info.get("Running")), info.get("ExitCode")
+
+    def hang_up(self, stop: threading.Event) -> None:
+        """SIGHUP, then SIGKILL, the program if it still runs (a dropped connection
+        must not leave a shell behind in the environment container)."""
+        api = self.api()
+        info = api.exec_inspect(self.exec_id)
+        if not info.get("Running"):
+            return
+        pid = _namespace_pid(int(info.get("Pid") or 0))
+        container = info.get("ContainerID")
+        if pid is None or not container:
+            log.warning("a shell in environment %s may still run (cannot tell its pid)", self.name)
+            return
+        for signal_name in ("HUP", "KILL"):
+            # A fixed script; the pid is a number read from /proc, never user input.
+            kill = api.exec_create(container, ["/bin/sh", "-c", f'kill -{signal_name} "$1"', "sh", str(pid)])
+            api.exec_start(kill["Id"])
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                if not api.exec_inspect(self.exec_id).get("Running"):
+                    return
+                stop.wait(0.1)
+        log.warning("a shell in environment %s did not end after SIGKILL", self.name)
+
+
+def _namespace_pid(host_pid: int) -> int | None:
+    """The pid a host process has inside its own pid namespace (/proc NSpid), or None."""
+    if host_pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{host_pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 class ShellSession:

@@ -2,9 +2,11 @@
 
 `cleanup_ctx` order: probe the node → open the state store → executors →
 environment sync (tarballs → local images, before each Docker task) →
-supervisor (re-adopts persisted tasks, starts result delivery) → Host link
-(registration and heartbeats). Shutdown runs in reverse and never stops a
-task: only the runner's own coroutines and connections end.
+supervisor (re-adopts persisted tasks) → Host link (registration,
+heartbeats, running reports and result delivery: every call to the Host).
+The supervisor posts what happened (`Notices`) and the link reads it, so
+neither holds the other. Shutdown runs in reverse and never stops a task:
+only the runner's own coroutines and connections end.
 """
 
 from __future__ import annotations
@@ -25,17 +27,15 @@ from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware, sha
 from . import probe
 from .api import ROUTES
 from .environments import EnvironmentSync
+from .executors import executor_class
 from .executors.base import Executor
 from .gpu import GpuProbe
 from .hostlink import HostLink
-from .keys import CONFIG, EXECUTORS, HOSTLINK, RESOURCES, STATE, SUPERVISOR
+from .keys import CONFIG, ENVIRONMENTS, EXECUTORS, GPU_PROBE, HOSTLINK, RESOURCES, STATE, SUPERVISOR
 from .state import RunnerState
-from .supervisor import Supervisor
+from .supervisor import Notices, Supervisor
 
 log = logging.getLogger(__name__)
-
-GPU_PROBE = web.AppKey("gpu_probe", GpuProbe)
-ENVIRONMENTS = web.AppKey("environments", EnvironmentSync)
 
 
 def check_runner_config(config: Config) -> None:
@@ -52,37 +52,35 @@ def state_path(config: Config) -> str:
     return str(Path(config.paths.local_temp_dir) / f"hakuriver-runner-{config.runner_name}.db")
 
 
+NODE_EXECUTORS = ("docker", "systemd")
+"""The backends a runner offers, by their names in the executor registry."""
+
+
 async def default_executors(config: Config) -> dict[str, Executor]:
-    """The backends this node offers. Docker stays registered even when its
-    engine does not answer yet (it connects on first use, so Docker tasks work
-    once the engine is up); the check only tells the admin at start.
+    """The backends this node offers: each of NODE_EXECUTORS, from the registry,
+    where it can work at all.
 
-    systemd (`--container NULL`) is registered only where systemd is PID 1 and
-    the root-owned task launcher is installed; elsewhere the supervisor refuses
-    NULL tasks ("this runner has no systemd executor available"). A missing
-    sudoers rule or allow-list entry is logged here and fails each task with
-    the same reason."""
-    from .executors.docker import DockerExecutor
-    from .executors.systemd import SystemdExecutor, launcher_problem, systemd_booted
-
-    docker_ex = DockerExecutor(runner_name=config.runner_name)
-    try:
-        log.info("Docker engine %s", await docker_ex.check())
-    except Exception as exc:  # noqa: BLE001 - start-up report only
-        log.warning("the Docker engine does not answer (%s); Docker tasks fail until it does", exc)
-    executors: dict[str, Executor] = {"docker": docker_ex}
-    systemd_ex = SystemdExecutor.from_config(config)
-    problem = None if systemd_booted() else "systemd is not PID 1 on this node"
-    problem = problem or launcher_problem(systemd_ex.launcher_path)
-    if problem:
-        log.info("--container NULL tasks are not available: %s", problem)
-        return executors
-    executors["systemd"] = systemd_ex
-    try:
-        info = await systemd_ex.check()
-        log.info("--container NULL tasks run as %s through %s", systemd_ex.task_user, info.get("launcher"))
-    except Exception as exc:  # noqa: BLE001 - start-up report only
-        log.error("--container NULL tasks will fail: %s", exc)
+    Docker always can: it stays registered even when its engine does not
+    answer yet (it connects on first use, so Docker tasks work once the
+    engine is up). systemd (`--container NULL`) is registered only where
+    systemd is PID 1 and the root-owned task launcher is installed; elsewhere
+    the supervisor refuses NULL tasks ("this runner has no systemd executor
+    available"). Each registered backend's fingerprint is logged, or why it
+    cannot be taken (an engine down, a missing sudoers rule or allow-list
+    entry: each task then fails with that reason)."""
+    executors: dict[str, Executor] = {}
+    for name in NODE_EXECUTORS:
+        executor = executor_class(name).from_config(config)
+        problem = await executor.unavailable()
+        if problem:
+            log.info("no %s executor on this node: %s", name, problem)
+            await executor.close()
+            continue
+        executors[name] = executor
+        try:
+            log.info("%s", (await executor.fingerprint()).summary)
+        except Exception as exc:  # noqa: BLE001 - start-up report only
+            log.warning("the %s executor does not answer (%s); its tasks fail until it does", name, exc)
     return executors
 
 
@@ -154,34 +152,35 @@ async def _stats(app: web.Application) -> dict[str, Any]:
 
 
 async def _supervisor_and_link(app: web.Application) -> AsyncIterator[None]:
-    config, res = app[CONFIG], app[RESOURCES]
-    link_holder: dict[str, HostLink] = {}
-
-    class _Reporter:
-        async def report(self, *args: Any, **kwargs: Any) -> bool:
-            return await link_holder["link"].report(*args, **kwargs)
-
+    config, res, state = app[CONFIG], app[RESOURCES], app[STATE]
+    notices = Notices()
     sup = Supervisor(
-        config, app[STATE], app[EXECUTORS], _Reporter(), res.numa, res.gpu_ids(), environments=app.get(ENVIRONMENTS)
+        config, state, app[EXECUTORS], notices, res.numa, res.gpu_ids(), environments=app.get(ENVIRONMENTS)
     )
-    link = HostLink(config, res, sup.running_report, sup.holding_ids, lambda: _stats(app), sup.kill)
-    link_holder["link"] = link
-    await link.start()
+    link = HostLink(
+        config,
+        res,
+        state,
+        notices,
+        running=sup.running_report,
+        holding=sup.holding_ids,
+        stats=lambda: _stats(app),
+        on_kill=sup.kill,
+    )
     app[SUPERVISOR], app[HOSTLINK] = sup, link
     await sup.recover()
-    loops = [asyncio.create_task(sup.deliver_loop()), asyncio.create_task(link.heartbeat_loop())]
+    await link.start()
     yield
-    for loop in loops:
-        loop.cancel()
-    await asyncio.gather(*loops, return_exceptions=True)
-    await sup.shutdown()
     await link.close()
+    await sup.shutdown()
 
 
 def create_app(
     config: Config, *, executors: dict[str, Executor] | None = None, sync_environments: bool | None = None
 ) -> web.Application:
-    """The Runner app. `executors` replaces the node's real backends (tests, demos).
+    """The Runner app. `executors` replaces the node's real backends (tests, demos),
+    keyed like them: "docker" runs environment tasks, "systemd" `--container NULL`
+    ones (see `Supervisor`).
     `sync_environments`: load environment tarballs before Docker tasks (default:
     only with the real backends)."""
     check_runner_config(config)

@@ -28,17 +28,15 @@ it replaced is removed only if it is untagged, carries the HakuRiver
 version label of this environment and no container uses it; nothing else is
 ever removed.
 
-This module and `executors/docker.py` are the only runner modules that use
-the Docker SDK; every call runs in this object's own threads.
+This module and `executors/docker/` are the only runner code that uses
+Docker (through `hakuriver.dockerapi`); every call runs in this object's own
+threads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,7 +45,8 @@ from typing import Any, TypeVar
 
 from .. import naming, tarballs
 from ..config import Config
-from ..errors import ExecutorError, ValidationError, docker_explanation
+from ..dockerapi import Engine, docker_explanation, sdk
+from ..errors import ExecutorError, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +57,8 @@ DOCKER_TIMEOUT = 3600
 SYNC_THREADS = 2
 
 
-def _sdk() -> Any:
-    import docker
-
-    return docker
-
-
-_explain = docker_explanation
+def _unreachable(why: str) -> ExecutorError:
+    return ExecutorError(f"cannot reach the Docker engine: {why}")
 
 
 @dataclass(frozen=True)
@@ -92,10 +86,13 @@ class EnvironmentSync:
 
     def __init__(self, config: Config, *, client: Any = None):
         self.directory: Path = tarballs.tarball_dir(config)
-        self._client = client
-        self._owns_client = client is None
-        self._client_lock = threading.Lock()
-        self._pool = concurrent.futures.ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="hakuriver-envsync")
+        self._engine = Engine(
+            threads=SYNC_THREADS,
+            name="hakuriver-envsync",
+            unreachable=_unreachable,
+            client=client,
+            timeout=DOCKER_TIMEOUT,
+        )
         self._locks: dict[str, asyncio.Lock] = {}
         self._failed: dict[tuple[str, int, int], str] = {}
         self._loaded: dict[str, tuple[tuple[str, int, int], str]] = {}
@@ -105,20 +102,12 @@ class EnvironmentSync:
         self._closed = False
 
     def _api(self) -> Any:
-        with self._client_lock:
-            if self._client is None:
-                sdk = _sdk()
-                try:
-                    self._client = sdk.from_env(timeout=DOCKER_TIMEOUT)
-                except sdk.errors.DockerException as exc:
-                    raise ExecutorError(f"cannot reach the Docker engine: {_explain(exc)}") from exc
-            return self._client.api
+        return self._engine.api()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise ExecutorError("the runner is stopping")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+        return await self._engine.call(fn, *args)
 
     async def ensure(self, name: str) -> str:
         """Make `hakuriver/<name>:base` current; its reference, or ExecutorError saying why not."""
@@ -132,13 +121,13 @@ class EnvironmentSync:
 
     # ------------------------------------------------------------ threads
     def _local(self, image: str) -> LocalImage | None:
-        sdk = _sdk()
+        docker = sdk()
         try:
             info = self._api().inspect_image(image)
-        except sdk.errors.ImageNotFound:
+        except docker.errors.ImageNotFound:
             return None
-        except sdk.errors.DockerException as exc:
-            raise ExecutorError(f"cannot inspect {image}: {_explain(exc)}") from exc
+        except docker.errors.DockerException as exc:
+            raise ExecutorError(f"cannot inspect {image}: {docker_explanation(exc)}") from exc
         return LocalImage(info["Id"], image_version(info))
 
     def _sync(self, name: str, image: str) -> None:
@@ -163,7 +152,7 @@ class EnvironmentSync:
         self._load(name, image, newest, local)
 
     def _load(self, name: str, image: str, tarball: tarballs.Tarball, previous: LocalImage | None) -> None:
-        sdk = _sdk()
+        docker = sdk()
         api = self._api()
         self.loads += 1
         log.info("environment %s: loading tarball %s (version %d) into %s", name, tarball.path, tarball.version, image)
@@ -182,8 +171,8 @@ class EnvironmentSync:
                             loaded.append(stream[len(prefix) :].strip())
         except OSError as exc:
             error = f"cannot read it: {exc.strerror or exc}"
-        except sdk.errors.DockerException as exc:
-            error = _explain(exc)
+        except docker.errors.DockerException as exc:
+            error = docker_explanation(exc)
         if error is None and not loaded:
             error = "it holds no image"
         if error is None and image not in loaded:
@@ -191,8 +180,8 @@ class EnvironmentSync:
             try:
                 repo, _, tag = image.rpartition(":")
                 api.tag(loaded[0], repo, tag)
-            except sdk.errors.DockerException as exc:
-                error = f"cannot tag {loaded[0]} as {image}: {_explain(exc)}"
+            except docker.errors.DockerException as exc:
+                error = f"cannot tag {loaded[0]} as {image}: {docker_explanation(exc)}"
         if error is not None:
             kept = (
                 f"the previous image (version {previous.version})"
@@ -227,21 +216,18 @@ class EnvironmentSync:
 
     def _remove_replaced(self, name: str, image_id: str) -> None:
         """Remove the image a load replaced: only if untagged, ours for `name`, and unused."""
-        sdk = _sdk()
+        docker = sdk()
         api = self._api()
         try:
             if not tarballs.replaced_image_removable(api.inspect_image(image_id), name):
                 return
             api.remove_image(image_id, noprune=True)
             log.info("environment %s: removed the replaced image %s", name, image_id[:19])
-        except sdk.errors.DockerException as exc:  # still used by a running task: it stays
-            log.debug("environment %s: kept the replaced image %s: %s", name, image_id[:19], _explain(exc))
+        except docker.errors.DockerException as exc:  # still used by a running task: it stays
+            log.debug("environment %s: kept the replaced image %s: %s", name, image_id[:19], docker_explanation(exc))
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            await asyncio.to_thread(client.close)
+        await self._engine.close()

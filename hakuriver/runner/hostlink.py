@@ -1,11 +1,21 @@
 """The runner's link to the Host: registration, heartbeats, state reports.
 
+HostLink owns every call the runner makes to the Host. The Supervisor only
+records and posts (`supervisor.Notices`); HostLink runs three loops:
+
 - Registration retries with capped, jittered backoff *forever*: a runner is
   never "up but unregistered" (the original gave up after five tries).
-- Heartbeats keep a monotonic schedule, and everything slow (psutil, NVML)
-  runs in a thread, so starting or stopping tasks never makes one late.
-- A heartbeat answered "unknown node" (a Host with a fresh database) triggers
-  re-registration at once.
+  Heartbeats then keep a monotonic schedule, and everything slow (psutil,
+  NVML) runs in a thread, so starting or stopping tasks never makes one
+  late. A heartbeat answered "unknown node" (a Host with a fresh database)
+  triggers re-registration at once.
+- Each task the Supervisor posts as started is reported `running` at once,
+  once, best effort: a lost report is made good by the heartbeat, which
+  lists every running task.
+- Every result in the state store's durable outbox is sent until the Host
+  acknowledges it, and only then deleted (results recorded before a runner
+  restart are sent after it). A task's `running` report always goes before
+  its result.
 """
 
 from __future__ import annotations
@@ -22,15 +32,23 @@ import aiohttp
 from ..config import Config
 from ..models import NodeResources, TaskState
 from ..webapi import auth_headers
+from .state import RunnerState
+from .supervisor import Notices
 
 log = logging.getLogger(__name__)
 
 
 class HostLink:
+    """See the module docstring. `running`, `holding` and `on_kill` are the
+    Supervisor's views and kill; `stats` samples the node for heartbeats."""
+
     def __init__(
         self,
         config: Config,
         resources: NodeResources,
+        state: RunnerState,
+        notices: Notices,
+        *,
         running: Callable[[], list[dict[str, str]]],
         holding: Callable[[], list[int]],
         stats: Callable[[], Awaitable[dict[str, Any]]],
@@ -38,21 +56,36 @@ class HostLink:
     ):
         self.config = config
         self.resources = resources
+        self._state = state
+        self._notices = notices
         self._running = running
         self._holding = holding
         self._stats = stats
         self._on_kill = on_kill
-        self.registered = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self._announcing = asyncio.Lock()
+        self._loops: list[asyncio.Task[None]] = []
         self.base = config.host_url
 
     async def start(self) -> None:
+        """Open the connection pool and start the loops (register and heartbeat,
+        running reports, result delivery)."""
         timeout = aiohttp.ClientTimeout(total=max(self.config.timing.heartbeat_interval * 2, 5.0), connect=5.0)
         self._session = aiohttp.ClientSession(
             timeout=timeout, headers=auth_headers(self.config.auth.effective_runner_token())
         )
+        self._loops = [
+            asyncio.create_task(self.deliver_loop()),
+            asyncio.create_task(self.announce_loop()),
+            asyncio.create_task(self.heartbeat_loop()),
+        ]
 
     async def close(self) -> None:
+        """Stop the loops and close the connections. Undelivered results stay in the outbox."""
+        loops, self._loops = self._loops, []
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
@@ -87,7 +120,6 @@ class HostLink:
                 status, body = await self._post("/api/runner/register", self._register_payload())
                 if status == 200:
                     log.info("registered with the Host at %s as %s", self.base, self.resources.hostname)
-                    self.registered.set()
                     return
                 log.warning("registration refused (%s): %s", status, _error(body))
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -124,7 +156,6 @@ class HostLink:
         status, body = await self._post("/api/runner/heartbeat", payload)
         if status == 404:
             log.warning("the Host does not know this node any more; registering again")
-            self.registered.clear()
             await self.register_forever()
             return
         if status != 200:
@@ -140,7 +171,48 @@ class HostLink:
             except Exception as exc:  # noqa: BLE001 - one failed kill must not stop the others
                 log.warning("kill of task %s requested by the Host failed: %s", raw, exc)
 
-    # ------------------------------------------------------------ report
+    # ------------------------------------------------- running and results
+    async def announce_loop(self) -> None:
+        """Report each task posted as started `running`, as soon as it is posted."""
+        while True:
+            await self._notices.new_start.wait()
+            self._notices.new_start.clear()
+            await self._announce()
+
+    async def _announce(self) -> None:
+        """Report every start posted so far, concurrently; return once they are sent.
+        Serialised, so that a caller returns only after the reports taken by any
+        other caller are sent too."""
+        async with self._announcing:
+            started = self._notices.take_started()
+            sent = await asyncio.gather(*(self.report(i, TaskState.RUNNING) for i in started), return_exceptions=True)
+            for task_id, outcome in zip(started, sent, strict=True):
+                if isinstance(outcome, BaseException):
+                    log.error("reporting task %s as running failed: %r", task_id, outcome)
+
+    async def deliver_loop(self) -> None:
+        """Send every recorded result until the Host acknowledges it."""
+        backoff = 0.5
+        while True:
+            self._notices.new_result.clear()
+            outbox = await self._state.outbox()
+            # Every start of a task read above was posted before its result was
+            # recorded: sending the starts now keeps each `running` before its end.
+            await self._announce()
+            failed = False
+            for item in outbox:
+                r = item.result
+                if await self.report(item.task_id, r.state, r.exit_code, r.error):
+                    await self._state.acknowledge(item.task_id)
+                else:
+                    failed = True
+            if failed:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = 0.5
+            await self._notices.new_result.wait()
+
     async def report(
         self, task_id: int, state: TaskState, exit_code: int | None = None, error: str | None = None
     ) -> bool:

@@ -6,7 +6,9 @@ from aiohttp import web
 
 from ..config import Config
 from ..models import NodeResources
+from .environments import EnvironmentSync
 from .executors.base import Executor
+from .gpu import GpuProbe
 from .hostlink import HostLink
 from .state import RunnerState
 from .supervisor import Supervisor
@@ -17,3 +19,6 @@ STATE = web.AppKey("state", RunnerState)
 EXECUTORS = web.AppKey("executors", dict[str, Executor])
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 HOSTLINK = web.AppKey("hostlink", HostLink)
+GPU_PROBE = web.AppKey("gpu_probe", GpuProbe)
+ENVIRONMENTS = web.AppKey("environments", EnvironmentSync)
+"""Absent when environment sync is off (the default with injected executors)."""

@@ -8,7 +8,9 @@ when the Host acknowledges the result. After a restart the runner reloads
 
 One connection, one asyncio.Lock, short `BEGIN IMMEDIATE` transactions; WAL
 with `synchronous=FULL` so a committed row survives a power cut. Migrations
-are keyed on `PRAGMA user_version`.
+are keyed on `PRAGMA user_version`. The ids in the outbox are also kept in
+memory (`in_outbox`, `outbox_ids`), in step with the table: only this
+object writes it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,10 +81,11 @@ class OutboxEntry:
 class RunnerState:
     """Use `await RunnerState.open(path)`; `await close()` when done."""
 
-    def __init__(self, db: aiosqlite.Connection, path: str):
+    def __init__(self, db: aiosqlite.Connection, path: str, outbox_ids: Iterable[int] = ()):
         self._db = db
         self._lock = asyncio.Lock()
         self.path = path
+        self._outbox_ids = set(outbox_ids)
 
     @classmethod
     async def open(cls, path: str) -> RunnerState:
@@ -93,10 +97,12 @@ class RunnerState:
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA busy_timeout=5000")
             await _migrate(db)
+            async with db.execute("SELECT task_id FROM outbox") as cur:
+                outbox_ids = [int(r[0]) for r in await cur.fetchall()]
         except BaseException:
             await db.close()
             raise
-        return cls(db, path)
+        return cls(db, path, outbox_ids)
 
     async def close(self) -> None:
         async with self._lock:
@@ -156,10 +162,6 @@ class RunnerState:
         n = await self._write((f"UPDATE tasks SET {', '.join(sets)} WHERE task_id = ?", (*params, task_id)))
         return n > 0
 
-    async def forget(self, task_id: int) -> None:
-        """Drop an active task without a result (e.g. it never really started)."""
-        await self._write(("DELETE FROM tasks WHERE task_id = ?", (task_id,)))
-
     # -- results --------------------------------------------------------
     async def record_result(self, task_id: int, result: ExitResult, finished_at: float) -> None:
         """Move a task from active to the outbox, atomically. A result recorded
@@ -173,6 +175,15 @@ class RunnerState:
             ),
             ("DELETE FROM tasks WHERE task_id = ?", (task_id,)),
         )
+        self._outbox_ids.add(task_id)
+
+    def in_outbox(self, task_id: int) -> bool:
+        """Whether a result of this task waits in the outbox (no query)."""
+        return task_id in self._outbox_ids
+
+    def outbox_ids(self) -> list[int]:
+        """The ids of the results in the outbox, in id order (no query)."""
+        return sorted(self._outbox_ids)
 
     async def outbox(self) -> list[OutboxEntry]:
         rows = await self._read(
@@ -193,6 +204,7 @@ class RunnerState:
     async def acknowledge(self, task_id: int) -> None:
         """The Host has the result: forget it."""
         await self._write(("DELETE FROM outbox WHERE task_id = ?", (task_id,)))
+        self._outbox_ids.discard(task_id)
 
 
 def _active(row: Any) -> ActiveTask:

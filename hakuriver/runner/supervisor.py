@@ -5,10 +5,14 @@ Durability, in order:
    unit name follows from the task id) *before* starting anything. A runner
    that dies mid-start finds the task again on restart: adopted if it
    started, started now if it never did.
-2. After `start`, the real handle is persisted, then the Host is told
-   `running`.
-3. The result goes to a durable outbox before the task is forgotten, and is
-   re-sent until the Host acknowledges it (`deliver_loop`).
+2. After `start`, the real handle is persisted, then the task's start is
+   posted (`Notices`) for the Host to be told `running`.
+3. The result goes to a durable outbox before the task is forgotten, and
+   its recording is posted.
+
+The Supervisor never calls the Host: `HostLink` owns every such call. It
+reports each posted start, and re-sends every outbox entry until the Host
+acknowledges it.
 
 Stopping the runner cancels these coroutines only; tasks keep running and
 are re-adopted by `recover` at the next start.
@@ -42,11 +46,33 @@ class Environments(Protocol):
         its reference, or ExecutorError saying why the task cannot run."""
 
 
-class Reporter(Protocol):
-    async def report(
-        self, task_id: int, state: TaskState, exit_code: int | None = None, error: str | None = None
-    ) -> bool:
-        """Send a state to the Host; True when the Host acknowledged it (2xx, or a definitive 4xx)."""
+class Notices:
+    """What the Supervisor posts for whoever tells the Host (`HostLink`), without
+    knowing who that is. Posting never waits.
+
+    - `task_started(id)`: a task really started and its handle is persisted;
+      the Host should be told it runs. The ids queue up in order for
+      `take_started()`; `new_start` is set with each.
+    - `result_recorded()`: a result is in the state store's outbox;
+      `new_result` is set.
+    """
+
+    def __init__(self) -> None:
+        self._started: list[int] = []
+        self.new_start = asyncio.Event()
+        self.new_result = asyncio.Event()
+
+    def task_started(self, task_id: int) -> None:
+        self._started.append(task_id)
+        self.new_start.set()
+
+    def take_started(self) -> list[int]:
+        """The ids posted since the last take, oldest first."""
+        started, self._started = self._started, []
+        return started
+
+    def result_recorded(self) -> None:
+        self.new_result.set()
 
 
 @dataclass
@@ -62,12 +88,16 @@ class Supervised:
 
 
 class Supervisor:
+    """`executors` maps a backend name to the backend: "docker" runs environment
+    tasks, "systemd" `--container NULL` ones; a persisted handle is re-adopted by
+    the one under the name it records (`Handle.executor`)."""
+
     def __init__(
         self,
         config: Config,
         state: RunnerState,
         executors: dict[str, Executor],
-        reporter: Reporter,
+        notices: Notices,
         numa: tuple[NumaNode, ...],
         gpu_ids: frozenset[int],
         environments: Environments | None = None,
@@ -76,12 +106,10 @@ class Supervisor:
         self.environments = environments
         self.state = state
         self.executors = executors
-        self.reporter = reporter
+        self.notices = notices
         self.numa = {n.id: n for n in numa}
         self.gpu_ids = gpu_ids
         self.tasks: dict[int, Supervised] = {}
-        self._outbox_ids: set[int] = set()
-        self._deliver = asyncio.Event()
 
     # -------------------------------------------------------------- views
     def running_report(self) -> list[dict[str, str]]:
@@ -93,12 +121,12 @@ class Supervisor:
 
     def holding_ids(self) -> list[int]:
         """Tasks this runner holds without running them: starting, or results in delivery."""
-        return [t.task_id for t in self.tasks.values() if not t.started] + sorted(self._outbox_ids)
+        return [t.task_id for t in self.tasks.values() if not t.started] + self.state.outbox_ids()
 
     # ------------------------------------------------------------ accept
     def _executor_for(self, container: str) -> Executor:
         name = "systemd" if container == SYSTEMD_CONTAINER else "docker"
-        executor = self.executors.get(name) or self.executors.get("*")
+        executor = self.executors.get(name)
         if executor is None:
             raise ValidationError(
                 f"this runner has no {name} executor available; it cannot run "
@@ -157,7 +185,7 @@ class Supervisor:
     async def accept(self, request: dict[str, Any]) -> str:
         """Take a task from the Host. Idempotent per task id."""
         task_id = parse_id(request.get("task_id"))
-        if task_id in self.tasks or task_id in self._outbox_ids:
+        if task_id in self.tasks or self.state.in_outbox(task_id):
             return "already_accepted"
         spec = self.build_spec(request)
         executor = self._executor_for(request["container"])
@@ -181,14 +209,14 @@ class Supervisor:
             except ExecutorError as exc:
                 await self._finish(entry, ExitResult(TaskState.FAILED, error=exc.message))
                 return
-            handle.data["started"] = True
+            handle.started = True
             entry.handle = handle
             await self.state.save_task(handle, entry.request)
             entry.started = True
             if entry.kill_requested:
                 await entry.executor.stop(handle)
             else:
-                await self.reporter.report(entry.task_id, TaskState.RUNNING)
+                self.notices.task_started(entry.task_id)
             await self._wait(entry)
         except asyncio.CancelledError:
             raise
@@ -204,9 +232,8 @@ class Supervisor:
 
     async def _finish(self, entry: Supervised, result: ExitResult) -> None:
         await self.state.record_result(entry.task_id, result, time.time())
-        self._outbox_ids.add(entry.task_id)
         self.tasks.pop(entry.task_id, None)
-        self._deliver.set()
+        self.notices.result_recorded()
         if entry.started:
             try:
                 await entry.executor.destroy(entry.handle)
@@ -217,7 +244,7 @@ class Supervisor:
     def _entry(self, task_id: int) -> Supervised:
         entry = self.tasks.get(task_id)
         if entry is None:
-            if task_id in self._outbox_ids:
+            if self.state.in_outbox(task_id):
                 raise Conflict(f"task {task_id} has already ended")
             raise NotFound(f"this runner has no task {task_id}")
         return entry
@@ -255,10 +282,9 @@ class Supervisor:
     # ------------------------------------------------------------ recover
     async def recover(self) -> None:
         """Re-adopt every task persisted by a previous run of this runner."""
-        self._outbox_ids = {item.task_id for item in await self.state.outbox()}
         for active in await self.state.active():
             handle, request = active.handle, active.task
-            executor = self.executors.get(handle.executor) or self.executors.get("*")
+            executor = self.executors.get(handle.executor)
             if executor is None:
                 log.error(
                     "task %s was run by the %s executor, which is not available now", handle.task_id, handle.executor
@@ -274,7 +300,7 @@ class Supervisor:
             )
             presence = await executor.recover(handle)
             self.tasks[handle.task_id] = entry
-            if presence is Presence.MISSING and not handle.data.get("started"):
+            if presence is Presence.MISSING and not handle.started:
                 log.info("task %s had not started before the restart; starting it now", handle.task_id)
                 try:
                     spec = self.build_spec(request)
@@ -294,8 +320,6 @@ class Supervisor:
             entry.paused = presence is Presence.PAUSED
             log.info("re-adopted task %s (%s)", handle.task_id, presence)
             entry.runner = asyncio.create_task(self._guarded_wait(entry))
-        if self._outbox_ids:
-            self._deliver.set()
 
     async def _guarded_wait(self, entry: Supervised) -> None:
         try:
@@ -305,28 +329,6 @@ class Supervisor:
         except Exception as exc:
             log.exception("waiting for task %s failed", entry.task_id)
             await self._finish(entry, ExitResult(TaskState.FAILED, error=f"runner error: {exc}"))
-
-    # ------------------------------------------------------------ delivery
-    async def deliver_loop(self) -> None:
-        """Send every recorded result until the Host acknowledges it."""
-        backoff = 0.5
-        while True:
-            await self._deliver.wait()
-            self._deliver.clear()
-            failed = False
-            for item in await self.state.outbox():
-                r = item.result
-                if await self.reporter.report(item.task_id, r.state, r.exit_code, r.error):
-                    await self.state.acknowledge(item.task_id)
-                    self._outbox_ids.discard(item.task_id)
-                else:
-                    failed = True
-            if failed:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                self._deliver.set()
-            else:
-                backoff = 0.5
 
     async def shutdown(self) -> None:
         """Stop supervising (the runner is stopping); tasks keep running."""

@@ -152,8 +152,8 @@ async def test_memory_hog_is_killed_oom(executor, make_spec):
 async def test_missing_image_is_refused_without_pull_or_leftovers(executor, make_spec, docker_client, monkeypatch):
     pulls = []
     monkeypatch.setattr(docker_client.api, "pull", lambda *a, **k: pulls.append(a) or "")
-    executor._client = docker_client  # the executor must not pull through any path
-    executor._owns_client = False
+    executor._engine._client = docker_client  # the executor must not pull through any path
+    executor._engine._owns_client = False
     image = "hakuriver/definitely-not-here-" + os.urandom(3).hex() + ":base"
     spec = make_spec(["true"], image=image)
     with pytest.raises(ExecutorError) as info:
@@ -350,19 +350,6 @@ async def test_recover_missing_container(executor):
     await executor.stop(handle)  # nothing there: fine
 
 
-async def test_list_untracked_filters_on_task_and_runner_labels(make_executor, make_spec, runner_name):
-    mine = make_executor()
-    other = make_executor(runner_name + "-other")
-    specs = [make_spec(["sleep", "300"]) for _ in range(3)]
-    handles = [await mine.start(specs[0]), await mine.start(specs[1]), await other.start(specs[2])]
-    assert await mine.list_untracked({specs[0].task_id}) == [specs[1].task_id]
-    assert await mine.list_untracked(set()) == sorted([specs[0].task_id, specs[1].task_id])
-    assert await other.list_untracked(set()) == [specs[2].task_id]
-    for h, ex in zip(handles, (mine, mine, other)):
-        await ex.destroy(h)
-    assert await mine.list_untracked(set()) == []
-
-
 async def test_closed_executor_refuses_work(make_executor, make_spec):
     ex = make_executor()
     await ex.close()
@@ -496,13 +483,13 @@ async def test_recover_from_a_placeholder_handle(make_executor, make_spec, docke
 
 
 async def test_check_reports_the_engine(executor):
-    assert (await executor.check())[:1].isdigit()
+    assert (await executor.fingerprint()).version[:1].isdigit()
 
 
 async def test_check_on_an_unreachable_engine(make_executor):
     ex = make_executor(base_url="unix:///nonexistent/docker.sock")
     with pytest.raises(ExecutorError, match="cannot reach the Docker engine"):
-        await ex.check()
+        await ex.fingerprint()
 
 
 async def test_a_second_start_of_the_same_task_is_refused_and_harmless(executor, make_spec, task_dirs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -39,8 +40,6 @@ async def test_save_reopen_active(tmp_path):
     await st.save_task(handle(7), {"task_id": "7", "again": True})
     got = await st.get(7)
     assert got is not None and got.kill_requested and got.task["again"] is True
-    await st.forget(7)
-    assert await st.get(7) is None
     await st.close()
 
 
@@ -89,3 +88,22 @@ async def test_newer_schema_is_refused(tmp_path):
     con.close()
     with pytest.raises(Exception, match="newer than this HakuRiver"):
         await RunnerState.open(path)
+
+
+async def test_a_handle_stored_with_the_old_started_mark_reads_as_started(tmp_path):
+    # Before Handle.started, the supervisor kept the mark in the backend's data.
+    path = str(tmp_path / "runner.db")
+    st = await RunnerState.open(path)
+    await st.save_task(handle(7), {"task_id": "7"})
+    await st.close()
+    con = sqlite3.connect(path)
+    old = {"task_id": "7", "executor": "docker", "ref": "c7", "data": {"stdout": "/s/o", "started": True}}
+    con.execute("UPDATE tasks SET handle = ? WHERE task_id = 7", (json.dumps(old),))
+    con.commit()
+    con.close()
+    st = await RunnerState.open(path)
+    [active] = await st.active()
+    assert active.handle.started is True
+    assert active.handle.data == {"stdout": "/s/o"}
+    assert Handle.from_json(active.handle.to_json()) == active.handle
+    await st.close()

@@ -11,18 +11,19 @@ from types import SimpleNamespace
 
 import pytest
 
-from hakuriver.deploy import launcher as L
+from hakuriver import launcher as L
 from hakuriver.deploy.launcher_install import (
     install_plan,
     launcher_config_for,
     launcher_source,
     render_launcher_config,
 )
-from hakuriver.deploy.sudoers import DEFAULT_LAUNCHER_PATH, render_sudoers
+from hakuriver.deploy.sudoers import render_sudoers
 from hakuriver.errors import ExecutorError
+from hakuriver.launcher import DEFAULT_LAUNCHER_PATH
 from hakuriver.models import NumaNode, TaskState
 from hakuriver.runner.executors import EXECUTORS, executor_class
-from hakuriver.runner.executors.base import LaunchSpec
+from hakuriver.runner.executors.base import Fingerprint, LaunchSpec
 from hakuriver.runner.executors.systemd import (
     SystemdExecutor,
     exit_result_from_record,
@@ -426,14 +427,14 @@ def test_default_executors_offer_systemd_only_where_it_can_work(
     from hakuriver.runner.executors import docker as docker_mod
     from hakuriver.runner.executors import systemd as systemd_mod
 
-    async def fake_docker_check(self: object) -> str:
-        return "test"
+    async def fake_docker_check(self: object) -> Fingerprint:
+        return Fingerprint("test", "Docker engine test")
 
-    async def fake_check(self: SystemdExecutor) -> dict:
-        return {"launcher": self.launcher_path}
+    async def fake_check(self: SystemdExecutor) -> Fingerprint:
+        return Fingerprint("1", "systemd", {"launcher": self.launcher_path})
 
-    monkeypatch.setattr(docker_mod.DockerExecutor, "check", fake_docker_check)
-    monkeypatch.setattr(systemd_mod.SystemdExecutor, "check", fake_check)
+    monkeypatch.setattr(docker_mod.DockerExecutor, "fingerprint", fake_docker_check)
+    monkeypatch.setattr(systemd_mod.SystemdExecutor, "fingerprint", fake_check)
     config = config_from_dict(
         {
             "paths": {"shared_dir": str(tmp_path), "local_temp_dir": str(tmp_path)},

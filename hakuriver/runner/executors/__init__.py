@@ -1,14 +1,17 @@
 """Execution backends: a closed registry of the `Executor` implementations.
 
-Importing this package does not import the Docker SDK: `docker.py` loads it
-when a `DockerExecutor` is first used. `systemd.py` needs nothing beyond the
+The runner builds its backends by name through it (`runner.app.default_executors`);
+an unknown name is an ExecutorError that lists the known ones.
+
+Importing this package does not import the Docker SDK: `docker/` loads it
+(through `hakuriver.dockerapi`) when a `DockerExecutor` is first used. `systemd.py` needs nothing beyond the
 standard library (it drives the root-owned task launcher through sudo).
 """
 
 from __future__ import annotations
 
 from ...errors import ExecutorError
-from .base import Capabilities, Executor, Handle, LaunchSpec, Presence
+from .base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
 from .docker import DockerExecutor
 from .fake import FakeExecutor
 from .systemd import SystemdExecutor
@@ -36,6 +39,7 @@ __all__ = [
     "Executor",
     "ExecutorError",
     "FakeExecutor",
+    "Fingerprint",
     "Handle",
     "LaunchSpec",
     "Presence",

@@ -10,6 +10,8 @@ Lifecycle, as the runner's task supervisor drives it:
 After a runner restart the supervisor loads persisted handles and calls
 `recover(handle)` for each: it returns the task's current `Presence`, and
 `wait` then works on the recovered handle exactly as on a fresh one.
+`fingerprint()` is the one health check: the runner calls it at start-up
+to tell the admin what each backend reaches.
 
 Rules for implementations:
 - Every method is async and never blocks the event loop: SDK calls, NVML,
@@ -29,10 +31,14 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from ...models import ExitResult, Mount, NumaNode
+
+if TYPE_CHECKING:
+    from ...config import Config
 
 
 @dataclass(frozen=True)
@@ -74,17 +80,31 @@ class Handle:
     ref: str
     """Backend reference: a container id, a unit name."""
     data: dict[str, Any] = field(default_factory=dict)
+    """Backend-owned state (output paths, names); only the backend reads it."""
+    started: bool = False
+    """The supervisor's mark: `start` returned this handle, so the task really
+    started. The placeholder persisted before `start` is not marked."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"task_id": str(self.task_id), "executor": self.executor, "ref": self.ref, "data": self.data}
+        return {
+            "task_id": str(self.task_id),
+            "executor": self.executor,
+            "ref": self.ref,
+            "data": self.data,
+            "started": self.started,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Handle:
+        backend = dict(data.get("data") or {})
+        # Handles persisted by earlier versions carry the mark in `data`.
+        started = bool(data.get("started", False)) | bool(backend.pop("started", False))
         return cls(
             task_id=int(data["task_id"]),
             executor=str(data["executor"]),
             ref=str(data["ref"]),
-            data=dict(data.get("data") or {}),
+            data=backend,
+            started=started,
         )
 
 
@@ -99,8 +119,22 @@ class Presence(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Capabilities:
+    """What a backend can do beyond the contract's minimum."""
+
     pause: bool = True
-    oom_detection: bool = True
+    """`pause` and `resume` work (the supervisor refuses them otherwise)."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a backend found when it reached what it drives (`Executor.fingerprint`)."""
+
+    version: str
+    """The version of what it drives: the Docker engine's, the task launcher's protocol."""
+    summary: str
+    """One line for the runner's start-up log."""
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    """What else it was told (systemd: the launcher's paths and allow-list)."""
 
 
 class Executor(abc.ABC):
@@ -109,11 +143,43 @@ class Executor(abc.ABC):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()
 
+    @classmethod
     @abc.abstractmethod
-    async def start(self, spec: LaunchSpec) -> Handle: ...
+    def from_config(cls, config: Config) -> Self:
+        """This backend for a runner's configuration. Never blocks and reaches
+        nothing yet: a backend connects on first use."""
+
+    async def unavailable(self) -> str | None:
+        """Why this backend cannot work on this node at all (a missing system
+        piece), or None when it can. One that only cannot be reached yet is
+        available: `fingerprint` says so, and it is used once it can be."""
+        return None
 
     @abc.abstractmethod
-    async def wait(self, handle: Handle) -> ExitResult: ...
+    async def fingerprint(self) -> Fingerprint:
+        """Reach what this backend drives (the Docker engine, the task launcher)
+        now and say what it found; ExecutorError saying why it cannot.
+
+        Nothing calls it implicitly: constructing a backend never blocks or
+        fails on an absent engine, and one that comes up later is used then.
+        The runner calls it once at start-up, to tell the admin."""
+
+    @abc.abstractmethod
+    async def start(self, spec: LaunchSpec) -> Handle:
+        """Start the task `spec` describes; return its handle once it really runs.
+
+        Raises ExecutorError with a message a person can act on, and then
+        leaves no half-started task behind. The handle's `data` must let
+        `recover` and `wait` find the task again from another process."""
+
+    @abc.abstractmethod
+    async def wait(self, handle: Handle) -> ExitResult:
+        """How the task ended, once it has ended and its output is complete in
+        its files.
+
+        The real end: the exit code, and `KILLED_OOM` for a memory kill; never
+        `KILLED`, which the supervisor decides. Works the same on a handle
+        from `recover`. Cancelling the wait leaves the task alone."""
 
     @abc.abstractmethod
     async def stop(self, handle: Handle, signal: str = "SIGKILL") -> None:
@@ -121,22 +187,28 @@ class Executor(abc.ABC):
         ended is not an error."""
 
     @abc.abstractmethod
-    async def pause(self, handle: Handle) -> None: ...
+    async def pause(self, handle: Handle) -> None:
+        """Freeze every process of the task (where `capabilities.pause`). A task
+        already paused is not an error; ExecutorError when it no longer runs."""
 
     @abc.abstractmethod
-    async def resume(self, handle: Handle) -> None: ...
+    async def resume(self, handle: Handle) -> None:
+        """Thaw a paused task. A task that is not paused is not an error;
+        ExecutorError when it no longer runs."""
 
     @abc.abstractmethod
     async def destroy(self, handle: Handle) -> None:
-        """Remove what the task left (container, unit, status files). Idempotent."""
+        """Remove what the task left (container, unit, status files), killing it
+        first if it still runs. Idempotent."""
 
     @abc.abstractmethod
     async def recover(self, handle: Handle) -> Presence:
-        """Re-attach to a task after a runner restart and say where it stands."""
+        """Re-attach to a task after a runner restart and say where it stands.
 
-    @abc.abstractmethod
-    async def list_untracked(self, tracked: set[int]) -> list[int]:
-        """IDs of tasks this backend finds on the node that are not in `tracked`."""
+        Also accepts the placeholder handle the supervisor persists before
+        `start` (its ref follows from the task id): MISSING then says the task
+        never started. Afterwards `wait` works as on a fresh handle."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook; a no-op by default
-        """Release backend resources (clients, threads). Tasks keep running."""
+        """Release backend resources (clients, threads, watches). Tasks keep
+        running; another executor's `recover` finds them."""

@@ -26,10 +26,14 @@ import os
 import shlex
 import signal as _signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ...errors import ExecutorError
 from ...models import ExitResult, TaskState
-from .base import Capabilities, Executor, Handle, LaunchSpec, Presence
+from .base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
+
+if TYPE_CHECKING:
+    from ...config import Config
 
 SCRIPT_WORD = "fake"
 
@@ -108,11 +112,18 @@ class _FakeTask:
 
 class FakeExecutor(Executor):
     name = "fake"
-    capabilities = Capabilities(pause=True, oom_detection=True)
+    capabilities = Capabilities(pause=True)
 
     def __init__(self, runner_name: str = "", **_: object):
         self.runner_name = runner_name
         self._tasks: dict[str, _FakeTask] = {}
+
+    @classmethod
+    def from_config(cls, config: Config) -> FakeExecutor:
+        return cls(config.runner_name)
+
+    async def fingerprint(self) -> Fingerprint:
+        return Fingerprint(version="fake", summary="fake tasks run inside the runner's process")
 
     @staticmethod
     def _ref(task_id: int) -> str:
@@ -222,9 +233,6 @@ class FakeExecutor(Executor):
         if t.result is not None:
             return Presence.EXITED
         return Presence.PAUSED if t.paused else Presence.RUNNING
-
-    async def list_untracked(self, tracked: set[int]) -> list[int]:
-        return sorted(t.task_id for t in self._tasks.values() if t.task_id not in tracked)
 
     async def close(self) -> None:
         """Fake tasks live in this process: closing ends them (a real backend's would not)."""

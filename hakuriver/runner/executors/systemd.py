@@ -29,7 +29,7 @@ How the end is observed
     unit that vanished without a record (LOST).
 
 What runs as root
-    Only the launcher (see hakuriver/deploy/launcher.py), through
+    Only the launcher (see hakuriver/launcher.py), through
     `sudo -n <launcher> start|kill|pause|resume|cleanup|info`, argv lists,
     the task request as JSON on stdin. `-n` makes a missing sudoers rule fail
     at once with a message instead of waiting for a password. When the runner
@@ -51,15 +51,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ... import naming
-from ...deploy.launcher import (
-    DEFAULT_STATE_DIR,
-    UNIT_PROPERTIES,
-    parse_show,
-)
-from ...deploy.sudoers import DEFAULT_LAUNCHER_PATH
 from ...errors import ExecutorError
+from ...launcher import DEFAULT_LAUNCHER_PATH, DEFAULT_STATE_DIR, UNIT_PROPERTIES, parse_show
 from ...models import ExitResult, TaskState
-from .base import Capabilities, Executor, Handle, LaunchSpec, Presence
+from .base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +262,7 @@ class SystemdExecutor(Executor):
     """Runs each task as a transient systemd service. See the module docstring."""
 
     name = "systemd"
-    capabilities = Capabilities(pause=True, oom_detection=True)
+    capabilities = Capabilities(pause=True)
 
     def __init__(
         self,
@@ -313,6 +308,14 @@ class SystemdExecutor(Executor):
             numactl_path=config.paths.numactl_path,
             **kwargs,
         )
+
+    async def unavailable(self) -> str | None:
+        """Where systemd is not PID 1, or the root-owned launcher is not installed as
+        it must be. A missing sudoers rule or allow-list entry is not detected here:
+        `fingerprint` reports it, and each task fails with the same reason."""
+        if not systemd_booted():
+            return "systemd is not PID 1 on this node"
+        return launcher_problem(self.launcher_path)
 
     # -- plumbing ---------------------------------------------------------
     async def _exec(self, argv: list[str], *, input: bytes | None = None, timeout: float = CALL_TIMEOUT) -> _Call:
@@ -371,9 +374,9 @@ class SystemdExecutor(Executor):
             ) from None
         return data if isinstance(data, dict) else {}
 
-    async def check(self) -> dict[str, Any]:
-        """Run `launcher info` through sudo now: the allow-list it reads, or ExecutorError
-        saying what is missing (not part of the contract)."""
+    async def fingerprint(self) -> Fingerprint:
+        """Runs `launcher info` through sudo: the facts are the launcher's paths and
+        the allow-list it reads. ExecutorError also when it does not allow the task user."""
         if self._user_error:
             raise ExecutorError(self._user_error)
         info = await self._launcher("info")
@@ -383,7 +386,11 @@ class SystemdExecutor(Executor):
                 f"the launcher config does not allow tasks to run as {self.task_user!r} "
                 f"(it allows {', '.join(info.get('task_users') or []) or 'nobody'})"
             )
-        return info
+        return Fingerprint(
+            version=str(info.get("version", "unknown")),
+            summary=f"--container NULL tasks run as {self.task_user} through {info.get('launcher')}",
+            facts=info,
+        )
 
     async def _state_dir_path(self) -> str:
         if self._state_dir is None:
@@ -576,37 +583,6 @@ class SystemdExecutor(Executor):
             if pid.isdigit() and int(pid) > 0 and await asyncio.to_thread(_stopped, int(pid)):
                 return Presence.PAUSED
         return Presence.RUNNING
-
-    async def list_untracked(self, tracked: set[int]) -> list[int]:
-        call = await self._exec(
-            [
-                self.systemctl_path,
-                "--no-pager",
-                "list-units",
-                "--all",
-                "--plain",
-                "--no-legend",
-                "--full",
-                f"{naming.TASK_PREFIX}*.service",
-            ],
-            timeout=60,
-        )
-        if call.rc != 0:
-            raise ExecutorError(f"systemctl list-units failed: {self._explain(call)}")
-        found = set()
-        for line in call.stdout.splitlines():
-            parts = line.split(None, 4)
-            if not parts:
-                continue
-            tid = naming.task_id_from_name(parts[0])
-            desc = parts[4] if len(parts) > 4 else ""
-            if (
-                tid is not None
-                and tid not in tracked
-                and (not self.runner_name or f"(runner {self.runner_name})" in desc)
-            ):
-                found.add(tid)
-        return sorted(found)
 
     async def close(self) -> None:
         if self._closed:

@@ -3,7 +3,10 @@
 
 Installed root-owned (0755, in a root-owned directory such as
 /usr/local/libexec/hakuriver/) and allowed by the sudoers drop-in that
-`hakuriver.deploy.sudoers.render_sudoers` writes. It runs with the system
+`hakuriver.deploy.sudoers.render_sudoers` writes. As a module,
+`hakuriver.launcher`, it is also what the runner's systemd executor and
+the install-time generators read its paths and builders from; it stays
+one stdlib-only file so that it can be installed as one root-owned file. It runs with the system
 `/usr/bin/python3 -I`, imports the standard library only, and never the
 runner's (user-writable) virtualenv. Its settings come from a root-owned
 allow-list (`/etc/hakuriver/launcher.json`, see
@@ -56,7 +59,13 @@ import time
 VERSION = 1
 PROG = "hakuriver-task-launcher"
 UNIT_PREFIX = "hakuriver-task-"
-DEFAULT_CONFIG_PATH = "/etc/hakuriver/launcher.json"
+DEFAULT_LAUNCHER_DIR = "/usr/local/libexec/hakuriver"
+"""The root-owned directory the launcher is installed in."""
+DEFAULT_LAUNCHER_PATH = f"{DEFAULT_LAUNCHER_DIR}/{PROG}"
+"""Where the launcher is installed: where the runner and the sudoers rule look for it."""
+DEFAULT_LAUNCHER_CONFIG = "/etc/hakuriver/launcher.json"
+"""The launcher's root-owned allow-list."""
+DEFAULT_CONFIG_PATH = DEFAULT_LAUNCHER_CONFIG
 DEFAULT_STATE_DIR = "/var/lib/hakuriver/task-status"
 DEFAULT_SYSTEMD_RUN = "/usr/bin/systemd-run"
 DEFAULT_SYSTEMCTL = "/usr/bin/systemctl"

@@ -1,0 +1,240 @@
+"""The watch's log half: a container's framed log stream, demultiplexed into
+the task's stdout and stderr files.
+
+For each task one dedicated daemon thread (never a default-pool thread)
+follows the container's log (`GET /containers/<id>/logs?follow=1`, the
+json-file log the daemon keeps anyway) and writes every frame of the 8-byte
+framed stream to its file as it arrives, so the files are readable while the
+task runs.
+
+The files are always a *prefix* of the container's two streams. So resuming
+needs no truncation (which would confuse a `logs --follow` reader): `pump`
+replays the log from the start and skips as many bytes of each stream as its
+file already holds. This covers a runner restart, an already-exited
+container, and a log stream that broke while the daemon restarted. A follow
+may miss the very end of the log; `catch_up` completes the files once the
+container has stopped.
+
+Every function here blocks and runs in the watch's thread. `api` is a
+callable giving the SDK's low-level APIClient (`dockerapi.Engine.api`),
+called only when a stream is opened.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import socket
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ....dockerapi import docker_explanation
+
+log = logging.getLogger(__name__)
+
+Frame = tuple[int, bytes, bytes]
+"""(stream, RFC 3339 timestamp, data) of one log message."""
+Api = Callable[[], Any]
+
+STDOUT, STDERR = 1, 2
+CATCH_UP_TAIL = 64
+"""Log messages re-read after a clean follow to find the ones the follow missed."""
+
+_FRAME = struct.Struct(">BxxxL")
+
+
+def settle(fut: concurrent.futures.Future, result: Any = None, exc: BaseException | None = None) -> None:
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+def _read_exact(raw: Any, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = raw.read(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def _write_all(fd_file: Any, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = fd_file.write(view)
+        view = view[n:]
+
+
+def _shutdown_socket(sock: Any) -> None:
+    for s in (sock, getattr(sock, "_sock", None)):
+        if s is not None and hasattr(s, "shutdown"):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except Exception:  # noqa: BLE001, S110 - already closed is fine
+                pass
+            return
+
+
+class Trail:
+    """How many frames a log pass consumed, and the last few of them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.frames: deque[Frame] = deque(maxlen=CATCH_UP_TAIL)
+
+    def reset(self) -> None:
+        self.count = 0
+        self.frames.clear()
+
+    def add(self, frame: Frame) -> None:
+        self.count += 1
+        self.frames.append(frame)
+
+
+def missed_after(window: list[Any], consumed: list[Any]) -> list[Any] | None:
+    """Given the log's last frames (`window`) and the last frames a pass consumed
+    (a prefix of the log ends with `consumed`), the frames the pass missed, or None
+    when that is not certain: no alignment or several fit, or the overlap is under
+    half the window (too many missed to trust an alignment of timestamped frames).
+    Pure."""
+    fits = [j for j in range(1, min(len(window), len(consumed)) + 1) if window[:j] == consumed[len(consumed) - j :]]
+    if len(fits) != 1 or fits[0] * 2 <= len(window):
+        return None
+    return window[fits[0] :]
+
+
+@dataclass(eq=False)
+class Watch:
+    """One task's log pump and exit observer: its output files, the future `wait()`
+    awaits, and the socket `stop()` shuts down to end a blocked read."""
+
+    container_id: str
+    task_id: int
+    stdout_path: str
+    stderr_path: str
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    sock: Any = None
+    thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        # RUNNING futures cannot be cancelled, so a cancelled wait() cannot cancel the watch.
+        self.future.set_running_or_notify_cancel()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            sock = self.sock
+        if sock is not None:
+            _shutdown_socket(sock)
+
+
+def frames(api: Api, w: Watch, params: dict[str, Any]) -> Iterator[Frame]:
+    """(stream, timestamp, data) for each message of the container's log.
+
+    Uses the APIClient's request helpers directly because the SDK's `logs()`
+    merges stdout and stderr. Each frame of the multiplexed stream is one
+    log message, prefixed with its RFC 3339 timestamp (fixed width, UTC, so
+    byte strings compare in time order).
+    """
+    client = api()
+    url = client._url("/containers/{0}/logs", w.container_id)
+    response = client._get(url, params={**params, "timestamps": 1}, stream=True)
+    try:
+        client._raise_for_status(response)
+        sock = client._get_raw_response_socket(response)
+        client._disable_socket_timeout(sock)  # a silent task must not time the stream out
+        with w.lock:
+            w.sock = sock
+        if w.stopping.is_set():
+            return
+        raw = response.raw
+        while True:
+            header = _read_exact(raw, _FRAME.size)
+            if len(header) < _FRAME.size:
+                return
+            kind, length = _FRAME.unpack(header)
+            payload = _read_exact(raw, length)
+            if len(payload) < length:
+                return
+            ts, sep, data = payload.partition(b" ")
+            if not sep:
+                ts, data = b"", payload
+            yield kind, ts, data
+    finally:
+        with w.lock:
+            w.sock = None
+        response.close()
+
+
+def pump(api: Api, w: Watch, files: dict[int, Any], trail: Trail, *, follow: bool) -> bool:
+    """Replay the log from its start (following it if asked), appending what
+    the files lack: each file's size is how much of its stream to skip.
+    Records the pass in `trail`. Returns whether anything was written."""
+    trail.reset()
+    skip = {kind: os.fstat(f.fileno()).st_size for kind, f in files.items()}
+    params = {"stdout": 1, "stderr": 1, "follow": int(follow), "tail": "all"}
+    wrote = False
+    for frame in frames(api, w, params):
+        trail.add(frame)
+        kind, _ts, data = frame
+        target = files.get(kind)
+        if target is None or not data:
+            continue
+        already = skip[kind]
+        if already >= len(data):
+            skip[kind] = already - len(data)
+        else:
+            skip[kind] = 0
+            _write_all(target, data[already:])
+            wrote = True
+    return wrote
+
+
+def catch_up(api: Api, w: Watch, files: dict[int, Any], trail: Trail | None) -> None:
+    """Fetch what a follow stream can miss once the container has stopped.
+
+    Docker 20.10's follow mode drops what the log copier flushes at exit: a
+    last line without a trailing newline. A follow pass always delivers a
+    *prefix* of the log, so what is missing is a suffix: after a clean pass
+    (`trail` given) a short non-follow tail of the log is aligned with the
+    last frames the pass consumed and only what lies beyond is written. When
+    the alignment is not certain (a long run of identical frames) or the
+    pass broke (`trail` None), the whole log is replayed against the byte
+    counts instead, which is always exact.
+    """
+    try:
+        missed = _missed_frames(api, w, trail) if trail is not None else None
+        if missed is None:
+            log.debug("task %s: replaying its whole log to complete the output files", w.task_id)
+            pump(api, w, files, Trail(), follow=False)
+            return
+        if missed:
+            log.debug("task %s: %d log message(s) recovered after the follow ended", w.task_id, len(missed))
+        for kind, _ts, data in missed:
+            target = files.get(kind)
+            if target is not None and data:
+                _write_all(target, data)
+    except Exception as exc:  # noqa: BLE001 - the exit status matters more than the tail
+        if not w.stopping.is_set():
+            log.warning("task %s: the end of its output may be missing: %s", w.task_id, docker_explanation(exc))
+
+
+def _missed_frames(api: Api, w: Watch, trail: Trail) -> list[Frame] | None:
+    """The frames after the last pass's end, or None when that is not certain."""
+    params = {"stdout": 1, "stderr": 1, "follow": 0, "tail": CATCH_UP_TAIL}
+    window = list(frames(api, w, params))
+    if len(window) < CATCH_UP_TAIL:  # the window is the whole log
+        return window[trail.count :]
+    return missed_after(window, list(trail.frames))

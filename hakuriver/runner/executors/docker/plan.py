@@ -1,0 +1,114 @@
+"""The pure half of the Docker backend: a LaunchSpec in Docker's terms, and a
+stopped container's inspect `State` back in HakuRiver's.
+
+No I/O and no SDK import: the plan is what `APIClient.create_host_config`
+and `create_container` receive. The argv runs exactly: the container's
+entrypoint is the program and its command the rest, so no shell and no
+ENTRYPOINT of the image comes between; `init=True` puts docker-init (tini)
+in front so that SIGTERM reaches the task and zombies are reaped. The log
+driver is json-file, which keeps the whole log for the watch to replay
+(see `logs.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ....errors import ExecutorError
+from ....models import ExitResult, TaskState
+from ....naming import LABEL_RUNNER, LABEL_TASK_ID, task_container_name
+from ..base import LaunchSpec, Presence
+
+SHARED_MOUNT = "/shared"
+LOCAL_TEMP_MOUNT = "/local_temp"
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """The arguments of `APIClient.create_container` and `create_host_config`."""
+
+    create: dict[str, Any]
+    host_config: dict[str, Any]
+
+
+def build_plan(
+    spec: LaunchSpec, runner_name: str, *, init: bool = True, extra_labels: dict[str, str] | None = None
+) -> ContainerPlan:
+    """Translate a LaunchSpec into Docker's terms. Pure: no I/O, no SDK import."""
+    if not spec.command:
+        raise ExecutorError(f"task {spec.task_id}: empty command")
+    if not spec.image:
+        raise ExecutorError(f"task {spec.task_id}: the docker executor needs an environment image")
+    env = spec.task_env()
+    env["HAKURIVER_SHARED_DIR"] = SHARED_MOUNT
+    env["HAKURIVER_LOCAL_TEMP_DIR"] = LOCAL_TEMP_MOUNT
+    mounts = [
+        {"Type": "bind", "Source": spec.shared_dir, "Target": SHARED_MOUNT, "ReadOnly": False},
+        {"Type": "bind", "Source": spec.local_temp_dir, "Target": LOCAL_TEMP_MOUNT, "ReadOnly": False},
+    ]
+    mounts += [
+        {"Type": "bind", "Source": m.host_path, "Target": m.container_path, "ReadOnly": bool(m.read_only)}
+        for m in spec.mounts
+    ]
+    host: dict[str, Any] = {
+        "mounts": mounts,
+        "privileged": bool(spec.privileged),
+        "init": init,
+        "auto_remove": False,
+        # json-file keeps the whole log, which the watch replays after a restart.
+        "log_config": {"type": "json-file"},
+    }
+    if spec.cores is not None:
+        host["nano_cpus"] = int(spec.cores * 1_000_000_000)
+    if spec.memory is not None:
+        host["mem_limit"] = int(spec.memory)
+        host["memswap_limit"] = int(spec.memory)  # no swap beyond the limit
+    if spec.gpus:
+        host["device_requests"] = [
+            {"driver": "nvidia", "device_ids": [str(g) for g in spec.gpus], "capabilities": [["gpu"]]}
+        ]
+    if spec.numa is not None:
+        host["cpuset_cpus"] = ",".join(str(c) for c in spec.numa.cpus)
+        host["cpuset_mems"] = str(spec.numa.id)
+    create: dict[str, Any] = {
+        "image": spec.image,
+        "name": task_container_name(spec.task_id),
+        "entrypoint": [spec.command[0]],
+        "command": list(spec.command[1:]),
+        "environment": env,
+        "working_dir": SHARED_MOUNT,
+        "labels": {**(extra_labels or {}), LABEL_TASK_ID: str(spec.task_id), LABEL_RUNNER: runner_name},
+        "detach": True,
+        "stdin_open": False,
+        "tty": False,
+        "use_config_proxy": False,  # the task sees exactly the env it was given
+    }
+    return ContainerPlan(create=create, host_config=host)
+
+
+def exit_result(state: dict[str, Any], *, kernel_oom: bool = False) -> ExitResult:
+    """The ExitResult of a stopped container from its inspect `State`.
+
+    `kernel_oom`: the kernel log says the OOM killer struck in the container's
+    cgroup (see `KernelOomLog`), for engines that do not set `OOMKilled`.
+    """
+    if state.get("Status") == "created":
+        return ExitResult(TaskState.FAILED, None, "the container was created but never started")
+    code = int(state.get("ExitCode") or 0)
+    if (state.get("OOMKilled") or kernel_oom) and code != 0:
+        return ExitResult(TaskState.KILLED_OOM, code, f"killed by the out-of-memory killer (exit code {code})")
+    if code == 0:
+        return ExitResult(TaskState.COMPLETED, 0)
+    error = f"exited with code {code}"
+    if state.get("Error"):
+        error += f": {state['Error']}"
+    return ExitResult(TaskState.FAILED, code, error)
+
+
+def presence_of(state: dict[str, Any]) -> Presence:
+    if state.get("Paused"):
+        return Presence.PAUSED
+    if state.get("Running") or state.get("Restarting"):
+        return Presence.RUNNING
+    return Presence.EXITED
