@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import gc
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -60,6 +62,16 @@ async def run_in(pool: concurrent.futures.Executor, fn: Callable[..., T], *args:
     return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
 
 
+def _collect_leaked_socket() -> None:
+    """The SDK does not close the socket of a failed unix-socket connect
+    (its connection class leaves it to the garbage collector). Collect it
+    now, quietly, so its ResourceWarning does not surface later inside some
+    unrelated code."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
 class Engine:
     """A Docker client made on first use, and the dedicated threads that call it.
 
@@ -93,13 +105,19 @@ class Engine:
         with self._lock:
             if self._client is None:
                 docker = sdk()
+                why = None
                 try:
                     if self._base_url:
                         self._client = docker.DockerClient(base_url=self._base_url, **self._options)
                     else:
                         self._client = docker.from_env(**self._options)
                 except docker.errors.DockerException as exc:
-                    raise self._unreachable(docker_explanation(exc)) from exc
+                    why = docker_explanation(exc)
+                if why is not None:
+                    # Outside the except block: the traceback (which holds the
+                    # socket) is gone, so the collector can close it.
+                    _collect_leaked_socket()
+                    raise self._unreachable(why)
             return self._client.api
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
