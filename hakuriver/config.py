@@ -137,6 +137,10 @@ class TlsConfig:
 class RunnerConfig:
     name: str = ""
     """The node name this runner registers as; empty means the hostname."""
+    state_dir: str = ""
+    """Where the runner keeps its state (tasks, undelivered results, its node
+    key). Never inside a directory mounted into tasks. Empty means
+    `~/.hakuriver/state` of the service's user."""
 
 
 @dataclass(frozen=True)

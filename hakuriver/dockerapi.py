@@ -118,7 +118,9 @@ class Engine:
                     # socket) is gone, so the collector can close it.
                     _collect_leaked_socket()
                     raise self._unreachable(why)
-            return self._client.api
+            client = self._client
+            assert client is not None
+            return client.api
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` in this engine's threads."""

@@ -82,6 +82,7 @@ KEY_COMMENTS: dict[str, str] = {
     "tls.key_file": "This service's private key (PEM, mode 0600).",
     "runner.name": "Node name this Runner registers as; empty means the hostname. "
     "Give each Runner on one machine its own.",
+    "runner.state_dir": "The Runner's private state (0700); empty: ~/.hakuriver/state. Never under a task mount.",
 }
 
 

@@ -82,7 +82,7 @@ async def _runner_client(app: web.Application) -> AsyncIterator[None]:
 async def _cluster(app: web.Application) -> AsyncIterator[None]:
     cluster = Cluster(app[CONFIG], app[DB], app[RUNNERS])
     assigning = await cluster.load()
-    dispatcher, liveness = Dispatcher(cluster), Liveness(cluster)
+    dispatcher, liveness = Dispatcher(cluster, app[ACCOUNTS].unix_user_of), Liveness(cluster)
     app[CLUSTER], app[DISPATCHER], app[LIVENESS] = cluster, dispatcher, liveness
     dispatcher.resume(assigning)
     loops = [asyncio.create_task(dispatcher.schedule_loop()), asyncio.create_task(liveness.liveness_loop())]

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable
 
 from ..models import SYSTEMD_CONTAINER, Task, TaskState
+from ..parsing import parse_mount
+from ..runrequest import RunRequest
 from .cluster import Cluster
 from .runner_client import RunnerRejected, RunnerUnreachable
 from .scheduler import Scheduler
@@ -25,9 +27,10 @@ PASS_COALESCE_SECONDS = 0.005
 
 
 class Dispatcher:
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, unix_user_of: Callable[[str | None], str | None] = lambda _name: None):
         self.cluster = cluster
         self.scheduler = Scheduler()
+        self.unix_user_of = unix_user_of
 
     def resume(self, assigning: list[Task]) -> None:
         """Send again the tasks a Host restart caught in `assigning`. Runners
@@ -80,22 +83,26 @@ class Dispatcher:
             cluster.spawn(self.dispatch(task))
         return dispatched
 
-    def run_payload(self, task: Task) -> dict[str, Any]:
-        mounts = [str(m) for m in task.mounts]
+    def run_request(self, task: Task) -> RunRequest:
+        """What the runner is told: the task, its placement, the admin's extra
+        mounts, and who submitted it (their Unix account as of now)."""
+        mounts = tuple(task.mounts)
         if task.container != SYSTEMD_CONTAINER:
-            mounts += list(self.cluster.config.docker.additional_mounts)
-        return {
-            "task_id": str(task.id),
-            "command": task.command,
-            "env": task.env,
-            "cores": task.cores,
-            "memory": task.memory,
-            "gpus": task.gpus,
-            "numa": task.numa,
-            "container": task.container,
-            "mounts": mounts,
-            "privileged": task.privileged,
-        }
+            mounts += tuple(parse_mount(m) for m in self.cluster.config.docker.additional_mounts)
+        return RunRequest(
+            task_id=task.id,
+            command=tuple(task.command),
+            container=task.container or self.cluster.config.docker.default_container_name,
+            env=dict(task.env),
+            cores=task.cores,
+            memory=task.memory,
+            gpus=tuple(task.gpus),
+            numa=task.numa,
+            mounts=mounts,
+            privileged=task.privileged,
+            user=task.owner or "",
+            unix_user=self.unix_user_of(task.owner),
+        )
 
     async def dispatch(self, task: Task) -> None:
         cluster = self.cluster
@@ -104,7 +111,7 @@ class Dispatcher:
             await cluster.finish(task.id, TaskState.FAILED, error=f"node {task.node} vanished before dispatch")
             return
         try:
-            await cluster.runners.run_task(node, self.run_payload(task))
+            await cluster.runners.run_task(node, self.run_request(task).to_json())
         except RunnerRejected as exc:
             await cluster.finish(
                 task.id, TaskState.FAILED, error=f"runner {node.hostname} refused the task: {exc.message}"

@@ -5,15 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..ids import parse_id
+from ..runrequest import RUN_FIELDS, RunRequest
 from ..webapi import json_response, read_json_object
 from .keys import RESOURCES, SUPERVISOR
-from .supervisor import RUN_FIELDS
 
 
 async def run_task(request: web.Request) -> web.Response:
-    data = await read_json_object(request, RUN_FIELDS)
-    status = await request.app[SUPERVISOR].accept(data)
-    return json_response({"task_id": str(parse_id(data["task_id"])), "status": status}, status=202)
+    order = RunRequest.from_json(await read_json_object(request, RUN_FIELDS))
+    status = await request.app[SUPERVISOR].accept(order)
+    return json_response({"task_id": str(order.task_id), "status": status}, status=202)
 
 
 async def _control(request: web.Request, action: str) -> web.Response:

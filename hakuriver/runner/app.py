@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,9 @@ from typing import Any
 from aiohttp import web
 
 from ..config import Config
-from ..errors import ConfigError
+from ..errors import ConfigError, Unauthorized
 from ..models import NodeResources
-from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware, shared_secret
+from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
 from . import probe
 from .api import ROUTES
 from .environments import EnvironmentSync
@@ -31,8 +33,8 @@ from .executors import executor_class
 from .executors.base import Executor
 from .gpu import GpuProbe
 from .hostlink import HostLink
-from .keys import CONFIG, ENVIRONMENTS, EXECUTORS, GPU_PROBE, HOSTLINK, RESOURCES, STATE, SUPERVISOR
-from .state import RunnerState
+from .keys import CONFIG, ENVIRONMENTS, EXECUTORS, GPU_PROBE, HOSTLINK, ORDER_TOKEN_KEY, RESOURCES, STATE, SUPERVISOR
+from .state import ORDER_TOKEN, RunnerState
 from .supervisor import Notices, Supervisor
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,25 @@ def check_runner_config(config: Config) -> None:
 
 
 def state_path(config: Config) -> str:
-    return str(Path(config.paths.local_temp_dir) / f"hakuriver-runner-{config.runner_name}.db")
+    """The runner's state file. It holds secrets and every task's request, so
+    it lives outside local_temp_dir, which tasks mount read-write."""
+    base = Path(config.runner.state_dir or "~/.hakuriver/state").expanduser()
+    return str(base / f"runner-{config.runner_name}.db")
+
+
+def adopt_old_state(config: Config) -> None:
+    """Move a state file from where HakuRiver 0.4-dev kept it (inside
+    local_temp_dir) to `state_path`, so an upgrade loses no task."""
+    old = Path(config.paths.local_temp_dir) / f"hakuriver-runner-{config.runner_name}.db"
+    new = Path(state_path(config))
+    if not old.is_file() or old.is_symlink() or new.exists():
+        return
+    new.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        src = old.with_name(old.name + suffix)
+        if src.is_file() and not src.is_symlink():
+            shutil.move(str(src), str(new.with_name(new.name + suffix)))
+    log.warning("moved the runner state from %s to %s (out of the directory tasks mount)", old, new)
 
 
 NODE_EXECUTORS = ("docker", "systemd")
@@ -115,7 +135,9 @@ async def _probe(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _state(app: web.Application) -> AsyncIterator[None]:
+    await asyncio.to_thread(adopt_old_state, app[CONFIG])
     app[STATE] = await RunnerState.open(state_path(app[CONFIG]))
+    app[ORDER_TOKEN_KEY] = await app[STATE].secret(ORDER_TOKEN)
     yield
     await app[STATE].close()
 
@@ -175,6 +197,15 @@ async def _supervisor_and_link(app: web.Application) -> AsyncIterator[None]:
     await sup.shutdown()
 
 
+def _host_orders_only(request: web.Request, token: str) -> None:
+    """The runner takes orders only from the Host, which presents the order
+    token this runner chose and sent it at registration. Neither a user's
+    token nor the cluster's runner secret (every runner holds that) works."""
+    expected = request.app[ORDER_TOKEN_KEY]
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Unauthorized("invalid bearer token: this runner takes orders from its Host only")
+
+
 def create_app(
     config: Config, *, executors: dict[str, Executor] | None = None, sync_environments: bool | None = None
 ) -> web.Application:
@@ -185,10 +216,7 @@ def create_app(
     only with the real backends)."""
     check_runner_config(config)
     app = web.Application(
-        middlewares=[
-            error_middleware,
-            make_auth_middleware(shared_secret(config.auth.effective_runner_token(), "auth.runner_token")),
-        ],
+        middlewares=[error_middleware, make_auth_middleware(_host_orders_only)],
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONFIG] = config

@@ -31,8 +31,8 @@ import aiohttp
 
 from ..config import Config
 from ..models import NodeResources, TaskState
-from ..webapi import auth_headers
-from .state import RunnerState
+from ..webapi import NODE_KEY_HEADER, auth_headers
+from .state import NODE_KEY, ORDER_TOKEN, RunnerState
 from .supervisor import Notices
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ class HostLink:
         self._stats = stats
         self._on_kill = on_kill
         self._session: aiohttp.ClientSession | None = None
+        self._node_key = ""
+        self._order_token = ""
         self._announcing = asyncio.Lock()
         self._loops: list[asyncio.Task[None]] = []
         self.base = config.host_url
@@ -71,9 +73,12 @@ class HostLink:
         """Open the connection pool and start the loops (register and heartbeat,
         running reports, result delivery)."""
         timeout = aiohttp.ClientTimeout(total=max(self.config.timing.heartbeat_interval * 2, 5.0), connect=5.0)
-        self._session = aiohttp.ClientSession(
-            timeout=timeout, headers=auth_headers(self.config.auth.effective_runner_token())
-        )
+        self._node_key = await self._state.secret(NODE_KEY)
+        self._order_token = await self._state.secret(ORDER_TOKEN)
+        # The runner secret says "a runner of this cluster"; the node key,
+        # on every call, says which one.
+        headers = {**auth_headers(self.config.auth.effective_runner_token()), NODE_KEY_HEADER: self._node_key}
+        self._session = aiohttp.ClientSession(timeout=timeout, headers=headers)
         self._loops = [
             asyncio.create_task(self.deliver_loop()),
             asyncio.create_task(self.announce_loop()),
@@ -111,6 +116,8 @@ class HostLink:
             "gpus": [g.to_json() for g in r.gpus],
             "tasks": self._running(),
             "finishing": [str(i) for i in self._holding()],
+            "node_key": self._node_key,
+            "order_token": self._order_token,
         }
 
     async def register_forever(self) -> None:

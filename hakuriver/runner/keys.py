@@ -22,3 +22,5 @@ HOSTLINK = web.AppKey("hostlink", HostLink)
 GPU_PROBE = web.AppKey("gpu_probe", GpuProbe)
 ENVIRONMENTS = web.AppKey("environments", EnvironmentSync)
 """Absent when environment sync is off (the default with injected executors)."""
+ORDER_TOKEN_KEY = web.AppKey("order_token", str)
+"""What the Host must present: the order token this runner chose (its state store keeps it)."""

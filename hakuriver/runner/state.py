@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -53,7 +55,21 @@ MIGRATIONS: tuple[str, ...] = (
     PRAGMA user_version = 1;
     COMMIT;
     """,
+    # 2: the runner's identity: the node key that proves to the Host which
+    # node this is, and the order token the Host must present to it.
+    """
+    BEGIN;
+    CREATE TABLE identity (
+        name  TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    PRAGMA user_version = 2;
+    COMMIT;
+    """,
 )
+
+NODE_KEY = "node_key"
+ORDER_TOKEN = "order_token"  # noqa: S105 - the secret's name in the store
 
 
 @dataclass(frozen=True)
@@ -89,8 +105,9 @@ class RunnerState:
 
     @classmethod
     async def open(cls, path: str) -> RunnerState:
-        parent = os.path.dirname(os.path.abspath(path))
-        await asyncio.to_thread(os.makedirs, parent, exist_ok=True)
+        """Open (or create) the store. It holds the runner's secrets and every
+        task's request, so the file is created 0600 in a 0700 directory."""
+        await asyncio.to_thread(_private_file, path)
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
             await db.execute("PRAGMA journal_mode=WAL")
@@ -128,6 +145,17 @@ class RunnerState:
         async with self._lock:
             async with self._db.execute(sql, params) as cur:
                 return list(await cur.fetchall())
+
+    # -- identity -------------------------------------------------------
+    async def secret(self, name: str) -> str:
+        """The runner's persistent secret `name`, made on first use."""
+        rows = await self._read("SELECT value FROM identity WHERE name = ?", (name,))
+        if rows:
+            return str(rows[0][0])
+        value = secrets.token_urlsafe(32)
+        await self._write(("INSERT OR IGNORE INTO identity (name, value) VALUES (?, ?)", (name, value)))
+        rows = await self._read("SELECT value FROM identity WHERE name = ?", (name,))
+        return str(rows[0][0])
 
     # -- active tasks ---------------------------------------------------
     async def save_task(self, handle: Handle, task: dict[str, Any]) -> None:
@@ -205,6 +233,20 @@ class RunnerState:
         """The Host has the result: forget it."""
         await self._write(("DELETE FROM outbox WHERE task_id = ?", (task_id,)))
         self._outbox_ids.discard(task_id)
+
+
+def _private_file(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HakuRiverError(f"runner state {path} is not a regular file")
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o600)  # a store from before 0.4 was created 0644
+    finally:
+        os.close(fd)
 
 
 def _active(row: Any) -> ActiveTask:

@@ -24,20 +24,18 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from .. import naming
 from ..config import Config
 from ..errors import ConfigError, Conflict, ExecutorError, NotFound, ValidationError
-from ..ids import parse_id
 from ..models import SYSTEMD_CONTAINER, ExitResult, NumaNode, TaskState
-from ..parsing import parse_mount, validate_env_key, validate_env_name
+from ..parsing import validate_env_name
+from ..runrequest import RunRequest
 from .executors.base import Executor, Handle, LaunchSpec, Presence
 from .state import RunnerState
 
 log = logging.getLogger(__name__)
-
-RUN_FIELDS = {"task_id", "command", "env", "cores", "memory", "gpus", "numa", "container", "mounts", "privileged"}
 
 
 class Environments(Protocol):
@@ -78,7 +76,7 @@ class Notices:
 @dataclass
 class Supervised:
     task_id: int
-    request: dict[str, Any]
+    request: RunRequest
     executor: Executor
     handle: Handle
     started: bool = False
@@ -134,63 +132,48 @@ class Supervisor:
             )
         return executor
 
-    def build_spec(self, request: dict[str, Any]) -> LaunchSpec:
-        task_id = parse_id(request["task_id"])
-        command = request.get("command")
-        if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
-            raise ValidationError("'command' must be a non-empty list of strings")
-        env = request.get("env") or {}
-        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-            raise ValidationError("'env' must be an object of strings")
-        for key in env:
-            validate_env_key(key)
-        cores, memory = request.get("cores"), request.get("memory")
-        for name, value in (("cores", cores), ("memory", memory)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValidationError(f"'{name}' must be a positive integer")
-        gpus = request.get("gpus") or []
-        if not isinstance(gpus, list) or not all(isinstance(g, int) and not isinstance(g, bool) for g in gpus):
-            raise ValidationError("'gpus' must be a list of GPU ids")
-        unknown = sorted(set(gpus) - self.gpu_ids)
+    def build_spec(self, request: RunRequest) -> LaunchSpec:
+        """Check `request` against this node's own facts (GPU ids, NUMA nodes,
+        the environment name) and build what the executor starts."""
+        unknown = sorted(set(request.gpus) - self.gpu_ids)
         if unknown:
             raise ValidationError(f"this node has no GPU {unknown[0]} (it has {sorted(self.gpu_ids) or 'none'})")
         numa = None
-        if request.get("numa") is not None:
-            numa = self.numa.get(request["numa"])
+        if request.numa is not None:
+            numa = self.numa.get(request.numa)
             if numa is None:
-                raise ValidationError(f"this node has no NUMA node {request['numa']!r}")
-        container = request.get("container")
-        if not isinstance(container, str) or not container:
-            raise ValidationError("'container' must name an environment or be NULL")
+                raise ValidationError(f"this node has no NUMA node {request.numa!r}")
+        container = request.container
         image = None if container == SYSTEMD_CONTAINER else naming.environment_image(validate_env_name(container))
-        mounts = tuple(parse_mount(m) for m in request.get("mounts") or [])
         shared = self.config.paths.shared_dir
         return LaunchSpec(
-            task_id=task_id,
-            command=tuple(command),
-            env=dict(env),
-            stdout_path=naming.stdout_path(shared, task_id),
-            stderr_path=naming.stderr_path(shared, task_id),
+            task_id=request.task_id,
+            command=request.command,
+            env=dict(request.env),
+            stdout_path=naming.stdout_path(shared, request.task_id),
+            stderr_path=naming.stderr_path(shared, request.task_id),
             shared_dir=shared,
             local_temp_dir=self.config.paths.local_temp_dir,
-            cores=cores,
-            memory=memory,
-            gpus=tuple(gpus),
+            cores=request.cores,
+            memory=request.memory,
+            gpus=request.gpus,
             numa=numa,
             image=image,
-            mounts=mounts,
-            privileged=bool(request.get("privileged", False)),
+            mounts=request.mounts,
+            privileged=request.privileged,
+            user=request.user,
+            unix_user=request.unix_user,
         )
 
-    async def accept(self, request: dict[str, Any]) -> str:
+    async def accept(self, request: RunRequest) -> str:
         """Take a task from the Host. Idempotent per task id."""
-        task_id = parse_id(request.get("task_id"))
+        task_id = request.task_id
         if task_id in self.tasks or self.state.in_outbox(task_id):
             return "already_accepted"
         spec = self.build_spec(request)
-        executor = self._executor_for(request["container"])
+        executor = self._executor_for(request.container)
         handle = Handle(task_id=task_id, executor=executor.name, ref=naming.task_container_name(task_id), data={})
-        await self.state.save_task(handle, request)
+        await self.state.save_task(handle, request.to_json())
         entry = Supervised(task_id=task_id, request=request, executor=executor, handle=handle)
         self.tasks[task_id] = entry
         entry.runner = asyncio.create_task(self._run(entry, spec))
@@ -201,7 +184,7 @@ class Supervisor:
             try:
                 if spec.image is not None and self.environments is not None:
                     # Before start: the newest tarball of the environment, loaded at most once.
-                    await self.environments.ensure(entry.request["container"])
+                    await self.environments.ensure(entry.request.container)
                     if entry.kill_requested:
                         await self._finish(entry, ExitResult(TaskState.KILLED, error="killed by request"))
                         return
@@ -211,7 +194,7 @@ class Supervisor:
                 return
             handle.started = True
             entry.handle = handle
-            await self.state.save_task(handle, entry.request)
+            await self.state.save_task(handle, entry.request.to_json())
             entry.started = True
             if entry.kill_requested:
                 await entry.executor.stop(handle)
@@ -283,7 +266,19 @@ class Supervisor:
     async def recover(self) -> None:
         """Re-adopt every task persisted by a previous run of this runner."""
         for active in await self.state.active():
-            handle, request = active.handle, active.task
+            handle = active.handle
+            try:
+                # The record persisted at accept time; older shapes decode too.
+                request = RunRequest.from_json(active.task)
+            except ValidationError as exc:
+                log.error("task %s: its stored run request no longer reads (%s); failing it", handle.task_id, exc)
+                await self.state.record_result(
+                    handle.task_id,
+                    ExitResult(TaskState.FAILED, error=f"runner could not read its record: {exc}"),
+                    time.time(),
+                )
+                self.notices.result_recorded()
+                continue
             executor = self.executors.get(handle.executor)
             if executor is None:
                 log.error(

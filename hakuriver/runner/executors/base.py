@@ -63,6 +63,10 @@ class LaunchSpec:
     """Docker only: the local image to run (`hakuriver/<env>:base`)."""
     mounts: tuple[Mount, ...] = ()
     privileged: bool = False
+    user: str = ""
+    """The HakuRiver user who submitted the task."""
+    unix_user: str | None = None
+    """Their Unix account on this node, if they have one (who the task runs as)."""
 
     def task_env(self) -> dict[str, str]:
         """The environment the task sees inside its sandbox (Docker paths)."""
