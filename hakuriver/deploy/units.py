@@ -345,8 +345,18 @@ def _dedupe(paths: Iterable[str]) -> tuple[str, ...]:
 def required_keys(role: str) -> tuple[str, ...]:
     """What the service refuses to start without (see host/app.py, runner/app.py)."""
     if role == "host":
-        return ("auth.token", "database.db_file", "paths.shared_dir")
-    return ("auth.token", "paths.shared_dir", "paths.local_temp_dir")
+        return ("database.db_file", "paths.shared_dir")
+    return ("paths.shared_dir", "paths.local_temp_dir")
+
+
+def missing_secret(config: Config, role: str) -> str | None:
+    """The credential `role` cannot start without, when it is missing."""
+    auth = config.auth
+    if role == "host" and not (auth.admin_token or auth.token):
+        return "auth.admin_token"
+    if not (auth.runner_token or auth.token):
+        return "auth.runner_token"
+    return None
 
 
 def unit_params_from_config(
@@ -375,6 +385,9 @@ def unit_params_from_config(
         config.require(*required_keys(role))
     except Exception as exc:  # noqa: BLE001 - ConfigError; keep this module free of hakuriver imports
         raise UnitError(str(getattr(exc, "message", exc))) from None
+    secret = missing_secret(config, role)
+    if secret:
+        raise UnitError(f"{secret} must be set in {source} (hakuriver.init config writes it)")
     shared = os.path.expanduser(config.paths.shared_dir)
     check_path(f"paths.shared_dir in {source}", shared)
     rw: tuple[str, ...] = ()
