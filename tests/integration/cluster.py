@@ -8,7 +8,6 @@ containers its runners started, even when the test failed.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
@@ -16,14 +15,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import toml
 
+from tests.harness.hostapi import BlockingHostApi
 from tests.harness.polling import poll
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,7 +81,7 @@ class RunnerInfo:
 
 
 @dataclass
-class LocalCluster:
+class LocalCluster(BlockingHostApi):
     root: Path
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     host_port: int = field(default_factory=free_port)
@@ -134,28 +132,6 @@ class LocalCluster:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.host_port}"
-
-    # ----------------------------------------------------------------- http
-    def api(
-        self, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 10
-    ) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {self.token if token is None else token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw = resp.read()
-                return resp.status, (
-                    json.loads(raw) if raw and resp.headers.get_content_type() == "application/json" else raw
-                )
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                return exc.code, json.loads(raw)
-            except ValueError:
-                return exc.code, raw
 
     # ------------------------------------------------------------- processes
     def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -228,10 +204,6 @@ class LocalCluster:
         info.proc.stop(sig)
         info.proc.start()
 
-    def node(self, name: str) -> dict[str, Any] | None:
-        status, body = self.api("GET", f"/api/nodes/{name}")
-        return body if status == 200 else None
-
     def wait_node(self, name: str, online: bool = True, timeout: float = 30) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             info = self.runners.get(name)
@@ -243,31 +215,6 @@ class LocalCluster:
         return poll(check, timeout=timeout, what=f"node {name} to be {'online' if online else 'offline'}")
 
     # ---------------------------------------------------------------- tasks
-    def submit(self, command: list[str], **fields: Any) -> list[str]:
-        status, body = self.api("POST", "/api/tasks", {"command": command, **fields})
-        assert status == 201, f"submit failed: {status} {body}"
-        return body["task_ids"]
-
-    def task(self, task_id: str) -> dict[str, Any]:
-        status, body = self.api("GET", f"/api/tasks/{task_id}")
-        assert status == 200, body
-        return body
-
-    def wait_state(self, task_id: str, states: str | set[str], timeout: float = 60) -> dict[str, Any]:
-        wanted = {states} if isinstance(states, str) else set(states)
-
-        def check() -> dict[str, Any] | None:
-            task = self.task(task_id)
-            return task if task["state"] in wanted else None
-
-        try:
-            return poll(check, timeout=timeout, what=f"task {task_id} to reach {sorted(wanted)}")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\nlast: {self.task(task_id)}\n{self.debug_logs()}") from None
-
-    def wait_final(self, task_id: str, timeout: float = 90) -> dict[str, Any]:
-        return self.wait_state(task_id, {"completed", "failed", "killed", "killed_oom", "lost"}, timeout)
-
     def stdout(self, task_id: str) -> str:
         path = self.shared / "task_outputs" / f"{task_id}.out"
         return path.read_text(errors="replace") if path.exists() else ""
