@@ -360,7 +360,7 @@ class SimCluster:
         self.app.add_routes(
             [
                 web.post("/r/{name}/api/tasks", self._run_task),
-                web.post("/r/{name}/api/tasks/{task_id}/{action}", self._control),
+                web.post("/r/{name}/api/tasks/{task_id}/{action:kill|pause|resume}", self._control),
                 web.get("/r/{name}/api/health", self._health),
             ]
         )

@@ -100,6 +100,14 @@ class FakeHost:
             raise errors[0]
 
     async def _start(self) -> None:
+        self._runner = web.AppRunner(self.make_app())
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def make_app(self) -> web.Application:
+        """The fake's application (its routes are checked against openapi.yaml)."""
         app = web.Application(middlewares=[self._auth])
         app.add_routes(
             [
@@ -114,11 +122,7 @@ class FakeHost:
                 web.get("/api/health", self.health),
             ]
         )
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return app
 
     def stop(self) -> None:
         if self._loop is not None:

@@ -34,7 +34,12 @@ class FakeRunner:
         self.hold = asyncio.Event()
         self.hold.set()
         app = web.Application()
-        app.add_routes([web.post("/api/tasks", self._run), web.post("/api/tasks/{tid}/{action}", self._control)])
+        app.add_routes(
+            [
+                web.post("/api/tasks", self._run),
+                web.post("/api/tasks/{task_id}/{action:kill|pause|resume}", self._control),
+            ]
+        )
         self.app = app
 
     async def _run(self, request: web.Request) -> web.Response:
@@ -45,7 +50,7 @@ class FakeRunner:
         return web.json_response({"task_id": body["task_id"], "status": "accepted"}, status=202)
 
     async def _control(self, request: web.Request) -> web.Response:
-        self.controls.append((request.match_info["tid"], request.match_info["action"]))
+        self.controls.append((request.match_info["task_id"], request.match_info["action"]))
         return web.json_response({"ok": True})
 
 
