@@ -18,8 +18,6 @@ from hakuriver.models import FINAL_STATES
 
 from .polling import poll
 
-FINAL_STATE_NAMES = frozenset(str(s) for s in FINAL_STATES)
-
 
 class BlockingHostApi:
     url: str
@@ -77,4 +75,4 @@ class BlockingHostApi:
             raise AssertionError(f"{exc}\nlast: {self.task(task_id)}\n{self.debug_logs()}") from None
 
     def wait_final(self, task_id: str, timeout: float = 90) -> dict[str, Any]:
-        return self.wait_state(task_id, set(FINAL_STATE_NAMES), timeout)
+        return self.wait_state(task_id, {s.value for s in FINAL_STATES}, timeout)

@@ -49,6 +49,7 @@ from hakuriver.runner.executors.base import Executor, Handle, LaunchSpec
 from hakuriver.runner.executors.fake import FakeExecutor
 from tests.harness.hostapi import BlockingHostApi
 from tests.harness.polling import apoll
+from tests.harness.procs import loopback_config, runner_config
 
 T = TypeVar("T")
 
@@ -301,23 +302,15 @@ class InProcCluster:
 
     # ---------------------------------------------------------------- config
     def config_dict(self) -> dict[str, dict[str, Any]]:
-        data: dict[str, dict[str, Any]] = {
-            "network": {
-                "host_bind_ip": "127.0.0.1",
-                "host_port": self.host_port,
-                "host_reachable_address": "127.0.0.1",
-                "runner_address": "127.0.0.1",
-            },
-            "paths": {"shared_dir": str(self.shared), "local_temp_dir": str(self.root / "host_temp")},
-            "database": {"db_file": str(self.db_file)},
-            "timing": {
-                "heartbeat_interval": self.timing.heartbeat_interval,
-                "heartbeat_timeout_factor": self.timing.heartbeat_timeout_factor,
-                "cleanup_check_interval": self.timing.cleanup_check_interval,
-            },
-            "docker": {"default_container_name": DEFAULT_ENV, "allowed_mount_prefixes": [str(self.root / "mountable")]},
-            "auth": {"token": self.token},
-        }
+        data = loopback_config(
+            self.root,
+            port=self.host_port,
+            token=self.token,
+            heartbeat_interval=self.timing.heartbeat_interval,
+            heartbeat_timeout_factor=self.timing.heartbeat_timeout_factor,
+            cleanup_check_interval=self.timing.cleanup_check_interval,
+            docker={"default_container_name": DEFAULT_ENV, "allowed_mount_prefixes": [str(self.root / "mountable")]},
+        )
         for section, values in self.config_overrides.items():
             data.setdefault(section, {}).update(values)
         return data
@@ -361,10 +354,7 @@ class InProcCluster:
         local_temp.mkdir(exist_ok=True)
         sock = _listen()
         port = sock.getsockname()[1]
-        data = self.config_dict()
-        data["network"]["runner_port"] = port
-        data["paths"]["local_temp_dir"] = str(local_temp)
-        data["runner"] = {"name": name}
+        data = runner_config(self.config_dict(), name, port=port, local_temp=local_temp)
         config = config_from_dict(data, source=str(self.root / f"runner-{name}.toml"))
         probe_env: dict[str, str | None] = {NUMA_SYSFS_ENV: str(self.root / "no-numa")}
         if numa is not None:

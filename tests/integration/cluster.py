@@ -8,12 +8,8 @@ containers its runners started, even when the test failed.
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,52 +19,10 @@ import toml
 
 from tests.harness.hostapi import BlockingHostApi
 from tests.harness.polling import poll
+from tests.harness.procs import Proc, child_env, free_port, host_argv, loopback_config, runner_argv, runner_config
 
-REPO = Path(__file__).resolve().parents[2]
 TEST_ENV = "hakuriver-test"
 """The environment name tests use; its image is the harness's task image."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Proc:
-    name: str
-    argv: list[str]
-    log_path: Path
-    env: dict[str, str]
-    popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=str(REPO), start_new_session=True
-        )
-        log.close()
-
-    @property
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.send_signal(sig)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(10)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-6000:]
-        except OSError:
-            return ""
 
 
 @dataclass
@@ -102,23 +56,15 @@ class LocalCluster(BlockingHostApi):
     def base_config(self) -> dict[str, Any]:
         docker = {"default_container_name": TEST_ENV, "allowed_mount_prefixes": [str(self.root / "mountable")]}
         docker.update(self.docker_overrides)
-        return {
-            "network": {
-                "host_bind_ip": "127.0.0.1",
-                "host_port": self.host_port,
-                "host_reachable_address": "127.0.0.1",
-                "runner_address": "127.0.0.1",
-            },
-            "paths": {"shared_dir": str(self.shared), "local_temp_dir": str(self.root / "host_temp")},
-            "database": {"db_file": str(self.db_file)},
-            "timing": {
-                "heartbeat_interval": self.heartbeat_interval,
-                "heartbeat_timeout_factor": self.heartbeat_timeout_factor,
-                "cleanup_check_interval": 0.25,
-            },
-            "docker": docker,
-            "auth": {"token": self.token},
-        }
+        return loopback_config(
+            self.root,
+            port=self.host_port,
+            token=self.token,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout_factor=self.heartbeat_timeout_factor,
+            cleanup_check_interval=0.25,
+            docker=docker,
+        )
 
     @property
     def host_config_path(self) -> Path:
@@ -135,17 +81,13 @@ class LocalCluster(BlockingHostApi):
 
     # ------------------------------------------------------------- processes
     def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HAKURIVER_")}
-        env["PYTHONUNBUFFERED"] = "1"
-        env["HOME"] = str(self.root)  # keep ~/.hakuriver out of the picture
-        env.update(extra or {})
-        return env
+        return child_env(self.root, extra)  # HOME: keep ~/.hakuriver out of the picture
 
     def start_host(self) -> None:
         self.write_host_config()
         self.host_proc = Proc(
             "host",
-            [sys.executable, "-m", "hakuriver.cli.host", "--config", str(self.host_config_path)],
+            host_argv(self.host_config_path),
             self.logs / "host.log",
             self._env(),
         )
@@ -155,7 +97,7 @@ class LocalCluster(BlockingHostApi):
     def wait_host_up(self, timeout: float = 30) -> None:
         def up() -> bool:
             if self.host_proc is not None and not self.host_proc.alive:
-                raise AssertionError(f"the Host exited:\n{self.host_proc.log()}")
+                raise AssertionError(f"the Host exited:\n{self.host_proc.tail()}")
             try:
                 return self.api("GET", "/api/health", timeout=2)[0] == 200
             except OSError:
@@ -176,19 +118,16 @@ class LocalCluster(BlockingHostApi):
         wait_online: bool = True,
     ) -> RunnerInfo:
         port = free_port()
-        cfg = self.base_config()
         local_temp = self.root / f"temp-{name}"
         local_temp.mkdir(exist_ok=True)
-        cfg["network"]["runner_port"] = port
-        cfg["paths"]["local_temp_dir"] = str(local_temp)
-        cfg["runner"] = {"name": name}
+        cfg = runner_config(self.base_config(), name, port=port, local_temp=local_temp)
         for section, values in (config or {}).items():
             cfg.setdefault(section, {}).update(values)
         path = self.root / f"runner-{name}.toml"
         path.write_text(toml.dumps(cfg))
         proc = Proc(
             f"runner-{name}",
-            [sys.executable, "-m", "hakuriver.cli.runner", "--config", str(path)],
+            runner_argv(path),
             self.logs / f"runner-{name}.log",
             self._env(env),
         )
@@ -208,7 +147,7 @@ class LocalCluster(BlockingHostApi):
         def check() -> dict[str, Any] | None:
             info = self.runners.get(name)
             if online and info is not None and not info.proc.alive:
-                raise AssertionError(f"runner {name} exited:\n{info.proc.log()}")
+                raise AssertionError(f"runner {name} exited:\n{info.proc.tail()}")
             node = self.node(name)
             return node if node is not None and node["online"] is online else None
 
@@ -226,9 +165,9 @@ class LocalCluster(BlockingHostApi):
     def debug_logs(self) -> str:
         parts = []
         if self.host_proc:
-            parts.append(f"--- host log ---\n{self.host_proc.log()}")
+            parts.append(f"--- host log ---\n{self.host_proc.tail()}")
         for info in self.runners.values():
-            parts.append(f"--- runner {info.name} log ---\n{info.proc.log()}")
+            parts.append(f"--- runner {info.name} log ---\n{info.proc.tail()}")
         return "\n".join(parts)
 
     def shutdown(self) -> None:
