@@ -48,10 +48,12 @@ import aiohttp
 import toml
 from aiohttp import web
 
-REPO = Path(__file__).resolve().parents[1]
+from hakuriver.models import TaskState
+from tests.harness import procs
+from tests.harness.procs import free_port, host_argv, loopback_config, runner_argv, runner_config
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
-FINAL = {"completed", "failed", "killed", "killed_oom", "lost"}
 BENCH_LABEL = "org.hakuriver.bench"
 ENV_NAME = "hakuriver-test"
 ENV_IMAGE = f"hakuriver/{ENV_NAME}:base"
@@ -74,12 +76,6 @@ def log(msg: str) -> None:
 
 
 # ============================================================== small helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pct(values: list[float], p: float) -> float:
     """Linear-interpolated percentile (p in 0..100); nan for no values."""
     if not values:
@@ -188,54 +184,16 @@ RUNNER_NAMES: list[str] = []
 """Real runners started here (their task containers carry the name as a label)."""
 
 
-@dataclass
-class Proc:
-    name: str
-    argv: list[str]
-    log_path: Path
-    env: dict[str, str]
-    popen: subprocess.Popen[bytes] | None = None
+class Proc(procs.Proc):
+    """A child process of the bench (tests/harness/procs.py), remembered for the last-resort cleanup."""
 
     def start(self) -> None:
-        with open(self.log_path, "ab") as out:
-            # Own session: a terminal Ctrl-C reaches only us; we stop children ourselves.
-            self.popen = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=str(REPO), start_new_session=True
-            )
+        super().start()
         CHILDREN.append(self)
-
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.popen is None or self.popen.poll() is not None:
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(10)
-
-    def tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
 
 
 def child_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HAKURIVER_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["HOME"] = str(home)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+    return procs.child_env(home, repo_on_path=True)
 
 
 @dataclass
@@ -267,30 +225,19 @@ class HostSetup:
         return self.heartbeat_interval * self.heartbeat_timeout_factor
 
     def config(self) -> dict[str, Any]:
-        return {
-            "network": {
-                "host_bind_ip": "127.0.0.1",
-                "host_port": self.port,
-                "host_reachable_address": "127.0.0.1",
-                "runner_address": "127.0.0.1",
-            },
-            "paths": {"shared_dir": str(self.root / "shared"), "local_temp_dir": str(self.root / "host_temp")},
-            "database": {"db_file": str(self.root / "host.db")},
-            "timing": {
-                "heartbeat_interval": self.heartbeat_interval,
-                "heartbeat_timeout_factor": self.heartbeat_timeout_factor,
-            },
-            "docker": {"default_container_name": ENV_NAME},
-            "auth": {"token": self.token},
-        }
+        return loopback_config(
+            self.root,
+            port=self.port,
+            token=self.token,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout_factor=self.heartbeat_timeout_factor,
+            docker={"default_container_name": ENV_NAME},
+        )
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         path = self.root / "host.toml"
         path.write_text(toml.dumps(self.config()))
-        cmd = [HOST_LAUNCHER] if HOST_LAUNCHER else ["-m", "hakuriver.cli.host"]
-        self.proc = Proc(
-            "host", [sys.executable, *cmd, "--config", str(path)], self.root / "logs" / "host.log", child_env(self.root)
-        )
+        self.proc = Proc("host", host_argv(path, HOST_LAUNCHER), self.root / "logs" / "host.log", child_env(self.root))
         self.proc.start()
         self.started_at = time.time()
         deadline = time.monotonic() + 30
@@ -360,7 +307,7 @@ class SimCluster:
         self.app.add_routes(
             [
                 web.post("/r/{name}/api/tasks", self._run_task),
-                web.post("/r/{name}/api/tasks/{task_id}/{action}", self._control),
+                web.post("/r/{name}/api/tasks/{task_id}/{action:kill|pause|resume}", self._control),
                 web.get("/r/{name}/api/health", self._health),
             ]
         )
@@ -783,7 +730,7 @@ async def drain(session: aiohttp.ClientSession, host: HostSetup, expect: int, ti
     counts: dict[str, int] = {}
     while time.monotonic() < deadline:
         counts = (await get_json(session, host, "/api/health"))["tasks"]
-        if sum(v for k, v in counts.items() if k in FINAL) >= expect:
+        if sum(v for k, v in counts.items() if TaskState(k).is_final) >= expect:
             break
         await asyncio.sleep(0.25)
     return counts
@@ -1348,17 +1295,14 @@ async def bench_e2e(args: argparse.Namespace, root: Path, session: aiohttp.Clien
     runner: Proc | None = None
     try:
         await host.start(session)
-        cfg = host.config()
         local_temp = host.root / "runner_temp"
         local_temp.mkdir(exist_ok=True)
-        cfg["network"]["runner_port"] = free_port()
-        cfg["paths"]["local_temp_dir"] = str(local_temp)
-        cfg["runner"] = {"name": runner_name}
+        cfg = runner_config(host.config(), runner_name, port=free_port(), local_temp=local_temp)
         rpath = host.root / "runner.toml"
         rpath.write_text(toml.dumps(cfg))
         runner = Proc(
             "runner",
-            [sys.executable, "-m", "hakuriver.cli.runner", "--config", str(rpath)],
+            runner_argv(rpath),
             host.root / "logs" / "runner.log",
             child_env(host.root),
         )

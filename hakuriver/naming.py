@@ -40,10 +40,10 @@ def environment_container_name(name: str) -> str:
 
 
 def task_id_from_name(name: str) -> int | None:
-    """Inverse of task_container_name / task_unit_name (with or without `.scope`)."""
+    """Inverse of task_container_name / task_unit_name (with or without `.service`)."""
     name = name.lstrip("/")
-    if name.endswith(".scope") or name.endswith(".service"):
-        name = name.rsplit(".", 1)[0]
+    if name.endswith(".service"):
+        name = name[: -len(".service")]
     if not name.startswith(TASK_PREFIX):
         return None
     rest = name[len(TASK_PREFIX) :]

@@ -27,15 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..config import load_config, read_config_file
+from ..deploy import launcher_install, units
+from ..deploy.configfile import new_token, render_config, write_private_file
+from ..deploy.sudoers import DEFAULT_SUDOERS_PATH, render_sudoers
+from ..deploy.units import UnitError, check_account
 from ..errors import HakuRiverError, ValidationError
+from ..parsing import validate_node_name
 from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliParser, UsageError, fail
 
 PROG = "hakuriver.init"
 DEFAULT_CONFIG_OUTPUT = "~/.hakuriver/config.toml"
 MIN_TOKEN_LENGTH = 16
-SUDOERS_DROPIN = "/etc/sudoers.d/hakuriver"
-"""Where the Runner's sudoers rule goes (hakuriver.deploy.sudoers.DEFAULT_SUDOERS_PATH;
-a test keeps them equal without importing that module here)."""
+SUDOERS_DROPIN = DEFAULT_SUDOERS_PATH
+"""Where the Runner's sudoers rule goes."""
 
 EPILOG = """\
 exit status:
@@ -121,10 +126,6 @@ def _add_config(sub: Any) -> None:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from ..deploy.configfile import new_token, render_config, write_private_file
-    from ..deploy.units import check_account
-    from ..parsing import validate_node_name
-
     overrides: dict[str, dict[str, Any]] = {}
 
     def put(key: str, value: Any) -> None:
@@ -343,8 +344,6 @@ def _add_service(sub: Any) -> None:
 
 
 def _cmd_service(args: argparse.Namespace) -> int:
-    from ..deploy import units
-
     roles: tuple[str, ...] = args.roles
     if args.instance is not None and "runner" not in roles:
         raise UsageError("--instance names a Runner unit; add --runner or --all")
@@ -430,8 +429,6 @@ def _cmd_service(args: argparse.Namespace) -> int:
 
 
 def _service_config(path: str | None) -> Any:
-    from ..config import load_config, read_config_file
-
     if path:
         absolute = Path(os.path.abspath(os.path.expanduser(path)))
         if not absolute.is_file():
@@ -495,13 +492,7 @@ def _add_sudoers(sub: Any) -> None:
 
 
 def _cmd_sudoers(args: argparse.Namespace) -> int:
-    from ..deploy.units import check_account
-
     user = _usage("--user", check_account, "user", args.user) if args.user else _current_user()
-    try:
-        from ..deploy.sudoers import render_sudoers  # issue 4's renderer, imported when needed
-    except ImportError as exc:
-        raise _Failure(f"this hakuriver has no sudoers renderer (hakuriver.deploy.sudoers: {exc})") from None
     try:
         text = render_sudoers(user)
     except ValueError as exc:
@@ -559,9 +550,6 @@ def _add_launcher(sub: Any) -> None:
 
 
 def _cmd_launcher(args: argparse.Namespace) -> int:
-    from ..deploy import launcher_install
-    from ..deploy.units import check_account
-
     user = _usage("--user", check_account, "user", args.user) if args.user else _current_user()
     config = _service_config(args.config)
     missing = [k for k in ("paths.shared_dir", "paths.local_temp_dir") if not getattr(config.paths, k.split(".")[1])]
@@ -620,8 +608,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
-    from ..deploy.units import UnitError
-
     try:
         return args.func(args)
     except UsageError as exc:

@@ -120,7 +120,7 @@ def _add_submit(sub: Any) -> None:
         "--container",
         metavar="NAME",
         help=f"environment to run in (default: the cluster's default); "
-        f"{SYSTEMD_CONTAINER} runs the task in a systemd scope on the node instead of Docker",
+        f"{SYSTEMD_CONTAINER} runs the task as a transient systemd service on the node instead of Docker",
     )
     p.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable for the task (repeatable)"

@@ -27,9 +27,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from hakuriver.client import is_final
+from hakuriver.models import TaskState
+
 TOKEN = "test-token-123"
 BODY: Any = web.RequestKey("body", object) if hasattr(web, "RequestKey") else "body"
-FINAL = {"completed", "failed", "killed", "killed_oom", "lost"}
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -100,6 +102,14 @@ class FakeHost:
             raise errors[0]
 
     async def _start(self) -> None:
+        self._runner = web.AppRunner(self.make_app())
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def make_app(self) -> web.Application:
+        """The fake's application (its routes are checked against openapi.yaml)."""
         app = web.Application(middlewares=[self._auth])
         app.add_routes(
             [
@@ -114,11 +124,7 @@ class FakeHost:
                 web.get("/api/health", self.health),
             ]
         )
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return app
 
     def stop(self) -> None:
         if self._loop is not None:
@@ -171,7 +177,7 @@ class FakeHost:
         return task
 
     def _finish(self, task: dict[str, Any]) -> None:
-        if task["state"] in FINAL:
+        if is_final(task["state"]):
             return
         program = task["command"][0] if task["command"] else ""
         if program in self.outcomes:
@@ -235,7 +241,7 @@ class FakeHost:
         if task is None:
             return _error(404, "not_found", f"no task {request.match_info['task_id']}")
         action = request.match_info["action"]
-        if task["state"] in FINAL:
+        if is_final(task["state"]):
             return _error(409, "conflict", f"task {task['task_id']} is already {task['state']}")
         task["state"] = {"kill": "killed", "pause": "paused", "resume": "running"}[action]
         return web.json_response(task)
@@ -251,7 +257,7 @@ class FakeHost:
         for i in ids:
             self._finish(self.tasks[i])
         tasks = [self.tasks[i] for i in ids]
-        done = all(t["state"] in FINAL for t in tasks)
+        done = all(is_final(t["state"]) for t in tasks)
         if not done:
             await asyncio.sleep(min(float(body.get("timeout", 30)), 0.2))
         return web.json_response({"tasks": tasks, "done": done})
@@ -293,7 +299,7 @@ class FakeHost:
 
     async def health(self, request: web.Request) -> web.Response:
         online = sum(1 for n in self.nodes if n["online"])
-        counts: dict[str, int] = {s: 0 for s in ("pending", "assigning", "running", "paused", *sorted(FINAL))}
+        counts: dict[str, int] = {s.value: 0 for s in TaskState}
         for t in self.tasks.values():
             counts[t["state"]] += 1
         return web.json_response(

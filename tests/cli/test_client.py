@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
@@ -11,6 +10,7 @@ from hakuriver import client as client_mod
 from hakuriver.client import ApiError, HostClient, is_final, task_id_str
 from hakuriver.errors import HakuRiverError, HostUnreachable, ValidationError
 from hakuriver.models import Mount, Target
+from tests.harness.procs import free_port
 
 from .fakehost import TOKEN, FakeHost, _isolated_env, fake_host, sample_node  # noqa: F401 - fixtures
 
@@ -95,9 +95,7 @@ async def test_task_ids_accept_int_and_str_and_refuse_junk(fake_host: FakeHost):
 
 
 async def test_unreachable_host():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     async with HostClient(f"http://127.0.0.1:{port}", TOKEN) as host:
         with pytest.raises(HostUnreachable) as exc:
             await host.health()

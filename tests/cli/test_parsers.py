@@ -17,6 +17,7 @@ from hakuriver.cli import host as host_cli
 from hakuriver.cli import runner as runner_cli
 from hakuriver.cli import task as task_cli
 from hakuriver.cli.common import EXIT_USAGE, format_command, format_cpus, table
+from tests.harness.procs import free_port
 
 from .fakehost import _isolated_env, write_config  # noqa: F401 - autouse fixture
 
@@ -230,17 +231,11 @@ def test_env_var_config_is_used(capsys, tmp_path, monkeypatch):
     assert str(config) in capsys.readouterr().err
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     "argv", [["list"], ["status", "123"], ["submit", "--", "true"], ["wait", "5"], ["logs", "5", "--follow"]]
 )
 def test_unreachable_host_is_one_line_exit_1(argv, capsys, tmp_path):
-    port = _closed_port()
+    port = free_port()  # nothing listens there
     config = write_config(tmp_path / "c.toml", port)
     assert task_cli.main(["--config", str(config), *argv]) == 1
     out, err = capsys.readouterr()
@@ -250,7 +245,7 @@ def test_unreachable_host_is_one_line_exit_1(argv, capsys, tmp_path):
 
 
 def test_unreachable_host_client_cli(capsys, tmp_path):
-    port = _closed_port()
+    port = free_port()  # nothing listens there
     config = write_config(tmp_path / "c.toml", port)
     assert client_cli.main(["--config", str(config), "nodes"]) == 1
     err = capsys.readouterr().err
@@ -286,7 +281,7 @@ def test_python_dash_m_task_never_tracebacks(argv, code, tmp_path):
 
 
 def test_python_dash_m_unreachable(tmp_path):
-    config = write_config(tmp_path / "c.toml", _closed_port())
+    config = write_config(tmp_path / "c.toml", free_port())
     proc = _run("hakuriver.cli.task", "--config", str(config), "submit", "--", "echo", "hi", home=tmp_path)
     assert proc.returncode == 1
     assert len(proc.stderr.splitlines()) == 1 and "cannot reach the Host" in proc.stderr

@@ -22,6 +22,7 @@ from hakuriver.cli import common
 from hakuriver.cli import host as host_cli
 from hakuriver.cli import runner as runner_cli
 from hakuriver.errors import ConfigError
+from tests.harness.procs import free_port
 
 from .fakehost import _isolated_env  # noqa: F401 - autouse fixture
 
@@ -138,9 +139,7 @@ def test_service_port_in_use_is_one_line(tmp_path, capsys):
 
 def test_service_stops_cleanly_on_sigterm(tmp_path):
     """A real run_app in a child process: it serves, gets SIGTERM, exits 0."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = _config(tmp_path / "c.toml", f'[network]\nhost_bind_ip = "127.0.0.1"\nhost_port = {port}\n')
     script = f"""
 import os, signal

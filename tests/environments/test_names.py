@@ -21,6 +21,7 @@ from hakuriver.parsing import validate_env_name
 from hakuriver.runner.environments import EnvironmentSync, LocalImage, needs_load
 from hakuriver.runner.supervisor import Supervisor
 from hakuriver.runrequest import RunRequest
+from tests.harness.procs import free_port
 
 TRICKS = [
     "../x",
@@ -173,11 +174,7 @@ def test_api_refuses_bad_names_before_any_docker_or_file_work(cluster) -> None:
 
 
 def test_cli_one_line_errors_when_the_host_is_unreachable(tmp_path: Path, capsys, monkeypatch) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    port = free_port()  # nothing listens there
     config = tmp_path / "c.toml"
     config.write_text(f'[network]\nhost_port = {port}\n[auth]\ntoken = "t"\n')
     stack = contextlib.ExitStack()

@@ -24,7 +24,7 @@ def test_offline_host_starts_logs_the_import_command_and_imports(
     name = made.name()
     cluster = cluster_factory(docker_overrides={"default_container_name": name, "initial_base_image": MISSING_IMAGE})
     log = poll(
-        lambda: cluster.host_proc.log() if f"import-image LOCAL_IMAGE {name}" in cluster.host_proc.log() else None,
+        lambda: cluster.host_proc.tail() if f"import-image LOCAL_IMAGE {name}" in cluster.host_proc.tail() else None,
         timeout=60,
         what="the Host to explain how to provide the default environment",
     )

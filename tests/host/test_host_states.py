@@ -9,7 +9,6 @@ while `assigning`, a late report after `killed`, pause holding resources, a
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from aiohttp import web
 from hakuriver.config import config_from_dict
 from hakuriver.host.app import create_app
 from tests.harness.polling import apoll
+from tests.harness.procs import free_port
 
 TOKEN = "state-test-token"
 
@@ -34,7 +34,12 @@ class FakeRunner:
         self.hold = asyncio.Event()
         self.hold.set()
         app = web.Application()
-        app.add_routes([web.post("/api/tasks", self._run), web.post("/api/tasks/{tid}/{action}", self._control)])
+        app.add_routes(
+            [
+                web.post("/api/tasks", self._run),
+                web.post("/api/tasks/{task_id}/{action:kill|pause|resume}", self._control),
+            ]
+        )
         self.app = app
 
     async def _run(self, request: web.Request) -> web.Response:
@@ -45,14 +50,8 @@ class FakeRunner:
         return web.json_response({"task_id": body["task_id"], "status": "accepted"}, status=202)
 
     async def _control(self, request: web.Request) -> web.Response:
-        self.controls.append((request.match_info["tid"], request.match_info["action"]))
+        self.controls.append((request.match_info["task_id"], request.match_info["action"]))
         return web.json_response({"ok": True})
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _serve(app: web.Application, port: int) -> web.AppRunner:
@@ -106,7 +105,7 @@ class HostUnderTest:
 async def host(tmp_path: Path) -> AsyncIterator[tuple[HostUnderTest, FakeRunner]]:
     (tmp_path / "shared").mkdir()
     fake = FakeRunner()
-    runner_port, host_port = _port(), _port()
+    runner_port, host_port = free_port(), free_port()
     fake_site = await _serve(fake.app, runner_port)
     config = config_from_dict(
         {

@@ -54,13 +54,3 @@ def test_errors_are_one_line(argv: list[str], status: int, needle: str, capsys: 
     assert main(argv) == status
     err = capsys.readouterr().err
     assert err.startswith("hakuriver.init: error:") and err.count("\n") == 1 and needle in err, err
-
-
-def test_a_missing_renderer_is_a_one_line_failure(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import sys
-
-    monkeypatch.setitem(sys.modules, "hakuriver.deploy.sudoers", None)  # import fails
-    assert main(["sudoers", "--runner", "--user", "hk"]) == 1
-    assert "no sudoers renderer" in capsys.readouterr().err

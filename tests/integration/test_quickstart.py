@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from .cluster import REPO, free_port, wait_until
+from tests.harness.procs import REPO, free_port
+
+from .cluster import wait_until
 
 pytestmark = pytest.mark.docker
 

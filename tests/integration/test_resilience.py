@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from .cluster import REPO, LocalCluster, wait_until
+from tests.harness.procs import REPO
+
+from .cluster import LocalCluster, wait_until
 from .test_docker_tasks import waiting_task
 
 pytestmark = pytest.mark.docker
@@ -160,7 +162,7 @@ def test_gpu_validation_and_placement_with_fake_nvml(cluster: LocalCluster, node
 def test_runner_started_before_the_host_registers_when_it_appears(cluster: LocalCluster, node_name: str) -> None:
     cluster.stop_host()
     cluster.add_runner(node_name, wait_online=False)
-    wait_until(lambda: "cannot reach the Host" in cluster.runners[node_name].proc.log(), what="a failed registration")
+    wait_until(lambda: "cannot reach the Host" in cluster.runners[node_name].proc.tail(), what="a failed registration")
     assert cluster.runners[node_name].proc.alive
     cluster.host_proc.start()
     cluster.wait_host_up()
@@ -185,7 +187,7 @@ def test_result_finished_while_the_host_is_down_is_delivered(
 
     wait_until(ended, what="the task to end while the Host is down")
     wait_until(
-        lambda: f"cannot report task {task_id}" in cluster.runners[node_name].proc.log(),
+        lambda: f"cannot report task {task_id}" in cluster.runners[node_name].proc.tail(),
         what="the runner to fail delivering the result",
     )
     cluster.host_proc.start()

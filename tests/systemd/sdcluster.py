@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from hakuriver.models import FINAL_STATES
 from tests.harness import Node, poll
 
 VENV_PY = "/opt/hakuriver/venv/bin/python"
@@ -27,7 +28,6 @@ LAUNCHER = "/usr/local/libexec/hakuriver/hakuriver-task-launcher"
 NODE_NAME = "sdnode"
 HOST_PORT = 8000
 RUNNER_MARKER = "RUNNER_ONLY_MARKER"
-FINAL = {"completed", "failed", "killed", "killed_oom", "lost"}
 
 _SETUP = r"""
 import json, os, pwd, subprocess, sys
@@ -185,7 +185,7 @@ class SdCluster:
         )
 
     def wait_final(self, task_id: str, timeout: float = 60) -> dict[str, Any]:
-        return self.wait_state(task_id, FINAL, timeout)
+        return self.wait_state(task_id, {s.value for s in FINAL_STATES}, timeout)
 
     def act(self, task_id: str, verb: str) -> None:
         status, body = self.api("POST", f"/api/tasks/{task_id}/{verb}")

@@ -1,4 +1,4 @@
-"""Auth and bad input against a real Host (and Runner): 4xx with a JSON reason, nothing stored changes."""
+"""Auth and bad input against the real Host (and Runner) apps: 4xx with a JSON reason, nothing stored changes."""
 
 from __future__ import annotations
 
@@ -6,11 +6,7 @@ import json
 import urllib.request
 from typing import Any
 
-import pytest
-
-from .cluster import LocalCluster
-
-pytestmark = pytest.mark.docker
+from .cluster import ThreadedCluster
 
 
 def raw_post(url: str, body: bytes, token: str, content_type: str = "application/json") -> tuple[int, Any]:
@@ -24,7 +20,7 @@ def raw_post(url: str, body: bytes, token: str, content_type: str = "application
         return exc.code, json.loads(exc.read())
 
 
-def test_every_endpoint_needs_the_token(cluster: LocalCluster, node_name: str) -> None:
+def test_every_endpoint_needs_the_token(cluster: ThreadedCluster, node_name: str) -> None:
     runner = cluster.add_runner(node_name)
     for path in ("/api/health", "/api/tasks", "/api/nodes", "/api/openapi.yaml"):
         for token in ("", "wrong-token"):
@@ -64,7 +60,7 @@ BAD_SUBMISSIONS = [
 ]
 
 
-def test_bad_submissions_are_refused_and_nothing_changes(cluster: LocalCluster, node_name: str) -> None:
+def test_bad_submissions_are_refused_and_nothing_changes(cluster: ThreadedCluster, node_name: str) -> None:
     cluster.add_runner(node_name)
     [good] = cluster.submit(["true"])
     assert cluster.wait_final(good)["state"] == "completed"
