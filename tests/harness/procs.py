@@ -65,11 +65,12 @@ def loopback_config(
 def runner_config(
     host_config: dict[str, dict[str, Any]], name: str, *, port: int, local_temp: Path
 ) -> dict[str, dict[str, Any]]:
-    """The config of runner `name` of that Host, serving on `port`, its state in `local_temp`."""
+    """The config of runner `name` of that Host, serving on `port`, with its
+    scratch in `local_temp` and its private state beside it."""
     cfg = {section: dict(values) for section, values in host_config.items()}
     cfg["network"]["runner_port"] = port
     cfg["paths"]["local_temp_dir"] = str(local_temp)
-    cfg["runner"] = {"name": name}
+    cfg["runner"] = {"name": name, "state_dir": str(local_temp.parent / f"{local_temp.name}-state")}
     return cfg
 
 

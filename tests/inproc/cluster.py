@@ -47,6 +47,7 @@ from hakuriver.models import ExitResult
 from hakuriver.runner.app import create_app as create_runner_app
 from hakuriver.runner.executors.base import Executor, Handle, LaunchSpec
 from hakuriver.runner.executors.fake import FakeExecutor
+from hakuriver.runner.keys import ORDER_TOKEN_KEY
 from tests.harness.hostapi import BlockingHostApi
 from tests.harness.polling import apoll
 from tests.harness.procs import loopback_config, runner_config
@@ -222,6 +223,8 @@ class InProcRunner:
     local_temp: Path
     probe_env: dict[str, str | None]
     site: web.AppRunner | None = None
+    order_token: str = ""
+    """What the Host presents to this runner (it chose it at its first start)."""
 
     @property
     def url(self) -> str:
@@ -246,6 +249,7 @@ class InProcRunner:
         # The probe reads NUMA topology and NVML during start-up only.
         with _environ(self.probe_env):
             self.site = await _serve(app, sock)
+        self.order_token = app[ORDER_TOKEN_KEY]
 
     async def stop(self) -> None:
         """Stop the runner as SIGTERM would: its coroutines end, its tasks do not
@@ -256,7 +260,7 @@ class InProcRunner:
 
     async def call(self, method: str, path: str, token: str | None = None) -> tuple[int, Any]:
         """One request to this runner's own API (as the Host makes them)."""
-        headers = {"Authorization": f"Bearer {self.config.auth.token if token is None else token}"}
+        headers = {"Authorization": f"Bearer {self.order_token if token is None else token}"}
         async with aiohttp.ClientSession(headers=headers) as session:
             async with session.request(method, self.url + path) as resp:
                 return resp.status, await resp.json()
