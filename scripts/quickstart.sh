@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A one-machine HakuRiver cluster: Host + Runner on this machine, the embedded SQLite,
-# a generated config (with a fresh auth token), and a sample task in a container.
+# a generated config (with a fresh admin token and runner token), and a sample task in a container.
 #
 #   bash scripts/quickstart.sh          bring the cluster up (or reuse it) and run a sample task
 #   bash scripts/quickstart.sh stop     stop the Host and the Runner (running tasks keep running)
@@ -68,7 +68,7 @@ write_config() {
         --host-bind-ip 127.0.0.1 --host-address 127.0.0.1 --host-port "${QS_HOST_PORT:-8000}" \
         --runner-address 127.0.0.1 --runner-port "${QS_RUNNER_PORT:-8001}" \
         --shared-dir "$QS/shared" --local-temp-dir "$QS/local_temp" --db-file "$QS/hakuriver.db" >/dev/null
-    log "wrote $CONFIG (mode 0600, fresh auth token)"
+    log "wrote $CONFIG (mode 0600, a fresh admin token and runner token)"
 }
 
 start_service() {
@@ -128,5 +128,6 @@ The cluster keeps running. Try:
   export HAKURIVER_CONFIG=$CONFIG PATH=$VENV/bin:\$PATH
   hakuriver.task submit --cores 1 --memory 512M --wait -- python3 -c 'print(6 * 7)'
   hakuriver.task list
+  hakuriver.admin user add alice      # a lab member with their own token
 Stop it with: bash scripts/quickstart.sh stop
 EOF
