@@ -118,6 +118,7 @@ class Engine:
                     # socket) is gone, so the collector can close it.
                     _collect_leaked_socket()
                     raise self._unreachable(why)
+            assert self._client is not None  # set above, or raised
             return self._client.api
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
