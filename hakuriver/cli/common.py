@@ -176,7 +176,9 @@ class Connect:
                 f"no config file found (--config, ${CONFIG_ENV_VAR}, ~/.hakuriver/config.toml) and no "
                 f"${TOKEN_ENV_VAR}; run 'hakuriver.init config --client' or pass --config"
             )
-        return HostClient(config.host_url, token)
+        from ..tls import client_context
+
+        return HostClient(config.host_url, token, ssl_context=client_context(config.tls))
 
 
 Handler = Callable[[argparse.Namespace, Connect], Coroutine[Any, Any, int]]
