@@ -70,9 +70,13 @@ class HostLink:
     async def start(self) -> None:
         """Open the connection pool and start the loops (register and heartbeat,
         running reports, result delivery)."""
+        from ..tls import client_context  # the cluster CA verifies the Host (None: plain HTTP)
+
         timeout = aiohttp.ClientTimeout(total=max(self.config.timing.heartbeat_interval * 2, 5.0), connect=5.0)
         self._session = aiohttp.ClientSession(
-            timeout=timeout, headers=auth_headers(self.config.auth.effective_runner_token())
+            timeout=timeout,
+            headers=auth_headers(self.config.auth.effective_runner_token()),
+            connector=aiohttp.TCPConnector(ssl=client_context(self.config.tls) or True),
         )
         self._loops = [
             asyncio.create_task(self.deliver_loop()),
