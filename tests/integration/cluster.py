@@ -4,6 +4,10 @@ Each `LocalCluster` writes its own config (random ports, a fresh token, a
 temporary shared dir and SQLite file), starts `python -m hakuriver.cli.host`
 and any number of runners, and tears everything down, including the task
 containers its runners started, even when the test failed.
+
+`LocalCluster(tls=True)` speaks HTTPS: a cluster CA in `root/pki` (made with
+hakuriver.tls), a certificate for the Host and one per runner, all for
+127.0.0.1; `api()` verifies the Host against that CA.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -90,6 +95,7 @@ class LocalCluster:
     heartbeat_interval: float = 0.5
     heartbeat_timeout_factor: float = 6.0
     docker_overrides: dict[str, Any] = field(default_factory=dict)
+    tls: bool = False
     host_proc: Proc | None = None
     runners: dict[str, RunnerInfo] = field(default_factory=dict)
 
@@ -99,12 +105,33 @@ class LocalCluster:
         self.db_file = self.root / "host.db"
         self.logs = self.root / "logs"
         self.logs.mkdir(exist_ok=True)
+        self.pki = self.root / "pki"
+        self._ssl: ssl.SSLContext | None = None
+        if self.tls:
+            from hakuriver import tls
+
+            tls.write_ca(self.pki)
+            tls.write_node_cert(self.pki, "host", ips=["127.0.0.1"])
+            self._ssl = ssl.create_default_context(cafile=str(self.pki / tls.CA_CERT))
+
+    def tls_section(self, name: str) -> dict[str, Any]:
+        """[tls] for the node whose certificate is pki/NAME.pem (made when missing)."""
+        from hakuriver import tls
+
+        if not (self.pki / f"{name}.pem").exists():
+            tls.write_node_cert(self.pki, name, ips=["127.0.0.1"])
+        return {
+            "enabled": True,
+            "ca_file": str(self.pki / tls.CA_CERT),
+            "cert_file": str(self.pki / f"{name}.pem"),
+            "key_file": str(self.pki / f"{name}-key.pem"),
+        }
 
     # ---------------------------------------------------------------- config
     def base_config(self) -> dict[str, Any]:
         docker = {"default_container_name": TEST_ENV, "allowed_mount_prefixes": [str(self.root / "mountable")]}
         docker.update(self.docker_overrides)
-        return {
+        config: dict[str, Any] = {
             "network": {
                 "host_bind_ip": "127.0.0.1",
                 "host_port": self.host_port,
@@ -121,6 +148,9 @@ class LocalCluster:
             "docker": docker,
             "auth": {"token": self.token},
         }
+        if self.tls:
+            config["tls"] = self.tls_section("host")
+        return config
 
     @property
     def host_config_path(self) -> Path:
@@ -133,7 +163,7 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.host_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.host_port}"
 
     # ----------------------------------------------------------------- http
     def api(
@@ -145,7 +175,7 @@ class LocalCluster:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self._ssl) as resp:
                 raw = resp.read()
                 return resp.status, (
                     json.loads(raw) if raw and resp.headers.get_content_type() == "application/json" else raw
@@ -206,6 +236,8 @@ class LocalCluster:
         cfg["network"]["runner_port"] = port
         cfg["paths"]["local_temp_dir"] = str(local_temp)
         cfg["runner"] = {"name": name}
+        if self.tls:
+            cfg["tls"] = self.tls_section(name)
         for section, values in (config or {}).items():
             cfg.setdefault(section, {}).update(values)
         path = self.root / f"runner-{name}.toml"
