@@ -391,3 +391,49 @@ def test_the_service_contexts_check_the_ca_too(tmp_path: Path, pki: Pki) -> None
     with pytest.raises(ConfigError, match="tls.ca_file: .* does not exist"):
         tls.service_contexts(config)
     assert tls.service_contexts(config_from_dict({})) == (None, None)
+
+
+# ------------------------------------------------- the shell and the streams
+async def test_the_shell_websocket_and_operation_streams_verify_the_host(pki: Pki) -> None:
+    """open_shell and the NDJSON operations use the client's session: the same CA check."""
+
+    async def shell(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_bytes(b"hello over wss")
+        await ws.close()
+        return ws
+
+    async def create_tar(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        await resp.write(b'{"event": "progress", "stage": "commit", "message": "x"}\n')
+        await resp.write(b'{"event": "done", "result": {"name": "env", "version": 3}}\n')
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/api/environments/containers/{name}/shell", shell)
+    app.router.add_post("/api/environments/containers/{name}/tarball", create_tar)
+    port = free_port()
+    server_tls = TlsConfig(**pki.tls("host"))
+    site = await serve(app, port, tls.server_context(server_tls))
+    url = f"https://127.0.0.1:{port}"
+    good = tls.client_context(server_tls)
+    bad = tls.client_context(TlsConfig(enabled=True, ca_file=str(pki.other_ca)))
+    try:
+        async with HostClient(url, ADMIN_TOKEN, ssl_context=good) as host:
+            ws = await host.open_shell("env")
+            message = await ws.receive()
+            await ws.close()
+            assert message.data == b"hello over wss"
+            progress: list[dict[str, Any]] = []
+            assert await host.create_tarball("env", progress=progress.append) == {"name": "env", "version": 3}
+            assert [p["stage"] for p in progress] == ["commit"]
+        async with HostClient(url, ADMIN_TOKEN, ssl_context=bad) as host:
+            with pytest.raises(HostUnreachable, match="its TLS certificate was not accepted"):
+                await host.open_shell("env")
+            with pytest.raises(HostUnreachable, match="its TLS certificate was not accepted"):
+                await host.create_tarball("env")
+    finally:
+        await site.cleanup()
