@@ -11,7 +11,9 @@ Contract:
 - An answer with an error status raises `ApiError(status, code, message)`,
   taken from the API's `{"error": {"code", "message"}}` body.
 - No answer at all (refused, DNS failure, reset, timeout) raises
-  `HostUnreachable("cannot reach the Host at URL: reason")`.
+  `HostUnreachable("cannot reach the Host at URL: reason")`; so does an
+  HTTPS Host whose certificate does not verify with `ssl_context`
+  (`hakuriver.tls.client_context`: the cluster CA), with what to check.
 - Task ids are strings on the wire; methods accept `int` or `str` and refuse
   anything that is not an id (`ValidationError`) before sending.
 """
@@ -22,6 +24,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,10 +78,20 @@ def task_id_str(task_id: int | str) -> str:
 class HostClient:
     """One aiohttp session to one Host. Use as an async context manager."""
 
-    def __init__(self, base_url: str, token: str, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
+        """`ssl_context` verifies an https:// Host (`hakuriver.tls.client_context`);
+        None leaves aiohttp's default checks (the system's trust store)."""
         self.base_url = base_url.rstrip("/")
         self.timeout = float(timeout)
         self._headers = {**auth_headers(token), "User-Agent": f"hakuriver-client/{__version__}"}
+        self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HostClient:
@@ -90,7 +103,9 @@ class HostClient:
 
     async def open(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(headers=self._headers)
+            # The connector's context covers every request: JSON calls, streams and the shell's websocket.
+            connector = aiohttp.TCPConnector(ssl=self._ssl or True)
+            self._session = aiohttp.ClientSession(headers=self._headers, connector=connector)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -122,11 +137,8 @@ class HostClient:
             raise HostUnreachable(f"cannot reach the Host at {self.base_url}: no answer within {limit:g}s") from None
         except aiohttp.InvalidURL:
             raise HostUnreachable(f"cannot reach the Host at {self.base_url}: not a valid URL") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise HostUnreachable(f"cannot reach the Host at {self.base_url}: {_os_reason(exc)}") from None
         except (aiohttp.ClientError, OSError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise HostUnreachable(f"cannot reach the Host at {self.base_url}: {reason}") from None
+            raise HostUnreachable(f"cannot reach the Host at {self.base_url}: {self._reason(exc)}") from None
         if status >= 400:
             raise _api_error(status, headers, data)
         if status >= 300:
@@ -138,6 +150,30 @@ class HostClient:
                 "check network.host_reachable_address and host_port",
             )
         return status, headers, data
+
+    def _reason(self, exc: BaseException) -> str:
+        """Why a request got no answer, in words: TLS trouble says what to check."""
+        https = self.base_url.startswith("https://")
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            cert_error = exc.certificate_error
+            detail = getattr(cert_error, "verify_message", None) or getattr(cert_error, "reason", None) or cert_error
+            if getattr(cert_error, "verify_code", None) in _NAME_MISMATCH:
+                hint = (
+                    f"the certificate does not name {exc.host}: set network.host_reachable_address to a name "
+                    "it has, or sign one that names it (hakuriver.init tls cert --dns/--ip)"
+                )
+            else:
+                hint = "check that tls.ca_file is the cluster's CA, the one that signed the Host's certificate"
+            return f"its TLS certificate was not accepted ({str(detail).rstrip('.')}); {hint}"
+        if isinstance(exc, aiohttp.ClientConnectorSSLError) or (https and isinstance(exc, ssl.SSLError)):
+            reason = getattr(exc, "reason", None) or getattr(getattr(exc, "os_error", None), "reason", None)
+            return f"the TLS handshake failed ({reason or exc}); is the Host serving HTTPS (tls.enabled there)?"
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return _os_reason(exc)
+        reason = str(exc) or type(exc).__name__
+        if not https and isinstance(exc, aiohttp.ServerDisconnectedError):
+            reason += " (if the Host serves HTTPS, set tls.enabled = true and tls.ca_file in this config)"
+        return reason
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         _, _, data = await self._send(method, path, **kwargs)
@@ -428,7 +464,7 @@ class HostClient:
         except aiohttp.WSServerHandshakeError as exc:
             status = exc.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise HostUnreachable(f"cannot reach the Host at {self.base_url}: {exc or type(exc).__name__}") from None
+            raise HostUnreachable(f"cannot reach the Host at {self.base_url}: {self._reason(exc)}") from None
         else:
             return ws
         # A refused handshake carries no reason: ask again without the upgrade to read it.
@@ -481,16 +517,16 @@ class HostClient:
                 f"the Host at {self.base_url} went silent for {OPERATION_IDLE_TIMEOUT:g}s during "
                 f"{method} {path}; the operation may still finish there"
             ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise HostUnreachable(f"cannot reach the Host at {self.base_url}: {_os_reason(exc)}") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise HostUnreachable(f"cannot reach the Host at {self.base_url}: {exc or type(exc).__name__}") from None
+            raise HostUnreachable(f"cannot reach the Host at {self.base_url}: {self._reason(exc)}") from None
         raise HostUnreachable(
             f"the Host at {self.base_url} ended {method} {path} without a result; the operation may still finish there"
         )
 
 
 _FINAL = frozenset(s.value for s in FINAL_STATES)
+_NAME_MISMATCH = (62, 64)
+"""OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH."""
 
 
 def is_final(state: str) -> bool:

@@ -176,7 +176,9 @@ class Connect:
                 f"no config file found (--config, ${CONFIG_ENV_VAR}, ~/.hakuriver/config.toml) and no "
                 f"${TOKEN_ENV_VAR}; run 'hakuriver.init config --client' or pass --config"
             )
-        return HostClient(config.host_url, token)
+        from ..tls import client_context
+
+        return HostClient(config.host_url, token, ssl_context=client_context(config.tls))
 
 
 Handler = Callable[[argparse.Namespace, Connect], Coroutine[Any, Any, int]]
@@ -346,7 +348,9 @@ def serve(
     """Run a service (`hakuriver.host`, `hakuriver.runner`) until SIGINT/SIGTERM.
 
     `factory(config)` imports and calls the service's `create_app`; `bind`
-    and `log_file` pick the address and log file from the config. Config
+    and `log_file` pick the address and log file from the config. With
+    `tls.enabled` it serves HTTPS, its [tls] files checked before anything
+    starts; without, it logs one warning that the API is plain HTTP. Config
     errors, a port already in use and other expected failures print one
     line and exit 1.
     """
@@ -364,10 +368,19 @@ def serve(
         config = load_config(args.config)
         setup_service_logging(args.verbose, log_file(config))
         host, port = bind(config)
+        ssl_context = _service_tls(config, log)
         app = factory(config)
-        log.info("%s starting on %s:%d (config: %s)", prog, host, port, config.source or "built-in defaults")
+        log.info(
+            "%s starting on %s:%d over %s (config: %s)",
+            prog,
+            host,
+            port,
+            "HTTPS" if ssl_context is not None else "plain HTTP",
+            config.source or "built-in defaults",
+        )
+        tls_options = {} if ssl_context is None else {"ssl_context": ssl_context}
         try:
-            web.run_app(app, host=host, port=port, print=None, handle_signals=True)
+            web.run_app(app, host=host, port=port, print=None, handle_signals=True, **tls_options)
         except OSError as exc:
             raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     except HakuRiverError as exc:
@@ -381,3 +394,20 @@ def serve(
         return EXIT_FAILURE
     log.info("%s stopped", prog)
     return EXIT_OK
+
+
+def _service_tls(config: Any, log: logging.Logger) -> Any:
+    """The server's SSL context, every [tls] file checked now (ConfigError: one
+    line); None, with one warning, when TLS is off."""
+    from ..tls import PLAIN_HTTP_WARNING, service_contexts
+
+    if not config.tls.enabled:
+        log.warning(PLAIN_HTTP_WARNING)
+        return None
+    server, _client = service_contexts(config)
+    log.info(
+        "HTTPS with tls.cert_file %s; peers verified against %s",
+        config.tls.cert_file,
+        config.tls.ca_file or "the system's trust store (tls.ca_file is empty)",
+    )
+    return server

@@ -1,9 +1,11 @@
-"""`hakuriver.init`: a starter config, systemd units and the Runner's sudoers drop-in.
+"""`hakuriver.init`: a starter config, systemd units, the Runner's sudoers drop-in, TLS certificates.
 
     hakuriver.init config --shared-dir /mnt/cluster --db-file /var/lib/hakuriver/host.db
     hakuriver.init service --host --config ~/.hakuriver/config.toml
     hakuriver.init service --runner --instance gpu1 --config /etc/hakuriver/gpu1.toml --print
     hakuriver.init sudoers --runner --user hakuriver --output hakuriver.sudoers
+    hakuriver.init tls ca --dir /var/lib/hakuriver/tls-ca
+    hakuriver.init tls cert gpu1 --dir /var/lib/hakuriver/tls-ca --ip 10.0.0.11
 
 It only writes files (or prints them): it never runs sudo, never copies into
 /etc and never reloads systemd. It prints the commands that do, for a person
@@ -45,8 +47,8 @@ SUDOERS_DROPIN = DEFAULT_SUDOERS_PATH
 EPILOG = """\
 exit status:
   0    success
-  1    failure: a missing or invalid config, a file that exists (config without --force),
-       a directory that does not exist, a file that cannot be written
+  1    failure: a missing or invalid config, a file that exists (config or tls without --force),
+       a directory that does not exist, a file that cannot be written, no CA to sign with
   2    usage error (bad flags or values; nothing was written)"""
 
 
@@ -55,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog=PROG,
         description="Set up HakuRiver on a machine: write a starter config, generate systemd units for\n"
-        "the Host and Runner, and the Runner's sudoers drop-in. Writes files (or prints them)\n"
-        "and prints the commands that install them; never runs sudo or systemctl itself.",
+        "the Host and Runner, the Runner's sudoers drop-in, and a cluster CA with node certificates\n"
+        "for HTTPS. Writes files (or prints them) and prints the commands that install them; never\n"
+        "runs sudo or systemctl itself.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -65,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service(sub)
     _add_sudoers(sub)
     _add_launcher(sub)
+    _add_tls(sub)
     return parser
 
 
@@ -582,6 +586,130 @@ def _cmd_launcher(args: argparse.Namespace) -> int:
     for step in steps:
         print(f"  {step}")
     print("  systemctl restart hakuriver-runner.service")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- tls
+def _add_tls(sub: Any) -> None:
+    p = sub.add_parser(
+        "tls",
+        help="make the cluster CA and node certificates for HTTPS",
+        description="HTTPS for the cluster: a CA made once (its key never leaves the machine it was made\n"
+        "on), and one certificate per node, signed by it, valid for the names and addresses the\n"
+        "other nodes dial. The Host and the Runners serve HTTPS with their certificate; the CLIs,\n"
+        "the Runners and the Host verify the server they call against the CA (tls.ca_file).\n"
+        "Private keys are written with mode 0600 from the first byte.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tls_sub = p.add_subparsers(dest="tls_command", metavar="ACTION", required=True)
+    ca = tls_sub.add_parser(
+        "ca",
+        help="make a new cluster CA: ca.pem and ca-key.pem in DIR",
+        description="Make a new cluster CA in DIR (created with mode 0700 when missing): ca.pem, the\n"
+        "certificate every node and client gets (tls.ca_file), and ca-key.pem (mode 0600), which\n"
+        "stays in DIR. Refuses to replace an existing CA without --force: every certificate it\n"
+        "signed would stop being trusted.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ca.add_argument("--dir", required=True, metavar="DIR", help="where the CA lives")
+    ca.add_argument(
+        "--days", type=_days_arg, default=3650, metavar="N", help="validity in days (default: 3650, ten years)"
+    )
+    ca.add_argument("--force", action="store_true", help="replace an existing CA (re-sign every node afterwards)")
+    ca.set_defaults(func=_cmd_tls_ca)
+    cert = tls_sub.add_parser(
+        "cert",
+        help="sign a node certificate: NAME.pem and NAME-key.pem",
+        description="Sign a certificate for the node NAME with the CA in DIR: NAME.pem and NAME-key.pem\n"
+        "(mode 0600), written to --out-dir (default: DIR). It is valid for NAME and every --dns\n"
+        "name and --ip address: give the addresses the others dial, network.host_reachable_address\n"
+        "for the Host and network.runner_address for a Runner. Copy both files to the node (the\n"
+        "key owned by the service's user, mode 0600) with DIR's ca.pem, and set [tls] in its config.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cert.add_argument("name", metavar="NAME", help="the node's name (an IP address is taken as one)")
+    cert.add_argument("--dir", required=True, metavar="DIR", help="where the CA lives (hakuriver.init tls ca)")
+    cert.add_argument("--dns", action="append", default=[], metavar="NAME", help="another DNS name (repeatable)")
+    cert.add_argument("--ip", action="append", default=[], metavar="ADDR", help="an IP address (repeatable)")
+    cert.add_argument("--out-dir", metavar="DIR", help="where to write the two files (default: the CA's DIR)")
+    cert.add_argument(
+        "--days",
+        type=_days_arg,
+        default=1825,
+        metavar="N",
+        help="validity in days (default: 1825, five years; never past the CA's)",
+    )
+    cert.add_argument("--force", action="store_true", help="replace an existing certificate and key")
+    cert.set_defaults(func=_cmd_tls_cert)
+
+
+def _days_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
+    if not 1 <= value <= 36500:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 to 36500 days")
+    return value
+
+
+def _tls_dir(value: str, flag: str) -> Path:
+    if not value.strip():
+        raise UsageError(f"{flag} must not be empty")
+    return Path(os.path.abspath(os.path.expanduser(value)))
+
+
+def _cmd_tls_ca(args: argparse.Namespace) -> int:
+    from .. import tls
+
+    directory = _tls_dir(args.dir, "--dir")
+    try:
+        written = tls.write_ca(directory, overwrite=args.force, days=args.days)
+    except FileExistsError as exc:
+        raise _Failure(
+            f"a CA is already there: {exc}; pass --force to replace it "
+            "(every certificate it signed stops being trusted)"
+        ) from None
+    except OSError as exc:
+        raise _Failure(f"cannot write the CA in {directory}: {exc.strerror or exc}") from None
+    print(f"wrote {written.cert} (the CA certificate: every node and client gets a copy, as tls.ca_file)")
+    print(f"wrote {written.key} (mode 0600: the CA's key; keep it here, never copy it)")
+    print(f"valid until {written.not_after:%Y-%m-%d}")
+    print(f"next: hakuriver.init tls cert NAME --dir {shlex.quote(str(directory))} --ip ADDR   (one per node)")
+    return EXIT_OK
+
+
+def _cmd_tls_cert(args: argparse.Namespace) -> int:
+    from .. import tls
+
+    name = _usage("NAME", tls.check_cert_name, args.name)
+    for value in args.dns:
+        _usage("--dns", tls.check_dns_name, value)
+    for value in args.ip:
+        _usage("--ip", tls.check_ip, value)
+    directory = _tls_dir(args.dir, "--dir")
+    out_dir = _tls_dir(args.out_dir, "--out-dir") if args.out_dir is not None else directory
+    if not (directory / tls.CA_CERT).exists():
+        raise _Failure(
+            f"no CA in {directory} (no {tls.CA_CERT}); make one first: "
+            f"hakuriver.init tls ca --dir {shlex.quote(str(directory))}"
+        )
+    try:
+        written = tls.write_node_cert(
+            directory, name, dns=args.dns, ips=args.ip, days=args.days, overwrite=args.force, out_dir=out_dir
+        )
+    except FileExistsError as exc:
+        raise _Failure(f"already there: {exc}; pass --force to replace them") from None
+    except OSError as exc:
+        raise _Failure(f"cannot write the certificate in {out_dir}: {exc.strerror or exc}") from None
+    print(f"wrote {written.cert} (valid for {', '.join(written.sans)}, until {written.not_after:%Y-%m-%d})")
+    print(f"wrote {written.key} (mode 0600: copy it to the node, owned by the service's user, mode 0600)")
+    print(f"in {name}'s config, with these files and {directory / tls.CA_CERT} copied there:")
+    print("  [tls]")
+    print("  enabled = true")
+    print(f"  ca_file = {_toml_str(str(directory / tls.CA_CERT))}")
+    print(f"  cert_file = {_toml_str(str(written.cert))}")
+    print(f"  key_file = {_toml_str(str(written.key))}")
     return EXIT_OK
 
 

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..errors import ConfigError
+from ..tls import client_context
 from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
 from .accounts import Accounts, host_authenticator
 from .api import ROUTES
@@ -72,7 +73,8 @@ async def _accounts(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _runner_client(app: web.Application) -> AsyncIterator[None]:
-    client = RunnerClient(app[CONFIG].auth.effective_runner_token())
+    config = app[CONFIG]
+    client = RunnerClient(config.auth.effective_runner_token(), ssl_context=client_context(config.tls))
     await client.start()
     app[RUNNERS] = client
     yield

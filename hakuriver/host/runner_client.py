@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from typing import Any
 
 import aiohttp
@@ -40,14 +41,24 @@ class RunnerClient:
     chose at registration (`NodeRecord.order_token`); a runner registered
     before those existed gets `fallback_token` (the cluster's runner secret)."""
 
-    def __init__(self, fallback_token: str, *, timeout: float = 10.0, limit_per_host: int = 16):
+    def __init__(
+        self,
+        fallback_token: str,
+        *,
+        timeout: float = 10.0,
+        limit_per_host: int = 16,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         self._fallback = fallback_token
+        self._ssl = ssl_context  # verifies HTTPS runners (the cluster CA); None: aiohttp's default checks
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 5.0))
         self._limit_per_host = limit_per_host
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit_per_host, keepalive_timeout=60)
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=self._limit_per_host, keepalive_timeout=60, ssl=self._ssl or True
+        )
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
 
     async def close(self) -> None:

@@ -72,13 +72,19 @@ class HostLink:
     async def start(self) -> None:
         """Open the connection pool and start the loops (register and heartbeat,
         running reports, result delivery)."""
+        from ..tls import client_context  # the cluster CA verifies the Host (None: plain HTTP)
+
         timeout = aiohttp.ClientTimeout(total=max(self.config.timing.heartbeat_interval * 2, 5.0), connect=5.0)
         self._node_key = await self._state.secret(NODE_KEY)
         self._order_token = await self._state.secret(ORDER_TOKEN)
         # The runner secret says "a runner of this cluster"; the node key,
         # on every call, says which one.
         headers = {**auth_headers(self.config.auth.effective_runner_token()), NODE_KEY_HEADER: self._node_key}
-        self._session = aiohttp.ClientSession(timeout=timeout, headers=headers)
+        self._session = aiohttp.ClientSession(
+            timeout=timeout,
+            headers=headers,
+            connector=aiohttp.TCPConnector(ssl=client_context(self.config.tls) or True),
+        )
         self._loops = [
             asyncio.create_task(self.deliver_loop()),
             asyncio.create_task(self.announce_loop()),

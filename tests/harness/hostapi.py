@@ -10,6 +10,7 @@ against the other unchanged.
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
@@ -26,6 +27,11 @@ class BlockingHostApi:
     def debug_logs(self) -> str:
         return ""
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The context that verifies an HTTPS Host (None: plain HTTP)."""
+        return None
+
     def api(
         self, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 10
     ) -> tuple[int, Any]:
@@ -36,7 +42,7 @@ class BlockingHostApi:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as resp:
                 raw = resp.read()
                 return resp.status, (
                     json.loads(raw) if raw and resp.headers.get_content_type() == "application/json" else raw

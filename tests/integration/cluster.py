@@ -4,12 +4,17 @@ Each `LocalCluster` writes its own config (random ports, a fresh token, a
 temporary shared dir and SQLite file), starts `python -m hakuriver.cli.host`
 and any number of runners, and tears everything down, including the task
 containers its runners started, even when the test failed.
+
+`LocalCluster(tls=True)` speaks HTTPS: a cluster CA in `root/pki` (made with
+hakuriver.tls), a certificate for the Host and one per runner, all for
+127.0.0.1; `api()` verifies the Host against that CA.
 """
 
 from __future__ import annotations
 
 import secrets
 import signal
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +47,7 @@ class LocalCluster(BlockingHostApi):
     heartbeat_interval: float = 0.5
     heartbeat_timeout_factor: float = 6.0
     docker_overrides: dict[str, Any] = field(default_factory=dict)
+    tls: bool = False
     host_proc: Proc | None = None
     runners: dict[str, RunnerInfo] = field(default_factory=dict)
 
@@ -51,12 +57,33 @@ class LocalCluster(BlockingHostApi):
         self.db_file = self.root / "host.db"
         self.logs = self.root / "logs"
         self.logs.mkdir(exist_ok=True)
+        self.pki = self.root / "pki"
+        self._ssl: ssl.SSLContext | None = None
+        if self.tls:
+            from hakuriver import tls
+
+            tls.write_ca(self.pki)
+            tls.write_node_cert(self.pki, "host", ips=["127.0.0.1"])
+            self._ssl = ssl.create_default_context(cafile=str(self.pki / tls.CA_CERT))
+
+    def tls_section(self, name: str) -> dict[str, Any]:
+        """[tls] for the node whose certificate is pki/NAME.pem (made when missing)."""
+        from hakuriver import tls
+
+        if not (self.pki / f"{name}.pem").exists():
+            tls.write_node_cert(self.pki, name, ips=["127.0.0.1"])
+        return {
+            "enabled": True,
+            "ca_file": str(self.pki / tls.CA_CERT),
+            "cert_file": str(self.pki / f"{name}.pem"),
+            "key_file": str(self.pki / f"{name}-key.pem"),
+        }
 
     # ---------------------------------------------------------------- config
     def base_config(self) -> dict[str, Any]:
         docker = {"default_container_name": TEST_ENV, "allowed_mount_prefixes": [str(self.root / "mountable")]}
         docker.update(self.docker_overrides)
-        return loopback_config(
+        config = loopback_config(
             self.root,
             port=self.host_port,
             token=self.token,
@@ -65,6 +92,9 @@ class LocalCluster(BlockingHostApi):
             cleanup_check_interval=0.25,
             docker=docker,
         )
+        if self.tls:
+            config["tls"] = self.tls_section("host")
+        return config
 
     @property
     def host_config_path(self) -> Path:
@@ -77,7 +107,11 @@ class LocalCluster(BlockingHostApi):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.host_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.host_port}"
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self._ssl
 
     # ------------------------------------------------------------- processes
     def _env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -121,6 +155,8 @@ class LocalCluster(BlockingHostApi):
         local_temp = self.root / f"temp-{name}"
         local_temp.mkdir(exist_ok=True)
         cfg = runner_config(self.base_config(), name, port=port, local_temp=local_temp)
+        if self.tls:
+            cfg["tls"] = self.tls_section(name)
         for section, values in (config or {}).items():
             cfg.setdefault(section, {}).update(values)
         path = self.root / f"runner-{name}.toml"

@@ -64,6 +64,11 @@ async def runner_register(request: web.Request) -> web.Response:
     url = require_type(data, "url", str)
     if not url.startswith(("http://", "https://")):
         raise ValidationError("'url' must be an http(s) URL")
+    if request.app[CONFIG].tls.enabled and not url.startswith("https://"):
+        # The Host would send its order token, and tasks' environments, in the clear.
+        raise ValidationError(
+            f"this Host speaks HTTPS, so runners must too: {url} is plain HTTP; set tls.enabled in the runner's config"
+        )
     cores = require_type(data, "cores", int)
     memory = require_type(data, "memory", int)
     if not (1 <= cores <= MAX_CORES and 1 <= memory <= MAX_MEMORY):
