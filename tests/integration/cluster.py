@@ -96,6 +96,9 @@ class LocalCluster:
     def __post_init__(self) -> None:
         self.shared = self.root / "shared"
         self.shared.mkdir(parents=True, exist_ok=True)
+        # Tasks run as their submitter (nobody for users without an account), not
+        # root: like a real cluster's, the shared dir is one they can write to.
+        self.shared.chmod(0o1777)
         self.db_file = self.root / "host.db"
         self.logs = self.root / "logs"
         self.logs.mkdir(exist_ok=True)
@@ -203,6 +206,7 @@ class LocalCluster:
         cfg = self.base_config()
         local_temp = self.root / f"temp-{name}"
         local_temp.mkdir(exist_ok=True)
+        local_temp.chmod(0o1777)  # tasks (not root) write there too
         cfg["network"]["runner_port"] = port
         cfg["paths"]["local_temp_dir"] = str(local_temp)
         cfg["runner"] = {"name": name}
