@@ -20,6 +20,7 @@ from hakuriver.host.shell import parse_client_message
 from hakuriver.parsing import validate_env_name
 from hakuriver.runner.environments import EnvironmentSync, LocalImage, needs_load
 from hakuriver.runner.supervisor import Supervisor
+from hakuriver.runrequest import RunRequest
 
 TRICKS = [
     "../x",
@@ -66,7 +67,7 @@ def test_upper_case_is_refused_with_the_lower_case_suggestion_everywhere(tmp_pat
         asyncio.run(sync.ensure("MyEnv"))
     sup = Supervisor(config, None, {}, None, (), frozenset())  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match=expected):
-        sup.build_spec({"task_id": "1", "command": ["true"], "container": "MyEnv"})
+        sup.build_spec(RunRequest.from_json({"task_id": "1", "command": ["true"], "container": "MyEnv"}))
 
 
 def test_tarball_names_round_trip_and_junk_is_ignored(tmp_path: Path) -> None:
