@@ -66,8 +66,8 @@ def describe(st: os.stat_result) -> str:
     return "not a regular file"
 
 
-def _safe_regular(st: os.stat_result) -> bool:
-    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+def _safe_regular(st: os.stat_result, links_ok: bool = False) -> bool:
+    return stat.S_ISREG(st.st_mode) and (links_ok or st.st_nlink == 1)
 
 
 def open_dir(root: str, parts: Sequence[str], *, create_mode: int | None = None) -> int:
@@ -106,14 +106,15 @@ def open_dir(root: str, parts: Sequence[str], *, create_mode: int | None = None)
     return fd
 
 
-def open_regular(dir_fd: int, name: str, flags: int, *, owner: int | None = None) -> int:
+def open_regular(dir_fd: int, name: str, flags: int, *, owner: int | None = None, links_ok: bool = False) -> int:
     """Open the regular, singly linked file `name` in `dir_fd` (never following
     a link, never opening anything else). `owner`: it must belong to that uid.
+    `links_ok`: hard links are fine (a file whose contents are only parsed).
     FileNotFoundError when there is nothing; UnsafeFile when it is not such a
     file."""
     _check_name(name)
     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    if not _safe_regular(st):
+    if not _safe_regular(st, links_ok):
         raise UnsafeFile(f"{name} is {describe(st)}")
     try:
         fd = os.open(name, flags | _DATA_FLAGS, dir_fd=dir_fd)
@@ -123,7 +124,7 @@ def open_regular(dir_fd: int, name: str, flags: int, *, owner: int | None = None
         raise
     try:
         now = os.fstat(fd)
-        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not _safe_regular(now):
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not _safe_regular(now, links_ok):
             raise UnsafeFile(f"{name} changed while it was opened")
         if owner is not None and now.st_uid != owner:
             raise UnsafeFile(f"{name} belongs to uid {now.st_uid}, not to uid {owner}")
