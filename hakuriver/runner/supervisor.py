@@ -120,6 +120,7 @@ class Supervisor:
         self.numa = {n.id: n for n in numa}
         self.gpu_ids = gpu_ids
         self.tasks: dict[int, Supervised] = {}
+        self._accepting: set[int] = set()
 
     # -------------------------------------------------------------- views
     def running_report(self) -> list[dict[str, str]]:
@@ -213,16 +214,18 @@ class Supervisor:
     async def accept(self, request: RunRequest) -> str:
         """Take a task from the Host. Idempotent per task id."""
         task_id = request.task_id
-        if task_id in self.tasks or self.state.in_outbox(task_id):
+        if task_id in self.tasks or task_id in self._accepting or self.state.in_outbox(task_id):
             return "already_accepted"
-        spec = await self.prepare(request)
-        if task_id in self.tasks or self.state.in_outbox(task_id):
-            return "already_accepted"
-        executor = self._executor_for(request.container)
-        handle = Handle(task_id=task_id, executor=executor.name, ref=naming.task_container_name(task_id), data={})
-        await self.state.save_task(handle, request.to_json())
-        entry = Supervised(task_id=task_id, request=request, executor=executor, handle=handle)
-        self.tasks[task_id] = entry
+        self._accepting.add(task_id)  # a second copy of the order, sent meanwhile, starts nothing
+        try:
+            spec = await self.prepare(request)
+            executor = self._executor_for(request.container)
+            handle = Handle(task_id=task_id, executor=executor.name, ref=naming.task_container_name(task_id), data={})
+            await self.state.save_task(handle, request.to_json())
+            entry = Supervised(task_id=task_id, request=request, executor=executor, handle=handle)
+            self.tasks[task_id] = entry
+        finally:
+            self._accepting.discard(task_id)
         entry.runner = asyncio.create_task(self._run(entry, spec))
         return "accepted"
 

@@ -148,3 +148,39 @@ def test_who_a_docker_task_runs_as(tmp_path: Path) -> None:
 
 def test_privileged_passes_where_the_node_allows_it(tmp_path: Path) -> None:
     assert supervisor(tmp_path, tasks_privileged=True).build_spec(order(privileged=True)).privileged is True
+
+
+async def test_two_copies_of_one_order_start_one_task(tmp_path: Path) -> None:
+    """The order is checked in a thread now; a copy sent meanwhile must not start a second task."""
+    import asyncio
+
+    from hakuriver.runner.executors.fake import FakeExecutor
+    from hakuriver.runner.state import RunnerState
+    from hakuriver.runner.supervisor import Notices
+
+    config = config_from_dict({"paths": {"shared_dir": str(tmp_path), "local_temp_dir": str(tmp_path)}})
+    state = await RunnerState.open(str(tmp_path / "state" / "runner.db"))
+    fake = FakeExecutor("n")
+    started: list[int] = []
+    real_start = fake.start
+
+    async def counting_start(spec: Any) -> Any:
+        started.append(spec.task_id)
+        return await real_start(spec)
+
+    fake.start = counting_start  # type: ignore[method-assign]
+    sup = Supervisor(config, state, {"docker": fake}, Notices(), (), frozenset())
+    try:
+        request = order(command=["fake", "hang"])
+        answers = await asyncio.gather(*(sup.accept(request) for _ in range(3)))
+        assert sorted(answers) == ["accepted", "already_accepted", "already_accepted"]
+        for _ in range(100):
+            if started:
+                break
+            await asyncio.sleep(0.01)
+        assert started == [7] and list(sup.tasks) == [7]
+    finally:
+        await sup.kill(7)
+        await sup.shutdown()
+        await fake.close()
+        await state.close()
