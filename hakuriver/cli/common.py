@@ -316,6 +316,21 @@ def format_cpus(cpus: Iterable[int]) -> str:
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+LOG_FILE_MODE = 0o640
+"""A service's log file: it may quote request lines (a token, in the worst case)."""
+
+
+def _not_world_readable(path: str) -> None:
+    """Create the log file LOG_FILE_MODE, or take others' access away from an old one."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_FILE_MODE)
+    try:
+        mode = os.fstat(fd).st_mode & 0o7777
+        if mode & 0o007:
+            os.fchmod(fd, mode & ~0o007)
+    finally:
+        os.close(fd)
+
+
 def setup_service_logging(verbose: bool, log_file: str) -> None:
     """stderr always (journald picks it up), plus `log_file` when set."""
     root = logging.getLogger()
@@ -327,6 +342,7 @@ def setup_service_logging(verbose: bool, log_file: str) -> None:
     if log_file:
         path = os.path.expanduser(log_file)
         try:
+            _not_world_readable(path)
             handlers.append(logging.FileHandler(path, encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot open log file {path}: {exc.strerror or exc}") from None

@@ -437,6 +437,35 @@ class _Accounts:
         return await self._write(op)
 
 
+PRIVATE_MODE = 0o600
+"""The database holds every task's env (secrets) and every token's hash."""
+
+
+def _private_files(path: str) -> None:
+    """Create the database file 0600 if it is missing, and take group and other
+    access away from it and its -wal/-shm (made 0644 by earlier versions).
+    SQLite creates -wal and -shm with the database file's mode."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_MODE)
+    except OSError as e:
+        raise DatabaseError(f"cannot open database {path!r}: {e.strerror}") from e
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, PRIVATE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            side = os.open(path + suffix, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # missing (or not ours to fix): SQLite decides
+        try:
+            if os.fstat(side).st_mode & 0o077:
+                os.fchmod(side, PRIVATE_MODE)
+        finally:
+            os.close(side)
+
+
 class Database(_Accounts):
     """The Host's store. Create with `await Database.open(path)`; `await close()` at shutdown."""
 
@@ -468,6 +497,7 @@ class Database(_Accounts):
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):
                 raise DatabaseError(f"cannot open database {path!r}: directory {parent!r} does not exist")
+            await asyncio.to_thread(_private_files, path)
         try:
             conn = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as e:

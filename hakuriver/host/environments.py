@@ -464,7 +464,7 @@ class EnvironmentManager:
 
         def create() -> Any:
             self.directory.mkdir(parents=True, exist_ok=True)
-            return open(path, "wb")
+            return open(path, "xb")  # exclusive: never through a planted link
 
         fh = await self._call(create)
         size = 0
@@ -589,7 +589,7 @@ class EnvironmentManager:
         written, last = 0, time.monotonic()
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
-            with open(temp, "wb") as fh:
+            with open(temp, "xb") as fh:  # exclusive: never through a planted link
                 if api.inspect_image(image_ref)["Id"] != image_id:
                     raise Conflict(f"{image_ref} changed while it was being saved; try again")
                 for chunk in api.get_image(image_ref, chunk_size=SAVE_CHUNK):

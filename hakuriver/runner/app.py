@@ -177,7 +177,15 @@ async def _supervisor_and_link(app: web.Application) -> AsyncIterator[None]:
     config, res, state = app[CONFIG], app[RESOURCES], app[STATE]
     notices = Notices()
     sup = Supervisor(
-        config, state, app[EXECUTORS], notices, res.numa, res.gpu_ids(), environments=app.get(ENVIRONMENTS)
+        config,
+        state,
+        app[EXECUTORS],
+        notices,
+        res.numa,
+        res.gpu_ids(),
+        environments=app.get(ENVIRONMENTS),
+        cores=res.cores,
+        memory=res.memory,
     )
     link = HostLink(
         config,

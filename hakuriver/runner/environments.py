@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .. import naming, tarballs
+from .. import naming, safefiles, tarballs
 from ..config import Config
 from ..dockerapi import Engine, docker_explanation, sdk
 from ..errors import ExecutorError, ValidationError
@@ -160,7 +161,7 @@ class EnvironmentSync:
         loaded: list[str] = []
         error: str | None = None
         try:
-            with open(tarball.path, "rb") as fh:
+            with _open_tarball(tarball.path) as fh:
                 for event in api.load_image(fh):
                     if "error" in event:
                         error = str(event.get("error"))
@@ -169,6 +170,8 @@ class EnvironmentSync:
                     for prefix in ("Loaded image ID: ", "Loaded image: "):
                         if stream.startswith(prefix):
                             loaded.append(stream[len(prefix) :].strip())
+        except safefiles.UnsafeFile as exc:
+            error = f"cannot read it: {exc.message}"
         except OSError as exc:
             error = f"cannot read it: {exc.strerror or exc}"
         except docker.errors.DockerException as exc:
@@ -231,3 +234,14 @@ class EnvironmentSync:
             return
         self._closed = True
         await self._engine.close()
+
+
+def _open_tarball(path: str) -> Any:
+    """The tarball, opened as a regular file only: the shared dir is the tasks'
+    too, and a link or FIFO planted in its place is never followed or opened."""
+    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = safefiles.open_regular(dir_fd, os.path.basename(path), os.O_RDONLY, links_ok=True)
+    finally:
+        os.close(dir_fd)
+    return os.fdopen(fd, "rb")

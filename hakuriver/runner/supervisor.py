@@ -21,18 +21,20 @@ are re-adopted by `recover` at the next start.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .. import naming
+from .. import naming, policy
 from ..config import Config
-from ..errors import ConfigError, Conflict, ExecutorError, NotFound, ValidationError
-from ..models import SYSTEMD_CONTAINER, ExitResult, NumaNode, TaskState
-from ..parsing import validate_env_name
+from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
+from ..models import SYSTEMD_CONTAINER, ExitResult, Mount, NumaNode, TaskState
+from ..parsing import format_size, validate_env_name
 from ..runrequest import RunRequest
 from .executors.base import Executor, Handle, LaunchSpec, Presence
+from .identity import docker_identity
 from .state import RunnerState
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,12 @@ class Supervised:
 class Supervisor:
     """`executors` maps a backend name to the backend: "docker" runs environment
     tasks, "systemd" `--container NULL` ones; a persisted handle is re-adopted by
-    the one under the name it records (`Handle.executor`)."""
+    the one under the name it records (`Handle.executor`).
+
+    Every order is checked against this node's own policy (`config`, through
+    `hakuriver.policy`) before it is accepted, whoever sent it: the Host's
+    decision is not trusted blindly. `cores` and `memory` are the node's
+    capacity (None: not checked)."""
 
     def __init__(
         self,
@@ -99,8 +106,13 @@ class Supervisor:
         numa: tuple[NumaNode, ...],
         gpu_ids: frozenset[int],
         environments: Environments | None = None,
+        *,
+        cores: int | None = None,
+        memory: int | None = None,
     ):
         self.config = config
+        self.node_cores = cores
+        self.node_memory = memory
         self.environments = environments
         self.state = state
         self.executors = executors
@@ -108,6 +120,7 @@ class Supervisor:
         self.numa = {n.id: n for n in numa}
         self.gpu_ids = gpu_ids
         self.tasks: dict[int, Supervised] = {}
+        self._accepting: set[int] = set()
 
     # -------------------------------------------------------------- views
     def running_report(self) -> list[dict[str, str]]:
@@ -133,8 +146,28 @@ class Supervisor:
         return executor
 
     def build_spec(self, request: RunRequest) -> LaunchSpec:
-        """Check `request` against this node's own facts (GPU ids, NUMA nodes,
-        the environment name) and build what the executor starts."""
+        """Check `request` against this node's own policy (argv, env, resource
+        bounds, privileged, mounts: `hakuriver.policy` with this runner's
+        config) and facts (its cores, memory, GPU ids, NUMA nodes, the
+        environment name, the submitter's Unix account), and build what the
+        executor starts. Raises ValidationError or PolicyDenied (the API
+        answers 4xx with the reason, and the Host fails the task with it).
+
+        Blocks: it resolves mount sources on the node and looks accounts up;
+        call it through `prepare`."""
+        docker = self.config.docker
+        systemd = request.container == SYSTEMD_CONTAINER
+        policy.check_command(request.command)
+        policy.check_env(request.env)
+        policy.check_resources(request.cores, request.memory, len(request.gpus))
+        if self.node_cores is not None and (request.cores or 1) > self.node_cores:
+            raise ValidationError(f"task needs {request.cores} cores but this node has {self.node_cores}")
+        if self.node_memory is not None and request.memory is not None and request.memory > self.node_memory:
+            raise ValidationError(
+                f"task needs {format_size(request.memory)} of memory but this node has {format_size(self.node_memory)}"
+            )
+        policy.check_privileged(request.privileged, systemd=systemd, docker=docker, where="node")
+        policy.check_no_mounts_for_systemd(bool(request.mounts), systemd=systemd)
         unknown = sorted(set(request.gpus) - self.gpu_ids)
         if unknown:
             raise ValidationError(f"this node has no GPU {unknown[0]} (it has {sorted(self.gpu_ids) or 'none'})")
@@ -144,7 +177,9 @@ class Supervisor:
             if numa is None:
                 raise ValidationError(f"this node has no NUMA node {request.numa!r}")
         container = request.container
-        image = None if container == SYSTEMD_CONTAINER else naming.environment_image(validate_env_name(container))
+        image = None if systemd else naming.environment_image(validate_env_name(container))
+        mounts = self.node_mounts(request.mounts)
+        identity = None if systemd else docker_identity(request.unix_user, docker.task_user, user=request.user)
         shared = self.config.paths.shared_dir
         return LaunchSpec(
             task_id=request.task_id,
@@ -159,23 +194,38 @@ class Supervisor:
             gpus=request.gpus,
             numa=numa,
             image=image,
-            mounts=request.mounts,
+            mounts=mounts,
             privileged=request.privileged,
             user=request.user,
             unix_user=request.unix_user,
+            identity=identity,
         )
+
+    def node_mounts(self, mounts: tuple[Mount, ...]) -> tuple[Mount, ...]:
+        """`mounts` as this node binds them: the admin's own pass, every other
+        is resolved here (links included) and must lie under an allowed
+        prefix (`policy.node_mount`). Blocks (file system)."""
+        return tuple(policy.node_mount(m, self.config.docker) for m in mounts)
+
+    async def prepare(self, request: RunRequest) -> LaunchSpec:
+        """`build_spec` in a thread (it reads the file system and the account database)."""
+        return await asyncio.to_thread(self.build_spec, request)
 
     async def accept(self, request: RunRequest) -> str:
         """Take a task from the Host. Idempotent per task id."""
         task_id = request.task_id
-        if task_id in self.tasks or self.state.in_outbox(task_id):
+        if task_id in self.tasks or task_id in self._accepting or self.state.in_outbox(task_id):
             return "already_accepted"
-        spec = self.build_spec(request)
-        executor = self._executor_for(request.container)
-        handle = Handle(task_id=task_id, executor=executor.name, ref=naming.task_container_name(task_id), data={})
-        await self.state.save_task(handle, request.to_json())
-        entry = Supervised(task_id=task_id, request=request, executor=executor, handle=handle)
-        self.tasks[task_id] = entry
+        self._accepting.add(task_id)  # a second copy of the order, sent meanwhile, starts nothing
+        try:
+            spec = await self.prepare(request)
+            executor = self._executor_for(request.container)
+            handle = Handle(task_id=task_id, executor=executor.name, ref=naming.task_container_name(task_id), data={})
+            await self.state.save_task(handle, request.to_json())
+            entry = Supervised(task_id=task_id, request=request, executor=executor, handle=handle)
+            self.tasks[task_id] = entry
+        finally:
+            self._accepting.discard(task_id)
         entry.runner = asyncio.create_task(self._run(entry, spec))
         return "accepted"
 
@@ -188,8 +238,12 @@ class Supervisor:
                     if entry.kill_requested:
                         await self._finish(entry, ExitResult(TaskState.KILLED, error="killed by request"))
                         return
+                if entry.request.mounts:
+                    # Resolved again at start time: a link may have been planted since accept.
+                    mounts = await asyncio.to_thread(self.node_mounts, entry.request.mounts)
+                    spec = dataclasses.replace(spec, mounts=mounts)
                 handle = await entry.executor.start(spec)
-            except ExecutorError as exc:
+            except HakuRiverError as exc:
                 await self._finish(entry, ExitResult(TaskState.FAILED, error=exc.message))
                 return
             handle.started = True
@@ -302,9 +356,9 @@ class Supervisor:
             if presence is Presence.MISSING and not handle.started:
                 log.info("task %s had not started before the restart; starting it now", handle.task_id)
                 try:
-                    spec = self.build_spec(request)
-                except (ValidationError, ConfigError) as exc:
-                    await self._finish(entry, ExitResult(TaskState.FAILED, error=str(exc)))
+                    spec = await self.prepare(request)
+                except HakuRiverError as exc:
+                    await self._finish(entry, ExitResult(TaskState.FAILED, error=exc.message))
                     continue
                 entry.runner = asyncio.create_task(self._run(entry, spec))
                 continue

@@ -72,6 +72,7 @@ def test_service_binds_and_logs_from_config(
     module, section, bind_key, port_key, log_key, tmp_path, monkeypatch, run_app_calls
 ):
     log_file = tmp_path / "service.log"
+    log_file.touch(0o644)  # as earlier versions left it
     config = _config(
         tmp_path / "c.toml",
         f'[network]\n{bind_key} = "127.0.0.2"\n{port_key} = 18123\n'
@@ -88,6 +89,18 @@ def test_service_binds_and_logs_from_config(
         handler.flush()
     text = log_file.read_text()
     assert "starting on 127.0.0.2:18123" in text and "serving" in text
+    assert log_file.stat().st_mode & 0o777 == 0o640  # not world-readable any more (audit L4)
+
+
+def test_a_new_log_file_is_not_world_readable(tmp_path):
+    from hakuriver.cli.common import LOG_FILE_MODE, _not_world_readable
+
+    old = os.umask(0)
+    try:
+        _not_world_readable(str(tmp_path / "new.log"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.log").stat().st_mode & 0o777 == LOG_FILE_MODE == 0o640
 
 
 def test_service_config_error_is_one_line(tmp_path, monkeypatch, capsys, run_app_calls):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 import time
 
 import pytest
@@ -104,6 +106,29 @@ async def test_reopen_keeps_data_and_does_not_remigrate(tmp_path):
         assert got is not None and got.cores == 8 and got.last_heartbeat == 5.0
     finally:
         await database.close()
+
+
+async def test_the_database_and_its_wal_are_private(tmp_path):
+    """It holds every task's env and the token hashes (audit L4): 0600 whatever the umask,
+    and a file made 0644 by an earlier version is fixed on open."""
+    path = tmp_path / "private.db"
+    old = os.umask(0o022)
+    try:
+        database = await Database.open(path)
+        await database.insert_tasks([make_task(1)])
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        await database.close()
+        assert modes.get("private.db") == 0o600 and modes.get("private.db-wal") == 0o600, modes
+        assert set(modes.values()) == {0o600}, modes
+        for p in tmp_path.iterdir():
+            p.chmod(0o644)
+        database = await Database.open(path)
+        await database.insert_tasks([make_task(2)])
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        await database.close()
+        assert set(modes.values()) == {0o600}, modes
+    finally:
+        os.umask(old)
 
 
 async def test_future_schema_version_is_refused_and_left_alone(tmp_path):

@@ -54,6 +54,9 @@ class LocalCluster(BlockingHostApi):
     def __post_init__(self) -> None:
         self.shared = self.root / "shared"
         self.shared.mkdir(parents=True, exist_ok=True)
+        # Tasks run as their submitter (nobody for users without an account), not
+        # root: like a real cluster's, the shared dir is one they can write to.
+        self.shared.chmod(0o1777)
         self.db_file = self.root / "host.db"
         self.logs = self.root / "logs"
         self.logs.mkdir(exist_ok=True)
@@ -154,6 +157,7 @@ class LocalCluster(BlockingHostApi):
         port = free_port()
         local_temp = self.root / f"temp-{name}"
         local_temp.mkdir(exist_ok=True)
+        local_temp.chmod(0o1777)  # tasks (not root) write there too
         cfg = runner_config(self.base_config(), name, port=port, local_temp=local_temp)
         if self.tls:
             cfg["tls"] = self.tls_section(name)

@@ -160,6 +160,7 @@ def test_mount_policy(cluster: LocalCluster, node_name: str) -> None:
     cluster.add_runner(node_name)
     allowed = cluster.root / "mountable"
     allowed.mkdir()
+    allowed.chmod(0o1777)  # the task's user may write there: only ':ro' may refuse the write below
     (allowed / "data.txt").write_text("mounted-data")
     [task_id] = cluster.submit(["cat", "/data/data.txt"], mounts=[f"{allowed}:/data:ro"])
     assert cluster.wait_final(task_id)["state"] == "completed"

@@ -142,6 +142,9 @@ def task_dirs(tmp_path):
     local = tmp_path / "local_temp"
     shared.mkdir()
     local.mkdir()
+    # Like a node's: tasks run as their submitter (nobody here), not root, and write there.
+    shared.chmod(0o1777)
+    local.chmod(0o1777)
     return shared, local
 
 

@@ -67,6 +67,7 @@ async def test_limits_env_labels_and_mounts(executor, make_spec, docker_client, 
     shared, local = task_dirs
     extra = tmp_path / "extra"
     extra.mkdir()
+    extra.chmod(0o1777)  # writable by the task's user: only the read-only mount may refuse the write
     (extra / "data.txt").write_text("from the host")
     code = """
         import json, os

@@ -9,7 +9,7 @@ import pytest
 from hakuriver import naming
 from hakuriver.errors import ExecutorError
 from hakuriver.models import Mount, NumaNode, TaskState
-from hakuriver.runner.executors.base import LaunchSpec, Presence
+from hakuriver.runner.executors.base import NOBODY, ROOT, LaunchSpec, Presence, TaskIdentity
 from hakuriver.runner.executors.docker import KernelOomLog, build_plan, exit_result, oom_cgroups_in, presence_of
 
 CID = "87a1f1b7f7c2f2f8d24351ec178d1b470f519a2cfb74f0a48280ea906d7eae39"
@@ -42,6 +42,7 @@ def test_plan_runs_the_argv_exactly_with_paths_labels_and_env():
         "HAKURIVER_TASK_ID": "42",
         "HAKURIVER_SHARED_DIR": "/shared",
         "HAKURIVER_LOCAL_TEMP_DIR": "/local_temp",
+        "HOME": "/tmp",  # no identity given: nobody, whose home is not in the image
     }
     assert c["use_config_proxy"] is False and c["tty"] is False
     assert h["mounts"][:2] == [
@@ -77,10 +78,47 @@ def test_plan_limits_gpus_numa_mounts_privileged():
     assert h["privileged"] is True
 
 
+def test_plan_runs_as_the_given_identity_never_the_images_user():
+    alice = TaskIdentity(uid=1234, gid=1300, groups=(27, 1301), home="/home/alice", name="alice")
+    plan = build_plan(spec(identity=alice), "n")
+    assert plan.create["user"] == "1234:1300"
+    assert plan.host_config["group_add"] == ["27", "1301"]
+    assert plan.host_config["security_opt"] == ["no-new-privileges"]
+    assert plan.create["environment"]["HOME"] == "/tmp"  # /home/alice is not mounted
+    # Without an identity the task runs as nobody, not as whatever the image says.
+    for s in (spec(), spec(identity=NOBODY)):
+        plan = build_plan(s, "n")
+        assert plan.create["user"] == "65534:65534" and "group_add" not in plan.host_config
+        assert plan.host_config["security_opt"] == ["no-new-privileges"]
+    # Privileged or root, no-new-privileges stays.
+    plan = build_plan(spec(identity=ROOT, privileged=True), "n")
+    assert plan.create["user"] == "0:0" and plan.host_config["security_opt"] == ["no-new-privileges"]
+    assert "HOME" not in plan.create["environment"]
+
+
+@pytest.mark.parametrize(
+    ("mounts", "env", "home"),
+    [
+        ((Mount("/home", "/home"),), {}, "/home/alice"),
+        ((Mount("/nfs/home/alice", "/home/alice"),), {}, "/home/alice"),
+        ((Mount("/home", "/homes"),), {}, "/tmp"),
+        ((), {"HOME": "/shared/me"}, "/shared/me"),
+    ],
+)
+def test_home_is_the_accounts_where_visible_else_tmp(mounts, env, home):
+    alice = TaskIdentity(uid=1234, gid=1300, home="/home/alice", name="alice")
+    plan = build_plan(spec(identity=alice, mounts=mounts, env=env), "n")
+    assert plan.create["environment"]["HOME"] == home
+
+
 def test_plan_is_accepted_by_the_sdk():
     docker = pytest.importorskip("docker")
-    plan = build_plan(spec(cores=1, memory=1 << 30, gpus=(1,), numa=NumaNode(0, (0, 1), 0)), "n")
+    plan = build_plan(
+        spec(cores=1, memory=1 << 30, gpus=(1,), numa=NumaNode(0, (0, 1), 0), identity=TaskIdentity(5, 6, (7,))),
+        "n",
+    )
     hc = docker.types.HostConfig(version="1.41", **plan.host_config)
+    assert hc["SecurityOpt"] == ["no-new-privileges"] and hc["GroupAdd"] == ["7"]
     assert hc["NanoCpus"] == 1_000_000_000 and hc["Memory"] == 1 << 30
     assert hc["DeviceRequests"][0]["DeviceIDs"] == ["1"]
     assert hc["LogConfig"]["Type"] == "json-file"

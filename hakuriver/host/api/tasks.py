@@ -12,6 +12,7 @@ from ...errors import NotFound, ValidationError
 from ...ids import parse_id
 from ...models import Task, TaskState
 from ...parsing import validate_node_name
+from ...safefiles import UnsafeFile
 from ...webapi import json_response, query_int, read_json_object, require_type
 from ..accounts import Principal, principal_of, require_owner_or_admin, validate_user_name
 from ..keys import CLUSTER, CONFIG, DB
@@ -144,7 +145,12 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     tail = query_int(request, "tail", None, maximum=1_000_000)
     shared = request.app[CONFIG].paths.shared_dir
     path = naming.stdout_path(shared, task_id) if stream == "stdout" else naming.stderr_path(shared, task_id)
-    data, next_offset = await asyncio.to_thread(read_log, path, offset, tail)
+    try:
+        data, next_offset = await asyncio.to_thread(read_log, path, offset, tail)
+    except UnsafeFile as exc:
+        raise UnsafeFile(
+            f"the {stream} of task {task_id} is not served: {exc.message} (only a regular file HakuRiver wrote is)"
+        ) from None
     return web.Response(
         body=data,
         content_type="application/octet-stream",

@@ -42,9 +42,30 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class TaskIdentity:
+    """Who a Docker task runs as: numeric ids, looked up on the node (the
+    image's own /etc/passwd plays no part)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    """Supplementary groups (besides `gid`)."""
+    home: str | None = None
+    """The account's home directory on the node, if it has one."""
+    name: str = ""
+    """The account's name, for messages."""
+
+
+NOBODY = TaskIdentity(uid=65534, gid=65534, name="nobody")
+"""The identity of a task whose submitter has no Unix account (`docker.task_user = "submitter"`)."""
+ROOT = TaskIdentity(uid=0, gid=0, home="/root", name="root")
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """Everything an executor needs to start one task. Built by the runner from
-    the Host's request; already validated and policy-checked by the Host."""
+    the Host's request, after checking it against the node's own policy
+    (`hakuriver.policy`) and facts: mounts are resolved on the node."""
 
     task_id: int
     command: tuple[str, ...]
@@ -67,6 +88,9 @@ class LaunchSpec:
     """The HakuRiver user who submitted the task."""
     unix_user: str | None = None
     """Their Unix account on this node, if they have one (who the task runs as)."""
+    identity: TaskIdentity | None = None
+    """Docker: the uid/gid the container runs as (`runner.identity`); None
+    runs it as `NOBODY`, never as the image's default user."""
 
     def task_env(self) -> dict[str, str]:
         """The environment the task sees inside its sandbox (Docker paths)."""

@@ -28,6 +28,7 @@ import signal as _signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ... import safefiles
 from ...errors import ExecutorError
 from ...models import ExitResult, TaskState
 from .base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
@@ -246,6 +247,11 @@ def _write_banner(spec: LaunchSpec) -> None:
         (spec.stdout_path, f"fake task {spec.task_id}: {shlex.join(spec.command)}\n"),
         (spec.stderr_path, f"fake task {spec.task_id}: stderr\n"),
     ):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w") as fh:
+        # Through safefiles like the real backends: the shared dir is the tasks' too.
+        dir_fd, name = safefiles.open_log_dir(path, create=True)
+        try:
+            fd, _ = safefiles.replace_with_new(dir_fd, name)
+        finally:
+            os.close(dir_fd)
+        with os.fdopen(fd, "w") as fh:
             fh.write(text)

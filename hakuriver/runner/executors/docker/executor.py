@@ -20,17 +20,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .... import naming
 from ....dockerapi import Engine, docker_explanation, sdk
-from ....errors import ExecutorError
+from ....errors import ExecutorError, HakuRiverError
 from ....models import ExitResult, TaskState
 from ..base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
-from .logs import STDERR, STDOUT, Trail, Watch, catch_up, pump, settle
+from .logs import STDERR, STDOUT, Trail, Watch, catch_up, create_log, open_log, pump, settle
 from .oom import KernelOomLog
 from .plan import SHARED_MOUNT, ContainerPlan, build_plan, exit_result, presence_of
 
@@ -159,13 +158,17 @@ class DockerExecutor(Executor):
         try:
             # Fresh, empty output files (made only now that the name was ours):
             # the watch appends to them and takes their sizes as what it wrote.
+            # Created exclusively, never through whatever a task planted there.
             for path in (spec.stdout_path, spec.stderr_path):
                 try:
-                    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-                    with open(path, "wb"):
-                        pass
-                except OSError as exc:
-                    raise ExecutorError(f"task {spec.task_id}: cannot create output file {path}: {exc}") from exc
+                    replaced = create_log(path)
+                except (OSError, HakuRiverError) as exc:
+                    why = exc.message if isinstance(exc, HakuRiverError) else str(exc)
+                    raise ExecutorError(f"task {spec.task_id}: cannot create output file {path}: {why}") from exc
+                if replaced:
+                    log.warning(
+                        "task %s: %s stood at %s; removed unfollowed, the log is new", spec.task_id, replaced, path
+                    )
             try:
                 api.start(container_id)
             except docker.errors.DockerException as exc:
@@ -229,11 +232,9 @@ class DockerExecutor(Executor):
     def _watch(self, w: Watch) -> ExitResult | None:
         """Pump the log until the container stops; return how it ended (None: closed)."""
         docker = sdk()
-        for path in (w.stdout_path, w.stderr_path):
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         backoff = 0.0
         trail = Trail()
-        with open(w.stdout_path, "ab", buffering=0) as out, open(w.stderr_path, "ab", buffering=0) as err:
+        with open_log(w.stdout_path, w.task_id) as out, open_log(w.stderr_path, w.task_id) as err:
             files = {STDOUT: out, STDERR: err}
             while not w.stopping.is_set():
                 error: BaseException | None = None

@@ -18,6 +18,14 @@ container has stopped.
 Every function here blocks and runs in the watch's thread. `api` is a
 callable giving the SDK's low-level APIClient (`dockerapi.Engine.api`),
 called only when a stream is opened.
+
+The files lie where tasks can write (the shared dir), so they are opened
+through `hakuriver.safefiles` only: the log directories are made by the
+runner (0755, its own), a new task's files are created exclusively (0640;
+whatever a task planted at that name is unlinked, never followed), and a
+re-opened file is appended to only if it is a regular, singly linked file
+of the runner's own; anything else is replaced by a fresh file, into which
+the whole log is replayed.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .... import safefiles
 from ....dockerapi import docker_explanation
 
 log = logging.getLogger(__name__)
@@ -46,6 +55,35 @@ CATCH_UP_TAIL = 64
 """Log messages re-read after a clean follow to find the ones the follow missed."""
 
 _FRAME = struct.Struct(">BxxxL")
+
+
+def create_log(path: str) -> str | None:
+    """Create a new task's empty log file at `path`; what squatted there, if anything."""
+    dir_fd, name = safefiles.open_log_dir(path, create=True)
+    try:
+        fd, replaced = safefiles.replace_with_new(dir_fd, name)
+        os.close(fd)
+        return replaced
+    finally:
+        os.close(dir_fd)
+
+
+def open_log(path: str, task_id: int) -> Any:
+    """The log file at `path` opened to append (unbuffered binary), re-using
+    it only if it is a regular, singly linked file of this process's uid;
+    otherwise (or when missing) it starts again empty."""
+    dir_fd, name = safefiles.open_log_dir(path, create=True)
+    try:
+        try:
+            fd = safefiles.open_regular(dir_fd, name, os.O_WRONLY | os.O_APPEND, owner=os.geteuid())
+        except FileNotFoundError:
+            fd, _ = safefiles.replace_with_new(dir_fd, name)
+        except safefiles.UnsafeFile as exc:
+            log.warning("task %s: %s; it is not followed or reused: the log starts again in a new file", task_id, exc)
+            fd, _ = safefiles.replace_with_new(dir_fd, name)
+    finally:
+        os.close(dir_fd)
+    return os.fdopen(fd, "ab", buffering=0)
 
 
 def settle(fut: concurrent.futures.Future, result: Any = None, exc: BaseException | None = None) -> None:

@@ -8,6 +8,13 @@ ENTRYPOINT of the image comes between; `init=True` puts docker-init (tini)
 in front so that SIGTERM reaches the task and zombies are reaped. The log
 driver is json-file, which keeps the whole log for the watch to replay
 (see `logs.py`).
+
+Who it runs as: always the numeric uid:gid of `spec.identity` (the
+submitter's account, looked up on the node; `NOBODY` when none is given),
+with its supplementary groups, never the image's default user; and every
+task container gets `no-new-privileges`, so a setuid binary in the image
+grants nothing. HOME is the account's home where a mount makes it visible
+in the container, `/tmp` otherwise (an image rarely knows the node's users).
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from typing import Any
 from ....errors import ExecutorError
 from ....models import ExitResult, TaskState
 from ....naming import LABEL_RUNNER, LABEL_TASK_ID, task_container_name
-from ..base import LaunchSpec, Presence
+from ..base import NOBODY, LaunchSpec, Presence, TaskIdentity
 
 SHARED_MOUNT = "/shared"
 LOCAL_TEMP_MOUNT = "/local_temp"
+FALLBACK_HOME = "/tmp"  # noqa: S108 - writable in every image; the task's HOME when its own is not visible
+SECURITY_OPT = ("no-new-privileges",)
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,9 @@ def build_plan(
     env = spec.task_env()
     env["HAKURIVER_SHARED_DIR"] = SHARED_MOUNT
     env["HAKURIVER_LOCAL_TEMP_DIR"] = LOCAL_TEMP_MOUNT
+    identity = spec.identity or NOBODY
+    if "HOME" not in env and identity.uid != 0:
+        env["HOME"] = task_home(identity, [SHARED_MOUNT, LOCAL_TEMP_MOUNT, *(m.container_path for m in spec.mounts)])
     mounts = [
         {"Type": "bind", "Source": spec.shared_dir, "Target": SHARED_MOUNT, "ReadOnly": False},
         {"Type": "bind", "Source": spec.local_temp_dir, "Target": LOCAL_TEMP_MOUNT, "ReadOnly": False},
@@ -54,11 +66,14 @@ def build_plan(
     host: dict[str, Any] = {
         "mounts": mounts,
         "privileged": bool(spec.privileged),
+        "security_opt": list(SECURITY_OPT),
         "init": init,
         "auto_remove": False,
         # json-file keeps the whole log, which the watch replays after a restart.
         "log_config": {"type": "json-file"},
     }
+    if identity.groups:
+        host["group_add"] = [str(g) for g in identity.groups]
     if spec.cores is not None:
         host["nano_cpus"] = int(spec.cores * 1_000_000_000)
     if spec.memory is not None:
@@ -77,6 +92,7 @@ def build_plan(
         "entrypoint": [spec.command[0]],
         "command": list(spec.command[1:]),
         "environment": env,
+        "user": f"{identity.uid}:{identity.gid}",
         "working_dir": SHARED_MOUNT,
         "labels": {**(extra_labels or {}), LABEL_TASK_ID: str(spec.task_id), LABEL_RUNNER: runner_name},
         "detach": True,
@@ -85,6 +101,15 @@ def build_plan(
         "use_config_proxy": False,  # the task sees exactly the env it was given
     }
     return ContainerPlan(create=create, host_config=host)
+
+
+def task_home(identity: TaskIdentity, visible: list[str]) -> str:
+    """The account's home if it lies in (or is) one of the `visible` container
+    paths (a mount), else FALLBACK_HOME."""
+    home = identity.home
+    if home and home.startswith("/") and any(home == v or home.startswith(v.rstrip("/") + "/") for v in visible):
+        return home
+    return FALLBACK_HOME
 
 
 def exit_result(state: dict[str, Any], *, kernel_oom: bool = False) -> ExitResult:
