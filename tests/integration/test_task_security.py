@@ -32,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from hakuriver.config import read_config_file
+from hakuriver.runner.app import state_path
 from tests.harness.engine import harness_labels
 
 from .cluster import TEST_ENV, LocalCluster, wait_until
@@ -47,7 +49,7 @@ FINAL = {"completed", "failed", "killed", "killed_oom", "lost"}
 # ---------------------------------------------------------------- helpers
 def order_token(cluster: LocalCluster, name: str) -> str:
     """The token the runner accepts orders with, from its own state store."""
-    db = cluster.root / ".hakuriver" / "state" / f"runner-{name}.db"
+    db = Path(state_path(read_config_file(cluster.runners[name].config_path)))
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         (token,) = conn.execute("SELECT value FROM identity WHERE name = 'order_token'").fetchone()
     return str(token)
