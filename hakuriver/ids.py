@@ -53,7 +53,7 @@ def parse_id(text: object) -> int:
         raise ValidationError(f"invalid task id {text!r}")
     if isinstance(text, int):
         value = text
-    elif isinstance(text, str) and text.isdigit() and len(text) <= 20:
+    elif isinstance(text, str) and text.isascii() and text.isdigit() and len(text) <= 20:
         value = int(text)
     else:
         raise ValidationError(f"invalid task id {text!r}: expected a decimal number")

@@ -47,7 +47,7 @@ def task_id_from_name(name: str) -> int | None:
     if not name.startswith(TASK_PREFIX):
         return None
     rest = name[len(TASK_PREFIX) :]
-    return int(rest) if rest.isdigit() else None
+    return int(rest) if rest.isascii() and rest.isdigit() else None
 
 
 def stdout_path(shared_dir: str, task_id: int) -> str:

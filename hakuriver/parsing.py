@@ -18,12 +18,12 @@ MAX_CORES = 4096
 MAX_GPU_ID = 1023
 MAX_NUMA_ID = 1023
 
-_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?\Z")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*\Z", re.IGNORECASE | re.ASCII)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 # Docker's rule for repository name components, which environment names become.
-_ENV_NAME = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_ENV_NAME = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
 
 
 def validate_node_name(name: str) -> str:
@@ -35,7 +35,7 @@ def validate_node_name(name: str) -> str:
 
 
 def _small_int(text: str, what: str, limit: int, spec: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ValidationError(f"invalid target {spec!r}: {what} {text!r} is not a non-negative integer")
     value = int(text)
     if value > limit:
@@ -81,6 +81,8 @@ def parse_size(text: str | int) -> int:
         match = _SIZE.match(str(text))
         if not match:
             raise ValidationError(f"invalid size {text!r}: expected a number with an optional unit K, M, G or T")
+        if len(match.group(1)) > 24:  # far beyond 1 PiB in any unit; float() would turn it into inf
+            raise ValidationError(f"invalid size {text!r}: larger than 1 PiB")
         value = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
     if value <= 0:
         raise ValidationError(f"invalid size {text!r}: must be greater than zero")
@@ -103,7 +105,7 @@ def format_size(value: int | None) -> str:
 
 def parse_cores(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
             value = int(value)
         else:
             raise ValidationError(f"invalid core count {value!r}: expected a whole number")

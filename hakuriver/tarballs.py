@@ -38,7 +38,7 @@ from .config import Config
 from .errors import ValidationError
 from .parsing import validate_env_name
 
-_TARBALL = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]*)-(?P<version>[0-9]{1,19})\.tar$")
+_TARBALL = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]*)-(?P<version>[0-9]{1,19})\.tar\Z")
 TEMP_MARK = ".part-"
 MAX_VERSION = (1 << 63) - 1
 

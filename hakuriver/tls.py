@@ -56,7 +56,7 @@ CERT_DAYS = 1825
 EXPIRY_WARNING_DAYS = 30
 CA_NAME = "HakuRiver cluster CA"
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}\Z")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _DNS_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\.?$")
 

@@ -187,7 +187,7 @@ def query_int(
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise ValidationError(f"query parameter {name!r} must be a non-negative integer, not {raw!r}")
     value = int(raw)
     if not minimum <= value <= maximum:

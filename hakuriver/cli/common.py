@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -348,9 +349,26 @@ def setup_service_logging(verbose: bool, log_file: str) -> None:
             raise ConfigError(f"cannot open log file {path}: {exc.strerror or exc}") from None
     for handler in handlers:
         handler.setFormatter(formatter)
+        handler.addFilter(redact_secrets)
         root.addHandler(handler)
     if not verbose:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\\\"]+")
+
+
+def redact_secrets(record: logging.LogRecord) -> bool:
+    """A log filter: whatever logs a request line or header (aiohttp's parser
+    errors quote the raw header) shows `Bearer <redacted>`, never the token."""
+    message = record.getMessage()
+    if "earer" in message:
+        record.msg, record.args = _BEARER.sub(r"\1<redacted>", message), None
+    if record.exc_info and record.exc_text is None and record.exc_info[1] is not None:
+        text = str(record.exc_info[1])
+        if "earer" in text:
+            record.exc_text = _BEARER.sub(r"\1<redacted>", logging.Formatter().formatException(record.exc_info))
+    return True
 
 
 def serve(

@@ -16,9 +16,9 @@ from ..launcher import DEFAULT_LAUNCHER_PATH
 
 DEFAULT_SUDOERS_PATH = "/etc/sudoers.d/hakuriver"
 
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]+$")
-_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+_PATH_RE = re.compile(r"^/[A-Za-z0-9._/+-]+\Z")
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def render_sudoers(

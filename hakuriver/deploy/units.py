@@ -68,8 +68,8 @@ HOME_PREFIXES = ("/home", "/root", "/run/user")
 TMP_PREFIXES = ("/tmp", "/var/tmp")  # noqa: S108 - names of what PrivateTmp= hides, not files opened
 """What `PrivateTmp=` replaces."""
 
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$|^[0-9]{1,10}$")
-_INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z|^[0-9]{1,10}\Z")
+_INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _BAD_PATH_CHARS = re.compile(r'[\x00-\x1f\x7f"\'\\]')
 
 

@@ -67,8 +67,8 @@ STALE_TEMP_SECONDS = 3600.0
 KEEPALIVE_COMMAND = ["tail", "-f", "/dev/null"]
 """What an environment container runs to stay up (in busybox and coreutils alike)."""
 DEFAULT_SHELL = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"]
-_TERM = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
-_IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+_TERM = re.compile(r"^[A-Za-z0-9._+-]{1,64}\Z")
+_IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}\Z")
 
 
 def _unreachable(why: str) -> HakuRiverError:
@@ -695,7 +695,7 @@ def _version_of(info: dict[str, Any] | None) -> int | None:
     if not info:
         return None
     value = ((info.get("Config") or {}).get("Labels") or {}).get(naming.LABEL_ENV_VERSION, "")
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def _name_version(path: Path) -> tuple[str, int]:

@@ -72,7 +72,7 @@ def image_version(info: dict[str, Any] | None) -> int | None:
     """The HakuRiver version label of an inspected image, if it has one. Pure."""
     labels = ((info or {}).get("Config") or {}).get("Labels") or {}
     value = labels.get(naming.LABEL_ENV_VERSION, "")
-    return int(value) if isinstance(value, str) and value.isdigit() else None
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else None
 
 
 def needs_load(local: LocalImage | None, newest: tarballs.Tarball | None) -> bool:

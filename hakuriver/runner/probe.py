@@ -35,7 +35,7 @@ NUMA_SYSFS_ENV = "HAKURIVER_NUMA_SYSFS"
 _UNLIMITED = 1 << 60
 
 _MEMTOTAL = re.compile(r"MemTotal:\s*(\d+)\s*kB", re.IGNORECASE)
-_NODE_DIR = re.compile(r"^node(\d+)$")
+_NODE_DIR = re.compile(r"^node(\d+)\Z")
 
 
 # --------------------------------------------------------------------- cgroups

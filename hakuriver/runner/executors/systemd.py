@@ -72,7 +72,7 @@ UNIT_CHECK_EVERY = 30
 SYSTEMD_EXIT_CODES = range(200, 256)
 """systemd's own "could not set up the process" exit codes (EXIT_CHDIR, EXIT_USER, ...)."""
 LIVE_STATES = ("active", "activating", "deactivating", "reloading")
-_RUNNER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_RUNNER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 
 # --------------------------------------------------------------- pure builders
