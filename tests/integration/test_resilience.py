@@ -177,6 +177,7 @@ def test_result_finished_while_the_host_is_down_is_delivered(
     cluster.wait_state(task_id, "running")
     cluster.stop_host()
     release.touch()
+
     def ended() -> bool:
         # One inspect: the runner may remove the container between a list and a get.
         found = docker_client.containers.list(all=True, filters={"name": f"hakuriver-task-{task_id}"})
