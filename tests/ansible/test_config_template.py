@@ -53,6 +53,7 @@ def _render(**overrides: Any) -> str:
         ansible_managed="Ansible managed",
         _hakuriver_common_host_address="10.0.0.1",
         _hakuriver_common_runner_address="10.0.0.11",
+        _hakuriver_common_is_host=True,
         hakuriver_auth_token="a-token-for-the-template-test",
         hakuriver_shared_dir="/srv/hakuriver/shared",
     )
@@ -76,6 +77,26 @@ def test_rendered_defaults_load_and_keep_the_package_defaults() -> None:
         for key, default in values.items():
             if f"{section}.{key}" not in ROLE_CHOSEN:
                 assert rendered[section][key] == default, f"{section}.{key}: role default differs from the package's"
+
+
+def test_only_the_hosts_config_holds_the_admin_token() -> None:
+    import toml
+
+    split = dict(
+        hakuriver_auth_token="",
+        hakuriver_auth_admin_token="the-admin-token-0123456789",
+        hakuriver_auth_runner_token="the-runner-secret-0123456789",
+    )
+    host = config_from_dict(toml.loads(_render(**split)), source="rendered").auth
+    assert (host.token, host.admin_token, host.runner_token) == (
+        "",
+        split["hakuriver_auth_admin_token"],
+        split["hakuriver_auth_runner_token"],
+    )
+    text = _render(**split, _hakuriver_common_is_host=False)
+    runner = config_from_dict(toml.loads(text), source="rendered").auth
+    assert (runner.token, runner.admin_token, runner.runner_token) == ("", "", split["hakuriver_auth_runner_token"])
+    assert split["hakuriver_auth_admin_token"] not in text
 
 
 def test_values_needing_quotes_survive() -> None:
