@@ -99,6 +99,31 @@ def test_only_the_hosts_config_holds_the_admin_token() -> None:
     assert split["hakuriver_auth_admin_token"] not in text
 
 
+def test_the_client_config_holds_only_the_hosts_address_and_the_users_token(tmp_path: Path) -> None:
+    import toml
+
+    from hakuriver.config import read_config_file
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["to_json"] = json.dumps
+    template = ROLE.parent / "hakuriver_host" / "templates" / "client-config.toml.j2"
+    text = env.from_string(template.read_text(encoding="utf-8")).render(
+        ansible_managed="Ansible managed",
+        item={"item": {"name": "alice"}},
+        _hakuriver_common_host_address="10.0.0.1",
+        hakuriver_host_port=8123,
+        _hakuriver_host_tokens={"alice": "hkr_the-token-of-alice"},
+    )
+    assert toml.loads(text) == {
+        "network": {"host_reachable_address": "10.0.0.1", "host_port": 8123},
+        "auth": {"token": "hkr_the-token-of-alice"},
+    }
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    config = read_config_file(path)
+    assert config.host_url == "http://10.0.0.1:8123" and config.auth.client_token({}) == "hkr_the-token-of-alice"
+
+
 def test_values_needing_quotes_survive() -> None:
     import toml
 
