@@ -343,19 +343,22 @@ def _dedupe(paths: Iterable[str]) -> tuple[str, ...]:
 
 # ------------------------------------------------------------------ config
 def required_keys(role: str) -> tuple[str, ...]:
-    """What the service refuses to start without (see host/app.py, runner/app.py)."""
+    """What the service refuses to start without (see host/app.py, runner/app.py),
+    besides its credentials (see `missing_credentials`)."""
     if role == "host":
         return ("database.db_file", "paths.shared_dir")
     return ("paths.shared_dir", "paths.local_temp_dir")
 
 
-def missing_secret(config: Config, role: str) -> str | None:
-    """The credential `role` cannot start without, when it is missing."""
+def missing_credentials(config: Config, role: str) -> str | None:
+    """What the service says when its credentials are missing, or None. The
+    Host needs an admin token and the runner secret, a Runner the runner
+    secret; the single 0.4-dev `auth.token` stands in for either."""
     auth = config.auth
-    if role == "host" and not (auth.admin_token or auth.token):
-        return "auth.admin_token"
-    if not (auth.runner_token or auth.token):
-        return "auth.runner_token"
+    if role == "host" and not (auth.effective_admin_token() and auth.effective_runner_token()):
+        return "auth.admin_token and auth.runner_token (or the single auth.token)"
+    if role != "host" and not auth.effective_runner_token():
+        return "auth.runner_token (or the single auth.token)"
     return None
 
 
@@ -385,9 +388,9 @@ def unit_params_from_config(
         config.require(*required_keys(role))
     except Exception as exc:  # noqa: BLE001 - ConfigError; keep this module free of hakuriver imports
         raise UnitError(str(getattr(exc, "message", exc))) from None
-    secret = missing_secret(config, role)
-    if secret:
-        raise UnitError(f"{secret} must be set in {source} (hakuriver.init config writes it)")
+    missing = missing_credentials(config, role)
+    if missing:
+        raise UnitError(f"{missing} must be set in {source}")
     shared = os.path.expanduser(config.paths.shared_dir)
     check_path(f"paths.shared_dir in {source}", shared)
     rw: tuple[str, ...] = ()
@@ -424,6 +427,7 @@ __all__ = [
     "check_account",
     "check_instance",
     "check_path",
+    "missing_credentials",
     "render_host_unit",
     "render_runner_unit",
     "render_unit",

@@ -53,6 +53,7 @@ def _render(**overrides: Any) -> str:
         ansible_managed="Ansible managed",
         _hakuriver_common_host_address="10.0.0.1",
         _hakuriver_common_runner_address="10.0.0.11",
+        _hakuriver_common_is_host=True,
         hakuriver_auth_token="a-token-for-the-template-test",
         hakuriver_shared_dir="/srv/hakuriver/shared",
     )
@@ -76,6 +77,51 @@ def test_rendered_defaults_load_and_keep_the_package_defaults() -> None:
         for key, default in values.items():
             if f"{section}.{key}" not in ROLE_CHOSEN:
                 assert rendered[section][key] == default, f"{section}.{key}: role default differs from the package's"
+
+
+def test_only_the_hosts_config_holds_the_admin_token() -> None:
+    import toml
+
+    split = dict(
+        hakuriver_auth_token="",
+        hakuriver_auth_admin_token="the-admin-token-0123456789",
+        hakuriver_auth_runner_token="the-runner-secret-0123456789",
+    )
+    host = config_from_dict(toml.loads(_render(**split)), source="rendered").auth
+    assert (host.token, host.admin_token, host.runner_token) == (
+        "",
+        split["hakuriver_auth_admin_token"],
+        split["hakuriver_auth_runner_token"],
+    )
+    text = _render(**split, _hakuriver_common_is_host=False)
+    runner = config_from_dict(toml.loads(text), source="rendered").auth
+    assert (runner.token, runner.admin_token, runner.runner_token) == ("", "", split["hakuriver_auth_runner_token"])
+    assert split["hakuriver_auth_admin_token"] not in text
+
+
+def test_the_client_config_holds_only_the_hosts_address_and_the_users_token(tmp_path: Path) -> None:
+    import toml
+
+    from hakuriver.config import read_config_file
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["to_json"] = json.dumps
+    template = ROLE.parent / "hakuriver_host" / "templates" / "client-config.toml.j2"
+    text = env.from_string(template.read_text(encoding="utf-8")).render(
+        ansible_managed="Ansible managed",
+        item={"item": {"name": "alice"}},
+        _hakuriver_common_host_address="10.0.0.1",
+        hakuriver_host_port=8123,
+        _hakuriver_host_tokens={"alice": "hkr_the-token-of-alice"},
+    )
+    assert toml.loads(text) == {
+        "network": {"host_reachable_address": "10.0.0.1", "host_port": 8123},
+        "auth": {"token": "hkr_the-token-of-alice"},
+    }
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    config = read_config_file(path)
+    assert config.host_url == "http://10.0.0.1:8123" and config.auth.client_token({}) == "hkr_the-token-of-alice"
 
 
 def test_values_needing_quotes_survive() -> None:

@@ -232,6 +232,24 @@ def test_params_from_config_refuse_what_the_service_would_refuse() -> None:
         unit_params_from_config(_config(paths__shared_dir="shared"), "runner", **kw)
 
 
+def test_params_from_config_take_split_credentials() -> None:
+    """What `hakuriver.init config` writes (admin_token + runner_token, no auth.token) makes a
+    Host unit; a Runner needs only the runner secret; neither starts without its own."""
+    kw = dict(user="u", group="g", python=PY, path_env=build_path_env(PY, None))
+    paths = {"shared_dir": "/srv/shared", "local_temp_dir": "/var/tmp/hkr"}
+    host = {"admin_token": "a" * 32, "runner_token": "r" * 32}
+    both = {"paths": paths, "database": {"db_file": "/var/lib/hakuriver/db/host.db"}}
+    assert unit_params_from_config(config_from_dict({**both, "auth": host}, source="/c.toml"), "host", **kw)
+    runner = config_from_dict({"paths": paths, "auth": {"runner_token": "r" * 32}}, source="/c.toml")
+    assert unit_params_from_config(runner, "runner", **kw).role == "runner"
+    with pytest.raises(UnitError, match="auth.admin_token and auth.runner_token"):
+        unit_params_from_config(
+            config_from_dict({**both, "auth": {"runner_token": "r" * 32}}, source="/c"), "host", **kw
+        )
+    with pytest.raises(UnitError, match="auth.runner_token"):
+        unit_params_from_config(config_from_dict({"paths": paths}, source="/c.toml"), "runner", **kw)
+
+
 def test_every_line_is_a_directive_a_section_or_a_comment() -> None:
     pattern = re.compile(r"^(#.*|\[(Unit|Service|Install)\]|[A-Za-z]+=.*|)$")
     for p in (params(), params("runner", instance="x"), params(harden=True, read_write_paths=("/srv/shared",))):
