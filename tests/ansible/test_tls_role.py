@@ -26,6 +26,7 @@ def _render(**overrides: Any) -> Any:
         ansible_managed="Ansible managed",
         _hakuriver_common_host_address="10.0.0.1",
         _hakuriver_common_runner_address="10.0.0.11",
+        _hakuriver_common_is_host=False,
         hakuriver_auth_token="a-token-for-the-template-test",
         hakuriver_shared_dir="/srv/hakuriver/shared",
         **overrides,
