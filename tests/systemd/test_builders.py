@@ -446,9 +446,29 @@ def test_install_texts_come_from_the_package() -> None:
     config = SimpleNamespace(
         paths=SimpleNamespace(
             shared_dir="/srv/shared", local_temp_dir="/srv/temp", numactl_path="/opt/numactl/bin/numactl"
+        ),
+        environment=SimpleNamespace(runner_user=""),
+    )
+    allow_list = json.loads(launcher_config_for(config, runner_user="hkr", runner_group="hkr"))
+    assert allow_list["numactl_paths"] == ["/opt/numactl/bin/numactl"]
+    # Nobody by default: not the runner's own user, which is recorded to be refused.
+    assert (allow_list["task_users"], allow_list["task_groups"]) == ([], [])
+    assert (allow_list["runner_user"], allow_list["runner_group"]) == ("hkr", "hkr")
+    config.environment.runner_user = "labuser"
+    allow_list = json.loads(
+        launcher_config_for(
+            config,
+            runner_user="hkr",
+            runner_group="hkr",
+            task_users=["alice", "labuser"],
+            task_groups=["lab"],
+            allow_privileged_users=["ops"],
         )
     )
-    assert json.loads(launcher_config_for(config, "alice"))["numactl_paths"] == ["/opt/numactl/bin/numactl"]
+    assert allow_list["task_users"] == ["alice", "labuser"]  # environment.runner_user once
+    assert (allow_list["task_groups"], allow_list["allow_privileged_users"]) == (["lab"], ["ops"])
+    with pytest.raises(ValueError, match="not a plain group name"):
+        launcher_config_for(config, runner_user="hkr", runner_group="hkr", task_groups=["a b"])
 
 
 # ------------------------------------------------------------------ executor
