@@ -26,8 +26,10 @@ from hakuriver.runner.executors import EXECUTORS, executor_class
 from hakuriver.runner.executors.base import Fingerprint, LaunchSpec
 from hakuriver.runner.executors.systemd import (
     SystemdExecutor,
+    allow_list_summary,
     exit_result_from_record,
     exit_result_from_unit,
+    fallback_problem,
     launch_request,
     launcher_argv,
     resolve_task_user,
@@ -536,16 +538,42 @@ def test_launcher_argv_uses_sudo_non_interactively() -> None:
     assert launcher_argv("/l", "info", sudo=None) == ["/l", "info"]
 
 
-def test_task_user_is_never_empty_and_root_only_when_explicit() -> None:
-    assert resolve_task_user("", "runner") == "runner"
-    assert resolve_task_user("alice", "runner") == "alice"
-    assert resolve_task_user("root", "root") == "root"
-    with pytest.raises(ExecutorError, match="runner_user"):
-        resolve_task_user("", "root")
-    with pytest.raises(ExecutorError):
-        resolve_task_user("", "")
-    ex = SystemdExecutor("n1", task_user="", runner_user="root")
-    assert ex.task_user is None and "root" in (ex._user_error or "")
+def test_tasks_run_as_the_submitters_account_else_the_admins_fallback_else_not_at_all() -> None:
+    assert resolve_task_user(spec(user="alice", unix_user="alice"), "") == "alice"
+    assert resolve_task_user(spec(user="alice", unix_user="al"), "labuser") == "al"
+    assert resolve_task_user(spec(user="bob"), "labuser") == "labuser"
+    with pytest.raises(ExecutorError, match=r"user 'bob' has no Unix account.*--unix-user.*environment\.runner_user"):
+        resolve_task_user(spec(user="bob"), "")
+    with pytest.raises(ExecutorError, match="no Unix account"):
+        resolve_task_user(spec(user="bob"), "  ")
+
+
+def test_the_executor_never_defaults_to_its_own_user() -> None:
+    import asyncio
+
+    ex = SystemdExecutor("n1", service_user="hkr", launcher_path="/nonexistent/launcher")
+    with pytest.raises(ExecutorError, match="no Unix account"):
+        asyncio.run(ex.start(spec(user="bob")))
+    # With an account, it gets as far as the launcher (absent here).
+    with pytest.raises(ExecutorError, match="not installed"):
+        asyncio.run(ex.start(spec(user="alice", unix_user="alice")))
+    asyncio.run(ex.close())
+
+
+def test_the_fingerprint_check_of_the_fallback_user_is_the_launchers() -> None:
+    info = {
+        "version": 1,
+        "launcher": DEFAULT_LAUNCHER_PATH,
+        "config": "/etc/hakuriver/launcher.json",
+        "privileged_groups": list(L.ROOT_EQUIVALENT_GROUPS) + ["hkr"],
+        **allow(task_users=["alice", "dave"], task_groups=["lab"], runner_user="hkr", runner_group="hkr").to_json(),
+    }
+    assert allow_list_summary(info) == "alice, dave, members of lab"
+    assert allow_list_summary({"task_users": [], "task_groups": []}) == "nobody yet"
+    assert fallback_problem(info, "alice", ACCOUNTS) is None
+    assert fallback_problem(info, "bob", ACCOUNTS) is None
+    assert "'docker'" in (fallback_problem(info, "dave", ACCOUNTS) or "")
+    assert "not allowed" in (fallback_problem(info, "hkr", ACCOUNTS) or "")
 
 
 @pytest.mark.parametrize(
