@@ -740,6 +740,19 @@ def refuse_under_sudo(what):
         raise Refused(f"{what} is run by systemd inside a task's unit, never through sudo")
 
 
+def log_file_problem(st, path, user):
+    """Why an opened log file is not one the task's user may write its output to, or "".
+    In a log directory several task accounts write to, another one could have planted
+    the name first: it must be a regular file of the task's user, with one link."""
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file"
+    if st.st_uid != os.geteuid():
+        return f"{path} already exists and belongs to uid {st.st_uid}, not to user {user}; remove it"
+    if st.st_nlink != 1:
+        return f"{path} has {st.st_nlink} links; a log file must have one"
+    return ""
+
+
 def _preflight_child(plan, numactl):
     """In a child that has become the task's user: can it run the task at all?"""
     try:
@@ -758,8 +771,9 @@ def _preflight_child(plan, numactl):
             why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
             return f"user {plan.user} cannot write {path}: {why}"
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return f"{path} is not a regular file"
+            problem = log_file_problem(os.fstat(fd), path, plan.user)
+            if problem:
+                return problem
             os.ftruncate(fd, 0)
         finally:
             os.close(fd)
@@ -959,6 +973,9 @@ def cmd_exec(cfg, chunks):
             fds.append(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
         except OSError as exc:
             raise Failed(f"cannot open {path}: {exc.strerror}") from None
+        problem = log_file_problem(os.fstat(fds[-1]), path, user)
+        if problem:
+            raise Refused(problem)
     os.dup2(fds[0], 1)
     os.dup2(fds[1], 2)
     for fd in fds:

@@ -646,3 +646,18 @@ def test_default_executors_offer_systemd_only_where_it_can_work(
     assert asyncio.run(names()) == ["docker"]
     monkeypatch.setattr(systemd_mod, "launcher_problem", lambda path: None)
     assert asyncio.run(names()) == ["docker", "systemd"]
+
+
+def test_a_log_file_must_be_the_task_users_own_with_one_link() -> None:
+    import os
+    import stat as st
+
+    me = os.geteuid()
+
+    def fake(mode: int = st.S_IFREG | 0o644, uid: int = me, nlink: int = 1) -> SimpleNamespace:
+        return SimpleNamespace(st_mode=mode, st_uid=uid, st_nlink=nlink)
+
+    assert L.log_file_problem(fake(), "/s/task_outputs/1.out", "alice") == ""
+    assert "not a regular file" in L.log_file_problem(fake(mode=st.S_IFIFO | 0o666), "/s/x", "alice")
+    assert f"belongs to uid {me + 1}, not to user alice" in L.log_file_problem(fake(uid=me + 1), "/s/x", "alice")
+    assert "has 2 links" in L.log_file_problem(fake(nlink=2), "/s/x", "alice")
