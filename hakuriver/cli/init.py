@@ -96,7 +96,9 @@ def _add_config(sub: Any) -> None:
     g = p.add_argument_group("identity")
     g.add_argument("--runner-name", metavar="NAME", help="runner.name: the node name this Runner registers as")
     g.add_argument(
-        "--runner-user", metavar="USER", help="environment.runner_user: the user --container NULL tasks run as"
+        "--runner-user",
+        metavar="USER",
+        help="environment.runner_user: the account --container NULL tasks of users without a Unix account run as",
     )
     g = p.add_argument_group("credentials")
     tok = g.add_mutually_exclusive_group()
