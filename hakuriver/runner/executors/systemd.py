@@ -415,7 +415,7 @@ class SystemdExecutor(Executor):
         fallback = "are refused"
         if self.fallback_user:
             fallback = f"run as {self.fallback_user}"
-            problem = fallback_problem(info, self.fallback_user)
+            problem = await asyncio.to_thread(fallback_problem, info, self.fallback_user)  # NSS may be slow
             if problem:
                 log.warning("environment.runner_user %r: %s", self.fallback_user, problem)
                 fallback = f"are refused ({problem})"
