@@ -303,13 +303,13 @@ class HostClient:
         body: dict[str, Any] = {"name": name, "admin": admin}
         if unix_user is not None:
             body["unix_user"] = unix_user
-        return await self._json("POST", "/api/users", json=body)
+        return await self._json("POST", "/api/users", body=body)
 
     async def remove_user(self, name: str) -> dict[str, Any]:
         return await self._json("DELETE", f"/api/users/{quote(name, safe='')}")
 
     async def issue_token(self, name: str, *, revoke_all: bool = False) -> dict[str, Any]:
-        return await self._json("POST", f"/api/users/{quote(name, safe='')}/tokens", json={"revoke_all": revoke_all})
+        return await self._json("POST", f"/api/users/{quote(name, safe='')}/tokens", body={"revoke_all": revoke_all})
 
     async def forget_node(self, name: str) -> dict[str, Any]:
         return await self._json("POST", f"/api/nodes/{quote(name, safe='')}/forget")
