@@ -46,6 +46,7 @@ from __future__ import annotations
 import base64
 import errno
 import fcntl
+import grp
 import json
 import os
 import pwd
@@ -111,6 +112,10 @@ CONFIG_FIELDS = frozenset(
     {
         "version",
         "task_users",
+        "task_groups",
+        "allow_privileged_users",
+        "runner_user",
+        "runner_group",
         "shared_dirs",
         "local_temp_dirs",
         "numactl_paths",
@@ -119,6 +124,12 @@ CONFIG_FIELDS = frozenset(
         "systemctl",
     }
 )
+
+ROOT_EQUIVALENT_GROUPS = ("root", "docker", "sudo", "wheel", "adm", "disk", "lxd", "libvirt")
+"""Groups whose members are root, or close to it, on a node (the Docker socket, sudo,
+raw disks, system logs, VM and container daemons). No task runs as a member of one
+(or of the runner service's group, `runner_group`) unless `allow_privileged_users`
+names the account."""
 
 _TASK_ID = re.compile(r"^[1-9][0-9]{0,18}$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -146,8 +157,26 @@ class Failed(Exception):
 class LauncherConfig:
     """The root-owned allow-list. Built by `parse_config` (pure)."""
 
-    def __init__(self, task_users, shared_dirs, local_temp_dirs, numactl_paths, state_dir, systemd_run, systemctl):
+    def __init__(
+        self,
+        task_users,
+        shared_dirs,
+        local_temp_dirs,
+        numactl_paths,
+        state_dir,
+        systemd_run,
+        systemctl,
+        *,
+        task_groups=(),
+        allow_privileged_users=(),
+        runner_user="",
+        runner_group="",
+    ):
         self.task_users = tuple(task_users)
+        self.task_groups = tuple(task_groups)
+        self.allow_privileged_users = tuple(allow_privileged_users)
+        self.runner_user = runner_user
+        self.runner_group = runner_group
         self.shared_dirs = tuple(shared_dirs)
         self.local_temp_dirs = tuple(local_temp_dirs)
         self.numactl_paths = tuple(numactl_paths)
@@ -155,10 +184,20 @@ class LauncherConfig:
         self.systemd_run = systemd_run
         self.systemctl = systemctl
 
+    @property
+    def privileged_groups(self):
+        """ROOT_EQUIVALENT_GROUPS and the runner service's own group."""
+        extra = (self.runner_group,) if self.runner_group and self.runner_group not in ROOT_EQUIVALENT_GROUPS else ()
+        return ROOT_EQUIVALENT_GROUPS + extra
+
     def to_json(self):
         return {
             "version": VERSION,
             "task_users": list(self.task_users),
+            "task_groups": list(self.task_groups),
+            "allow_privileged_users": list(self.allow_privileged_users),
+            "runner_user": self.runner_user,
+            "runner_group": self.runner_group,
             "shared_dirs": list(self.shared_dirs),
             "local_temp_dirs": list(self.local_temp_dirs),
             "numactl_paths": list(self.numactl_paths),
@@ -198,10 +237,25 @@ def parse_config(data):
             raise Refused(f"launcher config: {key} must not be empty")
         return value
 
-    users = str_list("task_users")
-    for u in users:
-        if not _USER.match(u):
-            raise Refused(f"launcher config: task user {u!r} is not a plain user name")
+    def names(key, what):
+        value = str_list(key, required=False)
+        for name in value:
+            if not _USER.match(name):
+                raise Refused(f"launcher config: {what} {name!r} is not a plain {what.split()[-1]} name")
+        return list(dict.fromkeys(value))
+
+    def name(key, what):
+        value = data.get(key, "")
+        if not isinstance(value, str) or (value and not _USER.match(value)):
+            raise Refused(f"launcher config: {key} must be a plain {what} name, not {value!r}")
+        return value
+
+    # Each may be empty: a config that allows nobody is valid, and refuses every task.
+    users = names("task_users", "task user")
+    groups = names("task_groups", "task group")
+    privileged = names("allow_privileged_users", "privileged user")
+    runner_user = name("runner_user", "user")
+    runner_group = name("runner_group", "group")
     shared = [clean_path(p, "launcher config: shared dir") for p in str_list("shared_dirs")]
     temps = [clean_path(p, "launcher config: local temp dir") for p in str_list("local_temp_dirs")]
     numactl = [clean_path(p, "launcher config: numactl path") for p in str_list("numactl_paths", required=False)]
@@ -211,7 +265,19 @@ def parse_config(data):
     state_dir = clean_path(data.get("state_dir", DEFAULT_STATE_DIR), "launcher config: state_dir")
     systemd_run = clean_path(data.get("systemd_run", DEFAULT_SYSTEMD_RUN), "launcher config: systemd_run")
     systemctl = clean_path(data.get("systemctl", DEFAULT_SYSTEMCTL), "launcher config: systemctl")
-    return LauncherConfig(users, shared, temps, numactl, state_dir, systemd_run, systemctl)
+    return LauncherConfig(
+        users,
+        shared,
+        temps,
+        numactl,
+        state_dir,
+        systemd_run,
+        systemctl,
+        task_groups=groups,
+        allow_privileged_users=privileged,
+        runner_user=runner_user,
+        runner_group=runner_group,
+    )
 
 
 def check_root_owned(path, what):
@@ -250,6 +316,104 @@ def load_config(path=DEFAULT_CONFIG_PATH, *, trusted=True):
     except (UnicodeDecodeError, ValueError) as exc:
         raise Failed(f"launcher config {path} is not valid JSON: {exc}") from None
     return parse_config(data)
+
+
+# ------------------------------------------------------------- accounts
+
+
+class SystemAccounts:
+    """The node's user and group database. Tests give `validate_request` a fake with
+    the same three methods."""
+
+    def user(self, name):
+        """The passwd entry (pw_name, pw_uid, pw_gid, pw_dir, pw_shell); KeyError if none."""
+        return pwd.getpwnam(name)
+
+    def groups_of(self, pw):
+        """{gid: group name} of every group the account is in: its primary group and
+        its supplementary groups (what systemd's User= and initgroups() give it)."""
+        gids = {pw.pw_gid}
+        try:
+            gids.update(os.getgrouplist(pw.pw_name, pw.pw_gid))
+        except OSError:
+            pass
+        found = {}
+        for gid in gids:
+            try:
+                found[gid] = grp.getgrgid(gid).gr_name
+            except KeyError:
+                found[gid] = ""
+        return found
+
+    def group_gid(self, name):
+        """The gid of the group `name`, or None when the node has no such group."""
+        try:
+            return grp.getgrnam(name).gr_gid
+        except KeyError:
+            return None
+
+
+SYSTEM_ACCOUNTS = SystemAccounts()
+
+
+def _member_of(group, groups, accounts):
+    """Whether an account in `groups` ({gid: name}) is in the group `group` (by name or gid)."""
+    if group in groups.values():
+        return True
+    gid = accounts.group_gid(group)
+    return gid is not None and gid in groups
+
+
+def check_task_account(cfg, user, accounts=SYSTEM_ACCOUNTS):
+    """The passwd entry of `user` if the allow-list lets tasks run as it; Refused, with
+    the reason, otherwise. An account is allowed when `task_users` names it or it is a
+    member (primary or supplementary) of a group in `task_groups`; even then it is
+    refused when it is root, the runner service's own account, or a member of a
+    root-equivalent group (`cfg.privileged_groups`), unless `allow_privileged_users`
+    names it. Pure apart from `accounts`."""
+    if not isinstance(user, str) or not _USER.match(user):
+        raise Refused(f"task user {user!r} is not a plain user name")
+    listed = user in cfg.task_users
+    if not listed and not cfg.task_groups:
+        raise Refused(_not_allowed(cfg, user))
+    try:
+        pw = accounts.user(user)
+    except KeyError:
+        raise Refused(f"user {user!r} does not exist on this node") from None
+    groups = accounts.groups_of(pw)
+    if not listed and not any(_member_of(g, groups, accounts) for g in cfg.task_groups):
+        raise Refused(_not_allowed(cfg, user))
+    if user in cfg.allow_privileged_users:
+        return pw
+    unless = (
+        f"; the launcher runs no task as such an account unless allow_privileged_users in its config names {user!r}"
+    )
+    if pw.pw_uid == 0:
+        raise Refused(f"user {user!r} is root (uid 0){unless}")
+    if cfg.runner_user and user == cfg.runner_user:
+        raise Refused(f"user {user!r} is the runner service's own account{unless}")
+    if 0 in groups:
+        raise Refused(
+            f"user {user!r} is a member of the group {groups[0] or 'root'!r} (gid 0), which is root-equivalent{unless}"
+        )
+    for group in cfg.privileged_groups:
+        if _member_of(group, groups, accounts):
+            what = "the runner service's own group" if group == cfg.runner_group else "root-equivalent on this node"
+            raise Refused(f"user {user!r} is a member of the group {group!r}, which is {what}{unless}")
+    return pw
+
+
+def _not_allowed(cfg, user):
+    allowed = [*cfg.task_users, *(f"members of {g}" for g in cfg.task_groups)]
+    if not allowed:
+        return (
+            f"user {user!r} is not allowed to run tasks on this node: the launcher config allows no task "
+            f"accounts yet; name them in task_users or task_groups (hakuriver.init launcher --task-user/--task-group)"
+        )
+    return (
+        f"user {user!r} is not allowed to run tasks on this node (allowed: {', '.join(allowed)}); "
+        f"add it to task_users, or one of its groups to task_groups, in the launcher config"
+    )
 
 
 # ------------------------------------------------------- pure validation
@@ -294,9 +458,9 @@ def _int_field(req, key, low, high):
     return value
 
 
-def validate_request(req, cfg, *, getpwnam=pwd.getpwnam, node_exists=None):  # noqa: C901 - one check per field, in one place
+def validate_request(req, cfg, *, accounts=SYSTEM_ACCOUNTS, node_exists=None):
     """Check a start request against the allow-list and build its TaskPlan. Pure
-    apart from the two look-ups, which tests replace."""
+    apart from the account and NUMA look-ups, which tests replace."""
     if not isinstance(req, dict):
         raise Refused("the start request must be a JSON object")
     unknown = sorted(set(req) - REQUEST_FIELDS)
@@ -308,17 +472,7 @@ def validate_request(req, cfg, *, getpwnam=pwd.getpwnam, node_exists=None):  # n
     task_id = parse_task_id(req["task_id"])
 
     user = req["user"]
-    if not isinstance(user, str) or not _USER.match(user):
-        raise Refused(f"task user {user!r} is not a plain user name")
-    if user not in cfg.task_users:
-        raise Refused(
-            f"user {user!r} is not allowed to run tasks on this node (allowed: {', '.join(cfg.task_users)}); "
-            f"add it to task_users in the launcher config"
-        )
-    try:
-        pw = getpwnam(user)
-    except KeyError:
-        raise Refused(f"user {user!r} does not exist on this node") from None
+    pw = check_task_account(cfg, user, accounts)
 
     command = req["command"]
     if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
@@ -586,6 +740,19 @@ def refuse_under_sudo(what):
         raise Refused(f"{what} is run by systemd inside a task's unit, never through sudo")
 
 
+def log_file_problem(st, path, user):
+    """Why an opened log file is not one the task's user may write its output to, or "".
+    In a log directory several task accounts write to, another one could have planted
+    the name first: it must be a regular file of the task's user, with one link."""
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file"
+    if st.st_uid != os.geteuid():
+        return f"{path} already exists and belongs to uid {st.st_uid}, not to user {user}; remove it"
+    if st.st_nlink != 1:
+        return f"{path} has {st.st_nlink} links; a log file must have one"
+    return ""
+
+
 def _preflight_child(plan, numactl):
     """In a child that has become the task's user: can it run the task at all?"""
     try:
@@ -604,8 +771,9 @@ def _preflight_child(plan, numactl):
             why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
             return f"user {plan.user} cannot write {path}: {why}"
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return f"{path} is not a regular file"
+            problem = log_file_problem(os.fstat(fd), path, plan.user)
+            if problem:
+                return problem
             os.ftruncate(fd, 0)
         finally:
             os.close(fd)
@@ -792,12 +960,7 @@ def cmd_exec(cfg, chunks):
     refuse_under_sudo("exec")
     spec = decode_spec(chunks)
     user = spec.get("user")
-    if user not in cfg.task_users:
-        raise Refused(f"user {user!r} is not an allowed task user")
-    try:
-        uid = pwd.getpwnam(user).pw_uid
-    except KeyError:
-        raise Refused(f"user {user!r} does not exist") from None
+    uid = check_task_account(cfg, user).pw_uid
     if os.geteuid() != uid or os.getuid() != uid or spec.get("uid") != uid:
         raise Refused(f"exec must run as the task's user {user} (uid {uid}), not uid {os.geteuid()}")
     argv, env = spec["argv"], spec["env"]
@@ -810,6 +973,9 @@ def cmd_exec(cfg, chunks):
             fds.append(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
         except OSError as exc:
             raise Failed(f"cannot open {path}: {exc.strerror}") from None
+        problem = log_file_problem(os.fstat(fds[-1]), path, user)
+        if problem:
+            raise Refused(problem)
     os.dup2(fds[0], 1)
     os.dup2(fds[1], 2)
     for fd in fds:
@@ -917,7 +1083,13 @@ def main(argv=None, *, stdin=None, stdout=None, config_path=DEFAULT_CONFIG_PATH)
         elif sub == "status":
             result = cmd_status(cfg, task_id)
         else:
-            result = {"version": VERSION, "launcher": launcher_path, "config": config_path, **cfg.to_json()}
+            result = {
+                "version": VERSION,
+                "launcher": launcher_path,
+                "config": config_path,
+                **cfg.to_json(),
+                "privileged_groups": list(cfg.privileged_groups),
+            }
         out.write(json.dumps(result) + "\n")
         out.flush()
         return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import grp
+import json
 import os
 import pwd
 import shlex
@@ -28,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, launcher
 from ..config import load_config, read_config_file
 from ..deploy import launcher_install, units
 from ..deploy.configfile import new_token, render_config, write_private_file
@@ -104,7 +105,9 @@ def _add_config(sub: Any) -> None:
     g = p.add_argument_group("identity")
     g.add_argument("--runner-name", metavar="NAME", help="runner.name: the node name this Runner registers as")
     g.add_argument(
-        "--runner-user", metavar="USER", help="environment.runner_user: the user --container NULL tasks run as"
+        "--runner-user",
+        metavar="USER",
+        help="environment.runner_user: the account --container NULL tasks of users without a Unix account run as",
     )
     g = p.add_argument_group("credentials")
     tok = g.add_mutually_exclusive_group()
@@ -535,15 +538,48 @@ def _add_launcher(sub: Any) -> None:
         "launcher",
         help="write the files that enable --container NULL tasks on a Runner",
         description="Write the three files a Runner node needs for --container NULL tasks into --output-dir:\n"
-        "the root-owned task launcher, its allow-list (task user, shared and temp dirs, numactl)\n"
-        "taken from the Runner's config, and the sudoers drop-in that lets the Runner's user run\n"
-        "the launcher and nothing else. Prints the commands that install them as root; never\n"
-        "writes outside --output-dir. Restart the Runner afterwards: it looks for the launcher\n"
-        "when it starts.",
+        "the root-owned task launcher, its allow-list, and the sudoers drop-in that lets the Runner's\n"
+        "user run the launcher and nothing else. Prints the commands that install them as root; never\n"
+        "writes outside --output-dir. Restart the Runner afterwards: it looks for the launcher when it\n"
+        "starts.\n\n"
+        "A NULL task runs as its submitter's Unix account (hakuriver.admin user add NAME --unix-user\n"
+        "ACCOUNT), or as environment.runner_user for submitters without one. The allow-list names the\n"
+        "accounts that may be used: --task-user accounts and --task-group members, plus\n"
+        "environment.runner_user; nobody by default. The launcher refuses root, the Runner's own user,\n"
+        "and members of root-equivalent groups (docker, sudo, wheel, adm, disk, lxd, libvirt and the\n"
+        "Runner's group) unless --allow-privileged-user names them. The shared and temp dirs and\n"
+        "numactl come from the Runner's config.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="PATH", help="the Runner's config (default: the usual lookup)")
     p.add_argument("--user", metavar="USER", help="the user the Runner service runs as (default: the invoking user)")
+    p.add_argument(
+        "--group",
+        metavar="GROUP",
+        help="the Runner service's group, whose members are refused as task accounts (default: --user's primary group)",
+    )
+    p.add_argument(
+        "--task-user",
+        metavar="USER",
+        action="append",
+        default=[],
+        help="an account --container NULL tasks may run as (repeatable)",
+    )
+    p.add_argument(
+        "--task-group",
+        metavar="GROUP",
+        action="append",
+        default=[],
+        help="tasks may run as any member of this group, primary or supplementary (repeatable)",
+    )
+    p.add_argument(
+        "--allow-privileged-user",
+        metavar="USER",
+        action="append",
+        default=[],
+        help="let tasks run as this account even though it is root, the Runner's user or in a "
+        "root-equivalent group (repeatable; it must also be allowed by --task-user or --task-group)",
+    )
     p.add_argument("--output-dir", metavar="DIR", default=".", help="where to write the files (default: .)")
     p.add_argument(
         "--pin-digest",
@@ -553,19 +589,41 @@ def _add_launcher(sub: Any) -> None:
     p.set_defaults(func=_cmd_launcher)
 
 
+def _primary_group(user: str) -> str:
+    try:
+        gid = pwd.getpwnam(user).pw_gid
+    except KeyError:
+        raise _Failure(
+            f"user {user!r} does not exist on this machine: pass --group (the Runner service's group)"
+        ) from None
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        raise _Failure(f"the primary group (gid {gid}) of {user!r} has no name; pass --group") from None
+
+
 def _cmd_launcher(args: argparse.Namespace) -> int:
     user = _usage("--user", check_account, "user", args.user) if args.user else _current_user()
+    group = _usage("--group", check_account, "group", args.group) if args.group else _primary_group(user)
+    task_users = [_usage("--task-user", check_account, "user", u) for u in args.task_user]
+    task_groups = [_usage("--task-group", check_account, "group", g) for g in args.task_group]
+    privileged = [_usage("--allow-privileged-user", check_account, "user", u) for u in args.allow_privileged_user]
     config = _service_config(args.config)
     missing = [k for k in ("paths.shared_dir", "paths.local_temp_dir") if not getattr(config.paths, k.split(".")[1])]
     if missing:
         raise _Failure(f"{', '.join(missing)} must be set in {config.source}")
-    # Tasks run as environment.runner_user, else as the Runner's own user (never silently root).
-    task_user = config.environment.runner_user or user
     out_dir = Path(os.path.expanduser(args.output_dir))
     if not out_dir.is_dir():
         raise _Failure(f"--output-dir {args.output_dir} does not exist or is not a directory")
     try:
-        allow_list = launcher_install.launcher_config_for(config, task_user)
+        allow_list = launcher_install.launcher_config_for(
+            config,
+            runner_user=user,
+            runner_group=group,
+            task_users=task_users,
+            task_groups=task_groups,
+            allow_privileged_users=privileged,
+        )
         plan = launcher_install.install_plan(user, allow_list, pin_digest=args.pin_digest)
     except ValueError as exc:
         raise _Failure(str(exc)) from None
@@ -580,8 +638,8 @@ def _cmd_launcher(args: argparse.Namespace) -> int:
         else:
             steps.append(f"install -d -m 0755 -o root -g root {parent}")
         steps.append(f"install -m {item.mode:04o} -o root -g root {shlex.quote(str(local))} {shlex.quote(item.path)}")
-    if task_user == "root":
-        _note("environment.runner_user is root: --container NULL tasks will run as root")
+    for note in _launcher_notes(launcher.parse_config(json.loads(allow_list)), config.environment.runner_user):
+        _note(note)
     print("next, as root:")
     for step in steps:
         print(f"  {step}")
@@ -711,6 +769,31 @@ def _cmd_tls_cert(args: argparse.Namespace) -> int:
     print(f"  cert_file = {_toml_str(str(written.cert))}")
     print(f"  key_file = {_toml_str(str(written.key))}")
     return EXIT_OK
+
+
+def _launcher_notes(cfg: Any, fallback: str) -> list[str]:
+    """What the admin should know about the allow-list just written: nobody allowed,
+    or a named account the launcher will refuse on this machine (checked here)."""
+    if not cfg.task_users and not cfg.task_groups:
+        return [
+            "the allow-list names no task accounts: --container NULL tasks are refused until you add "
+            "--task-user or --task-group (or set environment.runner_user)"
+        ]
+    notes = []
+    for name in dict.fromkeys([*cfg.task_users, *cfg.allow_privileged_users]):
+        try:
+            launcher.check_task_account(cfg, name)
+        except launcher.Refused as exc:
+            if "does not exist" in str(exc):
+                notes.append(f"task user {name!r} does not exist on this machine (the launcher checks each task)")
+            else:
+                notes.append(f"the launcher will refuse tasks as {name!r}: {exc}")
+        else:
+            if name in cfg.allow_privileged_users:
+                notes.append(f"--allow-privileged-user {name}: tasks may run as {name!r}, whatever its groups")
+    if fallback:
+        notes.append(f"tasks of users without a Unix account run as {fallback!r} (environment.runner_user)")
+    return notes
 
 
 # ------------------------------------------------------------------ running

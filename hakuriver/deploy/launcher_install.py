@@ -54,7 +54,11 @@ def launcher_sha256(python: str = DEFAULT_PYTHON) -> str:
 
 def render_launcher_config(
     *,
-    task_users: Sequence[str],
+    task_users: Sequence[str] = (),
+    task_groups: Sequence[str] = (),
+    allow_privileged_users: Sequence[str] = (),
+    runner_user: str = "",
+    runner_group: str = "",
     shared_dirs: Sequence[str],
     local_temp_dirs: Sequence[str],
     numactl_paths: Sequence[str] = (DEFAULT_NUMACTL,),
@@ -63,11 +67,19 @@ def render_launcher_config(
     systemctl: str = _launcher.DEFAULT_SYSTEMCTL,
 ) -> str:
     """The allow-list's JSON text. Validated with the launcher's own parser, so a
-    config it would refuse is never written. Root is allowed as a task user only
-    when it is named in `task_users`."""
+    config it would refuse is never written.
+
+    Tasks may run as the accounts in `task_users` and the members of `task_groups`,
+    except root, `runner_user` (the Runner service's own account) and members of
+    `runner_group` or a group in `hakuriver.launcher.ROOT_EQUIVALENT_GROUPS`: those
+    only when `allow_privileged_users` names them too. Empty lists allow nobody."""
     data = {
         "version": _launcher.VERSION,
         "task_users": list(dict.fromkeys(task_users)),
+        "task_groups": list(dict.fromkeys(task_groups)),
+        "allow_privileged_users": list(dict.fromkeys(allow_privileged_users)),
+        "runner_user": runner_user,
+        "runner_group": runner_group,
         "shared_dirs": list(dict.fromkeys(shared_dirs)),
         "local_temp_dirs": list(dict.fromkeys(local_temp_dirs)),
         "numactl_paths": list(dict.fromkeys(numactl_paths)),
@@ -83,14 +95,30 @@ def render_launcher_config(
 
 
 def launcher_config_for(
-    config: Any, task_user: str, *, numactl_path: str | None = None, state_dir: str = DEFAULT_STATE_DIR
+    config: Any,
+    *,
+    runner_user: str,
+    runner_group: str,
+    task_users: Sequence[str] = (),
+    task_groups: Sequence[str] = (),
+    allow_privileged_users: Sequence[str] = (),
+    numactl_path: str | None = None,
+    state_dir: str = DEFAULT_STATE_DIR,
 ) -> str:
-    """The allow-list for one runner's `hakuriver.config.Config` and its task user
-    (`environment.runner_user`, else the runner's own user: the caller decides)."""
+    """The allow-list for one runner's `hakuriver.config.Config`, whose service runs
+    as `runner_user`:`runner_group`. Its task accounts are `task_users`, the members
+    of `task_groups`, and `environment.runner_user` when the config sets one (the
+    account tasks of users without a Unix account run as); never the runner's own
+    account unless `allow_privileged_users` names it."""
     paths = config.paths
     numactl = numactl_path or getattr(paths, "numactl_path", "") or shutil.which("numactl") or DEFAULT_NUMACTL
+    fallback = getattr(getattr(config, "environment", None), "runner_user", "") or ""
     return render_launcher_config(
-        task_users=[task_user],
+        task_users=[*task_users, *([fallback] if fallback else [])],
+        task_groups=task_groups,
+        allow_privileged_users=allow_privileged_users,
+        runner_user=runner_user,
+        runner_group=runner_group,
         shared_dirs=[paths.shared_dir],
         local_temp_dirs=[paths.local_temp_dir],
         numactl_paths=[numactl],

@@ -39,22 +39,72 @@ def test_files_are_the_package_generators_output(tmp_path: Path) -> None:
     )
     out = tmp_path / "out"
     out.mkdir()
-    result = _init("launcher", "--config", str(config), "--user", RUNNER_USER, "--output-dir", str(out))
+    flags = ["--user", RUNNER_USER, "--group", RUNNER_USER, "--output-dir", str(out)]
+    result = _init("launcher", "--config", str(config), *flags, "--task-user", "alice", "--task-group", "lab")
     assert result.returncode == 0, result.stderr
     from hakuriver.config import read_config_file
 
     plan = launcher_install.install_plan(
-        RUNNER_USER, launcher_install.launcher_config_for(read_config_file(config), "labuser")
+        RUNNER_USER,
+        launcher_install.launcher_config_for(
+            read_config_file(config),
+            runner_user=RUNNER_USER,
+            runner_group=RUNNER_USER,
+            task_users=["alice"],
+            task_groups=["lab"],
+        ),
     )
     for item in plan:
         local = out / Path(item.path).name
         assert local.read_text() == item.content
         assert local.stat().st_mode & 0o777 == item.mode
     allow = json.loads((out / "launcher.json").read_text())
-    assert allow["task_users"] == ["labuser"]  # environment.runner_user, not the runner's own user
+    # --task-user accounts and environment.runner_user; never the runner's own user, which is
+    # recorded (with its group) for the launcher to refuse.
+    assert allow["task_users"] == ["alice", "labuser"]
+    assert allow["task_groups"] == ["lab"]
+    assert (allow["runner_user"], allow["runner_group"], allow["allow_privileged_users"]) == (RUNNER_USER,) * 2 + ([],)
     assert allow["shared_dirs"] == [str(tmp_path)]
     missing = _init("launcher", "--config", str(tmp_path / "nope.toml"), "--output-dir", str(out))
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+
+
+def test_the_runner_group_is_needed_and_nobody_is_allowed_by_default(tmp_path: Path) -> None:
+    config = tmp_path / "runner.toml"
+    made = _init("config", "--output", str(config), "--shared-dir", str(tmp_path), "--local-temp-dir", "/tmp")
+    assert made.returncode == 0, made.stderr
+    unknown = _init("launcher", "--config", str(config), "--user", "no-such-hkr-user", "--output-dir", str(tmp_path))
+    assert unknown.returncode == 1 and "pass --group" in unknown.stderr, unknown.stderr
+    bare = _init(
+        "launcher", "--config", str(config), "--user", RUNNER_USER, "--group", "hkr", "--output-dir", str(tmp_path)
+    )
+    assert bare.returncode == 0, bare.stderr
+    assert "names no task accounts" in bare.stderr
+    allow = json.loads((tmp_path / "launcher.json").read_text())
+    assert (allow["task_users"], allow["task_groups"]) == ([], [])
+    privileged = _init(
+        "launcher",
+        "--config",
+        str(config),
+        "--user",
+        RUNNER_USER,
+        "--group",
+        "hkr",
+        "--output-dir",
+        str(tmp_path),
+        "--task-user",
+        "root",
+        "--allow-privileged-user",
+        "ops",
+    )
+    assert privileged.returncode == 0, privileged.stderr
+    assert "the launcher will refuse tasks as 'root': user 'root' is root (uid 0)" in privileged.stderr
+    assert "the launcher will refuse tasks as 'ops'" in privileged.stderr  # not allowed at all
+    assert json.loads((tmp_path / "launcher.json").read_text())["allow_privileged_users"] == ["ops"]
+    bad = _init(
+        "launcher", "--config", str(config), "--group", "hkr", "--task-group", "a b", "--output-dir", str(tmp_path)
+    )
+    assert bad.returncode == 2 and "--task-group" in bad.stderr, bad.stderr
 
 
 @pytest.mark.docker

@@ -5,6 +5,10 @@ functions: the setting `--container NULL` tasks run in for real.
 The Host runs as root on 0.0.0.0 in the node and this process talks to it over
 the node's bridge address; the Runner runs as the user `runner` in its own
 transient service (KillMode=control-group), so stopping it kills its whole cgroup.
+
+The node has task accounts (`ACCOUNTS`): HakuRiver users of the same names have
+them as their `unix_user`, and `submit(..., as_user=NAME)` submits with their
+token. The admin (the legacy `auth.token`) has no Unix account.
 """
 
 from __future__ import annotations
@@ -29,20 +33,56 @@ NODE_NAME = "sdnode"
 HOST_PORT = 8000
 RUNNER_MARKER = "RUNNER_ONLY_MARKER"
 
+TASK_USER = "alice"
+"""A plain account: the default submitter of the tests' tasks."""
+ACCOUNTS = {
+    "alice": (),
+    "larry": ("lab",),  # allowed through task_groups
+    "dave": ("docker",),
+    "sam": ("sudo",),
+    "rita": (RUNNER_USER,),  # in the runner service's group
+}
+"""Task accounts in the node: name -> supplementary groups."""
+
 _SETUP = r"""
 import json, os, pwd, subprocess, sys
-from hakuriver.deploy.launcher_install import install, install_plan, render_launcher_config
+from hakuriver.deploy.launcher_install import install, install_plan
 
 cfg = json.loads(sys.argv[1])
 subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", cfg["user"]], check=True)
+for group in ("docker", "sudo", "lab"):
+    subprocess.run(["groupadd", "-f", group], check=True)
+for name, groups in cfg["accounts"].items():
+    extra = ["--groups", ",".join(groups)] if groups else []
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", *extra, name], check=True)
 pw = pwd.getpwnam(cfg["user"])
-for d in (cfg["shared"], cfg["temp"]):
+# Every task account writes its logs (and whatever it likes) here, as on a shared scratch
+# filesystem: world-writable and sticky, like /tmp.
+for d in (cfg["shared"], cfg["shared"] + "/task_outputs", cfg["shared"] + "/task_errors", cfg["temp"]):
     os.makedirs(d, exist_ok=True)
     os.chown(d, pw.pw_uid, pw.pw_gid)
+    os.chmod(d, 0o1777)
 os.makedirs(cfg["host_dir"], exist_ok=True)
-text = render_launcher_config(task_users=[cfg["user"]], shared_dirs=[cfg["shared"]], local_temp_dirs=[cfg["temp"]])
-print("\n".join(install(install_plan(cfg["user"], text))))
+print("\n".join(install(install_plan(cfg["user"], cfg["launcher_config"]))))
 """
+
+
+def launcher_config(**changes: Any) -> str:
+    """The node's allow-list: every account listed (so that a refusal is the launcher's
+    privilege rule, not a missing entry), lab's members, and the runner's user and group
+    recorded. `changes` replace fields."""
+    from hakuriver.deploy.launcher_install import render_launcher_config
+
+    fields: dict[str, Any] = {
+        "task_users": ["alice", "dave", "sam", "rita", RUNNER_USER, "root"],
+        "task_groups": ["lab"],
+        "runner_user": RUNNER_USER,
+        "runner_group": RUNNER_USER,
+        "shared_dirs": [SHARED],
+        "local_temp_dirs": [TEMP],
+    }
+    fields.update(changes)
+    return render_launcher_config(**fields)
 
 
 def _toml(sections: dict[str, dict[str, Any]]) -> str:
@@ -59,13 +99,23 @@ class SdCluster:
     def __init__(self, node: Node):
         self.node = node
         self.token = secrets.token_urlsafe(18)
+        """The admin's (the legacy auth.token), who has no Unix account."""
+        self.tokens: dict[str, str] = {}
+        """Each task account's HakuRiver user's token."""
         self.node.container.reload()
         self.ip = self.node.container.attrs["NetworkSettings"]["IPAddress"]
         self.url = f"http://{self.ip}:{HOST_PORT}"
 
     # ------------------------------------------------------------- setup
     def setup(self) -> None:
-        settings = {"user": RUNNER_USER, "shared": SHARED, "temp": TEMP, "host_dir": HOST_DIR}
+        settings = {
+            "user": RUNNER_USER,
+            "shared": SHARED,
+            "temp": TEMP,
+            "host_dir": HOST_DIR,
+            "accounts": ACCOUNTS,
+            "launcher_config": launcher_config(),
+        }
         self.node.exec([VENV_PY, "-c", _SETUP, json.dumps(settings)])
         common = {
             "network": {
@@ -83,7 +133,8 @@ class SdCluster:
         }
         host = {**common, "paths": {"shared_dir": SHARED, "local_temp_dir": HOST_DIR}}
         self.node.write_file("/etc/hakuriver/host.toml", _toml(host), mode=0o600)
-        self.node.write_file("/etc/hakuriver/runner.toml", _toml(common), mode=0o644)
+        self.runner_config = common
+        self.write_runner_config()
         self.node.exec(
             [
                 "systemd-run",
@@ -104,7 +155,19 @@ class SdCluster:
             what="the Host in the node to answer",
             on_timeout=lambda: self.journal("hkr-host"),
         )
+        for name in ACCOUNTS:
+            status, body = self.api("POST", "/api/users", {"name": name, "unix_user": name})
+            assert status in (200, 201), f"adding user {name}: {status} {body}"
+            self.tokens[name] = body["token"]
         self.start_runner()
+
+    def write_runner_config(self, **environment: str) -> None:
+        """The Runner's config, with these `[environment]` settings (restart it to apply)."""
+        config = {**self.runner_config, **({"environment": environment} if environment else {})}
+        self.node.write_file("/etc/hakuriver/runner.toml", _toml(config), mode=0o644)
+
+    def set_launcher_config(self, text: str) -> None:
+        self.node.write_file("/etc/hakuriver/launcher.json", text, mode=0o644)
 
     def start_runner(self) -> None:
         self.node.exec(
@@ -122,6 +185,20 @@ class SdCluster:
                 "--config",
                 "/etc/hakuriver/runner.toml",
             ]
+        )
+        # The Host may still count the node online from before a restart: wait for the
+        # new runner's own API too (any HTTP answer will do).
+        poll(
+            lambda: (
+                self.node.exec(
+                    ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8001/api/tasks"],
+                    check=False,
+                ).stdout
+                not in ("", "000")
+            ),
+            timeout=60,
+            what="the runner's API to answer",
+            on_timeout=lambda: self.journal("hkr-runner"),
         )
         self.wait_online(True)
 
@@ -142,10 +219,13 @@ class SdCluster:
         )
 
     # -------------------------------------------------------------- api
-    def api(self, method: str, path: str, body: Any = None, timeout: float = 10) -> tuple[int, Any]:
+    def api(
+        self, method: str, path: str, body: Any = None, timeout: float = 10, as_user: str | None = None
+    ) -> tuple[int, Any]:
+        """A Host API call with the admin's token, or with `as_user`'s."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {self.token}")
+        req.add_header("Authorization", f"Bearer {self.tokens[as_user] if as_user else self.token}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
@@ -160,9 +240,12 @@ class SdCluster:
             except ValueError:
                 return exc.code, raw
 
-    def submit(self, command: list[str], **fields: Any) -> str:
+    def submit(self, command: list[str], *, as_user: str | None = TASK_USER, **fields: Any) -> str:
+        """A NULL task submitted by `as_user` (default alice; None: the admin, who has no Unix account)."""
         fields.setdefault("targets", [NODE_NAME])
-        status, body = self.api("POST", "/api/tasks", {"command": command, "container": "NULL", **fields})
+        status, body = self.api(
+            "POST", "/api/tasks", {"command": command, "container": "NULL", **fields}, as_user=as_user
+        )
         assert status == 201, f"submit failed: {status} {body}"
         [task_id] = body["task_ids"]
         return task_id
@@ -197,11 +280,19 @@ class SdCluster:
         return body.decode(errors="replace") if isinstance(body, bytes) else str(body)
 
     def runner_tasks(self) -> dict[str, str]:
-        """What the runner itself says it runs (its own API, inside the node)."""
+        """What the runner itself says it runs (its own API, inside the node, with the
+        Host's order token: the only credential the Runner's API accepts)."""
         out = self.node.exec(
-            ["curl", "-sf", "-H", f"Authorization: Bearer {self.token}", "http://127.0.0.1:8001/api/tasks"]
+            ["curl", "-sf", "-H", f"Authorization: Bearer {self.order_token()}", "http://127.0.0.1:8001/api/tasks"]
         ).stdout
         return {t["task_id"]: t["state"] for t in json.loads(out)["tasks"]}
+
+    def order_token(self) -> str:
+        """The order token the runner's state DB holds (default state dir of its user)."""
+        db = f"/home/{RUNNER_USER}/.hakuriver/state/runner-{NODE_NAME}.db"
+        code = "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])"
+        query = "SELECT value FROM identity WHERE name = 'order_token'"
+        return self.node.exec([VENV_PY, "-c", code, db, query]).stdout.strip()
 
     # ------------------------------------------------------------ node
     def unit(self, task_id: str, *props: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.harness import poll
 
-from .sdcluster import LAUNCHER, NODE_NAME, RUNNER_MARKER, RUNNER_USER, SHARED, STATE_DIR, TEMP, SdCluster
+from .sdcluster import LAUNCHER, NODE_NAME, RUNNER_MARKER, RUNNER_USER, SHARED, STATE_DIR, TASK_USER, TEMP, SdCluster
 
 pytestmark = [pytest.mark.docker, pytest.mark.systemd]
 
@@ -54,8 +54,9 @@ def test_a_task_runs_as_argv_with_its_output_exit_code_and_environment(sd: SdClu
         TEMP,
     )
     assert RUNNER_MARKER not in env and "INVOCATION_ID" not in env, "the runner's environment leaked into the task"
-    assert env["USER"] == RUNNER_USER and report["cwd"] == SHARED
-    assert report["uid"] == int(sd.node.exec(["id", "-u", RUNNER_USER]).stdout)
+    # The submitter's Unix account, not the runner's.
+    assert env["USER"] == TASK_USER and report["cwd"] == SHARED
+    assert report["uid"] == int(sd.node.exec(["id", "-u", TASK_USER]).stdout)
     # Nothing a shell would have run did run.
     assert sd.node.exec(["sh", "-c", "ls /tmp/pwned-* 2>/dev/null || true"]).stdout == ""
 
@@ -65,7 +66,7 @@ def test_a_task_runs_as_argv_with_its_output_exit_code_and_environment(sd: SdClu
     owners = sd.node.exec(
         ["stat", "-c", "%U", f"{SHARED}/task_outputs/{failing}.out", f"{SHARED}/task_errors/{failing}.err"]
     )
-    assert owners.stdout.split() == [RUNNER_USER, RUNNER_USER]
+    assert owners.stdout.split() == [TASK_USER, TASK_USER]
     # destroy() cleans up (just after the result is reported): no unit, no status record.
     poll(
         lambda: (
@@ -86,7 +87,7 @@ def test_limits_numa_pause_resume_kill_and_oom(sd: SdCluster) -> None:
 
     sd.wait_state(sleeper, {"running"})
     props = sd.unit(sleeper, "CPUQuotaPerSecUSec", "MemoryMax", "User", "MainPID")
-    assert (props["CPUQuotaPerSecUSec"], props["MemoryMax"], props["User"]) == ("1s", str(64 << 20), RUNNER_USER), props
+    assert (props["CPUQuotaPerSecUSec"], props["MemoryMax"], props["User"]) == ("1s", str(64 << 20), TASK_USER), props
     pid = props["MainPID"]
     # ... and the kernel enforces it (cgroup v1 memory controller here, v2 elsewhere).
     limit = sd.node.exec(
@@ -179,18 +180,18 @@ def test_setup_errors_fail_tasks_with_a_reason(sd: SdCluster) -> None:
     original = node.read_file("/etc/hakuriver/launcher.json")
     allow_ghost = json.loads(original)
     allow_ghost["task_users"].append("ghost")
-    node.write_file("/etc/hakuriver/launcher.json", json.dumps(allow_ghost), mode=0o644)
+    sd.set_launcher_config(json.dumps(allow_ghost))
     try:
         r = sd.launcher("start", input=start_request("920", user="ghost", command=["true"]))
     finally:
-        node.write_file("/etc/hakuriver/launcher.json", original, mode=0o644)
+        sd.set_launcher_config(original)
     assert r.rc == 2 and "user 'ghost' does not exist on this node" in r.stderr, r
 
 
 def start_request(task_id: str, **overrides: object) -> str:
     req = {
         "task_id": task_id,
-        "user": RUNNER_USER,
+        "user": TASK_USER,
         "command": ["touch", "/root/pwned-launcher"],
         "shared_dir": SHARED,
         "local_temp_dir": TEMP,
@@ -227,7 +228,8 @@ def test_the_runner_user_cannot_become_root(sd: SdCluster) -> None:
             f"launcher allowed {args}: {r}"
         )
 
-    refused_by_launcher("start", input=start_request("901", user="root"), match="not allowed")
+    refused_by_launcher("start", input=start_request("901", user="root"), match="is root (uid 0)")
+    refused_by_launcher("start", input=start_request("901", user="nobody"), match="not allowed")
     refused_by_launcher(
         "start", input=start_request("902", shared_dir="/root"), match="not one the launcher config allows"
     )

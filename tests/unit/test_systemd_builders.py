@@ -26,8 +26,10 @@ from hakuriver.runner.executors import EXECUTORS, executor_class
 from hakuriver.runner.executors.base import Fingerprint, LaunchSpec
 from hakuriver.runner.executors.systemd import (
     SystemdExecutor,
+    allow_list_summary,
     exit_result_from_record,
     exit_result_from_unit,
+    fallback_problem,
     launch_request,
     launcher_argv,
     resolve_task_user,
@@ -42,15 +44,62 @@ CFG = L.parse_config(
         "numactl_paths": ["/usr/bin/numactl"],
     }
 )
-ALICE = SimpleNamespace(pw_name="alice", pw_uid=1001, pw_gid=1001, pw_dir="/home/alice", pw_shell="/bin/bash")
+
+
+def pw(name: str, uid: int, gid: int) -> SimpleNamespace:
+    return SimpleNamespace(pw_name=name, pw_uid=uid, pw_gid=gid, pw_dir=f"/home/{name}", pw_shell="/bin/bash")
+
+
+ALICE = pw("alice", 1001, 1001)
 ROOT = SimpleNamespace(pw_name="root", pw_uid=0, pw_gid=0, pw_dir="/root", pw_shell="/bin/bash")
 
 
-def users(name: str) -> SimpleNamespace:
-    found = {"alice": ALICE, "root": ROOT}.get(name)
-    if found is None:
-        raise KeyError(name)
-    return found
+class FakeAccounts:
+    """A node's accounts: name -> (passwd entry, supplementary group names)."""
+
+    GROUPS = {
+        "root": 0,
+        "sudo": 27,
+        "docker": 998,
+        "dockerroot": 998,  # a second name for docker's gid
+        "hkr": 950,
+        "lab": 2000,
+        "alice": 1001,
+        "bob": 1002,
+        "users": 100,
+    }
+
+    def __init__(self, accounts: dict[str, tuple[SimpleNamespace, tuple[str, ...]]], groups: dict | None = None):
+        self.accounts = accounts
+        self.groups = {**self.GROUPS, **(groups or {})}
+
+    def user(self, name: str) -> SimpleNamespace:
+        return self.accounts[name][0]
+
+    def groups_of(self, entry: SimpleNamespace) -> dict[int, str]:
+        names = {v: k for k, v in reversed(list(self.groups.items()))}  # the first name of each gid
+        gids = {entry.pw_gid} | {self.groups[g] for g in self.accounts[entry.pw_name][1]}
+        return {gid: names.get(gid, "") for gid in gids}
+
+    def group_gid(self, name: str) -> int | None:
+        return self.groups.get(name)
+
+
+ACCOUNTS = FakeAccounts(
+    {
+        "alice": (ALICE, ()),
+        "root": (ROOT, ()),
+        "bob": (pw("bob", 1002, 1002), ("lab",)),  # in lab, supplementary
+        "carol": (pw("carol", 1003, 2000), ()),  # in lab, primary
+        "dave": (pw("dave", 1004, 1004), ("docker",)),
+        "erin": (pw("erin", 1005, 1005), ("sudo", "lab")),
+        "hkr": (pw("hkr", 950, 950), ("docker",)),
+        "rita": (pw("rita", 1006, 1006), ("hkr",)),  # in the runner's group
+        "toor": (pw("toor", 0, 1007), ()),  # uid 0 under another name
+        "gina": (pw("gina", 1008, 0), ()),  # primary group root
+        "dora": (pw("dora", 1009, 1009), ("dockerroot",)),  # docker's gid, another name
+    }
+)
 
 
 def request(**overrides: object) -> dict:
@@ -66,7 +115,7 @@ def request(**overrides: object) -> dict:
 
 
 def plan(**overrides: object) -> L.TaskPlan:
-    return L.validate_request(request(**overrides), CFG, getpwnam=users, node_exists=lambda n: n == 0)
+    return L.validate_request(request(**overrides), CFG, accounts=ACCOUNTS, node_exists=lambda n: n == 0)
 
 
 # ------------------------------------------------------------------ launcher
@@ -139,15 +188,109 @@ def test_requests_outside_the_allow_list_are_refused(overrides: dict, match: str
 
 def test_missing_fields_and_unknown_users_are_refused() -> None:
     with pytest.raises(L.Refused, match="missing request field"):
-        L.validate_request({"task_id": "1"}, CFG, getpwnam=users)
+        L.validate_request({"task_id": "1"}, CFG, accounts=ACCOUNTS)
     cfg = L.parse_config({"task_users": ["ghost"], "shared_dirs": ["/srv/shared"], "local_temp_dirs": ["/srv/temp"]})
     with pytest.raises(L.Refused, match="does not exist on this node"):
-        L.validate_request(request(user="ghost"), cfg, getpwnam=users)
+        L.validate_request(request(user="ghost"), cfg, accounts=ACCOUNTS)
 
 
-def test_root_runs_tasks_only_when_listed() -> None:
-    cfg = L.parse_config({"task_users": ["root"], "shared_dirs": ["/srv/shared"], "local_temp_dirs": ["/srv/temp"]})
-    assert L.validate_request(request(user="root"), cfg, getpwnam=users).uid == 0
+def allow(**fields: object) -> L.LauncherConfig:
+    return L.parse_config({"shared_dirs": ["/srv/shared"], "local_temp_dirs": ["/srv/temp"], **fields})
+
+
+def test_task_accounts_are_listed_users_or_members_of_listed_groups() -> None:
+    cfg = allow(task_users=["alice"], task_groups=["lab"], runner_user="hkr", runner_group="hkr")
+    for name in ("alice", "bob", "carol"):  # listed; lab supplementary; lab primary
+        assert L.check_task_account(cfg, name, ACCOUNTS).pw_name == name
+    with pytest.raises(L.Refused, match=r"'dave' is not allowed .*\(allowed: alice, members of lab\)"):
+        L.check_task_account(cfg, "dave", ACCOUNTS)
+    with pytest.raises(L.Refused, match="does not exist on this node"):
+        L.check_task_account(cfg, "ghost", ACCOUNTS)  # not listed, but a group might have allowed it
+    assert L.validate_request(request(user="bob"), cfg, accounts=ACCOUNTS).uid == 1002
+    with pytest.raises(L.Refused, match="allows no task accounts yet"):
+        L.check_task_account(allow(), "alice", ACCOUNTS)
+
+
+@pytest.mark.parametrize(
+    "user, match",
+    [
+        ("root", r"'root' is root \(uid 0\)"),
+        ("toor", r"'toor' is root \(uid 0\)"),
+        ("hkr", "'hkr' is the runner service's own account"),
+        ("dave", "'dave' is a member of the group 'docker', which is root-equivalent"),
+        ("dora", "'dora' is a member of the group 'docker', which is root-equivalent"),
+        ("erin", "'erin' is a member of the group 'sudo', which is root-equivalent"),
+        ("rita", "'rita' is a member of the group 'hkr', which is the runner service's own group"),
+        ("gina", r"'gina' is a member of the group 'root' \(gid 0\)"),
+    ],
+)
+def test_root_and_members_of_root_equivalent_groups_are_refused(user: str, match: str) -> None:
+    everyone = ["root", "toor", "hkr", "dave", "dora", "erin", "rita", "gina"]
+    cfg = allow(task_users=everyone, task_groups=["lab"], runner_user="hkr", runner_group="hkr")
+    with pytest.raises(L.Refused, match=match) as info:
+        L.check_task_account(cfg, user, ACCOUNTS)
+    assert f"unless allow_privileged_users in its config names '{user}'" in str(info.value)
+    with pytest.raises(L.Refused, match=match):
+        L.validate_request(request(user=user), cfg, accounts=ACCOUNTS)
+    # Named explicitly, it is allowed (and only if it is allowed at all).
+    explicit = allow(
+        task_users=everyone, task_groups=["lab"], runner_user="hkr", runner_group="hkr", allow_privileged_users=[user]
+    )
+    assert L.check_task_account(explicit, user, ACCOUNTS).pw_name == user
+    with pytest.raises(L.Refused, match="not allowed"):
+        L.check_task_account(allow(task_users=["alice"], allow_privileged_users=[user]), user, ACCOUNTS)
+
+
+@pytest.mark.parametrize("group", L.ROOT_EQUIVALENT_GROUPS)
+def test_every_root_equivalent_group_is_refused(group: str) -> None:
+    accounts = FakeAccounts({"zed": (pw("zed", 1100, 1100), (group,))}, {group: FakeAccounts.GROUPS.get(group, 3000)})
+    with pytest.raises(L.Refused, match=f"member of the group '{group}'"):
+        L.check_task_account(allow(task_users=["zed"]), "zed", accounts)
+
+
+def test_group_grants_do_not_lift_refusals_and_the_runner_group_counts_when_recorded() -> None:
+    assert {"docker", "sudo", "wheel", "adm", "disk", "lxd", "libvirt"} <= set(L.ROOT_EQUIVALENT_GROUPS)
+    with pytest.raises(L.Refused, match="'sudo'"):  # erin is in lab, and in sudo
+        L.check_task_account(allow(task_groups=["lab"]), "erin", ACCOUNTS)
+    assert L.check_task_account(allow(task_users=["rita"]), "rita", ACCOUNTS).pw_uid == 1006
+    assert allow(runner_group="hkr").privileged_groups == (*L.ROOT_EQUIVALENT_GROUPS, "hkr")
+    assert allow(runner_group="docker").privileged_groups == L.ROOT_EQUIVALENT_GROUPS
+
+
+def test_an_old_allow_list_still_works() -> None:
+    """A config from before task_groups (only task_users): same accounts, and the
+    root-equivalent refusals apply to it too."""
+    old = {
+        "version": 1,
+        "task_users": ["alice", "dave"],
+        "shared_dirs": ["/srv/shared"],
+        "local_temp_dirs": ["/srv/temp"],
+        "numactl_paths": ["/usr/bin/numactl"],
+        "state_dir": "/var/lib/hakuriver/task-status",
+        "systemd_run": "/usr/bin/systemd-run",
+        "systemctl": "/usr/bin/systemctl",
+    }
+    cfg = L.parse_config(old)
+    assert (cfg.task_groups, cfg.allow_privileged_users, cfg.runner_user, cfg.runner_group) == ((), (), "", "")
+    assert L.validate_request(request(), cfg, accounts=ACCOUNTS).user == "alice"
+    with pytest.raises(L.Refused, match="'docker'"):
+        L.validate_request(request(user="dave"), cfg, accounts=ACCOUNTS)
+    assert L.parse_config(cfg.to_json()).to_json() == cfg.to_json()
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"task_groups": ["a b"]}, "task group 'a b' is not a plain group name"),
+        ({"task_groups": "lab"}, "task_groups must be a list"),
+        ({"allow_privileged_users": ["%sudo"]}, "not a plain user name"),
+        ({"runner_user": ["hkr"]}, "runner_user must be a plain user name"),
+        ({"runner_group": "a,b"}, "runner_group must be a plain group name"),
+    ],
+)
+def test_parse_config_checks_the_account_keys(fields: dict, match: str) -> None:
+    with pytest.raises(L.Refused, match=match):
+        allow(task_users=["alice"], **fields)
 
 
 def test_numa_wraps_the_command_in_numactl() -> None:
@@ -216,8 +359,9 @@ def test_kill_takes_known_signals_only() -> None:
 def test_parse_config_rejects_what_it_does_not_know() -> None:
     with pytest.raises(L.Refused, match="unknown launcher config"):
         L.parse_config({"task_users": ["a"], "shared_dirs": ["/s"], "local_temp_dirs": ["/t"], "extra": 1})
-    with pytest.raises(L.Refused, match="must not be empty"):
-        L.parse_config({"task_users": [], "shared_dirs": ["/s"], "local_temp_dirs": ["/t"]})
+    with pytest.raises(L.Refused, match="shared_dirs must not be empty"):
+        L.parse_config({"task_users": ["a"], "shared_dirs": [], "local_temp_dirs": ["/t"]})
+    assert L.parse_config({"task_users": [], "shared_dirs": ["/s"], "local_temp_dirs": ["/t"]}).task_users == ()
     with pytest.raises(L.Refused, match="cannot be a task directory"):
         L.parse_config({"task_users": ["a"], "shared_dirs": ["/"], "local_temp_dirs": ["/t"]})
 
@@ -304,9 +448,29 @@ def test_install_texts_come_from_the_package() -> None:
     config = SimpleNamespace(
         paths=SimpleNamespace(
             shared_dir="/srv/shared", local_temp_dir="/srv/temp", numactl_path="/opt/numactl/bin/numactl"
+        ),
+        environment=SimpleNamespace(runner_user=""),
+    )
+    allow_list = json.loads(launcher_config_for(config, runner_user="hkr", runner_group="hkr"))
+    assert allow_list["numactl_paths"] == ["/opt/numactl/bin/numactl"]
+    # Nobody by default: not the runner's own user, which is recorded to be refused.
+    assert (allow_list["task_users"], allow_list["task_groups"]) == ([], [])
+    assert (allow_list["runner_user"], allow_list["runner_group"]) == ("hkr", "hkr")
+    config.environment.runner_user = "labuser"
+    allow_list = json.loads(
+        launcher_config_for(
+            config,
+            runner_user="hkr",
+            runner_group="hkr",
+            task_users=["alice", "labuser"],
+            task_groups=["lab"],
+            allow_privileged_users=["ops"],
         )
     )
-    assert json.loads(launcher_config_for(config, "alice"))["numactl_paths"] == ["/opt/numactl/bin/numactl"]
+    assert allow_list["task_users"] == ["alice", "labuser"]  # environment.runner_user once
+    assert (allow_list["task_groups"], allow_list["allow_privileged_users"]) == (["lab"], ["ops"])
+    with pytest.raises(ValueError, match="not a plain group name"):
+        launcher_config_for(config, runner_user="hkr", runner_group="hkr", task_groups=["a b"])
 
 
 # ------------------------------------------------------------------ executor
@@ -353,7 +517,7 @@ def test_launch_request_is_argv_and_validates_with_the_launcher() -> None:
         "numa": 0,
         "numactl": "/usr/bin/numactl",
     }
-    p = L.validate_request(json.loads(json.dumps(req)), CFG, getpwnam=users, node_exists=lambda n: True)
+    p = L.validate_request(json.loads(json.dumps(req)), CFG, accounts=ACCOUNTS, node_exists=lambda n: True)
     assert p.argv[:4] == ["/usr/bin/numactl", "--cpunodebind=0", "--membind=0", "--"]
     with pytest.raises(ExecutorError, match="numactl is not installed"):
         launch_request(spec(numa=NumaNode(0, (0,), 0)), user="alice", runner_name="n1", numactl=None)
@@ -374,16 +538,42 @@ def test_launcher_argv_uses_sudo_non_interactively() -> None:
     assert launcher_argv("/l", "info", sudo=None) == ["/l", "info"]
 
 
-def test_task_user_is_never_empty_and_root_only_when_explicit() -> None:
-    assert resolve_task_user("", "runner") == "runner"
-    assert resolve_task_user("alice", "runner") == "alice"
-    assert resolve_task_user("root", "root") == "root"
-    with pytest.raises(ExecutorError, match="runner_user"):
-        resolve_task_user("", "root")
-    with pytest.raises(ExecutorError):
-        resolve_task_user("", "")
-    ex = SystemdExecutor("n1", task_user="", runner_user="root")
-    assert ex.task_user is None and "root" in (ex._user_error or "")
+def test_tasks_run_as_the_submitters_account_else_the_admins_fallback_else_not_at_all() -> None:
+    assert resolve_task_user(spec(user="alice", unix_user="alice"), "") == "alice"
+    assert resolve_task_user(spec(user="alice", unix_user="al"), "labuser") == "al"
+    assert resolve_task_user(spec(user="bob"), "labuser") == "labuser"
+    with pytest.raises(ExecutorError, match=r"user 'bob' has no Unix account.*--unix-user.*environment\.runner_user"):
+        resolve_task_user(spec(user="bob"), "")
+    with pytest.raises(ExecutorError, match="no Unix account"):
+        resolve_task_user(spec(user="bob"), "  ")
+
+
+def test_the_executor_never_defaults_to_its_own_user() -> None:
+    import asyncio
+
+    ex = SystemdExecutor("n1", service_user="hkr", launcher_path="/nonexistent/launcher")
+    with pytest.raises(ExecutorError, match="no Unix account"):
+        asyncio.run(ex.start(spec(user="bob")))
+    # With an account, it gets as far as the launcher (absent here).
+    with pytest.raises(ExecutorError, match="not installed"):
+        asyncio.run(ex.start(spec(user="alice", unix_user="alice")))
+    asyncio.run(ex.close())
+
+
+def test_the_fingerprint_check_of_the_fallback_user_is_the_launchers() -> None:
+    info = {
+        "version": 1,
+        "launcher": DEFAULT_LAUNCHER_PATH,
+        "config": "/etc/hakuriver/launcher.json",
+        "privileged_groups": list(L.ROOT_EQUIVALENT_GROUPS) + ["hkr"],
+        **allow(task_users=["alice", "dave"], task_groups=["lab"], runner_user="hkr", runner_group="hkr").to_json(),
+    }
+    assert allow_list_summary(info) == "alice, dave, members of lab"
+    assert allow_list_summary({"task_users": [], "task_groups": []}) == "nobody yet"
+    assert fallback_problem(info, "alice", ACCOUNTS) is None
+    assert fallback_problem(info, "bob", ACCOUNTS) is None
+    assert "'docker'" in (fallback_problem(info, "dave", ACCOUNTS) or "")
+    assert "not allowed" in (fallback_problem(info, "hkr", ACCOUNTS) or "")
 
 
 @pytest.mark.parametrize(
@@ -456,3 +646,18 @@ def test_default_executors_offer_systemd_only_where_it_can_work(
     assert asyncio.run(names()) == ["docker"]
     monkeypatch.setattr(systemd_mod, "launcher_problem", lambda path: None)
     assert asyncio.run(names()) == ["docker", "systemd"]
+
+
+def test_a_log_file_must_be_the_task_users_own_with_one_link() -> None:
+    import os
+    import stat as st
+
+    me = os.geteuid()
+
+    def fake(mode: int = st.S_IFREG | 0o644, uid: int = me, nlink: int = 1) -> SimpleNamespace:
+        return SimpleNamespace(st_mode=mode, st_uid=uid, st_nlink=nlink)
+
+    assert L.log_file_problem(fake(), "/s/task_outputs/1.out", "alice") == ""
+    assert "not a regular file" in L.log_file_problem(fake(mode=st.S_IFIFO | 0o666), "/s/x", "alice")
+    assert f"belongs to uid {me + 1}, not to user alice" in L.log_file_problem(fake(uid=me + 1), "/s/x", "alice")
+    assert "has 2 links" in L.log_file_problem(fake(nlink=2), "/s/x", "alice")

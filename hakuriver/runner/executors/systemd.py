@@ -28,6 +28,15 @@ How the end is observed
     units in a single `systemctl show` (unprivileged, read-only) to notice a
     unit that vanished without a record (LOST).
 
+Who a task runs as
+    The submitter's Unix account (`LaunchSpec.unix_user`, set by the admin with
+    `hakuriver.admin user add NAME --unix-user ACCOUNT`), so the files a task
+    writes belong to them. A submitter without one gets `environment.runner_user`
+    if the admin set it, and is refused otherwise; never the runner's own
+    account by default. The launcher has the last word: it refuses accounts its
+    root-owned allow-list does not name, root, and members of root-equivalent
+    groups (docker, sudo, ..., the runner's own group), each with its reason.
+
 What runs as root
     Only the launcher (see hakuriver/launcher.py), through
     `sudo -n <launcher> start|kill|pause|resume|cleanup|info`, argv lists,
@@ -50,6 +59,7 @@ import signal as _signal
 from dataclasses import dataclass
 from typing import Any
 
+from ... import launcher as launcher_mod
 from ... import naming
 from ...errors import ExecutorError
 from ...launcher import DEFAULT_LAUNCHER_PATH, DEFAULT_STATE_DIR, UNIT_PROPERTIES, parse_show
@@ -82,18 +92,23 @@ def service_name(task_id: int) -> str:
     return f"{naming.task_unit_name(task_id)}.service"
 
 
-def resolve_task_user(configured: str, runner_user: str) -> str:
-    """`User=` of the tasks: environment.runner_user if set, else the runner's own user.
-    Never empty; root only when the config names root explicitly."""
-    user = (configured or "").strip() or (runner_user or "").strip()
-    if not user:
-        raise ExecutorError("cannot tell which user --container NULL tasks run as: set environment.runner_user")
-    if user == "root" and (configured or "").strip() != "root":
-        raise ExecutorError(
-            "the runner runs as root and environment.runner_user is empty: --container NULL tasks would run "
-            'as root. Set environment.runner_user to the user tasks should run as ("root" only if you mean it)'
-        )
-    return user
+def resolve_task_user(spec: LaunchSpec, fallback: str) -> str:
+    """`User=` of a task: the submitter's Unix account (`spec.unix_user`); for a
+    submitter without one, `fallback` (environment.runner_user) when the admin set
+    it; otherwise ExecutorError saying so. Never the runner's own account by
+    default, and never empty. Whether the account may run tasks at all (it is not
+    root, nor in a root-equivalent group, ...) is the launcher's decision."""
+    if spec.unix_user:
+        return spec.unix_user
+    fallback = (fallback or "").strip()
+    if fallback:
+        return fallback
+    who = f"user {spec.user!r}" if spec.user else "the submitter"
+    raise ExecutorError(
+        f"{who} has no Unix account, so this runner cannot run their --container NULL task: an admin gives "
+        f"them one (hakuriver.admin user add NAME --unix-user ACCOUNT) or sets environment.runner_user in this "
+        f"runner's config to the account such tasks run as"
+    )
 
 
 def launch_request(spec: LaunchSpec, *, user: str, runner_name: str, numactl: str | None) -> dict[str, Any]:
@@ -222,6 +237,24 @@ def launcher_problem(path: str) -> str | None:
     return None
 
 
+def allow_list_summary(info: dict[str, Any]) -> str:
+    """Who the launcher's allow-list (`launcher info`) lets tasks run as, in words. Pure."""
+    users = [str(u) for u in info.get("task_users") or []]
+    groups = [f"members of {g}" for g in info.get("task_groups") or []]
+    return ", ".join(users + groups) or "nobody yet"
+
+
+def fallback_problem(info: dict[str, Any], user: str, accounts: Any = None) -> str | None:
+    """Why the launcher whose `info` this is would refuse tasks as `user`, or None.
+    Advisory (the launcher decides for each task): the same check, run here."""
+    try:
+        cfg = launcher_mod.parse_config({k: v for k, v in info.items() if k in launcher_mod.CONFIG_FIELDS})
+        launcher_mod.check_task_account(cfg, user, accounts or launcher_mod.SYSTEM_ACCOUNTS)
+    except launcher_mod.Refused as exc:
+        return str(exc)
+    return None
+
+
 def systemd_booted(run_dir: str = "/run/systemd/system") -> bool:
     """sd_booted(): systemd is PID 1."""
     return os.path.isdir(run_dir)
@@ -268,8 +301,8 @@ class SystemdExecutor(Executor):
         self,
         runner_name: str,
         *,
-        task_user: str = "",
-        runner_user: str | None = None,
+        fallback_user: str = "",
+        service_user: str | None = None,
         launcher_path: str = DEFAULT_LAUNCHER_PATH,
         numactl_path: str = "",
         use_sudo: bool | None = None,
@@ -278,15 +311,13 @@ class SystemdExecutor(Executor):
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         unit_check_every: int = UNIT_CHECK_EVERY,
     ):
-        """`task_user`: environment.runner_user (empty: the runner's own user).
+        """`fallback_user`: environment.runner_user, the account tasks of users without a
+        Unix account run as (empty: those tasks are refused). `service_user`: the account
+        the runner itself runs as (default: the current one), for messages only.
         `use_sudo`: call the launcher through `sudo -n` (default: unless running as root)."""
         self.runner_name = runner_name
-        self.runner_user = runner_user if runner_user is not None else current_user()
-        try:
-            self.task_user: str | None = resolve_task_user(task_user, self.runner_user)
-            self._user_error: str | None = None
-        except ExecutorError as exc:
-            self.task_user, self._user_error = None, exc.message
+        self.fallback_user = (fallback_user or "").strip()
+        self.service_user = service_user if service_user is not None else current_user()
         self.launcher_path = launcher_path
         self.numactl_path = numactl_path
         self.use_sudo = (os.geteuid() != 0) if use_sudo is None else use_sudo
@@ -304,7 +335,7 @@ class SystemdExecutor(Executor):
     def from_config(cls, config: Any, **kwargs: Any) -> SystemdExecutor:
         return cls(
             config.runner_name,
-            task_user=config.environment.runner_user,
+            fallback_user=config.environment.runner_user,
             numactl_path=config.paths.numactl_path,
             **kwargs,
         )
@@ -353,7 +384,7 @@ class SystemdExecutor(Executor):
             return text[len(prefix) :]
         if text.startswith("sudo:"):
             return (
-                f"the runner user {self.runner_user!r} may not run the task launcher as root ({text}); "
+                f"the runner user {self.service_user!r} may not run the task launcher as root ({text}); "
                 f"install the sudoers drop-in (hakuriver.init launcher writes it with the launcher)"
             )
         return text
@@ -376,19 +407,24 @@ class SystemdExecutor(Executor):
 
     async def fingerprint(self) -> Fingerprint:
         """Runs `launcher info` through sudo: the facts are the launcher's paths and
-        the allow-list it reads. ExecutorError also when it does not allow the task user."""
-        if self._user_error:
-            raise ExecutorError(self._user_error)
+        the allow-list it reads. Warns (in the log) when the launcher would refuse
+        environment.runner_user, checked here against the node's accounts."""
         info = await self._launcher("info")
         self._state_dir = str(info.get("state_dir") or DEFAULT_STATE_DIR)
-        if self.task_user not in (info.get("task_users") or []):
-            raise ExecutorError(
-                f"the launcher config does not allow tasks to run as {self.task_user!r} "
-                f"(it allows {', '.join(info.get('task_users') or []) or 'nobody'})"
-            )
+        allowed = allow_list_summary(info)
+        fallback = "are refused"
+        if self.fallback_user:
+            fallback = f"run as {self.fallback_user}"
+            problem = await asyncio.to_thread(fallback_problem, info, self.fallback_user)  # NSS may be slow
+            if problem:
+                log.warning("environment.runner_user %r: %s", self.fallback_user, problem)
+                fallback = f"are refused ({problem})"
         return Fingerprint(
             version=str(info.get("version", "unknown")),
-            summary=f"--container NULL tasks run as {self.task_user} through {info.get('launcher')}",
+            summary=(
+                f"--container NULL tasks run as their submitter's Unix account through {info.get('launcher')} "
+                f"(it allows {allowed}); tasks of users without one {fallback}"
+            ),
             facts=info,
         )
 
@@ -405,10 +441,9 @@ class SystemdExecutor(Executor):
     # -- start ------------------------------------------------------------
     async def start(self, spec: LaunchSpec) -> Handle:
         self._check_open()
-        if self._user_error or self.task_user is None:
-            raise ExecutorError(self._user_error or "no task user")
+        user = resolve_task_user(spec, self.fallback_user)
         numactl = resolve_numactl(self.numactl_path) if spec.numa is not None else None
-        request = launch_request(spec, user=self.task_user, runner_name=self.runner_name, numactl=numactl)
+        request = launch_request(spec, user=user, runner_name=self.runner_name, numactl=numactl)
         # Shielded: a start cancelled because the runner is stopping lets the launcher
         # finish (its unit has the deterministic name the supervisor persisted before
         # calling start, so the next runner adopts it) rather than leaving a unit
@@ -422,7 +457,7 @@ class SystemdExecutor(Executor):
             task_id=spec.task_id,
             executor=self.name,
             ref=str(answer.get("unit") or service_name(spec.task_id)),
-            data={"user": self.task_user, "stdout": spec.stdout_path, "stderr": spec.stderr_path},
+            data={"user": user, "stdout": spec.stdout_path, "stderr": spec.stderr_path},
         )
 
     # -- observing --------------------------------------------------------
