@@ -796,9 +796,70 @@ def _preflight_child(plan, numactl):
     return ""
 
 
-def preflight_as_user(plan):
-    """Create the (empty) log files as the task's user, so they belong to it and no
-    symlink planted in the shared dir is ever followed by root; check the program."""
+def _log_group(cfg):
+    """The gid log files are given to, so the service (the Host reads them) can read
+    them without making them world-readable; None when the runner's group is unknown."""
+    if not cfg.runner_group:
+        return None
+    try:
+        return grp.getgrnam(cfg.runner_group).gr_gid
+    except KeyError:
+        return None
+
+
+def create_logs_as_root(cfg, plan):
+    """Make the task's two empty log files as root and give them to the task's user.
+
+    The log directories belong to the service user, so no task account can plant
+    anything there; an entry that is there anyway (an older deployment's
+    world-writable directory) is unlinked, never followed, and the file is created
+    with O_EXCL through a directory descriptor opened without following links.
+    Returns False where root may not create files there (a root-squashed NFS
+    export): the task's user then creates them itself (`_preflight_child`)."""
+    gid = _log_group(cfg)
+    for path in (plan.stdout, plan.stderr):
+        parent, name = os.path.split(path)
+        try:
+            dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise Failed(
+                    f"{parent} is not a plain directory (a symbolic link?); refusing to write logs there"
+                ) from None
+            return False  # missing, or not ours to open: the user's preflight says why
+        try:
+            try:
+                os.unlink(name, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError:
+                raise Failed(f"{path} is a directory; remove it") from None
+            except PermissionError:
+                return False
+            try:
+                fd = os.open(
+                    name,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                    0o640 if gid is not None else 0o644,
+                    dir_fd=dfd,
+                )
+            except PermissionError:
+                return False
+            try:
+                os.fchown(fd, plan.uid, gid if gid is not None else plan.gid)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(dfd)
+    return True
+
+
+def preflight_as_user(plan, cfg=None):
+    """Check, as the task's user, that it can run the task at all. The log files are
+    made by root first where it may (`create_logs_as_root`), else by the user, so they
+    belong to it and no symlink planted in the shared dir is ever followed by root."""
+    if cfg is not None:
+        create_logs_as_root(cfg, plan)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -864,7 +925,7 @@ def _start_locked(cfg, launcher_path, plan):
             f"task {plan.task_id} already ran on this node (its exit status is recorded in "
             f"{state_path(cfg, plan.task_id)}); a task id runs once"
         )
-    preflight_as_user(plan)
+    preflight_as_user(plan, cfg)
     argv = systemd_run_argv(plan, cfg, launcher_path)
     proc = _run(argv)
     if proc.returncode != 0:

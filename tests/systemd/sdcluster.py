@@ -56,12 +56,19 @@ for name, groups in cfg["accounts"].items():
     extra = ["--groups", ",".join(groups)] if groups else []
     subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", *extra, name], check=True)
 pw = pwd.getpwnam(cfg["user"])
-# Every task account writes its logs (and whatever it likes) here, as on a shared scratch
-# filesystem: world-writable and sticky, like /tmp.
-for d in (cfg["shared"], cfg["shared"] + "/task_outputs", cfg["shared"] + "/task_errors", cfg["temp"]):
+# Every task account writes whatever it likes in the shared dir and the scratch dir,
+# as on a shared filesystem: world-writable and sticky, like /tmp. The log dirs are
+# the service user's (0755), as a deployment makes them: tasks cannot plant anything
+# there, and the launcher (root) makes each task's log files for its account.
+for d, mode in (
+    (cfg["shared"], 0o1777),
+    (cfg["shared"] + "/task_outputs", 0o755),
+    (cfg["shared"] + "/task_errors", 0o755),
+    (cfg["temp"], 0o1777),
+):
     os.makedirs(d, exist_ok=True)
     os.chown(d, pw.pw_uid, pw.pw_gid)
-    os.chmod(d, 0o1777)
+    os.chmod(d, mode)
 os.makedirs(cfg["host_dir"], exist_ok=True)
 print("\n".join(install(install_plan(cfg["user"], cfg["launcher_config"]))))
 """

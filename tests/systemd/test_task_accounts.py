@@ -130,12 +130,16 @@ def test_an_old_allow_list_still_works(sd: SdCluster) -> None:
     assert larry["state"] == "failed" and "'larry' is not allowed" in (larry.get("error") or ""), larry
 
 
-def test_a_log_file_another_account_planted_is_not_used(sd: SdCluster) -> None:
-    """The log dirs are shared by every task account: a name planted by one is never
-    written by another's task."""
+def test_task_accounts_cannot_plant_log_files_and_a_stray_one_is_replaced(sd: SdCluster) -> None:
+    """The log dirs are the service user's: no task account can create names there.
+    A stray entry (an older, world-writable deployment) is replaced, never written
+    into, and the new file belongs to the task's account."""
     planted = f"{SHARED}/task_outputs/940.out"
-    sd.node.exec(["sh", "-c", f"echo planted > {planted} && chmod 666 {planted}"], user="larry")
+    assert not sd.node.exec(["sh", "-c", f"echo planted > {planted}"], user="larry", check=False).ok
+    victim = f"{SHARED}/victim-940"
+    sd.node.exec(["sh", "-c", f"echo keep > {victim} && chown larry {victim} && ln {victim} {planted}"])
     r = sd.launcher("start", input=start_request("940", TASK_USER))
-    assert r.rc == 1 and ("belongs to uid" in r.stderr or "Permission denied" in r.stderr), r
-    assert sd.node.read_file(planted) == "planted\n"
-    assert sd.unit("940", "LoadState")["LoadState"] == "not-found"
+    assert r.ok, r
+    assert sd.node.read_file(victim) == "keep\n", "the hard-linked victim was written to"
+    st = sd.node.exec(["stat", "-c", "%U %h", planted]).stdout.split()
+    assert st == [TASK_USER, "1"], st
