@@ -29,7 +29,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import Conflict
 
@@ -185,3 +187,33 @@ def open_log_dir(path: str, *, create: bool) -> tuple[int, str]:
 def _check_name(name: str) -> None:
     if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"not a single path component: {name!r}")
+
+
+def write_file(path: Path, text: str, *, mode: int, overwrite: bool) -> None:
+    """Write `text` to `path` with `mode` from the first byte: HakuRiver's one way to
+    write a file it generates (configs, keys, certificates, sudoers rules).
+
+    Without `overwrite`, an existing `path` raises `FileExistsError` (the kernel
+    checks it at creation: `O_EXCL`). With it, the text goes to a temporary file
+    in the same directory, renamed over `path`, so no reader ever sees a half-
+    written file or a wider mode. The data is fsynced before it gets its name.
+    """
+    if not overwrite:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        target = None
+    else:
+        fd, target = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), mode)  # whatever the umask or an inherited ACL did
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if target is not None:
+            os.replace(target, path)
+    except BaseException:
+        try:
+            os.unlink(target or path)
+        except FileNotFoundError:
+            pass
+        raise

@@ -15,7 +15,7 @@ Trust model (the `[tls]` section, see README "HTTPS"):
 
 Making things (`make_ca`, `make_node_cert`, `write_*`) is pure apart from the
 files written; private keys are created mode 0600 from the first byte
-(`write_private_file`). Loading things raises `ConfigError` with one line that
+(`safefiles.write_file`). Loading things raises `ConfigError` with one line that
 names the setting and the file.
 """
 
@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import ssl
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import ConfigError
+from .safefiles import write_file
 
 if TYPE_CHECKING:
     from .config import Config, TlsConfig
@@ -237,25 +237,13 @@ def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
 
 def write_public_file(path: Path, text: str, *, overwrite: bool) -> None:
     """`text` to `path`, mode 0644, atomically (a temp file renamed over it)."""
-    if not overwrite and path.exists():
-        raise FileExistsError(str(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            os.fchmod(fh.fileno(), 0o644)
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_file(path, text, mode=0o644, overwrite=overwrite)
 
 
 def _write_pair(cert_path: Path, key_path: Path, cert: x509.Certificate, key: PrivateKeyTypes, overwrite: bool) -> None:
-    from .deploy.configfile import write_private_file
-
     _refuse_existing([cert_path, key_path], overwrite)
-    write_private_file(key_path, key_pem(key), overwrite=overwrite)
+    key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_file(key_path, key_pem(key), mode=0o600, overwrite=overwrite)
     write_public_file(cert_path, cert_pem(cert), overwrite=overwrite)
 
 

@@ -24,7 +24,6 @@ import os
 import pwd
 import shlex
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from ..deploy.sudoers import DEFAULT_SUDOERS_PATH, render_sudoers
 from ..deploy.units import UnitError, check_account
 from ..errors import HakuRiverError, ValidationError
 from ..parsing import validate_node_name
+from ..safefiles import write_file
 from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliParser, UsageError, fail
 
 PROG = "hakuriver.init"
@@ -452,18 +452,9 @@ def _service_config(path: str | None) -> Any:
 
 
 def _write_public(path: Path, text: str, mode: int = 0o644) -> None:
-    """Atomically (temp file + rename) write a file with `mode`: units hold no secrets."""
+    """Atomically (temp file + rename) write a generated file with `mode`."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                os.fchmod(fh.fileno(), mode)
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_file(path, text, mode=mode, overwrite=True)
     except OSError as exc:
         raise _Failure(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -511,19 +502,7 @@ def _cmd_sudoers(args: argparse.Namespace) -> int:
     path = Path(os.path.abspath(os.path.expanduser(args.output)))
     if not path.parent.is_dir():
         raise _Failure(f"directory {path.parent} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                os.fchmod(fh.fileno(), 0o440)
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    except OSError as exc:
-        raise _Failure(f"cannot write {path}: {exc.strerror or exc}") from None
+    _write_public(path, text, 0o440)
     quoted = shlex.quote(str(path))
     print(f"wrote {path} (mode 0440)")
     print("next, as root:")

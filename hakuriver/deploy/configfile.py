@@ -15,9 +15,7 @@ ever exists under the final name.
 from __future__ import annotations
 
 import dataclasses
-import os
 import secrets
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import toml
 
 from ..config import SECTIONS, Config
+from ..safefiles import write_file
 
 TOKEN_BYTES = 32
 """`secrets.token_urlsafe(32)`: 256 random bits, 43 characters."""
@@ -132,30 +131,7 @@ def config_keys() -> dict[str, tuple[str, ...]]:
 
 
 def write_private_file(path: Path, text: str, *, overwrite: bool) -> None:
-    """Write `text` to `path` with mode 0600 from the start (see the module doc).
-
-    Without `overwrite`, an existing `path` raises `FileExistsError` (checked
-    by the kernel at creation: `O_EXCL`). With it, the new text goes to a
-    0600 temporary file that is renamed over `path`. Missing parent
-    directories are created with mode 0700.
-    """
+    """Write `text` to `path` with mode 0600 from the start (see the module doc and
+    `safefiles.write_file`). Missing parent directories are created with mode 0700."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not overwrite:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        target = None
-    else:
-        fd, target = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), 0o600)  # whatever the umask or an inherited ACL did
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if target is not None:
-            os.replace(target, path)
-    except BaseException:
-        try:
-            os.unlink(target or path)
-        except FileNotFoundError:
-            pass
-        raise
+    write_file(path, text, mode=0o600, overwrite=overwrite)
