@@ -354,3 +354,29 @@ async def test_a_single_token_config_and_a_version_1_database_keep_working(tmp_p
         assert await db.schema_version() == len(MIGRATIONS)
     finally:
         await db.close()
+
+
+# ---------------------------------------------------------- environments
+async def test_environments_belong_to_whoever_made_them(cluster: Cluster) -> None:
+    alice, bob = await cluster.add_user("alice"), await cluster.add_user("bob")
+    # The default environment (the Host's own) is the admins'.
+    status, reply = await cluster.call("DELETE", "/api/environments/tarballs/hakuriver-base", bob)
+    assert status == 403 and "belongs to the admins" in reply["error"]["message"]
+    # Alice's first upload under a new name makes it hers, whatever the upload holds.
+    async with cluster.session.post(
+        cluster.url + "/api/environments/tarballs/alice-env/tar",
+        data=b"not a tarball",
+        headers={"Authorization": f"Bearer {alice}", "Content-Type": "application/x-tar"},
+    ) as resp:
+        await resp.read()
+    status, reply = await cluster.call("DELETE", "/api/environments/tarballs/alice-env", bob)
+    assert status == 403 and "alice's" in reply["error"]["message"]
+    async with cluster.session.post(
+        cluster.url + "/api/environments/tarballs/alice-env/tar",
+        data=b"bob's replacement",
+        headers={"Authorization": f"Bearer {bob}", "Content-Type": "application/x-tar"},
+    ) as resp:
+        assert resp.status == 403, await resp.text()
+    # Alice and the admins pass the check (there is no tarball to delete: 404).
+    assert (await cluster.call("DELETE", "/api/environments/tarballs/alice-env", alice))[0] == 404
+    assert (await cluster.call("DELETE", "/api/environments/tarballs/alice-env", ADMIN_TOKEN))[0] == 404
