@@ -430,6 +430,22 @@ def serve(
     return EXIT_OK
 
 
+def exit_service(code: int) -> None:
+    """End a service process with `code`. After a failed start a worker thread
+    (the database's) may still be alive and would keep the process from exiting,
+    hung and not listening, where systemd's Restart= never fires: a service that
+    failed ends at once."""
+    if code == EXIT_OK:
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def _service_tls(config: Any, log: logging.Logger) -> Any:
     """The server's SSL context, every [tls] file checked now (ConfigError: one
     line); None, with one warning, when TLS is off."""

@@ -7,10 +7,9 @@ when set, to `paths.host_log_file`. Stops cleanly on SIGINT/SIGTERM.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from .common import SERVICE_EPILOG, CliParser, serve, service_options
+from .common import SERVICE_EPILOG, CliParser, exit_service, serve, service_options
 
 PROG = "hakuriver.host"
 
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    exit_service(main())
 
 
 if __name__ == "__main__":

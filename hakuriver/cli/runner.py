@@ -10,10 +10,9 @@ stops its tasks; a restarted runner adopts them again.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from .common import SERVICE_EPILOG, CliParser, serve, service_options
+from .common import SERVICE_EPILOG, CliParser, exit_service, serve, service_options
 
 PROG = "hakuriver.runner"
 
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    exit_service(main())
 
 
 if __name__ == "__main__":

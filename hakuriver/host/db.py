@@ -441,6 +441,25 @@ PRIVATE_MODE = 0o600
 """The database holds every task's env (secrets) and every token's hash."""
 
 
+def _refuse_empty(path: str) -> None:
+    """A new cluster's database file does not exist yet; an existing empty one is
+    a lost file (a failed copy, a full disk), never an empty cluster to start."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if st.st_size == 0:
+        try:
+            wal = os.stat(path + "-wal").st_size
+        except FileNotFoundError:
+            wal = 0
+        if wal == 0:
+            raise DatabaseError(
+                f"database {path!r} exists but is empty (0 bytes): it is not a cluster's database. "
+                "Restore it from a backup; to start an empty cluster, delete the file"
+            )
+
+
 def _private_files(path: str) -> None:
     """Create the database file 0600 if it is missing, and take group and other
     access away from it and its -wal/-shm (made 0644 by earlier versions).
@@ -497,6 +516,7 @@ class Database(_Accounts):
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):
                 raise DatabaseError(f"cannot open database {path!r}: directory {parent!r} does not exist")
+            await asyncio.to_thread(_refuse_empty, path)
             await asyncio.to_thread(_private_files, path)
         try:
             conn = await aiosqlite.connect(path, isolation_level=None)
@@ -505,6 +525,7 @@ class Database(_Accounts):
         db = cls(conn, path)
         try:
             await db._configure()
+            await db._check_integrity()
             await db._migrate()
         except BaseException:
             await conn.close()
@@ -523,6 +544,19 @@ class Database(_Accounts):
             await conn.execute_fetchall("PRAGMA foreign_keys=ON")
         except sqlite3.Error as e:
             raise DatabaseError(f"cannot open database {self.path!r}: {e}") from e
+
+    async def _check_integrity(self) -> None:
+        """Refuse to serve (and write into) a damaged file: PostgreSQL's rule."""
+        try:
+            rows = list(await self._conn.execute_fetchall("PRAGMA quick_check(1)"))
+        except sqlite3.Error as e:
+            raise DatabaseError(f"database {self.path!r} is damaged ({e}); restore it from a backup") from e
+        verdict = str(rows[0][0]) if rows else "no answer"
+        if verdict != "ok":
+            raise DatabaseError(
+                f"database {self.path!r} failed its integrity check ({verdict}); "
+                "restore it from a backup, or move it aside to start an empty cluster"
+            )
 
     async def _user_version(self) -> int:
         rows = list(await self._conn.execute_fetchall("PRAGMA user_version"))

@@ -510,3 +510,23 @@ async def test_load_pending_and_holding(db):
     assert [t.id for t in await db.load_holding()] == [4, 5, 6]
     counts = await db.count_tasks_by_state()
     assert counts[S.PENDING] == 2 and counts[S.RUNNING] == 1 and counts[S.FAILED] == 0
+
+
+async def test_an_empty_existing_file_is_refused_not_started_as_an_empty_cluster(tmp_path):
+    path = tmp_path / "host.db"
+    path.write_bytes(b"")
+    with pytest.raises(DatabaseError, match="exists but is empty"):
+        await Database.open(path)
+    assert path.stat().st_size == 0, "nothing was written into it"
+
+
+async def test_a_database_with_damaged_pages_is_refused(tmp_path):
+    path = tmp_path / "host.db"
+    db = await Database.open(path)
+    await db.insert_tasks([make_task(i) for i in range(1, 3000)])
+    await db.close()
+    with open(path, "r+b") as fh:  # garble pages in the middle (the header and schema stay)
+        fh.seek(4096 * 8)
+        fh.write(b"\xa5" * 4096 * 20)
+    with pytest.raises(DatabaseError, match="integrity check|damaged|malformed"):
+        await Database.open(path)
