@@ -483,6 +483,8 @@ def load_image_into_node(node_container: str, image: str, timeout: float = 300) 
             save.kill()
             save_rc = save.wait()
         save_err = save.stderr.read() if save.stderr else b""
+        if save.stderr is not None:
+            save.stderr.close()
     if save_rc != 0 or load.returncode != 0:
         raise RuntimeError(
             f"loading {image} into {node_container} failed: docker save rc={save_rc}"

@@ -76,6 +76,9 @@ class Cluster:
         self._kick = asyncio.Event()
         self._changed = asyncio.Condition()
         self._background: set[asyncio.Task[Any]] = set()
+        self.controlled_at: dict[int, float] = {}
+        """When each task was last paused or resumed here: a heartbeat built before
+        that must not undo it (see `liveness`)."""
 
     # ------------------------------------------------------------------ start
     async def load(self) -> list[Task]:
@@ -198,6 +201,8 @@ class Cluster:
             self.ledger.release(task_id)
         if after.state is not TaskState.PENDING:
             self.pending.pop(task_id, None)
+        if after.state.is_final:
+            self.controlled_at.pop(task_id, None)
         return after
 
     async def finish(
@@ -306,6 +311,7 @@ class Cluster:
         if after is None:
             current = await self.db.get_task(task_id)
             raise Conflict(f"task {task_id} changed to {current.state if current else 'gone'} meanwhile")
+        self.controlled_at[task_id] = self.clock()
         await self.notify_changed()
         return after
 

@@ -95,6 +95,9 @@ class Liveness:
         changed = False
         by_id = {int(r["task_id"]): TaskState(r["state"]) for r in reported}
         stored = {t.id: t for t in await cluster.db.get_tasks(list(by_id))} if by_id else {}
+        # A heartbeat may have been built before the latest pause or resume was
+        # answered; within that window its running/paused view is stale.
+        stale_before = cluster.clock() - 2 * cluster.config.timing.heartbeat_interval
         for task_id, state in by_id.items():
             task = stored.get(task_id)
             if task is None:
@@ -106,7 +109,11 @@ class Liveness:
             if (
                 task.state is TaskState.LOST
                 or task.state is TaskState.ASSIGNING
-                or (task.state in (TaskState.RUNNING, TaskState.PAUSED) and task.state is not state)
+                or (
+                    task.state in (TaskState.RUNNING, TaskState.PAUSED)
+                    and task.state is not state
+                    and cluster.controlled_at.get(task_id, 0.0) < stale_before
+                )
             ):
                 if await cluster.transition(task_id, state, current=task, error=None) is not None:
                     changed = True
