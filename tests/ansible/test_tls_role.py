@@ -77,7 +77,7 @@ def test_tls_tasks_are_guarded_idempotent_and_keep_keys_private() -> None:
     for name in ("Make the cluster CA on the Host", "Sign this node's certificate on the Host"):
         command = tasks[name]["ansible.builtin.command"]
         assert "creates" in command, f"{name}: must not run again on a rerun"
-        assert tasks[name]["delegate_to"] == "{{ _hakuriver_common_tls_ca_host }}"
+        assert tasks[name]["delegate_to"] == "{{ _hakuriver_common_tls_ca_host | default(inventory_hostname) }}"
     ca = tasks["Make the cluster CA on the Host"]["ansible.builtin.command"]
     assert ca["argv"][1:3] == ["tls", "ca"] and ca["creates"].endswith("/ca-key.pem")
     assert tasks["Create the CA directory on the Host"]["ansible.builtin.file"]["mode"] == "0700"
