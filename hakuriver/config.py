@@ -1,7 +1,9 @@
 """Configuration: TOML files resolved to frozen, typed objects.
 
 Lookup order (first hit wins, no merging between files):
-`--config PATH`, `$HAKURIVER_CONFIG`, `~/.hakuriver/config.toml`, built-in
+`--config PATH`, `$HAKURIVER_CONFIG`, `~/.hakuriver/config.toml`,
+`/etc/hakuriver/client.toml` (a machine-wide client config holding no
+secret: the Host's address, written by the Ansible roles), built-in
 defaults. Key names are those of HakuRiver 0.3 (see the reference page);
 new settings live in new sections (`auth`, `runner`) rather than renamed keys.
 
@@ -25,6 +27,7 @@ import toml
 from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("~/.hakuriver/config.toml")
+SYSTEM_CLIENT_CONFIG_PATH = Path("/etc/hakuriver/client.toml")
 CONFIG_ENV_VAR = "HAKURIVER_CONFIG"
 TOKEN_ENV_VAR = "HAKURIVER_TOKEN"  # noqa: S105 - the variable's name, not a secret
 DOCKER_TASK_USERS = ("submitter", "root")
@@ -268,11 +271,20 @@ def config_from_dict(data: Mapping[str, Any], source: str | None = None) -> Conf
     return config
 
 
-def resolve_config_path(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path | None:
+def resolve_config_path(
+    path: str | os.PathLike[str] | None,
+    environ: Mapping[str, str] | None = None,
+    system_path: Path | None = None,
+    *,
+    client: bool = False,
+) -> Path | None:
     """The file the lookup order selects, or None for built-in defaults.
 
     An explicitly named file (flag or env var) that does not exist is an
-    error; only the default location may be absent.
+    error; only the default locations may be absent. Only a client
+    (`client=True`: the CLIs that talk to the Host) falls back to the
+    machine-wide client config, for which `system_path` stands in (tests); a
+    service never starts from a client's file.
     """
     environ = os.environ if environ is None else environ
     if path:
@@ -288,12 +300,21 @@ def resolve_config_path(path: str | os.PathLike[str] | None, environ: Mapping[st
         return candidate.resolve()
     home = environ.get("HOME")
     default = Path(home) / ".hakuriver" / "config.toml" if home else DEFAULT_CONFIG_PATH.expanduser()
-    return default.resolve() if default.is_file() else None
+    if default.is_file():
+        return default.resolve()
+    system = SYSTEM_CLIENT_CONFIG_PATH if system_path is None else system_path
+    return system if client and system.is_file() else None
 
 
-def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Resolve and read the config by the documented lookup order."""
-    resolved = resolve_config_path(path, environ)
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    client: bool = False,
+    system_path: Path | None = None,
+) -> Config:
+    """Resolve and read the config by the documented lookup order (see `resolve_config_path`)."""
+    resolved = resolve_config_path(path, environ, system_path, client=client)
     if resolved is None:
         return Config()
     return read_config_file(resolved)

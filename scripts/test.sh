@@ -20,8 +20,12 @@ PY=${PYTHON:-python3}
 LOG_TAG=ci
 # shellcheck source=scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
-HARNESS_FILTER=label=org.hakuriver.harness=1
 T_START=$SECONDS
+# This run's id: the harness and the molecule nodes label what they make with
+# it, and the leftover check counts only that (a developer's own containers on
+# the same engine never fail CI).
+export HAKURIVER_CI_RUN=${HAKURIVER_CI_RUN:-ci-$(date +%s)-$$}
+RUN_STARTED=$(date +%s)
 
 images() {
     "$VENV/bin/python" -m tests.images build
@@ -79,17 +83,11 @@ run_molecule() {
 
 LEFT_RC=0
 leftovers() {
-    local left nets
-    left=$(docker ps -a --filter "$HARNESS_FILTER" -q)
-    nets=$(docker network ls --filter "$HARNESS_FILTER" -q)
-    if [[ -n $left || -n $nets ]]; then
-        echo "[ci] harness containers/networks left behind:" >&2
-        docker ps -a --filter "$HARNESS_FILTER" >&2
-        docker network ls --filter "$HARNESS_FILTER" >&2
+    if ! "$VENV/bin/python" -m tests.harness.engine leftovers "$HAKURIVER_CI_RUN" "$RUN_STARTED"; then
         LEFT_RC=1
         return 0
     fi
-    log "no harness containers left"
+    log "no containers or networks left by this run ($HAKURIVER_CI_RUN)"
 }
 
 phase "system packages" apt_packages

@@ -1,5 +1,6 @@
 """`hakuriver.client`: the cluster view (nodes, health) plus quick task status/kill.
 
+hakuriver.client login             # keep the token your admin gave you (asked for, not echoed)
 hakuriver.client nodes
 hakuriver.client health            # cluster summary and live node stats
 hakuriver.client health node1      # one node: resources, NUMA, temperatures, GPUs
@@ -29,6 +30,7 @@ from .common import (
     table,
     task_id_arg,
 )
+from .login import add_login_parser
 from .task import control_task, describe_task
 
 PROG = "hakuriver.client"
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parents: list[Any] = [common_options(subcommand=True)]
+
+    add_login_parser(sub, parents)
 
     p = sub.add_parser(
         "nodes",

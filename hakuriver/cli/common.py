@@ -58,7 +58,11 @@ exit status:
   1    could not start (bad config, port in use) or stopped on an error
   2    usage error"""
 
-CONFIG_HELP = "config file (default: $HAKURIVER_CONFIG, then ~/.hakuriver/config.toml, then built-in defaults)"
+CONFIG_HELP = (
+    "config file (default: $HAKURIVER_CONFIG, then ~/.hakuriver/config.toml, then /etc/hakuriver/client.toml "
+    "for clients, then built-in defaults)"
+)
+SERVICE_CONFIG_HELP = "config file (default: $HAKURIVER_CONFIG, then ~/.hakuriver/config.toml, then built-in defaults)"
 
 
 class UsageError(Exception):
@@ -104,7 +108,7 @@ def common_options(*, subcommand: bool = False) -> argparse.ArgumentParser:
 def service_options() -> argparse.ArgumentParser:
     """The parent parser of the services (`hakuriver.host`, `hakuriver.runner`)."""
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    parent.add_argument("--config", metavar="PATH", help=SERVICE_CONFIG_HELP)
     parent.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     return parent
 
@@ -162,20 +166,21 @@ class Connect:
 
     def __call__(self) -> Any:
         from ..client import HostClient
-        from ..config import CONFIG_ENV_VAR, TOKEN_ENV_VAR, load_config
+        from ..config import CONFIG_ENV_VAR, SYSTEM_CLIENT_CONFIG_PATH, TOKEN_ENV_VAR, load_config
 
-        config = load_config(self.config_path)
+        config = load_config(self.config_path, client=True)
         self.config = config
         token = config.auth.client_token()
         if not token:
             if config.source:
                 raise ConfigError(
-                    f"no API token: set ${TOKEN_ENV_VAR} or auth.token in {config.source} "
-                    "(an admin gives you one with 'hakuriver.admin user add' or 'user token')"
+                    f"no API token in {config.source}: run 'hakuriver.client login' with the token your admin "
+                    f"gave you (hakuriver.admin user add/token), or set ${TOKEN_ENV_VAR}"
                 )
             raise ConfigError(
-                f"no config file found (--config, ${CONFIG_ENV_VAR}, ~/.hakuriver/config.toml) and no "
-                f"${TOKEN_ENV_VAR}; run 'hakuriver.init config --client' or pass --config"
+                f"no config file found (--config, ${CONFIG_ENV_VAR}, ~/.hakuriver/config.toml, "
+                f"{SYSTEM_CLIENT_CONFIG_PATH}) and no ${TOKEN_ENV_VAR}; run 'hakuriver.init config --client' "
+                "or pass --config"
             )
         from ..tls import client_context
 

@@ -6,6 +6,7 @@ Everything the harness creates is named ``hkr-test-...`` and labelled::
     org.hakuriver.test=<pytest nodeid>
     org.hakuriver.session=<id of this pytest process' session>
     org.hakuriver.owner=<hostname>:<pid>:<process start time>
+    org.hakuriver.ci-run=<$HAKURIVER_CI_RUN>   (only when scripts/test.sh set it)
 
 ``sweep()`` removes labelled containers, then networks, whose owning pytest process is gone
 (so two suites sharing one engine do not delete each other's nodes); ``sweep(everything=True)``
@@ -32,6 +33,10 @@ HARNESS_LABEL = "org.hakuriver.harness"
 TEST_LABEL = "org.hakuriver.test"
 SESSION_LABEL = "org.hakuriver.session"
 OWNER_LABEL = "org.hakuriver.owner"
+# scripts/test.sh gives each run an id: its leftover check counts only what
+# carries it, so a developer's own containers on the same engine never fail CI.
+CI_RUN_LABEL = "org.hakuriver.ci-run"
+CI_RUN_ENV = "HAKURIVER_CI_RUN"
 NAME_PREFIX = "hkr-test-"
 
 DOCKERD_LOG = "/var/log/hakuriver-dockerd.log"
@@ -72,12 +77,16 @@ def owner_alive(owner: str | None) -> bool:
 
 def harness_labels(test_id: str = "") -> dict[str, str]:
     """Labels for anything a test creates on the engine (pass the pytest nodeid)."""
-    return {
+    labels = {
         HARNESS_LABEL: "1",
         TEST_LABEL: test_id,
         SESSION_LABEL: SESSION_ID,
         OWNER_LABEL: OWNER,
     }
+    run = os.environ.get(CI_RUN_ENV)
+    if run:
+        labels[CI_RUN_LABEL] = run
+    return labels
 
 
 def harness_name(*parts: str) -> str:
@@ -263,3 +272,42 @@ def sweep(client: docker.DockerClient, everything: bool = False) -> list[str]:
             remove_network(client, n)
             removed.append(f"network {n.name}")
     return removed
+
+
+def run_leftovers(client: docker.DockerClient, run: str, started_age_s: float) -> list[str]:
+    """What one CI run (its `CI_RUN_LABEL` value) left on the engine, for scripts/test.sh.
+
+    Counted: containers and networks carrying the run's label, and ownerless
+    harness-labelled containers (task containers HakuRiver itself started from
+    a harness image, which inherit only the image's label) created during the
+    run, i.e. younger than `started_age_s`. A developer's own containers, and
+    another suite's, carry neither and never count.
+    """
+    found = [f"container {c.name} ({c.status})" for c in labelled_containers(client, **{CI_RUN_LABEL: run})]
+    found += [f"network {n.name}" for n in labelled_networks(client, **{CI_RUN_LABEL: run})]
+    for c in labelled_containers(client):
+        labels = c.labels or {}
+        if CI_RUN_LABEL in labels or OWNER_LABEL in labels:
+            continue
+        if _age_seconds(c.attrs.get("Created")) < started_age_s:
+            found.append(f"container {c.name} ({c.status}, started by a HakuRiver under test)")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.harness.engine leftovers RUN STARTED_EPOCH`: list them, exit 1 if any."""
+    import sys
+    import time
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3 or args[0] != "leftovers":
+        print("usage: python -m tests.harness.engine leftovers RUN STARTED_EPOCH", file=sys.stderr)
+        return 2
+    left = run_leftovers(docker.from_env(), args[1], time.time() - float(args[2]))
+    for line in left:
+        print(f"[ci] left behind by this run: {line}", file=sys.stderr)
+    return 1 if left else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
