@@ -92,15 +92,17 @@ def parse_size(text: str | int) -> int:
 
 
 def format_size(value: int | None) -> str:
+    """Bytes for people: 8G, 512M, 23.5G ("-" for none/0). The one formatter
+    of sizes, so a refusal speaks the units `hakuriver.client nodes` shows."""
     if not value:
         return "-"
-    for unit in ("T", "G", "M", "K"):
-        if value >= _UNITS[unit] and value % _UNITS[unit] == 0:
-            return f"{value // _UNITS[unit]}{unit}"
-    for unit in ("T", "G", "M", "K"):
-        if value >= _UNITS[unit]:
-            return f"{value / _UNITS[unit]:.1f}{unit}"
-    return str(value)
+    for unit in ("P", "T", "G", "M", "K"):
+        size = _UNITS[unit]
+        if value >= size:
+            if value % size == 0:
+                return f"{value // size}{unit}"
+            return f"{value / size:.1f}{unit}"
+    return f"{value}B"
 
 
 def parse_cores(value: object) -> int:

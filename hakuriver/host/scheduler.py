@@ -258,7 +258,8 @@ def _never_fits_node(req: _Request, node: NodeResources) -> str | None:
     if req.numa is not None:
         numa = node.numa_node(req.numa)
         if numa is None:
-            have = f"it has {_ids(n.id for n in node.numa)}" if node.numa else "it reports no NUMA topology"
+            # "(it has 0)" reads as "it has none": name them as ids.
+            have = f"its NUMA nodes: {_ids(n.id for n in node.numa)}" if node.numa else "it reports no NUMA topology"
             return f"node {name!r} has no NUMA node {req.numa} ({have})"
         if req.cores > len(numa.cpus):
             return f"task needs {_plural(req.cores, 'core')} but NUMA node {req.numa} of {name!r} has {len(numa.cpus)}"
@@ -272,7 +273,7 @@ def _never_fits_node(req: _Request, node: NodeResources) -> str | None:
     have_ids = node.gpu_ids()
     for g in req.gpu_ids:
         if g not in have_ids:
-            return f"node {name!r} has no GPU {g} (it has {_ids(have_ids)})"
+            return f"node {name!r} has no GPU {g} (its GPUs: {_ids(have_ids)})"
     if req.gpu_count > len(node.gpus):
         return f"task needs {_plural(req.gpu_count, 'GPU')} but node {name!r} has {len(node.gpus)}"
     return None

@@ -402,11 +402,12 @@ def fits_ever(target: str | None, *args):
         ("nx", 1, None, 0, "unknown node 'nx'"),
         ("n2", 17, None, 0, "task needs 17 cores but node 'n2' has 16"),
         ("n1", 1, 17 * G, 0, "task needs 17G of memory but node 'n1' has 16G"),
-        ("n1:2", 1, None, 0, "node 'n1' has no NUMA node 2 (it has 0, 1)"),
+        ("n1:2", 1, None, 0, "node 'n1' has no NUMA node 2 (its NUMA nodes: 0, 1)"),
+        ("n3:1", 1, None, 0, "node 'n3' has no NUMA node 1 (its NUMA nodes: 0)"),
         ("n2:0", 1, None, 0, "node 'n2' has no NUMA node 0 (it reports no NUMA topology)"),
         ("n1:0", 5, None, 0, "task needs 5 cores but NUMA node 0 of 'n1' has 4"),
         ("n1:0", 1, 9 * G, 0, "task needs 9G of memory but NUMA node 0 of 'n1' has 8G"),
-        ("n1::2", 1, None, 0, "node 'n1' has no GPU 2 (it has 0, 1)"),
+        ("n1::2", 1, None, 0, "node 'n1' has no GPU 2 (its GPUs: 0, 1)"),
         ("n2::0", 1, None, 0, "node 'n2' has no GPUs"),
         ("n2", 1, None, 1, "node 'n2' has no GPUs"),
         ("n1", 1, None, 3, "task needs 3 GPUs but node 'n1' has 2"),
@@ -432,6 +433,17 @@ def test_check_fits_ever_edge_cases():
     # plural/singular
     with pytest.raises(Unschedulable, match="^task needs 1 core but node 'z' has 0$"):
         fits_ever("z", 1, None, 0, [node("z", cores=0)])
+
+
+def test_sizes_in_refusals_are_the_nodes_tables_units():
+    """A node's odd memory (bytes from /proc/meminfo) reads as `client nodes` shows it, not as 24683652K."""
+    odd = node("vm", memory=24683652 * 1024)
+    with pytest.raises(Unschedulable) as info:
+        check_fits_ever(None, 1, 999 * (1 << 40), 0, [odd])
+    assert info.value.message == "task needs 999T of memory but the largest node has 23.5G"
+    with pytest.raises(Unschedulable) as info:
+        fits_ever("vm", 1, 24 * G, 0, [odd])
+    assert info.value.message == "task needs 24G of memory but node 'vm' has 23.5G"
 
 
 # ---------------------------------------------------------------- properties
