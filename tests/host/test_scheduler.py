@@ -10,7 +10,7 @@ import pytest
 from hakuriver.errors import Unschedulable, ValidationError
 from hakuriver.host.db import target_from_stored
 from hakuriver.host.scheduler import Ledger, Placement, Scheduler, check_fits_ever
-from hakuriver.models import GpuInfo, NodeResources, NumaNode, Target, Task, TaskState
+from hakuriver.models import Capability, GpuInfo, NodeCapabilities, NodeResources, NumaNode, Target, Task, TaskState
 from hakuriver.parsing import parse_target
 
 S = TaskState
@@ -46,6 +46,7 @@ def task(
     node_name: str | None = None,
     numa: int | None = None,
     gpus: list[int] | None = None,
+    container: str | None = None,
 ) -> Task:
     return Task(
         id=task_id,
@@ -54,7 +55,7 @@ def task(
         command=["true"],
         cores=cores,
         memory=memory,
-        container=None,
+        container=container,
         env={},
         mounts=[],
         privileged=False,
@@ -444,6 +445,71 @@ def test_sizes_in_refusals_are_the_nodes_tables_units():
     with pytest.raises(Unschedulable) as info:
         fits_ever("vm", 1, 24 * G, 0, [odd])
     assert info.value.message == "task needs 24G of memory but node 'vm' has 23.5G"
+
+
+# ---------------------------------------------------------------- capabilities
+
+NO_SYSTEMD = NodeCapabilities(docker=Capability(True), null=Capability(False, "systemd is not PID 1"))
+NO_DOCKER = NodeCapabilities(docker=Capability(False, "cannot reach the Docker engine"), null=Capability(True))
+BOTH = NodeCapabilities(docker=Capability(True), null=Capability(True))
+
+
+def able(name: str, caps: NodeCapabilities | None, **kw) -> NodeResources:
+    n = node(name, **kw)
+    return NodeResources(n.hostname, n.url, n.cores, n.memory, n.numa, n.gpus, capabilities=caps)
+
+
+def test_a_null_task_no_node_can_run_is_refused_with_each_nodes_reason():
+    nodes = [able("vm", NO_SYSTEMD), able("vm2", NodeCapabilities(null=Capability(False, "launcher missing")))]
+    with pytest.raises(Unschedulable) as info:
+        check_fits_ever(None, 1, None, 0, nodes, "NULL")
+    assert info.value.message == (
+        "no node can run --container NULL tasks (node 'vm' cannot run --container NULL tasks: systemd is not PID 1; "
+        "node 'vm2' cannot run --container NULL tasks: launcher missing)"
+    )
+    check_fits_ever(None, 1, None, 0, nodes, "python")  # Docker tasks still go
+    check_fits_ever(None, 1, None, 0, nodes)
+
+
+def test_a_task_targeted_at_a_node_that_cannot_run_its_kind_is_refused():
+    nodes = [able("vm", NO_SYSTEMD), able("box", NO_DOCKER), able("both", BOTH)]
+    with pytest.raises(Unschedulable, match=r"^node 'vm' cannot run --container NULL tasks: systemd is not PID 1$"):
+        fits_ever("vm", 1, None, 0, nodes, "NULL")
+    with pytest.raises(Unschedulable, match=r"^node 'box' cannot run Docker tasks: cannot reach the Docker engine$"):
+        fits_ever("box", 1, None, 0, nodes, "python")
+    fits_ever("vm", 1, None, 0, nodes, "python")
+    fits_ever("box", 1, None, 0, nodes, "NULL")
+    fits_ever("both", 1, None, 0, nodes, "NULL")
+    check_fits_ever(None, 1, None, 0, nodes, "NULL")  # "box" and "both" can
+
+
+def test_a_node_that_does_not_say_is_treated_as_able():
+    """An older runner registers without capabilities: nothing is refused on a guess."""
+    old = able("old", None)
+    fits_ever("old", 1, None, 0, [old], "NULL")
+    check_fits_ever(None, 1, None, 0, [old], "NULL")
+    partial = able("p", NodeCapabilities(docker=Capability(True)))  # says nothing of NULL
+    fits_ever("p", 1, None, 0, [partial], "NULL")
+
+
+def test_sizes_are_compared_with_the_nodes_that_can_run_the_kind():
+    nodes = [able("big", NO_SYSTEMD, cores=64), able("small", BOTH, cores=4)]
+    with pytest.raises(Unschedulable, match="^task needs 8 cores but the largest node has 4$"):
+        check_fits_ever(None, 8, None, 0, nodes, "NULL")
+    check_fits_ever(None, 8, None, 0, nodes, "python")
+
+
+def test_placement_skips_nodes_that_cannot_run_the_kind():
+    nodes = [able("a", NO_SYSTEMD, cores=4), able("b", BOTH, cores=16), able("c", NO_DOCKER, cores=2)]
+    pending = [
+        task(1, container="NULL"),  # tightest fit is "a" or "c", but only "b"/"c" run NULL
+        task(2),  # Docker: "a" is the tightest that runs it ("c" would be tighter but cannot)
+        task(3, target="a", container="NULL"),  # waits: "a" cannot run it (yet)
+    ]
+    ledger = Ledger()
+    placements = Scheduler().schedule(pending, nodes, ledger)
+    assert {p.task_id: p.node for p in placements} == {1: "c", 2: "a"}
+    assert 3 not in ledger
 
 
 # ---------------------------------------------------------------- properties
