@@ -11,7 +11,7 @@ import posixpath
 import re
 
 from .errors import ValidationError
-from .models import Mount, Target
+from .models import SYSTEMD_CONTAINER, Mount, Target
 
 MAX_MEMORY = 1 << 50  # 1 PiB: beyond any node this project will meet
 MAX_CORES = 4096
@@ -160,6 +160,20 @@ def validate_env_key(key: str) -> str:
     if not isinstance(key, str) or not _ENV_KEY.match(key):
         raise ValidationError(f"invalid env name {key!r}: use letters, digits and '_', not starting with a digit")
     return key
+
+
+def validate_container(name: str) -> str:
+    """A `--container` choice: exactly NULL (no container: systemd), or an
+    environment name (`validate_env_name`). Any other spelling of null is
+    refused with the hint, since it reads as "no container" but would name an
+    environment nobody made."""
+    if name == SYSTEMD_CONTAINER:
+        return name
+    if isinstance(name, str) and name.lower() == SYSTEMD_CONTAINER.lower():
+        raise ValidationError(
+            f"unknown environment {name!r}: did you mean {SYSTEMD_CONTAINER} (run without a container)?"
+        )
+    return validate_env_name(name)
 
 
 def validate_env_name(name: str) -> str:

@@ -87,3 +87,11 @@ async def test_a_docker_engine_that_comes_back_is_noticed(inproc: InProcCluster)
     await apoll(docker_back, timeout=10, interval=0.05, what="the Host to hear that d1 runs Docker again")
     task_id = await inproc.submit(["fake", "exit", "0"], targets=["d1"])
     assert (await inproc.wait_state(task_id, "completed"))["node"] == "d1"
+
+
+@pytest.mark.parametrize("spelling", ["null", "Null", "nULL"])
+async def test_null_spelled_otherwise_gets_the_hint(inproc: InProcCluster, spelling: str) -> None:
+    await inproc.add_runner("n1")
+    err = await refused(inproc, container=spelling)
+    assert err.code == "invalid"
+    assert err.message == f"unknown environment {spelling!r}: did you mean NULL (run without a container)?"
