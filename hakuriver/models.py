@@ -244,6 +244,98 @@ class GpuInfo:
         )
 
 
+MAX_REASON_CHARS = 300
+"""The longest reason a runner may give for a capability it lacks."""
+
+
+@dataclass(frozen=True)
+class Capability:
+    """Whether a node can run one kind of task, and if not, why (one line)."""
+
+    available: bool
+    reason: str | None = None
+    """Why not, in words a person can act on; None when available."""
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"available": self.available}
+        if not self.available and self.reason:
+            data["reason"] = self.reason
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> Capability:
+        """Strict: ValueError on anything but `{"available": bool[, "reason": str]}`."""
+        if not isinstance(data, dict) or not set(data) <= {"available", "reason"}:
+            raise ValueError('a capability must be {"available": true|false, "reason": "..."}')
+        available = data.get("available")
+        reason = data.get("reason")
+        if not isinstance(available, bool):
+            raise ValueError("a capability's 'available' must be true or false")
+        if reason is not None and not isinstance(reason, str):
+            raise ValueError("a capability's 'reason' must be a string")
+        if available:
+            return cls(True)
+        # A runner's words end up in refusals and tables: one printable line.
+        text = " ".join((reason or "").split())[:MAX_REASON_CHARS]
+        return cls(False, "".join(c for c in text if c.isprintable()) or "no reason given")
+
+
+TASK_KINDS = ("docker", "null")
+"""The kinds of task a node may or may not be able to run: Docker tasks, and
+`--container NULL` ones (systemd). The keys of `NodeCapabilities.to_json()`."""
+
+KIND_WORDS = {"docker": "Docker tasks", "null": f"--container {SYSTEMD_CONTAINER} tasks"}
+
+
+def task_kind(container: str | None) -> str:
+    """The kind of task a container choice makes: "null" for NULL, "docker" otherwise."""
+    return "null" if container == SYSTEMD_CONTAINER else "docker"
+
+
+@dataclass(frozen=True)
+class NodeCapabilities:
+    """What kinds of task a runner says its node can run, as it reports them at
+    registration and in heartbeats. A kind it did not report (a runner from
+    before capabilities) is unknown, and unknown counts as able: the Host never
+    refuses work on a guess."""
+
+    docker: Capability | None = None
+    null: Capability | None = None
+
+    def get(self, kind: str) -> Capability | None:
+        return self.docker if kind == "docker" else self.null if kind == "null" else None
+
+    def refusal(self, kind: str) -> str | None:
+        """Why this node cannot run tasks of `kind`, or None when it can (or may)."""
+        cap = self.get(kind)
+        if cap is None or cap.available:
+            return None
+        return cap.reason or "no reason given"
+
+    def to_json(self) -> dict[str, Any]:
+        return {kind: cap.to_json() for kind in TASK_KINDS if (cap := self.get(kind)) is not None}
+
+    def summary(self) -> str:
+        """One line for people: `docker,null`, `docker (null: systemd is not PID 1)`,
+        `none (docker: ...; null: ...)`; `unknown` when the runner said nothing."""
+        able = [kind for kind in TASK_KINDS if (cap := self.get(kind)) is not None and cap.available]
+        unable = [f"{kind}: {reason}" for kind in TASK_KINDS if (reason := self.refusal(kind))]
+        if not able and not unable:
+            return "unknown"
+        text = ",".join(able) or "none"
+        return f"{text} ({'; '.join(unable)})" if unable else text
+
+    @classmethod
+    def from_json(cls, data: Any) -> NodeCapabilities:
+        """Strict: ValueError on an unknown kind or a malformed entry."""
+        if not isinstance(data, dict):
+            raise ValueError('\'capabilities\' must be an object like {"docker": {"available": true}}')
+        unknown = sorted(set(data) - set(TASK_KINDS))
+        if unknown:
+            raise ValueError(f"unknown capability {unknown[0]!r}; known: {', '.join(TASK_KINDS)}")
+        return cls(**{kind: Capability.from_json(data[kind]) for kind in TASK_KINDS if kind in data})
+
+
 @dataclass(frozen=True)
 class NodeResources:
     """What a runner offers the scheduler, as it reports at registration."""
@@ -254,6 +346,12 @@ class NodeResources:
     memory: int
     numa: tuple[NumaNode, ...] = ()
     gpus: tuple[GpuInfo, ...] = ()
+    capabilities: NodeCapabilities | None = None
+    """What it can run; None from a runner that does not say (it may run anything)."""
+
+    def refusal(self, kind: str) -> str | None:
+        """Why this node cannot run tasks of `kind` (see `task_kind`), or None."""
+        return None if self.capabilities is None else self.capabilities.refusal(kind)
 
     def numa_node(self, numa_id: int) -> NumaNode | None:
         return next((n for n in self.numa if n.id == numa_id), None)

@@ -11,7 +11,7 @@ import posixpath
 import re
 
 from .errors import ValidationError
-from .models import Mount, Target
+from .models import SYSTEMD_CONTAINER, Mount, Target
 
 MAX_MEMORY = 1 << 50  # 1 PiB: beyond any node this project will meet
 MAX_CORES = 4096
@@ -92,15 +92,17 @@ def parse_size(text: str | int) -> int:
 
 
 def format_size(value: int | None) -> str:
+    """Bytes for people: 8G, 512M, 23.5G ("-" for none/0). The one formatter
+    of sizes, so a refusal speaks the units `hakuriver.client nodes` shows."""
     if not value:
         return "-"
-    for unit in ("T", "G", "M", "K"):
-        if value >= _UNITS[unit] and value % _UNITS[unit] == 0:
-            return f"{value // _UNITS[unit]}{unit}"
-    for unit in ("T", "G", "M", "K"):
-        if value >= _UNITS[unit]:
-            return f"{value / _UNITS[unit]:.1f}{unit}"
-    return str(value)
+    for unit in ("P", "T", "G", "M", "K"):
+        size = _UNITS[unit]
+        if value >= size:
+            if value % size == 0:
+                return f"{value // size}{unit}"
+            return f"{value / size:.1f}{unit}"
+    return f"{value}B"
 
 
 def parse_cores(value: object) -> int:
@@ -158,6 +160,20 @@ def validate_env_key(key: str) -> str:
     if not isinstance(key, str) or not _ENV_KEY.match(key):
         raise ValidationError(f"invalid env name {key!r}: use letters, digits and '_', not starting with a digit")
     return key
+
+
+def validate_container(name: str) -> str:
+    """A `--container` choice: exactly NULL (no container: systemd), or an
+    environment name (`validate_env_name`). Any other spelling of null is
+    refused with the hint, since it reads as "no container" but would name an
+    environment nobody made."""
+    if name == SYSTEMD_CONTAINER:
+        return name
+    if isinstance(name, str) and name.lower() == SYSTEMD_CONTAINER.lower():
+        raise ValidationError(
+            f"unknown environment {name!r}: did you mean {SYSTEMD_CONTAINER} (run without a container)?"
+        )
+    return validate_env_name(name)
 
 
 def validate_env_name(name: str) -> str:

@@ -13,7 +13,7 @@ import asyncio
 import sys
 from typing import Any
 
-from ..models import TaskState
+from ..models import NodeCapabilities, TaskState
 from ..parsing import validate_node_name
 from .common import (
     EXIT_CODES_EPILOG,
@@ -95,6 +95,19 @@ def _node_state(node: dict[str, Any]) -> str:
     return "online" if node.get("online") else "offline"
 
 
+def node_runs(node: dict[str, Any]) -> str:
+    """What a node's runner says it can run: `docker,null`, or
+    `docker (null: systemd is not PID 1)`; `unknown` for a runner that does
+    not say (an older one: the Host sends it any task)."""
+    raw = node.get("capabilities")
+    if raw is None:
+        return "unknown"
+    try:
+        return NodeCapabilities.from_json(raw).summary()
+    except ValueError:
+        return "unknown"  # a newer Host's record: show nothing rather than fail
+
+
 def nodes_table(nodes: list[dict[str, Any]]) -> str:
     rows = []
     for n in nodes:
@@ -109,9 +122,11 @@ def nodes_table(nodes: list[dict[str, Any]]) -> str:
                 f"{gpus}/{total_gpus}" if total_gpus else "-",
                 len(n.get("numa") or []) or "-",
                 format_ago(n.get("last_heartbeat")),
+                node_runs(n),
             )
         )
-    return table(("NODE", "STATE", "CORES", "MEMORY", "GPUS", "NUMA", "LAST SEEN"), rows)
+    # RUNS last: its reasons are the one long, free-text cell.
+    return table(("NODE", "STATE", "CORES", "MEMORY", "GPUS", "NUMA", "LAST SEEN", "RUNS"), rows)
 
 
 async def _cmd_nodes(args: argparse.Namespace, connect: Connect) -> int:
@@ -188,6 +203,7 @@ def node_detail(node: dict[str, Any]) -> str:
         ("cores", f"{cores}/{node.get('cores', 0)} allocated; cpu {_pct(stats.get('cpu_percent'))}"),
         ("memory", f"{format_size(memory) if memory else '0'}/{format_size(node.get('memory'))} allocated{mem_now}"),
         ("load", _load(stats)),
+        ("runs", node_runs(node)),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v if v not in (None, '') else '-'}" for k, v in rows]

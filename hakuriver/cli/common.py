@@ -36,6 +36,7 @@ from typing import Any
 from ..config import TOKEN_ENV_VAR
 from ..errors import ConfigError, HakuRiverError, ValidationError
 from ..ids import parse_id
+from ..parsing import format_size as format_size  # re-exported: the CLIs import it from here
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -279,21 +280,6 @@ def format_ago(ts: float | None, now: float | None = None) -> str:
     if delta < 86400:
         return f"{delta // 3600:.0f}h ago"
     return f"{delta // 86400:.0f}d ago"
-
-
-_UNITS = (("P", 1 << 50), ("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10))
-
-
-def format_size(value: int | None) -> str:
-    """Bytes for people: 8G, 512M, 23.5G ("-" for none/0)."""
-    if not value:
-        return "-"
-    for unit, size in _UNITS:
-        if value >= size:
-            if value % size == 0:
-                return f"{value // size}{unit}"
-            return f"{value / size:.1f}{unit}"
-    return f"{value}B"
 
 
 def format_command(argv: Sequence[str], width: int | None = None) -> str:

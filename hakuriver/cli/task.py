@@ -28,7 +28,7 @@ from ..parsing import (
     parse_mount,
     parse_size,
     parse_target,
-    validate_env_name,
+    validate_container,
     validate_node_name,
 )
 from .common import (
@@ -173,8 +173,8 @@ def submit_request(args: argparse.Namespace) -> dict[str, Any]:
         env[key] = value
     mounts = [str(parse_mount(m)) for m in args.mount]
     container = args.container
-    if container is not None and container != SYSTEMD_CONTAINER:
-        validate_env_name(container)
+    if container is not None:
+        validate_container(container)  # the Host says the same; this spares the round trip
     systemd = container == SYSTEMD_CONTAINER
     if args.privileged and systemd:
         raise ValidationError("--privileged applies to Docker tasks only, not to --container NULL")

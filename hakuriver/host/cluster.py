@@ -147,7 +147,7 @@ class Cluster:
         known = list(self.resources.values())
         targets: list[Target | None] = list(req.targets) or [None]
         for target in targets:
-            check_fits_ever(target, req.cores, req.memory, req.gpus, known)
+            check_fits_ever(target, req.cores, req.memory, req.gpus, known, req.container)
         now = self.clock()
         batch_id = self.ids.next()
         tasks = [

@@ -47,6 +47,7 @@ from ..models import (
     HOLDING_STATES,
     GpuInfo,
     Mount,
+    NodeCapabilities,
     NodeResources,
     NumaNode,
     Target,
@@ -151,6 +152,11 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 3: what each node's runner says it can run (models.NodeCapabilities as
+    # JSON); NULL for a runner that never said, which may run anything.
+    """
+    ALTER TABLE nodes ADD COLUMN capabilities_json TEXT;
+    """,
 )
 """Migration N (1-based) is MIGRATIONS[N-1]. Append only; never edit a released one."""
 
@@ -163,7 +169,7 @@ _TASK_COLUMNS = (
 )
 _NODE_COLUMNS = (
     "hostname, url, cores, memory, numa_json, gpus_json, online, registered_at, last_heartbeat, stats_json, "
-    "identity_hash, order_token"
+    "identity_hash, order_token, capabilities_json"
 )
 _HOLDING_SQL = ",".join(f"'{s}'" for s in sorted(HOLDING_STATES))
 
@@ -282,11 +288,19 @@ class NodeRecord:
     """sha256 of the key of the runner this name is bound to (None: unbound)."""
     order_token: str = ""
     """What the Host presents to this runner; the runner chose it. Never shown."""
+    capabilities: NodeCapabilities | None = None
+    """What its runner last said it can run; None if it never said."""
 
     @property
     def resources(self) -> NodeResources:
         return NodeResources(
-            hostname=self.hostname, url=self.url, cores=self.cores, memory=self.memory, numa=self.numa, gpus=self.gpus
+            hostname=self.hostname,
+            url=self.url,
+            cores=self.cores,
+            memory=self.memory,
+            numa=self.numa,
+            gpus=self.gpus,
+            capabilities=self.capabilities,
         )
 
 
@@ -304,7 +318,24 @@ def _node_from_row(_cursor: Any, row: Sequence[Any]) -> NodeRecord:
         stats=json.loads(row[9]),
         identity_hash=row[10],
         order_token=row[11],
+        capabilities=_capabilities_from_text(row[12]),
     )
+
+
+def _capabilities_from_text(text: str | None) -> NodeCapabilities | None:
+    if text is None:
+        return None
+    try:
+        return NodeCapabilities.from_json(json.loads(text))
+    except ValueError:
+        # Written by a newer Host (a kind this one does not know): unknown, so
+        # nothing is refused on it; the runner's next heartbeat says again.
+        log.warning("ignoring unreadable node capabilities %r", text[:200])
+        return None
+
+
+def _capabilities_text(caps: NodeCapabilities | None) -> str | None:
+    return None if caps is None else _dumps(caps.to_json())
 
 
 _TRANSITION_FIELDS = frozenset(
@@ -741,18 +772,21 @@ class Database(_Accounts):
             now,
             identity_hash,
             order_token,
+            _capabilities_text(res.capabilities),
         )
 
         async def op(conn: aiosqlite.Connection) -> NodeRecord:
             rows = await conn.execute_fetchall(
                 f"""INSERT INTO nodes (hostname, url, cores, memory, numa_json, gpus_json, online,
-                                       registered_at, last_heartbeat, stats_json, identity_hash, order_token)
-                    VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, '{{}}', ?, ?)
+                                       registered_at, last_heartbeat, stats_json, identity_hash, order_token,
+                                       capabilities_json)
+                    VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, '{{}}', ?, ?, ?)
                     ON CONFLICT(hostname) DO UPDATE SET
                         url=excluded.url, cores=excluded.cores, memory=excluded.memory,
                         numa_json=excluded.numa_json, gpus_json=excluded.gpus_json, online=1,
                         registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat,
-                        identity_hash=excluded.identity_hash, order_token=excluded.order_token
+                        identity_hash=excluded.identity_hash, order_token=excluded.order_token,
+                        capabilities_json=excluded.capabilities_json
                     RETURNING {_NODE_COLUMNS}""",
                 params,
             )
@@ -760,13 +794,19 @@ class Database(_Accounts):
 
         return await self._write(op)
 
-    async def record_heartbeat(self, hostname: str, stats: dict[str, Any], now: float) -> NodeRecord | None:
-        """Store a heartbeat (the node is online again); None if the node is unknown."""
-        params = (now, _dumps(stats), hostname)
+    async def record_heartbeat(
+        self, hostname: str, stats: dict[str, Any], now: float, capabilities: NodeCapabilities | None = None
+    ) -> NodeRecord | None:
+        """Store a heartbeat (the node is online again); None if the node is unknown.
+        `capabilities` replaces the stored ones; None keeps them (a heartbeat
+        that does not say leaves what registration said)."""
+        params = (now, _dumps(stats), _capabilities_text(capabilities), hostname)
 
         async def op(conn: aiosqlite.Connection) -> NodeRecord | None:
             rows = await conn.execute_fetchall(
-                f"UPDATE nodes SET last_heartbeat=?, stats_json=?, online=1 WHERE hostname=? RETURNING {_NODE_COLUMNS}",
+                f"""UPDATE nodes SET last_heartbeat=?, stats_json=?, online=1,
+                        capabilities_json=COALESCE(?, capabilities_json)
+                    WHERE hostname=? RETURNING {_NODE_COLUMNS}""",
                 params,
             )
             return next((_node_from_row(None, r) for r in rows), None)

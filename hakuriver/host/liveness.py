@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import Conflict, Forbidden, NotFound
-from ..models import NodeResources, TaskState
+from ..models import NodeCapabilities, NodeResources, TaskState
 from .accounts import token_hash
 from .cluster import Cluster
 from .db import NodeRecord
@@ -73,15 +73,28 @@ class Liveness:
         return record
 
     async def heartbeat(
-        self, hostname: str, stats: dict[str, Any], reported: list[dict[str, Any]], finishing: list[int]
+        self,
+        hostname: str,
+        stats: dict[str, Any],
+        reported: list[dict[str, Any]],
+        finishing: list[int],
+        capabilities: NodeCapabilities | None = None,
     ) -> list[int]:
-        """Record a heartbeat; returns task ids the runner must kill."""
+        """Record a heartbeat; returns task ids the runner must kill.
+        `capabilities`, when the runner sends them, replace what it said before
+        (its Docker engine came up, say); None keeps them."""
         cluster = self.cluster
-        record = await cluster.db.record_heartbeat(hostname, stats, cluster.clock())
+        record = await cluster.db.record_heartbeat(hostname, stats, cluster.clock(), capabilities)
         if record is None:
             raise NotFound(f"node {hostname} is not registered", code="unknown_node")
-        came_back = not cluster.nodes.get(hostname, record).online
+        before = cluster.nodes.get(hostname, record)
+        came_back = not before.online
         cluster.nodes[hostname] = record
+        if record.capabilities != before.capabilities:
+            runs = record.capabilities.summary() if record.capabilities else "unknown"
+            log.info("node %s now says it runs: %s", hostname, runs)
+            cluster.resources[hostname] = record.resources
+            cluster.kick()  # a task waiting for what it can now run may start
         kills = await self._reconcile(hostname, reported, finishing)
         if came_back:
             log.info("node %s is back online", hostname)

@@ -16,6 +16,9 @@ when named). An untargeted task goes to the tightest-fitting online node:
 least free GPUs left for a GPU task (a CPU-only task prefers nodes without
 GPUs), then least cores left, then least memory left, then hostname. A GPU
 count gets the lowest free ids (avoiding ids a blocked task is waiting for).
+Only nodes able to run the task's kind are candidates (`NodeResources.refusal`:
+a node whose runner says it has no Docker engine or no systemd for
+`--container NULL`); a node that says nothing may run anything.
 
 Backfill is conservative and needs no runtime estimates. A blocked task H
 gets a reservation on one node: its target, or for an untargeted task the
@@ -43,11 +46,13 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..errors import Unschedulable
-from ..models import NodeResources, Target, Task
+from ..models import KIND_WORDS, NodeResources, Target, Task, task_kind
 from ..parsing import format_size
 
 DEFAULT_MAX_EXAMINED = 1000
 DEFAULT_MAX_RESERVATIONS = 128
+MAX_REASONS = 3
+"""Nodes named, each with its reason, when no node can run a kind of task."""
 
 
 class Placement(NamedTuple):
@@ -224,20 +229,24 @@ class _Request:
     numa: int | None
     gpu_ids: tuple[int, ...]  # explicit ids (a target's ::0,1)
     gpu_count: int  # a count request (0 when ids are explicit)
+    kind: str = "docker"  # models.task_kind: what the node must be able to run
 
     @property
     def gpus_needed(self) -> int:
         return len(self.gpu_ids) or self.gpu_count
 
 
-def _request(target: Target | None, cores: int | None, memory: int | None, gpu_count: int | None) -> _Request:
+def _request(
+    target: Target | None, cores: int | None, memory: int | None, gpu_count: int | None, container: str | None = None
+) -> _Request:
     cores = 1 if cores is None else int(cores)
     memory = int(memory or 0)
+    kind = task_kind(container)
     if target is None:
-        return _Request(cores, memory, None, None, (), int(gpu_count or 0))
+        return _Request(cores, memory, None, None, (), int(gpu_count or 0), kind)
     if target.gpus:
-        return _Request(cores, memory, target.node, target.numa, tuple(target.gpus), 0)
-    return _Request(cores, memory, target.node, target.numa, (), int(gpu_count or 0))
+        return _Request(cores, memory, target.node, target.numa, tuple(target.gpus), 0, kind)
+    return _Request(cores, memory, target.node, target.numa, (), int(gpu_count or 0), kind)
 
 
 def _plural(n: int, word: str) -> str:
@@ -251,6 +260,9 @@ def _ids(values: Iterable[int]) -> str:
 def _never_fits_node(req: _Request, node: NodeResources) -> str | None:
     """Why `req` can never fit on `node` (its capacity, ignoring what is held), or None."""
     name = node.hostname
+    cannot = node.refusal(req.kind)
+    if cannot:
+        return _cannot_run(node, req.kind, cannot)
     if req.cores > node.cores:
         return f"task needs {_plural(req.cores, 'core')} but node {name!r} has {node.cores}"
     if req.memory > node.memory:
@@ -258,7 +270,8 @@ def _never_fits_node(req: _Request, node: NodeResources) -> str | None:
     if req.numa is not None:
         numa = node.numa_node(req.numa)
         if numa is None:
-            have = f"it has {_ids(n.id for n in node.numa)}" if node.numa else "it reports no NUMA topology"
+            # "(it has 0)" reads as "it has none": name them as ids.
+            have = f"its NUMA nodes: {_ids(n.id for n in node.numa)}" if node.numa else "it reports no NUMA topology"
             return f"node {name!r} has no NUMA node {req.numa} ({have})"
         if req.cores > len(numa.cpus):
             return f"task needs {_plural(req.cores, 'core')} but NUMA node {req.numa} of {name!r} has {len(numa.cpus)}"
@@ -272,10 +285,14 @@ def _never_fits_node(req: _Request, node: NodeResources) -> str | None:
     have_ids = node.gpu_ids()
     for g in req.gpu_ids:
         if g not in have_ids:
-            return f"node {name!r} has no GPU {g} (it has {_ids(have_ids)})"
+            return f"node {name!r} has no GPU {g} (its GPUs: {_ids(have_ids)})"
     if req.gpu_count > len(node.gpus):
         return f"task needs {_plural(req.gpu_count, 'GPU')} but node {name!r} has {len(node.gpus)}"
     return None
+
+
+def _cannot_run(node: NodeResources, kind: str, reason: str) -> str:
+    return f"node {node.hostname!r} cannot run {KIND_WORDS[kind]}: {reason}"
 
 
 def check_fits_ever(
@@ -284,13 +301,17 @@ def check_fits_ever(
     memory: int | None,
     gpu_count: int,
     nodes: Sequence[NodeResources],
+    container: str | None = None,
 ) -> None:
     """Raise `Unschedulable` when the request could never run on the known nodes.
 
     `nodes` should be every known node, offline ones included: they may come
     back, so a task targeted at an offline node waits rather than fails.
+    `container` decides what a node must be able to run (`models.task_kind`):
+    a node whose runner says it cannot run that kind never fits, with its
+    reason; one that says nothing (an older runner) may.
     """
-    req = _request(req_target, cores, memory, gpu_count)
+    req = _request(req_target, cores, memory, gpu_count, container)
     if not nodes:
         raise Unschedulable("no nodes are registered")
     if req.node is not None:
@@ -303,6 +324,12 @@ def check_fits_ever(
         return
     if any(_never_fits_node(req, n) is None for n in nodes):
         return
+    able = [n for n in nodes if n.refusal(req.kind) is None]
+    if not able:
+        reasons = "; ".join(_cannot_run(n, req.kind, n.refusal(req.kind) or "") for n in nodes[:MAX_REASONS])
+        more = f"; and {len(nodes) - MAX_REASONS} more" if len(nodes) > MAX_REASONS else ""
+        raise Unschedulable(f"no node can run {KIND_WORDS[req.kind]} ({reasons}{more})")
+    nodes = able  # the sizes below compare with the nodes that could run it
     most_cores = max(n.cores for n in nodes)
     if req.cores > most_cores:
         raise Unschedulable(f"task needs {_plural(req.cores, 'core')} but the largest node has {most_cores}")
@@ -451,7 +478,7 @@ class Scheduler:
         for task in queue:
             if task.id in ledger:
                 continue
-            req = _request(task.target, task.cores, task.memory, task.gpu_count)
+            req = _request(task.target, task.cores, task.memory, task.gpu_count, task.container)
             if req in failed:
                 stats.skipped_same_shape += 1
                 continue
@@ -464,6 +491,9 @@ class Scheduler:
                 candidates = [by_name[req.node]] if req.node in by_name else []
             else:
                 candidates = states
+            # A node that says it cannot run this kind (its Docker engine down,
+            # no systemd) gets none; a targeted task waits until it can.
+            candidates = [st for st in candidates if st.res.refusal(req.kind) is None]
             best: tuple | None = None
             best_state: _NodeState | None = None
             best_gpus: tuple[int, ...] = ()

@@ -13,7 +13,7 @@ from typing import Any
 from ..config import Config
 from ..errors import ValidationError
 from ..models import SYSTEMD_CONTAINER, Mount, TaskRequest
-from ..parsing import parse_cores, parse_mount, parse_size, parse_target, validate_env_name
+from ..parsing import parse_cores, parse_mount, parse_size, parse_target, validate_container
 from ..policy import (
     MAX_TARGETS,
     check_command,
@@ -38,8 +38,8 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
     container = require_type(data, "container", str, required=False)
     if container is None or container == "":
         container = config.docker.default_container_name
-    elif container != SYSTEMD_CONTAINER:
-        validate_env_name(container)
+    else:
+        validate_container(container)
     systemd = container == SYSTEMD_CONTAINER
 
     env = check_env(require_type(data, "env", dict, required=False, default={}))

@@ -28,12 +28,24 @@ from ..models import NodeResources
 from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
 from . import probe
 from .api import ROUTES
+from .capabilities import CapabilityWatch
 from .environments import EnvironmentSync
 from .executors import executor_class
 from .executors.base import Executor
 from .gpu import GpuProbe
 from .hostlink import HostLink
-from .keys import CONFIG, ENVIRONMENTS, EXECUTORS, GPU_PROBE, HOSTLINK, ORDER_TOKEN_KEY, RESOURCES, STATE, SUPERVISOR
+from .keys import (
+    CAPABILITIES,
+    CONFIG,
+    ENVIRONMENTS,
+    EXECUTORS,
+    GPU_PROBE,
+    HOSTLINK,
+    ORDER_TOKEN_KEY,
+    RESOURCES,
+    STATE,
+    SUPERVISOR,
+)
 from .state import ORDER_TOKEN, RunnerState
 from .supervisor import Notices, Supervisor
 
@@ -76,7 +88,7 @@ NODE_EXECUTORS = ("docker", "systemd")
 """The backends a runner offers, by their names in the executor registry."""
 
 
-async def default_executors(config: Config) -> dict[str, Executor]:
+async def default_executors(config: Config, problems: dict[str, str] | None = None) -> dict[str, Executor]:
     """The backends this node offers: each of NODE_EXECUTORS, from the registry,
     where it can work at all.
 
@@ -87,13 +99,16 @@ async def default_executors(config: Config) -> dict[str, Executor]:
     the supervisor refuses NULL tasks ("this runner has no systemd executor
     available"). Each registered backend's fingerprint is logged, or why it
     cannot be taken (an engine down, a missing sudoers rule or allow-list
-    entry: each task then fails with that reason)."""
+    entry: each task then fails with that reason). `problems` receives why
+    each backend left out was (the capabilities the runner reports say so)."""
     executors: dict[str, Executor] = {}
     for name in NODE_EXECUTORS:
         executor = executor_class(name).from_config(config)
         problem = await executor.unavailable()
         if problem:
             log.info("no %s executor on this node: %s", name, problem)
+            if problems is not None:
+                problems[name] = problem
             await executor.close()
             continue
         executors[name] = executor
@@ -144,14 +159,30 @@ async def _state(app: web.Application) -> AsyncIterator[None]:
 
 def _executors_ctx(injected: dict[str, Executor] | None):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        executors = injected if injected is not None else await default_executors(app[CONFIG])
+        problems: dict[str, str] = {}
+        executors = injected if injected is not None else await default_executors(app[CONFIG], problems)
         app[EXECUTORS] = executors
+        # Probed before the Host link starts, so registration already says.
+        watch = CapabilityWatch(executors, problems, interval=capability_refresh_interval(app[CONFIG]))
+        app[CAPABILITIES] = watch
+        await watch.start()
         yield
+        await watch.close()
         for ex in executors.values():
             with contextlib.suppress(Exception):
                 await ex.close()
 
     return ctx
+
+
+CAPABILITY_REFRESH_BEATS = 12
+"""Heartbeats between two capability probes (a minute at the default 5 s)."""
+
+
+def capability_refresh_interval(config: Config) -> float:
+    """How often the runner probes what it can run again: rarely, since a
+    probe spawns sudo and pings Docker; never less than 10 s."""
+    return max(10.0, CAPABILITY_REFRESH_BEATS * config.timing.heartbeat_interval)
 
 
 def _environments_ctx(enabled: bool):
@@ -196,6 +227,7 @@ async def _supervisor_and_link(app: web.Application) -> AsyncIterator[None]:
         holding=sup.holding_ids,
         stats=lambda: _stats(app),
         on_kill=sup.kill,
+        capabilities=lambda: app[CAPABILITIES].current,
     )
     app[SUPERVISOR], app[HOSTLINK] = sup, link
     await sup.recover()

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from ..config import Config
-from ..models import NodeResources, TaskState
+from ..models import NodeCapabilities, NodeResources, TaskState
 from ..webapi import NODE_KEY_HEADER, auth_headers
 from .state import NODE_KEY, ORDER_TOKEN, RunnerState
 from .supervisor import Notices
@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 
 class HostLink:
     """See the module docstring. `running`, `holding` and `on_kill` are the
-    Supervisor's views and kill; `stats` samples the node for heartbeats."""
+    Supervisor's views and kill; `stats` samples the node for heartbeats;
+    `capabilities` is what the node can run now (read, never probed, here: a
+    heartbeat must not wait for a Docker ping or a sudo call)."""
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class HostLink:
         holding: Callable[[], list[int]],
         stats: Callable[[], Awaitable[dict[str, Any]]],
         on_kill: Callable[[int], Awaitable[bool]],
+        capabilities: Callable[[], NodeCapabilities] | None = None,
     ):
         self.config = config
         self.resources = resources
@@ -62,6 +65,7 @@ class HostLink:
         self._holding = holding
         self._stats = stats
         self._on_kill = on_kill
+        self._capabilities = capabilities
         self._session: aiohttp.ClientSession | None = None
         self._node_key = ""
         self._order_token = ""
@@ -124,7 +128,11 @@ class HostLink:
             "finishing": [str(i) for i in self._holding()],
             "node_key": self._node_key,
             "order_token": self._order_token,
+            **self._capabilities_field(),
         }
+
+    def _capabilities_field(self) -> dict[str, Any]:
+        return {} if self._capabilities is None else {"capabilities": self._capabilities().to_json()}
 
     async def register_forever(self) -> None:
         delay = 0.5
@@ -165,6 +173,7 @@ class HostLink:
             "stats": await self._stats(),
             "tasks": self._running(),
             "finishing": [str(i) for i in self._holding()],
+            **self._capabilities_field(),
         }
         status, body = await self._post("/api/runner/heartbeat", payload)
         if status == 404:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..models import NodeResources
+from .capabilities import CapabilityWatch
 from .environments import EnvironmentSync
 from .executors.base import Executor
 from .gpu import GpuProbe
@@ -20,6 +21,8 @@ EXECUTORS = web.AppKey("executors", dict[str, Executor])
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 HOSTLINK = web.AppKey("hostlink", HostLink)
 GPU_PROBE = web.AppKey("gpu_probe", GpuProbe)
+CAPABILITIES = web.AppKey("capabilities", CapabilityWatch)
+"""What this node can run, probed at start-up and refreshed rarely (`runner.capabilities`)."""
 ENVIRONMENTS = web.AppKey("environments", EnvironmentSync)
 """Absent when environment sync is off (the default with injected executors)."""
 ORDER_TOKEN_KEY = web.AppKey("order_token", str)

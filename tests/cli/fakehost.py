@@ -307,7 +307,7 @@ class FakeHost:
         )
 
 
-def sample_node(name: str = "node1", online: bool = True) -> dict[str, Any]:
+def sample_node(name: str = "node1", online: bool = True, capabilities: Any = None) -> dict[str, Any]:
     return {
         "hostname": name,
         "url": f"http://{name}:8001",
@@ -322,6 +322,7 @@ def sample_node(name: str = "node1", online: bool = True) -> dict[str, Any]:
             {"index": 0, "name": "Fake GPU", "uuid": "GPU-0", "memory_total": 16 << 30},
             {"index": 1, "name": "Fake GPU", "uuid": "GPU-1", "memory_total": 16 << 30},
         ],
+        "capabilities": capabilities,
         "registered_at": time.time() - 3600,
         "last_heartbeat": time.time() - 2,
         "stats": {

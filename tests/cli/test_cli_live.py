@@ -240,10 +240,50 @@ def test_client_nodes_table(fake_host: FakeHost, host_config: Path, capsys):
     fake_host.nodes = [sample_node("node1"), sample_node("node2", online=False)]
     assert client(host_config, "nodes") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["NODE", "STATE", "CORES", "MEMORY", "GPUS", "NUMA", "LAST", "SEEN"]
+    assert lines[0].split() == ["NODE", "STATE", "CORES", "MEMORY", "GPUS", "NUMA", "LAST", "SEEN", "RUNS"]
     assert lines[1].split()[:6] == ["node1", "online", "4/16", "8G/64G", "1/2", "2"]
     assert lines[2].split()[:2] == ["node2", "offline"]
     assert "ago" in lines[1]
+    assert lines[1].endswith("  unknown")  # a runner that did not say what it runs
+
+
+def test_client_nodes_shows_what_each_node_runs(fake_host: FakeHost, host_config: Path, capsys):
+    no_systemd = {"docker": {"available": True}, "null": {"available": False, "reason": "systemd is not PID 1"}}
+    fake_host.nodes = [
+        sample_node("both", capabilities={"docker": {"available": True}, "null": {"available": True}}),
+        sample_node("vm", capabilities=no_systemd),
+        sample_node(
+            "none",
+            capabilities={
+                "docker": {"available": False, "reason": "cannot reach the Docker engine"},
+                "null": {"available": False, "reason": "systemd is not PID 1"},
+            },
+        ),
+    ]
+    assert client(host_config, "nodes") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == "RUNS"
+    runs = {line.split()[0]: line[lines[0].index("RUNS") :] for line in lines[1:]}
+    assert runs == {
+        "both": "docker,null",
+        "vm": "docker (null: systemd is not PID 1)",
+        "none": "none (docker: cannot reach the Docker engine; null: systemd is not PID 1)",
+    }
+    assert client(host_config, "--json", "nodes") == 0
+    assert json.loads(capsys.readouterr().out)["nodes"][1]["capabilities"] == no_systemd
+    assert client(host_config, "health", "vm") == 0
+    assert "runs        docker (null: systemd is not PID 1)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spelling", ["null", "Null", "NUll"])
+def test_submit_container_null_spelled_otherwise_gets_the_hint(
+    fake_host: FakeHost, host_config: Path, capsys, spelling: str
+):
+    assert task(host_config, "submit", "--container", spelling, "--", "true") != 0
+    assert one_error_line(capsys.readouterr().err) == (
+        f"hakuriver.task: error: unknown environment {spelling!r}: did you mean NULL (run without a container)?"
+    )
+    assert fake_host.tasks == {}  # refused before anything was sent
 
 
 def test_client_nodes_json(fake_host: FakeHost, host_config: Path, capsys):

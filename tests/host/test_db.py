@@ -12,6 +12,7 @@ import pytest
 
 from hakuriver.errors import HakuRiverError
 from hakuriver.host.db import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     Database,
     DatabaseError,
@@ -20,7 +21,7 @@ from hakuriver.host.db import (
     target_from_stored,
 )
 from hakuriver.host.scheduler import Placement
-from hakuriver.models import GpuInfo, Mount, NodeResources, NumaNode, Task, TaskState
+from hakuriver.models import Capability, GpuInfo, Mount, NodeCapabilities, NodeResources, NumaNode, Task, TaskState
 
 S = TaskState
 LOST_ONLY = frozenset({TaskState.LOST})
@@ -104,6 +105,54 @@ async def test_reopen_keeps_data_and_does_not_remigrate(tmp_path):
         assert [t.id for t in await database.list_tasks()] == [8, 7]
         got = await database.get_node("n1")
         assert got is not None and got.cores == 8 and got.last_heartbeat == 5.0
+    finally:
+        await database.close()
+
+
+async def test_node_capabilities_survive_a_restart_and_heartbeats_replace_them(tmp_path):
+    path = tmp_path / "caps.db"
+    no_systemd = NodeCapabilities(docker=Capability(True), null=Capability(False, "systemd is not PID 1"))
+    database = await Database.open(path)
+    await database.upsert_node(node("vm", capabilities=no_systemd), now=5.0)
+    await database.upsert_node(node("old"), now=5.0)  # a runner that does not say
+    await database.close()
+
+    database = await Database.open(path)
+    try:
+        by_name = {n.hostname: n for n in await database.list_nodes()}
+        vm, old = by_name["vm"], by_name["old"]
+        assert vm.capabilities == no_systemd and vm.resources.refusal("null") == "systemd is not PID 1"
+        assert old.capabilities is None and old.resources.refusal("null") is None
+        # A heartbeat without capabilities keeps them; with, replaces them.
+        got = await database.record_heartbeat("vm", {}, now=6.0)
+        assert got is not None and got.capabilities == no_systemd
+        both = NodeCapabilities(docker=Capability(True), null=Capability(True))
+        got = await database.record_heartbeat("vm", {}, now=7.0, capabilities=both)
+        assert got is not None and got.capabilities == both
+        # Re-registered by an older runner: unknown again, not the stale record.
+        got = await database.upsert_node(node("vm"), now=8.0)
+        assert got.capabilities is None
+    finally:
+        await database.close()
+
+
+async def test_a_version_2_database_gains_capabilities_as_unknown(tmp_path):
+    path = tmp_path / "v2.db"
+    raw = sqlite3.connect(path)
+    for script in MIGRATIONS[:2]:
+        raw.executescript(script)
+    raw.execute(
+        "INSERT INTO nodes (hostname, url, cores, memory, registered_at, last_heartbeat) "
+        "VALUES ('n1', 'http://n1:8001', 4, 1073741824, 1.0, 1.0)"
+    )
+    raw.execute("PRAGMA user_version=2")
+    raw.commit()
+    raw.close()
+    database = await Database.open(path)
+    try:
+        assert await database.schema_version() == SCHEMA_VERSION == 3
+        got = await database.get_node("n1")
+        assert got is not None and got.cores == 4 and got.capabilities is None
     finally:
         await database.close()
 

@@ -204,3 +204,68 @@ async def test_reports_are_checked(host: tuple[HostUnderTest, FakeRunner]) -> No
     assert status == 404 and body["error"]["code"] == "unknown_node"
     status, body = await h.call("POST", f"/api/tasks/{task_id}/resume")
     assert status == 409  # only a paused task can be resumed
+
+
+NO_SYSTEMD = {"docker": {"available": True}, "null": {"available": False, "reason": "systemd is not PID 1"}}
+
+
+async def test_null_tasks_are_refused_where_no_runner_can_run_them(host: tuple[HostUnderTest, FakeRunner]) -> None:
+    h, _ = host
+    await h.register("vm", capabilities=NO_SYSTEMD)
+    null_task = {"command": ["true"], "container": "NULL"}
+    status, body = await h.call("POST", "/api/tasks", null_task)
+    assert (status, body["error"]["code"]) == (400, "unschedulable")
+    assert body["error"]["message"] == (
+        "no node can run --container NULL tasks (node 'vm' cannot run --container NULL tasks: systemd is not PID 1)"
+    )
+    status, body = await h.call("POST", "/api/tasks", {**null_task, "targets": ["vm"]})
+    assert status == 400
+    assert body["error"]["message"] == "node 'vm' cannot run --container NULL tasks: systemd is not PID 1"
+    assert (await h.call("GET", "/api/tasks"))[1]["tasks"] == []
+
+    # Another node that can: accepted, and only ever placed there.
+    await h.register("sd", capabilities={"docker": {"available": True}, "null": {"available": True}})
+    status, body = await h.call("POST", "/api/tasks", null_task)
+    assert status == 201, body
+    status, body = await h.call("POST", "/api/tasks", {**null_task, "targets": ["vm"]})
+    assert status == 400  # its target still cannot
+
+    # An older runner that does not say what it runs: not refused on a guess.
+    await h.register("old")
+    status, body = await h.call("POST", "/api/tasks", {**null_task, "targets": ["old"]})
+    assert status == 201, body
+    nodes = {n["hostname"]: n["capabilities"] for n in (await h.call("GET", "/api/nodes"))[1]["nodes"]}
+    assert nodes == {"vm": NO_SYSTEMD, "sd": {"docker": {"available": True}, "null": {"available": True}}, "old": None}
+
+
+async def test_a_heartbeat_updates_what_a_node_runs(host: tuple[HostUnderTest, FakeRunner]) -> None:
+    h, _ = host
+    await h.register("vm", capabilities=NO_SYSTEMD)
+    no_docker = {
+        "docker": {"available": False, "reason": "cannot reach the Docker engine"},
+        "null": {"available": True},
+    }
+    status, _ = await h.call("POST", "/api/runner/heartbeat", {"hostname": "vm", "capabilities": no_docker})
+    assert status == 200
+    status, body = await h.call("POST", "/api/tasks", {"command": ["true"], "targets": ["vm"]})
+    assert status == 400
+    assert body["error"]["message"] == "node 'vm' cannot run Docker tasks: cannot reach the Docker engine"
+    status, body = await h.call("POST", "/api/tasks", {"command": ["true"], "container": "NULL", "targets": ["vm"]})
+    assert status == 201, body
+    # A heartbeat that does not say keeps what the node said last.
+    assert (await h.heartbeat("vm", []))[0] == 200
+    assert (await h.call("GET", "/api/nodes/vm"))[1]["capabilities"] == no_docker
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"gpu": {"available": True}}, {"null": {"available": "no"}}, ["docker"], {"null": {"available": False, "x": 1}}],
+)
+async def test_malformed_capabilities_are_refused(host: tuple[HostUnderTest, FakeRunner], bad: Any) -> None:
+    h, _ = host
+    body = {"hostname": "vm", "url": h.runner_url, "cores": 1, "memory": 1 << 30, "capabilities": bad}
+    status, reply = await h.call("POST", "/api/runner/register", body)
+    assert status == 400 and reply["error"]["message"].startswith("malformed 'capabilities': ")
+    await h.register("vm")
+    status, reply = await h.call("POST", "/api/runner/heartbeat", {"hostname": "vm", "capabilities": bad})
+    assert status == 400 and reply["error"]["message"].startswith("malformed 'capabilities': ")

@@ -10,7 +10,7 @@ import pytest
 from hakuriver.errors import Unschedulable, ValidationError
 from hakuriver.host.db import target_from_stored
 from hakuriver.host.scheduler import Ledger, Placement, Scheduler, check_fits_ever
-from hakuriver.models import GpuInfo, NodeResources, NumaNode, Target, Task, TaskState
+from hakuriver.models import Capability, GpuInfo, NodeCapabilities, NodeResources, NumaNode, Target, Task, TaskState
 from hakuriver.parsing import parse_target
 
 S = TaskState
@@ -46,6 +46,7 @@ def task(
     node_name: str | None = None,
     numa: int | None = None,
     gpus: list[int] | None = None,
+    container: str | None = None,
 ) -> Task:
     return Task(
         id=task_id,
@@ -54,7 +55,7 @@ def task(
         command=["true"],
         cores=cores,
         memory=memory,
-        container=None,
+        container=container,
         env={},
         mounts=[],
         privileged=False,
@@ -402,11 +403,12 @@ def fits_ever(target: str | None, *args):
         ("nx", 1, None, 0, "unknown node 'nx'"),
         ("n2", 17, None, 0, "task needs 17 cores but node 'n2' has 16"),
         ("n1", 1, 17 * G, 0, "task needs 17G of memory but node 'n1' has 16G"),
-        ("n1:2", 1, None, 0, "node 'n1' has no NUMA node 2 (it has 0, 1)"),
+        ("n1:2", 1, None, 0, "node 'n1' has no NUMA node 2 (its NUMA nodes: 0, 1)"),
+        ("n3:1", 1, None, 0, "node 'n3' has no NUMA node 1 (its NUMA nodes: 0)"),
         ("n2:0", 1, None, 0, "node 'n2' has no NUMA node 0 (it reports no NUMA topology)"),
         ("n1:0", 5, None, 0, "task needs 5 cores but NUMA node 0 of 'n1' has 4"),
         ("n1:0", 1, 9 * G, 0, "task needs 9G of memory but NUMA node 0 of 'n1' has 8G"),
-        ("n1::2", 1, None, 0, "node 'n1' has no GPU 2 (it has 0, 1)"),
+        ("n1::2", 1, None, 0, "node 'n1' has no GPU 2 (its GPUs: 0, 1)"),
         ("n2::0", 1, None, 0, "node 'n2' has no GPUs"),
         ("n2", 1, None, 1, "node 'n2' has no GPUs"),
         ("n1", 1, None, 3, "task needs 3 GPUs but node 'n1' has 2"),
@@ -432,6 +434,82 @@ def test_check_fits_ever_edge_cases():
     # plural/singular
     with pytest.raises(Unschedulable, match="^task needs 1 core but node 'z' has 0$"):
         fits_ever("z", 1, None, 0, [node("z", cores=0)])
+
+
+def test_sizes_in_refusals_are_the_nodes_tables_units():
+    """A node's odd memory (bytes from /proc/meminfo) reads as `client nodes` shows it, not as 24683652K."""
+    odd = node("vm", memory=24683652 * 1024)
+    with pytest.raises(Unschedulable) as info:
+        check_fits_ever(None, 1, 999 * (1 << 40), 0, [odd])
+    assert info.value.message == "task needs 999T of memory but the largest node has 23.5G"
+    with pytest.raises(Unschedulable) as info:
+        fits_ever("vm", 1, 24 * G, 0, [odd])
+    assert info.value.message == "task needs 24G of memory but node 'vm' has 23.5G"
+
+
+# ---------------------------------------------------------------- capabilities
+
+NO_SYSTEMD = NodeCapabilities(docker=Capability(True), null=Capability(False, "systemd is not PID 1"))
+NO_DOCKER = NodeCapabilities(docker=Capability(False, "cannot reach the Docker engine"), null=Capability(True))
+BOTH = NodeCapabilities(docker=Capability(True), null=Capability(True))
+
+
+def able(name: str, caps: NodeCapabilities | None, **kw) -> NodeResources:
+    n = node(name, **kw)
+    return NodeResources(n.hostname, n.url, n.cores, n.memory, n.numa, n.gpus, capabilities=caps)
+
+
+def test_a_null_task_no_node_can_run_is_refused_with_each_nodes_reason():
+    nodes = [able("vm", NO_SYSTEMD), able("vm2", NodeCapabilities(null=Capability(False, "launcher missing")))]
+    with pytest.raises(Unschedulable) as info:
+        check_fits_ever(None, 1, None, 0, nodes, "NULL")
+    assert info.value.message == (
+        "no node can run --container NULL tasks (node 'vm' cannot run --container NULL tasks: systemd is not PID 1; "
+        "node 'vm2' cannot run --container NULL tasks: launcher missing)"
+    )
+    check_fits_ever(None, 1, None, 0, nodes, "python")  # Docker tasks still go
+    check_fits_ever(None, 1, None, 0, nodes)
+
+
+def test_a_task_targeted_at_a_node_that_cannot_run_its_kind_is_refused():
+    nodes = [able("vm", NO_SYSTEMD), able("box", NO_DOCKER), able("both", BOTH)]
+    with pytest.raises(Unschedulable, match=r"^node 'vm' cannot run --container NULL tasks: systemd is not PID 1$"):
+        fits_ever("vm", 1, None, 0, nodes, "NULL")
+    with pytest.raises(Unschedulable, match=r"^node 'box' cannot run Docker tasks: cannot reach the Docker engine$"):
+        fits_ever("box", 1, None, 0, nodes, "python")
+    fits_ever("vm", 1, None, 0, nodes, "python")
+    fits_ever("box", 1, None, 0, nodes, "NULL")
+    fits_ever("both", 1, None, 0, nodes, "NULL")
+    check_fits_ever(None, 1, None, 0, nodes, "NULL")  # "box" and "both" can
+
+
+def test_a_node_that_does_not_say_is_treated_as_able():
+    """An older runner registers without capabilities: nothing is refused on a guess."""
+    old = able("old", None)
+    fits_ever("old", 1, None, 0, [old], "NULL")
+    check_fits_ever(None, 1, None, 0, [old], "NULL")
+    partial = able("p", NodeCapabilities(docker=Capability(True)))  # says nothing of NULL
+    fits_ever("p", 1, None, 0, [partial], "NULL")
+
+
+def test_sizes_are_compared_with_the_nodes_that_can_run_the_kind():
+    nodes = [able("big", NO_SYSTEMD, cores=64), able("small", BOTH, cores=4)]
+    with pytest.raises(Unschedulable, match="^task needs 8 cores but the largest node has 4$"):
+        check_fits_ever(None, 8, None, 0, nodes, "NULL")
+    check_fits_ever(None, 8, None, 0, nodes, "python")
+
+
+def test_placement_skips_nodes_that_cannot_run_the_kind():
+    nodes = [able("a", NO_SYSTEMD, cores=4), able("b", BOTH, cores=16), able("c", NO_DOCKER, cores=2)]
+    pending = [
+        task(1, container="NULL"),  # tightest fit is "a" or "c", but only "b"/"c" run NULL
+        task(2),  # Docker: "a" is the tightest that runs it ("c" would be tighter but cannot)
+        task(3, target="a", container="NULL"),  # waits: "a" cannot run it (yet)
+    ]
+    ledger = Ledger()
+    placements = Scheduler().schedule(pending, nodes, ledger)
+    assert {p.task_id: p.node for p in placements} == {1: "c", 2: "a"}
+    assert 3 not in ledger
 
 
 # ---------------------------------------------------------------- properties

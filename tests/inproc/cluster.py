@@ -42,10 +42,11 @@ from aiohttp import web
 
 from hakuriver.client import ApiError, HostClient
 from hakuriver.config import Config, config_from_dict
+from hakuriver.errors import ExecutorError
 from hakuriver.host.app import create_app as create_host_app
 from hakuriver.models import ExitResult
 from hakuriver.runner.app import create_app as create_runner_app
-from hakuriver.runner.executors.base import Executor, Handle, LaunchSpec
+from hakuriver.runner.executors.base import Executor, Fingerprint, Handle, LaunchSpec
 from hakuriver.runner.executors.fake import FakeExecutor
 from hakuriver.runner.keys import ORDER_TOKEN_KEY
 from tests.harness.hostapi import BlockingHostApi
@@ -116,6 +117,14 @@ class StagedExecutor(FakeExecutor):
         self.live: dict[int, int] = {}
         self.max_live_cores = 0
         self._gates: dict[tuple[str, int], asyncio.Event] = {}
+        self.broken: str | None = None
+        """When set, `fingerprint` fails with it: what this backend drives does
+        not answer (an engine down), so the runner reports it unavailable."""
+
+    async def fingerprint(self) -> Fingerprint:
+        if self.broken is not None:
+            raise ExecutorError(self.broken)
+        return await super().fingerprint()
 
     def _gate(self, kind: str, task_id: int) -> asyncio.Event:
         return self._gates.setdefault((kind, task_id), asyncio.Event())
@@ -223,6 +232,8 @@ class InProcRunner:
     local_temp: Path
     probe_env: dict[str, str | None]
     site: web.AppRunner | None = None
+    app: web.Application | None = None
+    """The running runner app (its keys: `hakuriver.runner.keys`)."""
     order_token: str = ""
     """What the Host presents to this runner (it chose it at its first start)."""
 
@@ -250,6 +261,7 @@ class InProcRunner:
         with _environ(self.probe_env):
             self.site = await _serve(app, sock)
         self.order_token = app[ORDER_TOKEN_KEY]
+        self.app = app
 
     async def stop(self) -> None:
         """Stop the runner as SIGTERM would: its coroutines end, its tasks do not

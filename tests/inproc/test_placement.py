@@ -28,7 +28,7 @@ async def test_gpu_placement_and_refusals(inproc: InProcCluster) -> None:
     err = await refusal(inproc, gpus=3)
     assert err.code == "unschedulable" and "task needs 3 GPUs but no node has more than 2" in err.message
     err = await refusal(inproc, targets=["g1::5"])
-    assert "node 'g1' has no GPU 5 (it has 0, 1)" in err.message
+    assert "node 'g1' has no GPU 5 (its GPUs: 0, 1)" in err.message
     assert (await inproc.client.list_tasks())["tasks"] == before  # nothing was stored
 
     # A GPU count gets the lowest free ids; a named GPU gets that one.
@@ -64,7 +64,7 @@ async def test_numa_placement_and_refusals(inproc: InProcCluster) -> None:
     assert [(n["id"], n["cpus"], n["memory"]) for n in node["numa"]] == [(0, [0], 512 * MIB), (1, [1], 64 * MIB)]
 
     err = await refusal(inproc, targets=["m1:2"])
-    assert "node 'm1' has no NUMA node 2 (it has 0, 1)" in err.message
+    assert "node 'm1' has no NUMA node 2 (its NUMA nodes: 0, 1)" in err.message
     err = await refusal(inproc, targets=["m1:1"], memory=128 * MIB)
     assert "task needs 128M of memory but NUMA node 1 of 'm1' has 64M" in err.message
 

@@ -84,12 +84,15 @@ async def test_null_tasks_go_to_the_systemd_executor(inproc: InProcCluster) -> N
     assert runner.systemd.specs[int(null_task)].image is None
 
 
-async def test_a_runner_without_systemd_refuses_null_tasks(inproc: InProcCluster) -> None:
+async def test_a_null_task_for_a_runner_without_systemd_is_refused_at_submit(inproc: InProcCluster) -> None:
+    """The runner says it has no systemd executor, so the Host refuses the task
+    at once with that reason, instead of placing it there to fail."""
     await inproc.add_runner("n1", executors={"docker": StagedExecutor("n1")})
-    task_id = await inproc.submit(["fake", "exit", "0"], container="NULL")
-    [task] = (await inproc.client.wait([task_id], timeout=20))["tasks"]
-    assert task["state"] == "failed"
-    assert "runner n1 refused the task" in task["error"] and "no systemd executor" in task["error"]
+    with pytest.raises(ApiError) as err:
+        await inproc.submit(["fake", "exit", "0"], container="NULL")
+    assert (err.value.status, err.value.code) == (400, "unschedulable")
+    assert "node 'n1' cannot run --container NULL tasks: this runner has no systemd executor" in err.value.message
+    assert (await inproc.client.list_tasks())["tasks"] == []
 
 
 async def test_kill_pending_and_running(inproc: InProcCluster) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,39 @@ def test_user_errors_are_one_line(cluster: LocalCluster) -> None:
     down = cli(cluster, "client", "nodes")
     assert down.returncode == 1
     assert down.stderr.count("\n") == 1 and "cannot reach the Host" in down.stderr
+
+
+def test_a_null_task_no_runner_can_run_is_refused_and_nodes_say_why(cluster: LocalCluster, node_name: str) -> None:
+    """A runner process not under systemd (PID 1), or without the root launcher,
+    says so; the Host refuses NULL tasks at submit with its reason, and
+    `client nodes` shows the same reason."""
+    cluster.add_runner(node_name)
+    listed = cli(cluster, "client", "--json", "nodes")
+    assert listed.returncode == 0, listed.stderr
+    [node] = json.loads(listed.stdout)["nodes"]
+    caps = node["capabilities"]
+    assert caps["docker"] == {"available": True}
+    if caps["null"]["available"]:
+        pytest.skip("this machine runs NULL tasks (systemd is PID 1 and the launcher works)")
+    reason = caps["null"]["reason"]
+    if not Path("/run/systemd/system").is_dir():
+        assert reason == "systemd is not PID 1"
+
+    table = cli(cluster, "client", "nodes")
+    assert table.returncode == 0
+    header, row = table.stdout.splitlines()
+    assert header.split()[-1] == "RUNS"
+    assert row.endswith(f"  docker (null: {reason})")
+
+    for args in (["--target", node_name], []):
+        refused = cli(cluster, "task", "submit", "--container", "NULL", *args, "--", "true")
+        assert refused.returncode == 1
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1, refused.stderr
+        assert f"node '{node_name}' cannot run --container NULL tasks: {reason}" in lines[0]
+    hint = cli(cluster, "task", "submit", "--container", "null", "--", "true")
+    assert hint.returncode != 0
+    assert hint.stderr.strip().splitlines() == [
+        "hakuriver.task: error: unknown environment 'null': did you mean NULL (run without a container)?"
+    ]
+    assert cli(cluster, "task", "list", "--json").stdout.count('"task_id"') == 0

@@ -639,9 +639,9 @@ def test_default_executors_offer_systemd_only_where_it_can_work(
             await ex.close()
         return sorted(executors)
 
-    monkeypatch.setattr(systemd_mod, "systemd_booted", lambda: False)
+    monkeypatch.setattr(systemd_mod, "systemd_booted", lambda *_: False)
     assert asyncio.run(names()) == ["docker"]
-    monkeypatch.setattr(systemd_mod, "systemd_booted", lambda: True)
+    monkeypatch.setattr(systemd_mod, "systemd_booted", lambda *_: True)
     monkeypatch.setattr(systemd_mod, "launcher_problem", lambda path: f"not installed at {path}")
     assert asyncio.run(names()) == ["docker"]
     monkeypatch.setattr(systemd_mod, "launcher_problem", lambda path: None)

@@ -27,6 +27,7 @@ def node_json(node: NodeRecord, cluster: Cluster) -> dict[str, Any]:
         "memory": node.memory,
         "numa": [n.to_json() for n in node.numa],
         "gpus": [g.to_json() for g in node.gpus],
+        "capabilities": None if node.capabilities is None else node.capabilities.to_json(),
         "registered_at": node.registered_at,
         "last_heartbeat": node.last_heartbeat,
         "stats": node.stats,

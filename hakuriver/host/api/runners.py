@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ...errors import ValidationError
 from ...ids import parse_id
-from ...models import GpuInfo, NodeResources, NumaNode, TaskState
+from ...models import GpuInfo, NodeCapabilities, NodeResources, NumaNode, TaskState
 from ...parsing import validate_node_name
 from ...webapi import NODE_KEY_HEADER, json_response, read_json_object, require_type
 from ..keys import CLUSTER, CONFIG, LIVENESS
@@ -25,6 +25,7 @@ REGISTER_FIELDS = {
     "finishing",
     "node_key",
     "order_token",
+    "capabilities",
 }
 MAX_CORES = 1 << 20
 MAX_MEMORY = 1 << 62
@@ -41,8 +42,20 @@ def _node_key(request: web.Request) -> str | None:
     return request.headers.get(NODE_KEY_HEADER) or None
 
 
-HEARTBEAT_FIELDS = {"hostname", "stats", "tasks", "finishing"}
+HEARTBEAT_FIELDS = {"hostname", "stats", "tasks", "finishing", "capabilities"}
 REPORT_FIELDS = {"hostname", "state", "exit_code", "error"}
+
+
+def _capabilities(data: dict[str, Any]) -> NodeCapabilities | None:
+    """The runner's `capabilities`, or None when it sent none (a runner from
+    before them: it may run anything)."""
+    raw = data.get("capabilities")
+    if raw is None:
+        return None
+    try:
+        return NodeCapabilities.from_json(raw)
+    except ValueError as exc:
+        raise ValidationError(f"malformed 'capabilities': {exc}") from None
 
 
 def _reported_tasks(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -78,7 +91,15 @@ async def runner_register(request: web.Request) -> web.Response:
         gpus = tuple(GpuInfo.from_json(g) for g in require_type(data, "gpus", list, required=False, default=[]))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValidationError(f"malformed 'numa' or 'gpus': {exc}") from None
-    res = NodeResources(hostname=hostname, url=url, cores=cores, memory=memory, numa=numa, gpus=gpus)
+    res = NodeResources(
+        hostname=hostname,
+        url=url,
+        cores=cores,
+        memory=memory,
+        numa=numa,
+        gpus=gpus,
+        capabilities=_capabilities(data),
+    )
     finishing = [parse_id(i) for i in require_type(data, "finishing", list, required=False, default=[])]
     record = await request.app[LIVENESS].register(
         res,
@@ -96,8 +117,9 @@ async def runner_heartbeat(request: web.Request) -> web.Response:
     hostname = validate_node_name(require_type(data, "hostname", str))
     stats = require_type(data, "stats", dict, required=False, default={})
     finishing = [parse_id(i) for i in require_type(data, "finishing", list, required=False, default=[])]
+    capabilities = _capabilities(data)
     request.app[LIVENESS].check_node_key(hostname, _node_key(request))
-    kills = await request.app[LIVENESS].heartbeat(hostname, stats, _reported_tasks(data), finishing)
+    kills = await request.app[LIVENESS].heartbeat(hostname, stats, _reported_tasks(data), finishing, capabilities)
     return json_response({"kill": [str(k) for k in kills]})
 
 

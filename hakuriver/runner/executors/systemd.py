@@ -255,7 +255,10 @@ def fallback_problem(info: dict[str, Any], user: str, accounts: Any = None) -> s
     return None
 
 
-def systemd_booted(run_dir: str = "/run/systemd/system") -> bool:
+SYSTEMD_RUN_DIR = "/run/systemd/system"
+
+
+def systemd_booted(run_dir: str = SYSTEMD_RUN_DIR) -> bool:
     """sd_booted(): systemd is PID 1."""
     return os.path.isdir(run_dir)
 
@@ -310,11 +313,13 @@ class SystemdExecutor(Executor):
         systemctl_path: str = DEFAULT_SYSTEMCTL,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         unit_check_every: int = UNIT_CHECK_EVERY,
+        systemd_run_dir: str = SYSTEMD_RUN_DIR,
     ):
         """`fallback_user`: environment.runner_user, the account tasks of users without a
         Unix account run as (empty: those tasks are refused). `service_user`: the account
         the runner itself runs as (default: the current one), for messages only.
-        `use_sudo`: call the launcher through `sudo -n` (default: unless running as root)."""
+        `use_sudo`: call the launcher through `sudo -n` (default: unless running as root).
+        `systemd_run_dir`: what exists only where systemd is PID 1 (sd_booted())."""
         self.runner_name = runner_name
         self.fallback_user = (fallback_user or "").strip()
         self.service_user = service_user if service_user is not None else current_user()
@@ -325,6 +330,7 @@ class SystemdExecutor(Executor):
         self.systemctl_path = systemctl_path
         self.poll_interval = poll_interval
         self.unit_check_every = max(1, unit_check_every)
+        self.systemd_run_dir = systemd_run_dir
         self._state_dir: str | None = None
         self._waiters: dict[int, _Waiter] = {}
         self._poller: asyncio.Task[None] | None = None
@@ -344,9 +350,13 @@ class SystemdExecutor(Executor):
         """Where systemd is not PID 1, or the root-owned launcher is not installed as
         it must be. A missing sudoers rule or allow-list entry is not detected here:
         `fingerprint` reports it, and each task fails with the same reason."""
-        if not systemd_booted():
-            return "systemd is not PID 1 on this node"
-        return launcher_problem(self.launcher_path)
+
+        def check() -> str | None:
+            if not systemd_booted(self.systemd_run_dir):
+                return "systemd is not PID 1"
+            return launcher_problem(self.launcher_path)
+
+        return await asyncio.to_thread(check)  # stat() calls: a hung mount must not stall the loop
 
     # -- plumbing ---------------------------------------------------------
     async def _exec(self, argv: list[str], *, input: bytes | None = None, timeout: float = CALL_TIMEOUT) -> _Call:
