@@ -44,13 +44,29 @@ EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
-EXIT_CODES_EPILOG = """\
-exit status:
-  0    success
-  1    failure (Host error, Host unreachable, bad config, or a waited-for task did not complete)
-  2    usage error (bad flags or values; nothing was sent)
-  124  timeout while waiting for tasks
-  130  interrupted"""
+
+def exit_codes_epilog(*, waits: bool = False) -> str:
+    """The `exit status:` part of a command's --help. Only a command that waits
+    for tasks (`submit --wait`, `wait`) can end 124 or on a task that did not
+    complete; the others do not list what they never return."""
+    failure = "Host error, Host unreachable, bad config"
+    failure += ", or a waited-for task did not complete)" if waits else ")"
+    lines = [
+        "exit status:",
+        "  0    success",
+        f"  1    failure ({failure}",
+        "  2    usage error (bad flags or values; nothing was sent)",
+    ]
+    if waits:
+        lines.append("  124  timeout while waiting for tasks")
+    lines.append("  130  interrupted")
+    return "\n".join(lines)
+
+
+EXIT_CODES_EPILOG = exit_codes_epilog()
+"""For commands that never wait: 0, 1, 2, 130."""
+WAIT_EXIT_CODES_EPILOG = exit_codes_epilog(waits=True)
+"""For `hakuriver.task` and its waiting commands: 124 as well."""
 
 SERVICE_EPILOG = """\
 exit status:
@@ -66,7 +82,17 @@ class UsageError(Exception):
 
 
 class CliParser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line: `hakuriver.task: error: ...`."""
+    """ArgumentParser whose errors are one line: `hakuriver.task: error: ...`.
+
+    Long options must be spelled out: argparse's prefix matching would take a
+    typo such as `--core 2` as `--cores 2` and run something the user did not
+    type. Subparsers are built with the parent's class, so `add_parser` gets
+    the same rule.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         root = self.prog.split()[0]

@@ -32,10 +32,10 @@ from ..parsing import (
     validate_node_name,
 )
 from .common import (
-    EXIT_CODES_EPILOG,
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_TIMEOUT,
+    WAIT_EXIT_CODES_EPILOG,
     CliParser,
     Connect,
     UsageError,
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog=PROG,
         description="Submit HakuRiver tasks and manage their lifecycle.",
-        epilog=EXIT_CODES_EPILOG,
+        epilog=WAIT_EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common_options()],
     )
@@ -97,7 +97,8 @@ def _add_submit(sub: Any) -> None:
         "submit",
         "submit a command as one task per --target (or one automatically placed task)",
         usage=f"{PROG} submit [options] -- COMMAND [ARG ...]",
-        epilog="The command and its arguments are passed as a list, never through a shell.\n\n" + EXIT_CODES_EPILOG,
+        epilog="The command and its arguments are passed as a list, never through a shell.\n\n"
+        + WAIT_EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -422,7 +423,7 @@ def _add_wait(sub: Any) -> None:
         sub,
         "wait",
         "wait until tasks have ended; exit 0 only if all completed",
-        epilog=EXIT_CODES_EPILOG,
+        epilog=WAIT_EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("task_ids", type=task_id_arg, nargs="+", metavar="ID")
