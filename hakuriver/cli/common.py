@@ -273,9 +273,30 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+_CONTROL_CHARS = {i: f"\\x{i:02x}" for i in (*range(0x20), *range(0x7F, 0xA0))} | {
+    ord("\n"): "\\n",
+    ord("\t"): "\\t",
+    ord("\r"): "\\r",
+}
+
+
+def printable(text: str) -> str:
+    """`text` with control characters written as escapes (`\\n`, `\\t`, `\\x1b`).
+
+    A cell of a table, or a line of `status`, holds what a user typed (a
+    multi-line `python -c` script, a node or environment name): a raw newline
+    would break the row in two and an escape sequence would drive the
+    terminal. Backslashes are left alone, so this is for display only.
+    """
+    return text.translate(_CONTROL_CHARS)
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """A plain left-aligned table, columns two spaces apart, no trailing blanks."""
-    cells = [[str(h) for h in headers]] + [["-" if c is None or c == "" else str(c) for c in row] for row in rows]
+    """A plain left-aligned table, columns two spaces apart, no trailing blanks,
+    one line per row whatever the cells hold (see `printable`)."""
+    cells = [[str(h) for h in headers]] + [
+        ["-" if c is None or c == "" else printable(str(c)) for c in row] for row in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for row in cells:
@@ -318,8 +339,9 @@ def format_size(value: int | None) -> str:
 
 
 def format_command(argv: Sequence[str], width: int | None = None) -> str:
-    """An argv list shown shell-quoted (for display only; never executed)."""
-    text = shlex.join(argv) if argv else "-"
+    """An argv list shown shell-quoted, on one line (for display only; never executed).
+    Control characters are escaped before truncating, so `width` holds."""
+    text = printable(shlex.join(argv)) if argv else "-"
     if width is not None and len(text) > width:
         text = text[: max(width - 3, 1)] + "..."
     return text
