@@ -27,7 +27,8 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ from .common import (
     format_time,
     non_negative_int_arg,
     print_json,
+    printable,
     table,
 )
 
@@ -52,6 +54,9 @@ PROG = "hakuriver.docker"
 EOF_BYTE = b"\x04"
 """What a closed stdin (not a terminal) becomes on the remote terminal: Ctrl-D."""
 READ_SIZE = 65536
+PROGRESS_EVERY = 5.0
+"""Seconds between two counting lines (`[upload] sent N MiB`) when stderr is not a
+terminal: a log or CI output gets a line every few seconds, not one per MiB."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,11 +149,87 @@ def _name(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _progress(args: argparse.Namespace) -> Any:
-    def show(event: dict[str, Any]) -> None:
-        print(f"[{event.get('stage', '')}] {event.get('message', '')}", file=sys.stderr, flush=True)
+class ProgressPrinter:
+    """Shows an operation's progress events on `stream` (stderr).
 
-    return show
+    Most events are one line each (`[load] loading the tarball ...`). Counting
+    events, those with a `bytes` figure (the upload, the Host's save), arrive
+    every MiB or every second: on a terminal they rewrite one line in place;
+    elsewhere a stage's count is printed when the stage starts, then at most
+    once every `every` seconds, and its last figure when the stage ends (the
+    next stage, or `close()`), so a 160 MiB upload is a few lines, not 160.
+    """
+
+    def __init__(
+        self,
+        stream: Any,
+        *,
+        tty: bool | None = None,
+        every: float = PROGRESS_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.stream = stream
+        self.tty = _isatty(stream) if tty is None else tty
+        self.every = every
+        self.clock = clock
+        self._stage: str | None = None  # the stage of the counting line in progress
+        self._printed_at = 0.0
+        self._held: str | None = None  # its newest line, not printed yet (not a terminal)
+        self._open_line = False  # a terminal line waits for its newline
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        stage = str(event.get("stage", ""))
+        line = printable(f"[{stage}] {event.get('message', '')}")
+        if "bytes" not in event:
+            self._end_count()
+            self._write(line + "\n")
+            return
+        if stage != self._stage:
+            self._end_count()
+            self._stage = stage
+        elif not self.tty and self.clock() - self._printed_at < self.every:
+            self._held = line
+            return
+        if self.tty:
+            self._write("\r\x1b[K" + line)
+            self._open_line = True
+        else:
+            self._write(line + "\n")
+            self._held = None
+        self._printed_at = self.clock()
+
+    def close(self) -> None:
+        """End the counting line in progress (its last figure, or the terminal's newline)."""
+        self._end_count()
+
+    def _end_count(self) -> None:
+        if self._open_line:
+            self._write("\n")
+            self._open_line = False
+        elif self._held is not None:
+            self._write(self._held + "\n")
+        self._held = None
+        self._stage = None
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace) -> Iterator[ProgressPrinter]:
+    printer = ProgressPrinter(sys.stderr)
+    try:
+        yield printer
+    finally:
+        printer.close()
 
 
 def _print_result(args: argparse.Namespace, result: dict[str, Any], line: str) -> int:
@@ -174,7 +255,8 @@ async def _cmd_list_containers(args: argparse.Namespace, connect: Connect) -> in
 async def _cmd_create_container(args: argparse.Namespace, connect: Connect) -> int:
     validate_env_name(args.name)
     async with connect() as host:
-        result = await host.create_env_container(args.name, args.image, pull=args.pull, progress=_progress(args))
+        with _progress(args) as progress:
+            result = await host.create_env_container(args.name, args.image, pull=args.pull, progress=progress)
     return _print_result(args, result, f"{result['name']}  {result['status']}  ({result['container']})")
 
 
@@ -194,7 +276,8 @@ async def _cmd_container_action(args: argparse.Namespace, connect: Connect) -> i
 async def _cmd_create_tar(args: argparse.Namespace, connect: Connect) -> int:
     validate_env_name(args.name)
     async with connect() as host:
-        result = await host.create_tarball(args.name, progress=_progress(args))
+        with _progress(args) as progress:
+            result = await host.create_tarball(args.name, progress=progress)
     return _print_result(args, result, _version_line(result))
 
 
@@ -241,7 +324,8 @@ async def _cmd_delete_tar(args: argparse.Namespace, connect: Connect) -> int:
 async def _cmd_import_image(args: argparse.Namespace, connect: Connect) -> int:
     validate_env_name(args.name)
     async with connect() as host:
-        result = await host.import_image(args.name, args.image, pull=args.pull, progress=_progress(args))
+        with _progress(args) as progress:
+            result = await host.import_image(args.name, args.image, pull=args.pull, progress=progress)
     return _print_result(args, result, _version_line(result))
 
 
@@ -250,8 +334,22 @@ async def _cmd_import_tar(args: argparse.Namespace, connect: Connect) -> int:
     if not os.path.isfile(args.file):
         raise UsageError(f"{args.file} is not a file")
     async with connect() as host:
-        result = await host.import_tar(args.name, args.file, progress=_progress(args))
+        await _check_engine(host)
+        with _progress(args) as progress:
+            result = await host.import_tar(args.name, args.file, progress=progress)
     return _print_result(args, result, _version_line(result))
+
+
+async def _check_engine(host: Any) -> None:
+    """Refuse before uploading when the Host cannot use Docker: the Host reads the
+    whole body before it loads it, so a GiB tarball would travel only to be
+    refused. Listing the environment containers is one cheap engine call."""
+    try:
+        await host.list_env_containers()
+    except HakuRiverError as exc:
+        if exc.code != "docker":
+            raise
+        raise HakuRiverError(f"{exc.message} (nothing was uploaded)", code=exc.code, status=exc.status) from None
 
 
 # --------------------------------------------------------------------- shell
