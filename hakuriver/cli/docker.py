@@ -53,6 +53,8 @@ from .common import (
 PROG = "hakuriver.docker"
 EOF_BYTE = b"\x04"
 """What a closed stdin (not a terminal) becomes on the remote terminal: Ctrl-D."""
+EOF_REPEAT = 0.5
+"""Seconds between two Ctrl-Ds after the end of a piped stdin, until the program ends."""
 READ_SIZE = 65536
 PROGRESS_EVERY = 5.0
 """Seconds between two counting lines (`[upload] sent N MiB`) when stderr is not a
@@ -454,7 +456,7 @@ async def relay(ws: Any, in_fd: int, out_fd: int, *, interactive: bool) -> int:
             return
         loop.remove_reader(in_fd)
         stdin_open = False
-        outgoing.put_nowait(EOF_BYTE)  # a closed pipe is Ctrl-D for the remote terminal
+        at_end_of_input()
 
     def on_winch() -> None:
         outgoing.put_nowait(resize_message(*terminal_size(out_fd if interactive else in_fd)))
@@ -469,7 +471,26 @@ async def relay(ws: Any, in_fd: int, out_fd: int, *, interactive: bool) -> int:
     async def read_file() -> None:  # stdin is a regular file, which epoll cannot watch
         while data := await asyncio.to_thread(os.read, in_fd, READ_SIZE):
             outgoing.put_nowait(data)
-        outgoing.put_nowait(EOF_BYTE)
+        at_end_of_input()
+
+    async def keep_sending_eof() -> None:
+        # The remote program reads a terminal, which has no "closed" state: a
+        # closed local stdin becomes Ctrl-D, the terminal's end of input. One is
+        # not enough: input sent ahead reaches the terminal before the shell
+        # reads it, in canonical mode, and a Ctrl-D consumed there is lost when
+        # bash's readline switches the terminal to raw mode. So, as a closed
+        # pipe would, every later read sees end of input too: a Ctrl-D every
+        # EOF_REPEAT seconds until the program ends (F9: `echo ... | shell` hung).
+        while True:
+            outgoing.put_nowait(EOF_BYTE)
+            await asyncio.sleep(EOF_REPEAT)
+
+    eof_sender: asyncio.Future[None] | None = None
+
+    def at_end_of_input() -> None:
+        nonlocal eof_sender
+        if eof_sender is None:
+            eof_sender = asyncio.ensure_future(keep_sending_eof())
 
     file_reader: asyncio.Future[None] | None = None
     try:
@@ -502,7 +523,7 @@ async def relay(ws: Any, in_fd: int, out_fd: int, *, interactive: bool) -> int:
             loop.remove_reader(in_fd)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGWINCH)
-        for task in (send_task, file_reader):
+        for task in (send_task, file_reader, eof_sender):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
