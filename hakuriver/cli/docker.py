@@ -14,7 +14,9 @@ Host's progress lines on stderr.
 a websocket (binary frames); a window-size change becomes a `resize` control
 message (a text frame, JSON). Ctrl-C, Ctrl-Z and Ctrl-D are plain bytes for
 the remote terminal. The local terminal is restored however the session
-ends, and the exit status is the remote program's.
+ends, and the exit status is the remote program's. A piped stdin
+(`echo cmd | hakuriver.docker shell NAME`) ends as end of input does on a
+terminal, with Ctrl-D (see `EndOfInput`), so the remote shell exits with it.
 """
 
 from __future__ import annotations
@@ -435,6 +437,32 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+class EndOfInput:
+    """Called at the end of the local stdin: Ctrl-D for the remote terminal, repeated.
+
+    The remote program reads a terminal, which has no "closed" state: a closed
+    stdin becomes Ctrl-D, the terminal's end of input. One is not enough: input
+    sent ahead reaches the terminal before the shell reads it, in canonical
+    mode, and a Ctrl-D consumed there is lost when bash's readline switches the
+    terminal to raw mode (F9: `echo cmd | shell NAME` hung at the prompt). So,
+    as every read of a closed pipe sees end of input, a Ctrl-D goes out every
+    EOF_REPEAT seconds until the session ends (`relay` cancels `task`).
+    """
+
+    def __init__(self, outgoing: asyncio.Queue[bytes | str | None]):
+        self.outgoing = outgoing
+        self.task: asyncio.Future[None] | None = None
+
+    def __call__(self) -> None:
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._repeat())
+
+    async def _repeat(self) -> None:
+        while True:
+            self.outgoing.put_nowait(EOF_BYTE)
+            await asyncio.sleep(EOF_REPEAT)
+
+
 async def relay(ws: Any, in_fd: int, out_fd: int, *, interactive: bool) -> int:
     """Relay a terminal session until the remote program ends; its exit status."""
     from aiohttp import WSMsgType
@@ -473,24 +501,7 @@ async def relay(ws: Any, in_fd: int, out_fd: int, *, interactive: bool) -> int:
             outgoing.put_nowait(data)
         at_end_of_input()
 
-    async def keep_sending_eof() -> None:
-        # The remote program reads a terminal, which has no "closed" state: a
-        # closed local stdin becomes Ctrl-D, the terminal's end of input. One is
-        # not enough: input sent ahead reaches the terminal before the shell
-        # reads it, in canonical mode, and a Ctrl-D consumed there is lost when
-        # bash's readline switches the terminal to raw mode. So, as a closed
-        # pipe would, every later read sees end of input too: a Ctrl-D every
-        # EOF_REPEAT seconds until the program ends (F9: `echo ... | shell` hung).
-        while True:
-            outgoing.put_nowait(EOF_BYTE)
-            await asyncio.sleep(EOF_REPEAT)
-
-    eof_sender: asyncio.Future[None] | None = None
-
-    def at_end_of_input() -> None:
-        nonlocal eof_sender
-        if eof_sender is None:
-            eof_sender = asyncio.ensure_future(keep_sending_eof())
+    at_end_of_input = EndOfInput(outgoing)
 
     file_reader: asyncio.Future[None] | None = None
     try:
@@ -523,7 +534,7 @@ async def relay(ws: Any, in_fd: int, out_fd: int, *, interactive: bool) -> int:
             loop.remove_reader(in_fd)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGWINCH)
-        for task in (send_task, file_reader, eof_sender):
+        for task in (send_task, file_reader, at_end_of_input.task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
