@@ -45,13 +45,29 @@ EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
-EXIT_CODES_EPILOG = """\
-exit status:
-  0    success
-  1    failure (Host error, Host unreachable, bad config, or a waited-for task did not complete)
-  2    usage error (bad flags or values; nothing was sent)
-  124  timeout while waiting for tasks
-  130  interrupted"""
+
+def exit_codes_epilog(*, waits: bool = False) -> str:
+    """The `exit status:` part of a command's --help. Only a command that waits
+    for tasks (`submit --wait`, `wait`) can end 124 or on a task that did not
+    complete; the others do not list what they never return."""
+    failure = "Host error, Host unreachable, bad config"
+    failure += ", or a waited-for task did not complete)" if waits else ")"
+    lines = [
+        "exit status:",
+        "  0    success",
+        f"  1    failure ({failure}",
+        "  2    usage error (bad flags or values; nothing was sent)",
+    ]
+    if waits:
+        lines.append("  124  timeout while waiting for tasks")
+    lines.append("  130  interrupted")
+    return "\n".join(lines)
+
+
+EXIT_CODES_EPILOG = exit_codes_epilog()
+"""For commands that never wait: 0, 1, 2, 130."""
+WAIT_EXIT_CODES_EPILOG = exit_codes_epilog(waits=True)
+"""For `hakuriver.task` and its waiting commands: 124 as well."""
 
 SERVICE_EPILOG = """\
 exit status:
@@ -71,7 +87,17 @@ class UsageError(Exception):
 
 
 class CliParser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line: `hakuriver.task: error: ...`."""
+    """ArgumentParser whose errors are one line: `hakuriver.task: error: ...`.
+
+    Long options must be spelled out: argparse's prefix matching would take a
+    typo such as `--core 2` as `--cores 2` and run something the user did not
+    type. Subparsers are built with the parent's class, so `add_parser` gets
+    the same rule.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         root = self.prog.split()[0]
@@ -253,9 +279,30 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+_CONTROL_CHARS = {i: f"\\x{i:02x}" for i in (*range(0x20), *range(0x7F, 0xA0))} | {
+    ord("\n"): "\\n",
+    ord("\t"): "\\t",
+    ord("\r"): "\\r",
+}
+
+
+def printable(text: str) -> str:
+    """`text` with control characters written as escapes (`\\n`, `\\t`, `\\x1b`).
+
+    A cell of a table, or a line of `status`, holds what a user typed (a
+    multi-line `python -c` script, a node or environment name): a raw newline
+    would break the row in two and an escape sequence would drive the
+    terminal. Backslashes are left alone, so this is for display only.
+    """
+    return text.translate(_CONTROL_CHARS)
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """A plain left-aligned table, columns two spaces apart, no trailing blanks."""
-    cells = [[str(h) for h in headers]] + [["-" if c is None or c == "" else str(c) for c in row] for row in rows]
+    """A plain left-aligned table, columns two spaces apart, no trailing blanks,
+    one line per row whatever the cells hold (see `printable`)."""
+    cells = [[str(h) for h in headers]] + [
+        ["-" if c is None or c == "" else printable(str(c)) for c in row] for row in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for row in cells:
@@ -283,8 +330,9 @@ def format_ago(ts: float | None, now: float | None = None) -> str:
 
 
 def format_command(argv: Sequence[str], width: int | None = None) -> str:
-    """An argv list shown shell-quoted (for display only; never executed)."""
-    text = shlex.join(argv) if argv else "-"
+    """An argv list shown shell-quoted, on one line (for display only; never executed).
+    Control characters are escaped before truncating, so `width` holds."""
+    text = printable(shlex.join(argv)) if argv else "-"
     if width is not None and len(text) > width:
         text = text[: max(width - 3, 1)] + "..."
     return text

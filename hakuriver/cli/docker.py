@@ -14,7 +14,9 @@ Host's progress lines on stderr.
 a websocket (binary frames); a window-size change becomes a `resize` control
 message (a text frame, JSON). Ctrl-C, Ctrl-Z and Ctrl-D are plain bytes for
 the remote terminal. The local terminal is restored however the session
-ends, and the exit status is the remote program's.
+ends, and the exit status is the remote program's. A piped stdin
+(`echo cmd | hakuriver.docker shell NAME`) ends as end of input does on a
+terminal, with Ctrl-D (see `EndOfInput`), so the remote shell exits with it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,13 +48,19 @@ from .common import (
     format_time,
     non_negative_int_arg,
     print_json,
+    printable,
     table,
 )
 
 PROG = "hakuriver.docker"
 EOF_BYTE = b"\x04"
 """What a closed stdin (not a terminal) becomes on the remote terminal: Ctrl-D."""
+EOF_REPEAT = 0.5
+"""Seconds between two Ctrl-Ds after the end of a piped stdin, until the program ends."""
 READ_SIZE = 65536
+PROGRESS_EVERY = 5.0
+"""Seconds between two counting lines (`[upload] sent N MiB`) when stderr is not a
+terminal: a log or CI output gets a line every few seconds, not one per MiB."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,11 +153,87 @@ def _name(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _progress(args: argparse.Namespace) -> Any:
-    def show(event: dict[str, Any]) -> None:
-        print(f"[{event.get('stage', '')}] {event.get('message', '')}", file=sys.stderr, flush=True)
+class ProgressPrinter:
+    """Shows an operation's progress events on `stream` (stderr).
 
-    return show
+    Most events are one line each (`[load] loading the tarball ...`). Counting
+    events, those with a `bytes` figure (the upload, the Host's save), arrive
+    every MiB or every second: on a terminal they rewrite one line in place;
+    elsewhere a stage's count is printed when the stage starts, then at most
+    once every `every` seconds, and its last figure when the stage ends (the
+    next stage, or `close()`), so a 160 MiB upload is a few lines, not 160.
+    """
+
+    def __init__(
+        self,
+        stream: Any,
+        *,
+        tty: bool | None = None,
+        every: float = PROGRESS_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.stream = stream
+        self.tty = _isatty(stream) if tty is None else tty
+        self.every = every
+        self.clock = clock
+        self._stage: str | None = None  # the stage of the counting line in progress
+        self._printed_at = 0.0
+        self._held: str | None = None  # its newest line, not printed yet (not a terminal)
+        self._open_line = False  # a terminal line waits for its newline
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        stage = str(event.get("stage", ""))
+        line = printable(f"[{stage}] {event.get('message', '')}")
+        if "bytes" not in event:
+            self._end_count()
+            self._write(line + "\n")
+            return
+        if stage != self._stage:
+            self._end_count()
+            self._stage = stage
+        elif not self.tty and self.clock() - self._printed_at < self.every:
+            self._held = line
+            return
+        if self.tty:
+            self._write("\r\x1b[K" + line)
+            self._open_line = True
+        else:
+            self._write(line + "\n")
+            self._held = None
+        self._printed_at = self.clock()
+
+    def close(self) -> None:
+        """End the counting line in progress (its last figure, or the terminal's newline)."""
+        self._end_count()
+
+    def _end_count(self) -> None:
+        if self._open_line:
+            self._write("\n")
+            self._open_line = False
+        elif self._held is not None:
+            self._write(self._held + "\n")
+        self._held = None
+        self._stage = None
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace) -> Iterator[ProgressPrinter]:
+    printer = ProgressPrinter(sys.stderr)
+    try:
+        yield printer
+    finally:
+        printer.close()
 
 
 def _print_result(args: argparse.Namespace, result: dict[str, Any], line: str) -> int:
@@ -174,7 +259,8 @@ async def _cmd_list_containers(args: argparse.Namespace, connect: Connect) -> in
 async def _cmd_create_container(args: argparse.Namespace, connect: Connect) -> int:
     validate_env_name(args.name)
     async with connect() as host:
-        result = await host.create_env_container(args.name, args.image, pull=args.pull, progress=_progress(args))
+        with _progress(args) as progress:
+            result = await host.create_env_container(args.name, args.image, pull=args.pull, progress=progress)
     return _print_result(args, result, f"{result['name']}  {result['status']}  ({result['container']})")
 
 
@@ -194,7 +280,8 @@ async def _cmd_container_action(args: argparse.Namespace, connect: Connect) -> i
 async def _cmd_create_tar(args: argparse.Namespace, connect: Connect) -> int:
     validate_env_name(args.name)
     async with connect() as host:
-        result = await host.create_tarball(args.name, progress=_progress(args))
+        with _progress(args) as progress:
+            result = await host.create_tarball(args.name, progress=progress)
     return _print_result(args, result, _version_line(result))
 
 
@@ -241,7 +328,8 @@ async def _cmd_delete_tar(args: argparse.Namespace, connect: Connect) -> int:
 async def _cmd_import_image(args: argparse.Namespace, connect: Connect) -> int:
     validate_env_name(args.name)
     async with connect() as host:
-        result = await host.import_image(args.name, args.image, pull=args.pull, progress=_progress(args))
+        with _progress(args) as progress:
+            result = await host.import_image(args.name, args.image, pull=args.pull, progress=progress)
     return _print_result(args, result, _version_line(result))
 
 
@@ -250,8 +338,22 @@ async def _cmd_import_tar(args: argparse.Namespace, connect: Connect) -> int:
     if not os.path.isfile(args.file):
         raise UsageError(f"{args.file} is not a file")
     async with connect() as host:
-        result = await host.import_tar(args.name, args.file, progress=_progress(args))
+        await _check_engine(host)
+        with _progress(args) as progress:
+            result = await host.import_tar(args.name, args.file, progress=progress)
     return _print_result(args, result, _version_line(result))
+
+
+async def _check_engine(host: Any) -> None:
+    """Refuse before uploading when the Host cannot use Docker: the Host reads the
+    whole body before it loads it, so a GiB tarball would travel only to be
+    refused. Listing the environment containers is one cheap engine call."""
+    try:
+        await host.list_env_containers()
+    except HakuRiverError as exc:
+        if exc.code != "docker":
+            raise
+        raise HakuRiverError(f"{exc.message} (nothing was uploaded)", code=exc.code, status=exc.status) from None
 
 
 # --------------------------------------------------------------------- shell
@@ -335,6 +437,32 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+class EndOfInput:
+    """Called at the end of the local stdin: Ctrl-D for the remote terminal, repeated.
+
+    The remote program reads a terminal, which has no "closed" state: a closed
+    stdin becomes Ctrl-D, the terminal's end of input. One is not enough: input
+    sent ahead reaches the terminal before the shell reads it, in canonical
+    mode, and a Ctrl-D consumed there is lost when bash's readline switches the
+    terminal to raw mode (F9: `echo cmd | shell NAME` hung at the prompt). So,
+    as every read of a closed pipe sees end of input, a Ctrl-D goes out every
+    EOF_REPEAT seconds until the session ends (`relay` cancels `task`).
+    """
+
+    def __init__(self, outgoing: asyncio.Queue[bytes | str | None]):
+        self.outgoing = outgoing
+        self.task: asyncio.Future[None] | None = None
+
+    def __call__(self) -> None:
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._repeat())
+
+    async def _repeat(self) -> None:
+        while True:
+            self.outgoing.put_nowait(EOF_BYTE)
+            await asyncio.sleep(EOF_REPEAT)
+
+
 async def relay(ws: Any, in_fd: int, out_fd: int, *, interactive: bool) -> int:
     """Relay a terminal session until the remote program ends; its exit status."""
     from aiohttp import WSMsgType
@@ -356,7 +484,7 @@ async def relay(ws: Any, in_fd: int, out_fd: int, *, interactive: bool) -> int:
             return
         loop.remove_reader(in_fd)
         stdin_open = False
-        outgoing.put_nowait(EOF_BYTE)  # a closed pipe is Ctrl-D for the remote terminal
+        at_end_of_input()
 
     def on_winch() -> None:
         outgoing.put_nowait(resize_message(*terminal_size(out_fd if interactive else in_fd)))
@@ -371,7 +499,9 @@ async def relay(ws: Any, in_fd: int, out_fd: int, *, interactive: bool) -> int:
     async def read_file() -> None:  # stdin is a regular file, which epoll cannot watch
         while data := await asyncio.to_thread(os.read, in_fd, READ_SIZE):
             outgoing.put_nowait(data)
-        outgoing.put_nowait(EOF_BYTE)
+        at_end_of_input()
+
+    at_end_of_input = EndOfInput(outgoing)
 
     file_reader: asyncio.Future[None] | None = None
     try:
@@ -404,7 +534,7 @@ async def relay(ws: Any, in_fd: int, out_fd: int, *, interactive: bool) -> int:
             loop.remove_reader(in_fd)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGWINCH)
-        for task in (send_task, file_reader):
+        for task in (send_task, file_reader, at_end_of_input.task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -19,8 +19,8 @@ import shlex
 import sys
 from typing import Any
 
-from ..client import HostClient, is_final
-from ..errors import HakuRiverError, ValidationError
+from ..client import ApiError, HostClient, is_final
+from ..errors import HakuRiverError, HostUnreachable, ValidationError
 from ..models import SYSTEMD_CONTAINER, TaskState
 from ..parsing import (
     parse_cores,
@@ -32,10 +32,10 @@ from ..parsing import (
     validate_node_name,
 )
 from .common import (
-    EXIT_CODES_EPILOG,
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_TIMEOUT,
+    WAIT_EXIT_CODES_EPILOG,
     CliParser,
     Connect,
     UsageError,
@@ -55,6 +55,10 @@ from .common import (
 PROG = "hakuriver.task"
 FOLLOW_INTERVAL = 0.5
 """Seconds between polls of `logs --follow` when nothing new was written."""
+FOLLOW_RETRY_FIRST = 0.5
+FOLLOW_RETRY_MAX = 5.0
+"""`logs --follow` retries a lost Host after 0.5 s, doubling up to 5 s between tries."""
+RETRY_NOTE = "Host unreachable, retrying..."
 LIST_COMMAND_WIDTH = 40
 MAX_LIST_LIMIT = 1000
 
@@ -64,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(
         prog=PROG,
         description="Submit HakuRiver tasks and manage their lifecycle.",
-        epilog=EXIT_CODES_EPILOG,
+        epilog=WAIT_EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common_options()],
     )
@@ -97,7 +101,8 @@ def _add_submit(sub: Any) -> None:
         "submit",
         "submit a command as one task per --target (or one automatically placed task)",
         usage=f"{PROG} submit [options] -- COMMAND [ARG ...]",
-        epilog="The command and its arguments are passed as a list, never through a shell.\n\n" + EXIT_CODES_EPILOG,
+        epilog="The command and its arguments are passed as a list, never through a shell.\n\n"
+        + WAIT_EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -354,7 +359,12 @@ def _add_logs(sub: Any) -> None:
     p = _subparser(sub, "logs", "print a task's output (stdout, or stderr with --stderr)")
     p.add_argument("task_id", type=task_id_arg, metavar="ID")
     p.add_argument("--stderr", action="store_true", help="show the standard error stream instead of stdout")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output until the task has ended")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new output until the task has ended (a Host restart is waited out)",
+    )
     p.add_argument("-n", "--tail", type=non_negative_int_arg, metavar="N", help="start with the last N lines")
     p.add_argument(
         "--interval",
@@ -375,6 +385,7 @@ async def stream_logs(
     follow: bool = False,
     interval: float = FOLLOW_INTERVAL,
     out: Any = None,
+    note: Any = None,
 ) -> str:
     """Copy a task's log to `out` (a binary file); returns the task's last seen state.
 
@@ -382,11 +393,34 @@ async def stream_logs(
     the returned offset until a read comes back empty *and* the task was
     already final when that read was made (the Host reads the state before
     the file), so nothing written before the end is missed.
+
+    A Host that goes away while following (restarted, upgraded) is waited for:
+    the task runs on, and so does its log. Reads are retried with backoff, one
+    note on `note` (stderr) says so, and reading resumes at the same offset, so
+    no line is printed twice. A Host unreachable at the first read is still an
+    error: then there is nothing to follow yet, and probably a wrong address.
     """
     out = out if out is not None else sys.stdout.buffer
+    note = note if note is not None else sys.stderr
     offset = 0
+    reached = False
+    retry_delay = FOLLOW_RETRY_FIRST
+    noted = False
     while True:
-        data, next_offset, state = await host.logs(task_id, stream, offset, tail=tail)
+        try:
+            data, next_offset, state = await host.logs(task_id, stream, offset, tail=tail)
+        except (HostUnreachable, ApiError) as exc:
+            # 503: a Host that is starting or stopping; anything else it says is final.
+            if not (follow and reached) or (isinstance(exc, ApiError) and exc.status != 503):
+                raise
+            if not noted:
+                print(RETRY_NOTE, file=note, flush=True)
+                noted = True
+            await asyncio.sleep(retry_delay)
+            retry_delay = min(retry_delay * 2, FOLLOW_RETRY_MAX)
+            continue
+        reached = True
+        retry_delay = FOLLOW_RETRY_FIRST
         tail = None
         if data:
             out.write(data)
@@ -422,7 +456,7 @@ def _add_wait(sub: Any) -> None:
         sub,
         "wait",
         "wait until tasks have ended; exit 0 only if all completed",
-        epilog=EXIT_CODES_EPILOG,
+        epilog=WAIT_EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("task_ids", type=task_id_arg, nargs="+", metavar="ID")

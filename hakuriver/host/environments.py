@@ -72,7 +72,14 @@ _IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}\Z")
 
 
 def _unreachable(why: str) -> HakuRiverError:
-    return HakuRiverError(f"cannot reach the Docker engine on the Host: {why}", code="docker", status=503)
+    # The usual causes on a fresh Host are the two an admin can fix at once; say so,
+    # since the SDK's own text ("Connection aborted", "Permission denied") does not.
+    return HakuRiverError(
+        f"cannot reach the Docker engine on the Host: {why}; install Docker on the Host, "
+        "or add the Host's service user to the docker group and restart the Host",
+        code="docker",
+        status=503,
+    )
 
 
 def validate_image_ref(image: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import subprocess
@@ -11,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from hakuriver.cli import admin as admin_cli
 from hakuriver.cli import client as client_cli
 from hakuriver.cli import docker as docker_cli
 from hakuriver.cli import host as host_cli
+from hakuriver.cli import init as init_cli
 from hakuriver.cli import runner as runner_cli
 from hakuriver.cli import task as task_cli
-from hakuriver.cli.common import EXIT_USAGE, format_command, format_cpus, table
+from hakuriver.cli.common import EXIT_USAGE, format_command, format_cpus, printable, table
 from tests.harness.procs import free_port
 
 from .fakehost import _isolated_env, write_config  # noqa: F401 - autouse fixture
@@ -321,3 +324,100 @@ def test_format_cpus_ranges():
 def test_privileged_is_tristate(flag, value):
     args = task_cli.build_parser().parse_args(["submit", *flag, "--", "true"])
     assert task_cli.submit_request(args)["privileged"] is value
+
+
+def test_multi_line_commands_stay_on_one_line():
+    # A `python -c` script with newlines and tabs, as `list` and `status` show it.
+    command = ["python3", "-u", "-c", "import time\nfor i in range(3):\n\tprint(i)\r"]
+    shown = format_command(command)
+    assert "\n" not in shown and "\t" not in shown and "\r" not in shown
+    assert shown == "python3 -u -c 'import time\\nfor i in range(3):\\n\\tprint(i)\\r'"
+    # Escaped before truncating: the width still holds.
+    assert len(format_command(command, 20)) == 20
+    # Any cell with user text: one row stays one line, escape sequences are shown, not sent.
+    text = table(("NAME", "IMAGE"), [("a\nb", "\x1b[31mred"), ("c", "d")])
+    assert text.splitlines() == ["NAME  IMAGE", "a\\nb  \\x1b[31mred", "c     d"]
+    assert printable("no controls: ü ⏎ \\n") == "no controls: ü ⏎ \\n"
+
+
+def test_list_table_keeps_one_row_per_task(capsys, monkeypatch):
+    tasks = [{"task_id": "7", "state": "running", "command": ["sh", "-c", "echo a\necho b"], "submitted_at": 0}]
+
+    class Host:
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return None
+
+        async def list_tasks(self, **kwargs):
+            return {"tasks": tasks}
+
+    args = task_cli.build_parser().parse_args(["list"])
+    assert asyncio.run(args.func(args, lambda: Host())) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "'echo a\\necho b'" in lines[1]
+
+
+# ------------------------------------------------------- no abbreviations
+ALL_MODULES = [*MODULES, admin_cli, init_cli]
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += _all_parsers(child)
+    return found
+
+
+@pytest.mark.parametrize("module", ALL_MODULES, ids=lambda m: m.__name__)
+def test_no_parser_takes_abbreviations(module):
+    parsers = _all_parsers(module.build_parser())
+    assert len(parsers) >= 1
+    assert all(p.allow_abbrev is False for p in parsers), [p.prog for p in parsers if p.allow_abbrev]
+
+
+@pytest.mark.parametrize(
+    "module, argv",
+    [
+        (task_cli, ["submit", "--core", "2", "--", "true"]),
+        (task_cli, ["submit", "--mem", "1G", "--", "true"]),
+        (task_cli, ["logs", "1", "--foll"]),
+        (task_cli, ["list", "--js"]),
+        (docker_cli, ["create-container", "img", "env", "--pul"]),
+        (client_cli, ["nodes", "--conf", "x.toml"]),
+        (admin_cli, ["user", "add", "bob", "--adm"]),
+    ],
+)
+def test_a_prefix_of_an_option_is_a_usage_error(module, argv, capsys, tmp_path):
+    config = write_config(tmp_path / "c.toml", 9)
+    code = module.main(["--config", str(config), *argv])
+    out, err = capsys.readouterr()
+    assert code == EXIT_USAGE, err
+    assert out == ""
+    [line] = err.splitlines()
+    assert line.startswith(f"{module.PROG}: error: unrecognized arguments: ")
+
+
+# ---------------------------------------------------- exit codes in --help
+@pytest.mark.parametrize(
+    "module, argv, waits",
+    [
+        (task_cli, [], True),
+        (task_cli, ["submit"], True),
+        (task_cli, ["wait"], True),
+        (client_cli, [], False),
+        (docker_cli, [], False),
+        (admin_cli, [], False),
+    ],
+)
+def test_help_lists_only_the_exit_codes_a_command_returns(module, argv, waits, capsys):
+    assert module.main([*argv, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "exit status:" in out
+    assert ("124" in out) is waits
+    assert ("waited-for task" in out) is waits
+    for code in ("  0 ", "  1 ", "  2 ", "  130 "):
+        assert code in out

@@ -9,6 +9,7 @@ import pty
 import select
 import signal
 import struct
+import subprocess
 import sys
 import termios
 import time
@@ -178,3 +179,27 @@ def test_cli_shell_in_a_real_terminal(cluster: LocalCluster, made: Made, harness
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         os.close(master)
+
+
+@pytest.mark.parametrize("command", [[], ["--", "sh"]], ids=["login-shell", "sh"])
+def test_cli_shell_with_piped_input_ends_at_end_of_input(
+    cluster: LocalCluster, made: Made, harness_images: dict[str, str], command: list[str]
+) -> None:
+    """`echo ... | hakuriver.docker shell NAME`: the remote shell reads the input, sees its
+    end, and exits; the CLI exits with the shell's status (that of its last command)."""
+    name = made.name()
+    status, body = cluster.api("POST", f"/api/environments/containers/{name}", {"image": harness_images["task"]})
+    assert status == 200 and b'"event":"done"' in body, body
+    env = {**os.environ, "HOME": str(cluster.root)}
+    env.pop("HAKURIVER_CONFIG", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hakuriver.cli.docker", "--config", str(cluster.host_config_path), "shell", name]
+        + command,
+        input=b"echo piped-$((1+1))\n(exit 5)\n",
+        capture_output=True,
+        env=env,
+        timeout=60,  # a hang is the bug this test is about: fail, do not wait forever
+    )
+    assert b"piped-2" in proc.stdout, proc
+    assert proc.returncode == 5, proc
+    assert b"Traceback" not in proc.stderr
