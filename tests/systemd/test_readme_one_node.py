@@ -87,6 +87,9 @@ def test_one_node_from_the_readme(
             ).stdout
             pytest.fail(f"README one-node block {number} failed:\n{result}\n--- journal ---\n{journal}", pytrace=False)
         outputs.append(result.stdout)
+        # With every prerequisite done as the README says, hakuriver.init has nothing to warn about.
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("hakuriver.init: ")]
+        assert warnings == [], f"block {number}: {warnings}"
 
     docker_task, null_task = outputs[-2], outputs[-1]
     assert docker_task.strip().splitlines()[-1] == "hello from Docker", docker_task
