@@ -30,7 +30,7 @@ from typing import Any
 
 from .. import __version__, launcher
 from ..config import load_config, read_config_file
-from ..deploy import launcher_install, units
+from ..deploy import launcher_install, preflight, units
 from ..deploy.configfile import new_token, render_config, write_private_file
 from ..deploy.sudoers import DEFAULT_SUDOERS_PATH, render_sudoers
 from ..deploy.units import UnitError, check_account
@@ -181,6 +181,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
         return _write_client_config(args, overrides, origin)
 
     path = _output_path(args)
+    _check_home(args)
     text = render_config(
         overrides,
         header=(
@@ -195,6 +196,17 @@ def _cmd_config(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise _Failure(f"cannot write {path}: {exc.strerror or exc}") from None
     print(f"wrote {path} (mode 0600, {origin})")
+    paths = overrides.get("paths", {})
+    db_file = overrides.get("database", {}).get("db_file", "")
+    for finding in preflight.path_findings(
+        [
+            ("paths.shared_dir", paths.get("shared_dir", "")),
+            ("paths.local_temp_dir", paths.get("local_temp_dir", "")),
+            ("database.db_file's directory", os.path.dirname(db_file) if db_file else ""),
+        ],
+        str(path),
+    ):
+        _note(finding.message)
     print("next:")
     print(f"  review it, then: hakuriver.init service --host --config {shlex.quote(str(path))}   (on the Host)")
     print(f"            or:   hakuriver.init service --runner --config {shlex.quote(str(path))} (on a Runner)")
@@ -202,6 +214,25 @@ def _cmd_config(args: argparse.Namespace) -> int:
         print("  Runners need this file's auth.runner_token: hakuriver.init config --runner-token-file FILE on them")
         print("  lab members get their own token: hakuriver.admin user add NAME, then hakuriver.init config --client")
     return EXIT_OK
+
+
+def _check_home(args: argparse.Namespace) -> None:
+    """Without --output the config goes to the invoking user's home: say so when
+    that home is missing (a `useradd --system` without --create-home), instead of
+    the "Permission denied" that writing below it would end in."""
+    if args.output:
+        return
+    home = os.path.expanduser("~")
+    if home == "~" or os.path.isdir(home):
+        return
+    try:
+        name = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        name = f"uid {os.geteuid()}"
+    account = preflight.Account(name, os.geteuid(), os.getegid(), home, frozenset())
+    finding = preflight.missing_home(account)
+    if finding:
+        raise _Failure(finding.message)
 
 
 def _output_path(args: argparse.Namespace) -> Path:
@@ -267,6 +298,7 @@ def _write_client_config(args: argparse.Namespace, overrides: dict[str, dict[str
         "",
     ]
     path = _output_path(args)
+    _check_home(args)
     try:
         write_private_file(path, "\n".join(lines), overwrite=args.force)
     except FileExistsError:
@@ -323,8 +355,10 @@ def _add_service(sub: Any) -> None:
         help="print the unit to stdout instead of writing a file (one role only)",
     )
     g = p.add_argument_group("overrides")
-    g.add_argument("--user", metavar="USER", help="User= (default: the invoking user)")
-    g.add_argument("--group", metavar="GROUP", help="Group= (default: the invoking user's primary group)")
+    g.add_argument("--user", metavar="USER", help="User= (default: the invoking user); it must exist here")
+    g.add_argument(
+        "--group", metavar="GROUP", help="Group= (default: --user's primary group, else the invoking user's group)"
+    )
     g.add_argument(
         "--python", metavar="PATH", help="interpreter with hakuriver installed (default: the one running this command)"
     )
@@ -358,9 +392,33 @@ def _cmd_service(args: argparse.Namespace) -> int:
         raise UsageError("--harden applies to the Host unit only (the Runner reaches its launcher through sudo)")
     if args.print_unit and len(roles) > 1:
         raise UsageError("--print prints one unit: choose --host or --runner")
+    # A per-role config flag for a role not generated would be dropped without a word.
+    for flag, role_name in (("host_config", "host"), ("runner_config", "runner")):
+        if getattr(args, flag) is not None and role_name not in roles:
+            raise UsageError(
+                f"--{flag.replace('_', '-')} applies to the {role_name.title()} unit; "
+                f"add --{role_name} or --all, or use --config"
+            )
     instance = _usage("--instance", units.check_instance, args.instance) if args.instance is not None else None
-    user = _usage("--user", units.check_account, "user", args.user) if args.user else _current_user()
-    group = _usage("--group", units.check_account, "group", args.group) if args.group else _current_group()
+    if args.user:
+        user = _usage("--user", units.check_account, "user", args.user)
+        # The unit runs as this account here: one that does not exist would fail at
+        # start, and the invoker's group (root's, when run as root) must not be
+        # handed to it silently.
+        if preflight.lookup_account(user) is None:
+            raise _Failure(f"--user {user}: no such user on this machine; create it first (useradd --system ...)")
+    else:
+        user = _current_user()
+    if args.group:
+        group = _usage("--group", units.check_account, "group", args.group)
+    elif args.user:
+        try:
+            group = preflight.primary_group(user)
+        except ValueError as exc:
+            raise _Failure(str(exc)) from None
+    else:
+        group = _current_group()
+    account = preflight.lookup_account(user)
     python = args.python or sys.executable
     if not python:
         raise _Failure("cannot tell which python runs this command; pass --python")
@@ -373,6 +431,7 @@ def _cmd_service(args: argparse.Namespace) -> int:
 
     rendered: list[tuple[str, str]] = []
     notes: list[str] = []
+    findings: list[preflight.Finding] = []
     for role in roles:
         config_arg = (args.host_config if role == "host" else args.runner_config) or args.config
         config = _service_config(config_arg)
@@ -392,12 +451,13 @@ def _cmd_service(args: argparse.Namespace) -> int:
                 f"runner.name is empty in {config.source}: every Runner instance on this machine "
                 "would register under the hostname; give each its own runner.name"
             )
-        if not os.path.isdir(params.working_directory):
-            notes.append(
-                f"paths.shared_dir {params.working_directory} (from {config.source}) does not exist "
-                "here; the service will not start until it does"
-            )
+        findings += preflight.service_findings(config, role, account)
         rendered.append((units.unit_name(role, params.instance), units.render_unit(params)))
+    findings = preflight.unique(findings)
+    for finding in findings:
+        if finding.level == preflight.ERROR:
+            raise _Failure(finding.message)
+    notes[:0] = [f.message for f in findings]
     if not os.path.exists(python):
         notes.append(f"{python} does not exist here; the unit will not start where it does not")
     if user == "root":
@@ -408,7 +468,7 @@ def _cmd_service(args: argparse.Namespace) -> int:
     if args.print_unit:
         [(_, text)] = rendered
         sys.stdout.write(text)
-        for note in notes:
+        for note in dict.fromkeys(notes):
             _note(note)
         return EXIT_OK
 
@@ -427,10 +487,15 @@ def _cmd_service(args: argparse.Namespace) -> int:
     print(f"  systemctl status {names}")
     print("  journalctl -u " + " -u ".join(n for n, _ in written) + " -f")
     if "runner" in roles:
-        name = os.path.basename(SUDOERS_DROPIN)
-        print(f"  for --container NULL tasks: hakuriver.init sudoers --runner --user {user} --output {name}")
-        print(f"    then: visudo -cf {name} && install -m 0440 -o root -g root {name} {SUDOERS_DROPIN}")
-    for note in notes:
+        # The sudoers rule alone enables nothing: the Runner needs the launcher and its
+        # allow-list too, which `init launcher` writes together with the rule.
+        runner_config = args.runner_config or args.config
+        config_flag = f" --config {shlex.quote(runner_config)}" if runner_config else ""
+        print(
+            f"  for --container NULL tasks: hakuriver.init launcher{config_flag} --user {user} "
+            "--task-user ACCOUNT, run the steps it prints, then restart the Runner"
+        )
+    for note in dict.fromkeys(notes):
         _note(note)
     return EXIT_OK
 
@@ -531,11 +596,22 @@ def _add_launcher(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="PATH", help="the Runner's config (default: the usual lookup)")
-    p.add_argument("--user", metavar="USER", help="the user the Runner service runs as (default: the invoking user)")
+    p.add_argument(
+        "--user",
+        metavar="USER",
+        help="the user the Runner service runs as (default: the invoking user; required when run as root)",
+    )
     p.add_argument(
         "--group",
         metavar="GROUP",
         help="the Runner service's group, whose members are refused as task accounts (default: --user's primary group)",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=launcher.DEFAULT_STATE_DIR,
+        help=f"where the launcher records how tasks ended (default: {launcher.DEFAULT_STATE_DIR}); "
+        "it and every directory above it must be owned by root and writable by root only",
     )
     p.add_argument(
         "--task-user",
@@ -582,18 +658,31 @@ def _primary_group(user: str) -> str:
 
 
 def _cmd_launcher(args: argparse.Namespace) -> int:
-    user = _usage("--user", check_account, "user", args.user) if args.user else _current_user()
-    group = _usage("--group", check_account, "group", args.group) if args.group else _primary_group(user)
     task_users = [_usage("--task-user", check_account, "user", u) for u in args.task_user]
     task_groups = [_usage("--task-group", check_account, "group", g) for g in args.task_group]
     privileged = [_usage("--allow-privileged-user", check_account, "user", u) for u in args.allow_privileged_user]
     config = _service_config(args.config)
+    if not args.user and os.geteuid() == 0:
+        # The default (the invoker) would make root the Runner's user: no sudoers rule
+        # is written and the allow-list records root, which is rarely what was meant.
+        raise UsageError(
+            "run as root, pass --user: the account the Runner service runs as (for example --user hakuriver); "
+            "a Runner running as root needs no launcher"
+        )
+    user = _usage("--user", check_account, "user", args.user) if args.user else _current_user()
+    group = _usage("--group", check_account, "group", args.group) if args.group else _primary_group(user)
     missing = [k for k in ("paths.shared_dir", "paths.local_temp_dir") if not getattr(config.paths, k.split(".")[1])]
     if missing:
         raise _Failure(f"{', '.join(missing)} must be set in {config.source}")
     out_dir = Path(os.path.expanduser(args.output_dir))
     if not out_dir.is_dir():
         raise _Failure(f"--output-dir {args.output_dir} does not exist or is not a directory")
+    state_dir = os.path.abspath(args.state_dir)
+    problem = preflight.state_dir_problem(state_dir)
+    if problem:
+        # Every task would fail with this line; say it now (e.g. a service user's
+        # home at /var/lib/hakuriver makes that directory the user's).
+        raise _Failure(f"{problem} (fix the ownership or pass --state-dir)")
     try:
         allow_list = launcher_install.launcher_config_for(
             config,
@@ -602,6 +691,7 @@ def _cmd_launcher(args: argparse.Namespace) -> int:
             task_users=task_users,
             task_groups=task_groups,
             allow_privileged_users=privileged,
+            state_dir=state_dir,
         )
         plan = launcher_install.install_plan(user, allow_list, pin_digest=args.pin_digest)
     except ValueError as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hakuriver import __version__
-from hakuriver.cli.init import SUDOERS_DROPIN, main
+from hakuriver.cli.init import main
 from hakuriver.config import read_config_file
 from hakuriver.deploy.units import build_path_env, render_unit, unit_params_from_config
 
@@ -22,6 +22,7 @@ PY = "/opt/hakuriver/venv/bin/python"
 
 def write_config(path: Path, shared: Path, **extra: str) -> Path:
     shared.mkdir(parents=True, exist_ok=True)
+    shared.chmod(0o1777)  # the db dir too: writable by the unit's User= whoever that is
     lines = [
         "[auth]",
         'token = "' + "t" * 32 + '"',
@@ -113,8 +114,7 @@ def test_relative_config_becomes_absolute_and_files_land_in_output_dir(
         "systemctl daemon-reload",
         "systemctl enable --now hakuriver-host.service hakuriver-runner.service",
         "journalctl -u hakuriver-host.service -u hakuriver-runner.service",
-        "hakuriver.init sudoers --runner",
-        SUDOERS_DROPIN,
+        "hakuriver.init launcher --config c.toml --user ",
     ):
         assert step in out, step
     # default output dir: the current directory
@@ -149,14 +149,14 @@ def test_print_is_byte_identical_to_the_generator(
         env / "c.toml",
         env / "shared",
     )
-    flags = ["--user", "hkr", "--group", "hkr", "--python", PY, "--system-path", "/usr/bin:/bin"]
+    flags = ["--user", "nobody", "--group", "nogroup", "--python", PY, "--system-path", "/usr/bin:/bin"]
     assert main(["service", f"--{role}", "--config", str(config_path), "--print", *flags, *extra]) == 0
     printed = capsys.readouterr().out
     params = unit_params_from_config(
         read_config_file(config_path),
         role,
-        user="hkr",
-        group="hkr",
+        user="nobody",
+        group="nogroup",
         python=PY,
         path_env=build_path_env(PY, "/usr/bin:/bin"),
         instance="gpu1" if "--instance" in extra else None,
@@ -187,9 +187,9 @@ def test_print_through_the_console_entry_point_and_no_system_commands(env: Path)
         "--config",
         str(config_path),
         "--user",
-        "hkr",
+        "nobody",
         "--group",
-        "hkr",
+        "nogroup",
         "--python",
         PY,
     ]
@@ -197,8 +197,8 @@ def test_print_through_the_console_entry_point_and_no_system_commands(env: Path)
     params = unit_params_from_config(
         read_config_file(config_path),
         "runner",
-        user="hkr",
-        group="hkr",
+        user="nobody",
+        group="nogroup",
         python=PY,
         path_env=build_path_env(PY, None),
         version=__version__,
