@@ -24,8 +24,6 @@ import toml
 from ..errors import ConfigError, HakuRiverError
 from .common import EXIT_OK, Connect, print_json
 
-TOKEN_HELP = "read the token from FILE ('-': standard input) instead of asking for it"
-
 
 def add_login_parser(sub: Any, parents: list[Any]) -> None:
     p = sub.add_parser(
@@ -36,7 +34,9 @@ def add_login_parser(sub: Any, parents: list[Any]) -> None:
         "/etc/hakuriver/client.toml). The token is checked with the Host first; a wrong one is not stored.",
         parents=parents,
     )
-    p.add_argument("--token-file", metavar="FILE", help=TOKEN_HELP)
+    p.add_argument(
+        "--token-file", metavar="FILE", help="read the token from FILE ('-': standard input) instead of asking for it"
+    )
     p.set_defaults(func=cmd_login)
 
 
@@ -46,7 +46,7 @@ def user_config_path() -> Path:
 
 
 def read_token(token_file: str | None) -> str:
-    if token_file == "-":
+    if token_file == "-":  # noqa: S105 - '-' names standard input, not a secret
         text = sys.stdin.readline()
     elif token_file:
         try:

@@ -39,8 +39,8 @@ def _options(role: str) -> dict[str, Any]:
     return specs["argument_specs"]["main"]["options"]
 
 
-def test_the_three_roles_exist() -> None:
-    assert ROLES == ["hakuriver_common", "hakuriver_host", "hakuriver_runner"]
+def test_the_four_roles_exist() -> None:
+    assert ROLES == ["hakuriver_client", "hakuriver_common", "hakuriver_host", "hakuriver_runner"]
 
 
 @pytest.mark.parametrize("role", ROLES)

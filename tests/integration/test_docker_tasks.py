@@ -40,13 +40,14 @@ def test_exit_code_output_files_and_argv_verbatim(cluster: LocalCluster, node_na
 
 def test_env_workdir_and_task_id(cluster: LocalCluster, node_name: str) -> None:
     cluster.add_runner(node_name)
-    script = "import os, json; print(json.dumps({k: os.environ.get(k) for k in ('FOO', 'EMPTY', 'HAKURIVER_TASK_ID')} | {'cwd': os.getcwd()}))"
+    script = "import os, json, socket; print(json.dumps({k: os.environ.get(k) for k in ('FOO', 'EMPTY', 'HAKURIVER_TASK_ID')} | {'cwd': os.getcwd(), 'host': socket.gethostname()}))"
     [task_id] = cluster.submit(["python3", "-c", script], env={"FOO": "bar=baz", "EMPTY": ""})
     task = cluster.wait_final(task_id)
     assert task["state"] == "completed", task
     assert task["exit_code"] == 0
     seen = json.loads(cluster.stdout(task_id))
-    assert seen == {"FOO": "bar=baz", "EMPTY": "", "HAKURIVER_TASK_ID": task_id, "cwd": "/shared"}
+    # `hostname` names the node, not the container.
+    assert seen == {"FOO": "bar=baz", "EMPTY": "", "HAKURIVER_TASK_ID": task_id, "cwd": "/shared", "host": node_name}
 
 
 def test_limits_visible_in_inspect_and_output_while_running(

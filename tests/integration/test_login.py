@@ -19,7 +19,9 @@ from .cluster import LocalCluster
 pytestmark = pytest.mark.docker
 
 
-def run_cli(home: Path, cluster: LocalCluster, module: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run_cli(
+    home: Path, cluster: LocalCluster, module: str, *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
     env = cluster._env({"HOME": str(home)})
     return subprocess.run(
         [sys.executable, "-m", f"hakuriver.cli.{module}", *args],

@@ -215,3 +215,10 @@ def test_missed_after_aligns_only_when_certain():
     same = [(1, b"t", b"y")] * 10  # a long line's identical partial frames
     assert missed_after(same, same) is None
     assert missed_after(window, []) is None
+
+
+def test_a_task_sees_the_nodes_name_as_its_hostname():
+    assert build_plan(spec(), "gpu-node-3.lab").create["hostname"] == "gpu-node-3.lab"
+    # A node name Docker would refuse as a hostname keeps Docker's default.
+    for odd in ("under_score", "-lead", "x" * 64):
+        assert "hostname" not in build_plan(spec(), odd).create

@@ -39,7 +39,7 @@ def offline(task_image: str) -> dict[str, str]:
         # The node image already has these packages (and no mirror): check they are there.
         "apt-get install -y python3-venv docker.io sudo": "dpkg -s python3-venv docker.io sudo >/dev/null",
         # No package index: the same install from wheels built on this machine.
-        "/opt/hakuriver/venv/bin/pip install hakuriver": (
+        "/opt/hakuriver/venv/bin/pip install .": (
             f"/opt/hakuriver/venv/bin/pip install --no-index --find-links {WHEELHOUSE} hakuriver"
         ),
         # No registry: the harness's task image, loaded into the node's Docker, under the README's name.

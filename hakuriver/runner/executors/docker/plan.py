@@ -19,6 +19,7 @@ in the container, `/tmp` otherwise (an image rarely knows the node's users).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,12 @@ class ContainerPlan:
 
     create: dict[str, Any]
     host_config: dict[str, Any]
+
+
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+"""A name Docker accepts as a container's hostname (RFC 1123); other node names keep Docker's default."""
 
 
 def build_plan(
@@ -94,6 +101,9 @@ def build_plan(
         "environment": env,
         "user": f"{identity.uid}:{identity.gid}",
         "working_dir": SHARED_MOUNT,
+        # `hostname` in a task names the node it ran on, as on bare metal
+        # (Docker's default is the container id, which tells a user nothing).
+        **({"hostname": runner_name} if _HOSTNAME.fullmatch(runner_name) else {}),
         "labels": {**(extra_labels or {}), LABEL_TASK_ID: str(spec.task_id), LABEL_RUNNER: runner_name},
         "detach": True,
         "stdin_open": False,
