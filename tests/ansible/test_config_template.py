@@ -143,3 +143,31 @@ def test_values_needing_quotes_survive() -> None:
 def test_pinned_version_is_this_release() -> None:
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text(encoding="utf-8"))
     assert defaults["hakuriver_version"] == hakuriver.__version__
+
+
+def test_the_machine_wide_client_config_holds_the_address_and_no_secret(tmp_path: Path) -> None:
+    import toml
+
+    from hakuriver.config import read_config_file
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["to_json"] = json.dumps
+    env.filters["bool"] = bool
+    template = ROLE / "templates" / "client.toml.j2"
+    for tls in (False, True):
+        text = env.from_string(template.read_text(encoding="utf-8")).render(
+            ansible_managed="Ansible managed",
+            _hakuriver_common_client_host="10.0.0.1",
+            hakuriver_host_port=8123,
+            hakuriver_tls=tls,
+            hakuriver_tls_ca_file="/etc/hakuriver/tls/ca.pem",
+        )
+        assert toml.loads(text) == {
+            "network": {"host_reachable_address": "10.0.0.1", "host_port": 8123},
+            "tls": {"enabled": tls, "ca_file": "/etc/hakuriver/tls/ca.pem" if tls else ""},
+        }
+        path = tmp_path / "client.toml"
+        path.write_text(text, encoding="utf-8")
+        config = read_config_file(path)
+        assert config.host_url == f"{'https' if tls else 'http'}://10.0.0.1:8123"
+        assert config.auth.client_token({}) == ""
