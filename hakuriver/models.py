@@ -255,29 +255,39 @@ class Capability:
     available: bool
     reason: str | None = None
     """Why not, in words a person can act on; None when available."""
+    lasting: bool = True
+    """Whether "not available" lasts until someone fixes the node (no systemd,
+    no launcher, a broken sudo rule) rather than a moment's outage (a Docker
+    engine restarting). Only lasting refusals make the Host refuse a task at
+    submit; during an outage tasks wait."""
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"available": self.available}
         if not self.available and self.reason:
             data["reason"] = self.reason
+        if not self.available and not self.lasting:
+            data["lasting"] = False
         return data
 
     @classmethod
     def from_json(cls, data: Any) -> Capability:
-        """Strict: ValueError on anything but `{"available": bool[, "reason": str]}`."""
-        if not isinstance(data, dict) or not set(data) <= {"available", "reason"}:
+        """Strict: ValueError on anything but `{"available": bool[, "reason": str][, "lasting": bool]}`."""
+        if not isinstance(data, dict) or not set(data) <= {"available", "reason", "lasting"}:
             raise ValueError('a capability must be {"available": true|false, "reason": "..."}')
         available = data.get("available")
         reason = data.get("reason")
+        lasting = data.get("lasting", True)
         if not isinstance(available, bool):
             raise ValueError("a capability's 'available' must be true or false")
         if reason is not None and not isinstance(reason, str):
             raise ValueError("a capability's 'reason' must be a string")
+        if not isinstance(lasting, bool):
+            raise ValueError("a capability's 'lasting' must be true or false")
         if available:
             return cls(True)
         # A runner's words end up in refusals and tables: one printable line.
         text = " ".join((reason or "").split())[:MAX_REASON_CHARS]
-        return cls(False, "".join(c for c in text if c.isprintable()) or "no reason given")
+        return cls(False, "".join(c for c in text if c.isprintable()) or "no reason given", lasting)
 
 
 TASK_KINDS = ("docker", "null")
@@ -305,10 +315,11 @@ class NodeCapabilities:
     def get(self, kind: str) -> Capability | None:
         return self.docker if kind == "docker" else self.null if kind == "null" else None
 
-    def refusal(self, kind: str) -> str | None:
-        """Why this node cannot run tasks of `kind`, or None when it can (or may)."""
+    def refusal(self, kind: str, *, lasting_only: bool = False) -> str | None:
+        """Why this node cannot run tasks of `kind`, or None when it can (or may).
+        `lasting_only`: ignore a passing outage (see `Capability.lasting`)."""
         cap = self.get(kind)
-        if cap is None or cap.available:
+        if cap is None or cap.available or (lasting_only and not cap.lasting):
             return None
         return cap.reason or "no reason given"
 
@@ -327,12 +338,10 @@ class NodeCapabilities:
 
     @classmethod
     def from_json(cls, data: Any) -> NodeCapabilities:
-        """Strict: ValueError on an unknown kind or a malformed entry."""
+        """ValueError on a malformed entry. Kinds this code does not know are
+        ignored: a newer runner may report more, and must not be turned away."""
         if not isinstance(data, dict):
             raise ValueError('\'capabilities\' must be an object like {"docker": {"available": true}}')
-        unknown = sorted(set(data) - set(TASK_KINDS))
-        if unknown:
-            raise ValueError(f"unknown capability {unknown[0]!r}; known: {', '.join(TASK_KINDS)}")
         return cls(**{kind: Capability.from_json(data[kind]) for kind in TASK_KINDS if kind in data})
 
 
@@ -349,9 +358,9 @@ class NodeResources:
     capabilities: NodeCapabilities | None = None
     """What it can run; None from a runner that does not say (it may run anything)."""
 
-    def refusal(self, kind: str) -> str | None:
+    def refusal(self, kind: str, *, lasting_only: bool = False) -> str | None:
         """Why this node cannot run tasks of `kind` (see `task_kind`), or None."""
-        return None if self.capabilities is None else self.capabilities.refusal(kind)
+        return None if self.capabilities is None else self.capabilities.refusal(kind, lasting_only=lasting_only)
 
     def numa_node(self, numa_id: int) -> NumaNode | None:
         return next((n for n in self.numa if n.id == numa_id), None)

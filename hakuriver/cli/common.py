@@ -194,10 +194,11 @@ class Connect:
     def __call__(self) -> Any:
         from ..client import HostClient
         from ..config import CONFIG_ENV_VAR, SYSTEM_CLIENT_CONFIG_PATH, TOKEN_ENV_VAR, load_config
+        from .credentials import read_personal_token
 
         config = load_config(self.config_path, client=True)
         self.config = config
-        token = config.auth.client_token()
+        token = config.auth.client_token() or read_personal_token()
         if not token:
             if config.source:
                 raise ConfigError(

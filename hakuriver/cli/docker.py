@@ -56,6 +56,7 @@ PROG = "hakuriver.docker"
 EOF_BYTE = b"\x04"
 """What a closed stdin (not a terminal) becomes on the remote terminal: Ctrl-D."""
 EOF_REPEAT = 0.5
+EOF_REPEAT_MAX = 20
 """Seconds between two Ctrl-Ds after the end of a piped stdin, until the program ends."""
 READ_SIZE = 65536
 PROGRESS_EVERY = 5.0
@@ -446,7 +447,9 @@ class EndOfInput:
     mode, and a Ctrl-D consumed there is lost when bash's readline switches the
     terminal to raw mode (F9: `echo cmd | shell NAME` hung at the prompt). So,
     as every read of a closed pipe sees end of input, a Ctrl-D goes out every
-    EOF_REPEAT seconds until the session ends (`relay` cancels `task`).
+    EOF_REPEAT seconds until the session ends (`relay` cancels `task`), at most
+    EOF_REPEAT_MAX times: those a busy program has not read yet wait in the
+    terminal's input queue, which must not fill up.
     """
 
     def __init__(self, outgoing: asyncio.Queue[bytes | str | None]):
@@ -458,7 +461,7 @@ class EndOfInput:
             self.task = asyncio.ensure_future(self._repeat())
 
     async def _repeat(self) -> None:
-        while True:
+        for _ in range(EOF_REPEAT_MAX):
             self.outgoing.put_nowait(EOF_BYTE)
             await asyncio.sleep(EOF_REPEAT)
 

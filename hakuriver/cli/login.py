@@ -4,17 +4,17 @@ The one step between "here is your token" and `hakuriver.task submit`. The
 Host's address comes from the config the lookup finds, normally the
 machine-wide `/etc/hakuriver/client.toml` the Ansible roles write (it holds no
 secret). The token is read without echo (or from a file or stdin, for
-scripts), checked against the Host (`/api/whoami`) so that a mistyped token is
-never stored, and written to `~/.hakuriver/config.toml` (dir 0700, file 0600)
-together with the base config's settings. An existing personal config keeps
-its other settings; only `auth.token` changes.
+scripts), checked against that Host (`/api/whoami`) so that a mistyped token is
+never stored, and kept where `credentials` says: in the user's own
+`~/.hakuriver/config.toml` when that is the config in use (only `auth.token`
+changes), else in `~/.hakuriver/token` (dir 0700, file 0600), leaving the
+address to the machine-wide file.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,26 +23,23 @@ import toml
 
 from ..errors import ConfigError, HakuRiverError
 from .common import EXIT_OK, Connect, print_json
+from .credentials import token_path, user_config_path
 
 
 def add_login_parser(sub: Any, parents: list[Any]) -> None:
     p = sub.add_parser(
         "login",
-        help="store your API token in ~/.hakuriver/config.toml (checked with the Host first)",
-        description="Store the API token your admin gave you (hakuriver.admin user add/token) in "
-        "~/.hakuriver/config.toml, with the Host's address from the config the lookup finds (normally "
-        "/etc/hakuriver/client.toml). The token is checked with the Host first; a wrong one is not stored.",
+        help="keep your API token in ~/.hakuriver (checked with the Host first)",
+        description="Keep the API token your admin gave you (hakuriver.admin user add/token): in "
+        "~/.hakuriver/token (mode 0600), or in auth.token of your own ~/.hakuriver/config.toml when that is "
+        "the config in use. The Host is the one the config names (normally /etc/hakuriver/client.toml); the "
+        "token is checked with it first, and a wrong one is not stored.",
         parents=parents,
     )
     p.add_argument(
         "--token-file", metavar="FILE", help="read the token from FILE ('-': standard input) instead of asking for it"
     )
     p.set_defaults(func=cmd_login)
-
-
-def user_config_path() -> Path:
-    home = os.environ.get("HOME") or str(Path.home())
-    return Path(home) / ".hakuriver" / "config.toml"
 
 
 def read_token(token_file: str | None) -> str:
@@ -63,14 +60,6 @@ def read_token(token_file: str | None) -> str:
     if len(token.split()) != 1:
         raise ConfigError("a token has no whitespace inside; check what you pasted")
     return token
-
-
-def merged_config(base: dict[str, Any], token: str) -> dict[str, Any]:
-    """`base` with `auth.token` set and no other secret kept: a machine's admin
-    or runner credential never lands in a user's file."""
-    data = {section: dict(values) for section, values in base.items() if isinstance(values, dict)}
-    data["auth"] = {"token": token}
-    return data
 
 
 async def cmd_login(args: argparse.Namespace, connect: Connect) -> int:
@@ -95,20 +84,19 @@ async def cmd_login(args: argparse.Namespace, connect: Connect) -> int:
                 f"the Host at {config.host_url} does not know this token ({exc.message}); nothing was stored"
             ) from None
         raise
-    target = user_config_path()
-    try:
-        base = toml.loads(Path(config.source).read_text(encoding="utf-8"))
-    except (OSError, toml.TomlDecodeError) as exc:
-        raise ConfigError(f"cannot read {config.source}: {exc}") from None
-    if Path(config.source).resolve() != target.resolve() and target.exists():
-        # Keep the user's own settings; the config that gave the address
-        # only supplies what their file lacks.
+    own = user_config_path()
+    if Path(config.source).resolve() == own.resolve():
+        # Their own config: keep every other setting, replace the token.
         try:
-            own = toml.loads(target.read_text(encoding="utf-8"))
+            data = toml.loads(own.read_text(encoding="utf-8"))
         except (OSError, toml.TomlDecodeError) as exc:
-            raise ConfigError(f"cannot read {target}: {exc}") from None
-        base = {**base, **own}
-    write_private_file(target, toml.dumps(merged_config(base, token)), overwrite=True)
+            raise ConfigError(f"cannot read {own}: {exc}") from None
+        data["auth"] = {**data.get("auth", {}), "token": token}
+        write_private_file(own, toml.dumps(data), overwrite=True)
+        target = own
+    else:
+        target = token_path()
+        write_private_file(target, token + "\n", overwrite=True)
     name = str(me.get("name", "?"))
     if args.json:
         print_json({"user": name, "host": config.host_url, "config": str(target)})

@@ -260,7 +260,9 @@ def _ids(values: Iterable[int]) -> str:
 def _never_fits_node(req: _Request, node: NodeResources) -> str | None:
     """Why `req` can never fit on `node` (its capacity, ignoring what is held), or None."""
     name = node.hostname
-    cannot = node.refusal(req.kind)
+    # Only what lasts: during a Docker engine's restart tasks wait, and are
+    # neither refused nor failed (placement still skips the node meanwhile).
+    cannot = node.refusal(req.kind, lasting_only=True)
     if cannot:
         return _cannot_run(node, req.kind, cannot)
     if req.cores > node.cores:
@@ -324,9 +326,11 @@ def check_fits_ever(
         return
     if any(_never_fits_node(req, n) is None for n in nodes):
         return
-    able = [n for n in nodes if n.refusal(req.kind) is None]
+    able = [n for n in nodes if n.refusal(req.kind, lasting_only=True) is None]
     if not able:
-        reasons = "; ".join(_cannot_run(n, req.kind, n.refusal(req.kind) or "") for n in nodes[:MAX_REASONS])
+        reasons = "; ".join(
+            _cannot_run(n, req.kind, n.refusal(req.kind, lasting_only=True) or "") for n in nodes[:MAX_REASONS]
+        )
         more = f"; and {len(nodes) - MAX_REASONS} more" if len(nodes) > MAX_REASONS else ""
         raise Unschedulable(f"no node can run {KIND_WORDS[req.kind]} ({reasons}{more})")
     nodes = able  # the sizes below compare with the nodes that could run it

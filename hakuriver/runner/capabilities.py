@@ -34,17 +34,26 @@ DEFAULT_REFRESH_INTERVAL = 60.0
 went away) is noticed within about this long."""
 
 
-async def probe_kind(executor: Executor | None, missing: str, *, timeout: float = PROBE_TIMEOUT) -> Capability:
+PASSING_KINDS = frozenset({"docker"})
+"""Kinds whose executor failing to answer is an outage that passes (a Docker
+engine restarting): tasks wait rather than being refused. For NULL tasks a
+launcher that does not answer through sudo is a setup problem that lasts."""
+
+
+async def probe_kind(
+    executor: Executor | None, missing: str, *, timeout: float = PROBE_TIMEOUT, passing: bool = False
+) -> Capability:
     """Whether `executor` can run its tasks now. `missing`: the reason when the
-    runner has no such executor at all."""
+    runner has no such executor at all (which lasts); `passing`: whether a
+    failing answer is a passing outage (`Capability.lasting`)."""
     if executor is None:
         return Capability(False, missing)
     try:
         await asyncio.wait_for(executor.fingerprint(), timeout)
     except TimeoutError:
-        return Capability(False, f"the {executor.name} executor did not answer within {timeout:g}s")
+        return Capability(False, f"the {executor.name} executor did not answer within {timeout:g}s", not passing)
     except Exception as exc:  # noqa: BLE001 - any failure is the reason, told to the Host
-        return Capability(False, str(exc) or type(exc).__name__)
+        return Capability(False, str(exc) or type(exc).__name__, not passing)
     return Capability(True)
 
 
@@ -61,6 +70,7 @@ async def probe(
                 executors.get(EXECUTOR_OF[kind]),
                 missing.get(EXECUTOR_OF[kind]) or f"this runner has no {EXECUTOR_OF[kind]} executor",
                 timeout=timeout,
+                passing=kind in PASSING_KINDS,
             )
             for kind in kinds
         )

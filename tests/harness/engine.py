@@ -303,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 3 or args[0] != "leftovers":
         print("usage: python -m tests.harness.engine leftovers RUN STARTED_EPOCH", file=sys.stderr)
         return 2
-    left = run_leftovers(docker.from_env(), args[1], time.time() - float(args[2]))
+    try:
+        client = docker.from_env()
+        left = run_leftovers(client, args[1], time.time() - float(args[2]))
+    except docker.errors.DockerException as exc:
+        print(f"[ci] cannot check for leftovers: the Docker engine does not answer ({exc})", file=sys.stderr)
+        return 1
     for line in left:
         print(f"[ci] left behind by this run: {line}", file=sys.stderr)
     return 1 if left else 0

@@ -68,14 +68,22 @@ async def test_a_runner_that_does_not_say_is_sent_null_tasks(
 
 
 async def test_a_docker_engine_that_comes_back_is_noticed(inproc: InProcCluster) -> None:
-    """Docker unreachable at start-up: Docker tasks targeted there are refused with
-    the reason; once a probe finds the engine again the next heartbeat says so."""
+    """Docker unreachable at start-up is an outage that passes: a Docker task
+    targeted there is accepted and waits (never refused, never failed); once a
+    probe finds the engine again the next heartbeat says so and it runs."""
     docker = StagedExecutor("d1", name="docker")
     docker.broken = "cannot reach the Docker engine: connection refused"
     runner = await inproc.add_runner("d1", executors={"docker": docker, "systemd": StagedExecutor("d1")})
-    err = await refused(inproc, targets=["d1"])
-    assert err.message == "node 'd1' cannot run Docker tasks: cannot reach the Docker engine: connection refused"
-    await inproc.submit(["fake", "exit", "0"], container="NULL", targets=["d1"])  # NULL tasks still go
+    node = await inproc.client.node("d1")
+    assert node["capabilities"]["docker"] == {
+        "available": False,
+        "reason": "cannot reach the Docker engine: connection refused",
+        "lasting": False,
+    }
+    waiting = await inproc.submit(["fake", "exit", "0"], targets=["d1"])
+    null_task = await inproc.submit(["fake", "exit", "0"], container="NULL", targets=["d1"])  # NULL tasks still go
+    assert (await inproc.wait_state(null_task, "completed"))["node"] == "d1"
+    assert (await inproc.client.get_task(waiting))["state"] == "pending"
 
     docker.broken = None
     assert runner.app is not None
@@ -85,8 +93,7 @@ async def test_a_docker_engine_that_comes_back_is_noticed(inproc: InProcCluster)
         return (await inproc.client.node("d1"))["capabilities"]["docker"] == {"available": True}
 
     await apoll(docker_back, timeout=10, interval=0.05, what="the Host to hear that d1 runs Docker again")
-    task_id = await inproc.submit(["fake", "exit", "0"], targets=["d1"])
-    assert (await inproc.wait_state(task_id, "completed"))["node"] == "d1"
+    assert (await inproc.wait_state(waiting, "completed"))["node"] == "d1"
 
 
 @pytest.mark.parametrize("spelling", ["null", "Null", "nULL"])

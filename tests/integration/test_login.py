@@ -43,25 +43,37 @@ def test_login_stores_a_checked_token_and_then_plain_commands_work(cluster: Loca
     system.write_text(toml.dumps({"network": host_cfg["network"]}), encoding="utf-8")
     home = tmp_path / "carol"
     home.mkdir()
-    personal = home / ".hakuriver" / "config.toml"
+    token_file = home / ".hakuriver" / "token"
 
     wrong = run_cli(home, cluster, "client", "--config", str(system), "login", "--token-file", "-", stdin="hkr_wrong\n")
     assert wrong.returncode == 1
     assert wrong.stderr.count("\n") == 1 and "nothing was stored" in wrong.stderr, wrong.stderr
-    assert not personal.exists()
+    assert not token_file.exists()
 
     ok = run_cli(home, cluster, "client", "--config", str(system), "login", "--token-file", "-", stdin=token + "\n")
     assert ok.returncode == 0, ok.stderr
     assert "logged in as carol" in ok.stdout
-    assert stat.S_IMODE(os.stat(personal).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(personal.parent).st_mode) == 0o700
-    stored = toml.loads(personal.read_text(encoding="utf-8"))
-    assert stored["auth"] == {"token": token}
-    assert stored["network"]["host_port"] == host_cfg["network"]["host_port"]
+    assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(token_file.parent).st_mode) == 0o700
+    # Only the token: the address stays the machine-wide file's, so a change there reaches her.
+    assert token_file.read_text(encoding="utf-8") == token + "\n"
+    assert not (home / ".hakuriver" / "config.toml").exists()
 
-    # No --config, no $HAKURIVER_CONFIG: the lookup finds the personal file.
-    listed = run_cli(home, cluster, "task", "list", "--json")
+    listed = run_cli(home, cluster, "task", "--config", str(system), "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["tasks"] == []
-    status, users = cluster.api("GET", "/api/users")
-    assert status == 200 and "carol" in [u["name"] for u in users["users"]]
+
+    # A token file others can read is refused, as ssh refuses such a key.
+    token_file.chmod(0o644)
+    loose = run_cli(home, cluster, "task", "--config", str(system), "list")
+    assert loose.returncode == 1 and "can be read by others" in loose.stderr, loose.stderr
+    token_file.chmod(0o600)
+
+    # A personal config in use keeps its settings and gets the token in auth.token.
+    own = home / ".hakuriver" / "config.toml"
+    own.write_text(toml.dumps({"network": host_cfg["network"], "auth": {"token": "hkr_old"}}), encoding="utf-8")
+    again = run_cli(home, cluster, "client", "login", "--token-file", "-", stdin=token + "\n")
+    assert again.returncode == 0, again.stderr
+    assert toml.loads(own.read_text(encoding="utf-8")) == {"network": host_cfg["network"], "auth": {"token": token}}
+    assert stat.S_IMODE(os.stat(own).st_mode) == 0o600
+    assert run_cli(home, cluster, "task", "list").returncode == 0

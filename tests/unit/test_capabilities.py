@@ -45,8 +45,8 @@ def test_what_a_runner_does_not_say_is_no_refusal() -> None:
     "bad",
     [
         [],
-        {"gpu": {"available": True}},
         {"null": {"available": "yes"}},
+        {"null": {"available": False, "lasting": "no"}},
         {"null": {"available": False, "reason": 5}},
         {"null": {"available": False, "why": "x"}},
         {"null": True},
@@ -176,3 +176,16 @@ def test_the_watch_answers_at_once_while_a_probe_is_slow() -> None:
         await watch.close()
 
     asyncio.run(main())
+
+
+def test_kinds_this_code_does_not_know_are_ignored() -> None:
+    # A newer runner may report more kinds; it must not be turned away.
+    record = NodeCapabilities.from_json({"gpu": {"available": True}, "null": {"available": True}})
+    assert record.to_json() == {"null": {"available": True}}
+
+
+def test_a_passing_outage_is_not_a_lasting_refusal() -> None:
+    record = NodeCapabilities.from_json({"docker": {"available": False, "reason": "engine down", "lasting": False}})
+    assert record.refusal("docker") == "engine down"
+    assert record.refusal("docker", lasting_only=True) is None
+    assert record.to_json() == {"docker": {"available": False, "reason": "engine down", "lasting": False}}

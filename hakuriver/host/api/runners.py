@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -13,6 +14,8 @@ from ...parsing import validate_node_name
 from ...webapi import NODE_KEY_HEADER, json_response, read_json_object, require_type
 from ..keys import CLUSTER, CONFIG, LIVENESS
 from .tasks import task_id_of
+
+log = logging.getLogger(__name__)
 
 REGISTER_FIELDS = {
     "hostname",
@@ -48,14 +51,17 @@ REPORT_FIELDS = {"hostname", "state", "exit_code", "error"}
 
 def _capabilities(data: dict[str, Any]) -> NodeCapabilities | None:
     """The runner's `capabilities`, or None when it sent none (a runner from
-    before them: it may run anything)."""
+    before them: it may run anything) or a record this Host cannot read.
+    Never a refusal: a heartbeat turned away for this field would take a
+    healthy node offline, so the record is dropped with a warning instead."""
     raw = data.get("capabilities")
     if raw is None:
         return None
     try:
         return NodeCapabilities.from_json(raw)
     except ValueError as exc:
-        raise ValidationError(f"malformed 'capabilities': {exc}") from None
+        log.warning("runner %r sent a malformed 'capabilities' (ignored): %s", data.get("hostname"), exc)
+        return None
 
 
 def _reported_tasks(data: dict[str, Any]) -> list[dict[str, Any]]:

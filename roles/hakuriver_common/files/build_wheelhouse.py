@@ -33,9 +33,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-# Never copied into the build tree: caches, virtualenvs, and earlier builds.
-IGNORED = (".git", ".venv", "build", "dist", ".cache", "*.egg-info", "__pycache__", "*.pyc",
-           ".pytest_cache", ".mypy_cache", ".ruff_cache", ".whl", ".gl", "node_modules")
+# Never copied into the build tree: caches and virtualenvs anywhere, earlier
+# builds and scratch dirs at the top of the checkout only.
+IGNORED = ("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache", ".mypy_cache", ".ruff_cache", "node_modules")
+IGNORED_AT_TOP = {".git", ".venv", "build", "dist", ".cache", ".whl", ".gl", "molecule", "tests", "bench"}
 # Reproducible wheels: the zip entries' timestamps come from here (1980-01-01,
 # the earliest a zip file can record).
 SOURCE_DATE_EPOCH = "315532800"
@@ -49,8 +50,38 @@ def fail(message: str) -> None:
 def run(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        detail = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
-        fail(f"{what} failed: {detail[-1] if detail else f'exit status {proc.returncode}'}")
+        lines = [line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+        # pip's last line is often only "This error originates from a subprocess": lead with its ERROR line.
+        errors = [line for line in lines if line.startswith("ERROR:")]
+        detail = " | ".join(dict.fromkeys(errors[:1] + lines[-3:])) or f"exit status {proc.returncode}"
+        fail(f"{what} failed: {detail}")
+
+
+def wheel_digest(wheel: Path) -> str:
+    """sha256 over the wheel's files (names and contents), leaving out WHEEL
+    and RECORD, which name the builder's version: the stamp a node compares,
+    so a newer setuptools on another controller reinstalls nothing."""
+    import zipfile
+
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as zf:
+        for name in sorted(zf.namelist()):
+            if name.endswith((".dist-info/WHEEL", ".dist-info/RECORD")):
+                continue
+            digest.update(name.encode() + b"\0" + zf.read(name) + b"\0")
+    return digest.hexdigest()
+
+
+def _ignore_for(root: Path):  # type: ignore[no-untyped-def]
+    patterns = shutil.ignore_patterns(*IGNORED)
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        skipped = set(patterns(directory, names))
+        if Path(directory) == root:
+            skipped |= IGNORED_AT_TOP & set(names)
+        return skipped
+
+    return ignore
 
 
 def manylinux_platforms(machine: str, glibc: str) -> list[str]:
@@ -92,7 +123,7 @@ def build_wheel(python: str, source: Path, out: Path) -> Path:
              "or use hakuriver_install_source: wheelhouse")
     with tempfile.TemporaryDirectory(prefix="hkr-wheel-") as tmp:
         tree = Path(tmp) / "src"
-        shutil.copytree(source, tree, ignore=shutil.ignore_patterns(*IGNORED), symlinks=True)
+        shutil.copytree(source, tree, ignore=_ignore_for(source), symlinks=True)
         # One playbook run asks once per play: an unchanged tree reuses its wheel.
         digest = tree_digest(tree)
         stamp = out / ".source-sha256"
@@ -158,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"{args.python} has no pip; set hakuriver_controller_python to a python3 that has it")
     wheel = build_wheel(args.python, args.source.resolve(), args.out / "hakuriver")
     targets = {t: str(download_deps(args.python, wheel, t, args.out, args.index_url)) for t in sorted(set(args.target))}
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    print(json.dumps({"wheel": wheel.name, "sha256": digest, "targets": targets}))
+    print(json.dumps({"wheel": wheel.name, "sha256": wheel_digest(wheel), "targets": targets}))
     return 0
 
 
