@@ -41,6 +41,7 @@ class HostProc:
         token: str = ADMIN_TOKEN,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
+        """(status, the decoded JSON body, or the raw bytes when the answer is not JSON)."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Authorization", f"Bearer {token}")
@@ -50,13 +51,27 @@ class HostProc:
             req.add_header(key, value)
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
+                raw = resp.read()
+                return resp.status, json.loads(raw) if resp.headers.get_content_type() == "application/json" else raw
         except urllib.error.HTTPError as exc:
             raw = exc.read()
             try:
                 return exc.code, json.loads(raw)
             except ValueError:
                 return exc.code, raw
+
+    def register_node(self, name: str = "n1", node_key: str = "node-key-of-the-hostile-tests-0001") -> None:
+        """Register a node (no Runner behind its URL) so that tasks can be submitted."""
+        body = {
+            "hostname": name,
+            "url": "http://127.0.0.1:9",
+            "cores": 4,
+            "memory": 8 << 30,
+            "node_key": node_key,
+            "order_token": "order-token-of-the-hostile-tests-01",
+        }
+        status, reply = self.call("POST", "/api/runner/register", body, token=RUNNER_TOKEN)
+        assert status == 200, reply
 
 
 @contextlib.contextmanager
