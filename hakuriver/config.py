@@ -24,7 +24,8 @@ from typing import Any, get_type_hints
 
 import toml
 
-from .errors import ConfigError
+from .errors import ConfigError, ValidationError
+from .parsing import parse_size
 
 DEFAULT_CONFIG_PATH = Path("~/.hakuriver/config.toml")
 SYSTEM_CLIENT_CONFIG_PATH = Path("/etc/hakuriver/client.toml")
@@ -41,6 +42,18 @@ class NetworkConfig:
     host_reachable_address: str = "127.0.0.1"
     runner_address: str = "127.0.0.1"
     runner_port: int = 8001
+    keepalive_timeout: float = 20.0
+    """Seconds a connection may sit idle, or take to send a request's headers,
+    before the service closes it (after connecting, or after an answer)."""
+    request_body_timeout: float = 60.0
+    """Seconds to send a request's body; for an environment upload, the
+    longest silence allowed between two parts of it."""
+    max_connections: int = 4096
+    """Connections a service holds at once; beyond, new ones are closed at
+    once (lowered to what the open-file limit allows)."""
+    max_connections_per_address: int = 256
+    """Connections one client address may hold at once. A Runner's address is
+    exempt once it authenticated as a Runner (see docs/security.md)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,9 @@ class DockerConfig:
     """Who Docker tasks run as. `submitter`: the submitter's Unix account
     (`unix_user`), and `nobody` for users without one. `root`: users without
     an account run as root in the container (an admin's explicit choice)."""
+    max_upload_size: str = "20G"
+    """The largest environment tarball `import-tar` accepts (a size: 512M,
+    20G); the Host refuses a bigger one with 413 before storing it."""
 
 
 @dataclass(frozen=True)
@@ -264,6 +280,13 @@ def config_from_dict(data: Mapping[str, Any], source: str | None = None) -> Conf
         raise ConfigError(
             f"{where}: timing.heartbeat_timeout_factor must be at least 2, or one late heartbeat marks a node offline"
         )
+    for key in ("max_connections", "max_connections_per_address"):
+        if getattr(config.network, key) < 1:
+            raise ConfigError(f"{where}: network.{key} must be at least 1")
+    try:
+        parse_size(config.docker.max_upload_size)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: docker.max_upload_size: {exc.message}") from None
     if config.docker.task_user not in DOCKER_TASK_USERS:
         raise ConfigError(
             f"{where}: docker.task_user must be one of {', '.join(DOCKER_TASK_USERS)}, not {config.docker.task_user!r}"

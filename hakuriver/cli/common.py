@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from typing import Any
 from ..config import TOKEN_ENV_VAR
 from ..errors import ConfigError, HakuRiverError, ValidationError
 from ..ids import parse_id
+from ..logrepeats import CollapseRepeats
 from ..parsing import format_size as format_size  # re-exported: the CLIs import it from here
 
 EXIT_OK = 0
@@ -373,7 +375,8 @@ def _not_world_readable(path: str) -> None:
 
 
 def setup_service_logging(verbose: bool, log_file: str) -> None:
-    """stderr always (journald picks it up), plus `log_file` when set."""
+    """stderr always (journald picks it up), plus `log_file` when set; identical
+    records in a burst are written once with a count (`logrepeats`)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -390,7 +393,8 @@ def setup_service_logging(verbose: bool, log_file: str) -> None:
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(redact_secrets)
-        root.addHandler(handler)
+    # One handler on the root: repeats of a record are written once, with a count.
+    root.addHandler(CollapseRepeats(handlers))
     if not verbose:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
@@ -422,15 +426,15 @@ def serve(
     """Run a service (`hakuriver.host`, `hakuriver.runner`) until SIGINT/SIGTERM.
 
     `factory(config)` imports and calls the service's `create_app`; `bind`
-    and `log_file` pick the address and log file from the config. With
+    and `log_file` pick the address and log file from the config. The
+    server applies the `[network]` connection limits (`run_service`). With
     `tls.enabled` it serves HTTPS, its [tls] files checked before anything
     starts; without, it logs one warning that the API is plain HTTP. Config
     errors, a port already in use and other expected failures print one
     line and exit 1.
     """
-    from aiohttp import web
-
     from ..config import load_config
+    from ..connlimits import ConnectionLimits
 
     prog = parser.prog.split()[0]
     try:
@@ -452,9 +456,8 @@ def serve(
             "HTTPS" if ssl_context is not None else "plain HTTP",
             config.source or "built-in defaults",
         )
-        tls_options = {} if ssl_context is None else {"ssl_context": ssl_context}
         try:
-            web.run_app(app, host=host, port=port, print=None, handle_signals=True, **tls_options)
+            run_service(app, host, port, ssl_context=ssl_context, limits=ConnectionLimits.from_config(config))
         except OSError as exc:
             raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     except HakuRiverError as exc:
@@ -468,6 +471,50 @@ def serve(
         return EXIT_FAILURE
     log.info("%s stopped", prog)
     return EXIT_OK
+
+
+def run_service(app: Any, host: str, port: int, *, ssl_context: Any, limits: Any) -> None:
+    """Serve `app` on `host`:`port` until SIGINT/SIGTERM, like `web.run_app`,
+    but through `connlimits.GuardedSite` (connections counted per address and
+    in all, refused beyond `limits`) with aiohttp's keep-alive timeout set from
+    `limits`. OSError: the port cannot be bound (the app is cleaned up first)."""
+    from aiohttp import web
+    from aiohttp.web_runner import GracefulExit
+
+    from ..connlimits import CONNECTION_LIMITER, ConnectionLimiter, GuardedSite, fit_to_fd_limit
+
+    limiter = ConnectionLimiter(fit_to_fd_limit(limits))
+    app[CONNECTION_LIMITER] = limiter
+
+    async def main() -> None:
+        runner = web.AppRunner(app, handle_signals=True, keepalive_timeout=limiter.limits.keepalive_timeout)
+        await runner.setup()
+        try:
+            await GuardedSite(runner, host, port, limiter, ssl_context=ssl_context).start()
+            await asyncio.Event().wait()  # until a signal raises GracefulExit
+        finally:
+            await runner.cleanup()
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    task = loop.create_task(main())
+    try:
+        loop.run_until_complete(task)
+    except (GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not task.done():
+            task.cancel()  # runs main's cleanup
+            with contextlib.suppress(asyncio.CancelledError, GracefulExit):
+                loop.run_until_complete(task)
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+        asyncio.set_event_loop(None)
 
 
 def exit_service(code: int) -> None:

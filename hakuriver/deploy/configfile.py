@@ -47,6 +47,10 @@ KEY_COMMENTS: dict[str, str] = {
     "network.host_reachable_address": "How Runners and CLIs reach the Host (an address of the Host machine).",
     "network.runner_address": "How the Host reaches this Runner; the Runner also listens on it.",
     "network.runner_port": "Runner API port (one per Runner on a machine).",
+    "network.keepalive_timeout": "Seconds a connection may idle, or take to send a request's headers.",
+    "network.request_body_timeout": "Seconds to send a request body (an upload: the longest pause in it).",
+    "network.max_connections": "Connections a service holds at once; more are closed at once.",
+    "network.max_connections_per_address": "Connections one client address may hold (Runners are exempt).",
     "paths.shared_dir": "REQUIRED. Shared by all nodes at this same path: task logs, environment tarballs. "
     "Mounted at /shared in tasks; the services' working directory.",
     "paths.local_temp_dir": "REQUIRED for Runners. Node-local scratch, mounted at /local_temp in tasks.",
@@ -71,6 +75,7 @@ KEY_COMMENTS: dict[str, str] = {
     "/ can never be allowed.",
     "docker.keep_tarballs": "Tarball versions of each environment to keep.",
     "docker.task_user": "Docker tasks run as the submitter's unix_user; no unix_user: submitter = nobody, or root.",
+    "docker.max_upload_size": "Largest environment tarball import-tar accepts (e.g. 20G).",
     "auth.token": "A client's own API token (hakuriver.admin user add prints one); $HAKURIVER_TOKEN wins.",
     "auth.admin_token": "Host: the first admin's credential; clients on this machine use it when token is empty.",
     "auth.admin_user": "The user name of admin_token's tasks.",

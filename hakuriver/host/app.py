@@ -19,10 +19,11 @@ from pathlib import Path
 from aiohttp import web
 
 from ..config import Config
+from ..connlimits import body_deadline_middleware, trust_runners_middleware
 from ..errors import ConfigError
 from ..tls import client_context
 from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
-from .accounts import Accounts, host_authenticator
+from .accounts import Accounts, host_authenticator, principal_of
 from .api import ROUTES
 from .cluster import Cluster
 from .db import Database
@@ -112,8 +113,18 @@ def create_app(config: Config) -> web.Application:
         # The accounts exist once cleanup_ctx ran; no request arrives before.
         host_authenticator(request.app[ACCOUNTS])(request, token)
 
+    def is_runner(request: web.Request) -> bool:
+        return principal_of(request).is_runner
+
+    # After authentication: a Runner's address is exempt from the per-address
+    # connection limit, and a body is waited for only from an authenticated client.
     app = web.Application(
-        middlewares=[error_middleware, make_auth_middleware(authenticate)],
+        middlewares=[
+            error_middleware,
+            make_auth_middleware(authenticate),
+            trust_runners_middleware(is_runner),
+            body_deadline_middleware(config.network.request_body_timeout),
+        ],
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONFIG] = config

@@ -32,6 +32,7 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -45,9 +46,10 @@ from typing import Any, TypeVar
 
 from .. import naming, tarballs
 from ..config import Config
+from ..connlimits import RequestTimeout
 from ..dockerapi import Engine, docker_explanation, run_in, sdk, thread_pool
 from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
-from ..parsing import validate_env_name
+from ..parsing import format_size, parse_size, validate_env_name
 from .shell import DockerShell, ShellSession
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,10 @@ OP_THREADS = 4
 SHELL_THREADS = 2
 MAX_SHELLS = 16
 SAVE_CHUNK = 1 << 20
+UPLOAD_FREE_MARGIN = 1 << 30
+"""Free space an upload must leave in the tarball directory (the tarball saved from it needs room too)."""
+UPLOAD_CHECK_EVERY = 256 << 20
+"""Bytes between two free-space checks while an upload streams."""
 PROGRESS_INTERVAL = 1.0
 STALE_TEMP_SECONDS = 3600.0
 KEEPALIVE_COMMAND = ["tail", "-f", "/dev/null"]
@@ -112,9 +118,40 @@ def import_instructions(name: str) -> str:
     )
 
 
+class UploadTooLarge(HakuRiverError):
+    """An environment upload above `docker.max_upload_size` (413)."""
+
+    status = 413
+    code = "upload_too_large"
+
+
+class InsufficientStorage(HakuRiverError):
+    """Not enough free space on the Host for an upload (507)."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
+def _too_large(size: int, limit: int, *, streamed: bool = False) -> str:
+    what = "the upload went past" if streamed else f"the upload announces {format_size(size)}, more than"
+    return f"{what} docker.max_upload_size ({format_size(limit)}); ask an admin to raise it"
+
+
+def _require_free(directory: Path, needed: int, declared: int | None) -> None:
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        size = f"{format_size(declared)} plus " if declared else ""
+        raise InsufficientStorage(
+            f"the Host's {directory} has {format_size(free) if free else 'no space'} free; an upload needs "
+            f"{size}{format_size(UPLOAD_FREE_MARGIN)} to spare"
+        )
+
+
 class EnvironmentManager:
     def __init__(self, config: Config, *, client: Any = None):
         self.config = config
+        self.max_upload_size = parse_size(config.docker.max_upload_size)
         self.directory = tarballs.tarball_dir(config)
         self.keep = max(1, config.docker.keep_tarballs)
         self._engine = Engine(
@@ -465,20 +502,55 @@ class EnvironmentManager:
         )
         return created["Id"]
 
-    async def receive_upload(self, content: Any) -> Path:
-        """Write a request body (an aiohttp StreamReader) to a temporary file beside the tarballs."""
+    async def receive_upload(self, content: Any, declared: int | None) -> Path:
+        """Write a request body (an aiohttp StreamReader) to a temporary file beside the tarballs.
+
+        `declared` is the request's Content-Length (None when chunked). Refused
+        before a byte is stored: a declared size above `docker.max_upload_size`
+        (`UploadTooLarge`, 413), or less free space in the tarball directory than
+        the declared size plus `UPLOAD_FREE_MARGIN` (`InsufficientStorage`, 507).
+        While streaming: more bytes than the limit (413), the free space falling
+        under the margin or the disk filling up (507), or a pause longer than
+        `network.request_body_timeout` (408). What was stored is removed.
+        """
+        limit = self.max_upload_size
+        if declared is not None and declared > limit:
+            raise UploadTooLarge(_too_large(declared, limit))
         path = self.directory / f".upload-{secrets.token_hex(4)}.tar{tarballs.TEMP_MARK}{secrets.token_hex(4)}"
 
         def create() -> Any:
             self.directory.mkdir(parents=True, exist_ok=True)
+            _require_free(self.directory, (declared or 0) + UPLOAD_FREE_MARGIN, declared)
             return open(path, "xb")  # exclusive: never through a planted link
 
+        def write(fh: Any, chunk: bytes, recheck: bool) -> None:
+            try:
+                fh.write(chunk)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise InsufficientStorage(f"the Host's {self.directory} filled up during the upload") from None
+                raise
+            if recheck:
+                _require_free(self.directory, UPLOAD_FREE_MARGIN, None)
+
         fh = await self._call(create)
-        size = 0
+        pause = self.config.network.request_body_timeout
+        size, next_check = 0, UPLOAD_CHECK_EVERY
         try:
-            async for chunk in content.iter_chunked(SAVE_CHUNK):
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(content.read(SAVE_CHUNK), pause)
+                except TimeoutError:
+                    raise RequestTimeout(f"the upload paused for more than {pause:g} s") from None
+                if not chunk:
+                    break
                 size += len(chunk)
-                await self._call(fh.write, chunk)
+                if size > limit:
+                    raise UploadTooLarge(_too_large(size, limit, streamed=True))
+                recheck = size >= next_check
+                if recheck:
+                    next_check += UPLOAD_CHECK_EVERY
+                await self._call(write, fh, chunk, recheck)
             await self._call(fh.close)
             if size == 0:
                 raise ValidationError("the request body is empty: send the image tarball ('docker save' output)")

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import Config
+from ..connlimits import body_deadline_middleware
 from ..errors import ConfigError, Unauthorized
 from ..models import NodeResources
 from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
@@ -256,7 +257,11 @@ def create_app(
     only with the real backends)."""
     check_runner_config(config)
     app = web.Application(
-        middlewares=[error_middleware, make_auth_middleware(_host_orders_only)],
+        middlewares=[
+            error_middleware,
+            make_auth_middleware(_host_orders_only),
+            body_deadline_middleware(config.network.request_body_timeout),
+        ],
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONFIG] = config

@@ -1,7 +1,7 @@
-"""`hakuriver.host` / `hakuriver.runner`: config → logging → create_app → run_app.
+"""`hakuriver.host` / `hakuriver.runner`: config → logging → create_app → run_service.
 
 The real apps are not started here (they are tested with the Host and the
-Runner); `create_app` and `run_app` are stubbed so that only the CLI's own
+Runner); `create_app` and `run_service` are stubbed so that only the CLI's own
 wiring is under test.
 """
 
@@ -21,6 +21,7 @@ from aiohttp import web
 from hakuriver.cli import common
 from hakuriver.cli import host as host_cli
 from hakuriver.cli import runner as runner_cli
+from hakuriver.connlimits import ConnectionLimits
 from hakuriver.errors import ConfigError
 from tests.harness.procs import free_port
 
@@ -48,11 +49,11 @@ def _restore_logging():
 def run_app_calls(monkeypatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
 
-    def fake_run_app(app: Any, **kwargs: Any) -> None:
-        calls.append({"app": app, **kwargs})
+    def fake_run_service(app: Any, host: str, port: int, **kwargs: Any) -> None:
+        calls.append({"app": app, "host": host, "port": port, **kwargs})
         logging.getLogger("hakuriver.test").info("serving")
 
-    monkeypatch.setattr(web, "run_app", fake_run_app)
+    monkeypatch.setattr(common, "run_service", fake_run_service)
     return calls
 
 
@@ -83,7 +84,8 @@ def test_service_binds_and_logs_from_config(
     monkeypatch.setattr(module, "_create_app", lambda cfg: seen.append(cfg) or sentinel)
     assert module.main(["--config", str(config)]) == 0
     (call,) = run_app_calls
-    assert call == {"app": sentinel, "host": "127.0.0.2", "port": 18123, "print": None, "handle_signals": True}
+    limits = ConnectionLimits(keepalive_timeout=20.0, request_body_timeout=60.0)
+    assert call == {"app": sentinel, "host": "127.0.0.2", "port": 18123, "ssl_context": None, "limits": limits}
     assert seen[0].source == str(config)
     for handler in logging.getLogger().handlers:
         handler.flush()

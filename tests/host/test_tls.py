@@ -25,6 +25,7 @@ from aiohttp import web
 
 from hakuriver import tls
 from hakuriver.cli import client as client_cli
+from hakuriver.cli import common
 from hakuriver.cli import host as host_cli
 from hakuriver.client import HostClient
 from hakuriver.config import TlsConfig, config_from_dict
@@ -310,7 +311,7 @@ async def test_the_host_verifies_the_runner_it_calls(tmp_path: Path, pki: Pki) -
 @pytest.fixture
 def run_app_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(web, "run_app", lambda app, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(common, "run_service", lambda app, host, port, **kwargs: calls.append(kwargs))
     monkeypatch.setattr(host_cli, "_create_app", lambda config: object())
     return calls
 
@@ -335,7 +336,7 @@ def test_a_plain_http_service_says_so_once(tmp_path: Path, run_app_calls: list[d
     config = tmp_path / "c.toml"
     config.write_text(f'[paths]\nhost_log_file = "{log_file}"\n')
     assert host_cli.main(["--config", str(config)]) == 0
-    assert "ssl_context" not in run_app_calls[0]
+    assert run_app_calls[0]["ssl_context"] is None
     for handler in logging.getLogger().handlers:
         handler.flush()
     warnings = [line for line in log_file.read_text().splitlines() if " WARNING " in line]

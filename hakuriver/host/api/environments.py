@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ...connlimits import streams_body
 from ...errors import Forbidden, HakuRiverError, ValidationError
 from ...parsing import validate_env_name
 from ...webapi import json_response, query_int, read_json_object, require_type
@@ -204,11 +205,15 @@ async def import_env_image(request: web.Request) -> web.StreamResponse:
     return await stream_operation(request, lambda progress: envs.import_image(name, image, progress, pull=pull))
 
 
+@streams_body
 async def import_env_tar(request: web.Request) -> web.StreamResponse:
+    """The body streams to disk (`receive_upload`): refused with 413 above
+    `docker.max_upload_size` and with 507 when the Host lacks the space, both
+    before anything is stored when Content-Length says so."""
     name = _env_name(request)
     if request.content_type not in UPLOAD_TYPES:
         raise ValidationError(f"send the tarball as the body, with Content-Type {UPLOAD_TYPES[0]}")
     envs = request.app[ENVIRONMENTS]
     await authorize(request, name, "replace", claim=True)
-    upload = await envs.receive_upload(request.content)
+    upload = await envs.receive_upload(request.content, request.content_length)
     return await stream_operation(request, lambda progress: envs.import_tar(name, upload, progress))
