@@ -303,7 +303,7 @@ class DockerExecutor(Executor):
             try:
                 os.fsync(f.fileno())
             except OSError as exc:
-                w.faults[kind] = write_fault(STREAM_NAMES[kind], exc, os.fstat(f.fileno()).st_size)
+                w.faults[kind] = write_fault(STREAM_NAMES[kind], exc, None)
                 continue
             gone = file_gone(STREAM_NAMES[kind], path, f.fileno())
             if gone is not None:
