@@ -181,6 +181,11 @@ class Task:
     error: str | None = None
     owner: str | None = None
     """Who submitted it; None for tasks from before users existed."""
+    output_error: str | None = None
+    """Set when the task's stdout/stderr files are known or suspected to be
+    incomplete (ENOSPC, EIO, a vanished shared dir): what went wrong, e.g.
+    "stdout: No space left on device (ENOSPC) after 1.0 MiB". The task's state
+    and exit code are still its real ones."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -206,6 +211,7 @@ class Task:
             "exit_code": self.exit_code,
             "error": self.error,
             "owner": self.owner,
+            "output_error": self.output_error,
         }
 
 
@@ -376,6 +382,8 @@ class ExitResult:
     state: TaskState
     exit_code: int | None = None
     error: str | None = None
+    output_error: str | None = None
+    """Why the task's output files are incomplete, if they are (see `Task.output_error`)."""
 
     def __post_init__(self) -> None:
         if not self.state.is_final:

@@ -258,6 +258,7 @@ def describe_task(task: dict[str, Any]) -> str:
         ("state", task.get("state")),
         ("exit code", task.get("exit_code")),
         ("error", task.get("error")),
+        ("output", f"INCOMPLETE: {task['output_error']}" if task.get("output_error") else None),
         ("command", format_command(task.get("command") or [])),
         ("target", task.get("target") or "auto"),
         ("node", placement),
@@ -275,6 +276,20 @@ def describe_task(task: dict[str, Any]) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {'-' if v is None or v == '' else v}" for k, v in rows)
+
+
+OUTPUT_MARK = "!"
+"""Follows a task's state in tables when its output files are incomplete (`output_error`)."""
+
+
+def shown_state(task: dict[str, Any]) -> str:
+    """The task's state for a table: `completed!` when its output is incomplete."""
+    return str(task["state"]) + (OUTPUT_MARK if task.get("output_error") else "")
+
+
+def _mark_note(tasks: list[dict[str, Any]]) -> None:
+    if any(t.get("output_error") for t in tasks):
+        print(f"({OUTPUT_MARK}: the output files are incomplete; `{PROG} status ID` says why)", file=sys.stderr)
 
 
 def _add_list(sub: Any) -> None:
@@ -317,7 +332,7 @@ async def _cmd_list(args: argparse.Namespace, connect: Connect) -> int:
     rows = [
         (
             t["task_id"],
-            t["state"],
+            shown_state(t),
             t.get("node"),
             t.get("cores"),
             format_size(t.get("memory")),
@@ -327,6 +342,7 @@ async def _cmd_list(args: argparse.Namespace, connect: Connect) -> int:
         for t in result["tasks"]
     ]
     print(table(("ID", "STATE", "NODE", "CORES", "MEM", "COMMAND", "SUBMITTED"), rows))
+    _mark_note(result["tasks"])
     if result.get("next_before"):
         print(f"(more: {PROG} list --before {result['next_before']})", file=sys.stderr)
     return EXIT_OK
@@ -485,7 +501,16 @@ def wait_status(waited: dict[str, Any]) -> int:
 
 
 def _summary(tasks: list[dict[str, Any]]) -> str:
-    rows = [(t["task_id"], t["state"], t.get("exit_code"), t.get("node"), t.get("error")) for t in tasks]
+    rows = [
+        (
+            t["task_id"],
+            shown_state(t),
+            t.get("exit_code"),
+            t.get("node"),
+            "; ".join(filter(None, (t.get("error"), t.get("output_error") and f"output: {t['output_error']}"))),
+        )
+        for t in tasks
+    ]
     return table(("ID", "STATE", "EXIT", "NODE", "ERROR"), rows)
 
 

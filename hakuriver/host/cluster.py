@@ -221,9 +221,18 @@ class Cluster:
             self._changed.notify_all()
 
     async def apply_report(
-        self, node_name: str, task_id: int, state: TaskState, *, exit_code: int | None = None, error: str | None = None
+        self,
+        node_name: str,
+        task_id: int,
+        state: TaskState,
+        *,
+        exit_code: int | None = None,
+        error: str | None = None,
+        output_error: str | None = None,
     ) -> Task:
         """A runner's report of a task's state. Returns the task as stored afterwards.
+        A final report's `output_error` (the task's output files are incomplete)
+        is stored with its state and exit code.
 
         Reports that the guards refuse (a late `completed` after `killed`)
         are acknowledged but change nothing.
@@ -239,7 +248,7 @@ class Cluster:
         if task.state is not state:
             fields: dict[str, Any] = {}
             if state.is_final:
-                fields = {"exit_code": exit_code, "error": error}
+                fields = {"exit_code": exit_code, "error": error, "output_error": output_error}
             changed = await self.transition(task_id, state, current=task, **fields)
         if changed is not None:
             await self.notify_changed()

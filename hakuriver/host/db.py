@@ -157,6 +157,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE nodes ADD COLUMN capabilities_json TEXT;
     """,
+    # 4: why a task's output files are incomplete (a runner's report says:
+    # ENOSPC, EIO, the shared dir gone); NULL when they are complete or the
+    # task never ran.
+    """
+    ALTER TABLE tasks ADD COLUMN output_error TEXT;
+    """,
 )
 """Migration N (1-based) is MIGRATIONS[N-1]. Append only; never edit a released one."""
 
@@ -165,7 +171,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _TASK_COLUMNS = (
     "id, batch_id, state, command_json, cores, memory, container, env_json, mounts_json, "
     "privileged, target, gpu_count, node, numa, gpus_json, submitted_at, assigned_at, "
-    "started_at, finished_at, exit_code, error, owner"
+    "started_at, finished_at, exit_code, error, owner, output_error"
 )
 _NODE_COLUMNS = (
     "hostname, url, cores, memory, numa_json, gpus_json, online, registered_at, last_heartbeat, stats_json, "
@@ -239,6 +245,7 @@ def _task_from_row(_cursor: Any, row: Sequence[Any]) -> Task:
         exit_code=row[19],
         error=row[20],
         owner=row[21],
+        output_error=row[22],
     )
 
 
@@ -266,6 +273,7 @@ def _task_params(task: Task, now: float) -> tuple[Any, ...]:
         task.exit_code,
         task.error,
         task.owner,
+        task.output_error,
         now,
     )
 
@@ -339,7 +347,7 @@ def _capabilities_text(caps: NodeCapabilities | None) -> str | None:
 
 
 _TRANSITION_FIELDS = frozenset(
-    {"node", "numa", "gpus", "assigned_at", "started_at", "finished_at", "exit_code", "error"}
+    {"node", "numa", "gpus", "assigned_at", "started_at", "finished_at", "exit_code", "error", "output_error"}
 )
 
 
@@ -867,7 +875,7 @@ class Database(_Accounts):
 
         async def op(conn: aiosqlite.Connection) -> None:
             cursor = await conn.executemany(
-                f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 23)})", rows
+                f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 24)})", rows
             )
             await cursor.close()
 
@@ -889,10 +897,11 @@ class Database(_Accounts):
         failed (e.g. a late `completed` after `killed`: the stored state stays).
 
         `fields` may set node, numa, gpus, assigned_at, started_at, finished_at,
-        exit_code, error. Unless given: entering ASSIGNING sets assigned_at=now;
+        exit_code, error, output_error. Unless given: entering ASSIGNING sets assigned_at=now;
         entering RUNNING or PAUSED sets started_at=now if it was unset; entering
         a final state sets finished_at=now; entering a non-final state clears
-        finished_at; leaving LOST clears the "stopped heartbeating" error.
+        finished_at and output_error; leaving LOST clears the "stopped
+        heartbeating" error.
         """
         new_state = TaskState(new_state)
         unknown = set(fields) - _TRANSITION_FIELDS
@@ -931,6 +940,11 @@ class Database(_Accounts):
             params.append(now)
         else:
             sets.append("finished_at=NULL")
+        if "output_error" in fields:
+            sets.append("output_error=?")
+            params.append(fields["output_error"])
+        elif new_state not in FINAL_STATES:
+            sets.append("output_error=NULL")
         if "error" in fields:
             sets.append("error=?")
             params.append(fields["error"])

@@ -14,7 +14,8 @@ records and posts (`supervisor.Notices`); HostLink runs three loops:
   lists every running task.
 - Every result in the state store's durable outbox is sent until the Host
   acknowledges it, and only then deleted (results recorded before a runner
-  restart are sent after it). A task's `running` report always goes before
+  restart are sent after it). A result whose output files are incomplete
+  carries `output_error` next to its real state and exit code. A task's `running` report always goes before
   its result.
 """
 
@@ -224,7 +225,7 @@ class HostLink:
             failed = False
             for item in outbox:
                 r = item.result
-                if await self.report(item.task_id, r.state, r.exit_code, r.error):
+                if await self.report(item.task_id, r.state, r.exit_code, r.error, output_error=r.output_error):
                     await self._state.acknowledge(item.task_id)
                 else:
                     failed = True
@@ -236,13 +237,22 @@ class HostLink:
             await self._notices.new_result.wait()
 
     async def report(
-        self, task_id: int, state: TaskState, exit_code: int | None = None, error: str | None = None
+        self,
+        task_id: int,
+        state: TaskState,
+        exit_code: int | None = None,
+        error: str | None = None,
+        *,
+        output_error: str | None = None,
     ) -> bool:
         payload: dict[str, Any] = {"hostname": self.resources.hostname, "state": str(state)}
         if exit_code is not None:
             payload["exit_code"] = exit_code
         if error is not None:
             payload["error"] = error
+        if output_error is not None:
+            # Sent only when set, so a Host from before the field accepts every other report.
+            payload["output_error"] = output_error
         try:
             status, body = await self._post(f"/api/runner/tasks/{task_id}/status", payload)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -250,6 +260,11 @@ class HostLink:
             return False
         if status == 200:
             return True
+        if status == 400 and output_error is not None:
+            # A Host from before `output_error` refuses the unknown field: say it in `error` instead.
+            log.info("the Host does not take output_error; sending task %s's in its error", task_id)
+            folded = f"output incomplete: {output_error}"
+            return await self.report(task_id, state, exit_code, f"{error}; {folded}" if error else folded)
         if status in (404, 409):
             # Definitive: the Host will never accept this report. Keeping it
             # would retry forever; drop it and say why.

@@ -66,6 +66,13 @@ MIGRATIONS: tuple[str, ...] = (
     PRAGMA user_version = 2;
     COMMIT;
     """,
+    # 3: why a result's output files are incomplete (ExitResult.output_error).
+    """
+    BEGIN;
+    ALTER TABLE outbox ADD COLUMN output_error TEXT;
+    PRAGMA user_version = 3;
+    COMMIT;
+    """,
 )
 
 NODE_KEY = "node_key"
@@ -196,10 +203,19 @@ class RunnerState:
         twice keeps the first (the first observation of an end is the real one)."""
         await self._write(
             (
-                "INSERT OR IGNORE INTO outbox (task_id, state, exit_code, error, finished_at, handle, task) "
-                "SELECT ?, ?, ?, ?, ?, t.handle, t.task FROM (SELECT 1) "
+                "INSERT OR IGNORE INTO outbox"
+                " (task_id, state, exit_code, error, finished_at, handle, task, output_error) "
+                "SELECT ?, ?, ?, ?, ?, t.handle, t.task, ? FROM (SELECT 1) "
                 "LEFT JOIN tasks t ON t.task_id = ?",
-                (task_id, str(result.state), result.exit_code, result.error, finished_at, task_id),
+                (
+                    task_id,
+                    str(result.state),
+                    result.exit_code,
+                    result.error,
+                    finished_at,
+                    result.output_error,
+                    task_id,
+                ),
             ),
             ("DELETE FROM tasks WHERE task_id = ?", (task_id,)),
         )
@@ -215,13 +231,13 @@ class RunnerState:
 
     async def outbox(self) -> list[OutboxEntry]:
         rows = await self._read(
-            "SELECT task_id, state, exit_code, error, finished_at, handle, task"
+            "SELECT task_id, state, exit_code, error, finished_at, handle, task, output_error"
             " FROM outbox ORDER BY finished_at, task_id"
         )
         return [
             OutboxEntry(
                 task_id=int(r[0]),
-                result=ExitResult(state=TaskState(r[1]), exit_code=r[2], error=r[3]),
+                result=ExitResult(state=TaskState(r[1]), exit_code=r[2], error=r[3], output_error=r[7]),
                 finished_at=float(r[4]),
                 handle=Handle.from_json(json.loads(r[5])) if r[5] else None,
                 task=json.loads(r[6]) if r[6] else None,

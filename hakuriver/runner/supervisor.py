@@ -264,7 +264,12 @@ class Supervisor:
     async def _wait(self, entry: Supervised) -> None:
         result = await entry.executor.wait(entry.handle)
         if entry.kill_requested and result.state is not TaskState.COMPLETED:
-            result = ExitResult(TaskState.KILLED, exit_code=result.exit_code, error="killed by request")
+            result = ExitResult(
+                TaskState.KILLED,
+                exit_code=result.exit_code,
+                error="killed by request",
+                output_error=result.output_error,
+            )
         await self._finish(entry, result)
 
     async def _finish(self, entry: Supervised, result: ExitResult) -> None:

@@ -276,3 +276,26 @@ async def test_malformed_capabilities_never_turn_a_runner_away(
     status, reply = await h.call("POST", "/api/runner/heartbeat", {"hostname": "vm", "capabilities": bad})
     assert status == 200, reply
     assert (await h.call("POST", "/api/tasks", {"command": ["true"], "container": "NULL"}))[0] == 201
+
+
+async def test_a_final_report_carries_output_error(host: tuple[HostUnderTest, FakeRunner]) -> None:
+    h, fake = host
+    await h.register()
+    task_id = await h.submit()
+    await apoll(lambda: fake.runs, timeout=10, what="dispatch")
+    status, body = await h.report(task_id, "running", output_error="stdout: too early")
+    assert status == 400 and "final state" in body["error"]["message"]
+    status, body = await h.report(task_id, "completed", exit_code=0, output_error=["not", "text"])
+    assert status == 400
+    flag = "stdout: No space left on device (ENOSPC) after 1M written"
+    status, body = await h.report(task_id, "completed", exit_code=0, output_error=flag)
+    assert status == 200 and body["state"] == "completed"
+    status, task = await h.call("GET", f"/api/tasks/{task_id}")
+    assert (task["state"], task["exit_code"], task["error"], task["output_error"]) == ("completed", 0, None, flag)
+    status, listed = await h.call("GET", "/api/tasks")
+    assert [t["output_error"] for t in listed["tasks"] if t["task_id"] == task_id] == [flag]
+    clean = await h.submit()
+    await apoll(lambda: len(fake.runs) == 2, timeout=10, what="the second dispatch")
+    await h.report(clean, "failed", exit_code=2, error="exited with code 2")
+    status, task = await h.call("GET", f"/api/tasks/{clean}")
+    assert (task["state"], task["exit_code"], task["output_error"]) == ("failed", 2, None)

@@ -107,3 +107,24 @@ async def test_a_handle_stored_with_the_old_started_mark_reads_as_started(tmp_pa
     assert active.handle.data == {"stdout": "/s/o"}
     assert Handle.from_json(active.handle.to_json()) == active.handle
     await st.close()
+
+
+async def test_an_output_error_waits_in_the_outbox_across_an_upgrade_and_a_reopen(tmp_path):
+    # A store from before output_error (schema 2) with a result already waiting.
+    path = str(tmp_path / "runner.db")
+    con = sqlite3.connect(path)
+    for script in MIGRATIONS[:2]:
+        con.executescript(script)
+    con.execute(
+        "INSERT INTO outbox (task_id, state, exit_code, error, finished_at) VALUES (5, 'completed', 0, NULL, 1.0)"
+    )
+    con.commit()
+    con.close()
+    st = await RunnerState.open(path)
+    flag = "stdout: No space left on device (ENOSPC) after 1M written"
+    await st.record_result(BIG, ExitResult(TaskState.COMPLETED, 0, output_error=flag), 2.0)
+    await st.close()
+    st = await RunnerState.open(path)
+    out = {o.task_id: o.result for o in await st.outbox()}
+    assert out == {5: ExitResult(TaskState.COMPLETED, 0), BIG: ExitResult(TaskState.COMPLETED, 0, output_error=flag)}
+    await st.close()

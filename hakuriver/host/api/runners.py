@@ -46,7 +46,9 @@ def _node_key(request: web.Request) -> str | None:
 
 
 HEARTBEAT_FIELDS = {"hostname", "stats", "tasks", "finishing", "capabilities"}
-REPORT_FIELDS = {"hostname", "state", "exit_code", "error"}
+REPORT_FIELDS = {"hostname", "state", "exit_code", "error", "output_error"}
+MAX_REPORT_TEXT = 4096
+"""Characters of a report's `output_error` the Host keeps (the rest is cut)."""
 
 
 def _capabilities(data: dict[str, Any]) -> NodeCapabilities | None:
@@ -139,8 +141,15 @@ async def runner_report(request: web.Request) -> web.Response:
         raise ValidationError(f"unknown state {data.get('state')!r}") from None
     exit_code = require_type(data, "exit_code", int, required=False)
     error = require_type(data, "error", str, required=False)
+    output_error = require_type(data, "output_error", str, required=False)
+    if output_error is not None and not state.is_final:
+        raise ValidationError("'output_error' comes only with a final state")
+    if output_error is not None and len(output_error) > MAX_REPORT_TEXT:
+        output_error = output_error[: MAX_REPORT_TEXT - 3] + "..."
     if exit_code is not None and not -(1 << 31) <= exit_code < (1 << 31):
         raise ValidationError("'exit_code' must fit in 32 bits")
     request.app[LIVENESS].check_node_key(hostname, _node_key(request))
-    task = await request.app[CLUSTER].apply_report(hostname, task_id, state, exit_code=exit_code, error=error)
+    task = await request.app[CLUSTER].apply_report(
+        hostname, task_id, state, exit_code=exit_code, error=error, output_error=output_error
+    )
     return json_response({"task_id": str(task.id), "state": str(task.state)})

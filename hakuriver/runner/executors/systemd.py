@@ -28,6 +28,15 @@ How the end is observed
     units in a single `systemctl show` (unprivileged, read-only) to notice a
     unit that vanished without a record (LOST).
 
+What is known about the output
+    The task's processes write their files themselves (the launcher's `exec`
+    step opens them as the task's user), so their write errors reach only
+    them. Once a task has ended, `wait` checks what can be seen from outside:
+    the files are still there and their file system is not full
+    (`output.check_written_files`); either problem becomes the result's
+    `output_error`. A disk that was full and then freed before the end, or
+    an I/O error on a disk with room, goes unseen.
+
 Who a task runs as
     The submitter's Unix account (`LaunchSpec.unix_user`, set by the admin with
     `hakuriver.admin user add NAME --unix-user ACCOUNT`), so the files a task
@@ -49,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -65,6 +75,7 @@ from ...errors import ExecutorError
 from ...launcher import DEFAULT_LAUNCHER_PATH, DEFAULT_STATE_DIR, UNIT_PROPERTIES, parse_show
 from ...models import ExitResult, TaskState
 from .base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
+from .output import check_written_files, summary
 
 log = logging.getLogger(__name__)
 
@@ -577,10 +588,25 @@ class SystemdExecutor(Executor):
             self._waiters[handle.task_id] = w
         self._ensure_poller()
         try:
-            return await asyncio.shield(w.future)
+            result = await asyncio.shield(w.future)
         finally:
             if w.future.done() and self._waiters.get(handle.task_id) is w:
                 del self._waiters[handle.task_id]
+        return await self._with_output_check(handle, result)
+
+    async def _with_output_check(self, handle: Handle, result: ExitResult) -> ExitResult:
+        """`result` with what can be seen of its output files from outside: the
+        task's own processes wrote them, so only a file that is gone or a file
+        system left full is detected (`output.check_written_files`)."""
+        paths = {k: handle.data[k] for k in ("stdout", "stderr") if isinstance(handle.data.get(k), str)}
+        if not paths or result.state is TaskState.LOST:
+            return result
+        faults = await asyncio.to_thread(check_written_files, paths)
+        text = summary(faults)
+        if text is None:
+            return result
+        log.warning("task %s ended (%s) but its output is likely incomplete: %s", handle.task_id, result.state, text)
+        return dataclasses.replace(result, output_error=text)
 
     async def stop(self, handle: Handle, signal: str = "SIGKILL") -> None:
         self._check_open()

@@ -8,7 +8,9 @@ answers only once the exit status is recorded), completes the files
 (`logs.catch_up`) and only then sets the ExitResult that `wait()` awaits, so
 `wait()` never returns before every byte is in the files. A non-zero exit
 that Docker does not call an OOM kill is checked against the kernel's log
-(`oom.KernelOomLog`).
+(`oom.KernelOomLog`). Output that could not be fully written (a write,
+the final fsync, or the file itself lost: see `executors.output`) is
+reported as the result's `output_error`, next to the real exit status.
 
 Every SDK call runs in this executor's own threads (`dockerapi.Engine`).
 `close()` stops the watches and joins them, leaving every container running;
@@ -19,7 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import dataclasses
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,7 +34,8 @@ from ....dockerapi import Engine, docker_explanation, sdk
 from ....errors import ExecutorError, HakuRiverError
 from ....models import ExitResult, TaskState
 from ..base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
-from .logs import STDERR, STDOUT, Trail, Watch, catch_up, create_log, open_log, pump, settle
+from ..output import OutputFault, file_gone, os_error_text, summary, write_fault
+from .logs import STDERR, STDOUT, STREAM_NAMES, Trail, Watch, catch_up, create_log, open_log, pump, settle
 from .oom import KernelOomLog
 from .plan import SHARED_MOUNT, ContainerPlan, build_plan, exit_result, presence_of
 
@@ -234,8 +240,8 @@ class DockerExecutor(Executor):
         docker = sdk()
         backoff = 0.0
         trail = Trail()
-        with open_log(w.stdout_path, w.task_id) as out, open_log(w.stderr_path, w.task_id) as err:
-            files = {STDOUT: out, STDERR: err}
+        with contextlib.ExitStack() as stack:
+            files = self._open_files(w, stack)
             while not w.stopping.is_set():
                 error: BaseException | None = None
                 wrote = False
@@ -266,13 +272,47 @@ class DockerExecutor(Executor):
                         and not state.get("OOMKilled")
                         and self._oom_log.killed(w.container_id)
                     )
-                    return exit_result(state, kernel_oom=oom)
+                    return self._with_output_check(w, files, exit_result(state, kernel_oom=oom))
                 if error is not None:
                     log.warning("task %s: log stream broke (%s); resuming", w.task_id, docker_explanation(error))
                 backoff = 0.1 if wrote else min(5.0, max(0.1, backoff * 2))
                 if w.stopping.wait(backoff):
                     return None
         return None
+
+    def _open_files(self, w: Watch, stack: contextlib.ExitStack) -> dict[int, Any]:
+        """The two output files, open to append; one that cannot be opened (its
+        directory gone, no space for a new file) is a fault, not a failed watch:
+        the task's end is still observed and reported."""
+        files: dict[int, Any] = {}
+        for kind, path in ((STDOUT, w.stdout_path), (STDERR, w.stderr_path)):
+            try:
+                files[kind] = stack.enter_context(open_log(path, w.task_id))
+            except (OSError, HakuRiverError) as exc:
+                why = exc.message if isinstance(exc, HakuRiverError) else os_error_text(exc)
+                w.faults[kind] = OutputFault(STREAM_NAMES[kind], f"cannot open its output file {path}: {why}")
+        return files
+
+    def _with_output_check(self, w: Watch, files: dict[int, Any], result: ExitResult) -> ExitResult:
+        """`result` with the output's faults: each file flushed to its disk (a
+        deferred EIO shows only there) and still the one at its path."""
+        for kind, f in files.items():
+            if kind in w.faults:
+                continue
+            path = w.stdout_path if kind == STDOUT else w.stderr_path
+            try:
+                os.fsync(f.fileno())
+            except OSError as exc:
+                w.faults[kind] = write_fault(STREAM_NAMES[kind], exc, None)
+                continue
+            gone = file_gone(STREAM_NAMES[kind], path, f.fileno())
+            if gone is not None:
+                w.faults[kind] = gone
+        text = summary(w.faults[k] for k in sorted(w.faults))
+        if text is None:
+            return result
+        log.warning("task %s ended (%s) but its output is incomplete: %s", w.task_id, result.state, text)
+        return dataclasses.replace(result, output_error=text)
 
     # -- the contract ---------------------------------------------------------
     async def wait(self, handle: Handle) -> ExitResult:

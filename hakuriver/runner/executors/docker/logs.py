@@ -26,6 +26,14 @@ whatever a task planted at that name is unlinked, never followed), and a
 re-opened file is appended to only if it is a regular, singly linked file
 of the runner's own; anything else is replaced by a fresh file, into which
 the whole log is replayed.
+
+A write that fails (ENOSPC, EIO, ...) does not end the pass: that stream's
+file is left as the prefix it is, its fault is recorded on the watch
+(`Watch.faults`), and the pass goes on for the other stream and to see the
+container's end. When the container has stopped, `catch_up` replays the
+whole log once more against the byte counts, so a file whose disk got room
+again ends complete (and its fault is dropped); what still fails then is
+the task's `output_error`.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from typing import Any
 
 from .... import safefiles
 from ....dockerapi import docker_explanation
+from ..output import OutputFault, write_fault
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,7 @@ Frame = tuple[int, bytes, bytes]
 Api = Callable[[], Any]
 
 STDOUT, STDERR = 1, 2
+STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
 CATCH_UP_TAIL = 64
 """Log messages re-read after a clean follow to find the ones the follow missed."""
 
@@ -165,6 +175,8 @@ class Watch:
     lock: threading.Lock = field(default_factory=threading.Lock)
     sock: Any = None
     thread: threading.Thread | None = None
+    faults: dict[int, OutputFault] = field(default_factory=dict)
+    """Per stream, the last failure to write its file (kept by the watch's thread only)."""
 
     def __post_init__(self) -> None:
         # RUNNING futures cannot be cancelled, so a cancelled wait() cannot cancel the watch.
@@ -216,27 +228,56 @@ def frames(api: Api, w: Watch, params: dict[str, Any]) -> Iterator[Frame]:
         response.close()
 
 
-def pump(api: Api, w: Watch, files: dict[int, Any], trail: Trail, *, follow: bool) -> bool:
+def write_frame(files: dict[int, Any], faults: dict[int, OutputFault], kind: int, data: bytes) -> bool:
+    """Append `data` to stream `kind`'s file; on an OSError record the fault in
+    `faults` and say False (the file stays a prefix of its stream)."""
+    target = files[kind]
+    try:
+        _write_all(target, data)
+    except OSError as exc:
+        try:
+            written: int | None = os.fstat(target.fileno()).st_size
+        except OSError:
+            written = None
+        faults[kind] = write_fault(STREAM_NAMES.get(kind, "output"), exc, written)
+        return False
+    return True
+
+
+def pump(
+    api: Api,
+    w: Watch,
+    files: dict[int, Any],
+    trail: Trail,
+    *,
+    follow: bool,
+    faults: dict[int, OutputFault] | None = None,
+) -> bool:
     """Replay the log from its start (following it if asked), appending what
     the files lack: each file's size is how much of its stream to skip.
-    Records the pass in `trail`. Returns whether anything was written."""
+    Records the pass in `trail`, and write failures in `faults` (default
+    `w.faults`): a stream whose write failed gets no more writes in this
+    pass. Returns whether anything was written."""
+    faults = w.faults if faults is None else faults
     trail.reset()
     skip = {kind: os.fstat(f.fileno()).st_size for kind, f in files.items()}
     params = {"stdout": 1, "stderr": 1, "follow": int(follow), "tail": "all"}
     wrote = False
+    refused: set[int] = set()
     for frame in frames(api, w, params):
         trail.add(frame)
         kind, _ts, data = frame
-        target = files.get(kind)
-        if target is None or not data:
+        if kind not in files or kind in refused or not data:
             continue
         already = skip[kind]
         if already >= len(data):
             skip[kind] = already - len(data)
         else:
             skip[kind] = 0
-            _write_all(target, data[already:])
-            wrote = True
+            if write_frame(files, faults, kind, data[already:]):
+                wrote = True
+            else:
+                refused.add(kind)
     return wrote
 
 
@@ -251,22 +292,34 @@ def catch_up(api: Api, w: Watch, files: dict[int, Any], trail: Trail | None) -> 
     the alignment is not certain (a long run of identical frames) or the
     pass broke (`trail` None), the whole log is replayed against the byte
     counts instead, which is always exact.
+
+    After a failed write the whole log is replayed too (only that fills
+    the gap, if there is room again); that complete replay's own failures
+    replace `w.faults`. A log that cannot be read to its end is a fault of
+    both streams ("output").
     """
     try:
+        if w.faults:
+            trail = None
         missed = _missed_frames(api, w, trail) if trail is not None else None
         if missed is None:
             log.debug("task %s: replaying its whole log to complete the output files", w.task_id)
-            pump(api, w, files, Trail(), follow=False)
+            final: dict[int, OutputFault] = {}
+            pump(api, w, files, Trail(), follow=False, faults=final)
+            w.faults = final  # the replay went through the whole log: this is the truth
             return
         if missed:
             log.debug("task %s: %d log message(s) recovered after the follow ended", w.task_id, len(missed))
         for kind, _ts, data in missed:
-            target = files.get(kind)
-            if target is not None and data:
-                _write_all(target, data)
+            if kind in files and data and kind not in w.faults:
+                write_frame(files, w.faults, kind, data)
     except Exception as exc:  # noqa: BLE001 - the exit status matters more than the tail
         if not w.stopping.is_set():
-            log.warning("task %s: the end of its output may be missing: %s", w.task_id, docker_explanation(exc))
+            why = docker_explanation(exc)
+            log.warning("task %s: the end of its output may be missing: %s", w.task_id, why)
+            w.faults.setdefault(
+                0, OutputFault("output", f"the end may be missing: cannot read the container's log: {why}")
+            )
 
 
 def _missed_frames(api: Api, w: Watch, trail: Trail) -> list[Frame] | None:
