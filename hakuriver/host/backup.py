@@ -26,7 +26,8 @@ Restore (`hakuriver.host --restore PATH`)
 -----------------------------------------
 `restore` checks the backup (SQLite's header, `quick_check`, a HakuRiver schema
 no newer than this code), refuses while anything has the current database
-open (the Host), keeps the current database and its -wal/-shm aside as
+open (the Host: SQLite's own locks on the file and its -shm say so), keeps the
+current database and its -wal/-shm aside, unchanged, as
 `NAME.before-restore-<UTC time>` (never deleted), and installs a checked copy
 of the backup atomically (rename), 0600, owned like the file it replaces.
 """
@@ -37,7 +38,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import re
 import sqlite3
 import stat
 import tempfile
@@ -317,36 +317,41 @@ def _aside_name(db_path: str, now: float) -> str:
     return candidate
 
 
-_LOCKED = re.compile(r"locked|busy", re.IGNORECASE)
+# SQLite's lock bytes (https://www.sqlite.org/lockingv3.html, walformat.html):
+# every connection to a WAL database holds a read lock on the database file's
+# SHARED range and on the DMS byte of its -shm for as long as it is open.
+_DB_LOCK_RANGE = (0x40000000, 512)
+"""PENDING, RESERVED and the SHARED range of the database file."""
+_SHM_LOCK_RANGE = (120, 16)
+"""The WAL-index locks and the DMS byte of the -shm file."""
 
 
-def _hold_current(db_path: str) -> sqlite3.Connection | None:
-    """Take the current database for ourselves, or refuse if something has it open.
-
-    Leaving WAL mode needs every other connection closed (SQLite refuses with
-    "database is locked" while the Host holds it), and it checkpoints the WAL
-    into the file, so the file kept aside is complete on its own. The exclusive
-    transaction keeps anyone else from writing into it until it is aside. The
-    check is made once: the Host must stay stopped until the restore is done.
-    None: the file is damaged beyond opening (it is moved aside as it is)."""
+def _locked(path: str, start: int, length: int) -> bool:
+    """Whether some process holds a POSIX lock on that range of `path` (probed
+    with a non-blocking write lock, dropped at once; the file is not changed)."""
     try:
-        conn = sqlite3.connect(db_path, isolation_level=None, timeout=0)
-    except sqlite3.Error:
-        return None
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
     try:
-        conn.execute("PRAGMA journal_mode=DELETE").fetchall()
-        conn.execute("BEGIN EXCLUSIVE")
-    except sqlite3.OperationalError as e:
-        conn.close()
-        if _LOCKED.search(str(e)):
-            raise DatabaseInUse(
-                f"{db_path} is in use (the Host is running on it?): stop it first (systemctl stop hakuriver-host)"
-            ) from None
-        return None
-    except sqlite3.DatabaseError:
-        conn.close()
-        return None
-    return conn
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, length, start, os.SEEK_SET)
+        except OSError:
+            return True
+        fcntl.lockf(fd, fcntl.LOCK_UN, length, start, os.SEEK_SET)
+        return False
+    finally:
+        os.close(fd)
+
+
+def refuse_if_in_use(db_path: str) -> None:
+    """Raise `DatabaseInUse` if any process (the Host) has the database open.
+
+    The check is made once: the Host must stay stopped until the restore is done."""
+    if _locked(db_path, *_DB_LOCK_RANGE) or _locked(db_path + "-shm", *_SHM_LOCK_RANGE):
+        raise DatabaseInUse(
+            f"{db_path} is in use (the Host is running on it?): stop it first (systemctl stop hakuriver-host)"
+        )
 
 
 def _fsync_dir(directory: str) -> None:
@@ -372,7 +377,6 @@ def restore(db_path: str, backup_path: str, *, now: float | None = None) -> Rest
     except OSError as e:
         raise BackupError(f"cannot restore {db_path}: {e.strerror or e}") from None
     installed = False
-    held: sqlite3.Connection | None = None
     try:
         os.fchmod(fd, PRIVATE_MODE)
         _copy_into(backup_path, fd)
@@ -390,9 +394,11 @@ def restore(db_path: str, backup_path: str, *, now: float | None = None) -> Rest
             raise NotABackup(f"{backup_path} is damaged ({e})") from None
         if os.geteuid() == 0 and (ref.st_uid, ref.st_gid) != (0, 0):
             os.fchown(fd, ref.st_uid, ref.st_gid)
-        held = _hold_current(db_path) if os.path.exists(db_path) else None
+        refuse_if_in_use(db_path)
         aside = None
         if any(os.path.lexists(db_path + s) for s in ("", *SIDE_SUFFIXES)):
+            # As they are, -wal and all: together they are the whole database
+            # (a damaged one is kept exactly as it was found).
             aside = _aside_name(db_path, time.time() if now is None else now)
             for suffix in ("", *SIDE_SUFFIXES):
                 with contextlib.suppress(FileNotFoundError):
@@ -404,8 +410,6 @@ def restore(db_path: str, backup_path: str, *, now: float | None = None) -> Rest
     except OSError as e:
         raise BackupError(f"cannot restore {db_path}: {e.strerror or e}") from None
     finally:
-        if held is not None:
-            held.close()
         os.close(fd)
         if not installed:
             for side in ("", *SIDE_SUFFIXES):

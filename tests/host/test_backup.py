@@ -464,3 +464,24 @@ def test_snapshot_of_a_host_in_memory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Conflict):
         take_snapshot(":memory:")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("damage", ["damaged", "empty"])
+def test_restore_over_a_database_the_host_refuses(stopped_host_with_backup: tuple[Host, Path], damage: str) -> None:
+    """The usual reason to restore: the Host will not start on its database."""
+    host, good = stopped_host_with_backup
+    if damage == "empty":
+        host.db.write_bytes(b"")
+    else:
+        with open(host.db, "r+b") as fh:
+            fh.seek(4096 * 5)
+            fh.write(b"\x5a" * 4096 * 40)
+    broken = host.db.read_bytes()
+    refused = host.cli("host", timeout=30)  # serving, not restoring: refused at start
+    assert refused.returncode == 1 and "restore it from a backup" in refused.stderr.lower(), refused
+    run = host.cli("host", "--restore", str(good), timeout=30)
+    assert run.returncode == 0, run
+    [aside] = [p for p in host.root.iterdir() if p.name.startswith("host.db.before-restore-")]
+    assert aside.read_bytes() == broken, "the file kept aside must be the one replaced, as it was"
+    host.start()
+    assert _ids(host.db) == _ids(good)
