@@ -485,3 +485,25 @@ def test_restore_over_a_database_the_host_refuses(stopped_host_with_backup: tupl
     assert aside.read_bytes() == broken, "the file kept aside must be the one replaced, as it was"
     host.start()
     assert _ids(host.db) == _ids(good)
+
+
+def test_a_client_that_leaves_mid_answer_costs_one_log_line(tmp_path: Path, hosts: list[Host]) -> None:
+    import socket
+
+    host = _make_host(tmp_path / "d")
+    hosts.append(host)
+    _prefill(host.db, rows=4000, env_chars=8000)  # ~33 MB: more than the socket buffers hold
+    host.start()
+    port = int(host.url.rpartition(":")[2])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"GET /api/backup HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200"), "the answer should begin"
+    poll(
+        lambda: "the client left after" in host.debug_logs(),
+        timeout=60,
+        what="the Host noticing",
+        on_timeout=host.debug_logs,
+    )
+    poll(lambda: not [p for p in host.root.iterdir() if ".backup-" in p.name], timeout=30, what="the copy removed")
+    assert "Traceback" not in host.debug_logs()
+    assert host.api("GET", "/api/health")[0] == 200

@@ -50,13 +50,17 @@ async def backup(request: web.Request) -> web.StreamResponse:
         resp.content_length = snapshot.size
         await resp.prepare(request)
         offset = 0
-        while offset < snapshot.size:
-            chunk = await asyncio.to_thread(snapshot.read, offset, CHUNK)
-            if not chunk:
-                break
-            await resp.write(chunk)
-            offset += len(chunk)
-        await resp.write_eof()
+        try:
+            while offset < snapshot.size:
+                chunk = await asyncio.to_thread(snapshot.read, offset, CHUNK)
+                if not chunk:
+                    break
+                await resp.write(chunk)
+                offset += len(chunk)
+            await resp.write_eof()
+        except ConnectionResetError:
+            # The client went away; it keeps nothing of a short body. Not an error of ours.
+            log.info("backup for %s: the client left after %d of %d bytes", principal.name, offset, snapshot.size)
         return resp
     finally:
         await asyncio.to_thread(snapshot.close)
