@@ -21,10 +21,13 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import os
 import socket
 import ssl
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,10 @@ OPERATION_IDLE_TIMEOUT = 120.0
 keepalive line every 10 s) before the Host counts as unreachable."""
 
 UPLOAD_CHUNK = 1 << 20
+
+BACKUP_IDLE_TIMEOUT = 600.0
+"""Seconds a backup's answer may keep silent: the Host copies and checks the
+whole database before it sends the first byte."""
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -350,6 +357,81 @@ class HostClient:
     async def forget_node(self, name: str) -> dict[str, Any]:
         return await self._json("POST", f"/api/nodes/{quote(name, safe='')}/forget")
 
+    async def backup(
+        self,
+        dest: str | Path,
+        *,
+        overwrite: bool = False,
+        verify: Callable[[str], object] | None = None,
+    ) -> dict[str, Any]:
+        """Save an online, consistent copy of the Host database at `dest` (admin only).
+
+        The answer goes to a private temporary file (0600) in `dest`'s
+        directory; its length and sha256 are checked against what the Host
+        said, then `verify(temp_path)` (if given) may refuse it by raising;
+        only then does it get its name, atomically: without `overwrite` an
+        existing `dest` is never replaced (a hard link refuses it). A failure
+        at any point leaves nothing at `dest` and no temporary file. Returns
+        {"path", "bytes", "sha256", "schema_version"}. The copy holds token
+        hashes and tasks' environment values: keep it private.
+        """
+        if self._session is None:
+            raise RuntimeError("HostClient used outside 'async with' (or before open())")
+        dest = Path(dest)
+        if not overwrite and os.path.lexists(dest):
+            raise HakuRiverError(f"{dest} exists; pass --force to replace it", code="local_file")
+        if not dest.parent.is_dir():
+            raise HakuRiverError(f"cannot write {dest}: directory {dest.parent} does not exist", code="local_file")
+        url = self.base_url + "/api/backup"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=BACKUP_IDLE_TIMEOUT)
+        try:
+            fd, tmp = await asyncio.to_thread(
+                tempfile.mkstemp, prefix=f".{dest.name}.", suffix=".part", dir=str(dest.parent)
+            )
+        except OSError as exc:
+            raise HakuRiverError(f"cannot write in {dest.parent}: {exc.strerror or exc}", code="local_file") from None
+        done = False
+        try:
+            await asyncio.to_thread(os.fchmod, fd, 0o600)
+            try:
+                async with self._session.get(url, timeout=timeout, allow_redirects=False) as resp:
+                    if resp.status >= 400:
+                        raise _api_error(resp.status, resp.headers, await resp.read())
+                    expected_sha = resp.headers.get("X-HakuRiver-Sha256", "")
+                    expected_len = resp.content_length
+                    version = resp.headers.get("X-HakuRiver-Schema-Version", "")
+                    digest = hashlib.sha256()
+                    received = 0
+                    async for chunk in resp.content.iter_chunked(UPLOAD_CHUNK):
+                        digest.update(chunk)
+                        received += len(chunk)
+                        await asyncio.to_thread(_write_all, fd, chunk)
+            except TimeoutError:
+                raise HostUnreachable(
+                    f"the Host at {self.base_url} went silent for {BACKUP_IDLE_TIMEOUT:g}s during the backup"
+                ) from None
+            except (aiohttp.ClientError, OSError) as exc:
+                raise HostUnreachable(
+                    f"the backup from {self.base_url} was cut off: {self._reason(exc)}; nothing was written to {dest}"
+                ) from None
+            if expected_len is None or received != expected_len or digest.hexdigest() != expected_sha:
+                raise HakuRiverError(
+                    f"the backup from {self.base_url} arrived incomplete or altered ({received} bytes of "
+                    f"{expected_len}); nothing was written to {dest}",
+                    code="bad_response",
+                )
+            await asyncio.to_thread(os.fsync, fd)
+            if verify is not None:
+                await asyncio.to_thread(verify, tmp)
+            await asyncio.to_thread(_install, tmp, dest, overwrite)
+            done = True
+        finally:
+            os.close(fd)
+            if not done:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        return {"path": str(dest), "bytes": received, "sha256": expected_sha, "schema_version": int(version or 0)}
+
     async def health(self) -> dict[str, Any]:
         return await self._json("GET", "/api/health")
 
@@ -527,6 +609,32 @@ class HostClient:
 _FINAL = frozenset(s.value for s in FINAL_STATES)
 _NAME_MISMATCH = (62, 64)
 """OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH."""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _install(tmp: str, dest: Path, overwrite: bool) -> None:
+    """Give the finished file `tmp` its name `dest`, atomically; without
+    `overwrite`, only if `dest` does not exist at that moment."""
+    try:
+        if overwrite:
+            os.replace(tmp, dest)
+        else:
+            os.link(tmp, dest, follow_symlinks=False)
+            os.unlink(tmp)
+    except FileExistsError:
+        raise HakuRiverError(f"{dest} exists; pass --force to replace it", code="local_file") from None
+    except OSError as exc:
+        raise HakuRiverError(f"cannot write {dest}: {exc.strerror or exc}", code="local_file") from None
+    fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def is_final(state: str) -> bool:

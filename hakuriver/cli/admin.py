@@ -1,4 +1,4 @@
-"""`hakuriver.admin`: what only an admin may do: users, their tokens, nodes.
+"""`hakuriver.admin`: what only an admin may do: users, their tokens, nodes, backups.
 
 hakuriver.admin user add alice --unix-user alice     # prints alice's token, once
 hakuriver.admin user add bob --admin
@@ -6,23 +6,32 @@ hakuriver.admin user list
 hakuriver.admin user token alice --revoke-all        # a new token; the old ones stop working
 hakuriver.admin user remove alice
 hakuriver.admin node forget node3                    # free a node name for a new runner
+hakuriver.admin backup /safe/place/host.db           # an online copy of the Host database
+hakuriver.admin backup --into /var/backups/hakuriver --keep 7   # what the backup timer runs
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
+from ..errors import HakuRiverError
 from ..parsing import validate_node_name
 from .common import (
     EXIT_CODES_EPILOG,
     EXIT_OK,
     CliParser,
     Connect,
+    UsageError,
     common_options,
     execute,
     format_time,
+    positive_int_arg,
     print_json,
     table,
 )
@@ -36,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The full parser. Pure: reads no config, environment, network or files."""
     parser = CliParser(
         prog=PROG,
-        description="Manage HakuRiver users, their API tokens, and nodes. Needs an admin token "
+        description="Manage HakuRiver users, their API tokens, and nodes; back up the Host database. "
+        "Needs an admin token "
         "(auth.admin_token on the Host machine, or a user added with --admin).",
         epilog=EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -98,6 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", type=validate_node_name, metavar="NAME")
     p.set_defaults(func=_cmd_node_forget)
+
+    p = sub.add_parser(
+        "backup",
+        help="save an online copy of the Host database",
+        description="Save a consistent copy of the Host database while the Host serves (SQLite's online "
+        "backup API, checked with integrity_check on the Host and again here). Works from any machine "
+        "with an admin token. The file is written 0600 and gets its name only when complete: an "
+        "interrupted backup leaves nothing at PATH. Restore it with 'hakuriver.host --restore PATH'.\n\n"
+        "The copy holds every user's token hash and every task's environment values: keep it as "
+        "private as the database itself.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=parents,
+    )
+    p.add_argument("path", nargs="?", metavar="PATH", help="the file to write (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    p.add_argument(
+        "--into",
+        metavar="DIR",
+        help=f"write DIR/{BACKUP_PATTERN_HELP} instead of PATH, then keep only the newest --keep of them "
+        "(what the backup timer runs)",
+    )
+    p.add_argument(
+        "--keep",
+        type=positive_int_arg,
+        metavar="N",
+        help="with --into: how many backups to keep in DIR (older ones are removed; links and other files never)",
+    )
+    p.set_defaults(func=_cmd_backup)
     return parser
 
 
@@ -159,9 +197,82 @@ async def _cmd_node_forget(args: argparse.Namespace, connect: Connect) -> int:
     return EXIT_OK
 
 
+BACKUP_NAME = re.compile(r"^host-[0-9]{8}T[0-9]{6}Z\.db\Z")
+BACKUP_PATTERN_HELP = "host-YYYYMMDDTHHMMSSZ.db"
+
+
+def _verify_backup(path: str) -> None:
+    from ..host.backup import check_backup_file
+
+    check_backup_file(path)
+
+
+def prune_backups(directory: str, keep: int) -> list[str]:
+    """Remove all but the newest `keep` backups named like `BACKUP_NAME` in
+    `directory`. Only regular files are counted or removed: a symbolic link (or
+    anything else) with such a name is left alone, never followed."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with os.scandir(dir_fd) as entries:
+            names = sorted(e.name for e in entries if BACKUP_NAME.match(e.name) and e.is_file(follow_symlinks=False))
+        removed = []
+        for name in names[: max(0, len(names) - keep)]:
+            os.unlink(name, dir_fd=dir_fd)  # unlink never follows a link, and it is one name in dir_fd
+            removed.append(os.path.join(directory, name))
+        return removed
+    finally:
+        os.close(dir_fd)
+
+
+async def _cmd_backup(args: argparse.Namespace, connect: Connect) -> int:
+    if args.into is None:
+        if args.path is None:
+            raise UsageError("name the file to write (PATH), or --into DIR")
+        if args.keep is not None:
+            raise UsageError("--keep goes with --into DIR")
+        dest = Path(os.path.expanduser(args.path))
+        if not args.force and os.path.lexists(dest):
+            raise UsageError(f"{dest} exists; pass --force to replace it")
+    else:
+        if args.path is not None:
+            raise UsageError("give PATH or --into DIR, not both")
+        if args.force:
+            raise UsageError("--force goes with PATH (--into never replaces a backup)")
+        directory = Path(os.path.expanduser(args.into))
+        if not directory.is_dir():
+            raise UsageError(f"--into {directory}: no such directory")
+        dest = directory / time.strftime("host-%Y%m%dT%H%M%SZ.db", time.gmtime())
+    started = time.monotonic()
+    async with connect() as host:
+        result = await host.backup(dest, overwrite=args.force, verify=_verify_backup)
+    result["seconds"] = round(time.monotonic() - started, 3)
+    removed: list[str] = []
+    if args.into is not None and args.keep is not None:
+        try:
+            removed = prune_backups(str(dest.parent), args.keep)
+        except OSError as exc:
+            raise HakuRiverError(
+                f"wrote {dest}, but cannot prune {dest.parent}: {exc.strerror or exc}", code="local_file"
+            ) from None
+        result["removed"] = removed
+    if args.json:
+        print_json(result)
+    else:
+        pruned = f"; removed {len(removed)} older" if removed else ""
+        print(
+            f"wrote {dest} ({result['bytes']} bytes, schema version {result['schema_version']}, "
+            f"{result['seconds']:.1f}s){pruned}; it holds token hashes: keep it private"
+        )
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     return execute(build_parser(), argv)
 
 
 def run() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

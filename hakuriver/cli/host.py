@@ -2,21 +2,25 @@
 
 Listens on `network.host_bind_ip`:`network.host_port`; logs to stderr and,
 when set, to `paths.host_log_file`. Stops cleanly on SIGINT/SIGTERM.
+
+`hakuriver.host --restore BACKUP` installs a backup (`hakuriver.admin backup`)
+as `database.db_file` and exits; the Host must be stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
-from .common import SERVICE_EPILOG, CliParser, exit_service, serve, service_options
+from .common import EXIT_OK, EXIT_USAGE, SERVICE_EPILOG, CliParser, exit_service, fail, serve, service_options
 
 PROG = "hakuriver.host"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser. Pure: reads no config, environment, network or files."""
-    return CliParser(
+    parser = CliParser(
         prog=PROG,
         description="Run the HakuRiver Host: the node registry, the task queue and the HTTP API\n"
         "that runners and the CLIs talk to.",
@@ -24,6 +28,31 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[service_options()],
     )
+    parser.add_argument(
+        "--restore",
+        metavar="BACKUP",
+        help="install BACKUP (from 'hakuriver.admin backup') as database.db_file and exit, without serving. "
+        "Refused while the Host runs on that database (stop it first) and for a file that is not a "
+        "sound HakuRiver database no newer than this version; the current database is kept aside "
+        "as DB_FILE.before-restore-TIME, never deleted. Run it as the service's user or root",
+    )
+    return parser
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..errors import HakuRiverError
+    from ..host.backup import restore
+
+    try:
+        config = load_config(args.config)
+        config.require("database.db_file")
+        db_file = os.path.expanduser(config.database.db_file)
+        result = restore(db_file, os.path.expanduser(args.restore))
+    except HakuRiverError as exc:
+        return fail(PROG, exc.message)
+    print(result.summary())
+    return EXIT_OK
 
 
 def _create_app(config: Any) -> Any:
@@ -33,6 +62,13 @@ def _create_app(config: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    if args.restore is not None:
+        return _restore(args)
     return serve(
         build_parser(),
         argv,

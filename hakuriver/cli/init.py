@@ -3,6 +3,7 @@
     hakuriver.init config --shared-dir /mnt/cluster --db-file /var/lib/hakuriver/host.db
     hakuriver.init service --host --config ~/.hakuriver/config.toml
     hakuriver.init service --runner --instance gpu1 --config /etc/hakuriver/gpu1.toml --print
+    hakuriver.init backup-timer --config /etc/hakuriver/host.toml --dir /var/lib/hakuriver/backups --keep 7
     hakuriver.init sudoers --runner --user hakuriver --output hakuriver.sudoers
     hakuriver.init tls ca --dir /var/lib/hakuriver/tls-ca
     hakuriver.init tls cert gpu1 --dir /var/lib/hakuriver/tls-ca --ip 10.0.0.11
@@ -37,7 +38,16 @@ from ..deploy.units import UnitError, check_account
 from ..errors import HakuRiverError, ValidationError
 from ..parsing import validate_node_name
 from ..safefiles import write_file
-from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliParser, UsageError, fail
+from .common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliParser,
+    UsageError,
+    fail,
+    positive_int_arg,
+)
 
 PROG = "hakuriver.init"
 DEFAULT_CONFIG_OUTPUT = "~/.hakuriver/config.toml"
@@ -67,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_config(sub)
     _add_service(sub)
+    _add_backup_timer(sub)
     _add_sudoers(sub)
     _add_launcher(sub)
     _add_tls(sub)
@@ -400,30 +411,8 @@ def _cmd_service(args: argparse.Namespace) -> int:
                 f"add --{role_name} or --all, or use --config"
             )
     instance = _usage("--instance", units.check_instance, args.instance) if args.instance is not None else None
-    if args.user:
-        user = _usage("--user", units.check_account, "user", args.user)
-        # The unit runs as this account here: one that does not exist would fail at
-        # start, and the invoker's group (root's, when run as root) must not be
-        # handed to it silently.
-        if preflight.lookup_account(user) is None:
-            raise _Failure(f"--user {user}: no such user on this machine; create it first (useradd --system ...)")
-    else:
-        user = _current_user()
-    if args.group:
-        group = _usage("--group", units.check_account, "group", args.group)
-    elif args.user:
-        try:
-            group = preflight.primary_group(user)
-        except ValueError as exc:
-            raise _Failure(str(exc)) from None
-    else:
-        group = _current_group()
+    user, group, python, path_env = _unit_account(args)
     account = preflight.lookup_account(user)
-    python = args.python or sys.executable
-    if not python:
-        raise _Failure("cannot tell which python runs this command; pass --python")
-    python = os.path.abspath(os.path.expanduser(python))  # not resolved: a venv's python is a symlink
-    path_env = units.build_path_env(python, args.system_path)
 
     out_dir = Path(os.path.expanduser(args.output_dir))
     if not args.print_unit and not out_dir.is_dir():
@@ -496,6 +485,130 @@ def _cmd_service(args: argparse.Namespace) -> int:
             "--task-user ACCOUNT, run the steps it prints, then restart the Runner"
         )
     for note in dict.fromkeys(notes):
+        _note(note)
+    return EXIT_OK
+
+
+def _unit_account(args: argparse.Namespace) -> tuple[str, str, str, str]:
+    """User=, Group=, the interpreter and PATH of a unit, from --user, --group,
+    --python and --system-path (defaults: the invoking user and interpreter)."""
+    if args.user:
+        user = _usage("--user", units.check_account, "user", args.user)
+        # The unit runs as this account here: one that does not exist would fail at
+        # start, and the invoker's group (root's, when run as root) must not be
+        # handed to it silently.
+        if preflight.lookup_account(user) is None:
+            raise _Failure(f"--user {user}: no such user on this machine; create it first (useradd --system ...)")
+    else:
+        user = _current_user()
+    if args.group:
+        group = _usage("--group", units.check_account, "group", args.group)
+    elif args.user:
+        try:
+            group = preflight.primary_group(user)
+        except ValueError as exc:
+            raise _Failure(str(exc)) from None
+    else:
+        group = _current_group()
+    python = args.python or sys.executable
+    if not python:
+        raise _Failure("cannot tell which python runs this command; pass --python")
+    python = os.path.abspath(os.path.expanduser(python))  # not resolved: a venv's python is a symlink
+    return user, group, python, units.build_path_env(python, args.system_path)
+
+
+# ------------------------------------------------------------------ backup timer
+def _add_backup_timer(sub: Any) -> None:
+    p = sub.add_parser(
+        "backup-timer",
+        help="generate the Host's daily database backup (a systemd service and timer)",
+        description="Generate hakuriver-host-backup.service and hakuriver-host-backup.timer: once a day\n"
+        "(--on-calendar) the service runs `hakuriver.admin --config CONFIG backup --into DIR --keep N`\n"
+        "as the Host's service user, which saves an online copy of the Host database through the\n"
+        "Host's API and removes all but the newest N. CONFIG is the Host's config (its admin token\n"
+        "and address). The backups hold users' token hashes and tasks' environment values: DIR\n"
+        "must be private to the service user (0700); copy them to another machine to survive a\n"
+        "lost disk.",
+        epilog="Writes files only; then, as root: cp both units to /etc/systemd/system,\n"
+        "systemctl daemon-reload, systemctl enable --now hakuriver-host-backup.timer;\n"
+        "run one now: systemctl start hakuriver-host-backup.service.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="PATH", help="the Host's config (default: the usual lookup)")
+    p.add_argument("--dir", metavar="DIR", required=True, help="where the backups go (absolute; must exist)")
+    p.add_argument(
+        "--keep", type=positive_int_arg, default=7, metavar="N", help="how many backups to keep (default: 7)"
+    )
+    p.add_argument(
+        "--on-calendar",
+        metavar="WHEN",
+        default="daily",
+        help="the timer's OnCalendar= (default: daily; e.g. '*-*-* 03:00:00')",
+    )
+    p.add_argument("--output-dir", metavar="DIR", default=".", help="where to write the unit files (default: .)")
+    p.add_argument(
+        "--print",
+        choices=("service", "timer"),
+        dest="print_unit",
+        help="print that unit to stdout instead of writing files",
+    )
+    g = p.add_argument_group("overrides")
+    g.add_argument("--user", metavar="USER", help="User= (default: the invoking user); the Host's service user")
+    g.add_argument("--group", metavar="GROUP", help="Group= (default: --user's primary group)")
+    g.add_argument("--python", metavar="PATH", help="interpreter with hakuriver installed (default: this one)")
+    g.add_argument("--system-path", metavar="PATH", help="the PATH after the interpreter's bin directory")
+    p.set_defaults(func=_cmd_backup_timer)
+
+
+def _cmd_backup_timer(args: argparse.Namespace) -> int:
+    user, group, python, path_env = _unit_account(args)
+    config = _service_config(args.config)
+    backup_dir = os.path.expanduser(args.dir)
+    try:
+        params = units.BackupTimerParams(
+            user=user,
+            group=group,
+            python=python,
+            config_path=config.source,
+            backup_dir=backup_dir,
+            keep=args.keep,
+            path_env=path_env,
+            on_calendar=args.on_calendar,
+            version=__version__,
+        )
+    except units.UnitError as exc:
+        raise UsageError(str(exc)) from None
+    if not config.auth.client_token():
+        raise _Failure(f"{config.source} has no admin token (auth.admin_token): the backup service needs one")
+    rendered = {
+        "service": (units.BACKUP_SERVICE, units.render_backup_service(params)),
+        "timer": (units.BACKUP_TIMER, units.render_backup_timer(params)),
+    }
+    notes = []
+    if not os.path.isdir(backup_dir):
+        notes.append(f"{backup_dir} does not exist here; create it, owned by {user}, mode 0700")
+    elif os.stat(backup_dir).st_mode & 0o077:
+        notes.append(f"{backup_dir} is readable by others; the backups hold token hashes: chmod 0700 it")
+    if args.print_unit:
+        sys.stdout.write(rendered[args.print_unit][1])
+        for note in notes:
+            _note(note)
+        return EXIT_OK
+    out_dir = Path(os.path.expanduser(args.output_dir))
+    if not out_dir.is_dir():
+        raise _Failure(f"--output-dir {args.output_dir} does not exist or is not a directory")
+    paths = []
+    for name, text in rendered.values():
+        path = out_dir / name
+        _write_public(path, text)
+        paths.append(path)
+        print(f"wrote {path}")
+    print("next, as root:")
+    print(f"  cp {' '.join(shlex.quote(str(p)) for p in paths)} /etc/systemd/system/")
+    print("  systemctl daemon-reload")
+    print(f"  systemctl enable --now {units.BACKUP_TIMER}")
+    print(f"  systemctl start {units.BACKUP_SERVICE}   # one backup now; journalctl -u {units.BACKUP_SERVICE}")
+    for note in notes:
         _note(note)
     return EXIT_OK
 

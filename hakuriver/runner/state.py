@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import secrets
+import sqlite3
 import stat
 import time
 from collections.abc import Iterable
@@ -113,16 +114,30 @@ class RunnerState:
     @classmethod
     async def open(cls, path: str) -> RunnerState:
         """Open (or create) the store. It holds the runner's secrets and every
-        task's request, so the file is created 0600 in a 0700 directory."""
+        task's request, so the file is created 0600 in a 0700 directory.
+
+        Like the Host's database, a store that cannot be trusted is refused
+        with one `StateError` line, before anything runs: an existing empty
+        file (a lost copy, a full disk), a file that is not SQLite, and one
+        that fails `PRAGMA quick_check`. A runner that started afresh instead
+        would forget its tasks and results and its node key."""
+        await asyncio.to_thread(_refuse_empty, path)
         await asyncio.to_thread(_private_file, path)
-        db = await aiosqlite.connect(path, isolation_level=None)
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA busy_timeout=5000")
-            await _migrate(db)
-            async with db.execute("SELECT task_id FROM outbox") as cur:
-                outbox_ids = [int(r[0]) for r in await cur.fetchall()]
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StateError(f"cannot open runner state {path}: {e}") from None
+        try:
+            try:
+                await db.execute("PRAGMA busy_timeout=5000")
+                await db.execute("PRAGMA journal_mode=WAL")
+                await db.execute("PRAGMA synchronous=FULL")
+                await _check_integrity(db, path)
+                await _migrate(db)
+                async with db.execute("SELECT task_id FROM outbox") as cur:
+                    outbox_ids = [int(r[0]) for r in await cur.fetchall()]
+            except sqlite3.DatabaseError as e:
+                raise StateError(f"runner state {path} is damaged or not a database ({e}); {_ADVICE}") from None
         except BaseException:
             await db.close()
             raise
@@ -251,14 +266,55 @@ class RunnerState:
         self._outbox_ids.discard(task_id)
 
 
+class StateError(HakuRiverError):
+    """The runner's state store cannot be opened or trusted."""
+
+    code = "runner_state"
+
+
+_ADVICE = (
+    "restore it from a backup, or move it aside to start as a new runner "
+    "(it held this node's key: the Host may then need 'hakuriver.admin node forget NAME')"
+)
+
+
+def _refuse_empty(path: str) -> None:
+    """A new runner's state file does not exist yet; an existing empty one is a
+    lost file, never a new runner to start (that would forget its tasks)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise StateError(f"cannot open runner state {path}: {e.strerror or e}") from None
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        try:
+            wal = os.lstat(path + "-wal").st_size
+        except OSError:
+            wal = 0
+        if wal == 0:
+            raise StateError(f"runner state {path} exists but is empty (0 bytes); {_ADVICE}")
+
+
+async def _check_integrity(db: aiosqlite.Connection, path: str) -> None:
+    async with db.execute("PRAGMA quick_check(1)") as cur:
+        rows = list(await cur.fetchall())
+    verdict = str(rows[0][0]) if rows else "no answer"
+    if verdict != "ok":
+        raise StateError(f"runner state {path} failed its integrity check ({verdict}); {_ADVICE}")
+
+
 def _private_file(path: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StateError(f"cannot open runner state {path}: {e.strerror or e}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise HakuRiverError(f"runner state {path} is not a regular file")
+            raise StateError(f"runner state {path} is not a regular file")
         if st.st_mode & 0o077:
             os.fchmod(fd, 0o600)  # a store from before 0.4 was created 0644
     finally:
@@ -279,7 +335,7 @@ async def _migrate(db: aiosqlite.Connection) -> None:
         row = await cur.fetchone()
     version = int(row[0]) if row else 0
     if version > len(MIGRATIONS):
-        raise HakuRiverError(
+        raise StateError(
             f"runner state file is at schema version {version}, newer than this HakuRiver ({len(MIGRATIONS)})"
         )
     for script in MIGRATIONS[version:]:

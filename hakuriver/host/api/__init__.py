@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import environments, nodes, runners, tasks, users
+from . import backup, environments, nodes, runners, tasks, users
 
 ROUTES = [
     web.post("/api/tasks", tasks.submit_tasks),
@@ -42,6 +42,7 @@ ROUTES = [
     web.post("/api/users", users.add_user),
     web.delete("/api/users/{name}", users.remove_user),
     web.post("/api/users/{name}/tokens", users.issue_token),
+    web.get("/api/backup", backup.backup),
     web.post("/api/runner/register", runners.runner_register),
     web.post("/api/runner/heartbeat", runners.runner_heartbeat),
     web.post("/api/runner/tasks/{task_id}/status", runners.runner_report),
