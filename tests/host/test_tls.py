@@ -217,7 +217,8 @@ def runner_config(tmp_path: Path, host_port: int, runner_port: int, pki: Pki, na
             "timing": {"heartbeat_interval": 0.3, "heartbeat_timeout_factor": 10},
             "auth": {"runner_token": RUNNER_TOKEN},
             "tls": pki.tls(name),
-            "runner": {"name": name},
+            # Its own state dir: the default (~/.hakuriver/state) is shared by every run on the machine.
+            "runner": {"name": name, "state_dir": str(tmp_path / f"state-{name}")},
         },
         source=str(tmp_path / f"{name}.toml"),
     )
