@@ -94,7 +94,7 @@ def host(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     root = tmp_path_factory.mktemp("conformance")
     (root / "shared").mkdir()
     (root / "host_temp").mkdir()
-    config = loopback_config(root, port=free_port(), token="", heartbeat_interval=1.0, heartbeat_timeout_factor=30.0)
+    config = loopback_config(root, port=free_port(), token="", heartbeat_interval=1.0, heartbeat_timeout_factor=3600.0)
     config["auth"] = {"admin_token": ADMIN_TOKEN, "runner_token": RUNNER_TOKEN}
     config["docker"] = {"default_container_name": "conformance-env"}
     path = root / "host.toml"
@@ -113,11 +113,34 @@ def host(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
                 return resp.status == 200
 
         poll(up, timeout=30, what="the Host to answer /api/health", ignore=(OSError,))
+        _register_node(url)
         yield url
         assert proc.alive, f"the Host died during the run:\n{proc.tail()}"
     finally:
         proc.stop()
         _report(request)
+
+
+def _register_node(url: str) -> None:
+    """A node, so that submissions are accepted (201) rather than all refused
+    as unschedulable. Its runner URL is a closed port: dispatching to it fails
+    at once and the tasks stay queued, which is all the fuzzer needs."""
+    body = {
+        "hostname": "conformance-node",
+        "url": f"http://127.0.0.1:{free_port()}",
+        "cores": 4096,
+        "memory": 1 << 50,
+        "numa": [{"id": 0, "cpus": [0, 1], "memory": 1 << 40}],
+        "gpus": [{"index": i, "name": "fake", "uuid": f"GPU-{i}", "memory_total": 1 << 34} for i in range(8)],
+    }
+    req = urllib.request.Request(
+        url + "/api/runner/register",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {RUNNER_TOKEN}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
 
 
 def _report(request: pytest.FixtureRequest) -> None:

@@ -222,12 +222,22 @@ def test_non_utf8_bytes_in_the_authorization_header(client: Client) -> None:
 
 
 def test_non_utf8_bytes_in_the_node_key_header(client: Client) -> None:
-    client.refused(
-        "POST",
-        "/api/runner/heartbeat",
-        _json({"hostname": "n1"}),
-        headers={"X-HakuRiver-Node-Key": b"\xff\xfe-not-utf8-at-all"},
-    )
+    """The node key of a node bound to its runner is checked against its hash."""
+    key = "odd-inputs-node-key-0001"
+    register = {"hostname": "bound", "url": "http://127.0.0.1:1", "cores": 1, "memory": 1, "node_key": key}
+    assert client.send("POST", "/api/runner/register", _json(register)).status == 200
+    try:
+        for odd in (b"\xff\xfe-not-utf8-at-all", "caf\u00e9-latin-1".encode("latin-1"), b"\xc3\xa9t\xc3\xa9-utf8-key"):
+            error = client.refused(
+                "POST", "/api/runner/heartbeat", _json({"hostname": "bound"}), headers={"X-HakuRiver-Node-Key": odd}
+            )
+            assert error["code"] == "forbidden", error
+        ok = client.send(
+            "POST", "/api/runner/heartbeat", _json({"hostname": "bound"}), headers={"X-HakuRiver-Node-Key": key}
+        )
+        assert ok.status == 200, ok
+    finally:
+        assert client.send("POST", "/api/nodes/bound/forget").status == 200
 
 
 @pytest.mark.parametrize(
