@@ -424,3 +424,20 @@ def test_an_unknown_path_is_404_json(client: Client) -> None:
     assert answer.status == 404 and answer.json["error"]["code"] == "not_found"
     answer = client.send("GET", "/api/no-such-thing", headers={"Authorization": "Bearer wrong"})
     assert answer.status == 401 and answer.json["error"]["code"] == "unauthorized"
+
+
+# ------------------------------------------------------------------ the Runner
+def test_the_runner_refuses_the_same_inputs(cluster: ThreadedCluster, node_name: str) -> None:
+    """The Runner's API reads bodies and answers errors with the same helpers."""
+    runner = cluster.add_runner(node_name)
+    client = Client(cluster)
+    client.url, client.auth = runner.url, f"Bearer {runner.order_token}"
+    deep = "[" * 100_000 + "]" * 100_000
+    assert "nested too deeply" in client.refused("POST", "/api/tasks", deep)["message"]
+    client.refused("POST", "/api/tasks", '{"task_id": "1", "cores": 18446744073709551616}')
+    client.refused("POST", "/api/tasks", b'{"task_id": "\xff"}')
+    client.refused("POST", "/api/tasks/%C2%B2/kill")
+    answer = client.send("DELETE", "/api/tasks")
+    assert answer.status == 405 and {m.strip() for m in answer.headers["Allow"].split(",")} == {"GET", "HEAD", "POST"}
+    assert answer.json["error"]["code"] == "method_not_allowed"
+    assert client.send("GET", "/api/health").status == 200
