@@ -9,7 +9,18 @@ Two middlewares, in this order:
 
 And strict request reading: `read_json_object` refuses non-JSON bodies,
 non-objects, and (with `fields`) unknown keys, so a typo in a client is a 400
-rather than a silently ignored option.
+rather than a silently ignored option. It also refuses, for every field of
+every route at once, what no field may hold: integers outside signed 64 bits
+(SQLite cannot store them), non-finite numbers, nesting deeper than
+`MAX_JSON_DEPTH`, and strings with a NUL or a lone surrogate (neither can be
+stored, passed to a program or sent back as UTF-8).
+
+What cannot be made JSON: aiohttp's HTTP parser answers a request it cannot
+parse (a malformed request line, a header with a control character, a header
+over 8 KiB) itself, with a plain-text 400, before any middleware or route
+runs. Making those JSON would take a `RequestHandler` subclass wired in
+through private aiohttp internals (`Server._kwargs`, `AppRunner._make_server`),
+which change between releases; the status is right, only the body is text.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, overload
 
@@ -32,6 +44,13 @@ NODE_KEY_HEADER = "X-HakuRiver-Node-Key"
 
 MAX_BODY_BYTES = 1 << 20
 """Largest request body either service accepts (aiohttp answers 413 beyond)."""
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+"""The integers a JSON body may hold: what SQLite's INTEGER stores."""
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects a request body may have (the deepest
+legitimate body, a runner's registration, nests 4 deep)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,7 +97,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"request body too large (limit {MAX_BODY_BYTES} bytes)"
         elif exc.status == 404:
             message = f"no such endpoint: {request.method} {request.path}"
-        return web.json_response(error_body(code, message), status=exc.status, dumps=_dumps)
+        elif isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
+        # Keep what aiohttp set that is not about the body: `Allow` on a 405.
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return web.json_response(error_body(code, message), status=exc.status, headers=headers, dumps=_dumps)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return web.json_response(
@@ -131,24 +155,110 @@ def auth_headers(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def read_json_object(request: web.Request, fields: Iterable[str] | None = None) -> dict[str, Any]:
-    """The request body as a JSON object; 400 for anything else or unknown keys."""
-    if request.content_type not in ("application/json", ""):
+class _Refused(ValueError):
+    """A JSON value no field may hold; raised from inside the decoder."""
+
+
+def _parse_int(text: str) -> int:
+    # Digits first: int() of a 5,000-digit string is slow, and beyond 19 digits
+    # it is out of range anyway.
+    if len(text.lstrip("-")) > 19 or not INT64_MIN <= (value := int(text)) <= INT64_MAX:
+        raise _Refused(f"integer {text[:24]}{'...' if len(text) > 24 else ''} is outside the signed 64-bit range")
+    return value
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(f"number {text[:24]} is too large")
+    return value
+
+
+def _parse_constant(text: str) -> Any:
+    raise _Refused(f"{text} is not a JSON number")
+
+
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+
+
+def _check_strings_and_depth(data: Any) -> None:
+    """Refuse nesting beyond MAX_JSON_DEPTH, and any key or string holding a NUL
+    or a lone surrogate. Iterative, so no input can exhaust the stack."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value)
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ValidationError(f"JSON body nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    _check_text(key)
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in value)
+
+
+def _check_text(text: str) -> None:
+    if "\x00" in text:
+        raise ValidationError(f"a string in the body holds a NUL character: {text[:40]!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"a string in the body holds a lone UTF-16 surrogate: {text[:40]!r}") from None
+
+
+def parse_json(raw: bytes) -> Any:
+    """Decode a request body under the rules every route shares (see the module
+    docstring); `ValidationError` with the reason for anything else."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"the body is not UTF-8: {exc}") from None
+    try:
+        data = _DECODER.decode(text)
+    except _Refused as exc:
+        raise ValidationError(f"malformed JSON body: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"malformed JSON body: {exc}") from None
+    except RecursionError:
+        raise ValidationError(f"JSON body nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+    except ValueError as exc:  # e.g. Python's limit on the digits of one int
+        raise ValidationError(f"malformed JSON body: {exc}") from None
+    _check_strings_and_depth(data)
+    return data
+
+
+async def read_json_object(
+    request: web.Request, fields: Iterable[str] | None = None, *, optional: bool = False
+) -> dict[str, Any]:
+    """The request body as a JSON object; 400 for anything else or unknown keys.
+
+    With `optional`, a request without a body reads as `{}` (a route whose
+    body only holds options)."""
+    if request.content_type not in ("application/json", "") and (request.body_exists or not optional):
         raise ValidationError(f"expected a JSON body (Content-Type: application/json), not {request.content_type}")
+    charset = request.charset
+    if charset is not None and charset.lower().replace("-", "") != "utf8":
+        raise ValidationError(f"a JSON body is UTF-8, not {charset}")
     raw = await request.read()
     if not raw:
+        if optional:
+            return {}
         raise ValidationError("expected a JSON object body, got an empty body")
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"malformed JSON body: {exc}") from None
+    data = parse_json(raw)
     if not isinstance(data, dict):
-        raise ValidationError(f"expected a JSON object, got {type(data).__name__}")
+        raise ValidationError(f"expected a JSON object, got {_json_type(data)}")
     if fields is not None:
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise ValidationError(f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(fields))})")
     return data
+
+
+def _json_type(value: Any) -> str:
+    return "null" if value is None else _kind_names((type(value),))
 
 
 def require_type(
@@ -164,9 +274,8 @@ def require_type(
     if isinstance(value, bool) and bool not in kinds:
         raise ValidationError(f"field {key!r} has the wrong type: expected {_kind_names(kinds)}, got a boolean")
     if not isinstance(value, kinds):
-        raise ValidationError(
-            f"field {key!r} has the wrong type: expected {_kind_names(kinds)}, got {type(value).__name__}"
-        )
+        expected = _kind_names(kinds)
+        raise ValidationError(f"field {key!r} has the wrong type: expected {expected}, got {_json_type(value)}")
     return value
 
 

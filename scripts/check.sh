@@ -35,7 +35,7 @@ step "man pages" "$VENV/bin/python" -m hakuriver.deploy.manpages --check
 if ((TESTS)); then
     # The in-process tier: real aiohttp servers on loopback, real SQLite files, fake executors.
     step "fast tests" "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-        -m "not docker and not systemd" tests \
+        -m "not docker and not systemd and not conformance" tests \
         --ignore=tests/test_harness.py --ignore=tests/integration --ignore=tests/environments
 fi
 log "total: $((SECONDS - T_START))s"

@@ -128,3 +128,37 @@ def test_every_operation_says_which_role_it_needs(doc):
             assert (role == "runner") == path.startswith(RUNNER_ROUTES), f"{method} {path}: role {role}"
             if role != "user":
                 assert "403" in op["responses"], f"{method} {path} ({role}) does not document 403"
+
+
+def _resolve(doc: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        target: Any = doc
+        for part in node["$ref"][2:].split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def test_every_operation_declares_its_error_statuses(doc):
+    """405 with `Allow` everywhere, 413 wherever a JSON body is read, 400
+    wherever anything is parsed; every error answer is the one `Error` body."""
+    allow = doc["components"]["responses"]["MethodNotAllowed"]["headers"]["Allow"]
+    assert allow["required"] is True
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            where = f"{method} {path}"
+            responses = op["responses"]
+            assert responses.get("405") == {"$ref": "#/components/responses/MethodNotAllowed"}, where
+            body = op.get("requestBody")
+            if body and "application/json" in body["content"]:
+                assert "413" in responses, f"{where} reads a JSON body but does not document 413"
+            if body or item.get("parameters") or op.get("parameters"):
+                assert "400" in responses, f"{where} parses input but does not document 400"
+            for status, response in responses.items():
+                if int(status) >= 400:
+                    content = _resolve(doc, response)["content"]
+                    assert content == {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}, (
+                        f"{where} {status}"
+                    )

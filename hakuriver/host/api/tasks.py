@@ -27,8 +27,16 @@ REDACTED = "<redacted>"
 """What others see of a task's --env values (they may be secrets)."""
 
 
+_STATIC_SIBLINGS = {"wait": ("POST",)}
+"""Paths beside /api/tasks/{task_id}: `GET /api/tasks/wait` matches the id route
+by its shape, but is a wrong method on the wait route (405), not a bad id."""
+
+
 def task_id_of(request: web.Request) -> int:
-    return parse_id(request.match_info["task_id"])
+    raw = request.match_info["task_id"]
+    if raw in _STATIC_SIBLINGS and request.path.rstrip("/").endswith(f"/api/tasks/{raw}"):
+        raise web.HTTPMethodNotAllowed(request.method, _STATIC_SIBLINGS[raw])
+    return parse_id(raw)
 
 
 def task_view(task: Task, principal: Principal) -> dict[str, Any]:

@@ -55,7 +55,7 @@ async def remove_user(request: web.Request) -> web.Response:
 async def issue_token(request: web.Request) -> web.Response:
     require_admin(principal_of(request), "issue tokens")
     name = validate_user_name(request.match_info["name"])
-    data = await read_json_object(request, {"revoke_all"})
+    data = await read_json_object(request, {"revoke_all"}, optional=True)
     revoke = require_type(data, "revoke_all", bool, required=False, default=False)
     token = await request.app[ACCOUNTS].issue_token(name, revoke_others=revoke)
     return json_response({"user": name, "token": token, "revoked_others": revoke}, status=201)
