@@ -84,3 +84,17 @@ class HostUnreachable(HakuRiverError):
     """A client could not reach the Host (CLI side)."""
 
     code = "unreachable"
+
+
+class UploadTooLarge(HakuRiverError):
+    """An environment upload above `docker.max_upload_size` (413)."""
+
+    status = 413
+    code = "upload_too_large"
+
+
+class InsufficientStorage(HakuRiverError):
+    """Not enough free space on the Host for an upload (507)."""
+
+    status = 507
+    code = "insufficient_storage"

@@ -48,7 +48,7 @@ from .. import naming, tarballs
 from ..config import Config
 from ..connlimits import RequestTimeout
 from ..dockerapi import Engine, docker_explanation, run_in, sdk, thread_pool
-from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
+from ..errors import Conflict, HakuRiverError, InsufficientStorage, NotFound, UploadTooLarge, ValidationError
 from ..parsing import format_size, parse_size, validate_env_name
 from .shell import DockerShell, ShellSession
 
@@ -116,20 +116,6 @@ def import_instructions(name: str) -> str:
         f"from an image tarball with 'hakuriver.docker import-tar FILE {name}', or build it with "
         f"'hakuriver.docker create-container IMAGE {name}' then 'hakuriver.docker create-tar {name}'"
     )
-
-
-class UploadTooLarge(HakuRiverError):
-    """An environment upload above `docker.max_upload_size` (413)."""
-
-    status = 413
-    code = "upload_too_large"
-
-
-class InsufficientStorage(HakuRiverError):
-    """Not enough free space on the Host for an upload (507)."""
-
-    status = 507
-    code = "insufficient_storage"
 
 
 def _too_large(size: int, limit: int, *, streamed: bool = False) -> str:

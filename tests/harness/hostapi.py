@@ -33,7 +33,13 @@ class BlockingHostApi:
         return None
 
     def api(
-        self, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 10
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        timeout: float = 10,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """(status, decoded JSON body, or the raw bytes when the answer is not JSON)."""
         data = json.dumps(body).encode() if body is not None else None
@@ -41,6 +47,8 @@ class BlockingHostApi:
         req.add_header("Authorization", f"Bearer {self.token if token is None else token}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        for key, value in (headers or {}).items():
+            req.add_header(key, value)
         try:
             with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as resp:
                 raw = resp.read()

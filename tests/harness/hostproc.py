@@ -8,9 +8,6 @@ stops it (SIGTERM, then SIGKILL) however the test ends.
 from __future__ import annotations
 
 import contextlib
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +15,7 @@ from typing import Any
 
 import toml
 
+from tests.harness.hostapi import BlockingHostApi
 from tests.harness.polling import poll
 from tests.harness.procs import Proc, child_env, free_port, host_argv, loopback_config
 
@@ -26,11 +24,12 @@ RUNNER_TOKEN = "runner-token-of-the-hostile-tests-1"
 
 
 @dataclass
-class HostProc:
+class HostProc(BlockingHostApi):
     url: str
     port: int
     root: Path
     proc: Proc
+    token: str = ADMIN_TOKEN
 
     def call(
         self,
@@ -42,23 +41,7 @@ class HostProc:
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """(status, the decoded JSON body, or the raw bytes when the answer is not JSON)."""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {token}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        for key, value in (headers or {}).items():
-            req.add_header(key, value)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if resp.headers.get_content_type() == "application/json" else raw
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                return exc.code, json.loads(raw)
-            except ValueError:
-                return exc.code, raw
+        return self.api(method, path, body, token=token, headers=headers)
 
     def register_node(self, name: str = "n1", node_key: str = "node-key-of-the-hostile-tests-0001") -> None:
         """Register a node (no Runner behind its URL) so that tasks can be submitted."""
