@@ -30,6 +30,11 @@ Since every task takes at least one core, a node whose reservation is short of
 cores admits nothing; a task waiting only for GPU 0 lets CPU-only work use the
 spare cores as long as its own cores and memory still fit.
 
+A drained node (`drained`: an admin's `node drain`) gets no new task and no
+reservation: a targeted task waits pending until the node is resumed (the
+pass records it in `PassStats.drained`), an untargeted one goes elsewhere. The
+node's running tasks keep their holds in the ledger and end normally.
+
 Within one pass free capacity only shrinks and reservations only grow, so a
 request shape that failed once fails again: later tasks of the same shape are
 skipped in O(1). A pass fully evaluates at most `max_examined` tasks and makes
@@ -41,7 +46,7 @@ task is protected before long, while nodes nobody reserved keep filling.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -456,6 +461,8 @@ class PassStats:
     """True when `max_examined` ended the pass before the end of the queue."""
     reserved: dict[int, str] = field(default_factory=dict)
     """Blocked task id -> the node reserved for it."""
+    drained: dict[int, str] = field(default_factory=dict)
+    """Task id -> the drained node it is targeted at (it waits for a resume)."""
 
 
 class Scheduler:
@@ -464,17 +471,32 @@ class Scheduler:
         self.max_reservations = max_reservations
         self.last_stats = PassStats()
 
-    def schedule(self, pending: Iterable[Task], nodes: Sequence[NodeResources], ledger: Ledger) -> list[Placement]:
+    def schedule(
+        self,
+        pending: Iterable[Task],
+        nodes: Sequence[NodeResources],
+        ledger: Ledger,
+        *,
+        drained: Collection[str] = (),
+    ) -> list[Placement]:
         """Place what fits now, FIFO with conservative backfill.
 
-        `nodes` are the online nodes. Every placement is also held in
+        `nodes` are the online nodes; those named in `drained` get no
+        placement and no reservation. Every placement is also held in
         `ledger`; if the caller then fails to record a placement (the task was
         killed meanwhile), it must `ledger.release(task_id)`.
         """
         queue = sorted(pending, key=lambda t: t.id)
         stats = PassStats(pending=len(queue))
         self.last_stats = stats
-        states = [_NodeState(n, ledger.usage_record(n.hostname)) for n in sorted(nodes, key=lambda n: n.hostname)]
+        drained = frozenset(drained)
+        # A drained node is no candidate at all: not for placement, and not for
+        # a reservation (which would hold back work on a node nobody may use).
+        states = [
+            _NodeState(n, ledger.usage_record(n.hostname))
+            for n in sorted(nodes, key=lambda n: n.hostname)
+            if n.hostname not in drained
+        ]
         by_name = {s.name: s for s in states}
         placements: list[Placement] = []
         failed: set[_Request] = set()
@@ -483,6 +505,8 @@ class Scheduler:
             if task.id in ledger:
                 continue
             req = _request(task.target, task.cores, task.memory, task.gpu_count, task.container)
+            if req.node is not None and req.node in drained:
+                stats.drained[task.id] = req.node
             if req in failed:
                 stats.skipped_same_shape += 1
                 continue
