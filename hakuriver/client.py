@@ -357,6 +357,16 @@ class HostClient:
     async def forget_node(self, name: str) -> dict[str, Any]:
         return await self._json("POST", f"/api/nodes/{quote(name, safe='')}/forget")
 
+    async def drain_node(self, name: str, reason: str | None = None) -> dict[str, Any]:
+        """Place no new task on the node (admin only); returns the node. Again on a
+        drained node, it replaces the reason."""
+        body = {} if reason is None else {"reason": reason}
+        return await self._json("POST", f"/api/nodes/{quote(name, safe='')}/drain", body=body)
+
+    async def resume_node(self, name: str) -> dict[str, Any]:
+        """Undo a drain (admin only); returns the node."""
+        return await self._json("POST", f"/api/nodes/{quote(name, safe='')}/resume")
+
     async def backup(
         self,
         dest: str | Path,

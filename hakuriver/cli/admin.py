@@ -6,6 +6,8 @@ hakuriver.admin user list
 hakuriver.admin user token alice --revoke-all        # a new token; the old ones stop working
 hakuriver.admin user remove alice
 hakuriver.admin node forget node3                    # free a node name for a new runner
+hakuriver.admin node drain node3 --reason "kernel upgrade" --wait --timeout 3600
+hakuriver.admin node resume node3                    # place tasks there again
 hakuriver.admin backup /safe/place/host.db           # an online copy of the Host database
 hakuriver.admin backup --into /var/backups/hakuriver --keep 7   # what the backup timer runs
 """
@@ -13,6 +15,7 @@ hakuriver.admin backup --into /var/backups/hakuriver --keep 7   # what the backu
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import sys
@@ -25,6 +28,7 @@ from ..parsing import validate_node_name
 from .common import (
     EXIT_CODES_EPILOG,
     EXIT_OK,
+    EXIT_TIMEOUT,
     CliParser,
     Connect,
     UsageError,
@@ -33,6 +37,8 @@ from .common import (
     format_time,
     positive_int_arg,
     print_json,
+    printable,
+    seconds_arg,
     table,
 )
 
@@ -108,6 +114,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", type=validate_node_name, metavar="NAME")
     p.set_defaults(func=_cmd_node_forget)
+
+    p = nodes.add_parser(
+        "drain",
+        help="place no new task on a node; running ones finish",
+        description="Drain a node: the scheduler places no new task there (tasks targeted at it wait "
+        "as pending), while its running and paused tasks finish normally. The drain, its reason, who "
+        "drained it and when survive a Host restart and the runner registering again. Draining a "
+        "drained node replaces the reason. With --wait, return once no task holds resources on the "
+        "node any more (the step before upgrading it); undo with 'hakuriver.admin node resume NAME'.",
+        epilog=DRAIN_EXIT_CODES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=parents,
+    )
+    p.add_argument("name", type=validate_node_name, metavar="NAME")
+    p.add_argument("--reason", metavar="TEXT", help="why (shown by 'hakuriver.client nodes'; at most 500 characters)")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="then wait until no task runs on the node (assigning, running or paused); exit 0 then",
+    )
+    p.add_argument(
+        "--timeout",
+        type=seconds_arg,
+        metavar="SECONDS",
+        help="with --wait: give up after this long, exit 124 (default: never)",
+    )
+    p.set_defaults(func=_cmd_node_drain)
+
+    p = nodes.add_parser(
+        "resume",
+        help="undo a drain: place tasks on the node again",
+        description="Undo 'node drain': the scheduler places tasks on the node again, starting with the "
+        "ones that waited for it. Resuming a node that is not drained changes nothing.",
+        parents=parents,
+    )
+    p.add_argument("name", type=validate_node_name, metavar="NAME")
+    p.set_defaults(func=_cmd_node_resume)
 
     p = sub.add_parser(
         "backup",
@@ -194,6 +237,75 @@ async def _cmd_node_forget(args: argparse.Namespace, connect: Connect) -> int:
         print_json(result)
     else:
         print(f"forgot {result['forgotten']}; the next runner to register under that name is bound to it")
+    return EXIT_OK
+
+
+DRAIN_POLL_SECONDS = 2.0
+"""How often `node drain --wait` asks the Host what still runs on the node."""
+
+DRAIN_EXIT_CODES_EPILOG = EXIT_CODES_EPILOG.replace(
+    "  130  interrupted", "  124  --wait: tasks still run on the node after --timeout\n  130  interrupted"
+)
+
+
+def _drain_summary(node: dict[str, Any]) -> str:
+    drain = node.get("drained") or {}
+    reason = drain.get("reason") or "no reason given"
+    active = node.get("active_tasks") or []
+    runs = f"{len(active)} task(s) still run there" if active else "no task runs there"
+    return f"drained {node['hostname']} ({printable(reason)}): no new tasks go there; {runs}"
+
+
+async def _cmd_node_drain(args: argparse.Namespace, connect: Connect) -> int:
+    if args.timeout is not None and not args.wait:
+        raise UsageError("--timeout goes with --wait")
+    async with connect() as host:
+        node = await host.drain_node(args.name, reason=args.reason)
+        if not args.json:
+            print(_drain_summary(node))
+        if args.wait:
+            node = await _wait_drained(host, args.name, node, args.timeout, quiet=args.json)
+    if args.json:
+        print_json(node)
+    if args.wait and node.get("active_tasks"):
+        active = node["active_tasks"]
+        print(
+            f"{PROG}: error: {len(active)} task(s) still run on {args.name} after {args.timeout:g} s "
+            f"(e.g. {active[0]}); it stays drained",
+            file=sys.stderr,
+        )
+        return EXIT_TIMEOUT
+    return EXIT_OK
+
+
+async def _wait_drained(
+    host: Any, name: str, node: dict[str, Any], timeout: float | None, *, quiet: bool
+) -> dict[str, Any]:
+    """Poll the node until no task holds resources there, or `timeout` passes;
+    the node as last read."""
+    if "active_tasks" not in node:
+        raise HakuRiverError("this Host does not say which tasks run on a node; upgrade it to use --wait")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    shown: list[str] | None = None
+    while node["active_tasks"]:
+        if node["active_tasks"] != shown and not quiet:
+            shown = node["active_tasks"]
+            print(f"waiting for {len(shown)} task(s) on {name}: {' '.join(shown[:10])}", file=sys.stderr)
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        await asyncio.sleep(DRAIN_POLL_SECONDS if left is None else min(DRAIN_POLL_SECONDS, left))
+        node = await host.node(name)
+    return node
+
+
+async def _cmd_node_resume(args: argparse.Namespace, connect: Connect) -> int:
+    async with connect() as host:
+        node = await host.resume_node(args.name)
+    if args.json:
+        print_json(node)
+    else:
+        print(f"resumed {node['hostname']}: tasks are placed there again")
     return EXIT_OK
 
 

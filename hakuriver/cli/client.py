@@ -27,6 +27,7 @@ from .common import (
     format_size,
     format_time,
     print_json,
+    printable,
     table,
     task_id_arg,
 )
@@ -92,7 +93,24 @@ def _allocated(node: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def _node_state(node: dict[str, Any]) -> str:
-    return "online" if node.get("online") else "offline"
+    state = "online" if node.get("online") else "offline"
+    return f"{state}, drained" if node.get("drained") else state
+
+
+def _drain_text(node: dict[str, Any], now: float | None = None) -> str | None:
+    """`5m ago by alice: kernel upgrade`, or None for a node not drained."""
+    drain = node.get("drained")
+    if not isinstance(drain, dict):
+        return None
+    who = f" by {printable(str(drain['by']))}" if drain.get("by") else ""
+    reason = drain.get("reason") or "no reason given"
+    return f"{format_ago(drain.get('at'), now)}{who}: {printable(str(reason))}"
+
+
+def drain_line(node: dict[str, Any], now: float | None = None) -> str | None:
+    """`node3 drained 5m ago by alice: kernel upgrade`, or None for a node not drained."""
+    text = _drain_text(node, now)
+    return None if text is None else f"{node['hostname']} drained {text}"
 
 
 def node_runs(node: dict[str, Any]) -> str:
@@ -126,7 +144,10 @@ def nodes_table(nodes: list[dict[str, Any]]) -> str:
             )
         )
     # RUNS last: its reasons are the one long, free-text cell.
-    return table(("NODE", "STATE", "CORES", "MEMORY", "GPUS", "NUMA", "LAST SEEN", "RUNS"), rows)
+    text = table(("NODE", "STATE", "CORES", "MEMORY", "GPUS", "NUMA", "LAST SEEN", "RUNS"), rows)
+    # A drain's reason is free text too: one line per drained node, under the table.
+    drains = [line for n in nodes if (line := drain_line(n)) is not None]
+    return "\n".join([text, "", *drains]) if drains else text
 
 
 async def _cmd_nodes(args: argparse.Namespace, connect: Connect) -> int:
@@ -205,6 +226,9 @@ def node_detail(node: dict[str, Any]) -> str:
         ("load", _load(stats)),
         ("runs", node_runs(node)),
     ]
+    drained = _drain_text(node)
+    if drained is not None:
+        rows.append(("drained", drained))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v if v not in (None, '') else '-'}" for k, v in rows]
     numa = node.get("numa") or []

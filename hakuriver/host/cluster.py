@@ -37,7 +37,7 @@ from ..config import Config
 from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
 from ..ids import IdGenerator
 from ..models import NodeResources, Target, Task, TaskRequest, TaskState
-from .db import Database, NodeRecord
+from .db import Database, Drain, NodeRecord
 from .runner_client import RunnerClient, RunnerRejected, RunnerUnreachable
 from .scheduler import Ledger, Used, check_fits_ever
 
@@ -76,6 +76,9 @@ class Cluster:
         self._kick = asyncio.Event()
         self._changed = asyncio.Condition()
         self._background: set[asyncio.Task[Any]] = set()
+        self.drains: dict[str, Drain] = {}
+        """Nodes an admin drained (no new task is placed there). Kept apart from
+        `nodes`, which registrations and heartbeats replace."""
         self.controlled_at: dict[int, float] = {}
         """When each task was last paused or resumed here: a heartbeat built before
         that must not undo it (see `liveness`)."""
@@ -89,6 +92,7 @@ class Cluster:
         self.started_at = self.clock()
         self.nodes = {n.hostname: n for n in await self.db.list_nodes()}
         self.resources = {name: n.resources for name, n in self.nodes.items()}
+        self.drains = {name: n.drain for name, n in self.nodes.items() if n.drain is not None}
         holding = await self.db.load_holding()
         self.ledger = Ledger.from_tasks(holding)
         self.pending = {t.id: t for t in await self.db.load_pending()}
@@ -138,9 +142,39 @@ class Cluster:
         await self.db.forget_node(hostname)
         self.nodes.pop(hostname, None)
         self.resources.pop(hostname, None)
+        self.drains.pop(hostname, None)
         log.warning(
             "node %s forgotten by an admin; the next runner to register under that name is bound to it", hostname
         )
+
+    async def drain_node(self, hostname: str, *, reason: str, by: str) -> NodeRecord:
+        """Place no new task on `hostname`; what holds resources there ends
+        normally. Draining a drained node replaces its reason (and who, when)."""
+        drain = Drain(at=self.clock(), by=by, reason=reason)
+        record = await self.db.set_node_drain(hostname, drain)
+        if record is None:
+            raise NotFound(f"no node {hostname}")
+        # Under the lock: a pass running now decided with the old set; the
+        # next one (after this) sees the drain.
+        async with self.lock:
+            self.drains[hostname] = drain
+        log.warning("node %s drained by %s: %s", hostname, by, reason or "no reason given")
+        return record
+
+    async def resume_node(self, hostname: str, *, by: str) -> NodeRecord:
+        """Undo a drain: `hostname` gets new tasks again (idempotent)."""
+        record = await self.db.set_node_drain(hostname, None)
+        if record is None:
+            raise NotFound(f"no node {hostname}")
+        was = self.drains.pop(hostname, None)
+        if was is not None:
+            log.warning("node %s resumed by %s", hostname, by)
+        self.kick()  # tasks waiting for it may start now
+        return record
+
+    def holding_tasks(self, hostname: str) -> list[int]:
+        """Ids of the tasks holding resources on `hostname` (assigning, running, paused)."""
+        return [h.task_id for h in self.ledger.holds_on(hostname)]
 
     # ------------------------------------------------------------- submitting
     async def submit(self, req: TaskRequest, *, owner: str) -> tuple[int, list[Task]]:

@@ -163,6 +163,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE tasks ADD COLUMN output_error TEXT;
     """,
+    # 5: a node drained by an admin (`hakuriver.admin node drain`): no new task
+    # is placed there. drained_at NULL means not drained; registration never
+    # touches these columns, so a re-registering runner stays drained.
+    """
+    ALTER TABLE nodes ADD COLUMN drained_at REAL;
+    ALTER TABLE nodes ADD COLUMN drained_by TEXT;
+    ALTER TABLE nodes ADD COLUMN drained_reason TEXT;
+    """,
 )
 """Migration N (1-based) is MIGRATIONS[N-1]. Append only; never edit a released one."""
 
@@ -175,7 +183,7 @@ _TASK_COLUMNS = (
 )
 _NODE_COLUMNS = (
     "hostname, url, cores, memory, numa_json, gpus_json, online, registered_at, last_heartbeat, stats_json, "
-    "identity_hash, order_token, capabilities_json"
+    "identity_hash, order_token, capabilities_json, drained_at, drained_by, drained_reason"
 )
 _HOLDING_SQL = ",".join(f"'{s}'" for s in sorted(HOLDING_STATES))
 
@@ -279,6 +287,18 @@ def _task_params(task: Task, now: float) -> tuple[Any, ...]:
 
 
 @dataclass(frozen=True)
+class Drain:
+    """An admin's drain of a node: when, by whom, why (`reason` may be empty)."""
+
+    at: float
+    by: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "by": self.by, "at": self.at}
+
+
+@dataclass(frozen=True)
 class NodeRecord:
     """A registered node as the Host stores it."""
 
@@ -298,6 +318,8 @@ class NodeRecord:
     """What the Host presents to this runner; the runner chose it. Never shown."""
     capabilities: NodeCapabilities | None = None
     """What its runner last said it can run; None if it never said."""
+    drain: Drain | None = None
+    """Set while an admin has drained the node: no new task is placed there."""
 
     @property
     def resources(self) -> NodeResources:
@@ -327,6 +349,7 @@ def _node_from_row(_cursor: Any, row: Sequence[Any]) -> NodeRecord:
         identity_hash=row[10],
         order_token=row[11],
         capabilities=_capabilities_from_text(row[12]),
+        drain=None if row[13] is None else Drain(at=row[13], by=row[14] or "", reason=row[15] or ""),
     )
 
 
@@ -814,6 +837,26 @@ class Database(_Accounts):
             rows = await conn.execute_fetchall(
                 f"""UPDATE nodes SET last_heartbeat=?, stats_json=?, online=1,
                         capabilities_json=COALESCE(?, capabilities_json)
+                    WHERE hostname=? RETURNING {_NODE_COLUMNS}""",
+                params,
+            )
+            return next((_node_from_row(None, r) for r in rows), None)
+
+        return await self._write(op)
+
+    async def set_node_drain(self, hostname: str, drain: Drain | None) -> NodeRecord | None:
+        """Drain a node (`drain` replaces any earlier one) or undo it (None).
+        None if the node is unknown."""
+        params = (
+            None if drain is None else drain.at,
+            None if drain is None else drain.by,
+            None if drain is None else drain.reason,
+            hostname,
+        )
+
+        async def op(conn: aiosqlite.Connection) -> NodeRecord | None:
+            rows = await conn.execute_fetchall(
+                f"""UPDATE nodes SET drained_at=?, drained_by=?, drained_reason=?
                     WHERE hostname=? RETURNING {_NODE_COLUMNS}""",
                 params,
             )

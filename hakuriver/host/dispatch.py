@@ -63,7 +63,7 @@ class Dispatcher:
                 return []
             queue = sorted(cluster.pending.values(), key=lambda t: t.id)
             # The scheduler holds each placement in the ledger as it decides.
-            placements = self.scheduler.schedule(queue, online, cluster.ledger)
+            placements = self.scheduler.schedule(queue, online, cluster.ledger, drained=cluster.drains.keys())
             if not placements:
                 return []
             now = cluster.clock()

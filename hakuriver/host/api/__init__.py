@@ -24,6 +24,8 @@ ROUTES = [
     web.get("/api/nodes", nodes.list_nodes),
     web.get("/api/nodes/{hostname}", nodes.get_node),
     web.post("/api/nodes/{hostname}/forget", nodes.forget_node),
+    web.post("/api/nodes/{hostname}/drain", nodes.drain_node),
+    web.post("/api/nodes/{hostname}/resume", nodes.resume_node),
     web.get("/api/health", nodes.health),
     web.get("/api/openapi.yaml", nodes.openapi),
     web.get("/api/environments/containers", environments.list_env_containers),

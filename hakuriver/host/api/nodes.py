@@ -8,9 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from ... import __version__
-from ...errors import NotFound
+from ...errors import NotFound, ValidationError
 from ...parsing import validate_node_name
-from ...webapi import json_response
+from ...webapi import json_response, read_json_object, require_type
 from ..accounts import principal_of, require_admin
 from ..cluster import Cluster
 from ..db import NodeRecord
@@ -31,6 +31,8 @@ def node_json(node: NodeRecord, cluster: Cluster) -> dict[str, Any]:
         "registered_at": node.registered_at,
         "last_heartbeat": node.last_heartbeat,
         "stats": node.stats,
+        "drained": None if node.drain is None else node.drain.to_json(),
+        "active_tasks": [str(i) for i in cluster.holding_tasks(node.hostname)],
         "allocated": {
             "cores": used.cores,
             "memory": used.memory,
@@ -62,6 +64,42 @@ async def forget_node(request: web.Request) -> web.Response:
     name = validate_node_name(request.match_info["hostname"])
     await request.app[CLUSTER].forget_node(name)
     return json_response({"forgotten": name})
+
+
+MAX_DRAIN_REASON = 500
+"""The longest reason an admin may give for a drain (characters)."""
+
+
+def drain_reason(data: dict[str, Any]) -> str:
+    """The drain's `reason`: one line of printable text (whitespace runs become
+    one space), so that `client nodes` can show it as is."""
+    raw = require_type(data, "reason", str, required=False, default="")
+    reason = " ".join(raw.split())
+    if len(reason) > MAX_DRAIN_REASON:
+        raise ValidationError(f"'reason' is longer than {MAX_DRAIN_REASON} characters")
+    if not reason.isprintable():
+        raise ValidationError("'reason' holds a control character")
+    return reason
+
+
+async def drain_node(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    require_admin(principal, "drain nodes")
+    name = validate_node_name(request.match_info["hostname"])
+    data = await read_json_object(request, {"reason"}, optional=True)
+    cluster = request.app[CLUSTER]
+    record = await cluster.drain_node(name, reason=drain_reason(data), by=principal.name)
+    return json_response(node_json(record, cluster))
+
+
+async def resume_node(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    require_admin(principal, "resume nodes")
+    name = validate_node_name(request.match_info["hostname"])
+    await read_json_object(request, set(), optional=True)
+    cluster = request.app[CLUSTER]
+    record = await cluster.resume_node(name, by=principal.name)
+    return json_response(node_json(record, cluster))
 
 
 async def health(request: web.Request) -> web.Response:
