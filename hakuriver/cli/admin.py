@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import HakuRiverError
+from ..errors import HakuRiverError, ValidationError
 from ..parsing import validate_node_name
 from .common import (
     EXIT_CODES_EPILOG,
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "register under it (a replaced or reinstalled machine). Refused while tasks hold resources there.",
         parents=parents,
     )
-    p.add_argument("name", type=validate_node_name, metavar="NAME")
+    p.add_argument("name", type=node_name_arg, metavar="NAME")
     p.set_defaults(func=_cmd_node_forget)
 
     p = nodes.add_parser(
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=parents,
     )
-    p.add_argument("name", type=validate_node_name, metavar="NAME")
+    p.add_argument("name", type=node_name_arg, metavar="NAME")
     p.add_argument("--reason", metavar="TEXT", help="why (shown by 'hakuriver.client nodes'; at most 500 characters)")
     p.add_argument(
         "--wait",
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ones that waited for it. Resuming a node that is not drained changes nothing.",
         parents=parents,
     )
-    p.add_argument("name", type=validate_node_name, metavar="NAME")
+    p.add_argument("name", type=node_name_arg, metavar="NAME")
     p.set_defaults(func=_cmd_node_resume)
 
     p = sub.add_parser(
@@ -180,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_backup)
     return parser
+
+
+def node_name_arg(text: str) -> str:
+    """A node name for argparse: a bad one is a one-line usage error, not a traceback."""
+    try:
+        return validate_node_name(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _print_token(result: dict[str, Any], as_json: bool) -> None:
