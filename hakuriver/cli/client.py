@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "nodes",
         help="list nodes with their allocated and total resources",
-        description="List nodes with their allocated and total resources.",
+        description="List nodes with their allocated and total resources. A node an admin drained "
+        "(hakuriver.admin node drain) shows as 'online, drained' (no new task goes there), with who "
+        "drained it, when and why under the table.",
         parents=parents,
     )
     p.set_defaults(func=_cmd_nodes)
