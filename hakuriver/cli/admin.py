@@ -272,7 +272,10 @@ async def _cmd_node_drain(args: argparse.Namespace, connect: Connect) -> int:
         if not args.json:
             print(_drain_summary(node))
         if args.wait:
+            waited = bool(node.get("active_tasks"))
             node = await _wait_drained(host, args.name, node, args.timeout, quiet=args.json)
+            if waited and not node.get("active_tasks") and not args.json:
+                print(f"{args.name}: no task runs there any more")
     if args.json:
         print_json(node)
     if args.wait and node.get("active_tasks"):

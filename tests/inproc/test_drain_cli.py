@@ -77,6 +77,8 @@ def test_drain_wait_resume_and_nodes(cluster: ThreadedCluster, tmp_path: Path, c
     node = json.loads(capsys.readouterr().out)
     assert node["active_tasks"] == [] and node["drained"]["reason"] == ""
     assert cluster.task(task_id)["state"] == "completed"
+    assert admin("node", "drain", "n1", "--wait") == 0  # idle already: returns at once
+    assert capsys.readouterr().out == "drained n1 (no reason given): no new tasks go there; no task runs there\n"
 
     assert admin("node", "resume", "n1") == 0
     assert capsys.readouterr().out == "resumed n1: tasks are placed there again\n"
