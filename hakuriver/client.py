@@ -205,6 +205,7 @@ class HostClient:
         privileged: bool | None = None,
         targets: Iterable[object] | None = None,
         gpus: int | None = None,
+        time_limit: int | str | None = None,
     ) -> dict[str, Any]:
         """Submit one task per target (or one auto-placed task).
 
@@ -212,6 +213,7 @@ class HostClient:
         `memory` is bytes. `mounts`/`targets` take strings or the
         `models.Mount`/`models.Target` objects. None leaves a field to the
         Host's default (e.g. `privileged` from docker.tasks_privileged).
+        `time_limit` is seconds, or a duration the Host parses (`2h`, `1:30:00`).
         """
         if isinstance(command, (str, bytes)):
             raise TypeError("command must be a list of arguments, not a string")
@@ -232,6 +234,8 @@ class HostClient:
             body["targets"] = [str(t) for t in targets]
         if gpus:
             body["gpus"] = gpus
+        if time_limit is not None:
+            body["time_limit"] = time_limit
         return await self._json("POST", "/api/tasks", body=body)
 
     async def get_task(self, task_id: int | str) -> dict[str, Any]:

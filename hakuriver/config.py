@@ -160,6 +160,9 @@ class RunnerConfig:
     """Where the runner keeps its state (tasks, undelivered results, its node
     key). Never inside a directory mounted into tasks. Empty means
     `~/.hakuriver/state` of the service's user."""
+    timeout_grace: float = 30.0
+    """Seconds between the SIGTERM a task gets at its time limit and the
+    SIGKILL that follows if it has not ended (`--time`)."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,8 @@ def config_from_dict(data: Mapping[str, Any], source: str | None = None) -> Conf
         raise ConfigError(
             f"{where}: timing.heartbeat_timeout_factor must be at least 2, or one late heartbeat marks a node offline"
         )
+    if config.runner.timeout_grace > 3600:
+        raise ConfigError(f"{where}: runner.timeout_grace must be at most 3600 seconds")
     for key in ("max_connections", "max_connections_per_address"):
         if getattr(config.network, key) < 1:
             raise ConfigError(f"{where}: network.{key} must be at least 1")

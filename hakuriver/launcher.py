@@ -86,6 +86,9 @@ MAX_ENV_BYTES = 256 * 1024
 SPEC_CHUNK = 65536
 """Base64 characters per `exec` argument (one argument may hold at most 128 KiB)."""
 MAX_CORES = 100000
+MAX_TIME_LIMIT = 30 * 86400
+"""The longest `time_limit` (seconds) a start request may carry: HakuRiver's own bound."""
+MAX_TIMEOUT_GRACE = 3600
 TIMEOUT_STOP = "15s"
 """How long leftover processes get between SIGTERM and SIGKILL when a task ends or is stopped."""
 TOOL_TIMEOUT = 120.0
@@ -105,6 +108,8 @@ REQUEST_FIELDS = frozenset(
         "numa",
         "numactl",
         "runner",
+        "time_limit",
+        "timeout_grace",
     }
 )
 REQUIRED_FIELDS = frozenset({"task_id", "user", "command", "shared_dir", "local_temp_dir"})
@@ -513,6 +518,8 @@ def validate_request(req, cfg, *, accounts=SYSTEM_ACCOUNTS, node_exists=None):
     cores = _int_field(req, "cores", 1, MAX_CORES)
     memory = _int_field(req, "memory", 1, 2**62)
     numa = _int_field(req, "numa", 0, 4095)
+    time_limit = _int_field(req, "time_limit", 1, MAX_TIME_LIMIT)
+    timeout_grace = _int_field(req, "timeout_grace", 1, MAX_TIMEOUT_GRACE)
     argv = list(command)
     numactl = None
     if numa is not None:
@@ -556,6 +563,8 @@ def validate_request(req, cfg, *, accounts=SYSTEM_ACCOUNTS, node_exists=None):
         numa=numa,
         numactl=numactl,
         runner=runner,
+        time_limit=time_limit,
+        timeout_grace=timeout_grace,
     )
 
 
@@ -607,8 +616,13 @@ def systemd_run_argv(plan, cfg, launcher_path):
         "--property=Type=exec",
         f"--property=User={plan.user}",
         "--property=KillMode=control-group",
-        f"--property=TimeoutStopSec={TIMEOUT_STOP}",
+        f"--property=TimeoutStopSec={TIMEOUT_STOP if plan.timeout_grace is None else f'{plan.timeout_grace}s'}",
     ]
+    if plan.time_limit is not None:
+        # systemd itself stops the unit at the limit (SIGTERM, SIGKILL after
+        # TimeoutStopSec) and records Result=timeout: the limit holds even
+        # while no runner runs.
+        argv.append(f"--property=RuntimeMaxSec={plan.time_limit}")
     if plan.cores is not None:
         argv.append(f"--property=CPUQuota={plan.cores * 100}%")
     if plan.memory is not None:

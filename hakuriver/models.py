@@ -25,6 +25,8 @@ class TaskState(enum.StrEnum):
     KILLED = "killed"
     KILLED_OOM = "killed_oom"
     LOST = "lost"
+    TIMEOUT = "timeout"
+    """Stopped by its runner at its time limit (`--time`): SIGTERM, then SIGKILL."""
 
     @property
     def is_final(self) -> bool:
@@ -36,7 +38,14 @@ class TaskState(enum.StrEnum):
 
 
 FINAL_STATES = frozenset(
-    {TaskState.COMPLETED, TaskState.FAILED, TaskState.KILLED, TaskState.KILLED_OOM, TaskState.LOST}
+    {
+        TaskState.COMPLETED,
+        TaskState.FAILED,
+        TaskState.KILLED,
+        TaskState.KILLED_OOM,
+        TaskState.LOST,
+        TaskState.TIMEOUT,
+    }
 )
 """States after which the Host ignores reports (with one exception, see LOST)."""
 
@@ -51,6 +60,10 @@ HOLDING_STATES = frozenset({TaskState.ASSIGNING, TaskState.RUNNING, TaskState.PA
 # reports the task as still alive (or reports how it ended while it was cut
 # off) is the better witness: LOST may then move on. Nothing else leaves a
 # final state.
+#
+# TIMEOUT is entered from every state in which a runner holds the task
+# (assigning included: a fast limit may fire before `running` is reported,
+# and LOST: the runner enforces the limit while cut off from the Host).
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.PENDING: frozenset({TaskState.ASSIGNING, TaskState.KILLED, TaskState.FAILED}),
     TaskState.ASSIGNING: frozenset(
@@ -62,6 +75,7 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
             TaskState.KILLED,
             TaskState.KILLED_OOM,
             TaskState.LOST,
+            TaskState.TIMEOUT,
         }
     ),
     TaskState.RUNNING: frozenset(
@@ -72,6 +86,7 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
             TaskState.KILLED,
             TaskState.KILLED_OOM,
             TaskState.LOST,
+            TaskState.TIMEOUT,
         }
     ),
     TaskState.PAUSED: frozenset(
@@ -82,6 +97,7 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
             TaskState.KILLED,
             TaskState.KILLED_OOM,
             TaskState.LOST,
+            TaskState.TIMEOUT,
         }
     ),
     TaskState.LOST: frozenset(
@@ -92,12 +108,14 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
             TaskState.FAILED,
             TaskState.KILLED,
             TaskState.KILLED_OOM,
+            TaskState.TIMEOUT,
         }
     ),
     TaskState.COMPLETED: frozenset(),
     TaskState.FAILED: frozenset(),
     TaskState.KILLED: frozenset(),
     TaskState.KILLED_OOM: frozenset(),
+    TaskState.TIMEOUT: frozenset(),
 }
 
 
@@ -151,6 +169,8 @@ class TaskRequest:
     targets: tuple[Target, ...] = ()
     gpus: int = 0
     """GPU *count* for automatic placement (no target); targets name GPU ids instead."""
+    time_limit: int | None = None
+    """Seconds of wall time from its start after which its runner stops it (`--time`); None: no limit."""
 
 
 @dataclass
@@ -186,6 +206,9 @@ class Task:
     incomplete (ENOSPC, EIO, a vanished shared dir): what went wrong, e.g.
     "stdout: No space left on device (ENOSPC) after 1.0 MiB". The task's state
     and exit code are still its real ones."""
+    time_limit: int | None = None
+    """Seconds of wall time from its start (paused time counts, as in Slurm)
+    after which its runner stops it and it ends `timeout`; None: no limit."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -212,6 +235,7 @@ class Task:
             "error": self.error,
             "owner": self.owner,
             "output_error": self.output_error,
+            "time_limit": self.time_limit,
         }
 
 

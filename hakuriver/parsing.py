@@ -194,3 +194,96 @@ def validate_env_name(name: str) -> str:
             f"invalid environment name {name!r}: use lower-case letters, digits and single '.', '_' or '-' between them"
         )
     return name
+
+
+MAX_TIME_LIMIT = 30 * 86400
+"""The longest time limit a task may ask for (30 days), in seconds."""
+
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_UNIT_DURATION = re.compile(r"(?:[0-9]+[dhms])+\Z", re.ASCII)
+_UNIT_PART = re.compile(r"([0-9]+)([dhms])", re.ASCII)
+_CLOCK_DURATION = re.compile(r"(?:([0-9]+)-)?([0-9]+)(?::([0-9]+))?(?::([0-9]+))?\Z", re.ASCII)
+
+
+def parse_duration(value: str | int) -> int:
+    """A task's time limit in whole seconds, from what a user types.
+
+    - an int: seconds (the API's number form);
+    - units, one or more of `d`, `h`, `m`, `s`, in that order: `45s`, `90m`,
+      `2h`, `1h30m`, `2d`;
+    - clock forms as Slurm writes them: `MM:SS`, `HH:MM:SS`, `D-HH`,
+      `D-HH:MM`, `D-HH:MM:SS` (`1:30:00` is an hour and a half).
+
+    A bare number in a string is refused: Slurm reads it as minutes, and
+    anyone else as seconds. ASCII digits only; the result is between 1 second
+    and `MAX_TIME_LIMIT` (30 days). Raises ValidationError."""
+    if isinstance(value, bool):
+        raise ValidationError(f"invalid time limit {value!r}: expected seconds or a duration like 2h, 90m, 1:30:00")
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str):
+        seconds = _duration_seconds(value)
+    else:
+        raise ValidationError(f"invalid time limit {value!r}: expected seconds or a duration like 2h, 90m, 1:30:00")
+    if seconds < 1:
+        raise ValidationError(f"invalid time limit {value!r}: must be at least one second")
+    if seconds > MAX_TIME_LIMIT:
+        raise ValidationError(f"invalid time limit {value!r}: longer than {format_duration(MAX_TIME_LIMIT)}")
+    return seconds
+
+
+def _duration_seconds(text: str) -> int:
+    spec = text.strip().lower()
+    # Far longer than any valid limit: refuse before int() sees a huge number.
+    if not spec or len(spec) > 32:
+        raise ValidationError(f"invalid time limit {text!r}: expected a duration like 2h, 90m, 45s or 1:30:00")
+    if _UNIT_DURATION.match(spec):
+        parts = _UNIT_PART.findall(spec)
+        units = [unit for _, unit in parts]
+        order = "dhms"
+        if len(set(units)) != len(units) or units != sorted(units, key=order.index):
+            raise ValidationError(f"invalid time limit {text!r}: give each unit once, largest first (1h30m)")
+        return sum(int(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if spec.isdigit():
+        raise ValidationError(
+            f"invalid time limit {text!r}: give a unit ({spec}s, {spec}m or {spec}h) or a clock form like 1:30:00"
+        )
+    match = _CLOCK_DURATION.match(spec)
+    if not match:
+        raise ValidationError(f"invalid time limit {text!r}: expected a duration like 2h, 90m, 45s or 1:30:00")
+    days_text, first, second, third = match.groups()
+    days = int(days_text) if days_text is not None else 0
+    fields = [int(first)] + [int(f) for f in (second, third) if f is not None]
+    if days_text is not None:
+        hours, minutes, secs = (fields + [0, 0])[:3]  # D-HH, D-HH:MM, D-HH:MM:SS
+    elif len(fields) == 3:
+        hours, minutes, secs = fields
+    elif len(fields) == 2:
+        hours, (minutes, secs) = 0, fields  # MM:SS, as Slurm reads it
+    else:
+        raise ValidationError(f"invalid time limit {text!r}: expected a duration like 2h, 90m, 45s or 1:30:00")
+    # The leading field may be as large as it likes (48:00:00, 90:00); the
+    # ones after a colon or a day count are clock digits.
+    if days_text is not None:
+        out_of_range = any(f > limit for f, limit in zip(fields, (23, 59, 59), strict=False))
+    else:
+        out_of_range = any(f > 59 for f in fields[1:])
+    if out_of_range:
+        raise ValidationError(f"invalid time limit {text!r}: minutes and seconds go up to 59 (hours to 23 after D-)")
+    return ((days * 24 + hours) * 60 + minutes) * 60 + secs
+
+
+def format_duration(seconds: int | float | None) -> str:
+    """Seconds for people, in the units `parse_duration` reads: `2h`, `1h30m`,
+    `45s`, `2d`, `1d2h3m4s` ("-" for none)."""
+    if seconds is None:
+        return "-"
+    rest = max(0, int(seconds))
+    if rest == 0:
+        return "0s"
+    text = ""
+    for unit, size in _DURATION_UNITS.items():
+        count, rest = divmod(rest, size)
+        if count:
+            text += f"{count}{unit}"
+    return text

@@ -8,6 +8,11 @@ so that a restarted runner recovers exactly what it was told.
 `version` numbers the record's shape. A runner reads every version up to
 `RUN_REQUEST_VERSION` (a missing version is 1) and refuses a newer one with
 a clear reason, so a Host upgraded first never has its orders misread.
+
+Versions: 1 is the first shape; 2 adds `time_limit`. A record says the oldest
+version that carries what it holds (`wire_version`), so a request without a
+time limit is still version 1 and an older runner runs it; one with a limit
+is version 2, which an older runner refuses (it would ignore the limit).
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from typing import Any
 from .errors import ValidationError
 from .ids import parse_id
 from .models import Mount
-from .parsing import parse_mount, validate_env_key
+from .parsing import MAX_TIME_LIMIT, parse_mount, validate_env_key
 
-RUN_REQUEST_VERSION = 1
+RUN_REQUEST_VERSION = 2
 
 _UNIX_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?\Z")
 
@@ -40,6 +45,7 @@ RUN_FIELDS = frozenset(
         "privileged",
         "user",
         "unix_user",
+        "time_limit",
     }
 )
 """The JSON fields of a run request; anything else is refused."""
@@ -74,11 +80,18 @@ class RunRequest:
     """The submitter's Unix account, resolved to uid/gid on the node; None:
     they have none, and the node's policy decides (`docker.task_user`,
     `environment.runner_user`)."""
+    time_limit: int | None = None
+    """Seconds of wall time from the task's start after which the runner stops
+    it (SIGTERM, SIGKILL after `runner.timeout_grace`) and it ends `timeout`."""
     version: int = RUN_REQUEST_VERSION
 
+    def wire_version(self) -> int:
+        """The oldest version that carries every field this record holds."""
+        return 2 if self.time_limit is not None else 1
+
     def to_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
+        data: dict[str, Any] = {
+            "version": self.wire_version(),
             "task_id": str(self.task_id),
             "command": list(self.command),
             "env": dict(self.env),
@@ -92,6 +105,9 @@ class RunRequest:
             "user": self.user,
             "unix_user": self.unix_user,
         }
+        if self.time_limit is not None:
+            data["time_limit"] = self.time_limit
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRequest:
@@ -139,6 +155,12 @@ class RunRequest:
         unix_user = data.get("unix_user")
         if unix_user is not None and not (isinstance(unix_user, str) and _UNIX_NAME.match(unix_user)):
             raise ValidationError(f"'unix_user' {unix_user!r} is not a Unix account name")
+        time_limit = data.get("time_limit")
+        if time_limit is not None:
+            if version < 2:
+                raise ValidationError("'time_limit' needs a version 2 run request")
+            if isinstance(time_limit, bool) or not isinstance(time_limit, int) or not 1 <= time_limit <= MAX_TIME_LIMIT:
+                raise ValidationError(f"'time_limit' must be whole seconds between 1 and {MAX_TIME_LIMIT}")
         return cls(
             task_id=task_id,
             command=tuple(command),
@@ -152,5 +174,6 @@ class RunRequest:
             privileged=privileged,
             user=user,
             unix_user=unix_user,
+            time_limit=time_limit,
             version=version,
         )

@@ -23,7 +23,9 @@ from ..client import ApiError, HostClient, is_final
 from ..errors import HakuRiverError, HostUnreachable, ValidationError
 from ..models import SYSTEMD_CONTAINER, TaskState
 from ..parsing import (
+    format_duration,
     parse_cores,
+    parse_duration,
     parse_env,
     parse_mount,
     parse_size,
@@ -145,6 +147,13 @@ def _add_submit(sub: Any) -> None:
         help="run the container privileged, or explicitly not (default: the cluster's "
         "docker.tasks_privileged; privileged only where the cluster allows it)",
     )
+    p.add_argument(
+        "--time",
+        metavar="LIMIT",
+        help="time limit: wall time from the start (paused time counts), e.g. 2h, 90m, 45s, 1h30m, "
+        "1:30:00 or D-HH:MM:SS (at most 30 days); at the limit the task gets SIGTERM, then SIGKILL "
+        "after the node's runner.timeout_grace, and ends 'timeout'",
+    )
     p.add_argument("--wait", action="store_true", help="wait until every task has ended and print a summary")
     p.add_argument(
         "--wait-timeout",
@@ -189,8 +198,10 @@ def submit_request(args: argparse.Namespace) -> dict[str, Any]:
         raise ValidationError(
             "give GPUs either as a count (--gpus) for automatic placement or as ids in --target (node::0,1), not both"
         )
+    time_limit = parse_duration(args.time) if args.time is not None else None
     return {
         "command": command,
+        "time_limit": time_limit,
         "cores": cores,
         "memory": memory,
         "container": container,
@@ -264,6 +275,7 @@ def describe_task(task: dict[str, Any]) -> str:
         ("node", placement),
         ("cores", task.get("cores")),
         ("memory", format_size(task.get("memory"))),
+        ("time limit", format_duration(task["time_limit"]) if task.get("time_limit") else None),
         ("gpu count", task.get("gpu_count") or None),
         ("container", task.get("container")),
         ("privileged", "yes" if task.get("privileged") else "no"),

@@ -87,6 +87,7 @@ KEY_COMMENTS: dict[str, str] = {
     "runner.name": "Node name this Runner registers as; empty means the hostname. "
     "Give each Runner on one machine its own.",
     "runner.state_dir": "The Runner's private state (0700); empty: ~/.hakuriver/state. Never under a task mount.",
+    "runner.timeout_grace": "Seconds a task at its time limit (--time) gets between SIGTERM and SIGKILL.",
 }
 
 

@@ -52,6 +52,7 @@ RUNNER_REPORTABLE = frozenset(
         TaskState.KILLED,
         TaskState.KILLED_OOM,
         TaskState.LOST,
+        TaskState.TIMEOUT,
     }
 )
 """States a runner may report. LOST: the task's container vanished under the runner."""
@@ -200,6 +201,7 @@ class Cluster:
                 gpu_count=len(target.gpus) if target else req.gpus,
                 submitted_at=now,
                 owner=owner,
+                time_limit=req.time_limit,
             )
             for target in targets
         ]

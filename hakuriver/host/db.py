@@ -171,6 +171,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE nodes ADD COLUMN drained_by TEXT;
     ALTER TABLE nodes ADD COLUMN drained_reason TEXT;
     """,
+    # 6: a task's time limit in seconds (`--time`); NULL for none.
+    """
+    ALTER TABLE tasks ADD COLUMN time_limit INTEGER;
+    """,
 )
 """Migration N (1-based) is MIGRATIONS[N-1]. Append only; never edit a released one."""
 
@@ -179,7 +183,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _TASK_COLUMNS = (
     "id, batch_id, state, command_json, cores, memory, container, env_json, mounts_json, "
     "privileged, target, gpu_count, node, numa, gpus_json, submitted_at, assigned_at, "
-    "started_at, finished_at, exit_code, error, owner, output_error"
+    "started_at, finished_at, exit_code, error, owner, output_error, time_limit"
 )
 _NODE_COLUMNS = (
     "hostname, url, cores, memory, numa_json, gpus_json, online, registered_at, last_heartbeat, stats_json, "
@@ -254,6 +258,7 @@ def _task_from_row(_cursor: Any, row: Sequence[Any]) -> Task:
         error=row[20],
         owner=row[21],
         output_error=row[22],
+        time_limit=row[23],
     )
 
 
@@ -282,6 +287,7 @@ def _task_params(task: Task, now: float) -> tuple[Any, ...]:
         task.error,
         task.owner,
         task.output_error,
+        None if task.time_limit is None else int(task.time_limit),
         now,
     )
 
@@ -918,7 +924,7 @@ class Database(_Accounts):
 
         async def op(conn: aiosqlite.Connection) -> None:
             cursor = await conn.executemany(
-                f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 24)})", rows
+                f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 25)})", rows
             )
             await cursor.close()
 

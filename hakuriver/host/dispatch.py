@@ -102,6 +102,7 @@ class Dispatcher:
             privileged=task.privileged,
             user=task.owner or "",
             unix_user=self.unix_user_of(task.owner),
+            time_limit=task.time_limit,
         )
 
     async def dispatch(self, task: Task) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from ..config import Config
 from ..errors import ValidationError
 from ..models import SYSTEMD_CONTAINER, Mount, TaskRequest
-from ..parsing import parse_cores, parse_mount, parse_size, parse_target, validate_container
+from ..parsing import parse_cores, parse_duration, parse_mount, parse_size, parse_target, validate_container
 from ..policy import (
     MAX_TARGETS,
     check_command,
@@ -25,7 +25,9 @@ from ..policy import (
 )
 from ..webapi import require_type
 
-SUBMIT_FIELDS = frozenset({"command", "cores", "memory", "container", "env", "mounts", "privileged", "targets", "gpus"})
+SUBMIT_FIELDS = frozenset(
+    {"command", "cores", "memory", "container", "env", "mounts", "privileged", "targets", "gpus", "time_limit"}
+)
 
 
 def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
@@ -67,6 +69,10 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
             "give GPUs either as a count ('gpus') for automatic placement or as ids in --target, not both"
         )
 
+    # Seconds, or the string form the CLI's --time reads (2h, 90m, 1:30:00).
+    time_raw = require_type(data, "time_limit", (int, str), required=False)
+    time_limit = parse_duration(time_raw) if time_raw is not None else None
+
     return TaskRequest(
         command=command,
         cores=cores,
@@ -77,6 +83,7 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
         privileged=privileged or (config.docker.tasks_privileged and not systemd and data.get("privileged") is None),
         targets=tuple(targets),
         gpus=gpus,
+        time_limit=time_limit,
     )
 
 

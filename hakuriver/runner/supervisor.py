@@ -16,6 +16,16 @@ acknowledges it.
 
 Stopping the runner cancels these coroutines only; tasks keep running and
 are re-adopted by `recover` at the next start.
+
+Time limits (`RunRequest.time_limit`) are the runner's to enforce, so that a
+Host that is down does not stop them. The limit counts wall time from the
+moment `start` returned (`Handle.started_at`, persisted with the handle), and
+paused time counts too, as in Slurm. A backend that enforces limits itself
+(`Capabilities.time_limit`: systemd's `RuntimeMaxSec=`) is left to it;
+for the others a deadline coroutine sends SIGTERM at the limit (thawing a
+paused task first, or the signal would wait for it), then SIGKILL after
+`runner.timeout_grace`, and the result becomes `timeout`. A restarted runner
+re-arms the deadline of every task it adopts from the persisted start.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from .. import naming, policy
 from ..config import Config
 from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
 from ..models import SYSTEMD_CONTAINER, ExitResult, Mount, NumaNode, TaskState
-from ..parsing import format_size, validate_env_name
+from ..parsing import format_duration, format_size, validate_env_name
 from ..runrequest import RunRequest
 from .executors.base import Executor, Handle, LaunchSpec, Presence
 from .identity import docker_identity
@@ -85,6 +95,12 @@ class Supervised:
     paused: bool = False
     kill_requested: bool = False
     runner: asyncio.Task[None] | None = field(default=None, repr=False)
+    deadline: asyncio.Task[None] | None = field(default=None, repr=False)
+    """The coroutine that stops the task at its time limit, while armed."""
+    timed_out: bool = False
+    """The time limit struck: the supervisor sent SIGTERM."""
+    timeout_killed: bool = False
+    """... and SIGKILL, when the grace period ran out."""
 
 
 class Supervisor:
@@ -199,6 +215,8 @@ class Supervisor:
             user=request.user,
             unix_user=request.unix_user,
             identity=identity,
+            time_limit=request.time_limit,
+            timeout_grace=self.config.runner.timeout_grace,
         )
 
     def node_mounts(self, mounts: tuple[Mount, ...]) -> tuple[Mount, ...]:
@@ -247,12 +265,14 @@ class Supervisor:
                 await self._finish(entry, ExitResult(TaskState.FAILED, error=exc.message))
                 return
             handle.started = True
+            handle.started_at = time.time()
             entry.handle = handle
             await self.state.save_task(handle, entry.request.to_json())
             entry.started = True
             if entry.kill_requested:
                 await entry.executor.stop(handle)
             else:
+                self._arm_limit(entry)
                 self.notices.task_started(entry.task_id)
             await self._wait(entry)
         except asyncio.CancelledError:
@@ -270,9 +290,78 @@ class Supervisor:
                 error="killed by request",
                 output_error=result.output_error,
             )
+        else:
+            result = self._limit_result(entry, result)
         await self._finish(entry, result)
 
+    # ------------------------------------------------------------ time limits
+    def _arm_limit(self, entry: Supervised) -> None:
+        """Start the deadline coroutine of a started task with a time limit,
+        unless its backend enforces the limit itself."""
+        limit = entry.request.time_limit
+        if limit is None or entry.executor.capabilities.time_limit or entry.deadline is not None:
+            return
+        began = entry.handle.started_at
+        if began is None:
+            # A handle persisted before starts were timed: count from now, never
+            # from a guess that could stop the task early.
+            began = entry.handle.started_at = time.time()
+        entry.deadline = asyncio.create_task(self._enforce_limit(entry, began + limit))
+
+    def deadline_of(self, task_id: int) -> float | None:
+        """When the task's time limit strikes (wall clock), or None."""
+        entry = self.tasks.get(task_id)
+        if entry is None or entry.request.time_limit is None or entry.handle.started_at is None:
+            return None
+        return entry.handle.started_at + entry.request.time_limit
+
+    async def _enforce_limit(self, entry: Supervised, deadline: float) -> None:
+        try:
+            # Wall clock, re-read after each sleep: a suspended machine or a
+            # stepped clock must not stretch the limit.
+            while (left := deadline - time.time()) > 0:
+                await asyncio.sleep(min(left, 60.0))
+            if entry.task_id not in self.tasks or entry.kill_requested:
+                return
+            entry.timed_out = True
+            limit = format_duration(entry.request.time_limit)
+            log.info("task %s reached its time limit %s: SIGTERM", entry.task_id, limit)
+            if entry.paused:
+                # A frozen task would not see SIGTERM until thawed.
+                await entry.executor.resume(entry.handle)
+                entry.paused = False
+                await self.state.set_flags(entry.task_id, paused=False)
+            await entry.executor.stop(entry.handle, "SIGTERM")
+            grace = self.config.runner.timeout_grace
+            await asyncio.sleep(grace)
+            if entry.task_id in self.tasks:
+                log.info("task %s still runs %.0fs after SIGTERM: SIGKILL", entry.task_id, grace)
+                entry.timeout_killed = True
+                await entry.executor.stop(entry.handle, "SIGKILL")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the task's own wait still reports how it ended
+            log.warning("enforcing the time limit of task %s failed: %s", entry.task_id, exc)
+
+    def _limit_result(self, entry: Supervised, result: ExitResult) -> ExitResult:
+        """`result` as the time limit makes it: TIMEOUT when the limit struck
+        (whatever the exit code: a task that catches SIGTERM and exits 0 still
+        ran out of time), with the limit in the error text."""
+        limit = entry.request.time_limit
+        native = result.state is TaskState.TIMEOUT
+        if native and limit is None:
+            # A backend's "timeout" with no limit asked for: a stop that hung, not a limit.
+            return dataclasses.replace(result, state=TaskState.FAILED)
+        if not (entry.timed_out or native) or limit is None:
+            return result
+        error = f"time limit {format_duration(limit)} reached"
+        if entry.timeout_killed:
+            error += f"; killed {self.config.runner.timeout_grace:g}s after SIGTERM"
+        return ExitResult(TaskState.TIMEOUT, exit_code=result.exit_code, error=error, output_error=result.output_error)
+
     async def _finish(self, entry: Supervised, result: ExitResult) -> None:
+        if entry.deadline is not None and entry.deadline is not asyncio.current_task():
+            entry.deadline.cancel()
         await self.state.record_result(entry.task_id, result, time.time())
         self.tasks.pop(entry.task_id, None)
         self.notices.result_recorded()
@@ -377,6 +466,8 @@ class Supervisor:
             entry.started = True
             entry.paused = presence is Presence.PAUSED
             log.info("re-adopted task %s (%s)", handle.task_id, presence)
+            if presence is not Presence.EXITED and not entry.kill_requested:
+                self._arm_limit(entry)  # from the persisted start: the restart does not reset the clock
             entry.runner = asyncio.create_task(self._guarded_wait(entry))
 
     async def _guarded_wait(self, entry: Supervised) -> None:
@@ -391,6 +482,7 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop supervising (the runner is stopping); tasks keep running."""
         runners = [t.runner for t in self.tasks.values() if t.runner is not None]
+        runners += [t.deadline for t in self.tasks.values() if t.deadline is not None]
         for r in runners:
             r.cancel()
         await asyncio.gather(*runners, return_exceptions=True)

@@ -28,3 +28,11 @@ def test_tables_mark_the_state() -> None:
     assert shown_state(task(output_error=None)) == "completed"
     summary = _summary([task(state="failed", exit_code=3, error="exited with code 3", output_error=FLAG)])
     assert f"failed!  3     n1    exited with code 3; output: {FLAG}" in summary
+
+
+def test_status_and_wait_show_a_time_limit_and_timeout() -> None:
+    ended = task(state="timeout", exit_code=143, error="time limit 1h30m reached", time_limit=5400)
+    shown = fields(describe_task(ended))
+    assert (shown["state"], shown["time limit"], shown["error"]) == ("timeout", "1h30m", "time limit 1h30m reached")
+    assert fields(describe_task(task()))["time limit"] == "-"
+    assert "timeout  143   n1    time limit 1h30m reached" in _summary([ended])

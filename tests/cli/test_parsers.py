@@ -132,6 +132,7 @@ def test_submit_request_omits_defaults():
         "privileged": None,
         "targets": None,
         "gpus": None,
+        "time_limit": None,
     }
 
 
@@ -158,6 +159,9 @@ def test_submit_request_omits_defaults():
         (["submit", "--"], "no command given"),
         (["submit", "--", ""], "must not be empty"),
         (["submit", "--wait-timeout", "-1", "--", "true"], "--wait-timeout"),
+        (["submit", "--time", "90", "--", "true"], "give a unit"),
+        (["submit", "--time", "31d", "--", "true"], "longer than 30d"),
+        (["submit", "--time", "1:61", "--", "true"], "up to 59"),
         (["status", "abc"], "invalid task id"),
         (["status", "0"], "out of range"),
         (["wait"], "required"),
@@ -421,3 +425,14 @@ def test_help_lists_only_the_exit_codes_a_command_returns(module, argv, waits, c
     assert ("waited-for task" in out) is waits
     for code in ("  0 ", "  1 ", "  2 ", "  130 "):
         assert code in out
+
+
+@pytest.mark.parametrize(("flag", "seconds"), [("2h", 7200), ("90m", 5400), ("45s", 45), ("1:30:00", 5400)])
+def test_submit_time_is_sent_as_seconds(flag, seconds):
+    args = task_cli.build_parser().parse_args(["submit", "--time", flag, "--", "true"])
+    assert task_cli.submit_request(args)["time_limit"] == seconds
+
+
+def test_wait_exits_1_for_a_timeout():
+    waited = {"done": True, "tasks": [{"state": "completed"}, {"state": "timeout"}]}
+    assert task_cli.wait_status(waited) == 1

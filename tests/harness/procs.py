@@ -70,7 +70,12 @@ def runner_config(
     cfg = {section: dict(values) for section, values in host_config.items()}
     cfg["network"]["runner_port"] = port
     cfg["paths"]["local_temp_dir"] = str(local_temp)
-    cfg["runner"] = {"name": name, "state_dir": str(local_temp.parent / f"{local_temp.name}-state")}
+    # Keeps other [runner] keys of the Host's config dict (a test's timeout_grace, say).
+    cfg["runner"] = {
+        **cfg.get("runner", {}),
+        "name": name,
+        "state_dir": str(local_temp.parent / f"{local_temp.name}-state"),
+    }
     return cfg
 
 

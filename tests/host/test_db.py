@@ -150,9 +150,34 @@ async def test_a_version_2_database_gains_capabilities_as_unknown(tmp_path):
     raw.close()
     database = await Database.open(path)
     try:
-        assert await database.schema_version() == SCHEMA_VERSION
+        assert await database.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
         got = await database.get_node("n1")
         assert got is not None and got.cores == 4 and got.capabilities is None
+    finally:
+        await database.close()
+
+
+async def test_time_limits_are_stored_and_older_tasks_have_none(tmp_path):
+    """The time-limit migration adds a NULL column: tasks from before it have no limit."""
+    path = tmp_path / "old.db"
+    raw = sqlite3.connect(path)
+    version = next(i for i, script in enumerate(MIGRATIONS) if "time_limit" in script)
+    for script in MIGRATIONS[:version]:
+        raw.executescript(script)
+    raw.execute(f"PRAGMA user_version={version}")
+    raw.commit()
+    raw.close()
+    database = await Database.open(path)
+    try:
+        assert await database.schema_version() == SCHEMA_VERSION
+        await database.insert_tasks([make_task(1), make_task(2, time_limit=5400)])
+        old, limited = await database.get_tasks([1, 2])
+        assert (old.time_limit, limited.time_limit) == (None, 5400)
+        assert limited.to_json()["time_limit"] == 5400
+        done = await database.transition(
+            2, S.TIMEOUT, now=2000.0, allowed_from=frozenset({S.PENDING}), error="time limit 1h30m reached"
+        )
+        assert done is not None and done.state is S.TIMEOUT and done.time_limit == 5400
     finally:
         await database.close()
 

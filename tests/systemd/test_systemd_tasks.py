@@ -283,3 +283,22 @@ def test_the_runner_user_cannot_become_root(sd: SdCluster) -> None:
     leftovers = node.exec(["sh", "-c", "ls /root/pwned-* /tmp/pwned-* /etc/hkr-evil 2>/dev/null || true"]).stdout
     assert leftovers == "", f"something ran as root: {leftovers}"
     assert shlex.split(node.exec(["stat", "-c", "%U %a", LAUNCHER]).stdout) == ["root", "755"]
+
+
+def test_a_time_limit_is_the_units_own_and_holds_without_a_runner(sd: SdCluster) -> None:
+    """`--time` on a NULL task is systemd's RuntimeMaxSec=: the unit stops at the limit
+    even while no runner runs, and the runner reports `timeout` when it is back."""
+    task_id = sd.submit(["sleep", "600"], time_limit="4s")
+    sd.wait_state(task_id, {"running"})
+    props = sd.unit(task_id, "RuntimeMaxUSec", "TimeoutStopUSec")
+    assert (props["RuntimeMaxUSec"], props["TimeoutStopUSec"]) == ("4s", "30s"), props  # runner.timeout_grace
+    sd.stop_runner()
+    poll(
+        lambda: sd.node.exec(["test", "-e", f"{STATE_DIR}/{task_id}.json"], check=False).ok,
+        timeout=60,
+        what="systemd to stop the unit at its limit with no runner",
+    )
+    assert sd.task(task_id)["state"] == "running"  # nobody told the Host yet
+    sd.start_runner()
+    t = sd.wait_final(task_id)
+    assert (t["state"], t["exit_code"], t["error"]) == ("timeout", 143, "time limit 4s reached"), t

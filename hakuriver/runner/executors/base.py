@@ -21,7 +21,8 @@ Rules for implementations:
   half-started task behind when it raises.
 - `wait` reports the real end: exit code, and `KILLED_OOM` for a memory
   kill. It does not decide `KILLED`; the supervisor knows whether a kill was
-  asked for and maps the result itself.
+  asked for and maps the result itself. Likewise `TIMEOUT`, except from a
+  backend that enforces time limits itself (`Capabilities.time_limit`).
 - Stopping the runner process must never stop tasks: nothing an executor
   starts may be tied to the runner's lifetime.
 - Handles are JSON-serialisable (`Handle.to_json`), since they are persisted.
@@ -91,6 +92,12 @@ class LaunchSpec:
     identity: TaskIdentity | None = None
     """Docker: the uid/gid the container runs as (`runner.identity`); None
     runs it as `NOBODY`, never as the image's default user."""
+    time_limit: int | None = None
+    """Seconds of wall time after the start before the task is stopped; only
+    backends with `Capabilities.time_limit` read it (the supervisor enforces
+    it for the others)."""
+    timeout_grace: float = 30.0
+    """Seconds between SIGTERM and SIGKILL at the time limit (`runner.timeout_grace`)."""
 
     def task_env(self) -> dict[str, str]:
         """The environment the task sees inside its sandbox (Docker paths)."""
@@ -112,27 +119,35 @@ class Handle:
     started: bool = False
     """The supervisor's mark: `start` returned this handle, so the task really
     started. The placeholder persisted before `start` is not marked."""
+    started_at: float | None = None
+    """The supervisor's mark too: when `start` returned (wall clock, seconds
+    since the epoch), what a time limit counts from, across runner restarts."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "task_id": str(self.task_id),
             "executor": self.executor,
             "ref": self.ref,
             "data": self.data,
             "started": self.started,
         }
+        if self.started_at is not None:
+            data["started_at"] = self.started_at
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Handle:
         backend = dict(data.get("data") or {})
         # Handles persisted by earlier versions carry the mark in `data`.
         started = bool(data.get("started", False)) | bool(backend.pop("started", False))
+        started_at = data.get("started_at")
         return cls(
             task_id=int(data["task_id"]),
             executor=str(data["executor"]),
             ref=str(data["ref"]),
             data=backend,
             started=started,
+            started_at=float(started_at) if isinstance(started_at, (int, float)) else None,
         )
 
 
@@ -151,6 +166,11 @@ class Capabilities:
 
     pause: bool = True
     """`pause` and `resume` work (the supervisor refuses them otherwise)."""
+    time_limit: bool = False
+    """The backend enforces `LaunchSpec.time_limit` itself, in what it starts
+    (systemd's `RuntimeMaxSec=`), so the limit holds even while no runner
+    runs, and `wait` reports `TIMEOUT` when it struck. Otherwise the
+    supervisor enforces it with `stop` (SIGTERM, then SIGKILL)."""
 
 
 @dataclass(frozen=True)

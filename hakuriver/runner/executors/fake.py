@@ -9,6 +9,8 @@ Scripts (the argv):
     fake exit N        exits with code N at once (0: completed, else failed)
     fake oom           killed by the "OOM killer": KILLED_OOM, exit code 137
     fake hang          runs until stopped
+    fake stubborn      runs until SIGKILL (ignores every other signal, like a
+                       program that traps SIGTERM and carries on)
     fake sleep SECS    runs SECS seconds (paused time does not count), then exits 0
     fake fail-start    start() raises ExecutorError
     anything else      exits 0 at once
@@ -45,6 +47,8 @@ class Script:
     """Seconds of running time before the natural end; None: until stopped."""
     result: ExitResult
     fail_start: bool = False
+    stubborn: bool = False
+    """Only SIGKILL ends it."""
 
 
 def parse_script(command: tuple[str, ...] | list[str]) -> Script:
@@ -66,6 +70,8 @@ def parse_script(command: tuple[str, ...] | list[str]) -> Script:
         return Script(0.0, ExitResult(TaskState.KILLED_OOM, 137, "killed by the out-of-memory killer (exit code 137)"))
     if verb == "hang":
         return Script(None, done)
+    if verb == "stubborn":
+        return Script(None, done, stubborn=True)
     if verb == "sleep":
         try:
             seconds = float(args[0]) if args else 0.0
@@ -118,6 +124,8 @@ class FakeExecutor(Executor):
     def __init__(self, runner_name: str = "", **_: object):
         self.runner_name = runner_name
         self._tasks: dict[str, _FakeTask] = {}
+        self.signals: list[tuple[int, str]] = []
+        """Every (task id, signal) `stop` delivered, in order: what tests check."""
 
     @classmethod
     def from_config(cls, config: Config) -> FakeExecutor:
@@ -192,6 +200,9 @@ class FakeExecutor(Executor):
         code = signal_exit_code(signal)
         t = self._tasks.get(handle.ref)
         if t is None or t.result is not None:
+            return
+        self.signals.append((handle.task_id, signal))
+        if t.script.stubborn and code != signal_exit_code("SIGKILL"):
             return
         t.signalled = code
         t.paused = False

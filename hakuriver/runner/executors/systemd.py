@@ -61,6 +61,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import pwd
 import re
@@ -148,6 +149,10 @@ def launch_request(spec: LaunchSpec, *, user: str, runner_name: str, numactl: st
         req["cores"] = int(spec.cores)
     if spec.memory is not None:
         req["memory"] = int(spec.memory)
+    if spec.time_limit is not None:
+        # Only with a limit: a launcher from before time limits still runs every other task.
+        req["time_limit"] = int(spec.time_limit)
+        req["timeout_grace"] = max(1, math.ceil(spec.timeout_grace))
     if spec.numa is not None:
         if not numactl:
             raise ExecutorError(
@@ -212,6 +217,10 @@ def _result(code_kind: str, status: str, result: str, oom: bool) -> ExitResult:
             if code is not None
             else "killed by the out-of-memory killer",
         )
+    if result == "timeout":
+        # RuntimeMaxSec= struck (the supervisor words the limit; a "timeout"
+        # without a limit, a stop that hung, it turns into FAILED).
+        return ExitResult(TaskState.TIMEOUT, code, "the unit's time limit (RuntimeMaxSec) was reached")
     if code == 0:
         return ExitResult(TaskState.COMPLETED, 0)
     if code_kind in ("killed", "dumped"):
@@ -309,7 +318,7 @@ class SystemdExecutor(Executor):
     """Runs each task as a transient systemd service. See the module docstring."""
 
     name = "systemd"
-    capabilities = Capabilities(pause=True)
+    capabilities = Capabilities(pause=True, time_limit=True)
 
     def __init__(
         self,
