@@ -205,8 +205,13 @@ class HostClient:
         privileged: bool | None = None,
         targets: Iterable[object] | None = None,
         gpus: int | None = None,
+        after: Iterable[int | str] | None = None,
+        after_any: Iterable[int | str] | None = None,
     ) -> dict[str, Any]:
         """Submit one task per target (or one auto-placed task).
+
+        `after`: task ids that must all end `completed` first; `after_any`: task
+        ids that must all end, whichever way (see host/dependencies.py).
 
         `command` is the argv list, sent as a JSON array and never joined.
         `memory` is bytes. `mounts`/`targets` take strings or the
@@ -232,6 +237,10 @@ class HostClient:
             body["targets"] = [str(t) for t in targets]
         if gpus:
             body["gpus"] = gpus
+        if after:
+            body["after"] = [task_id_str(t) for t in after]
+        if after_any:
+            body["after_any"] = [task_id_str(t) for t in after_any]
         return await self._json("POST", "/api/tasks", body=body)
 
     async def get_task(self, task_id: int | str) -> dict[str, Any]:

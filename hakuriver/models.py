@@ -25,6 +25,8 @@ class TaskState(enum.StrEnum):
     KILLED = "killed"
     KILLED_OOM = "killed_oom"
     LOST = "lost"
+    CANCELLED = "cancelled"
+    """Never started: a dependency it needed (`--after`) can no longer be met."""
 
     @property
     def is_final(self) -> bool:
@@ -36,7 +38,14 @@ class TaskState(enum.StrEnum):
 
 
 FINAL_STATES = frozenset(
-    {TaskState.COMPLETED, TaskState.FAILED, TaskState.KILLED, TaskState.KILLED_OOM, TaskState.LOST}
+    {
+        TaskState.COMPLETED,
+        TaskState.FAILED,
+        TaskState.KILLED,
+        TaskState.KILLED_OOM,
+        TaskState.LOST,
+        TaskState.CANCELLED,
+    }
 )
 """States after which the Host ignores reports (with one exception, see LOST)."""
 
@@ -52,7 +61,9 @@ HOLDING_STATES = frozenset({TaskState.ASSIGNING, TaskState.RUNNING, TaskState.PA
 # off) is the better witness: LOST may then move on. Nothing else leaves a
 # final state.
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
-    TaskState.PENDING: frozenset({TaskState.ASSIGNING, TaskState.KILLED, TaskState.FAILED}),
+    # CANCELLED is entered from pending only: a task whose dependency failed
+    # never started (see host/dependencies.py).
+    TaskState.PENDING: frozenset({TaskState.ASSIGNING, TaskState.KILLED, TaskState.FAILED, TaskState.CANCELLED}),
     TaskState.ASSIGNING: frozenset(
         {
             TaskState.RUNNING,
@@ -98,6 +109,7 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.FAILED: frozenset(),
     TaskState.KILLED: frozenset(),
     TaskState.KILLED_OOM: frozenset(),
+    TaskState.CANCELLED: frozenset(),
 }
 
 
@@ -151,6 +163,10 @@ class TaskRequest:
     targets: tuple[Target, ...] = ()
     gpus: int = 0
     """GPU *count* for automatic placement (no target); targets name GPU ids instead."""
+    after: tuple[int, ...] = ()
+    """Tasks that must all end `completed` before this one starts (`--after`)."""
+    after_any: tuple[int, ...] = ()
+    """Tasks that must all reach a final state, whichever, before this one starts (`--after-any`)."""
 
 
 @dataclass
@@ -186,6 +202,12 @@ class Task:
     incomplete (ENOSPC, EIO, a vanished shared dir): what went wrong, e.g.
     "stdout: No space left on device (ENOSPC) after 1.0 MiB". The task's state
     and exit code are still its real ones."""
+    after: list[int] = field(default_factory=list)
+    """Its `--after` dependencies (stored in `task_dependencies`)."""
+    after_any: list[int] = field(default_factory=list)
+    """Its `--after-any` dependencies."""
+    waiting_for: list[int] = field(default_factory=list)
+    """Computed, not stored: the dependencies a pending task still waits for."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -212,6 +234,9 @@ class Task:
             "error": self.error,
             "owner": self.owner,
             "output_error": self.output_error,
+            "after": [str(i) for i in self.after],
+            "after_any": [str(i) for i in self.after_any],
+            "waiting_for": [str(i) for i in self.waiting_for],
         }
 
 

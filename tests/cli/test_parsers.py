@@ -132,6 +132,8 @@ def test_submit_request_omits_defaults():
         "privileged": None,
         "targets": None,
         "gpus": None,
+        "after": None,
+        "after_any": None,
     }
 
 
