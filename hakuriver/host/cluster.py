@@ -191,8 +191,9 @@ class Cluster:
             await self._resolve_against_stored({t.id for t in tasks})
             for task in tasks:
                 task.waiting_for = self.deps.waiting_for(task.id)
-                if task.id not in self.pending and task.state is TaskState.PENDING:
-                    task.state = (await self.db.get_task(task.id) or task).state
+                stored = await self.db.get_task(task.id) if task.id not in self.pending else None
+                if stored is not None:  # cancelled at once: its dependency had failed already
+                    task.state, task.error, task.finished_at = stored.state, stored.error, stored.finished_at
         self.kick()
         return batch_id, tasks
 
