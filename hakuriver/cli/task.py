@@ -296,7 +296,7 @@ def describe_task(task: dict[str, Any]) -> str:
         ("output", f"INCOMPLETE: {task['output_error']}" if task.get("output_error") else None),
         ("after", ",".join(task.get("after") or [])),
         ("after any", ",".join(task.get("after_any") or [])),
-        ("waiting for", ",".join(task.get("waiting_for") or [])),
+        ("waits for", ",".join(task.get("waiting_for") or [])),
         ("command", format_command(task.get("command") or [])),
         ("target", task.get("target") or "auto"),
         ("node", placement),

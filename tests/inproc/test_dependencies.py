@@ -189,7 +189,7 @@ def test_the_cli_submits_with_after_and_shows_it(
     code, out, _ = cli("status", b)
     assert code == 0
     assert re.search(r"^state\s+pending$", out, re.M), out
-    assert re.search(rf"^after\s+{a}$", out, re.M) and re.search(rf"^waiting for\s+{a}$", out, re.M), out
+    assert re.search(rf"^after\s+{a}$", out, re.M) and re.search(rf"^waits for\s+{a}$", out, re.M), out
 
     cluster._loop.call_soon_threadsafe(runner.docker.release_end, int(a))
     code, out, _ = cli("wait", b, "--timeout", "20")
