@@ -206,8 +206,13 @@ class HostClient:
         targets: Iterable[object] | None = None,
         gpus: int | None = None,
         time_limit: int | str | None = None,
+        after: Iterable[int | str] | None = None,
+        after_any: Iterable[int | str] | None = None,
     ) -> dict[str, Any]:
         """Submit one task per target (or one auto-placed task).
+
+        `after`: task ids that must all end `completed` first; `after_any`: task
+        ids that must all end, whichever way (see host/dependencies.py).
 
         `command` is the argv list, sent as a JSON array and never joined.
         `memory` is bytes. `mounts`/`targets` take strings or the
@@ -236,6 +241,10 @@ class HostClient:
             body["gpus"] = gpus
         if time_limit is not None:
             body["time_limit"] = time_limit
+        if after:
+            body["after"] = [task_id_str(t) for t in after]
+        if after_any:
+            body["after_any"] = [task_id_str(t) for t in after_any]
         return await self._json("POST", "/api/tasks", body=body)
 
     async def get_task(self, task_id: int | str) -> dict[str, Any]:

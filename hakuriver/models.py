@@ -27,6 +27,8 @@ class TaskState(enum.StrEnum):
     LOST = "lost"
     TIMEOUT = "timeout"
     """Stopped by its runner at its time limit (`--time`): SIGTERM, then SIGKILL."""
+    CANCELLED = "cancelled"
+    """Never started: a dependency it needed (`--after`) can no longer be met."""
 
     @property
     def is_final(self) -> bool:
@@ -45,6 +47,7 @@ FINAL_STATES = frozenset(
         TaskState.KILLED_OOM,
         TaskState.LOST,
         TaskState.TIMEOUT,
+        TaskState.CANCELLED,
     }
 )
 """States after which the Host ignores reports (with one exception, see LOST)."""
@@ -65,7 +68,9 @@ HOLDING_STATES = frozenset({TaskState.ASSIGNING, TaskState.RUNNING, TaskState.PA
 # (assigning included: a fast limit may fire before `running` is reported,
 # and LOST: the runner enforces the limit while cut off from the Host).
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
-    TaskState.PENDING: frozenset({TaskState.ASSIGNING, TaskState.KILLED, TaskState.FAILED}),
+    # CANCELLED is entered from pending only: a task whose dependency failed
+    # never started (see host/dependencies.py).
+    TaskState.PENDING: frozenset({TaskState.ASSIGNING, TaskState.KILLED, TaskState.FAILED, TaskState.CANCELLED}),
     TaskState.ASSIGNING: frozenset(
         {
             TaskState.RUNNING,
@@ -116,6 +121,7 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.KILLED: frozenset(),
     TaskState.KILLED_OOM: frozenset(),
     TaskState.TIMEOUT: frozenset(),
+    TaskState.CANCELLED: frozenset(),
 }
 
 
@@ -171,6 +177,10 @@ class TaskRequest:
     """GPU *count* for automatic placement (no target); targets name GPU ids instead."""
     time_limit: int | None = None
     """Seconds of wall time from its start after which its runner stops it (`--time`); None: no limit."""
+    after: tuple[int, ...] = ()
+    """Tasks that must all end `completed` before this one starts (`--after`)."""
+    after_any: tuple[int, ...] = ()
+    """Tasks that must all reach a final state, whichever, before this one starts (`--after-any`)."""
 
 
 @dataclass
@@ -209,6 +219,12 @@ class Task:
     time_limit: int | None = None
     """Seconds of wall time from its start (paused time counts, as in Slurm)
     after which its runner stops it and it ends `timeout`; None: no limit."""
+    after: list[int] = field(default_factory=list)
+    """Its `--after` dependencies (stored in `task_dependencies`)."""
+    after_any: list[int] = field(default_factory=list)
+    """Its `--after-any` dependencies."""
+    waiting_for: list[int] = field(default_factory=list)
+    """Computed, not stored: the dependencies a pending task still waits for."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -236,6 +252,9 @@ class Task:
             "owner": self.owner,
             "output_error": self.output_error,
             "time_limit": self.time_limit,
+            "after": [str(i) for i in self.after],
+            "after_any": [str(i) for i in self.after_any],
+            "waiting_for": [str(i) for i in self.waiting_for],
         }
 
 

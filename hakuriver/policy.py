@@ -30,6 +30,8 @@ MAX_TARGETS = 1024
 MAX_GPU_COUNT = 64
 RESERVED_TARGETS = ("/shared", "/local_temp")
 """Container paths of HakuRiver's own mounts; no user mount may land on or under them."""
+MAX_DEPENDENCIES = 100
+"""The most tasks one submission may depend on (`after` and `after_any` together)."""
 
 
 def check_command(command: Any) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ from ..parsing import (
     validate_container,
     validate_node_name,
 )
+from ..policy import MAX_DEPENDENCIES
 from .common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -154,6 +155,23 @@ def _add_submit(sub: Any) -> None:
         "1:30:00 or D-HH:MM:SS (at most 30 days); at the limit the task gets SIGTERM, then SIGKILL "
         "after the node's runner.timeout_grace, and ends 'timeout'",
     )
+    p.add_argument(
+        "--after",
+        action="append",
+        default=[],
+        type=task_ids_arg,
+        metavar="ID[,ID...]",
+        help="start only after every named task ended completed; if one ends otherwise, this task ends "
+        "cancelled (repeatable)",
+    )
+    p.add_argument(
+        "--after-any",
+        action="append",
+        default=[],
+        type=task_ids_arg,
+        metavar="ID[,ID...]",
+        help="start only after every named task ended, however it ended (repeatable; with --after, both must hold)",
+    )
     p.add_argument("--wait", action="store_true", help="wait until every task has ended and print a summary")
     p.add_argument(
         "--wait-timeout",
@@ -165,6 +183,18 @@ def _add_submit(sub: Any) -> None:
         "command_argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="the program and its arguments, after '--'"
     )
     p.set_defaults(func=_cmd_submit)
+
+
+def task_ids_arg(text: str) -> list[str]:
+    """argparse `type=` for `ID[,ID...]`: task ids, each a positive 64-bit number."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected task ids separated by commas, like 123,456")
+    return [task_id_arg(p) for p in parts]
+
+
+def _flat_ids(groups: list[list[str]]) -> list[str]:
+    return list(dict.fromkeys(i for group in groups for i in group))
 
 
 def submit_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,6 +229,9 @@ def submit_request(args: argparse.Namespace) -> dict[str, Any]:
             "give GPUs either as a count (--gpus) for automatic placement or as ids in --target (node::0,1), not both"
         )
     time_limit = parse_duration(args.time) if args.time is not None else None
+    after, after_any = _flat_ids(args.after), _flat_ids(args.after_any)
+    if len(set(after) | set(after_any)) > MAX_DEPENDENCIES:
+        raise ValidationError(f"too many dependencies; at most {MAX_DEPENDENCIES} in --after and --after-any together")
     return {
         "command": command,
         "time_limit": time_limit,
@@ -210,6 +243,8 @@ def submit_request(args: argparse.Namespace) -> dict[str, Any]:
         "privileged": args.privileged,
         "targets": targets or None,
         "gpus": args.gpus or None,
+        "after": after or None,
+        "after_any": after_any or None,
     }
 
 
@@ -270,6 +305,9 @@ def describe_task(task: dict[str, Any]) -> str:
         ("exit code", task.get("exit_code")),
         ("error", task.get("error")),
         ("output", f"INCOMPLETE: {task['output_error']}" if task.get("output_error") else None),
+        ("after", ",".join(task.get("after") or [])),
+        ("after any", ",".join(task.get("after_any") or [])),
+        ("waits for", ",".join(task.get("waiting_for") or [])),
         ("command", format_command(task.get("command") or [])),
         ("target", task.get("target") or "auto"),
         ("node", placement),

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
@@ -38,6 +39,7 @@ from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
 from ..ids import IdGenerator
 from ..models import NodeResources, Target, Task, TaskRequest, TaskState
 from .db import Database, Drain, NodeRecord
+from .dependencies import AFTER, DependencyIndex
 from .runner_client import RunnerClient, RunnerRejected, RunnerUnreachable
 from .scheduler import Ledger, Used, check_fits_ever
 
@@ -70,6 +72,8 @@ class Cluster:
         self.lock = asyncio.Lock()
         self.ledger = Ledger()
         self.pending: dict[int, Task] = {}
+        self.deps = DependencyIndex()
+        """The pending tasks that wait for others (`--after`): the pass skips them."""
         self.nodes: dict[str, NodeRecord] = {}
         self.resources: dict[str, NodeResources] = {}
         """What each node offers; changes only when it registers again."""
@@ -97,6 +101,7 @@ class Cluster:
         holding = await self.db.load_holding()
         self.ledger = Ledger.from_tasks(holding)
         self.pending = {t.id: t for t in await self.db.load_pending()}
+        await self._load_dependencies()
         self.kick()
         return [t for t in holding if t.state is TaskState.ASSIGNING]
 
@@ -185,6 +190,10 @@ class Cluster:
             check_fits_ever(target, req.cores, req.memory, req.gpus, known, req.container)
         now = self.clock()
         batch_id = self.ids.next()
+        after = list(dict.fromkeys(req.after))
+        after_any = [d for d in dict.fromkeys(req.after_any) if d not in after]
+        if after or after_any:
+            await self._check_dependencies_exist(after + after_any)
         tasks = [
             Task(
                 id=self.ids.next(),
@@ -202,14 +211,104 @@ class Cluster:
                 submitted_at=now,
                 owner=owner,
                 time_limit=req.time_limit,
+                after=after,
+                after_any=after_any,
             )
             for target in targets
         ]
         await self.db.insert_tasks(tasks)
         for task in tasks:
             self.pending[task.id] = task
+            self.deps.add(task.id, after, after_any)
+        if after or after_any:
+            # Registered first, read second: a dependency that ends after this
+            # read finds the dependents in the index; one that ended before
+            # (even during the insert) is seen here. None is missed.
+            await self._resolve_against_stored({t.id for t in tasks})
+            for task in tasks:
+                task.waiting_for = self.deps.waiting_for(task.id)
+                stored = await self.db.get_task(task.id) if task.id not in self.pending else None
+                if stored is not None:  # cancelled at once: its dependency had failed already
+                    task.state, task.error, task.finished_at = stored.state, stored.error, stored.finished_at
         self.kick()
         return batch_id, tasks
+
+    # ----------------------------------------------------------- dependencies
+    async def _check_dependencies_exist(self, ids: list[int]) -> None:
+        """NotFound naming every id that is no task. Every task is visible to
+        every user (see `api.tasks.task_view`), so depending on another user's
+        task is allowed: it reveals nothing and controls nothing."""
+        states = await self.db.task_states(ids)
+        missing = [str(i) for i in ids if i not in states]
+        if missing:
+            raise NotFound(f"cannot depend on unknown task(s): {', '.join(missing)}")
+
+    async def _load_dependencies(self) -> None:
+        """Rebuild `self.deps` from the database (Host start), then settle what
+        ended while nobody settled it (a crash between a task's end and its
+        dependents' cancellation)."""
+        self.deps = DependencyIndex()
+        by_task: dict[int, tuple[list[int], list[int]]] = {}
+        for task_id, dep, kind in await self.db.load_waiting_dependencies():
+            if task_id in self.pending:
+                after, after_any = by_task.setdefault(task_id, ([], []))
+                (after if kind == AFTER else after_any).append(dep)
+        for task_id, (after, after_any) in by_task.items():
+            self.deps.add(task_id, after, after_any)
+        await self._resolve_against_stored(set(by_task))
+
+    async def _resolve_against_stored(self, waiters: set[int]) -> None:
+        """Apply the stored states of what `waiters` wait for (to every task
+        waiting on them: an ended task's dependents are settled whoever asks)."""
+        deps = {d for w in waiters for d in self.deps.waiting_for(w)}
+        if not deps:
+            return
+        states = await self.db.task_states(deps)
+        # Tasks are never deleted, so a vanished one is as good as lost.
+        ended = [(dep, states.get(dep, TaskState.LOST), None) for dep in sorted(deps)]
+        await self.settle_dependents(ended)
+
+    async def settle_dependents(self, ended: Iterable[tuple[int, TaskState, int | None]]) -> None:
+        """Tasks reached final states, given as (task_id, state, only): update
+        their dependents (just `only` when not None). Released ones are
+        scheduled on the next pass; doomed ones end `cancelled`, and their own
+        dependents are settled in turn (a work list, not recursion: chains may
+        be long)."""
+        work = deque(ended)
+        released = cancelled = False
+        while work:
+            task_id, state, only = work.popleft()
+            if not state.is_final:
+                continue
+            if only is None:
+                self.deps.forget(task_id)  # it no longer waits itself (killed while pending)
+            outcome = self.deps.resolve(task_id, state, only=only)
+            released = released or bool(outcome.released)
+            for doomed, reason in outcome.cancel:
+                # Straight to the database, not self.transition: a pending task
+                # holds nothing in the ledger, and this loop settles the cascade.
+                after = await self.db.transition(doomed, TaskState.CANCELLED, now=self.clock(), error=reason)
+                self.deps.forget(doomed)
+                self.pending.pop(doomed, None)
+                if after is not None:
+                    cancelled = True
+                    log.info("task %s cancelled: %s", doomed, reason)
+                    work.append((doomed, TaskState.CANCELLED, None))
+        if cancelled:
+            await self.notify_changed()
+        if released:
+            self.kick()
+
+    async def describe_dependencies(self, tasks: Iterable[Task]) -> None:
+        """Fill in each task's `after`, `after_any` (stored) and `waiting_for`
+        (from the index) for its JSON form."""
+        tasks = list(tasks)
+        stored = await self.db.dependencies_of(t.id for t in tasks)
+        for task in tasks:
+            deps = stored.get(task.id, [])
+            task.after = [d for d, kind in deps if kind == AFTER]
+            task.after_any = [d for d, kind in deps if kind != AFTER]
+            task.waiting_for = self.deps.waiting_for(task.id) if task.state is TaskState.PENDING else []
 
     # ----------------------------------------------------------- transitions
     async def transition(
@@ -239,6 +338,7 @@ class Cluster:
             self.pending.pop(task_id, None)
         if after.state.is_final:
             self.controlled_at.pop(task_id, None)
+            await self.settle_dependents([(task_id, after.state, None)])
         return after
 
     async def finish(

@@ -175,6 +175,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE tasks ADD COLUMN time_limit INTEGER;
     """,
+    # 7: task dependencies (`--after`, `--after-any`; host/dependencies.py).
+    # One row per (task, task it waits for); `kind` says whether the other
+    # task must complete or only end. Both ways indexed: a task's own list
+    # (the primary key), and who waits on a task (when it ends).
+    """
+    CREATE TABLE task_dependencies (
+        task_id    INTEGER NOT NULL REFERENCES tasks(id),
+        depends_on INTEGER NOT NULL REFERENCES tasks(id),
+        kind       TEXT NOT NULL CHECK (kind IN ('after', 'after_any')),
+        PRIMARY KEY (task_id, depends_on)
+    ) WITHOUT ROWID;
+    CREATE INDEX task_dependencies_on ON task_dependencies(depends_on, task_id);
+    """,
 )
 """Migration N (1-based) is MIGRATIONS[N-1]. Append only; never edit a released one."""
 
@@ -916,19 +929,28 @@ class Database(_Accounts):
     # ----------------------------------------------------------------- tasks: writes
 
     async def insert_tasks(self, tasks: Sequence[Task], now: float | None = None) -> None:
-        """Insert new tasks, all or none (a duplicate id fails the whole call)."""
+        """Insert new tasks, all or none (a duplicate id fails the whole call),
+        with their dependencies (`Task.after`, `Task.after_any`) in the same
+        transaction: a task is never stored without what it waits for."""
         if not tasks:
             return
         when = time.time() if now is None else now
         rows = [_task_params(t, when) for t in tasks]
+        deps = [(t.id, int(d), "after") for t in tasks for d in t.after]
+        deps += [(t.id, int(d), "after_any") for t in tasks for d in t.after_any if d not in t.after]
 
         async def op(conn: aiosqlite.Connection) -> None:
             cursor = await conn.executemany(
                 f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 25)})", rows
             )
             await cursor.close()
+            if deps:
+                cursor = await conn.executemany(
+                    "INSERT INTO task_dependencies (task_id, depends_on, kind) VALUES (?, ?, ?)", deps
+                )
+                await cursor.close()
 
-        await self._write(op, atomic=len(rows) > 1)
+        await self._write(op, atomic=len(rows) > 1 or bool(deps))
 
     async def transition(
         self,
@@ -1121,6 +1143,45 @@ class Database(_Accounts):
         return await self._fetch(
             f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state='pending' ORDER BY id", (), _task_from_row
         )
+
+    async def dependencies_of(self, ids: Iterable[int]) -> dict[int, list[tuple[int, str]]]:
+        """Each task's dependencies as (depends_on, kind), by depends_on;
+        tasks without any are left out."""
+        wanted = list(dict.fromkeys(int(i) for i in ids))
+        found: dict[int, list[tuple[int, str]]] = {}
+        for chunk in _chunks(wanted):
+            rows = await self._fetch(
+                f"SELECT task_id, depends_on, kind FROM task_dependencies "
+                f"WHERE task_id IN ({','.join('?' * len(chunk))}) ORDER BY task_id, depends_on",
+                tuple(chunk),
+                lambda _c, r: (r[0], r[1], r[2]),
+            )
+            for task_id, dep, kind in rows:
+                found.setdefault(task_id, []).append((dep, kind))
+        return found
+
+    async def load_waiting_dependencies(self) -> list[tuple[int, int, str]]:
+        """(task_id, depends_on, kind) of every pending task's dependencies:
+        what `DependencyIndex` is rebuilt from at start."""
+        return await self._fetch(
+            "SELECT d.task_id, d.depends_on, d.kind FROM tasks t JOIN task_dependencies d ON d.task_id = t.id "
+            "WHERE t.state='pending' ORDER BY d.task_id, d.depends_on",
+            (),
+            lambda _c, r: (r[0], r[1], r[2]),
+        )
+
+    async def task_states(self, ids: Iterable[int]) -> dict[int, TaskState]:
+        """The state of each of these tasks that exists."""
+        wanted = list(dict.fromkeys(int(i) for i in ids))
+        found: dict[int, TaskState] = {}
+        for chunk in _chunks(wanted):
+            rows = await self._fetch(
+                f"SELECT id, state FROM tasks WHERE id IN ({','.join('?' * len(chunk))})",
+                tuple(chunk),
+                lambda _c, r: (r[0], r[1]),
+            )
+            found.update((task_id, TaskState(state)) for task_id, state in rows)
+        return found
 
     async def load_holding(self) -> list[Task]:
         """Tasks that hold resources (assigning, running, paused), by id."""

@@ -61,7 +61,10 @@ class Dispatcher:
             online = cluster.online_resources()
             if not online:
                 return []
-            queue = sorted(cluster.pending.values(), key=lambda t: t.id)
+            # Tasks waiting for a dependency are left out of the queue, not
+            # placed behind: they cannot start however much is free, so they
+            # must not be the head that backfill reserves for (host/dependencies.py).
+            queue = sorted((t for t in cluster.pending.values() if not cluster.deps.blocked(t.id)), key=lambda t: t.id)
             # The scheduler holds each placement in the ledger as it decides.
             placements = self.scheduler.schedule(queue, online, cluster.ledger, drained=cluster.drains.keys())
             if not placements:

@@ -173,6 +173,7 @@ class Liveness:
             )
             for task_id in task_ids:
                 cluster.ledger.release(task_id)
+            await cluster.settle_dependents((task_id, TaskState.LOST, None) for task_id in task_ids)
             record = await cluster.db.get_node(hostname)
             if record is not None:
                 cluster.nodes[hostname] = record

@@ -12,9 +12,11 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ValidationError
+from ..ids import parse_id
 from ..models import SYSTEMD_CONTAINER, Mount, TaskRequest
 from ..parsing import parse_cores, parse_duration, parse_mount, parse_size, parse_target, validate_container
 from ..policy import (
+    MAX_DEPENDENCIES,
     MAX_TARGETS,
     check_command,
     check_env,
@@ -26,7 +28,8 @@ from ..policy import (
 from ..webapi import require_type
 
 SUBMIT_FIELDS = frozenset(
-    {"command", "cores", "memory", "container", "env", "mounts", "privileged", "targets", "gpus", "time_limit"}
+    {"command", "cores", "memory", "container", "env", "mounts", "privileged", "targets", "gpus", "time_limit",
+     "after", "after_any"}
 )
 
 
@@ -72,6 +75,10 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
     # Seconds, or the string form the CLI's --time reads (2h, 90m, 1:30:00).
     time_raw = require_type(data, "time_limit", (int, str), required=False)
     time_limit = parse_duration(time_raw) if time_raw is not None else None
+    after = _dependency_ids(data, "after")
+    after_any = _dependency_ids(data, "after_any")
+    if len(set(after) | set(after_any)) > MAX_DEPENDENCIES:
+        raise ValidationError(f"too many dependencies; at most {MAX_DEPENDENCIES} in 'after' and 'after_any' together")
 
     return TaskRequest(
         command=command,
@@ -84,7 +91,24 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
         targets=tuple(targets),
         gpus=gpus,
         time_limit=time_limit,
+        after=after,
+        after_any=after_any,
     )
+
+
+def _dependency_ids(data: dict[str, Any], key: str) -> tuple[int, ...]:
+    """The task ids of `after` / `after_any`: an array of id strings, deduplicated in order.
+    Whether they exist is `Cluster.submit`'s check."""
+    raw = require_type(data, key, list, required=False, default=[])
+    if len(raw) > MAX_DEPENDENCIES:
+        raise ValidationError(f"too many ids in {key!r} ({len(raw)}); at most {MAX_DEPENDENCIES}")
+    ids = []
+    for item in raw:
+        try:
+            ids.append(parse_id(item))
+        except ValidationError as exc:
+            raise ValidationError(f"{key!r}: {exc.message}") from None
+    return tuple(dict.fromkeys(ids))
 
 
 def _checked_mount(spec: Any, config: Config) -> Mount:

@@ -133,6 +133,8 @@ def test_submit_request_omits_defaults():
         "targets": None,
         "gpus": None,
         "time_limit": None,
+        "after": None,
+        "after_any": None,
     }
 
 

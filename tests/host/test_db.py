@@ -604,3 +604,48 @@ async def test_a_database_with_damaged_pages_is_refused(tmp_path):
         fh.write(b"\xa5" * 4096 * 20)
     with pytest.raises(DatabaseError, match="integrity check|damaged|malformed"):
         await Database.open(path)
+
+
+# ---------------------------------------------------------------- task dependencies
+
+
+async def test_dependencies_are_stored_with_their_tasks_and_survive_a_reopen(tmp_path):
+    path = tmp_path / "deps.db"
+    database = await Database.open(path)
+    try:
+        await database.insert_tasks([make_task(1), make_task(2, S.COMPLETED)])
+        waiter = make_task(3, after=[1], after_any=[2, 1])  # 1 in both lists: after
+        await database.insert_tasks([waiter, make_task(4, after_any=[3])])
+        # A dependency on a task that does not exist breaks the foreign key: nothing is stored.
+        with pytest.raises(DatabaseError):
+            await database.insert_tasks([make_task(5, after=[99])])
+        assert await database.get_task(5) is None
+        assert await database.transition(4, S.KILLED, now=2000.0) is not None
+    finally:
+        await database.close()
+    database = await Database.open(path)
+    try:
+        assert await database.dependencies_of([3, 4, 1]) == {3: [(1, "after"), (2, "after_any")], 4: [(3, "after_any")]}
+        # Only pending tasks' dependencies are loaded at start (4 was killed).
+        assert await database.load_waiting_dependencies() == [(3, 1, "after"), (3, 2, "after_any")]
+        assert await database.task_states([2, 3, 42]) == {2: S.COMPLETED, 3: S.PENDING}
+    finally:
+        await database.close()
+    raw = sqlite3.connect(path)
+    try:
+        plan = " ".join(
+            str(r[-1])
+            for r in raw.execute("EXPLAIN QUERY PLAN SELECT task_id FROM task_dependencies WHERE depends_on=?", (1,))
+        )
+        assert "task_dependencies_on" in plan
+    finally:
+        raw.close()
+
+
+async def test_cancelled_is_entered_from_pending_only(db):
+    await db.insert_tasks([make_task(1), make_task(2)])
+    assert (await db.transition(1, S.CANCELLED, now=2000.0, error="dependency 9 ended failed")).state is S.CANCELLED
+    assert await db.transition(1, S.PENDING, now=2001.0) is None  # final
+    await db.assign_many([(2, "n1", None, [])], now=2000.0)
+    assert await db.transition(2, S.CANCELLED, now=2001.0) is None
+    assert (await db.get_task(1)).error == "dependency 9 ended failed"

@@ -48,6 +48,12 @@ def task_view(task: Task, principal: Principal) -> dict[str, Any]:
     return data
 
 
+async def _described(request: web.Request, task: Task) -> web.Response:
+    """The task's view with its dependencies filled in."""
+    await request.app[CLUSTER].describe_dependencies([task])
+    return json_response(task_view(task, principal_of(request)))
+
+
 async def _owned_task(request: web.Request, what: str) -> Task:
     task_id = task_id_of(request)
     task = await request.app[DB].get_task(task_id)
@@ -62,7 +68,7 @@ async def submit_tasks(request: web.Request) -> web.Response:
     data = await read_json_object(request, SUBMIT_FIELDS)
     req = parse_submission(data, request.app[CONFIG])
     principal = principal_of(request)
-    batch_id, tasks = await request.app[CLUSTER].submit(req, owner=principal.name)
+    batch_id, tasks = await request.app[CLUSTER].submit(req, owner=principal.name)  # sets dependencies
     return json_response(
         {
             "batch_id": str(batch_id),
@@ -95,6 +101,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     tasks = await request.app[DB].list_tasks(states=states, node=node, limit=limit + 1, before_id=before_id, owner=user)
     more = len(tasks) > limit
     tasks = tasks[:limit]
+    await request.app[CLUSTER].describe_dependencies(tasks)
     next_before = str(tasks[-1].id) if more else None
     principal = principal_of(request)
     return json_response({"tasks": [task_view(t, principal) for t in tasks], "next_before": next_before})
@@ -105,22 +112,22 @@ async def get_task(request: web.Request) -> web.Response:
     task = await request.app[DB].get_task(task_id)
     if task is None:
         raise NotFound(f"no task {task_id}")
-    return json_response(task_view(task, principal_of(request)))
+    return await _described(request, task)
 
 
 async def kill_task(request: web.Request) -> web.Response:
     task = await _owned_task(request, "kill")
-    return json_response(task_view(await request.app[CLUSTER].kill(task.id), principal_of(request)))
+    return await _described(request, await request.app[CLUSTER].kill(task.id))
 
 
 async def pause_task(request: web.Request) -> web.Response:
     task = await _owned_task(request, "pause")
-    return json_response(task_view(await request.app[CLUSTER].pause(task.id), principal_of(request)))
+    return await _described(request, await request.app[CLUSTER].pause(task.id))
 
 
 async def resume_task(request: web.Request) -> web.Response:
     task = await _owned_task(request, "resume")
-    return json_response(task_view(await request.app[CLUSTER].resume(task.id), principal_of(request)))
+    return await _described(request, await request.app[CLUSTER].resume(task.id))
 
 
 async def wait_tasks(request: web.Request) -> web.Response:
@@ -139,6 +146,7 @@ async def wait_tasks(request: web.Request) -> web.Response:
     if missing:
         raise NotFound(f"no task {', '.join(missing)}")
     principal = principal_of(request)
+    await request.app[CLUSTER].describe_dependencies(tasks)
     done = all(t.state.is_final for t in tasks)
     return json_response({"tasks": [task_view(t, principal) for t in tasks], "done": done})
 
