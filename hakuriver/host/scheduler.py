@@ -521,7 +521,7 @@ def _shortage(st: _NodeState, req: _Request) -> str:
         short.append(("GPU " if len(busy) == 1 else "GPUs ") + _ids(busy))
     if req.gpu_count and len(st.gpu_ids) - len(u.gpus) < req.gpu_count:
         short.append(_plural(req.gpu_count, "free GPU"))
-    return " and ".join(short) or "room that reservations leave"
+    return " and ".join(short)
 
 
 def _request_words(req: _Request) -> str:
@@ -544,7 +544,9 @@ def _wait_reason(
     fits but an earlier task's reservation keeps it off; `reserved_on`: the
     node reserved for it."""
     if reserved_on is not None:
-        return f"reserved: head of queue on {reserved_on.name} (waiting for {_shortage(reserved_on, req)})"
+        lacks = _shortage(reserved_on, req)
+        if lacks or kept_by is None:
+            return f"reserved: head of queue on {reserved_on.name} (waiting for {lacks or 'an earlier reservation'})"
     if req.node is not None:
         st = by_name.get(req.node)
         if st is None:
@@ -558,7 +560,8 @@ def _wait_reason(
     if all(_never_fits_node(req, st.res) is not None for st in candidates):
         return "resources: no online node is large enough (a node that is offline may be)"
     if req.node is not None:
-        return f"resources: node {req.node} lacks {_shortage(by_name[req.node], req)}"
+        lacks = _shortage(by_name[req.node], req) or "the room an earlier task's reservation keeps"
+        return f"resources: node {req.node} lacks {lacks}"
     return f"resources: no node has {_request_words(req)} free"
 
 
