@@ -297,7 +297,13 @@ def _mark_note(tasks: list[dict[str, Any]]) -> None:
 def _add_list(sub: Any) -> None:
     p = _subparser(sub, "list", "list tasks, newest first")
     p.add_argument(
-        "--state", metavar="STATE[,STATE]", help="only these states: " + ", ".join(s.value for s in TaskState)
+        "--state",
+        metavar="STATE[,STATE]",
+        help="only these states: "
+        + ", ".join(s.value for s in TaskState)
+        + ". With --state pending: the queue in order, each task's place in it (POS) and why it waits "
+        "(REASON: limit: a per-user limit, reserved: the protected head of the queue, resources: no room, "
+        "node offline, position: behind an earlier task)",
     )
     p.add_argument("--node", metavar="NODE", help="only tasks placed on this node")
     p.add_argument(
