@@ -354,12 +354,26 @@ class HostClient:
     async def list_users(self) -> dict[str, Any]:
         return await self._json("GET", "/api/users")
 
-    async def add_user(self, name: str, *, admin: bool = False, unix_user: str | None = None) -> dict[str, Any]:
-        """Returns {"user": {...}, "token": ...}; the token is shown only this once."""
+    async def add_user(
+        self,
+        name: str,
+        *,
+        admin: bool = False,
+        unix_user: str | None = None,
+        limits: dict[str, int | None] | None = None,
+    ) -> dict[str, Any]:
+        """Returns {"user": {...}, "token": ...}; the token is shown only this once.
+        `limits`: the user's own limits (max_cores, max_gpus, max_running; 0: unlimited)."""
         body: dict[str, Any] = {"name": name, "admin": admin}
         if unix_user is not None:
             body["unix_user"] = unix_user
+        if limits:
+            body["limits"] = limits
         return await self._json("POST", "/api/users", body=body)
+
+    async def set_user_limits(self, name: str, limits: dict[str, int | None]) -> dict[str, Any]:
+        """Change some of a user's own limits; None clears one to the cluster default."""
+        return await self._json("PATCH", f"/api/users/{quote(name, safe='')}", body={"limits": limits})
 
     async def remove_user(self, name: str) -> dict[str, Any]:
         return await self._json("DELETE", f"/api/users/{quote(name, safe='')}")

@@ -166,6 +166,19 @@ class RunnerConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Cluster-wide defaults of the per-user limits; a user's own setting
+    (`hakuriver.admin user set`) wins. 0 means unlimited."""
+
+    default_max_cores: int = 0
+    """Cores one user's tasks may hold at once."""
+    default_max_gpus: int = 0
+    """GPUs one user's tasks may hold at once."""
+    default_max_running: int = 0
+    """Tasks of one user holding resources at once (assigning, running, paused)."""
+
+
+@dataclass(frozen=True)
 class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -176,6 +189,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: str | None = field(default=None, compare=False)
     """The file this config was read from, or None for built-in defaults."""
 

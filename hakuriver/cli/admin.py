@@ -2,6 +2,8 @@
 
 hakuriver.admin user add alice --unix-user alice     # prints alice's token, once
 hakuriver.admin user add bob --admin
+hakuriver.admin user add carol --max-gpus 2 --max-running 4
+hakuriver.admin user set carol --max-cores 16 --max-gpus none   # none: back to the [limits] default
 hakuriver.admin user list
 hakuriver.admin user token alice --revoke-all        # a new token; the old ones stop working
 hakuriver.admin user remove alice
@@ -61,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parents: list[Any] = [common_options(subcommand=True)]
 
-    user = sub.add_parser("user", help="add, list and remove users; issue tokens", description="Manage users.")
+    user = sub.add_parser(
+        "user", help="add, list and remove users; set their limits; issue tokens", description="Manage users."
+    )
     users = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
 
     p = users.add_parser(
@@ -77,7 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="USER",
         help="the Unix account the user's tasks run as on every node (files they write belong to it)",
     )
+    _add_limit_flags(p, clearable=False)
     p.set_defaults(func=_cmd_user_add)
+
+    p = users.add_parser(
+        "set",
+        help="change a user's limits",
+        description="Change a user's own limits; the flags not given keep their setting. 'none' clears one "
+        "back to the cluster default ([limits] in the Host config); 0 means unlimited for this user. A task "
+        "that would put its owner over a limit waits (pending, with the reason shown); it is counted only "
+        "while it holds resources (assigning, running, paused).",
+        parents=parents,
+    )
+    p.add_argument("name", metavar="NAME")
+    _add_limit_flags(p, clearable=True)
+    p.set_defaults(func=_cmd_user_set)
 
     p = users.add_parser(
         "list", help="list users", description="List users, their roles and accounts.", parents=parents
@@ -190,6 +208,61 @@ def node_name_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
+LIMIT_FLAGS = (
+    ("max_cores", "--max-cores", "cores the user's tasks may hold at once"),
+    ("max_gpus", "--max-gpus", "GPUs the user's tasks may hold at once"),
+    ("max_running", "--max-running", "tasks of the user holding resources at once (running, paused)"),
+)
+CLEAR = "none"
+"""`--max-cores none`: the user's own setting is cleared; the cluster default applies."""
+
+
+def limit_arg(text: str) -> int | str:
+    if text.strip().lower() == CLEAR:
+        return CLEAR
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or 'none'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative (0 means unlimited)")
+    return value
+
+
+def _add_limit_flags(p: argparse.ArgumentParser, *, clearable: bool) -> None:
+    for dest, flag, what in LIMIT_FLAGS:
+        p.add_argument(
+            flag,
+            dest=dest,
+            type=limit_arg,
+            metavar="N|none" if clearable else "N",
+            help=f"{what}; 0: unlimited"
+            + ("; none: the cluster default" if clearable else " (default: the cluster's)"),
+        )
+
+
+def limits_from_args(args: argparse.Namespace) -> dict[str, int | None]:
+    """The limit flags given: {name: N, or None to clear}."""
+    out: dict[str, int | None] = {}
+    for dest, _flag, _what in LIMIT_FLAGS:
+        value = getattr(args, dest, None)
+        if value is not None:
+            out[dest] = None if value == CLEAR else int(value)
+    return out
+
+
+def format_limits(user: dict[str, Any]) -> tuple[str, str, str]:
+    """MAX CORES / MAX GPUS / MAX RUNNING cells: `-` unlimited, `*` from the default."""
+    own = user.get("limits") or {}
+    effective = user.get("effective_limits") or {}
+    cells = []
+    for dest, _flag, _what in LIMIT_FLAGS:
+        value = effective.get(dest)
+        text = "-" if value is None else str(value)
+        cells.append(text + ("*" if own.get(dest) is None and value is not None else ""))
+    return cells[0], cells[1], cells[2]
+
+
 def _print_token(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(result)
@@ -200,9 +273,33 @@ def _print_token(result: dict[str, Any], as_json: bool) -> None:
 
 async def _cmd_user_add(args: argparse.Namespace, connect: Connect) -> int:
     async with connect() as host:
-        result = await host.add_user(args.name, admin=args.admin, unix_user=args.unix_user)
+        result = await host.add_user(
+            args.name, admin=args.admin, unix_user=args.unix_user, limits=limits_from_args(args) or None
+        )
     _print_token(result, args.json)
     return EXIT_OK
+
+
+async def _cmd_user_set(args: argparse.Namespace, connect: Connect) -> int:
+    limits = limits_from_args(args)
+    if not limits:
+        raise UsageError("give at least one of " + ", ".join(flag for _d, flag, _w in LIMIT_FLAGS))
+    async with connect() as host:
+        result = await host.set_user_limits(args.name, limits)
+    if args.json:
+        print_json(result)
+    else:
+        user = result["user"]
+        cores, gpus, running = format_limits(user)
+        print(f"limits of {user['name']}: max cores {cores}, max GPUs {gpus}, max running {running}")
+        _limits_note([user])
+    return EXIT_OK
+
+
+def _limits_note(users: list[dict[str, Any]]) -> None:
+    if not users:
+        return
+    print("(-: unlimited; *: the cluster default, [limits] in the Host config)", file=sys.stderr)
 
 
 async def _cmd_user_list(args: argparse.Namespace, connect: Connect) -> int:
@@ -214,10 +311,11 @@ async def _cmd_user_list(args: argparse.Namespace, connect: Connect) -> int:
         print("no users yet (add one with 'hakuriver.admin user add NAME')", file=sys.stderr)
     else:
         rows = [
-            (u["name"], u["role"], u["unix_user"] or "-", u["tokens"], format_time(u["created_at"]))
+            (u["name"], u["role"], u["unix_user"] or "-", u["tokens"], *format_limits(u), format_time(u["created_at"]))
             for u in result["users"]
         ]
-        print(table(("USER", "ROLE", "UNIX USER", "TOKENS", "CREATED"), rows))
+        print(table(("USER", "ROLE", "UNIX USER", "TOKENS", "MAX CORES", "MAX GPUS", "MAX RUNNING", "CREATED"), rows))
+        _limits_note(result["users"])
     return EXIT_OK
 
 

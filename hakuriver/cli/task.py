@@ -302,6 +302,8 @@ def describe_task(task: dict[str, Any]) -> str:
         ("task", task.get("task_id")),
         ("batch", task.get("batch_id")),
         ("state", task.get("state")),
+        ("position", task.get("position")),
+        ("waiting", task.get("pending_reason")),
         ("exit code", task.get("exit_code")),
         ("error", task.get("error")),
         ("output", f"INCOMPLETE: {task['output_error']}" if task.get("output_error") else None),
@@ -345,7 +347,13 @@ def _mark_note(tasks: list[dict[str, Any]]) -> None:
 def _add_list(sub: Any) -> None:
     p = _subparser(sub, "list", "list tasks, newest first")
     p.add_argument(
-        "--state", metavar="STATE[,STATE]", help="only these states: " + ", ".join(s.value for s in TaskState)
+        "--state",
+        metavar="STATE[,STATE]",
+        help="only these states: "
+        + ", ".join(s.value for s in TaskState)
+        + ". With --state pending: the queue in order, each task's place in it (POS) and why it waits "
+        "(REASON: limit: a per-user limit, reserved: the protected head of the queue, resources: no room, "
+        "node offline, position: behind an earlier task)",
     )
     p.add_argument("--node", metavar="NODE", help="only tasks placed on this node")
     p.add_argument(
@@ -379,6 +387,11 @@ async def _cmd_list(args: argparse.Namespace, connect: Connect) -> int:
     if args.json:
         print_json(result)
         return EXIT_OK
+    if states == TaskState.PENDING.value:
+        print(pending_table(result["tasks"]))
+        if result.get("next_before"):
+            print(f"(more: {PROG} list --state pending --before {result['next_before']})", file=sys.stderr)
+        return EXIT_OK
     rows = [
         (
             t["task_id"],
@@ -396,6 +409,26 @@ async def _cmd_list(args: argparse.Namespace, connect: Connect) -> int:
     if result.get("next_before"):
         print(f"(more: {PROG} list --before {result['next_before']})", file=sys.stderr)
     return EXIT_OK
+
+
+def pending_table(tasks: list[dict[str, Any]]) -> str:
+    """`list --state pending`: the queue in FIFO order, each task with its place
+    (POS) and why it waits (REASON: the Host's latest scheduling pass)."""
+    ordered = sorted(tasks, key=lambda t: (t.get("position") is None, t.get("position") or 0, int(t["task_id"])))
+    rows = [
+        (
+            t["task_id"],
+            t.get("position") or "-",
+            t.get("owner") or "-",
+            t.get("cores"),
+            format_size(t.get("memory")),
+            t.get("gpu_count") or len(t.get("gpus") or []) or "-",
+            format_command(t.get("command") or [], LIST_COMMAND_WIDTH),
+            t.get("pending_reason") or "-",
+        )
+        for t in ordered
+    ]
+    return table(("ID", "POS", "USER", "CORES", "MEM", "GPUS", "COMMAND", "REASON"), rows)
 
 
 # ------------------------------------------------------ kill/pause/resume

@@ -38,6 +38,7 @@ SECTION_COMMENTS: dict[str, str] = {
     "auth": "Credentials. Keep this file private (mode 0600).",
     "tls": "HTTPS with a cluster CA (hakuriver.init tls makes one).",
     "runner": "This Runner's identity.",
+    "limits": "Host: per-user limits, the defaults for users without their own (hakuriver.admin user set).",
 }
 
 KEY_COMMENTS: dict[str, str] = {
@@ -88,6 +89,9 @@ KEY_COMMENTS: dict[str, str] = {
     "Give each Runner on one machine its own.",
     "runner.state_dir": "The Runner's private state (0700); empty: ~/.hakuriver/state. Never under a task mount.",
     "runner.timeout_grace": "Seconds a task at its time limit (--time) gets between SIGTERM and SIGKILL.",
+    "limits.default_max_cores": "Cores one user's tasks may hold at once; 0: unlimited.",
+    "limits.default_max_gpus": "GPUs one user's tasks may hold at once; 0: unlimited.",
+    "limits.default_max_running": "Tasks of one user holding resources at once (running, paused); 0: unlimited.",
 }
 
 

@@ -18,6 +18,15 @@ Principals
 
 The Host is the only writer of users and tokens, so `Accounts` keeps every
 token hash in memory: authenticating a request costs no database read.
+
+Limits
+------
+Each user may have their own per-user limits (`max_cores`, `max_gpus`,
+`max_running`); a limit they do not set is the config's `[limits]` default.
+0 means unlimited, in the config and per user (an admin can exempt one user
+from a default). The config's admin (`auth.admin_user`, no database row) and
+tasks without an owner are never limited. `effective_limits` is what the
+scheduler applies.
 """
 
 from __future__ import annotations
@@ -28,8 +37,8 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 
@@ -37,6 +46,7 @@ from ..config import Config
 from ..errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
 from ..webapi import Authenticate
 from .db import Database, UserRecord
+from .scheduler import LIMIT_NAMES, UNLIMITED, UserLimits
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +117,8 @@ class Accounts:
         self._admin_token = auth.effective_admin_token().encode("utf-8")
         self._runner_token = auth.effective_runner_token().encode("utf-8")
         self._admin_name = validate_user_name(auth.admin_user)
+        lim = config.limits
+        self._default_limits = UserLimits(lim.default_max_cores, lim.default_max_gpus, lim.default_max_running)
         self._by_hash: dict[str, str] = {}
         self._users: dict[str, UserRecord] = {}
 
@@ -144,18 +156,40 @@ class Accounts:
         user = self._users.get(name)
         return user.unix_user if user else None
 
+    def effective_limits(self, name: str | None) -> UserLimits:
+        """The limits that apply to `name`'s tasks now: their own setting where
+        they have one, else the config's default (see the module doc)."""
+        if name is None or name == self._admin_name:
+            return UNLIMITED
+        user = self._users.get(name)
+        own = user.own_limits() if user is not None else {}
+        d = self._default_limits
+        return UserLimits(
+            **{k: (v if (v := own.get(k)) is not None else getattr(d, k)) for k in LIMIT_NAMES},
+        )
+
     # --------------------------------------------------------------- manage
     def list_users(self) -> list[UserRecord]:
         return sorted(self._users.values(), key=lambda u: u.name)
 
-    async def add_user(self, name: str, *, admin: bool, unix_user: str | None) -> tuple[UserRecord, str]:
+    async def add_user(
+        self,
+        name: str,
+        *,
+        admin: bool,
+        unix_user: str | None,
+        limits: Mapping[str, int | None] | None = None,
+    ) -> tuple[UserRecord, str]:
         validate_user_name(name)
         if name == self._admin_name:
             raise Conflict(f"{name!r} is the config's admin (auth.admin_user); choose another name")
         if unix_user is not None:
             validate_unix_user(unix_user)
+        own = validate_limits(limits or {})
         token = new_token()
-        record = await self.db.add_user(name, ADMIN if admin else USER, unix_user, token_hash(token), self.clock())
+        record = await self.db.add_user(
+            name, ADMIN if admin else USER, unix_user, token_hash(token), self.clock(), limits=own
+        )
         if record is None:
             raise Conflict(f"user {name!r} already exists")
         self._users[name] = record
@@ -179,10 +213,48 @@ class Accounts:
             self._by_hash = {h: u for h, u in self._by_hash.items() if u != name}
         self._by_hash[token_hash(token)] = name
         count = sum(1 for u in self._by_hash.values() if u == name)
-        old = self._users[name]
-        self._users[name] = UserRecord(old.name, old.role, old.unix_user, old.created_at, count)
+        self._users[name] = replace(self._users[name], tokens=count)
         log.info("new token for user %s%s", name, "; the others are revoked" if revoke_others else "")
         return token
+
+    async def set_limits(self, name: str, changes: Mapping[str, int | None]) -> UserRecord:
+        """Change some of a user's own limits (`LIMIT_NAMES`); None clears one
+        to the config's default. The others keep their setting."""
+        validate_user_name(name)
+        changes = validate_limits(changes)
+        user = self._users.get(name)
+        if user is None:
+            if name == self._admin_name:
+                raise Conflict(f"{name!r} is the config's admin (auth.admin_user), who is never limited")
+            raise NotFound(f"no user {name!r}")
+        own = {**user.own_limits(), **changes}
+        updated = replace(user, max_cores=own["max_cores"], max_gpus=own["max_gpus"], max_running=own["max_running"])
+        if not await self.db.set_user_limits(name, updated.own_limits()):
+            raise NotFound(f"no user {name!r}")
+        self._users[name] = updated
+        log.info("limits of user %s: %s", name, ", ".join(f"{k}={v}" for k, v in updated.own_limits().items()))
+        return updated
+
+
+def validate_limits(limits: Mapping[str, object]) -> dict[str, int | None]:
+    """`{"max_cores": 8, "max_gpus": None}`: known names only, each a
+    non-negative integer (0: unlimited) or None (the config's default)."""
+    out: dict[str, int | None] = {}
+    for key, value in limits.items():
+        if key not in LIMIT_NAMES:
+            raise ValidationError(f"unknown limit {key!r}; limits are: {', '.join(LIMIT_NAMES)}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValidationError(
+                f"limit {key!r} must be a whole number >= 0 (0: unlimited) or null (the default), not {value!r}"
+            )
+        if value is not None and value > MAX_LIMIT:
+            raise ValidationError(f"limit {key!r} must be at most {MAX_LIMIT}")
+        out[key] = value
+    return out
+
+
+MAX_LIMIT = 1 << 31
+"""Keeps a limit in SQLite's and every client's integer range."""
 
 
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)

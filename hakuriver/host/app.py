@@ -85,7 +85,9 @@ async def _runner_client(app: web.Application) -> AsyncIterator[None]:
 async def _cluster(app: web.Application) -> AsyncIterator[None]:
     cluster = Cluster(app[CONFIG], app[DB], app[RUNNERS])
     assigning = await cluster.load()
-    dispatcher, liveness = Dispatcher(cluster, app[ACCOUNTS].unix_user_of), Liveness(cluster)
+    accounts = app[ACCOUNTS]
+    dispatcher = Dispatcher(cluster, accounts.unix_user_of, accounts.effective_limits)
+    liveness = Liveness(cluster)
     app[CLUSTER], app[DISPATCHER], app[LIVENESS] = cluster, dispatcher, liveness
     dispatcher.resume(assigning)
     loops = [asyncio.create_task(dispatcher.schedule_loop()), asyncio.create_task(liveness.liveness_loop())]

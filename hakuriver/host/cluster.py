@@ -41,7 +41,8 @@ from ..models import NodeResources, Target, Task, TaskRequest, TaskState
 from .db import Database, Drain, NodeRecord
 from .dependencies import AFTER, DependencyIndex
 from .runner_client import RunnerClient, RunnerRejected, RunnerUnreachable
-from .scheduler import Ledger, Used, check_fits_ever
+from .scheduler import UNLIMITED, Ledger, Used, UserLimits, check_fits_ever, check_fits_limits
+from .waiting import WaitBoard
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class Cluster:
         self.pending: dict[int, Task] = {}
         self.deps = DependencyIndex()
         """The pending tasks that wait for others (`--after`): the pass skips them."""
+        self.waits = WaitBoard()
+        """Why each pending task waits (the latest scheduling pass; memory only)."""
         self.nodes: dict[str, NodeRecord] = {}
         self.resources: dict[str, NodeResources] = {}
         """What each node offers; changes only when it registers again."""
@@ -183,11 +186,14 @@ class Cluster:
         return [h.task_id for h in self.ledger.holds_on(hostname)]
 
     # ------------------------------------------------------------- submitting
-    async def submit(self, req: TaskRequest, *, owner: str) -> tuple[int, list[Task]]:
+    async def submit(self, req: TaskRequest, *, owner: str, limits: UserLimits = UNLIMITED) -> tuple[int, list[Task]]:
+        """Store the request's tasks `pending`. Refused when one could never run:
+        on no known node, or over its owner's `limits` all by itself."""
         known = list(self.resources.values())
         targets: list[Target | None] = list(req.targets) or [None]
         for target in targets:
             check_fits_ever(target, req.cores, req.memory, req.gpus, known, req.container)
+            check_fits_limits(req.cores, len(target.gpus) if target and target.gpus else req.gpus, limits, owner)
         now = self.clock()
         batch_id = self.ids.next()
         after = list(dict.fromkeys(req.after))

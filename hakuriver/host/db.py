@@ -35,7 +35,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,6 +187,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (task_id, depends_on)
     ) WITHOUT ROWID;
     CREATE INDEX task_dependencies_on ON task_dependencies(depends_on, task_id);
+    """,
+    # 8: per-user limits (scheduler.UserLimits); NULL: the config's default
+    # ([limits]), 0: unlimited for this user.
+    """
+    ALTER TABLE users ADD COLUMN max_cores INTEGER;
+    ALTER TABLE users ADD COLUMN max_gpus INTEGER;
+    ALTER TABLE users ADD COLUMN max_running INTEGER;
     """,
 )
 """Migration N (1-based) is MIGRATIONS[N-1]. Append only; never edit a released one."""
@@ -417,10 +424,31 @@ class UserRecord:
     created_at: float
     tokens: int = 0
     """How many live tokens the user has."""
+    max_cores: int | None = None
+    """The user's own limits (`scheduler.LIMIT_NAMES`); None: the config's
+    default applies, 0: unlimited."""
+    max_gpus: int | None = None
+    max_running: int | None = None
+
+    def own_limits(self) -> dict[str, int | None]:
+        return {"max_cores": self.max_cores, "max_gpus": self.max_gpus, "max_running": self.max_running}
 
 
 def _user_from_row(_cursor: Any, row: Sequence[Any]) -> UserRecord:
-    return UserRecord(name=row[0], role=row[1], unix_user=row[2], created_at=row[3], tokens=row[4])
+    return UserRecord(
+        name=row[0],
+        role=row[1],
+        unix_user=row[2],
+        created_at=row[3],
+        tokens=row[4],
+        max_cores=row[5],
+        max_gpus=row[6],
+        max_running=row[7],
+    )
+
+
+_LIMIT_COLUMNS = ("max_cores", "max_gpus", "max_running")
+"""The users columns of per-user limits (the names of `scheduler.LIMIT_NAMES`)."""
 
 
 class _Accounts:
@@ -432,7 +460,8 @@ class _Accounts:
 
     async def list_users(self) -> list[UserRecord]:
         return await self._fetch(
-            """SELECT u.name, u.role, u.unix_user, u.created_at, COUNT(t.hash)
+            """SELECT u.name, u.role, u.unix_user, u.created_at, COUNT(t.hash),
+                      u.max_cores, u.max_gpus, u.max_running
                FROM users u LEFT JOIN tokens t ON t.user = u.name GROUP BY u.name ORDER BY u.name""",
             (),
             _user_from_row,
@@ -443,16 +472,24 @@ class _Accounts:
         return await self._fetch("SELECT hash, user FROM tokens", (), lambda _c, row: (row[0], row[1]))
 
     async def add_user(
-        self, name: str, role: str, unix_user: str | None, token_hash: str, now: float
+        self,
+        name: str,
+        role: str,
+        unix_user: str | None,
+        token_hash: str,
+        now: float,
+        limits: Mapping[str, int | None] | None = None,
     ) -> UserRecord | None:
-        """Create a user with its first token; None if the name is taken."""
+        """Create a user with its first token (and its own `limits`, by
+        `UserRecord` field name); None if the name is taken."""
+        own = {k: (limits or {}).get(k) for k in _LIMIT_COLUMNS}
 
         async def op(conn: aiosqlite.Connection) -> UserRecord | None:
             rows = list(
                 await conn.execute_fetchall(
-                    "INSERT INTO users (name, role, unix_user, created_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(name) DO NOTHING RETURNING name",
-                    (name, role, unix_user, now),
+                    "INSERT INTO users (name, role, unix_user, created_at, max_cores, max_gpus, max_running) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO NOTHING RETURNING name",
+                    (name, role, unix_user, now, *own.values()),
                 )
             )
             if not rows:
@@ -460,9 +497,23 @@ class _Accounts:
             await conn.execute_fetchall(
                 "INSERT INTO tokens (hash, user, created_at) VALUES (?, ?, ?)", (token_hash, name, now)
             )
-            return UserRecord(name, role, unix_user, now, 1)
+            return UserRecord(name, role, unix_user, now, 1, **own)
 
         return await self._write(op, atomic=True)
+
+    async def set_user_limits(self, name: str, limits: Mapping[str, int | None]) -> bool:
+        """Store a user's own limits (every `UserRecord` limit field; None: the
+        default). False if there is no such user."""
+        values = tuple(limits.get(k) for k in _LIMIT_COLUMNS)
+
+        async def op(conn: aiosqlite.Connection) -> bool:
+            rows = await conn.execute_fetchall(
+                "UPDATE users SET max_cores=?, max_gpus=?, max_running=? WHERE name=? RETURNING name",
+                (*values, name),
+            )
+            return bool(list(rows))
+
+        return await self._write(op)
 
     async def remove_user(self, name: str) -> bool:
         async def op(conn: aiosqlite.Connection) -> bool:

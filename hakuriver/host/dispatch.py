@@ -18,7 +18,7 @@ from ..parsing import parse_mount
 from ..runrequest import RunRequest
 from .cluster import Cluster
 from .runner_client import RunnerRejected, RunnerUnreachable
-from .scheduler import Scheduler
+from .scheduler import LimitsOf, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,17 @@ PASS_COALESCE_SECONDS = 0.005
 
 
 class Dispatcher:
-    def __init__(self, cluster: Cluster, unix_user_of: Callable[[str | None], str | None] = lambda _name: None):
+    def __init__(
+        self,
+        cluster: Cluster,
+        unix_user_of: Callable[[str | None], str | None] = lambda _name: None,
+        limits_of: LimitsOf | None = None,
+    ):
         self.cluster = cluster
         self.scheduler = Scheduler()
         self.unix_user_of = unix_user_of
+        self.limits_of = limits_of
+        """Each owner's effective limits (`Accounts.effective_limits`); None: nobody is limited."""
 
     def resume(self, assigning: list[Task]) -> None:
         """Send again the tasks a Host restart caught in `assigning`. Runners
@@ -60,13 +67,17 @@ class Dispatcher:
         async with cluster.lock:
             online = cluster.online_resources()
             if not online:
+                cluster.waits.record_no_nodes()
                 return []
             # Tasks waiting for a dependency are left out of the queue, not
             # placed behind: they cannot start however much is free, so they
             # must not be the head that backfill reserves for (host/dependencies.py).
             queue = sorted((t for t in cluster.pending.values() if not cluster.deps.blocked(t.id)), key=lambda t: t.id)
             # The scheduler holds each placement in the ledger as it decides.
-            placements = self.scheduler.schedule(queue, online, cluster.ledger, drained=cluster.drains.keys())
+            placements = self.scheduler.schedule(
+                queue, online, cluster.ledger, limits=self.limits_of, drained=cluster.drains.keys()
+            )
+            cluster.waits.record(self.scheduler.last_stats.reasons)
             if not placements:
                 return []
             now = cluster.clock()

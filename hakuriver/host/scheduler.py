@@ -42,11 +42,32 @@ at most `max_reservations` reservations. Blocked tasks past that cap keep
 their place in the queue without a reservation for this pass; as the tasks
 ahead of them start they move into the reserved head of the queue, so every
 task is protected before long, while nodes nobody reserved keep filling.
+
+Per-user limits (`UserLimits`)
+------------------------------
+A task whose owner would go over one of their limits (cores, GPUs, or tasks
+holding resources at once: `max_cores`, `max_gpus`, `max_running`) if it
+started now is skipped: it stays pending, gets no reservation and is not the
+protected head, so it never blocks other users' work. What counts against an
+owner is what their tasks in a holding state hold (assigning, running,
+paused: the ledger), placements of the same pass included. Within one owner
+the queue stays FIFO: once a task of theirs is held back by a limit, their
+later tasks wait behind it in this pass. A task that alone exceeds its
+owner's limit is refused at submit (`check_fits_limits`); one left so by a
+lowered limit waits, saying so, until the limit is raised or it is killed.
+
+Why a task waits (`PassStats.reasons`)
+--------------------------------------
+Each pass records one short reason per pending task it looked at and did not
+place (`limit: max-gpus ...`, `reserved: head of queue on gpu1 ...`,
+`resources: ...`, `node gpu1 offline`, `position: ...`), at most
+`max_reasons` of them. They live in memory only and are replaced by the next
+pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -56,6 +77,8 @@ from ..parsing import format_size
 
 DEFAULT_MAX_EXAMINED = 1000
 DEFAULT_MAX_RESERVATIONS = 128
+DEFAULT_MAX_REASONS = 10_000
+"""Most wait reasons one pass records (the rest read as `position`)."""
 MAX_REASONS = 3
 """Nodes named, each with its reason, when no node can run a kind of task."""
 
@@ -79,6 +102,17 @@ class Hold:
     memory: int
     numa: int | None
     gpus: tuple[int, ...]
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class OwnerUsage:
+    """What one owner's holding tasks hold, summed over every node."""
+
+    cores: int = 0
+    gpus: int = 0
+    running: int = 0
+    """Tasks holding resources (assigning, running, paused)."""
 
 
 class _Usage:
@@ -125,6 +159,7 @@ class Ledger:
     def __init__(self) -> None:
         self._holds: dict[int, Hold] = {}
         self._usage: dict[str, _Usage] = {}
+        self._owners: dict[str | None, OwnerUsage] = {}
 
     @classmethod
     def from_tasks(cls, tasks: Iterable[Task]) -> Ledger:
@@ -141,7 +176,13 @@ class Ledger:
         if task.node is None:
             raise ValueError(f"task {task.id} has no node to hold resources on")
         return self.hold_placement(
-            task.id, task.node, cores=task.cores, memory=task.memory, numa=task.numa, gpus=task.gpus
+            task.id,
+            task.node,
+            cores=task.cores,
+            memory=task.memory,
+            numa=task.numa,
+            gpus=task.gpus,
+            owner=task.owner,
         )
 
     def hold_placement(
@@ -153,11 +194,13 @@ class Ledger:
         memory: int | None,
         numa: int | None = None,
         gpus: Iterable[int] = (),
+        owner: str | None = None,
     ) -> bool:
         if task_id in self._holds:
             return False
-        h = Hold(task_id, node, int(cores), int(memory or 0), numa, tuple(gpus))
+        h = Hold(task_id, node, int(cores), int(memory or 0), numa, tuple(gpus), owner)
         self._holds[task_id] = h
+        self._count_owner(h, 1)
         u = self._usage.get(node)
         if u is None:
             u = self._usage[node] = _Usage()
@@ -175,6 +218,7 @@ class Ledger:
         h = self._holds.pop(task_id, None)
         if h is None:
             return False
+        self._count_owner(h, -1)
         u = self._usage[h.node]
         u.cores -= h.cores
         u.memory -= h.memory
@@ -183,6 +227,18 @@ class Ledger:
             u.numa_cores[h.numa] -= h.cores
             u.numa_memory[h.numa] -= h.memory
         return True
+
+    def _count_owner(self, h: Hold, sign: int) -> None:
+        o = self._owners.get(h.owner) or OwnerUsage()
+        o = OwnerUsage(o.cores + sign * h.cores, o.gpus + sign * len(h.gpus), o.running + sign)
+        if o.running:
+            self._owners[h.owner] = o
+        else:
+            self._owners.pop(h.owner, None)
+
+    def owner_usage(self, owner: str | None) -> OwnerUsage:
+        """What `owner`'s holding tasks hold now (placements of a running pass included)."""
+        return self._owners.get(owner) or OwnerUsage()
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._holds
@@ -360,6 +416,160 @@ def check_fits_ever(
     raise Unschedulable(f"no single node has {' and '.join(parts)}")
 
 
+# --------------------------------------------------------------------------- per-user limits
+
+LIMIT_NAMES = ("max_cores", "max_gpus", "max_running")
+"""The per-user limits, as the API and the database name them."""
+
+
+@dataclass(frozen=True)
+class UserLimits:
+    """The limits that apply to one owner (effective: their own setting, else
+    the cluster default). 0 means unlimited."""
+
+    max_cores: int = 0
+    max_gpus: int = 0
+    max_running: int = 0
+
+    @property
+    def unlimited(self) -> bool:
+        return not (self.max_cores or self.max_gpus or self.max_running)
+
+
+UNLIMITED = UserLimits()
+
+LimitsOf = Callable[[str | None], UserLimits]
+"""An owner's effective limits (the Host: `Accounts.effective_limits`)."""
+
+
+def _limit_word(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def check_fits_limits(cores: int | None, gpus: int, limits: UserLimits, owner: str | None = None) -> None:
+    """Raise `Unschedulable` when one task alone exceeds its owner's limits: it
+    could never start, so it is refused at submit like an oversized task."""
+    cores = 1 if cores is None else int(cores)
+    who = f"user {owner!r}" if owner else "its owner"
+    if limits.max_cores and cores > limits.max_cores:
+        raise Unschedulable(
+            f"task needs {_plural(cores, 'core')} but {who} may hold at most {limits.max_cores} "
+            "at once (limit max-cores)"
+        )
+    if limits.max_gpus and gpus > limits.max_gpus:
+        raise Unschedulable(
+            f"task needs {_plural(gpus, 'GPU')} but {who} may hold at most {limits.max_gpus} at once (limit max-gpus)"
+        )
+
+
+def limit_refusal(limits: UserLimits, usage: OwnerUsage, cores: int, gpus: int) -> str | None:
+    """Why starting a task of `cores` and `gpus` now would put its owner over a
+    limit (the wait reason, `limit: max-...`), or None."""
+    if limits.max_running and usage.running + 1 > limits.max_running:
+        return f"limit: max-running ({usage.running} of {limits.max_running} running)"
+    if limits.max_cores and usage.cores + cores > limits.max_cores:
+        return f"limit: max-cores ({usage.cores} of {limits.max_cores} in use, task needs {cores})"
+    if limits.max_gpus and gpus and usage.gpus + gpus > limits.max_gpus:
+        return f"limit: max-gpus ({usage.gpus} of {limits.max_gpus} in use, task needs {gpus})"
+    return None
+
+
+class _OwnerGate:
+    """The limit check of one pass: each owner's limits looked up once, and the
+    first of their tasks a limit held back, so their later ones wait behind it
+    (FIFO within one owner)."""
+
+    __slots__ = ("limits_of", "ledger", "_limits", "_held_back")
+
+    def __init__(self, limits_of: LimitsOf, ledger: Ledger):
+        self.limits_of = limits_of
+        self.ledger = ledger
+        self._limits: dict[str | None, UserLimits] = {}
+        self._held_back: dict[str | None, str] = {}
+
+    def refusal(self, task: Task, req: _Request) -> str | None:
+        owner = task.owner
+        behind = self._held_back.get(owner)
+        if behind is not None:
+            return behind
+        limits = self._limits.get(owner)
+        if limits is None:
+            limits = self._limits[owner] = self.limits_of(owner)
+        if limits.unlimited:
+            return None
+        why = limit_refusal(limits, self.ledger.owner_usage(owner), req.cores, req.gpus_needed)
+        if why is not None:
+            word = why.split(" (", 1)[0]
+            self._held_back[owner] = f"{word} (behind task {task.id} of the same user)"
+        return why
+
+
+# --------------------------------------------------------------------------- wait reasons
+
+
+def _shortage(st: _NodeState, req: _Request) -> str:
+    """What `req` lacks on `st` now, for a wait reason: `2 free GPUs`, `GPU 0`."""
+    u = st.usage
+    short = []
+    if st.cores - u.cores < req.cores:
+        short.append(f"{req.cores} free cores" if req.cores != 1 else "1 free core")
+    if req.memory and st.memory - u.memory < req.memory:
+        short.append(f"{format_size(req.memory)} free memory")
+    if req.numa is not None and req.numa in st.numa:
+        ncores, nmem = st.numa[req.numa]
+        if ncores - u.numa_cores.get(req.numa, 0) < req.cores:
+            short.append(f"{_plural(req.cores, 'free core')} on NUMA node {req.numa}")
+        if req.memory and nmem > 0 and nmem - u.numa_memory.get(req.numa, 0) < req.memory:
+            short.append(f"{format_size(req.memory)} free memory on NUMA node {req.numa}")
+    busy = [g for g in req.gpu_ids if g in u.gpus]
+    if busy:
+        short.append(("GPU " if len(busy) == 1 else "GPUs ") + _ids(busy))
+    if req.gpu_count and len(st.gpu_ids) - len(u.gpus) < req.gpu_count:
+        short.append(_plural(req.gpu_count, "free GPU"))
+    return " and ".join(short)
+
+
+def _request_words(req: _Request) -> str:
+    parts = [_plural(req.cores, "core")]
+    if req.memory:
+        parts.append(f"{format_size(req.memory)} of memory")
+    if req.gpus_needed:
+        parts.append(_plural(req.gpus_needed, "GPU"))
+    return " and ".join(parts)
+
+
+def _wait_reason(
+    req: _Request,
+    candidates: Sequence[_NodeState],
+    by_name: dict[str, _NodeState],
+    kept_by: str | None,
+    reserved_on: _NodeState | None,
+) -> str:
+    """Why a task that found no place this pass waits. `kept_by`: a node where it
+    fits but an earlier task's reservation keeps it off; `reserved_on`: the
+    node reserved for it."""
+    if reserved_on is not None:
+        lacks = _shortage(reserved_on, req)
+        if lacks or kept_by is None:
+            return f"reserved: head of queue on {reserved_on.name} (waiting for {lacks or 'an earlier reservation'})"
+    if req.node is not None:
+        st = by_name.get(req.node)
+        if st is None:
+            return f"node {req.node} offline"
+        if not candidates:
+            return f"node {req.node} cannot run {KIND_WORDS[req.kind]}: {st.res.refusal(req.kind)}"
+    elif not candidates:
+        return f"resources: no online node can run {KIND_WORDS[req.kind]}"
+    if kept_by is not None:
+        return f"reserved: fits on {kept_by}, which is kept for an earlier task"
+    if all(_never_fits_node(req, st.res) is not None for st in candidates):
+        return "resources: no online node is large enough (a node that is offline may be)"
+    if req.node is not None:
+        lacks = _shortage(by_name[req.node], req) or "the room an earlier task's reservation keeps"
+        return f"resources: node {req.node} lacks {lacks}"
+    return f"resources: no node has {_request_words(req)} free"
+
+
 # --------------------------------------------------------------------------- scheduling
 
 
@@ -463,12 +673,24 @@ class PassStats:
     """Blocked task id -> the node reserved for it."""
     drained: dict[int, str] = field(default_factory=dict)
     """Task id -> the drained node it is targeted at (it waits for a resume)."""
+    limited: int = 0
+    """Tasks held back by their owner's limits."""
+    reasons: dict[int, str] = field(default_factory=dict)
+    """Pending task id -> why it waits (see the module doc), for the tasks this
+    pass looked at and did not place; at most `max_reasons` of them."""
 
 
 class Scheduler:
-    def __init__(self, *, max_examined: int = DEFAULT_MAX_EXAMINED, max_reservations: int = DEFAULT_MAX_RESERVATIONS):
+    def __init__(
+        self,
+        *,
+        max_examined: int = DEFAULT_MAX_EXAMINED,
+        max_reservations: int = DEFAULT_MAX_RESERVATIONS,
+        max_reasons: int = DEFAULT_MAX_REASONS,
+    ):
         self.max_examined = max_examined
         self.max_reservations = max_reservations
+        self.max_reasons = max_reasons
         self.last_stats = PassStats()
 
     def schedule(
@@ -476,6 +698,7 @@ class Scheduler:
         pending: Iterable[Task],
         nodes: Sequence[NodeResources],
         ledger: Ledger,
+        limits: LimitsOf | None = None,
         *,
         drained: Collection[str] = (),
     ) -> list[Placement]:
@@ -484,7 +707,8 @@ class Scheduler:
         `nodes` are the online nodes; those named in `drained` get no
         placement and no reservation. Every placement is also held in
         `ledger`; if the caller then fails to record a placement (the task was
-        killed meanwhile), it must `ledger.release(task_id)`.
+        killed meanwhile), it must `ledger.release(task_id)`. `limits` gives
+        each owner's effective limits (None: nobody is limited).
         """
         queue = sorted(pending, key=lambda t: t.id)
         stats = PassStats(pending=len(queue))
@@ -500,6 +724,13 @@ class Scheduler:
         by_name = {s.name: s for s in states}
         placements: list[Placement] = []
         failed: set[_Request] = set()
+        shape_reason: dict[_Request, str] = {}
+        gate = _OwnerGate(limits, ledger) if limits is not None else None
+        reasons = stats.reasons
+
+        def note(task_id: int, why: str) -> None:
+            if len(reasons) < self.max_reasons:
+                reasons[task_id] = why
 
         for task in queue:
             if task.id in ledger:
@@ -507,8 +738,19 @@ class Scheduler:
             req = _request(task.target, task.cores, task.memory, task.gpu_count, task.container)
             if req.node is not None and req.node in drained:
                 stats.drained[task.id] = req.node
+                note(task.id, f"node {req.node!r} is drained")
+                continue
+            if gate is not None:
+                # Before the shape cache: a shape that failed for one owner's
+                # limit may fit for another owner.
+                held_back = gate.refusal(task, req)
+                if held_back is not None:
+                    stats.limited += 1
+                    note(task.id, held_back)
+                    continue
             if req in failed:
                 stats.skipped_same_shape += 1
+                note(task.id, shape_reason[req])
                 continue
             if stats.examined >= self.max_examined:
                 stats.stopped_early = True
@@ -525,9 +767,13 @@ class Scheduler:
             best: tuple | None = None
             best_state: _NodeState | None = None
             best_gpus: tuple[int, ...] = ()
+            kept_by: str | None = None
             for st in candidates:
                 gpus = st.fit(req)
-                if gpus is None or (st.reservations and not st.respects_reservations(req, gpus)):
+                if gpus is None:
+                    continue
+                if st.reservations and not st.respects_reservations(req, gpus):
+                    kept_by = kept_by or st.name
                     continue
                 if req.node is not None:
                     best_state, best_gpus = st, gpus
@@ -544,21 +790,31 @@ class Scheduler:
 
             if best_state is not None:
                 ledger.hold_placement(
-                    task.id, best_state.name, cores=req.cores, memory=req.memory, numa=req.numa, gpus=best_gpus
+                    task.id,
+                    best_state.name,
+                    cores=req.cores,
+                    memory=req.memory,
+                    numa=req.numa,
+                    gpus=best_gpus,
+                    owner=task.owner,
                 )
                 placements.append(Placement(task.id, best_state.name, req.numa, best_gpus))
                 stats.placed += 1
                 continue
 
             failed.add(req)
+            reserve_on = None
             if stats.reservations >= self.max_reservations:
                 stats.unreserved += 1
-                continue
-            reserve_on = self._reservation_node(req, candidates)
-            if reserve_on is not None:
-                reserve_on.reservations.append(req)
-                stats.reservations += 1
-                stats.reserved[task.id] = reserve_on.name
+            else:
+                reserve_on = self._reservation_node(req, candidates)
+                if reserve_on is not None:
+                    reserve_on.reservations.append(req)
+                    stats.reservations += 1
+                    stats.reserved[task.id] = reserve_on.name
+            why = _wait_reason(req, candidates, by_name, kept_by, reserve_on)
+            note(task.id, why)
+            shape_reason[req] = f"position: behind task {task.id} (same request)" if reserve_on is not None else why
         return placements
 
     @staticmethod

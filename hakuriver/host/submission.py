@@ -28,8 +28,20 @@ from ..policy import (
 from ..webapi import require_type
 
 SUBMIT_FIELDS = frozenset(
-    {"command", "cores", "memory", "container", "env", "mounts", "privileged", "targets", "gpus", "time_limit",
-     "after", "after_any"}
+    {
+        "command",
+        "cores",
+        "memory",
+        "container",
+        "env",
+        "mounts",
+        "privileged",
+        "targets",
+        "gpus",
+        "time_limit",
+        "after",
+        "after_any",
+    }
 )
 
 

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from hakuriver.host.accounts import Principal
+from hakuriver.host.api.tasks import task_view
 from hakuriver.models import Task, TaskState
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -106,7 +108,10 @@ def test_task_schema_matches_the_wire_format(doc):
         target=None,
     )
     schema = doc["components"]["schemas"]["Task"]
-    assert set(schema["required"]) == set(task.to_json()) == set(schema["properties"])
+    # The API's view of a task: its record and why it waits (pending_reason, position).
+    wire = task_view(task, Principal("someone", "user"))
+    assert set(schema["required"]) == set(wire) == set(schema["properties"])
+    assert set(wire) - set(task.to_json()) == {"pending_reason", "position"}
     assert doc["components"]["schemas"]["TaskState"]["enum"] == [s.value for s in TaskState]
 
 

@@ -150,7 +150,16 @@ async def test_users_get_their_own_tokens_shown_once(cluster: Cluster) -> None:
     bob = await cluster.add_user("bob")
     assert alice != bob and alice.startswith("hkr_")
     status, me = await cluster.call("GET", "/api/whoami", alice)
-    assert (status, me) == (200, {"name": "alice", "role": "user", "unix_user": "alice"})
+    assert (status, me) == (
+        200,
+        {
+            "name": "alice",
+            "role": "user",
+            "unix_user": "alice",
+            "effective_limits": {"max_cores": None, "max_gpus": None, "max_running": None},
+            "usage": {"cores": 0, "gpus": 0, "running": 0},
+        },
+    )
     status, listing = await cluster.call("GET", "/api/users", ADMIN_TOKEN)
     assert status == 200
     assert [(u["name"], u["role"], u["unix_user"], u["tokens"]) for u in listing["users"]] == [

@@ -409,7 +409,7 @@ def test_json_no_field_may_hold(client: Client, body: str) -> None:
         ("PUT", "/api/tasks/1", {"GET", "HEAD"}),
         ("GET", "/api/tasks/wait", {"POST"}),
         ("GET", "/api/runner/heartbeat", {"POST"}),
-        ("PATCH", "/api/users/bob", {"DELETE"}),
+        ("PUT", "/api/users/bob", {"DELETE", "PATCH"}),
     ],
 )
 def test_a_wrong_method_is_405_with_allow(client: Client, method: str, target: str, allowed: set[str]) -> None:

@@ -42,6 +42,7 @@ ROUTES = [
     web.get("/api/whoami", users.whoami),
     web.get("/api/users", users.list_users),
     web.post("/api/users", users.add_user),
+    web.patch("/api/users/{name}", users.update_user),
     web.delete("/api/users/{name}", users.remove_user),
     web.post("/api/users/{name}/tokens", users.issue_token),
     web.get("/api/backup", backup.backup),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from aiohttp import web
@@ -15,9 +16,11 @@ from ...parsing import validate_node_name
 from ...safefiles import UnsafeFile
 from ...webapi import json_response, query_int, read_json_object, require_type
 from ..accounts import Principal, principal_of, require_owner_or_admin, validate_user_name
-from ..keys import CLUSTER, CONFIG, DB
+from ..cluster import Cluster
+from ..keys import ACCOUNTS, CLUSTER, CONFIG, DB
 from ..logs import read_log
 from ..submission import MAX_TARGETS, SUBMIT_FIELDS, parse_submission
+from ..waiting import QueueOrder
 
 MAX_LIST = 1000
 MAX_WAIT_SECONDS = 300.0
@@ -39,19 +42,39 @@ def task_id_of(request: web.Request) -> int:
     return parse_id(raw)
 
 
-def task_view(task: Task, principal: Principal) -> dict[str, Any]:
+class PendingQueue:
+    """Why pending tasks wait and their place in the queue, for one answer
+    (the queue is sorted at most once, and only if a pending task is shown)."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+
+    @functools.cached_property
+    def order(self) -> QueueOrder:
+        return QueueOrder(self.cluster.pending)
+
+    def fields(self, task: Task) -> dict[str, Any]:
+        if task.state is not TaskState.PENDING:
+            return {"pending_reason": None, "position": None}
+        return {"pending_reason": self.cluster.waits.reason(task.id), "position": self.order.position(task.id)}
+
+
+def task_view(task: Task, principal: Principal, queue: PendingQueue | None = None) -> dict[str, Any]:
     """A task as `principal` may see it: everyone sees every task (like
-    squeue), but only its owner and admins see its env values."""
+    squeue), but only its owner and admins see its env values. With `queue`,
+    a pending task says why it waits (`pending_reason`, `position`); they
+    are null otherwise."""
     data = task.to_json()
     if not (principal.is_admin or task.owner == principal.name):
         data["env"] = dict.fromkeys(task.env, REDACTED)
+    data.update(queue.fields(task) if queue is not None else {"pending_reason": None, "position": None})
     return data
 
 
 async def _described(request: web.Request, task: Task) -> web.Response:
     """The task's view with its dependencies filled in."""
     await request.app[CLUSTER].describe_dependencies([task])
-    return json_response(task_view(task, principal_of(request)))
+    return json_response(task_view(task, principal_of(request), PendingQueue(request.app[CLUSTER])))
 
 
 async def _owned_task(request: web.Request, what: str) -> Task:
@@ -68,12 +91,15 @@ async def submit_tasks(request: web.Request) -> web.Response:
     data = await read_json_object(request, SUBMIT_FIELDS)
     req = parse_submission(data, request.app[CONFIG])
     principal = principal_of(request)
-    batch_id, tasks = await request.app[CLUSTER].submit(req, owner=principal.name)  # sets dependencies
+    cluster = request.app[CLUSTER]
+    limits = request.app[ACCOUNTS].effective_limits(principal.name)
+    batch_id, tasks = await cluster.submit(req, owner=principal.name, limits=limits)  # sets dependencies
+    queue = PendingQueue(cluster)
     return json_response(
         {
             "batch_id": str(batch_id),
             "task_ids": [str(t.id) for t in tasks],
-            "tasks": [task_view(t, principal) for t in tasks],
+            "tasks": [task_view(t, principal, queue) for t in tasks],
         },
         status=201,
     )
@@ -104,7 +130,8 @@ async def list_tasks(request: web.Request) -> web.Response:
     await request.app[CLUSTER].describe_dependencies(tasks)
     next_before = str(tasks[-1].id) if more else None
     principal = principal_of(request)
-    return json_response({"tasks": [task_view(t, principal) for t in tasks], "next_before": next_before})
+    queue = PendingQueue(request.app[CLUSTER])
+    return json_response({"tasks": [task_view(t, principal, queue) for t in tasks], "next_before": next_before})
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -148,7 +175,8 @@ async def wait_tasks(request: web.Request) -> web.Response:
     principal = principal_of(request)
     await request.app[CLUSTER].describe_dependencies(tasks)
     done = all(t.state.is_final for t in tasks)
-    return json_response({"tasks": [task_view(t, principal) for t in tasks], "done": done})
+    queue = PendingQueue(request.app[CLUSTER])
+    return json_response({"tasks": [task_view(t, principal, queue) for t in tasks], "done": done})
 
 
 async def task_logs(request: web.Request) -> web.StreamResponse:
