@@ -7,7 +7,10 @@ line that matters. `CollapseRepeats` is the services' root handler; it
 passes each record on to the real handlers (stderr, the log file) unless an
 identical one passed less than `window` seconds ago. Identical means: the
 same logger, level, message template (the `%s` arguments may differ: one
-line per peer address would still be a flood) and exception type.
+line per peer address would still be a flood) and exception type. Only
+warnings and errors are collapsed: an INFO line records an event (a task
+started, an environment version loaded), and the tenth such event in a
+minute is as much worth its line as the first.
 
 The first record of a kind passes as it is, traceback included. Those that
 follow within the window are counted, not written; when the window has
@@ -27,6 +30,9 @@ WINDOW = 60.0
 """Seconds during which repeats of a record are counted instead of written."""
 
 Key = tuple[str, int, str, str]
+
+COLLAPSED_FROM = logging.WARNING
+"""The lowest level whose repeats are collapsed; below it every record is written."""
 
 
 @dataclass
@@ -60,6 +66,9 @@ class CollapseRepeats(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         now = self._clock()
         self._close_bursts(lambda burst: now - burst.started >= self.window)
+        if record.levelno < COLLAPSED_FROM:
+            self._forward(record)
+            return
         key = self.key(record)
         burst = self._bursts.get(key)
         if burst is not None:

@@ -340,7 +340,9 @@ BYPASSES = [
     ({"mounts": ["/:/host"]}, 403, "not allowed by policy"),
     ({"mounts": ["/etc:/data:ro"]}, 403, "not allowed by policy"),
     ({"command": ["true"] * 10_000}, 400, "10000 arguments"),
-    ({"cores": 10**30}, 400, "core count"),
+    # Refused by the JSON decoder itself, before any field is read.
+    ({"cores": 10**30}, 400, "outside the signed 64-bit range"),
+    ({"cores": 2**62}, 400, "core count"),
     ({"cores": 4096}, 400, "this node has"),
     ({"memory": 1 << 60}, 400, "larger than"),
     ({"env": {"HAKURIVER_SHARED_DIR": "/"}}, 400, "reserved"),

@@ -87,12 +87,33 @@ def test_after_the_window_a_record_passes_again() -> None:
     log.addHandler(handler)
     try:
         for _ in range(5):
-            log.info("tick")
+            log.warning("tick")
         now[0] = 11.0
-        log.info("tick")
+        log.warning("tick")
         assert seen == ["tick", "tick (repeated 4 times in the last 11 s)", "tick"]
         handler.flush()
         assert len(seen) == 3  # nothing was repeated since
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+
+
+def test_info_records_are_events_and_all_pass() -> None:
+    """Two environment versions loaded within a minute are two lines, not one."""
+    seen: list[str] = []
+
+    class Sink(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = CollapseRepeats([Sink()], window=60.0, clock=lambda: 0.0)
+    log = logging.getLogger("hakuriver.test.events")
+    log.propagate, log.level = False, logging.INFO
+    log.addHandler(handler)
+    try:
+        for version in (1, 2, 3):
+            log.info("environment %s: loading tarball (version %d)", "env", version)
+        assert seen == [f"environment env: loading tarball (version {v})" for v in (1, 2, 3)]
     finally:
         log.removeHandler(handler)
         log.propagate = True
