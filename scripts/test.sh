@@ -83,7 +83,7 @@ run_molecule() {
 
 LEFT_RC=0
 leftovers() {
-    if ! "$VENV/bin/python" -m tests.harness.engine leftovers "$HAKURIVER_CI_RUN" "$RUN_STARTED"; then
+    if ! "$VENV/bin/python" -m tests.harness.leftovers "$HAKURIVER_CI_RUN" "$RUN_STARTED"; then
         LEFT_RC=1
         return 0
     fi

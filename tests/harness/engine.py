@@ -292,27 +292,3 @@ def run_leftovers(client: docker.DockerClient, run: str, started_age_s: float) -
         if _age_seconds(c.attrs.get("Created")) < started_age_s:
             found.append(f"container {c.name} ({c.status}, started by a HakuRiver under test)")
     return found
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m tests.harness.engine leftovers RUN STARTED_EPOCH`: list them, exit 1 if any."""
-    import sys
-    import time
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3 or args[0] != "leftovers":
-        print("usage: python -m tests.harness.engine leftovers RUN STARTED_EPOCH", file=sys.stderr)
-        return 2
-    try:
-        client = docker.from_env()
-        left = run_leftovers(client, args[1], time.time() - float(args[2]))
-    except docker.errors.DockerException as exc:
-        print(f"[ci] cannot check for leftovers: the Docker engine does not answer ({exc})", file=sys.stderr)
-        return 1
-    for line in left:
-        print(f"[ci] left behind by this run: {line}", file=sys.stderr)
-    return 1 if left else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
