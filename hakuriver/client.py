@@ -351,6 +351,16 @@ class HostClient:
     async def whoami(self) -> dict[str, Any]:
         return await self._json("GET", "/api/whoami")
 
+    async def usage(self, *, by: str = "user", since: float | None = None, user: str | None = None) -> dict[str, Any]:
+        """Core-hours and GPU-hours of final tasks by user or node
+        ({"by", "since", "user", "rows": [...], "total": {...}}); `since` in epoch seconds."""
+        params: dict[str, str] = {"by": by}
+        if since is not None:
+            params["since"] = repr(float(since))
+        if user:
+            params["user"] = user
+        return await self._json("GET", "/api/usage", params=params)
+
     async def list_users(self) -> dict[str, Any]:
         return await self._json("GET", "/api/users")
 

@@ -7,6 +7,7 @@ API, so both refuse exactly the same things.
 
 from __future__ import annotations
 
+import datetime
 import posixpath
 import re
 
@@ -287,3 +288,37 @@ def format_duration(seconds: int | float | None) -> str:
         if count:
             text += f"{count}{unit}"
     return text
+
+
+_RELATIVE_SINCE = re.compile(r"([0-9]{1,6})([dhm])\Z", re.ASCII)
+# Nine digits at least (1973 on): a bare `7` is a forgotten unit, not 1970.
+_EPOCH = re.compile(r"[0-9]{9,12}(?:\.[0-9]{1,9})?\Z", re.ASCII)
+# fromisoformat reads far more (40 digits are a date); only YYYY-MM-DD[Thh:mm...] is meant.
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9:.+\-Z]{2,24})?\Z", re.ASCII)
+
+
+def parse_since(text: str, now: float) -> float:
+    """A point in time as epoch seconds, from what a user types for `--since`:
+
+    - relative: `7d`, `24h`, `90m` (that long before `now`);
+    - an ISO date or date-time: `2026-11-01`, `2026-11-01T12:00`; without an
+      offset it is this machine's local time (`2026-11-01T12:00+00:00` is UTC);
+    - epoch seconds, nine digits or more: `1793491200` (the API's form).
+
+    Raises ValidationError, saying which forms are read."""
+    spec = text.strip()
+    relative = _RELATIVE_SINCE.match(spec.lower())
+    if relative:
+        return now - int(relative.group(1)) * _DURATION_UNITS[relative.group(2)]
+    if _EPOCH.match(spec):
+        return float(spec)
+    try:
+        when = datetime.datetime.fromisoformat(spec).timestamp() if _ISO_DATE.match(spec) else None
+    except (ValueError, OverflowError, OSError):
+        when = None
+    if when is None:
+        raise ValidationError(
+            f"invalid date {text!r}: expected an ISO date (2026-11-01, 2026-11-01T12:00), "
+            "a time ago (7d, 24h, 90m) or epoch seconds"
+        )
+    return when

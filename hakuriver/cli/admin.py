@@ -10,6 +10,7 @@ hakuriver.admin user remove alice
 hakuriver.admin node forget node3                    # free a node name for a new runner
 hakuriver.admin node drain node3 --reason "kernel upgrade" --wait --timeout 3600
 hakuriver.admin node resume node3                    # place tasks there again
+hakuriver.admin usage --since 2026-11-01 --by node   # core-hours and GPU-hours of final tasks
 hakuriver.admin backup /safe/place/host.db           # an online copy of the Host database
 hakuriver.admin backup --into /var/backups/hakuriver --keep 7   # what the backup timer runs
 """
@@ -41,6 +42,7 @@ from .common import (
     print_json,
     printable,
     seconds_arg,
+    since_arg,
     table,
 )
 
@@ -169,6 +171,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", type=node_name_arg, metavar="NAME")
     p.set_defaults(func=_cmd_node_resume)
+
+    p = sub.add_parser(
+        "usage",
+        help="core-hours and GPU-hours of final tasks, by user or node",
+        description="Sum what final tasks used: a task's core-hours are its cores times the hours it ran "
+        "(start to end), its GPU-hours its GPUs times those hours. Tasks that never started count nothing. "
+        "With --since, only tasks that ended since then count, and only their time after it. An admin sees "
+        "everyone's usage; any other user sees only their own (and may not name another with --user).",
+        parents=parents,
+    )
+    p.add_argument(
+        "--since",
+        type=since_arg,
+        metavar="DATE",
+        help="only time since DATE: an ISO date or date-time in local time (2026-11-01, 2026-11-01T12:00), "
+        "or a time ago (7d, 24h, 90m)",
+    )
+    p.add_argument("--by", choices=("user", "node"), default="user", help="one row per user (default) or per node")
+    p.add_argument("--user", metavar="NAME", help="only this user's tasks")
+    p.set_defaults(func=_cmd_usage)
 
     p = sub.add_parser(
         "backup",
@@ -484,6 +506,48 @@ async def _cmd_backup(args: argparse.Namespace, connect: Connect) -> int:
             f"wrote {dest} ({result['bytes']} bytes, schema version {result['schema_version']}, "
             f"{result['seconds']:.1f}s){pruned}; it holds token hashes: keep it private"
         )
+    return EXIT_OK
+
+
+def format_hours(hours: float) -> str:
+    return f"{hours:.2f}"
+
+
+async def _cmd_usage(args: argparse.Namespace, connect: Connect) -> int:
+    async with connect() as host:
+        result = await host.usage(by=args.by, since=args.since, user=args.user)
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    since = f" since {format_time(result['since'])}" if result["since"] is not None else ""
+    if not result["rows"]:
+        print(f"no finished tasks{since}", file=sys.stderr)
+        return EXIT_OK
+    key = "USER" if result["by"] == "user" else "NODE"
+    none = "(before users)" if result["by"] == "user" else "(no node)"
+    rows = [
+        (
+            r["name"] or none,
+            r["tasks"],
+            format_hours(r["hours"]),
+            format_hours(r["core_hours"]),
+            format_hours(r["gpu_hours"]),
+        )
+        for r in result["rows"]
+    ]
+    total = result["total"]
+    rows.append(
+        (
+            "TOTAL",
+            total["tasks"],
+            format_hours(total["hours"]),
+            format_hours(total["core_hours"]),
+            format_hours(total["gpu_hours"]),
+        )
+    )
+    print(table((key, "TASKS", "HOURS", "CORE-HOURS", "GPU-HOURS"), rows))
+    if since:
+        print(f"(final tasks{since}; hours before then not counted)", file=sys.stderr)
     return EXIT_OK
 
 

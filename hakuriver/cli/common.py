@@ -39,6 +39,7 @@ from ..errors import ConfigError, HakuRiverError, ValidationError
 from ..ids import parse_id
 from ..logrepeats import CollapseRepeats
 from ..parsing import format_size as format_size  # re-exported: the CLIs import it from here
+from ..parsing import parse_since
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -548,3 +549,13 @@ def _service_tls(config: Any, log: logging.Logger) -> Any:
         config.tls.ca_file or "the system's trust store (tls.ca_file is empty)",
     )
     return server
+
+
+def since_arg(text: str) -> float:
+    """`--since DATE` for argparse: an ISO date or date-time (local time),
+    `7d`/`24h`/`90m` ago, or epoch seconds, as epoch seconds; a bad one is a
+    one-line usage error."""
+    try:
+        return parse_since(text, time.time())
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None

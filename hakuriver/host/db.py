@@ -195,6 +195,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE users ADD COLUMN max_gpus INTEGER;
     ALTER TABLE users ADD COLUMN max_running INTEGER;
     """,
+    # 9: accounting (`GET /api/usage`) sums final tasks that finished since a
+    # time; the index keeps that a range scan on a long history.
+    """
+    CREATE INDEX tasks_finished ON tasks(finished_at);
+    """,
 )
 """Migration N (1-based) is MIGRATIONS[N-1]. Append only; never edit a released one."""
 
@@ -210,6 +215,31 @@ _NODE_COLUMNS = (
     "identity_hash, order_token, capabilities_json, drained_at, drained_by, drained_reason"
 )
 _HOLDING_SQL = ",".join(f"'{s}'" for s in sorted(HOLDING_STATES))
+_FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL_STATES))
+
+USAGE_GROUPS = ("user", "node")
+"""What `Database.usage` can sum by: the task's owner or its node."""
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """The resources one owner (or node) used: `name` is None for tasks from
+    before users (by user) or that never had a node (by node)."""
+
+    name: str | None
+    tasks: int
+    core_hours: float
+    gpu_hours: float
+    hours: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "tasks": self.tasks,
+            "core_hours": round(self.core_hours, 6),
+            "gpu_hours": round(self.gpu_hours, 6),
+            "hours": round(self.hours, 6),
+        }
 
 
 def _split_sql(script: str) -> list[str]:
@@ -1179,6 +1209,40 @@ class Database(_Accounts):
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         return await self._fetch(
             f"SELECT {_TASK_COLUMNS} FROM tasks {clause}ORDER BY id DESC LIMIT ?", params, _task_from_row
+        )
+
+    async def usage(self, *, by: str = "user", since: float | None = None, owner: str | None = None) -> list[UsageRow]:
+        """What final tasks used, summed by owner or by node, largest
+        core-hours first: a task's hours are (finished - started) / 3600, its
+        core-hours cores x hours, its GPU-hours its GPUs (the ids it held, or
+        `gpu_count` if it holds none yet recorded) x hours. Only tasks that
+        both started and finished count (one cancelled while pending used
+        nothing). With `since`, only tasks that finished at or after it count,
+        and only their time after it: a month's usage holds the part of a long
+        task that ran in that month. With `owner`, only that user's tasks."""
+        if by not in USAGE_GROUPS:
+            raise ValueError(f"usage by {by!r}")
+        column = "owner" if by == "user" else "node"
+        start = "started_at" if since is None else "MAX(started_at, ?)"
+        params: list[Any] = [] if since is None else [float(since)]
+        where = [f"state IN ({_FINAL_SQL})", "started_at IS NOT NULL", "finished_at IS NOT NULL"]
+        if since is not None:
+            where.append("finished_at >= ?")
+            params.append(float(since))
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
+        # One aggregate over the rows; a clock step back (finished before
+        # started) counts as no time, never as negative hours.
+        sql = (
+            f"SELECT {column}, COUNT(*), SUM(cores * h), SUM(g * h), SUM(h) FROM ("
+            f" SELECT {column}, cores, MAX(json_array_length(gpus_json), gpu_count) AS g,"
+            f" MAX(finished_at - {start}, 0) / 3600.0 AS h"
+            f" FROM tasks WHERE {' AND '.join(where)})"
+            f" GROUP BY {column} ORDER BY 3 DESC, 1"
+        )
+        return await self._fetch(
+            sql, params, lambda _c, r: UsageRow(r[0], int(r[1]), float(r[2] or 0), float(r[3] or 0), float(r[4] or 0))
         )
 
     async def count_tasks_by_state(self) -> dict[TaskState, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import backup, environments, nodes, runners, tasks, users
+from . import backup, environments, nodes, runners, tasks, usage, users
 
 ROUTES = [
     web.post("/api/tasks", tasks.submit_tasks),
@@ -45,6 +45,7 @@ ROUTES = [
     web.patch("/api/users/{name}", users.update_user),
     web.delete("/api/users/{name}", users.remove_user),
     web.post("/api/users/{name}/tokens", users.issue_token),
+    web.get("/api/usage", usage.usage),
     web.get("/api/backup", backup.backup),
     web.post("/api/runner/register", runners.runner_register),
     web.post("/api/runner/heartbeat", runners.runner_heartbeat),
