@@ -257,8 +257,10 @@ class HostClient:
         limit: int = 100,
         before: int | str | None = None,
         user: str | None = None,
+        since: float | None = None,
     ) -> dict[str, Any]:
-        """Newest first. `state` is one state, "a,b", or a list. Returns
+        """Newest first. `state` is one state, "a,b", or a list; `since` (epoch
+        seconds): only tasks that finished at or after it. Returns
         {"tasks": [...], "next_before": id or None}: pass `next_before` as
         `before` for the next page."""
         params: dict[str, str] = {"limit": str(limit)}
@@ -268,6 +270,8 @@ class HostClient:
             params["node"] = node
         if user:
             params["user"] = user
+        if since is not None:
+            params["since"] = repr(float(since))
         if before is not None:
             params["before"] = task_id_str(before)
         return await self._json("GET", "/api/tasks", params=params)

@@ -2,6 +2,7 @@
 
     hakuriver.task submit --target node1:0 --cores 4 --memory 8G -- python train.py --lr 0.1
     hakuriver.task list --state running,pending
+    hakuriver.task history --user alice --since 7d
     hakuriver.task logs ID --follow
     hakuriver.task wait ID ID --timeout 600
 
@@ -54,6 +55,7 @@ from .common import (
     table,
     task_id_arg,
 )
+from .history import add_history
 
 PROG = "hakuriver.task"
 FOLLOW_INTERVAL = 0.5
@@ -79,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_submit(sub)
     _add_status(sub)
     _add_list(sub)
+    add_history(sub)
     _add_control(sub, "kill", "kill a task (pending, assigning, running or paused)")
     _add_control(sub, "pause", "pause a running task (it keeps its cores, memory and GPUs)")
     _add_control(sub, "resume", "resume a paused task")

@@ -1182,8 +1182,10 @@ class Database(_Accounts):
         *,
         batch_id: int | None = None,
         owner: str | None = None,
+        finished_since: float | None = None,
     ) -> list[Task]:
-        """Newest first. Page with `before_id=<last id of the previous page>`."""
+        """Newest first. Page with `before_id=<last id of the previous page>`.
+        With `finished_since`, only tasks that finished at or after it."""
         where: list[str] = []
         params: list[Any] = []
         if states is not None:
@@ -1201,6 +1203,9 @@ class Database(_Accounts):
         if owner is not None:
             where.append("owner=?")
             params.append(owner)
+        if finished_since is not None:
+            where.append("finished_at>=?")
+            params.append(float(finished_since))
         if before_id is not None:
             where.append("id<?")
             params.append(int(before_id))

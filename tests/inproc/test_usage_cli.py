@@ -13,6 +13,8 @@ import pytest
 import toml
 
 from hakuriver.cli import admin as admin_cli
+from hakuriver.cli import task as task_cli
+from hakuriver.cli.common import format_time
 from hakuriver.host.db import Database
 from tests.host.test_usage import HISTORY, T0, H
 
@@ -24,6 +26,16 @@ def _config(tmp_path: Path, cluster: ThreadedCluster, token: str, name: str) -> 
     data = {"network": {"host_port": int(cluster.url.rsplit(":", 1)[1])}, "auth": {"token": token}}
     path.write_text(toml.dumps(data))
     return path
+
+
+def columns(out: str) -> list[dict[str, str]]:
+    """A `table` read back by its header's column starts (cells may hold spaces);
+    the first row maps each header to itself."""
+    lines = out.splitlines()
+    starts = [i for i, ch in enumerate(lines[0]) if ch != " " and (i == 0 or lines[0][i - 1] == " ")]
+    names = lines[0].split()
+    bounds = list(zip(starts, starts[1:] + [None], strict=True))
+    return [{n: line[a:b].strip() for n, (a, b) in zip(names, bounds, strict=True)} for line in lines]
 
 
 def one_error_line(err: str) -> str:
@@ -118,3 +130,49 @@ def test_the_api_refuses_bad_query_values(history_cluster: ThreadedCluster) -> N
     assert status == 200 and body["rows"] == [], body
     status, _ = history_cluster.api("POST", "/api/usage")
     assert status == 405
+
+
+def test_history_lists_final_tasks_newest_first(history_cluster: ThreadedCluster, tmp_path: Path, capsys) -> None:
+    cluster = history_cluster
+    admin = _config(tmp_path, cluster, cluster.token, "admin")
+    # A running task is not history (yet).
+    cluster.add_runner("a")
+    status, running = cluster.api("POST", "/api/tasks", {"command": ["fake", "hang"]})
+    assert status == 201, running
+    cluster.wait_state(running["task_ids"][0], "running")
+
+    def run(*argv: str) -> int:
+        return task_cli.main(["--config", str(admin), "history", *argv])
+
+    assert run() == 0
+    out, _ = capsys.readouterr()
+    rows = columns(out)
+    assert list(rows[0]) == ["ID", "USER", "NODE", "CORES", "MEM", "GPUS", "START", "END", "DURATION", "STATE", "EXIT"]
+    # Newest first.
+    wanted = ("ID", "USER", "NODE", "CORES", "GPUS", "DURATION", "STATE", "EXIT")
+    assert [tuple(r[k] for k in wanted) for r in rows[1:]] == [
+        ("6", "bob", "-", "16", "-", "-", "cancelled", "-"),
+        ("4", "bob", "n1", "8", "-", "3h", "timeout", "-"),
+        ("3", "bob", "n2", "1", "1", "30m", "killed", "-"),
+        ("2", "alice", "n2", "2", "2", "1h", "failed", "-"),
+        ("1", "alice", "n1", "4", "-", "2h", "completed", "-"),
+    ]
+    assert rows[5]["START"] == format_time(T0) and rows[5]["END"] == format_time(T0 + 2 * H)
+    assert run("--user", "alice", "--since", str(int(T0 + 5 * H)), "--json") == 0
+    assert [t["task_id"] for t in json.loads(capsys.readouterr().out)["tasks"]] == ["2"]
+
+    # Paged like list.
+    assert run("--limit", "2") == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["6", "4"]
+    assert "history --before 4" in err
+    assert run("--limit", "2", "--before", "4") == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["3", "2"]
+
+    assert run("--since", "1d") == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("no final tasks since ")
+    assert run("--since", "last week") == 2
+    assert "invalid date 'last week'" in one_error_line(capsys.readouterr().err)
+    assert run("--user", "Not A Name") != 0
+    assert "invalid user name" in one_error_line(capsys.readouterr().err)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from typing import Any
 
 from aiohttp import web
@@ -12,7 +13,7 @@ from ... import naming
 from ...errors import NotFound, ValidationError
 from ...ids import parse_id
 from ...models import Task, TaskState
-from ...parsing import validate_node_name
+from ...parsing import parse_since, validate_node_name
 from ...safefiles import UnsafeFile
 from ...webapi import json_response, query_int, read_json_object, require_type
 from ..accounts import Principal, principal_of, require_owner_or_admin, validate_user_name
@@ -120,11 +121,15 @@ async def list_tasks(request: web.Request) -> web.Response:
     user = request.query.get("user") or None
     if user is not None:
         validate_user_name(user)
+    raw_since = request.query.get("since") or None
+    since = None if raw_since is None else parse_since(raw_since, time.time())
     limit = query_int(request, "limit", 100, minimum=1, maximum=MAX_LIST)
     before = request.query.get("before")
     before_id = parse_id(before) if before else None
     # One row more than asked tells whether an older page exists.
-    tasks = await request.app[DB].list_tasks(states=states, node=node, limit=limit + 1, before_id=before_id, owner=user)
+    tasks = await request.app[DB].list_tasks(
+        states=states, node=node, limit=limit + 1, before_id=before_id, owner=user, finished_since=since
+    )
     more = len(tasks) > limit
     tasks = tasks[:limit]
     await request.app[CLUSTER].describe_dependencies(tasks)
