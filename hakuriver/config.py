@@ -69,6 +69,9 @@ class PathsConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     db_file: str = ""
+    retain_days: int = 0
+    """Final tasks (and their log files) older than this many days are
+    purged (`host/retention.py`); 0 keeps them forever."""
 
 
 @dataclass(frozen=True)

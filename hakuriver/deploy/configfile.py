@@ -59,6 +59,7 @@ KEY_COMMENTS: dict[str, str] = {
     "paths.host_log_file": "Optional log file for the Host besides stderr/journald; empty: none.",
     "paths.runner_log_file": "Optional log file for the Runner besides stderr/journald; empty: none.",
     "database.db_file": "REQUIRED for the Host. SQLite file; its directory must exist.",
+    "database.retain_days": "Purge final tasks and their log files this many days after they end; 0: keep forever.",
     "timing.heartbeat_interval": "Seconds between Runner heartbeats.",
     "timing.heartbeat_timeout_factor": (
         "A node is offline after interval x factor seconds without a heartbeat (at least 2)."

@@ -31,6 +31,7 @@ from .dispatch import Dispatcher
 from .environments import EnvironmentManager
 from .keys import ACCOUNTS, CLUSTER, CONFIG, DB, DISPATCHER, ENVIRONMENTS, LIVENESS, RUNNERS
 from .liveness import Liveness
+from .retention import retention_loop
 from .runner_client import RunnerClient
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,15 @@ async def _cluster(app: web.Application) -> AsyncIterator[None]:
     await cluster.close()
 
 
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    """The periodic purge of old final tasks (`database.retain_days`; off at 0)."""
+    loop = asyncio.create_task(retention_loop(app[CONFIG], app[DB]), name="hakuriver-retention")
+    yield
+    loop.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loop
+
+
 async def _environments(app: web.Application) -> AsyncIterator[None]:
     manager = EnvironmentManager(app[CONFIG])
     await manager.start()
@@ -130,6 +140,6 @@ def create_app(config: Config) -> web.Application:
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONFIG] = config
-    app.cleanup_ctx.extend([_database, _accounts, _runner_client, _cluster, _environments])
+    app.cleanup_ctx.extend([_database, _accounts, _runner_client, _cluster, _retention, _environments])
     app.add_routes(ROUTES)
     return app

@@ -1250,6 +1250,35 @@ class Database(_Accounts):
             sql, params, lambda _c, r: UsageRow(r[0], int(r[1]), float(r[2] or 0), float(r[3] or 0), float(r[4] or 0))
         )
 
+    async def purge_final_tasks(self, finished_before: float, *, limit: int = 1000) -> list[int]:
+        """Delete up to `limit` final tasks that finished before
+        `finished_before`, oldest first, and their dependency rows; return
+        their ids. Never a task that is not final, and never one that a task
+        which is not final depends on (its waiter still reads it)."""
+
+        async def op(conn: aiosqlite.Connection) -> list[int]:
+            rows = await conn.execute_fetchall(
+                f"""SELECT id FROM tasks
+                    WHERE state IN ({_FINAL_SQL}) AND finished_at IS NOT NULL AND finished_at < ?
+                      AND id NOT IN (
+                        SELECT d.depends_on FROM task_dependencies d JOIN tasks w ON w.id = d.task_id
+                        WHERE w.state NOT IN ({_FINAL_SQL}))
+                    ORDER BY finished_at LIMIT ?""",
+                (float(finished_before), max(0, int(limit))),
+            )
+            ids = [int(r[0]) for r in rows]
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                await conn.execute(
+                    f"DELETE FROM task_dependencies WHERE task_id IN ({marks}) OR depends_on IN ({marks})",
+                    (*chunk, *chunk),
+                )
+                # The state guard again: nothing that is not final goes, whatever happened since.
+                await conn.execute(f"DELETE FROM tasks WHERE id IN ({marks}) AND state IN ({_FINAL_SQL})", tuple(chunk))
+            return ids
+
+        return await self._write(op, atomic=True)
+
     async def count_tasks_by_state(self) -> dict[TaskState, int]:
         """Every state with its count (0 included)."""
         rows = await self._fetch("SELECT state, COUNT(*) FROM tasks GROUP BY state", (), lambda _c, r: (r[0], r[1]))

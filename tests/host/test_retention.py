@@ -1,0 +1,104 @@
+"""Retention (`database.retain_days`, host/retention.py): old final tasks and
+their log files go; tasks that are not final, recent ones, tasks a waiting
+task depends on, and files a log link points to stay."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from hakuriver import naming
+from hakuriver.config import Config, config_from_dict
+from hakuriver.host.db import Database
+from hakuriver.host.retention import purge_once
+from hakuriver.models import TaskState
+from tests.host.test_usage import T0, H, task
+
+DAY = 24 * H
+NOW = T0 + 100 * DAY
+
+
+def config(tmp_path, retain_days: int) -> Config:
+    shared = tmp_path / "shared"
+    for sub in ("task_outputs", "task_errors"):
+        (shared / sub).mkdir(parents=True, exist_ok=True)
+    return config_from_dict(
+        {
+            "paths": {"shared_dir": str(shared)},
+            "database": {"db_file": str(tmp_path / "h.db"), "retain_days": retain_days},
+        }
+    )
+
+
+def write_logs(cfg: Config, *ids: int) -> None:
+    for task_id in ids:
+        for path in (
+            naming.stdout_path(cfg.paths.shared_dir, task_id),
+            naming.stderr_path(cfg.paths.shared_dir, task_id),
+        ):
+            with open(path, "w") as f:
+                f.write("log\n")
+
+
+async def test_a_purge_removes_only_old_final_tasks_and_their_logs(tmp_path):
+    cfg = config(tmp_path, retain_days=30)
+    db = await Database.open(cfg.database.db_file)
+    try:
+        old = NOW - 40 * DAY
+        tasks = [
+            task(1, "alice", "n1", TaskState.COMPLETED, start=old),  # old, final: goes
+            task(2, "alice", "n1", TaskState.FAILED, start=old, hours=2),  # old, final: goes
+            task(3, "bob", "n1", TaskState.COMPLETED, start=NOW - 10 * DAY),  # recent: stays
+            # Old but running (an end time on it, as a damaged row might have): stays.
+            dataclasses.replace(task(4, "bob", "n1", TaskState.RUNNING, start=old), finished_at=old + H),
+            task(5, "bob", None, TaskState.PENDING, hours=None, start=old),  # old but pending: stays
+            task(6, "bob", "n1", TaskState.COMPLETED, start=old),  # old, but task 7 waits on it: stays
+            dataclasses.replace(task(7, "bob", None, TaskState.PENDING, hours=None, start=old), after=[6]),
+        ]
+        await db.insert_tasks(tasks)
+        write_logs(cfg, *range(1, 8))
+        # A log that is a link to a file outside: the link goes, its target stays.
+        outside = tmp_path / "precious"
+        outside.write_text("keep me")
+        os.unlink(naming.stdout_path(cfg.paths.shared_dir, 2))
+        os.symlink(outside, naming.stdout_path(cfg.paths.shared_dir, 2))
+
+        assert sorted(await purge_once(cfg, db, now=NOW)) == [1, 2]
+        assert sorted(t.id for t in await db.list_tasks(limit=100)) == [3, 4, 5, 6, 7]
+        for task_id in (1, 2):
+            assert not os.path.lexists(naming.stdout_path(cfg.paths.shared_dir, task_id))
+            assert not os.path.lexists(naming.stderr_path(cfg.paths.shared_dir, task_id))
+        for task_id in range(3, 8):
+            assert os.path.exists(naming.stdout_path(cfg.paths.shared_dir, task_id))
+        assert outside.read_text() == "keep me"
+        assert (await db.dependencies_of([7])) == {7: [(6, "after")]}
+
+        # Nothing more to purge now; once task 7 is final, task 6 may go too.
+        assert await purge_once(cfg, db, now=NOW) == []
+        await db.transition(7, TaskState.CANCELLED, now=NOW - 35 * DAY)
+        assert sorted(await purge_once(cfg, db, now=NOW)) == [6, 7]
+        assert await db.dependencies_of([7]) == {}
+    finally:
+        await db.close()
+
+
+async def test_retain_days_zero_keeps_everything(tmp_path):
+    cfg = config(tmp_path, retain_days=0)
+    assert cfg.database.retain_days == 0
+    db = await Database.open(cfg.database.db_file)
+    try:
+        await db.insert_tasks([task(1, "alice", "n1", TaskState.COMPLETED, start=T0)])
+        assert await purge_once(cfg, db, now=NOW) == []
+        assert [t.id for t in await db.list_tasks()] == [1]
+    finally:
+        await db.close()
+
+
+def test_retain_days_must_be_a_whole_non_negative_number(tmp_path):
+    import pytest
+
+    from hakuriver.errors import ConfigError
+
+    for bad in (-1, "7d", 1.5):
+        with pytest.raises(ConfigError, match="retain_days"):
+            config(tmp_path, bad)  # type: ignore[arg-type]
