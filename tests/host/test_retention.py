@@ -4,6 +4,7 @@ task depends on, and files a log link points to stay."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -102,3 +103,40 @@ def test_retain_days_must_be_a_whole_non_negative_number(tmp_path):
     for bad in (-1, "7d", 1.5):
         with pytest.raises(ConfigError, match="retain_days"):
             config(tmp_path, bad)  # type: ignore[arg-type]
+
+
+async def test_the_loop_purges_at_start_and_survives_a_failed_purge(tmp_path, caplog):
+    import asyncio
+
+    from hakuriver.host.retention import retention_loop
+    from tests.harness.polling import apoll
+
+    cfg = config(tmp_path, retain_days=1)
+    db = await Database.open(cfg.database.db_file)
+    calls = 0
+    real = db.purge_final_tasks
+
+    async def flaky(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("disk on fire")
+        return await real(*args, **kwargs)
+
+    db.purge_final_tasks = flaky  # type: ignore[method-assign]
+    loop = None
+    try:
+        await db.insert_tasks([task(1, "alice", "n1", TaskState.COMPLETED, start=T0)])
+        loop = asyncio.create_task(retention_loop(cfg, db, interval=0.01))
+
+        async def purged() -> bool:
+            return calls >= 2 and await db.get_task(1) is None
+
+        await apoll(purged, timeout=10, what="the second purge")
+        assert "retention purge failed" in caplog.text
+    finally:
+        if loop is not None:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        await db.close()
