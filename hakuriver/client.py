@@ -208,8 +208,12 @@ class HostClient:
         time_limit: int | str | None = None,
         after: Iterable[int | str] | None = None,
         after_any: Iterable[int | str] | None = None,
+        array: str | None = None,
     ) -> dict[str, Any]:
         """Submit one task per target (or one auto-placed task).
+
+        `array`: an array spec (`0-99%8`, see `parsing.parse_array`): one task
+        per index in one batch, at most one target.
 
         `after`: task ids that must all end `completed` first; `after_any`: task
         ids that must all end, whichever way (see host/dependencies.py).
@@ -245,6 +249,8 @@ class HostClient:
             body["after"] = [task_id_str(t) for t in after]
         if after_any:
             body["after_any"] = [task_id_str(t) for t in after_any]
+        if array is not None:
+            body["array"] = array
         return await self._json("POST", "/api/tasks", body=body)
 
     async def get_task(self, task_id: int | str) -> dict[str, Any]:
@@ -257,8 +263,10 @@ class HostClient:
         limit: int = 100,
         before: int | str | None = None,
         user: str | None = None,
+        batch: int | str | None = None,
     ) -> dict[str, Any]:
-        """Newest first. `state` is one state, "a,b", or a list. Returns
+        """Newest first. `state` is one state, "a,b", or a list; `batch`: only
+        the tasks of this batch. Returns
         {"tasks": [...], "next_before": id or None}: pass `next_before` as
         `before` for the next page."""
         params: dict[str, str] = {"limit": str(limit)}
@@ -270,7 +278,24 @@ class HostClient:
             params["user"] = user
         if before is not None:
             params["before"] = task_id_str(before)
+        if batch is not None:
+            params["batch"] = task_id_str(batch)
         return await self._json("GET", "/api/tasks", params=params)
+
+    async def batch_task_ids(self, batch_id: int | str) -> list[str]:
+        """The ids of every task of a batch, oldest first (paged; empty: no such batch)."""
+        ids: list[str] = []
+        before: str | None = None
+        while True:
+            page = await self.list_tasks(limit=1000, before=before, batch=batch_id)
+            ids.extend(str(t["task_id"]) for t in page["tasks"])
+            before = page.get("next_before")
+            if not before:
+                return sorted(ids, key=int)
+
+    async def kill_batch(self, batch_id: int | str) -> dict[str, Any]:
+        """Kill every task of a batch that has not ended: {"batch_id", "killed": [ids], "tasks": [...]}."""
+        return await self._json("POST", f"/api/batches/{task_id_str(batch_id)}/kill")
 
     async def kill(self, task_id: int | str) -> dict[str, Any]:
         return await self._json("POST", f"/api/tasks/{task_id_str(task_id)}/kill")

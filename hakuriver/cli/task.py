@@ -23,7 +23,9 @@ from ..client import ApiError, HostClient, is_final
 from ..errors import HakuRiverError, HostUnreachable, ValidationError
 from ..models import SYSTEMD_CONTAINER, TaskState
 from ..parsing import (
+    format_array,
     format_duration,
+    parse_array,
     parse_cores,
     parse_duration,
     parse_env,
@@ -79,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_submit(sub)
     _add_status(sub)
     _add_list(sub)
-    _add_control(sub, "kill", "kill a task (pending, assigning, running or paused)")
+    _add_control(
+        sub,
+        "kill",
+        "kill a task (pending, assigning, running or paused), or given a batch id every task of the batch "
+        "that has not ended",
+    )
     _add_control(sub, "pause", "pause a running task (it keeps its cores, memory and GPUs)")
     _add_control(sub, "resume", "resume a paused task")
     _add_logs(sub)
@@ -172,6 +179,13 @@ def _add_submit(sub: Any) -> None:
         metavar="ID[,ID...]",
         help="start only after every named task ended, however it ended (repeatable; with --after, both must hold)",
     )
+    p.add_argument(
+        "--array",
+        metavar="SPEC",
+        help="submit one task per index, in one batch: 0-99, 0-99:2 (step), 1,3,5, and %%N for at most N "
+        "running at once (0-99%%8); each task gets HAKURIVER_ARRAY_INDEX and HAKURIVER_BATCH_ID; "
+        "at most one --target",
+    )
     p.add_argument("--wait", action="store_true", help="wait until every task has ended and print a summary")
     p.add_argument(
         "--wait-timeout",
@@ -229,6 +243,9 @@ def submit_request(args: argparse.Namespace) -> dict[str, Any]:
             "give GPUs either as a count (--gpus) for automatic placement or as ids in --target (node::0,1), not both"
         )
     time_limit = parse_duration(args.time) if args.time is not None else None
+    array = format_array(parse_array(args.array)) if args.array is not None else None
+    if array is not None and len(targets) > 1:
+        raise ValidationError("an array runs on one target or is placed automatically: give at most one --target")
     after, after_any = _flat_ids(args.after), _flat_ids(args.after_any)
     if len(set(after) | set(after_any)) > MAX_DEPENDENCIES:
         raise ValidationError(f"too many dependencies; at most {MAX_DEPENDENCIES} in --after and --after-any together")
@@ -245,6 +262,7 @@ def submit_request(args: argparse.Namespace) -> dict[str, Any]:
         "gpus": args.gpus or None,
         "after": after or None,
         "after_any": after_any or None,
+        "array": array,
     }
 
 
@@ -301,6 +319,8 @@ def describe_task(task: dict[str, Any]) -> str:
     rows = [
         ("task", task.get("task_id")),
         ("batch", task.get("batch_id")),
+        ("array index", task.get("array_index")),
+        ("array limit", task.get("array_max_running")),
         ("state", task.get("state")),
         ("position", task.get("position")),
         ("waiting", task.get("pending_reason")),
@@ -352,10 +372,12 @@ def _add_list(sub: Any) -> None:
         help="only these states: "
         + ", ".join(s.value for s in TaskState)
         + ". With --state pending: the queue in order, each task's place in it (POS) and why it waits "
-        "(REASON: limit: a per-user limit, reserved: the protected head of the queue, resources: no room, "
+        "(REASON: limit: a per-user limit or an array's %%N, reserved: the protected head of the queue, "
+        "resources: no room, "
         "node offline, position: behind an earlier task)",
     )
     p.add_argument("--node", metavar="NODE", help="only tasks placed on this node")
+    p.add_argument("--batch", type=task_id_arg, metavar="BATCH_ID", help="only the tasks of this batch (an --array)")
     p.add_argument(
         "--limit",
         type=positive_int_arg,
@@ -383,7 +405,9 @@ async def _cmd_list(args: argparse.Namespace, connect: Connect) -> int:
     if args.limit > MAX_LIST_LIMIT:
         raise UsageError(f"--limit must be at most {MAX_LIST_LIMIT}")
     async with connect() as host:
-        result = await host.list_tasks(state=states, node=args.node, limit=args.limit, before=args.before)
+        result = await host.list_tasks(
+            state=states, node=args.node, limit=args.limit, before=args.before, batch=args.batch
+        )
     if args.json:
         print_json(result)
         return EXIT_OK
@@ -441,7 +465,24 @@ def _add_control(sub: Any, action: str, help_text: str) -> None:
 async def control_task(args: argparse.Namespace, connect: Connect, action: str) -> int:
     async with connect() as host:
         method = {"kill": host.kill, "pause": host.pause, "resume": host.resume}[action]
-        task = await method(args.task_id)
+        try:
+            task = await method(args.task_id)
+        except ApiError as exc:
+            # Task and batch ids come from one sequence, so an id that is no
+            # task may be a batch: `kill BATCH_ID` kills all of it.
+            if action != "kill" or exc.status != 404:
+                raise
+            try:
+                killed = await host.kill_batch(args.task_id)
+            except ApiError as batch_exc:
+                if batch_exc.status != 404:
+                    raise
+                raise exc from None
+            if args.json:
+                print_json(killed)
+            else:
+                print(_summary(killed["tasks"]))
+            return EXIT_OK
     if args.json:
         print_json(task)
     else:
@@ -558,14 +599,20 @@ def _add_wait(sub: Any) -> None:
         epilog=WAIT_EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("task_ids", type=task_id_arg, nargs="+", metavar="ID")
+    p.add_argument(
+        "task_ids", type=task_id_arg, nargs="+", metavar="ID", help="task ids, or batch ids for all of their tasks"
+    )
     p.add_argument("--timeout", type=seconds_arg, metavar="SECONDS", help="give up after this long (default: never)")
     p.set_defaults(func=_cmd_wait)
 
 
 async def _cmd_wait(args: argparse.Namespace, connect: Connect) -> int:
     async with connect() as host:
-        waited = await host.wait(args.task_ids, timeout=args.timeout)
+        ids: list[str] = []
+        for given in args.task_ids:
+            # A batch id stands for every task of its batch; any other id is a task's.
+            ids.extend(await host.batch_task_ids(given) or [given])
+        waited = await host.wait(ids, timeout=args.timeout)
     if args.json:
         print_json(waited)
     else:

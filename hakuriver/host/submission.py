@@ -14,7 +14,15 @@ from ..config import Config
 from ..errors import ValidationError
 from ..ids import parse_id
 from ..models import SYSTEMD_CONTAINER, Mount, TaskRequest
-from ..parsing import parse_cores, parse_duration, parse_mount, parse_size, parse_target, validate_container
+from ..parsing import (
+    parse_array,
+    parse_cores,
+    parse_duration,
+    parse_mount,
+    parse_size,
+    parse_target,
+    validate_container,
+)
 from ..policy import (
     MAX_DEPENDENCIES,
     MAX_TARGETS,
@@ -41,6 +49,7 @@ SUBMIT_FIELDS = frozenset(
         "time_limit",
         "after",
         "after_any",
+        "array",
     }
 )
 
@@ -92,6 +101,12 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
     if len(set(after) | set(after_any)) > MAX_DEPENDENCIES:
         raise ValidationError(f"too many dependencies; at most {MAX_DEPENDENCIES} in 'after' and 'after_any' together")
 
+    # `array`: the `--array` spec as text ("0-99%8"), parsed here like the CLI does.
+    array_raw = require_type(data, "array", str, required=False)
+    array = parse_array(array_raw) if array_raw is not None else None
+    if array is not None and len(targets) > 1:
+        raise ValidationError("an array runs on one target or is placed automatically: give at most one target")
+
     return TaskRequest(
         command=command,
         cores=cores,
@@ -105,6 +120,8 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
         time_limit=time_limit,
         after=after,
         after_any=after_any,
+        array=array.indices if array is not None else (),
+        array_max_running=array.max_running if array is not None else 0,
     )
 
 
