@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from hakuriver.errors import ValidationError
 from hakuriver.parsing import MAX_ARRAY_TASKS, ArraySpec, format_array, parse_array
+from hakuriver.runner.executors.base import LaunchSpec
+from hakuriver.runrequest import RunRequest
 
 
 @pytest.mark.parametrize(
@@ -60,3 +64,41 @@ def test_bounded_count() -> None:
 def test_format_round_trips() -> None:
     for spec in ("0-3,5,7-8%2", "1,3,5", "0-99"):
         assert format_array(parse_array(spec)) == spec
+
+
+def test_run_requests_carry_the_array_as_version_3() -> None:
+    plain = RunRequest(task_id=5, command=("true",), container="env")
+    assert plain.to_json()["version"] == 1 and "array_index" not in plain.to_json()
+    array = RunRequest(task_id=5, command=("true",), container="env", batch_id=4, array_index=7)
+    data = json.loads(json.dumps(array.to_json()))
+    assert (data["version"], data["array_index"], data["batch_id"]) == (3, 7, "4")
+    back = RunRequest.from_json(data)
+    assert (back.batch_id, back.array_index) == (4, 7)
+    for bad, words in (
+        ({**data, "version": 2}, "version 3"),
+        ({**data, "array_index": -1}, "array_index"),
+        ({**data, "array_index": "7"}, "array_index"),
+        ({**data, "batch_id": "x"}, "x"),
+    ):
+        with pytest.raises(ValidationError, match=words):
+            RunRequest.from_json(bad)
+
+
+def test_the_runner_sets_the_array_variables_after_the_users_env() -> None:
+    spec = LaunchSpec(
+        task_id=7,
+        command=("true",),
+        env={"A": "1"},
+        stdout_path="/s/o",
+        stderr_path="/s/e",
+        shared_dir="/s",
+        local_temp_dir="/t",
+        batch_id=3,
+        array_index=0,
+    )
+    assert spec.task_env() == {
+        "A": "1",
+        "HAKURIVER_TASK_ID": "7",
+        "HAKURIVER_ARRAY_INDEX": "0",
+        "HAKURIVER_BATCH_ID": "3",
+    }
