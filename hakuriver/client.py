@@ -283,14 +283,19 @@ class HostClient:
         return await self._json("GET", "/api/tasks", params=params)
 
     async def batch_task_ids(self, batch_id: int | str) -> list[str]:
-        """The ids of every task of a batch, oldest first (paged; empty: no such batch)."""
+        """The ids of every task of a batch, oldest first (paged; empty: no such batch).
+
+        Checked here too: a Host from before batches ignores `batch=` and lists
+        every task, and the first page with none of the batch ends the search."""
+        batch = task_id_str(batch_id)
         ids: list[str] = []
         before: str | None = None
         while True:
-            page = await self.list_tasks(limit=1000, before=before, batch=batch_id)
-            ids.extend(str(t["task_id"]) for t in page["tasks"])
+            page = await self.list_tasks(limit=1000, before=before, batch=batch)
+            mine = [str(t["task_id"]) for t in page["tasks"] if str(t.get("batch_id")) == batch]
+            ids.extend(mine)
             before = page.get("next_before")
-            if not before:
+            if not before or not mine:
                 return sorted(ids, key=int)
 
     async def kill_batch(self, batch_id: int | str) -> dict[str, Any]:

@@ -319,8 +319,6 @@ def describe_task(task: dict[str, Any]) -> str:
     rows = [
         ("task", task.get("task_id")),
         ("batch", task.get("batch_id")),
-        ("array index", task.get("array_index")),
-        ("array limit", task.get("array_max_running")),
         ("state", task.get("state")),
         ("position", task.get("position")),
         ("waiting", task.get("pending_reason")),
@@ -346,6 +344,8 @@ def describe_task(task: dict[str, Any]) -> str:
         ("started", format_time(task.get("started_at"))),
         ("finished", format_time(task.get("finished_at"))),
     ]
+    if task.get("array_index") is not None:  # only for array tasks: other tasks' layout stays as it was
+        rows[2:2] = [("array index", task["array_index"]), ("array limit", task.get("array_max_running"))]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {'-' if v is None or v == '' else v}" for k, v in rows)
 
