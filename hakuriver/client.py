@@ -209,11 +209,14 @@ class HostClient:
         after: Iterable[int | str] | None = None,
         after_any: Iterable[int | str] | None = None,
         array: str | None = None,
+        sweep: bool = False,
     ) -> dict[str, Any]:
         """Submit one task per target (or one auto-placed task).
 
         `array`: an array spec (`0-99%8`, see `parsing.parse_array`): one task
-        per index in one batch, at most one target.
+        per index in one batch, at most one target. `sweep`: the command's
+        `span:{A..B}` / `span:[a,b]` words make one task per combination (an
+        array; `array` may then only be `%N`).
 
         `after`: task ids that must all end `completed` first; `after_any`: task
         ids that must all end, whichever way (see host/dependencies.py).
@@ -251,6 +254,8 @@ class HostClient:
             body["after_any"] = [task_id_str(t) for t in after_any]
         if array is not None:
             body["array"] = array
+        if sweep:
+            body["sweep"] = True
         return await self._json("POST", "/api/tasks", body=body)
 
     async def get_task(self, task_id: int | str) -> dict[str, Any]:

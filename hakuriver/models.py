@@ -185,6 +185,8 @@ class TaskRequest:
     """Array indices (`--array`): one task per index, in one batch; empty: no array."""
     array_max_running: int = 0
     """At most this many tasks of the array hold resources at once (`%N`); 0: no limit."""
+    commands: tuple[tuple[str, ...], ...] = ()
+    """A sweep's commands, one per array index (`array` is then 0..n-1); empty: every task runs `command`."""
 
 
 @dataclass

@@ -7,6 +7,7 @@ API, so both refuse exactly the same things.
 
 from __future__ import annotations
 
+import itertools
 import posixpath
 import re
 from typing import NamedTuple
@@ -371,3 +372,52 @@ def format_array(spec: ArraySpec) -> str:
             parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
         run = [index]
     return ",".join(parts) + (f"%{spec.max_running}" if spec.max_running else "")
+
+
+_SPAN_RANGE = re.compile(r"span:\{(-?[0-9]{1,9})\.\.(-?[0-9]{1,9})\}\Z", re.ASCII)
+_SPAN_LIST = re.compile(r"span:\[(.*)\]\Z", re.DOTALL)
+
+
+def _span_values(word: str) -> list[str] | None:
+    """The values of one `span:` word, or None when the word is no span."""
+    match = _SPAN_RANGE.match(word)
+    if match:
+        first, last = int(match.group(1)), int(match.group(2))
+        if last < first:
+            raise ValidationError(f"invalid sweep {word!r}: the range ends before it starts")
+        if last - first >= MAX_ARRAY_TASKS:
+            raise ValidationError(f"invalid sweep {word!r}: more than {MAX_ARRAY_TASKS} values")
+        return [str(v) for v in range(first, last + 1)]
+    match = _SPAN_LIST.match(word)
+    if match:
+        values = match.group(1).split(",")
+        if not all(values):
+            raise ValidationError(f"invalid sweep {word!r}: expected span:[a,b,...] with no empty value")
+        return values
+    if word.startswith("span:{") or word.startswith("span:["):
+        raise ValidationError(f"invalid sweep {word!r}: expected span:{{A..B}} (integers) or span:[a,b,...]")
+    return None
+
+
+def parse_sweep_limit(text: str) -> int:
+    """The `%N` that is all an array spec may say beside a sweep (the sweep gives the indices)."""
+    if not isinstance(text, str) or not text.startswith("%"):
+        raise ValidationError(f"invalid array {text!r} with a sweep: the sweep makes the indices, give only %N")
+    return parse_array("0" + text).max_running
+
+
+def expand_sweep(command: list[str] | tuple[str, ...]) -> list[list[str]]:
+    """HakuRiver 0.3's `hakurun` sweep: every argv word `span:{A..B}` (integers,
+    both ends included) or `span:[a,b,...]` stands for each of its values, and
+    the command becomes one command per combination (the first span varies
+    slowest). Combination number k is array index k. A command without spans
+    is itself. At most `MAX_ARRAY_TASKS` combinations. Raises ValidationError."""
+    options: list[list[str]] = []
+    total = 1
+    for word in command:
+        values = _span_values(word) if isinstance(word, str) else None
+        options.append(values if values is not None else [word])
+        total *= len(options[-1])
+        if total > MAX_ARRAY_TASKS:
+            raise ValidationError(f"invalid sweep: more than {MAX_ARRAY_TASKS} combinations")
+    return [list(combination) for combination in itertools.product(*options)]

@@ -23,6 +23,7 @@ from ..client import ApiError, HostClient, is_final
 from ..errors import HakuRiverError, HostUnreachable, ValidationError
 from ..models import SYSTEMD_CONTAINER, TaskState
 from ..parsing import (
+    expand_sweep,
     format_array,
     format_duration,
     parse_array,
@@ -31,6 +32,7 @@ from ..parsing import (
     parse_env,
     parse_mount,
     parse_size,
+    parse_sweep_limit,
     parse_target,
     validate_container,
     validate_node_name,
@@ -186,6 +188,13 @@ def _add_submit(sub: Any) -> None:
         "running at once (0-99%%8); each task gets HAKURIVER_ARRAY_INDEX and HAKURIVER_BATCH_ID; "
         "at most one --target",
     )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="HakuRiver 0.3's hakurun sweep: each command word span:{A..B} (integers, both included) or "
+        "span:[a,b,...] stands for each of its values, and one task runs per combination, as an array "
+        "(index = combination number, the first span varying slowest); --array may then give only %%N",
+    )
     p.add_argument("--wait", action="store_true", help="wait until every task has ended and print a summary")
     p.add_argument(
         "--wait-timeout",
@@ -243,7 +252,13 @@ def submit_request(args: argparse.Namespace) -> dict[str, Any]:
             "give GPUs either as a count (--gpus) for automatic placement or as ids in --target (node::0,1), not both"
         )
     time_limit = parse_duration(args.time) if args.time is not None else None
-    array = format_array(parse_array(args.array)) if args.array is not None else None
+    if args.sweep:
+        if not any(word.startswith("span:") for word in command):
+            raise ValidationError("--sweep needs a span:{A..B} or span:[a,b,...] word in the command")
+        expand_sweep(command)  # the Host expands it; this checks it first
+        array = f"%{parse_sweep_limit(args.array)}" if args.array is not None else None
+    else:
+        array = format_array(parse_array(args.array)) if args.array is not None else None
     if array is not None and len(targets) > 1:
         raise ValidationError("an array runs on one target or is placed automatically: give at most one --target")
     after, after_any = _flat_ids(args.after), _flat_ids(args.after_any)
@@ -263,6 +278,7 @@ def submit_request(args: argparse.Namespace) -> dict[str, Any]:
         "after": after or None,
         "after_any": after_any or None,
         "array": array,
+        "sweep": True if args.sweep else None,
     }
 
 

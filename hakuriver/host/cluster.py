@@ -207,7 +207,7 @@ class Cluster:
                 id=self.ids.next(),
                 batch_id=batch_id,
                 state=TaskState.PENDING,
-                command=list(req.command),
+                command=list(req.commands[index] if req.commands and index is not None else req.command),
                 cores=req.cores,
                 memory=req.memory,
                 container=req.container,

@@ -15,11 +15,14 @@ from ..errors import ValidationError
 from ..ids import parse_id
 from ..models import SYSTEMD_CONTAINER, Mount, TaskRequest
 from ..parsing import (
+    ArraySpec,
+    expand_sweep,
     parse_array,
     parse_cores,
     parse_duration,
     parse_mount,
     parse_size,
+    parse_sweep_limit,
     parse_target,
     validate_container,
 )
@@ -50,6 +53,7 @@ SUBMIT_FIELDS = frozenset(
         "after",
         "after_any",
         "array",
+        "sweep",
     }
 )
 
@@ -103,7 +107,16 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
 
     # `array`: the `--array` spec as text ("0-99%8"), parsed here like the CLI does.
     array_raw = require_type(data, "array", str, required=False)
-    array = parse_array(array_raw) if array_raw is not None else None
+    commands: tuple[tuple[str, ...], ...] = ()
+    if require_type(data, "sweep", bool, required=False, default=False):
+        # HakuRiver 0.3's hakurun sweep: span: words make the array's commands.
+        if not any(word.startswith("span:") for word in command):
+            raise ValidationError("'sweep' needs a span:{A..B} or span:[a,b,...] word in the command")
+        commands = tuple(tuple(c) for c in expand_sweep(command))
+        limit = parse_sweep_limit(array_raw) if array_raw is not None else 0
+        array: ArraySpec | None = ArraySpec(tuple(range(len(commands))), limit)
+    else:
+        array = parse_array(array_raw) if array_raw is not None else None
     if array is not None and len(targets) > 1:
         raise ValidationError("an array runs on one target or is placed automatically: give at most one target")
 
@@ -122,6 +135,7 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
         after_any=after_any,
         array=array.indices if array is not None else (),
         array_max_running=array.max_running if array is not None else 0,
+        commands=commands,
     )
 
 

@@ -137,6 +137,7 @@ def test_submit_request_omits_defaults():
         "after": None,
         "after_any": None,
         "array": None,
+        "sweep": None,
     }
 
 
@@ -151,6 +152,19 @@ def test_submit_request_takes_an_array_and_checks_it_locally():
     args = task_cli.build_parser().parse_args(["submit", "--array", "1,1", "--", "true"])
     with pytest.raises(ValidationError, match="index 1 is repeated"):
         task_cli.submit_request(args)
+
+
+def test_submit_request_checks_a_sweep_locally():
+    args = task_cli.build_parser().parse_args(["submit", "--sweep", "--array", "%2", "--", "run", "span:{1..3}"])
+    req = task_cli.submit_request(args)
+    assert (req["sweep"], req["array"], req["command"]) == (True, "%2", ["run", "span:{1..3}"])
+    for argv, words in (
+        (["submit", "--sweep", "--", "run", "1"], "needs a span"),
+        (["submit", "--sweep", "--array", "0-3", "--", "run", "span:[a]"], "give only %N"),
+        (["submit", "--sweep", "--", "run", "span:{3..1}"], "ends before it starts"),
+    ):
+        with pytest.raises(ValidationError, match=words):
+            task_cli.submit_request(task_cli.build_parser().parse_args(argv))
 
 
 def test_list_takes_a_batch_id():

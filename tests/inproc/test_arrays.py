@@ -80,6 +80,31 @@ async def test_killing_a_batch_kills_pending_members_before_running_ones(inproc:
     assert all(t["started_at"] is None for t in killed["tasks"][1:])
 
 
+async def test_a_sweep_runs_one_task_per_combination(inproc: InProcCluster) -> None:
+    runner = await inproc.add_runner("n1")
+    reply = await inproc.client.submit(["fake", "exit", "span:{0..1}", "span:[x,y]"], sweep=True, array="%1")
+    ids = reply["task_ids"]
+    assert [t["command"] for t in reply["tasks"]] == [
+        ["fake", "exit", "0", "x"],
+        ["fake", "exit", "0", "y"],
+        ["fake", "exit", "1", "x"],
+        ["fake", "exit", "1", "y"],
+    ]
+    assert [t["array_index"] for t in reply["tasks"]] == [0, 1, 2, 3]
+    done = (await inproc.client.wait(ids, timeout=20))["tasks"]
+    assert [t["state"] for t in done] == ["completed", "completed", "failed", "failed"]
+    for t in done:
+        spec = runner.docker.specs[int(t["task_id"])]
+        assert list(spec.command) == t["command"]
+        assert spec.task_env()["HAKURIVER_ARRAY_INDEX"] == str(t["array_index"])
+    # %1: one at a time, so each started after the one before ended.
+    for before, after in zip(done, done[1:], strict=False):
+        assert before["finished_at"] <= after["started_at"]
+    with pytest.raises(ApiError) as no_span:
+        await inproc.client.submit(["true"], sweep=True)
+    assert no_span.value.status == 400 and "needs a span" in no_span.value.message
+
+
 async def test_bad_arrays_are_refused_with_the_reason(inproc: InProcCluster) -> None:
     await inproc.add_runner("n1")
     for spec, words in (("5-3", "ends before it starts"), ("0-3%0", "at least 1"), ("0-99999", "more than 10000")):

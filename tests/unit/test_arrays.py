@@ -7,7 +7,14 @@ import json
 import pytest
 
 from hakuriver.errors import ValidationError
-from hakuriver.parsing import MAX_ARRAY_TASKS, ArraySpec, format_array, parse_array
+from hakuriver.parsing import (
+    MAX_ARRAY_TASKS,
+    ArraySpec,
+    expand_sweep,
+    format_array,
+    parse_array,
+    parse_sweep_limit,
+)
 from hakuriver.runner.executors.base import LaunchSpec
 from hakuriver.runrequest import RunRequest
 
@@ -64,6 +71,40 @@ def test_bounded_count() -> None:
 def test_format_round_trips() -> None:
     for spec in ("0-3,5,7-8%2", "1,3,5", "0-99"):
         assert format_array(parse_array(spec)) == spec
+
+
+def test_a_sweep_expands_every_combination_first_span_slowest() -> None:
+    assert expand_sweep(["run", "span:[a,b]", "--n", "span:{1..2}"]) == [
+        ["run", "a", "--n", "1"],
+        ["run", "a", "--n", "2"],
+        ["run", "b", "--n", "1"],
+        ["run", "b", "--n", "2"],
+    ]
+    assert expand_sweep(["run", "x"]) == [["run", "x"]]
+    assert expand_sweep(["span:{-1..1}"]) == [["-1"], ["0"], ["1"]]
+    assert expand_sweep(["span:[only]", "span:rest"]) == [["only", "span:rest"]]
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        (["span:{2..1}"], "ends before it starts"),
+        (["span:[a,,b]"], "no empty value"),
+        (["span:{1..x}"], "expected span"),
+        (["span:{0..99}", "span:{0..99}", "span:[a,b]"], "more than 10000 combinations"),
+        (["span:{0..20000}"], "more than 10000 values"),
+    ],
+)
+def test_bad_sweeps_are_refused(command: list[str], words: str) -> None:
+    with pytest.raises(ValidationError, match=words):
+        expand_sweep(command)
+
+
+def test_a_sweep_limit_is_only_percent_n() -> None:
+    assert parse_sweep_limit("%3") == 3
+    for bad in ("3", "0-3%2", "%0", "%x"):
+        with pytest.raises(ValidationError):
+            parse_sweep_limit(bad)
 
 
 def test_run_requests_carry_the_array_as_version_3() -> None:
