@@ -208,8 +208,15 @@ class HostClient:
         time_limit: int | str | None = None,
         after: Iterable[int | str] | None = None,
         after_any: Iterable[int | str] | None = None,
+        array: str | None = None,
+        sweep: bool = False,
     ) -> dict[str, Any]:
         """Submit one task per target (or one auto-placed task).
+
+        `array`: an array spec (`0-99%8`, see `parsing.parse_array`): one task
+        per index in one batch, at most one target. `sweep`: the command's
+        `span:{A..B}` / `span:[a,b]` words make one task per combination (an
+        array; `array` may then only be `%N`).
 
         `after`: task ids that must all end `completed` first; `after_any`: task
         ids that must all end, whichever way (see host/dependencies.py).
@@ -245,6 +252,10 @@ class HostClient:
             body["after"] = [task_id_str(t) for t in after]
         if after_any:
             body["after_any"] = [task_id_str(t) for t in after_any]
+        if array is not None:
+            body["array"] = array
+        if sweep:
+            body["sweep"] = True
         return await self._json("POST", "/api/tasks", body=body)
 
     async def get_task(self, task_id: int | str) -> dict[str, Any]:
@@ -258,9 +269,11 @@ class HostClient:
         before: int | str | None = None,
         user: str | None = None,
         since: float | None = None,
+        batch: int | str | None = None,
     ) -> dict[str, Any]:
         """Newest first. `state` is one state, "a,b", or a list; `since` (epoch
-        seconds): only tasks that finished at or after it. Returns
+        seconds): only tasks that finished at or after it; `batch`: only the
+        tasks of this batch. Returns
         {"tasks": [...], "next_before": id or None}: pass `next_before` as
         `before` for the next page."""
         params: dict[str, str] = {"limit": str(limit)}
@@ -274,7 +287,29 @@ class HostClient:
             params["since"] = repr(float(since))
         if before is not None:
             params["before"] = task_id_str(before)
+        if batch is not None:
+            params["batch"] = task_id_str(batch)
         return await self._json("GET", "/api/tasks", params=params)
+
+    async def batch_task_ids(self, batch_id: int | str) -> list[str]:
+        """The ids of every task of a batch, oldest first (paged; empty: no such batch).
+
+        Checked here too: a Host from before batches ignores `batch=` and lists
+        every task, and the first page with none of the batch ends the search."""
+        batch = task_id_str(batch_id)
+        ids: list[str] = []
+        before: str | None = None
+        while True:
+            page = await self.list_tasks(limit=1000, before=before, batch=batch)
+            mine = [str(t["task_id"]) for t in page["tasks"] if str(t.get("batch_id")) == batch]
+            ids.extend(mine)
+            before = page.get("next_before")
+            if not before or not mine:
+                return sorted(ids, key=int)
+
+    async def kill_batch(self, batch_id: int | str) -> dict[str, Any]:
+        """Kill every task of a batch that has not ended: {"batch_id", "killed": [ids], "tasks": [...]}."""
+        return await self._json("POST", f"/api/batches/{task_id_str(batch_id)}/kill")
 
     async def kill(self, task_id: int | str) -> dict[str, Any]:
         return await self._json("POST", f"/api/tasks/{task_id_str(task_id)}/kill")

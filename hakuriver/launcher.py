@@ -110,6 +110,8 @@ REQUEST_FIELDS = frozenset(
         "runner",
         "time_limit",
         "timeout_grace",
+        "array_index",
+        "batch_id",
     }
 )
 REQUIRED_FIELDS = frozenset({"task_id", "user", "command", "shared_dir", "local_temp_dir"})
@@ -463,6 +465,16 @@ def _int_field(req, key, low, high):
     return value
 
 
+def _array_env(req):
+    """HAKURIVER_ARRAY_INDEX and HAKURIVER_BATCH_ID of an array task (else nothing)."""
+    array_index = _int_field(req, "array_index", 0, 1_000_000)
+    if array_index is None:
+        if req.get("batch_id") is not None:
+            raise Refused("batch_id is only given with array_index")
+        return {}
+    return {"HAKURIVER_ARRAY_INDEX": str(array_index), "HAKURIVER_BATCH_ID": str(parse_task_id(req.get("batch_id")))}
+
+
 def validate_request(req, cfg, *, accounts=SYSTEM_ACCOUNTS, node_exists=None):
     """Check a start request against the allow-list and build its TaskPlan. Pure
     apart from the account and NUMA look-ups, which tests replace."""
@@ -547,6 +559,7 @@ def validate_request(req, cfg, *, accounts=SYSTEM_ACCOUNTS, node_exists=None):
     env["HAKURIVER_TASK_ID"] = str(task_id)
     env["HAKURIVER_SHARED_DIR"] = shared
     env["HAKURIVER_LOCAL_TEMP_DIR"] = temp
+    env.update(_array_env(req))
     return TaskPlan(
         task_id=task_id,
         unit=unit_name(task_id),

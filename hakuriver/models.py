@@ -181,6 +181,12 @@ class TaskRequest:
     """Tasks that must all end `completed` before this one starts (`--after`)."""
     after_any: tuple[int, ...] = ()
     """Tasks that must all reach a final state, whichever, before this one starts (`--after-any`)."""
+    array: tuple[int, ...] = ()
+    """Array indices (`--array`): one task per index, in one batch; empty: no array."""
+    array_max_running: int = 0
+    """At most this many tasks of the array hold resources at once (`%N`); 0: no limit."""
+    commands: tuple[tuple[str, ...], ...] = ()
+    """A sweep's commands, one per array index (`array` is then 0..n-1); empty: every task runs `command`."""
 
 
 @dataclass
@@ -225,6 +231,10 @@ class Task:
     """Its `--after-any` dependencies."""
     waiting_for: list[int] = field(default_factory=list)
     """Computed, not stored: the dependencies a pending task still waits for."""
+    array_index: int | None = None
+    """Its index in its batch's array (`--array`; `HAKURIVER_ARRAY_INDEX`); None: not an array task."""
+    array_max_running: int = 0
+    """Its batch's `%N`: at most this many of the batch's tasks hold resources at once; 0: no limit."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -255,6 +265,8 @@ class Task:
             "after": [str(i) for i in self.after],
             "after_any": [str(i) for i in self.after_any],
             "waiting_for": [str(i) for i in self.waiting_for],
+            "array_index": self.array_index,
+            "array_max_running": self.array_max_running or None,
         }
 
 

@@ -8,8 +8,10 @@ API, so both refuse exactly the same things.
 from __future__ import annotations
 
 import datetime
+import itertools
 import posixpath
 import re
+from typing import NamedTuple
 
 from .errors import ValidationError
 from .models import SYSTEMD_CONTAINER, Mount, Target
@@ -322,3 +324,135 @@ def parse_since(text: str, now: float) -> float:
             "a time ago (7d, 24h, 90m) or epoch seconds"
         )
     return when
+
+
+MAX_ARRAY_TASKS = 10_000
+"""The most tasks one array (`--array`) may make."""
+MAX_ARRAY_INDEX = 1_000_000
+"""The largest array index."""
+
+_ARRAY_NUMBER = re.compile(r"[0-9]{1,7}\Z", re.ASCII)
+
+
+class ArraySpec(NamedTuple):
+    """A parsed `--array` spec."""
+
+    indices: tuple[int, ...]
+    """The array indices, in the order given."""
+    max_running: int = 0
+    """The most tasks of the batch that may hold resources at once (0: no limit)."""
+
+
+def _array_number(text: str, spec: str, what: str) -> int:
+    if not _ARRAY_NUMBER.match(text):
+        raise ValidationError(f"invalid array {spec!r}: {what} {text!r} is not a whole number")
+    value = int(text)
+    if value > MAX_ARRAY_INDEX:
+        raise ValidationError(f"invalid array {spec!r}: {what} {value} is out of range (max {MAX_ARRAY_INDEX})")
+    return value
+
+
+def parse_array(spec: str) -> ArraySpec:
+    """Parse an array spec as Slurm writes it: comma-separated items, each
+    `N`, `A-B` or `A-B:STEP`, then an optional `%N` (at most N tasks of the
+    batch hold resources at once). `0-99`, `0-99:2`, `1,3,5`, `0-99%8`.
+
+    Indices are ASCII digits up to `MAX_ARRAY_INDEX`; a repeated index is
+    refused; at most `MAX_ARRAY_TASKS` tasks. The indices keep the order given.
+    Raises ValidationError."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValidationError("invalid array '': expected e.g. 0-99, 0-99:2, 1,3,5 or 0-99%8")
+    if len(spec) > 4096:
+        raise ValidationError("invalid array: the spec is longer than 4096 characters")
+    text = spec.strip()
+    body, sep, limit_text = text.partition("%")
+    max_running = 0
+    if sep:
+        max_running = _array_number(limit_text, spec, "the %N limit")
+        if max_running < 1:
+            raise ValidationError(f"invalid array {spec!r}: the %N limit must be at least 1")
+    indices: list[int] = []
+    seen: set[int] = set()
+    for item in body.split(","):
+        range_part, colon, step_text = item.partition(":")
+        first_text, dash, last_text = range_part.partition("-")
+        first = _array_number(first_text, spec, "index")
+        last = _array_number(last_text, spec, "index") if dash else first
+        step = _array_number(step_text, spec, "step") if colon else 1
+        if colon and not dash:
+            raise ValidationError(f"invalid array {spec!r}: a step needs a range (A-B:STEP)")
+        if step < 1:
+            raise ValidationError(f"invalid array {spec!r}: the step must be at least 1")
+        if last < first:
+            raise ValidationError(f"invalid array {spec!r}: range {range_part!r} ends before it starts")
+        if len(indices) + (last - first) // step + 1 > MAX_ARRAY_TASKS:
+            raise ValidationError(f"invalid array {spec!r}: more than {MAX_ARRAY_TASKS} tasks")
+        for index in range(first, last + 1, step):
+            if index in seen:
+                raise ValidationError(f"invalid array {spec!r}: index {index} is repeated")
+            seen.add(index)
+            indices.append(index)
+    return ArraySpec(tuple(indices), max_running)
+
+
+def format_array(spec: ArraySpec) -> str:
+    """The canonical text of a parsed array (runs of step 1 as ranges)."""
+    parts: list[str] = []
+    run: list[int] = []
+    for index in [*spec.indices, -2]:
+        if run and index == run[-1] + 1:
+            run.append(index)
+            continue
+        if run:
+            parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [index]
+    return ",".join(parts) + (f"%{spec.max_running}" if spec.max_running else "")
+
+
+_SPAN_RANGE = re.compile(r"span:\{(-?[0-9]{1,9})\.\.(-?[0-9]{1,9})\}\Z", re.ASCII)
+_SPAN_LIST = re.compile(r"span:\[(.*)\]\Z", re.DOTALL)
+
+
+def _span_values(word: str) -> list[str] | None:
+    """The values of one `span:` word, or None when the word is no span."""
+    match = _SPAN_RANGE.match(word)
+    if match:
+        first, last = int(match.group(1)), int(match.group(2))
+        if last < first:
+            raise ValidationError(f"invalid sweep {word!r}: the range ends before it starts")
+        if last - first >= MAX_ARRAY_TASKS:
+            raise ValidationError(f"invalid sweep {word!r}: more than {MAX_ARRAY_TASKS} values")
+        return [str(v) for v in range(first, last + 1)]
+    match = _SPAN_LIST.match(word)
+    if match:
+        values = match.group(1).split(",")
+        if not all(values):
+            raise ValidationError(f"invalid sweep {word!r}: expected span:[a,b,...] with no empty value")
+        return values
+    if word.startswith("span:{") or word.startswith("span:["):
+        raise ValidationError(f"invalid sweep {word!r}: expected span:{{A..B}} (integers) or span:[a,b,...]")
+    return None
+
+
+def parse_sweep_limit(text: str) -> int:
+    """The `%N` that is all an array spec may say beside a sweep (the sweep gives the indices)."""
+    if not isinstance(text, str) or not text.startswith("%"):
+        raise ValidationError(f"invalid array {text!r} with a sweep: the sweep makes the indices, give only %N")
+    return parse_array("0" + text).max_running
+
+
+def expand_sweep(command: list[str] | tuple[str, ...]) -> list[list[str]]:
+    """HakuRiver 0.3's `hakurun` sweep: every argv word `span:{A..B}` (integers,
+    both ends included) or `span:[a,b,...]` stands for each of its values, and
+    the command becomes one command per combination (the first span varies
+    slowest). Combination number k is array index k. A command without spans
+    is itself. At most `MAX_ARRAY_TASKS` combinations. Raises ValidationError."""
+    options: list[list[str]] = []
+    total = 1
+    for word in command:
+        values = _span_values(word) if isinstance(word, str) else None
+        options.append(values if values is not None else [word])
+        total *= len(options[-1])
+        if total > MAX_ARRAY_TASKS:
+            raise ValidationError(f"invalid sweep: more than {MAX_ARRAY_TASKS} combinations")
+    return [list(combination) for combination in itertools.product(*options)]

@@ -9,7 +9,8 @@ so that a restarted runner recovers exactly what it was told.
 `RUN_REQUEST_VERSION` (a missing version is 1) and refuses a newer one with
 a clear reason, so a Host upgraded first never has its orders misread.
 
-Versions: 1 is the first shape; 2 adds `time_limit`. A record says the oldest
+Versions: 1 is the first shape; 2 adds `time_limit`; 3 adds `batch_id` and
+`array_index` (an array task: `HAKURIVER_ARRAY_INDEX`, `HAKURIVER_BATCH_ID`). A record says the oldest
 version that carries what it holds (`wire_version`), so a request without a
 time limit is still version 1 and an older runner runs it; one with a limit
 is version 2, which an older runner refuses (it would ignore the limit).
@@ -24,9 +25,9 @@ from typing import Any
 from .errors import ValidationError
 from .ids import parse_id
 from .models import Mount
-from .parsing import MAX_TIME_LIMIT, parse_mount, validate_env_key
+from .parsing import MAX_ARRAY_INDEX, MAX_TIME_LIMIT, parse_mount, validate_env_key
 
-RUN_REQUEST_VERSION = 2
+RUN_REQUEST_VERSION = 3
 
 _UNIX_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?\Z")
 
@@ -46,6 +47,8 @@ RUN_FIELDS = frozenset(
         "user",
         "unix_user",
         "time_limit",
+        "batch_id",
+        "array_index",
     }
 )
 """The JSON fields of a run request; anything else is refused."""
@@ -83,10 +86,16 @@ class RunRequest:
     time_limit: int | None = None
     """Seconds of wall time from the task's start after which the runner stops
     it (SIGTERM, SIGKILL after `runner.timeout_grace`) and it ends `timeout`."""
+    batch_id: int | None = None
+    """An array task's batch (`HAKURIVER_BATCH_ID`); None for other tasks."""
+    array_index: int | None = None
+    """An array task's index (`HAKURIVER_ARRAY_INDEX`); None for other tasks."""
     version: int = RUN_REQUEST_VERSION
 
     def wire_version(self) -> int:
         """The oldest version that carries every field this record holds."""
+        if self.array_index is not None:
+            return 3  # an older runner would run it without its index
         return 2 if self.time_limit is not None else 1
 
     def to_json(self) -> dict[str, Any]:
@@ -107,6 +116,9 @@ class RunRequest:
         }
         if self.time_limit is not None:
             data["time_limit"] = self.time_limit
+        if self.array_index is not None:
+            data["array_index"] = self.array_index
+            data["batch_id"] = str(self.batch_id)
         return data
 
     @classmethod
@@ -161,6 +173,18 @@ class RunRequest:
                 raise ValidationError("'time_limit' needs a version 2 run request")
             if isinstance(time_limit, bool) or not isinstance(time_limit, int) or not 1 <= time_limit <= MAX_TIME_LIMIT:
                 raise ValidationError(f"'time_limit' must be whole seconds between 1 and {MAX_TIME_LIMIT}")
+        array_index = data.get("array_index")
+        batch_id = None
+        if array_index is not None or data.get("batch_id") is not None:
+            if version < 3:
+                raise ValidationError("'array_index' and 'batch_id' need a version 3 run request")
+            if (
+                isinstance(array_index, bool)
+                or not isinstance(array_index, int)
+                or not 0 <= array_index <= MAX_ARRAY_INDEX
+            ):
+                raise ValidationError(f"'array_index' must be a whole number between 0 and {MAX_ARRAY_INDEX}")
+            batch_id = parse_id(data.get("batch_id"))
         return cls(
             task_id=task_id,
             command=tuple(command),
@@ -175,5 +199,7 @@ class RunRequest:
             user=user,
             unix_user=unix_user,
             time_limit=time_limit,
+            batch_id=batch_id,
+            array_index=array_index,
             version=version,
         )

@@ -24,12 +24,16 @@ from ..client import ApiError, HostClient, is_final
 from ..errors import HakuRiverError, HostUnreachable, ValidationError
 from ..models import SYSTEMD_CONTAINER, TaskState
 from ..parsing import (
+    expand_sweep,
+    format_array,
     format_duration,
+    parse_array,
     parse_cores,
     parse_duration,
     parse_env,
     parse_mount,
     parse_size,
+    parse_sweep_limit,
     parse_target,
     validate_container,
     validate_node_name,
@@ -82,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(sub)
     _add_list(sub)
     add_history(sub)
-    _add_control(sub, "kill", "kill a task (pending, assigning, running or paused)")
+    _add_control(
+        sub,
+        "kill",
+        "kill a task (pending, assigning, running or paused), or given a batch id every task of the batch "
+        "that has not ended",
+    )
     _add_control(sub, "pause", "pause a running task (it keeps its cores, memory and GPUs)")
     _add_control(sub, "resume", "resume a paused task")
     _add_logs(sub)
@@ -175,6 +184,20 @@ def _add_submit(sub: Any) -> None:
         metavar="ID[,ID...]",
         help="start only after every named task ended, however it ended (repeatable; with --after, both must hold)",
     )
+    p.add_argument(
+        "--array",
+        metavar="SPEC",
+        help="submit one task per index, in one batch: 0-99, 0-99:2 (step), 1,3,5, and %%N for at most N "
+        "running at once (0-99%%8); each task gets HAKURIVER_ARRAY_INDEX and HAKURIVER_BATCH_ID; "
+        "at most one --target",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="HakuRiver 0.3's hakurun sweep: each command word span:{A..B} (integers, both included) or "
+        "span:[a,b,...] stands for each of its values, and one task runs per combination, as an array "
+        "(index = combination number, the first span varying slowest); --array may then give only %%N",
+    )
     p.add_argument("--wait", action="store_true", help="wait until every task has ended and print a summary")
     p.add_argument(
         "--wait-timeout",
@@ -232,6 +255,15 @@ def submit_request(args: argparse.Namespace) -> dict[str, Any]:
             "give GPUs either as a count (--gpus) for automatic placement or as ids in --target (node::0,1), not both"
         )
     time_limit = parse_duration(args.time) if args.time is not None else None
+    if args.sweep:
+        if not any(word.startswith("span:") for word in command):
+            raise ValidationError("--sweep needs a span:{A..B} or span:[a,b,...] word in the command")
+        expand_sweep(command)  # the Host expands it; this checks it first
+        array = f"%{parse_sweep_limit(args.array)}" if args.array is not None else None
+    else:
+        array = format_array(parse_array(args.array)) if args.array is not None else None
+    if array is not None and len(targets) > 1:
+        raise ValidationError("an array runs on one target or is placed automatically: give at most one --target")
     after, after_any = _flat_ids(args.after), _flat_ids(args.after_any)
     if len(set(after) | set(after_any)) > MAX_DEPENDENCIES:
         raise ValidationError(f"too many dependencies; at most {MAX_DEPENDENCIES} in --after and --after-any together")
@@ -248,6 +280,8 @@ def submit_request(args: argparse.Namespace) -> dict[str, Any]:
         "gpus": args.gpus or None,
         "after": after or None,
         "after_any": after_any or None,
+        "array": array,
+        "sweep": True if args.sweep else None,
     }
 
 
@@ -329,6 +363,8 @@ def describe_task(task: dict[str, Any]) -> str:
         ("started", format_time(task.get("started_at"))),
         ("finished", format_time(task.get("finished_at"))),
     ]
+    if task.get("array_index") is not None:  # only for array tasks: other tasks' layout stays as it was
+        rows[2:2] = [("array index", task["array_index"]), ("array limit", task.get("array_max_running"))]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {'-' if v is None or v == '' else v}" for k, v in rows)
 
@@ -355,10 +391,12 @@ def _add_list(sub: Any) -> None:
         help="only these states: "
         + ", ".join(s.value for s in TaskState)
         + ". With --state pending: the queue in order, each task's place in it (POS) and why it waits "
-        "(REASON: limit: a per-user limit, reserved: the protected head of the queue, resources: no room, "
+        "(REASON: limit: a per-user limit or an array's %%N, reserved: the protected head of the queue, "
+        "resources: no room, "
         "node offline, position: behind an earlier task)",
     )
     p.add_argument("--node", metavar="NODE", help="only tasks placed on this node")
+    p.add_argument("--batch", type=task_id_arg, metavar="BATCH_ID", help="only the tasks of this batch (an --array)")
     p.add_argument(
         "--limit",
         type=positive_int_arg,
@@ -386,7 +424,9 @@ async def _cmd_list(args: argparse.Namespace, connect: Connect) -> int:
     if args.limit > MAX_LIST_LIMIT:
         raise UsageError(f"--limit must be at most {MAX_LIST_LIMIT}")
     async with connect() as host:
-        result = await host.list_tasks(state=states, node=args.node, limit=args.limit, before=args.before)
+        result = await host.list_tasks(
+            state=states, node=args.node, limit=args.limit, before=args.before, batch=args.batch
+        )
     if args.json:
         print_json(result)
         return EXIT_OK
@@ -444,7 +484,24 @@ def _add_control(sub: Any, action: str, help_text: str) -> None:
 async def control_task(args: argparse.Namespace, connect: Connect, action: str) -> int:
     async with connect() as host:
         method = {"kill": host.kill, "pause": host.pause, "resume": host.resume}[action]
-        task = await method(args.task_id)
+        try:
+            task = await method(args.task_id)
+        except ApiError as exc:
+            # Task and batch ids come from one sequence, so an id that is no
+            # task may be a batch: `kill BATCH_ID` kills all of it.
+            if action != "kill" or exc.status != 404:
+                raise
+            try:
+                killed = await host.kill_batch(args.task_id)
+            except ApiError as batch_exc:
+                if batch_exc.status != 404:
+                    raise
+                raise exc from None
+            if args.json:
+                print_json(killed)
+            else:
+                print(_summary(killed["tasks"]))
+            return EXIT_OK
     if args.json:
         print_json(task)
     else:
@@ -561,14 +618,20 @@ def _add_wait(sub: Any) -> None:
         epilog=WAIT_EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("task_ids", type=task_id_arg, nargs="+", metavar="ID")
+    p.add_argument(
+        "task_ids", type=task_id_arg, nargs="+", metavar="ID", help="task ids, or batch ids for all of their tasks"
+    )
     p.add_argument("--timeout", type=seconds_arg, metavar="SECONDS", help="give up after this long (default: never)")
     p.set_defaults(func=_cmd_wait)
 
 
 async def _cmd_wait(args: argparse.Namespace, connect: Connect) -> int:
     async with connect() as host:
-        waited = await host.wait(args.task_ids, timeout=args.timeout)
+        ids: list[str] = []
+        for given in args.task_ids:
+            # A batch id stands for every task of its batch; any other id is a task's.
+            ids.extend(await host.batch_task_ids(given) or [given])
+        waited = await host.wait(ids, timeout=args.timeout)
     if args.json:
         print_json(waited)
     else:

@@ -38,6 +38,8 @@ from ..config import Config
 from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
 from ..ids import IdGenerator
 from ..models import NodeResources, Target, Task, TaskRequest, TaskState
+from ..parsing import MAX_ARRAY_TASKS
+from ..policy import MAX_TARGETS
 from .db import Database, Drain, NodeRecord
 from .dependencies import AFTER, DependencyIndex
 from .runner_client import RunnerClient, RunnerRejected, RunnerUnreachable
@@ -205,7 +207,7 @@ class Cluster:
                 id=self.ids.next(),
                 batch_id=batch_id,
                 state=TaskState.PENDING,
-                command=list(req.command),
+                command=list(req.commands[index] if req.commands and index is not None else req.command),
                 cores=req.cores,
                 memory=req.memory,
                 container=req.container,
@@ -219,8 +221,10 @@ class Cluster:
                 time_limit=req.time_limit,
                 after=after,
                 after_any=after_any,
+                array_index=index,
+                array_max_running=req.array_max_running,
             )
-            for target in targets
+            for target, index in self._task_slots(targets, req.array)
         ]
         await self.db.insert_tasks(tasks)
         for task in tasks:
@@ -238,6 +242,14 @@ class Cluster:
                     task.state, task.error, task.finished_at = stored.state, stored.error, stored.finished_at
         self.kick()
         return batch_id, tasks
+
+    @staticmethod
+    def _task_slots(targets: list[Target | None], array: tuple[int, ...]) -> list[tuple[Target | None, int | None]]:
+        """One task per target, or for an array (at most one target, checked at
+        submission) one per index."""
+        if array:
+            return [(targets[0], index) for index in array]
+        return [(target, None) for target in targets]
 
     # ----------------------------------------------------------- dependencies
     async def _check_dependencies_exist(self, ids: list[int]) -> None:
@@ -419,6 +431,28 @@ class Cluster:
             # task and the Host answers with a kill order.
             self.spawn(self.forward(after.node, task_id, "kill"))
         return after
+
+    async def batch_tasks(self, batch_id: int) -> list[Task]:
+        """Every task of batch `batch_id`, oldest first (empty: no such batch)."""
+        tasks = await self.db.list_tasks(batch_id=batch_id, limit=MAX_ARRAY_TASKS + MAX_TARGETS)
+        return sorted(tasks, key=lambda t: t.id)
+
+    async def kill_batch(self, tasks: Iterable[Task]) -> list[int]:
+        """Kill the given tasks of one batch that have not ended; the ids killed.
+        Pending ones first and newest first, so that the resources a killed
+        running task frees never start another task of the batch meanwhile."""
+        order = sorted(
+            (t for t in tasks if not t.state.is_final),
+            key=lambda t: (t.state is not TaskState.PENDING, -t.id),
+        )
+        killed = []
+        for task in order:
+            try:
+                await self.kill(task.id)
+            except Conflict:  # it ended meanwhile
+                continue
+            killed.append(task.id)
+        return sorted(killed)
 
     async def forward(self, hostname: str, task_id: int, action: str) -> None:
         """Send a control order to a node, best effort: heartbeat

@@ -200,6 +200,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX tasks_finished ON tasks(finished_at);
     """,
+    # 10: task arrays (`--array`): a task's index in its batch's array (NULL:
+    # not an array task) and the batch's `%N` (0: no limit), kept on every
+    # task of the batch so the scheduler needs no other table.
+    """
+    ALTER TABLE tasks ADD COLUMN array_index INTEGER;
+    ALTER TABLE tasks ADD COLUMN array_max_running INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 """Migration N (1-based) is MIGRATIONS[N-1]. Append only; never edit a released one."""
 
@@ -208,7 +215,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _TASK_COLUMNS = (
     "id, batch_id, state, command_json, cores, memory, container, env_json, mounts_json, "
     "privileged, target, gpu_count, node, numa, gpus_json, submitted_at, assigned_at, "
-    "started_at, finished_at, exit_code, error, owner, output_error, time_limit"
+    "started_at, finished_at, exit_code, error, owner, output_error, time_limit, "
+    "array_index, array_max_running"
 )
 _NODE_COLUMNS = (
     "hostname, url, cores, memory, numa_json, gpus_json, online, registered_at, last_heartbeat, stats_json, "
@@ -309,6 +317,8 @@ def _task_from_row(_cursor: Any, row: Sequence[Any]) -> Task:
         owner=row[21],
         output_error=row[22],
         time_limit=row[23],
+        array_index=row[24],
+        array_max_running=row[25] or 0,
     )
 
 
@@ -338,6 +348,8 @@ def _task_params(task: Task, now: float) -> tuple[Any, ...]:
         task.owner,
         task.output_error,
         None if task.time_limit is None else int(task.time_limit),
+        None if task.array_index is None else int(task.array_index),
+        int(task.array_max_running or 0),
         now,
     )
 
@@ -1022,7 +1034,7 @@ class Database(_Accounts):
 
         async def op(conn: aiosqlite.Connection) -> None:
             cursor = await conn.executemany(
-                f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 25)})", rows
+                f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 27)})", rows
             )
             await cursor.close()
             if deps:

@@ -117,6 +117,8 @@ class Dispatcher:
             user=task.owner or "",
             unix_user=self.unix_user_of(task.owner),
             time_limit=task.time_limit,
+            batch_id=task.batch_id if task.array_index is not None else None,
+            array_index=task.array_index,
         )
 
     async def dispatch(self, task: Task) -> None:

@@ -56,6 +56,13 @@ later tasks wait behind it in this pass. A task that alone exceeds its
 owner's limit is refused at submit (`check_fits_limits`); one left so by a
 lowered limit waits, saying so, until the limit is raised or it is killed.
 
+Array limits (`Task.array_max_running`)
+---------------------------------------
+An array's `%N` works like a per-user `max_running` for its batch: while N
+tasks of the batch hold resources (`Ledger.batch_running`), its other tasks
+are skipped with the reason `limit: array max-running`, get no reservation and
+are never the protected head.
+
 Why a task waits (`PassStats.reasons`)
 --------------------------------------
 Each pass records one short reason per pending task it looked at and did not
@@ -103,6 +110,7 @@ class Hold:
     numa: int | None
     gpus: tuple[int, ...]
     owner: str | None = None
+    batch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +168,7 @@ class Ledger:
         self._holds: dict[int, Hold] = {}
         self._usage: dict[str, _Usage] = {}
         self._owners: dict[str | None, OwnerUsage] = {}
+        self._batches: dict[int, int] = {}
 
     @classmethod
     def from_tasks(cls, tasks: Iterable[Task]) -> Ledger:
@@ -183,6 +192,7 @@ class Ledger:
             numa=task.numa,
             gpus=task.gpus,
             owner=task.owner,
+            batch=task.batch_id,
         )
 
     def hold_placement(
@@ -195,12 +205,15 @@ class Ledger:
         numa: int | None = None,
         gpus: Iterable[int] = (),
         owner: str | None = None,
+        batch: int | None = None,
     ) -> bool:
         if task_id in self._holds:
             return False
-        h = Hold(task_id, node, int(cores), int(memory or 0), numa, tuple(gpus), owner)
+        h = Hold(task_id, node, int(cores), int(memory or 0), numa, tuple(gpus), owner, batch)
         self._holds[task_id] = h
         self._count_owner(h, 1)
+        if batch is not None:
+            self._batches[batch] = self._batches.get(batch, 0) + 1
         u = self._usage.get(node)
         if u is None:
             u = self._usage[node] = _Usage()
@@ -219,6 +232,12 @@ class Ledger:
         if h is None:
             return False
         self._count_owner(h, -1)
+        if h.batch is not None:
+            left = self._batches.get(h.batch, 0) - 1
+            if left > 0:
+                self._batches[h.batch] = left
+            else:
+                self._batches.pop(h.batch, None)
         u = self._usage[h.node]
         u.cores -= h.cores
         u.memory -= h.memory
@@ -239,6 +258,10 @@ class Ledger:
     def owner_usage(self, owner: str | None) -> OwnerUsage:
         """What `owner`'s holding tasks hold now (placements of a running pass included)."""
         return self._owners.get(owner) or OwnerUsage()
+
+    def batch_running(self, batch_id: int) -> int:
+        """How many tasks of batch `batch_id` hold resources now (this pass's placements included)."""
+        return self._batches.get(batch_id, 0)
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._holds
@@ -740,6 +763,12 @@ class Scheduler:
                 stats.drained[task.id] = req.node
                 note(task.id, f"node {req.node!r} is drained")
                 continue
+            if task.array_max_running and ledger.batch_running(task.batch_id) >= task.array_max_running:
+                # An array's `%N`: like a user limit, the task is skipped (no
+                # reservation, not the protected head), so it delays nobody.
+                stats.limited += 1
+                note(task.id, f"limit: array max-running ({task.array_max_running} of batch {task.batch_id} running)")
+                continue
             if gate is not None:
                 # Before the shape cache: a shape that failed for one owner's
                 # limit may fit for another owner.
@@ -797,6 +826,7 @@ class Scheduler:
                     numa=req.numa,
                     gpus=best_gpus,
                     owner=task.owner,
+                    batch=task.batch_id,
                 )
                 placements.append(Placement(task.id, best_state.name, req.numa, best_gpus))
                 stats.placed += 1

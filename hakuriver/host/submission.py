@@ -14,7 +14,18 @@ from ..config import Config
 from ..errors import ValidationError
 from ..ids import parse_id
 from ..models import SYSTEMD_CONTAINER, Mount, TaskRequest
-from ..parsing import parse_cores, parse_duration, parse_mount, parse_size, parse_target, validate_container
+from ..parsing import (
+    ArraySpec,
+    expand_sweep,
+    parse_array,
+    parse_cores,
+    parse_duration,
+    parse_mount,
+    parse_size,
+    parse_sweep_limit,
+    parse_target,
+    validate_container,
+)
 from ..policy import (
     MAX_DEPENDENCIES,
     MAX_TARGETS,
@@ -41,6 +52,8 @@ SUBMIT_FIELDS = frozenset(
         "time_limit",
         "after",
         "after_any",
+        "array",
+        "sweep",
     }
 )
 
@@ -92,6 +105,21 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
     if len(set(after) | set(after_any)) > MAX_DEPENDENCIES:
         raise ValidationError(f"too many dependencies; at most {MAX_DEPENDENCIES} in 'after' and 'after_any' together")
 
+    # `array`: the `--array` spec as text ("0-99%8"), parsed here like the CLI does.
+    array_raw = require_type(data, "array", str, required=False)
+    commands: tuple[tuple[str, ...], ...] = ()
+    if require_type(data, "sweep", bool, required=False, default=False):
+        # HakuRiver 0.3's hakurun sweep: span: words make the array's commands.
+        if not any(word.startswith("span:") for word in command):
+            raise ValidationError("'sweep' needs a span:{A..B} or span:[a,b,...] word in the command")
+        commands = tuple(tuple(c) for c in expand_sweep(command))
+        limit = parse_sweep_limit(array_raw) if array_raw is not None else 0
+        array: ArraySpec | None = ArraySpec(tuple(range(len(commands))), limit)
+    else:
+        array = parse_array(array_raw) if array_raw is not None else None
+    if array is not None and len(targets) > 1:
+        raise ValidationError("an array runs on one target or is placed automatically: give at most one target")
+
     return TaskRequest(
         command=command,
         cores=cores,
@@ -105,6 +133,9 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
         time_limit=time_limit,
         after=after,
         after_any=after_any,
+        array=array.indices if array is not None else (),
+        array_max_running=array.max_running if array is not None else 0,
+        commands=commands,
     )
 
 

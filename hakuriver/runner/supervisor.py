@@ -216,6 +216,8 @@ class Supervisor:
             unix_user=request.unix_user,
             identity=identity,
             time_limit=request.time_limit,
+            batch_id=request.batch_id,
+            array_index=request.array_index,
             timeout_grace=self.config.runner.timeout_grace,
         )
 

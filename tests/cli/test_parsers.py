@@ -20,6 +20,7 @@ from hakuriver.cli import init as init_cli
 from hakuriver.cli import runner as runner_cli
 from hakuriver.cli import task as task_cli
 from hakuriver.cli.common import EXIT_USAGE, format_command, format_cpus, printable, table
+from hakuriver.errors import ValidationError
 from tests.harness.procs import free_port
 
 from .fakehost import _isolated_env, write_config  # noqa: F401 - autouse fixture
@@ -135,7 +136,40 @@ def test_submit_request_omits_defaults():
         "time_limit": None,
         "after": None,
         "after_any": None,
+        "array": None,
+        "sweep": None,
     }
+
+
+def test_submit_request_takes_an_array_and_checks_it_locally():
+    args = task_cli.build_parser().parse_args(["submit", "--array", "0-3,5%2", "--", "true"])
+    assert task_cli.submit_request(args)["array"] == "0-3,5%2"
+    args = task_cli.build_parser().parse_args(
+        ["submit", "--array", "0-3", "--target", "a", "--target", "b", "--", "true"]
+    )
+    with pytest.raises(ValidationError, match="at most one --target"):
+        task_cli.submit_request(args)
+    args = task_cli.build_parser().parse_args(["submit", "--array", "1,1", "--", "true"])
+    with pytest.raises(ValidationError, match="index 1 is repeated"):
+        task_cli.submit_request(args)
+
+
+def test_submit_request_checks_a_sweep_locally():
+    args = task_cli.build_parser().parse_args(["submit", "--sweep", "--array", "%2", "--", "run", "span:{1..3}"])
+    req = task_cli.submit_request(args)
+    assert (req["sweep"], req["array"], req["command"]) == (True, "%2", ["run", "span:{1..3}"])
+    for argv, words in (
+        (["submit", "--sweep", "--", "run", "1"], "needs a span"),
+        (["submit", "--sweep", "--array", "0-3", "--", "run", "span:[a]"], "give only %N"),
+        (["submit", "--sweep", "--", "run", "span:{3..1}"], "ends before it starts"),
+    ):
+        with pytest.raises(ValidationError, match=words):
+            task_cli.submit_request(task_cli.build_parser().parse_args(argv))
+
+
+def test_list_takes_a_batch_id():
+    args = task_cli.build_parser().parse_args(["list", "--batch", "123"])
+    assert args.batch == "123"
 
 
 @pytest.mark.parametrize(

@@ -661,3 +661,15 @@ def test_a_log_file_must_be_the_task_users_own_with_one_link() -> None:
     assert "not a regular file" in L.log_file_problem(fake(mode=st.S_IFIFO | 0o666), "/s/x", "alice")
     assert f"belongs to uid {me + 1}, not to user alice" in L.log_file_problem(fake(uid=me + 1), "/s/x", "alice")
     assert "has 2 links" in L.log_file_problem(fake(nlink=2), "/s/x", "alice")
+
+
+def test_an_array_task_carries_its_index_to_the_launcher_and_its_environment() -> None:
+    req = launch_request(spec(array_index=4, batch_id=99), user="alice", runner_name="n1", numactl=None)
+    assert (req["array_index"], req["batch_id"]) == (4, "99")
+    p = plan(array_index=4, batch_id="99", env={"HAKURIVER_ARRAY_INDEX": "spoof"})
+    assert (p.env["HAKURIVER_ARRAY_INDEX"], p.env["HAKURIVER_BATCH_ID"]) == ("4", "99")
+    assert "array_index" not in launch_request(spec(), user="alice", runner_name="n1", numactl=None)
+    assert "HAKURIVER_ARRAY_INDEX" not in plan().env
+    for bad in ({"array_index": -1, "batch_id": "9"}, {"array_index": True, "batch_id": "9"}, {"batch_id": "9"}):
+        with pytest.raises(L.Refused):
+            plan(**bad)

@@ -38,7 +38,8 @@ def test_a_run_request_without_a_limit_keeps_the_first_shape() -> None:
 def test_a_run_request_with_a_limit_is_version_2_and_reads_back() -> None:
     request = RunRequest(task_id=5, command=("true",), container="env", time_limit=7200)
     data = json.loads(json.dumps(request.to_json()))
-    assert (data["version"], data["time_limit"]) == (2, 7200) == (RUN_REQUEST_VERSION, 7200)
+    assert (data["version"], data["time_limit"]) == (2, 7200)
+    assert RUN_REQUEST_VERSION >= 2
     assert RunRequest.from_json(data).time_limit == 7200
 
 
@@ -50,7 +51,7 @@ def test_a_run_request_with_a_limit_is_version_2_and_reads_back() -> None:
         ({"version": 2, "time_limit": 31 * 86400}, "between 1 and"),
         ({"version": 2, "time_limit": "2h"}, "whole seconds"),
         ({"version": 2, "time_limit": True}, "whole seconds"),
-        ({"version": 3}, "newer than this runner"),
+        ({"version": RUN_REQUEST_VERSION + 1}, "newer than this runner"),
     ],
 )
 def test_bad_limits_in_run_requests_are_refused(fields: dict, words: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import backup, environments, nodes, runners, tasks, usage, users
+from . import backup, batches, environments, nodes, runners, tasks, usage, users
 
 ROUTES = [
     web.post("/api/tasks", tasks.submit_tasks),
@@ -21,6 +21,7 @@ ROUTES = [
     web.post("/api/tasks/{task_id}/pause", tasks.pause_task),
     web.post("/api/tasks/{task_id}/resume", tasks.resume_task),
     web.get("/api/tasks/{task_id}/logs", tasks.task_logs),
+    web.post("/api/batches/{batch_id}/kill", batches.kill_batch),
     web.get("/api/nodes", nodes.list_nodes),
     web.get("/api/nodes/{hostname}", nodes.get_node),
     web.post("/api/nodes/{hostname}/forget", nodes.forget_node),

@@ -126,9 +126,17 @@ async def list_tasks(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 100, minimum=1, maximum=MAX_LIST)
     before = request.query.get("before")
     before_id = parse_id(before) if before else None
+    batch = request.query.get("batch")
+    batch_id = parse_id(batch) if batch else None
     # One row more than asked tells whether an older page exists.
     tasks = await request.app[DB].list_tasks(
-        states=states, node=node, limit=limit + 1, before_id=before_id, owner=user, finished_since=since
+        states=states,
+        node=node,
+        limit=limit + 1,
+        before_id=before_id,
+        owner=user,
+        finished_since=since,
+        batch_id=batch_id,
     )
     more = len(tasks) > limit
     tasks = tasks[:limit]

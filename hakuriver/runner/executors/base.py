@@ -98,12 +98,23 @@ class LaunchSpec:
     it for the others)."""
     timeout_grace: float = 30.0
     """Seconds between SIGTERM and SIGKILL at the time limit (`runner.timeout_grace`)."""
+    batch_id: int | None = None
+    """An array task's batch; None for other tasks."""
+    array_index: int | None = None
+    """An array task's index (`--array`); None for other tasks."""
 
     def task_env(self) -> dict[str, str]:
         """The environment the task sees inside its sandbox (Docker paths)."""
         env = dict(self.env)
         env["HAKURIVER_TASK_ID"] = str(self.task_id)
+        env.update(self.array_env())
         return env
+
+    def array_env(self) -> dict[str, str]:
+        """`HAKURIVER_ARRAY_INDEX` and `HAKURIVER_BATCH_ID` of an array task (else nothing)."""
+        if self.array_index is None:
+            return {}
+        return {"HAKURIVER_ARRAY_INDEX": str(self.array_index), "HAKURIVER_BATCH_ID": str(self.batch_id)}
 
 
 @dataclass

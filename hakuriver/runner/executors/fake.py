@@ -16,7 +16,8 @@ Scripts (the argv):
     anything else      exits 0 at once
 
 Every task writes one line to its stdout file and one to its stderr file when
-it starts. `stop(signal)` ends a task as a signal would (exit code 128+N, so
+it starts; an array task writes a second stdout line with its
+`HAKURIVER_ARRAY_INDEX=... HAKURIVER_BATCH_ID=...`. `stop(signal)` ends a task as a signal would (exit code 128+N, so
 137 for SIGKILL), paused or not; the supervisor, which asked for the kill,
 maps that to KILLED.
 """
@@ -253,9 +254,15 @@ class FakeExecutor(Executor):
         self._tasks.clear()
 
 
+def _env_line(spec: LaunchSpec) -> str:
+    """An array task's HAKURIVER_* variables as the task would see them (one line), so tests can read them."""
+    env = spec.array_env()
+    return " ".join(f"{k}={v}" for k, v in sorted(env.items())) + "\n" if env else ""
+
+
 def _write_banner(spec: LaunchSpec) -> None:
     for path, text in (
-        (spec.stdout_path, f"fake task {spec.task_id}: {shlex.join(spec.command)}\n"),
+        (spec.stdout_path, f"fake task {spec.task_id}: {shlex.join(spec.command)}\n" + _env_line(spec)),
         (spec.stderr_path, f"fake task {spec.task_id}: stderr\n"),
     ):
         # Through safefiles like the real backends: the shared dir is the tasks' too.

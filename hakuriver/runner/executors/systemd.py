@@ -153,6 +153,10 @@ def launch_request(spec: LaunchSpec, *, user: str, runner_name: str, numactl: st
         # Only with a limit: a launcher from before time limits still runs every other task.
         req["time_limit"] = int(spec.time_limit)
         req["timeout_grace"] = max(1, math.ceil(spec.timeout_grace))
+    if spec.array_index is not None:
+        # Only for array tasks: a launcher from before arrays still runs every other task.
+        req["array_index"] = int(spec.array_index)
+        req["batch_id"] = str(spec.batch_id)
     if spec.numa is not None:
         if not numactl:
             raise ExecutorError(
