@@ -152,6 +152,11 @@ def task_id_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
+MAX_PAGE = 1000
+"""The most tasks one `GET /api/tasks` page holds (the Host's cap): `list`
+and `history` refuse a larger --limit before asking."""
+
+
 def positive_int_arg(text: str) -> int:
     try:
         value = int(text)

@@ -13,6 +13,7 @@ from ..models import FINAL_STATES
 from ..parsing import format_duration
 from .common import (
     EXIT_OK,
+    MAX_PAGE,
     Connect,
     UsageError,
     common_options,
@@ -26,7 +27,6 @@ from .common import (
 )
 
 PROG = "hakuriver.task"
-MAX_HISTORY_LIMIT = 1000
 FINAL_QUERY = ",".join(sorted(str(s) for s in FINAL_STATES))
 HEADERS = ("ID", "USER", "NODE", "CORES", "MEM", "GPUS", "START", "END", "DURATION", "STATE", "EXIT")
 
@@ -54,7 +54,7 @@ def add_history(sub: Any) -> None:
         type=positive_int_arg,
         default=100,
         metavar="N",
-        help=f"at most N tasks (default 100, at most {MAX_HISTORY_LIMIT})",
+        help=f"at most N tasks (default 100, at most {MAX_PAGE})",
     )
     p.add_argument("--before", type=task_id_arg, metavar="ID", help="only tasks older than ID (the next page)")
     p.set_defaults(func=_cmd_history)
@@ -80,8 +80,8 @@ def history_row(t: dict[str, Any]) -> tuple[object, ...]:
 
 
 async def _cmd_history(args: argparse.Namespace, connect: Connect) -> int:
-    if args.limit > MAX_HISTORY_LIMIT:
-        raise UsageError(f"--limit must be at most {MAX_HISTORY_LIMIT}")
+    if args.limit > MAX_PAGE:
+        raise UsageError(f"--limit must be at most {MAX_PAGE}")
     async with connect() as host:
         result = await host.list_tasks(
             state=FINAL_QUERY, node=args.node, user=args.user, since=args.since, limit=args.limit, before=args.before

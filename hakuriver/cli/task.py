@@ -43,6 +43,7 @@ from .common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_TIMEOUT,
+    MAX_PAGE,
     WAIT_EXIT_CODES_EPILOG,
     CliParser,
     Connect,
@@ -69,7 +70,6 @@ FOLLOW_RETRY_MAX = 5.0
 """`logs --follow` retries a lost Host after 0.5 s, doubling up to 5 s between tries."""
 RETRY_NOTE = "Host unreachable, retrying..."
 LIST_COMMAND_WIDTH = 40
-MAX_LIST_LIMIT = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,7 +402,7 @@ def _add_list(sub: Any) -> None:
         type=positive_int_arg,
         default=100,
         metavar="N",
-        help=f"at most N tasks (default 100, at most {MAX_LIST_LIMIT})",
+        help=f"at most N tasks (default 100, at most {MAX_PAGE})",
     )
     p.add_argument("--before", type=task_id_arg, metavar="ID", help="only tasks older than ID (the next page)")
     p.set_defaults(func=_cmd_list)
@@ -421,8 +421,8 @@ async def _cmd_list(args: argparse.Namespace, connect: Connect) -> int:
     states = _check_states(args.state) if args.state else None
     if args.node:
         validate_node_name(args.node)
-    if args.limit > MAX_LIST_LIMIT:
-        raise UsageError(f"--limit must be at most {MAX_LIST_LIMIT}")
+    if args.limit > MAX_PAGE:
+        raise UsageError(f"--limit must be at most {MAX_PAGE}")
     async with connect() as host:
         result = await host.list_tasks(
             state=states, node=args.node, limit=args.limit, before=args.before, batch=args.batch

@@ -37,7 +37,7 @@ from typing import Any
 from ..config import Config
 from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
 from ..ids import IdGenerator
-from ..models import NodeResources, Target, Task, TaskRequest, TaskState
+from ..models import TRANSITIONS, NodeResources, Target, Task, TaskRequest, TaskState
 from ..parsing import MAX_ARRAY_TASKS
 from ..policy import MAX_TARGETS
 from .db import Database, Drain, NodeRecord
@@ -48,18 +48,9 @@ from .waiting import WaitBoard
 
 log = logging.getLogger(__name__)
 
-RUNNER_REPORTABLE = frozenset(
-    {
-        TaskState.RUNNING,
-        TaskState.PAUSED,
-        TaskState.COMPLETED,
-        TaskState.FAILED,
-        TaskState.KILLED,
-        TaskState.KILLED_OOM,
-        TaskState.LOST,
-        TaskState.TIMEOUT,
-    }
-)
+# What a runner may report is every state a task can move to from assigning
+# (the Host's last word before the runner's): one list, not two to keep in step.
+RUNNER_REPORTABLE = TRANSITIONS[TaskState.ASSIGNING]
 """States a runner may report. LOST: the task's container vanished under the runner."""
 
 
