@@ -1,0 +1,151 @@
+"""SQL for nodes: registration, heartbeats, drain, and going offline."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiosqlite
+
+from ...models import (
+    NodeCapabilities,
+    NodeResources,
+)
+from .rows import Drain, NodeRecord, _capabilities_text, _chunks, _dumps, _node_from_row
+from .schema import _HOLDING_SQL, _NODE_COLUMNS
+from .store import Store
+
+
+class NodeQueries(Store):
+    """Nodes (mixed into `Database`)."""
+
+    async def upsert_node(
+        self, res: NodeResources, now: float, *, identity_hash: str | None = None, order_token: str = ""
+    ) -> NodeRecord:
+        """Register (or re-register) a node: it is online with a fresh heartbeat,
+        bound to `identity_hash` (the caller checked the binding)."""
+        params = (
+            res.hostname,
+            res.url,
+            int(res.cores),
+            int(res.memory),
+            _dumps([n.to_json() for n in res.numa]),
+            _dumps([g.to_json() for g in res.gpus]),
+            now,
+            now,
+            identity_hash,
+            order_token,
+            _capabilities_text(res.capabilities),
+        )
+
+        async def op(conn: aiosqlite.Connection) -> NodeRecord:
+            rows = await conn.execute_fetchall(
+                f"""INSERT INTO nodes (hostname, url, cores, memory, numa_json, gpus_json, online,
+                                       registered_at, last_heartbeat, stats_json, identity_hash, order_token,
+                                       capabilities_json)
+                    VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, '{{}}', ?, ?, ?)
+                    ON CONFLICT(hostname) DO UPDATE SET
+                        url=excluded.url, cores=excluded.cores, memory=excluded.memory,
+                        numa_json=excluded.numa_json, gpus_json=excluded.gpus_json, online=1,
+                        registered_at=excluded.registered_at, last_heartbeat=excluded.last_heartbeat,
+                        identity_hash=excluded.identity_hash, order_token=excluded.order_token,
+                        capabilities_json=excluded.capabilities_json
+                    RETURNING {_NODE_COLUMNS}""",
+                params,
+            )
+            return _node_from_row(None, list(rows)[0])
+
+        return await self._write(op)
+
+    async def record_heartbeat(
+        self, hostname: str, stats: dict[str, Any], now: float, capabilities: NodeCapabilities | None = None
+    ) -> NodeRecord | None:
+        """Store a heartbeat (the node is online again); None if the node is unknown.
+        `capabilities` replaces the stored ones; None keeps them (a heartbeat
+        that does not say leaves what registration said)."""
+        params = (now, _dumps(stats), _capabilities_text(capabilities), hostname)
+
+        async def op(conn: aiosqlite.Connection) -> NodeRecord | None:
+            rows = await conn.execute_fetchall(
+                f"""UPDATE nodes SET last_heartbeat=?, stats_json=?, online=1,
+                        capabilities_json=COALESCE(?, capabilities_json)
+                    WHERE hostname=? RETURNING {_NODE_COLUMNS}""",
+                params,
+            )
+            return next((_node_from_row(None, r) for r in rows), None)
+
+        return await self._write(op)
+
+    async def set_node_drain(self, hostname: str, drain: Drain | None) -> NodeRecord | None:
+        """Drain a node (`drain` replaces any earlier one) or undo it (None).
+        None if the node is unknown."""
+        params = (
+            None if drain is None else drain.at,
+            None if drain is None else drain.by,
+            None if drain is None else drain.reason,
+            hostname,
+        )
+
+        async def op(conn: aiosqlite.Connection) -> NodeRecord | None:
+            rows = await conn.execute_fetchall(
+                f"""UPDATE nodes SET drained_at=?, drained_by=?, drained_reason=?
+                    WHERE hostname=? RETURNING {_NODE_COLUMNS}""",
+                params,
+            )
+            return next((_node_from_row(None, r) for r in rows), None)
+
+        return await self._write(op)
+
+    async def get_node(self, hostname: str) -> NodeRecord | None:
+        rows = await self._fetch(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE hostname=?", (hostname,), _node_from_row)
+        return rows[0] if rows else None
+
+    async def list_nodes(self, *, online: bool | None = None) -> list[NodeRecord]:
+        """All nodes by hostname; `online=True/False` filters."""
+        if online is None:
+            return await self._fetch(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY hostname", (), _node_from_row)
+        return await self._fetch(
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE online=? ORDER BY hostname", (1 if online else 0,), _node_from_row
+        )
+
+    async def mark_nodes_offline(self, stale_before: float, now: float | None = None) -> list[tuple[str, list[int]]]:
+        """Nodes online with `last_heartbeat < stale_before` go offline, and their
+        assigning/running/paused tasks become `lost` — all in one transaction.
+
+        Returns `[(hostname, [lost task ids...]), ...]` for the nodes that went
+        offline by this call (sorted by hostname, ids ascending).
+        """
+        when = time.time() if now is None else now
+
+        async def op(conn: aiosqlite.Connection) -> list[tuple[str, list[int]]]:
+            rows = await conn.execute_fetchall(
+                "UPDATE nodes SET online=0 WHERE online=1 AND last_heartbeat < ? RETURNING hostname",
+                (stale_before,),
+            )
+            hosts = sorted(r[0] for r in rows)
+            lost: dict[str, list[int]] = {h: [] for h in hosts}
+            for chunk in _chunks(hosts):
+                marks = ",".join("?" * len(chunk))
+                rows = await conn.execute_fetchall(
+                    f"""UPDATE tasks SET state='lost', finished_at=?, updated_at=?,
+                               error='node ' || node || ' stopped heartbeating'
+                        WHERE node IN ({marks}) AND state IN ({_HOLDING_SQL})
+                        RETURNING id, node""",
+                    (when, when, *chunk),
+                )
+                for task_id, node in rows:
+                    lost[node].append(task_id)
+            return [(h, sorted(lost[h])) for h in hosts]
+
+        return await self._write(op, atomic=True)
+
+    async def forget_node(self, hostname: str) -> bool:
+        """Remove a node and its identity binding; its tasks keep their records."""
+
+        async def op(conn: aiosqlite.Connection) -> bool:
+            rows = list(
+                await conn.execute_fetchall("DELETE FROM nodes WHERE hostname=? RETURNING hostname", (hostname,))
+            )
+            return bool(rows)
+
+        return await self._write(op)

@@ -1,0 +1,321 @@
+"""The connection, its lock, migrations and the group-commit writer that
+every query mixin builds on (see the package docstring for the contract)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+import aiosqlite
+
+from .errors import DatabaseError, SchemaTooNew, _wrap_error
+from .schema import MIGRATIONS, SCHEMA_VERSION, _split_sql
+
+log = logging.getLogger(__name__)
+
+
+MIN_SQLITE = (3, 35, 0)
+BUSY_TIMEOUT_MS = 10_000
+MAX_BATCH = 256
+"""Most write operations committed together in one transaction."""
+
+
+@dataclass(eq=False)
+class _WriteOp:
+    fn: Callable[[aiosqlite.Connection], Awaitable[Any]]
+    fut: asyncio.Future
+    atomic: bool
+
+
+PRIVATE_MODE = 0o600
+"""The database holds every task's env (secrets) and every token's hash."""
+
+
+def _refuse_empty(path: str) -> None:
+    """A new cluster's database file does not exist yet; an existing empty one is
+    a lost file (a failed copy, a full disk), never an empty cluster to start."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if st.st_size == 0:
+        try:
+            wal = os.stat(path + "-wal").st_size
+        except FileNotFoundError:
+            wal = 0
+        if wal == 0:
+            raise DatabaseError(
+                f"database {path!r} exists but is empty (0 bytes): it is not a cluster's database. "
+                "Restore it from a backup; to start an empty cluster, delete the file"
+            )
+
+
+def _private_files(path: str) -> None:
+    """Create the database file 0600 if it is missing, and take group and other
+    access away from it and its -wal/-shm (made 0644 by earlier versions).
+    SQLite creates -wal and -shm with the database file's mode."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_MODE)
+    except OSError as e:
+        raise DatabaseError(f"cannot open database {path!r}: {e.strerror}") from e
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, PRIVATE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            side = os.open(path + suffix, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # missing (or not ours to fix): SQLite decides
+        try:
+            if os.fstat(side).st_mode & 0o077:
+                os.fchmod(side, PRIVATE_MODE)
+        finally:
+            os.close(side)
+
+
+class Store:
+    """The connection and its writer. Query mixins subclass it; `Database`
+    combines them. Create with `await Database.open(path)`; `await close()` at shutdown."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: str):
+        self._conn = conn
+        self.path = path
+        self._lock = asyncio.Lock()
+        self._queue: collections.deque[_WriteOp] = collections.deque()
+        self._writer: asyncio.Task | None = None
+        self._closed = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> Self:
+        """Open (creating if needed) and migrate the database at `path`.
+
+        The parent directory must exist: a missing directory is far more often
+        a configuration mistake than something to create silently.
+        """
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise DatabaseError(
+                f"SQLite {sqlite3.sqlite_version} is too old: HakuRiver needs {'.'.join(map(str, MIN_SQLITE))} or newer"
+            )
+        path = os.fspath(path)
+        if not path:
+            raise DatabaseError("no database file configured (database.db_file)")
+        if path != ":memory:":
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise DatabaseError(f"cannot open database {path!r}: directory {parent!r} does not exist")
+            await asyncio.to_thread(_refuse_empty, path)
+            await asyncio.to_thread(_private_files, path)
+        try:
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise DatabaseError(f"cannot open database {path!r}: {e}") from e
+        db = cls(conn, path)
+        try:
+            await db._configure()
+            await db._check_integrity()
+            await db._migrate()
+        except BaseException:
+            await conn.close()
+            raise
+        return db
+
+    async def _configure(self) -> None:
+        conn = self._conn
+        try:
+            await conn.execute_fetchall(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            rows = list(await conn.execute_fetchall("PRAGMA journal_mode=WAL"))
+            mode = rows[0][0] if rows else None
+            if self.path != ":memory:" and str(mode).lower() != "wal":
+                raise DatabaseError(f"cannot open database {self.path!r}: WAL journal mode unavailable (got {mode!r})")
+            await conn.execute_fetchall("PRAGMA synchronous=FULL")
+            await conn.execute_fetchall("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as e:
+            raise DatabaseError(f"cannot open database {self.path!r}: {e}") from e
+
+    async def _check_integrity(self) -> None:
+        """Refuse to serve (and write into) a damaged file: PostgreSQL's rule."""
+        try:
+            rows = list(await self._conn.execute_fetchall("PRAGMA quick_check(1)"))
+        except sqlite3.Error as e:
+            raise DatabaseError(f"database {self.path!r} is damaged ({e}); restore it from a backup") from e
+        verdict = str(rows[0][0]) if rows else "no answer"
+        if verdict != "ok":
+            raise DatabaseError(
+                f"database {self.path!r} failed its integrity check ({verdict}); "
+                "restore it from a backup, or move it aside to start an empty cluster"
+            )
+
+    async def _user_version(self) -> int:
+        rows = list(await self._conn.execute_fetchall("PRAGMA user_version"))
+        return int(rows[0][0])
+
+    async def _migrate(self) -> None:
+        conn = self._conn
+        try:
+            current = await self._user_version()
+            if current > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"database {self.path!r} has schema version {current}, newer than this HakuRiver "
+                    f"understands ({SCHEMA_VERSION}); upgrade HakuRiver or use another database file"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                await conn.execute_fetchall("BEGIN IMMEDIATE")
+                try:
+                    # Re-read inside the write lock: another process may have
+                    # migrated between our first read and BEGIN.
+                    seen = await self._user_version()
+                    if seen >= version:
+                        if seen > SCHEMA_VERSION:
+                            raise SchemaTooNew(
+                                f"database {self.path!r} was upgraded to schema version {seen} while opening"
+                            )
+                        await conn.execute_fetchall("COMMIT")
+                        continue
+                    for statement in _split_sql(MIGRATIONS[version - 1]):
+                        await conn.execute_fetchall(statement)
+                    await conn.execute_fetchall(f"PRAGMA user_version={version}")
+                    await conn.execute_fetchall("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        await conn.execute_fetchall("ROLLBACK")
+                    raise
+        except sqlite3.Error as e:
+            raise DatabaseError(f"cannot open database {self.path!r}: {e}") from e
+
+    async def schema_version(self) -> int:
+        async with self._lock:
+            return await self._user_version()
+
+    async def close(self) -> None:
+        """Commit what is queued, then close. Further calls raise DatabaseError."""
+        if self._closed:
+            return
+        self._closed = True
+        writer = self._writer
+        if writer is not None and not writer.done():
+            try:
+                await asyncio.shield(writer)
+            except Exception:  # noqa: BLE001, S110 - its callers got the error
+                pass  # its callers got the error
+        async with self._lock:
+            await self._conn.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DatabaseError("the database is closed")
+
+    async def ping(self) -> bool:
+        """Run `SELECT 1`; raises DatabaseError if the database does not answer."""
+        self._check_open()
+        try:
+            async with self._lock:
+                rows = list(await self._conn.execute_fetchall("SELECT 1"))
+        except (sqlite3.Error, ValueError) as e:
+            raise DatabaseError(f"database {self.path!r} does not answer: {e}") from e
+        return rows[0][0] == 1
+
+    # ----------------------------------------------------------------- plumbing
+
+    async def _fetch(self, sql: str, params: Sequence[Any], factory: Callable[[Any, Sequence[Any]], Any]) -> list:
+        """Run a read and build models in the database thread (a long list then
+        does not hold the event loop for its whole conversion)."""
+        self._check_open()
+        async with self._lock:
+            cursor = await self._conn.execute(sql, params)
+            try:
+                cursor.row_factory = factory  # type: ignore[assignment]  # typeshed allows only type
+                return list(await cursor.fetchall())
+            finally:
+                await cursor.close()
+
+    async def _write(self, fn: Callable[[aiosqlite.Connection], Awaitable[Any]], *, atomic: bool = False) -> Any:
+        """Queue one write operation and wait until it is committed (or failed).
+
+        `fn` runs inside the batch transaction and may only await the
+        connection. `atomic=True` wraps it in a SAVEPOINT (needed when it runs
+        more than one statement).
+        """
+        self._check_open()
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append(_WriteOp(fn, fut, atomic))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_loop(), name="hakuriver-db-writer")
+        return await fut
+
+    async def _write_loop(self) -> None:
+        while self._queue:
+            batch: list[_WriteOp] = []
+            while self._queue and len(batch) < MAX_BATCH:
+                op = self._queue.popleft()
+                if not op.fut.done():  # a cancelled caller's op is simply not run
+                    batch.append(op)
+            if not batch:
+                continue
+            try:
+                outcomes = await self._run_batch(batch)
+            except BaseException as e:
+                err = e if isinstance(e, Exception) else DatabaseError("database writer stopped")
+                for op in batch:
+                    if not op.fut.done():
+                        op.fut.set_exception(err)
+                while self._queue:
+                    op = self._queue.popleft()
+                    if not op.fut.done():
+                        op.fut.set_exception(err)
+                raise
+            for op, ok, value in outcomes:
+                if op.fut.done():
+                    continue
+                if ok:
+                    op.fut.set_result(value)
+                else:
+                    op.fut.set_exception(value)
+
+    async def _run_batch(self, batch: list[_WriteOp]) -> list[tuple[_WriteOp, bool, Any]]:
+        conn = self._conn
+        outcomes: list[tuple[_WriteOp, bool, Any]] = []
+        async with self._lock:
+            try:
+                await conn.execute_fetchall("BEGIN IMMEDIATE")
+                for op in batch:
+                    if op.atomic:
+                        await conn.execute_fetchall("SAVEPOINT op")
+                    try:
+                        value = await op.fn(conn)
+                    except Exception as e:
+                        if not conn.in_transaction:
+                            raise  # SQLite rolled the whole transaction back
+                        if op.atomic:
+                            await conn.execute_fetchall("ROLLBACK TO op")
+                            await conn.execute_fetchall("RELEASE op")
+                        outcomes.append((op, False, _wrap_error(e)))
+                    else:
+                        if op.atomic:
+                            await conn.execute_fetchall("RELEASE op")
+                        outcomes.append((op, True, value))
+                await conn.execute_fetchall("COMMIT")
+            except Exception as e:  # noqa: BLE001 - every waiter gets the error
+                await self._rollback_quietly()
+                err = _wrap_error(e)
+                return [(op, False, err) for op in batch]
+            except BaseException:
+                await self._rollback_quietly()
+                raise
+        return outcomes
+
+    async def _rollback_quietly(self) -> None:
+        try:
+            if self._conn.in_transaction:
+                await self._conn.execute_fetchall("ROLLBACK")
+        except (sqlite3.Error, ValueError):
+            pass

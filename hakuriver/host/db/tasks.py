@@ -1,0 +1,294 @@
+"""SQL for tasks: insert, guarded transitions, placement, and the reads the
+scheduler and the API make, dependencies included."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import aiosqlite
+
+from ...models import (
+    FINAL_STATES,
+    Task,
+    TaskState,
+    predecessors,
+)
+from .rows import _chunks, _dumps, _task_from_row, _task_params
+from .schema import _HOLDING_SQL, _TASK_COLUMNS
+from .store import Store
+
+_TRANSITION_FIELDS = frozenset(
+    {"node", "numa", "gpus", "assigned_at", "started_at", "finished_at", "exit_code", "error", "output_error"}
+)
+
+
+class TaskQueries(Store):
+    """Tasks (mixed into `Database`)."""
+
+    async def insert_tasks(self, tasks: Sequence[Task], now: float | None = None) -> None:
+        """Insert new tasks, all or none (a duplicate id fails the whole call),
+        with their dependencies (`Task.after`, `Task.after_any`) in the same
+        transaction: a task is never stored without what it waits for."""
+        if not tasks:
+            return
+        when = time.time() if now is None else now
+        rows = [_task_params(t, when) for t in tasks]
+        deps = [(t.id, int(d), "after") for t in tasks for d in t.after]
+        deps += [(t.id, int(d), "after_any") for t in tasks for d in t.after_any if d not in t.after]
+
+        async def op(conn: aiosqlite.Connection) -> None:
+            cursor = await conn.executemany(
+                f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 27)})", rows
+            )
+            await cursor.close()
+            if deps:
+                cursor = await conn.executemany(
+                    "INSERT INTO task_dependencies (task_id, depends_on, kind) VALUES (?, ?, ?)", deps
+                )
+                await cursor.close()
+
+        await self._write(op, atomic=len(rows) > 1 or bool(deps))
+
+    async def transition(
+        self,
+        task_id: int,
+        new_state: TaskState,
+        *,
+        now: float,
+        allowed_from: frozenset[TaskState] | None = None,
+        **fields: Any,
+    ) -> Task | None:
+        """Move a task to `new_state` if it is in one of `allowed_from`
+        (default: every state `models.TRANSITIONS` allows into `new_state`).
+
+        Returns the updated task, or None if the task does not exist or the guard
+        failed (e.g. a late `completed` after `killed`: the stored state stays).
+
+        `fields` may set node, numa, gpus, assigned_at, started_at, finished_at,
+        exit_code, error, output_error. Unless given: entering ASSIGNING sets assigned_at=now;
+        entering RUNNING or PAUSED sets started_at=now if it was unset; entering
+        a final state sets finished_at=now; entering a non-final state clears
+        finished_at and output_error; leaving LOST clears the "stopped
+        heartbeating" error.
+        """
+        new_state = TaskState(new_state)
+        unknown = set(fields) - _TRANSITION_FIELDS
+        if unknown:
+            raise TypeError(f"transition() got unexpected fields: {', '.join(sorted(unknown))}")
+        allowed = predecessors(new_state) if allowed_from is None else frozenset(TaskState(s) for s in allowed_from)
+        if not allowed:
+            return None
+
+        sets: list[str] = ["state=?", "updated_at=?"]
+        params: list[Any] = [str(new_state), now]
+        for name in ("node", "numa", "exit_code"):
+            if name in fields:
+                sets.append(f"{name}=?")
+                params.append(fields[name])
+        if "gpus" in fields:
+            sets.append("gpus_json=?")
+            params.append(_dumps([int(g) for g in (fields["gpus"] or ())]))
+        if "assigned_at" in fields:
+            sets.append("assigned_at=?")
+            params.append(fields["assigned_at"])
+        elif new_state == TaskState.ASSIGNING:
+            sets.append("assigned_at=?")
+            params.append(now)
+        if "started_at" in fields:
+            sets.append("started_at=?")
+            params.append(fields["started_at"])
+        elif new_state in (TaskState.RUNNING, TaskState.PAUSED):
+            sets.append("started_at=COALESCE(started_at, ?)")
+            params.append(now)
+        if "finished_at" in fields:
+            sets.append("finished_at=?")
+            params.append(fields["finished_at"])
+        elif new_state in FINAL_STATES:
+            sets.append("finished_at=?")
+            params.append(now)
+        else:
+            sets.append("finished_at=NULL")
+        if "output_error" in fields:
+            sets.append("output_error=?")
+            params.append(fields["output_error"])
+        elif new_state not in FINAL_STATES:
+            sets.append("output_error=NULL")
+        if "error" in fields:
+            sets.append("error=?")
+            params.append(fields["error"])
+        else:
+            sets.append("error=CASE WHEN state='lost' THEN NULL ELSE error END")
+        params.append(int(task_id))
+        params.extend(str(s) for s in sorted(allowed))
+        sql = (
+            f"UPDATE tasks SET {', '.join(sets)} WHERE id=? AND state IN ({','.join('?' * len(allowed))}) "
+            f"RETURNING {_TASK_COLUMNS}"
+        )
+
+        async def op(conn: aiosqlite.Connection) -> Task | None:
+            rows = list(await conn.execute_fetchall(sql, params))
+            return _task_from_row(None, rows[0]) if rows else None
+
+        return await self._write(op)
+
+    async def assign_many(
+        self, placements: Iterable[tuple[int, str, int | None, Sequence[int]]], now: float
+    ) -> list[int]:
+        """pending -> assigning for many tasks in one transaction, each guarded.
+
+        `placements` are `(task_id, node, numa, gpus)` (scheduler.Placement is
+        one). Returns the ids actually moved, in the order given; a task that is
+        no longer pending (killed meanwhile) is skipped.
+        """
+        seen: set[int] = set()
+        rows: list[tuple[int, str, int | None, str]] = []
+        for task_id, node, numa, gpus in placements:
+            if task_id in seen:
+                continue
+            seen.add(task_id)
+            rows.append((int(task_id), node, None if numa is None else int(numa), _dumps([int(g) for g in gpus])))
+        if not rows:
+            return []
+
+        async def op(conn: aiosqlite.Connection) -> list[int]:
+            moved: set[int] = set()
+            for chunk in _chunks(rows, 250):
+                values = ",".join(["(?,?,?,?)"] * len(chunk))
+                params: list[Any] = [now, now]
+                for row in chunk:
+                    params.extend(row)
+                result = await conn.execute_fetchall(
+                    f"""UPDATE tasks SET state='assigning', node=v.column2, numa=v.column3, gpus_json=v.column4,
+                               assigned_at=?, updated_at=?, finished_at=NULL
+                        FROM (VALUES {values}) AS v
+                        WHERE tasks.id = v.column1 AND tasks.state = 'pending'
+                        RETURNING id""",
+                    params,
+                )
+                moved.update(r[0] for r in result)
+            return [r[0] for r in rows if r[0] in moved]
+
+        return await self._write(op, atomic=True)
+
+    # ----------------------------------------------------------------- tasks: reads
+
+    async def get_task(self, task_id: int) -> Task | None:
+        rows = await self._fetch(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id=?", (int(task_id),), _task_from_row)
+        return rows[0] if rows else None
+
+    async def get_tasks(self, ids: Iterable[int]) -> list[Task]:
+        """The tasks with these ids, in the order asked; unknown ids are left out."""
+        wanted = list(dict.fromkeys(int(i) for i in ids))
+        found: dict[int, Task] = {}
+        for chunk in _chunks(wanted):
+            for task in await self._fetch(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id IN ({','.join('?' * len(chunk))})",
+                tuple(chunk),
+                _task_from_row,
+            ):
+                found[task.id] = task
+        return [found[i] for i in wanted if i in found]
+
+    async def list_tasks(
+        self,
+        states: Iterable[TaskState] | None = None,
+        node: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+        *,
+        batch_id: int | None = None,
+        owner: str | None = None,
+        finished_since: float | None = None,
+    ) -> list[Task]:
+        """Newest first. Page with `before_id=<last id of the previous page>`.
+        With `finished_since`, only tasks that finished at or after it."""
+        where: list[str] = []
+        params: list[Any] = []
+        if states is not None:
+            wanted = sorted({str(TaskState(s)) for s in states})
+            if not wanted:
+                return []
+            where.append(f"state IN ({','.join('?' * len(wanted))})")
+            params.extend(wanted)
+        if node is not None:
+            where.append("node=?")
+            params.append(node)
+        if batch_id is not None:
+            where.append("batch_id=?")
+            params.append(int(batch_id))
+        if owner is not None:
+            where.append("owner=?")
+            params.append(owner)
+        if finished_since is not None:
+            where.append("finished_at>=?")
+            params.append(float(finished_since))
+        if before_id is not None:
+            where.append("id<?")
+            params.append(int(before_id))
+        limit = max(0, int(limit))
+        params.append(limit)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return await self._fetch(
+            f"SELECT {_TASK_COLUMNS} FROM tasks {clause}ORDER BY id DESC LIMIT ?", params, _task_from_row
+        )
+
+    async def count_tasks_by_state(self) -> dict[TaskState, int]:
+        """Every state with its count (0 included)."""
+        rows = await self._fetch("SELECT state, COUNT(*) FROM tasks GROUP BY state", (), lambda _c, r: (r[0], r[1]))
+        counts = {s: 0 for s in TaskState}
+        for state, n in rows:
+            counts[TaskState(state)] = n
+        return counts
+
+    async def load_pending(self) -> list[Task]:
+        """Pending tasks, oldest (lowest id) first."""
+        return await self._fetch(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state='pending' ORDER BY id", (), _task_from_row
+        )
+
+    async def dependencies_of(self, ids: Iterable[int]) -> dict[int, list[tuple[int, str]]]:
+        """Each task's dependencies as (depends_on, kind), by depends_on;
+        tasks without any are left out."""
+        wanted = list(dict.fromkeys(int(i) for i in ids))
+        found: dict[int, list[tuple[int, str]]] = {}
+        for chunk in _chunks(wanted):
+            rows = await self._fetch(
+                f"SELECT task_id, depends_on, kind FROM task_dependencies "
+                f"WHERE task_id IN ({','.join('?' * len(chunk))}) ORDER BY task_id, depends_on",
+                tuple(chunk),
+                lambda _c, r: (r[0], r[1], r[2]),
+            )
+            for task_id, dep, kind in rows:
+                found.setdefault(task_id, []).append((dep, kind))
+        return found
+
+    async def load_waiting_dependencies(self) -> list[tuple[int, int, str]]:
+        """(task_id, depends_on, kind) of every pending task's dependencies:
+        what `DependencyIndex` is rebuilt from at start."""
+        return await self._fetch(
+            "SELECT d.task_id, d.depends_on, d.kind FROM tasks t JOIN task_dependencies d ON d.task_id = t.id "
+            "WHERE t.state='pending' ORDER BY d.task_id, d.depends_on",
+            (),
+            lambda _c, r: (r[0], r[1], r[2]),
+        )
+
+    async def task_states(self, ids: Iterable[int]) -> dict[int, TaskState]:
+        """The state of each of these tasks that exists."""
+        wanted = list(dict.fromkeys(int(i) for i in ids))
+        found: dict[int, TaskState] = {}
+        for chunk in _chunks(wanted):
+            rows = await self._fetch(
+                f"SELECT id, state FROM tasks WHERE id IN ({','.join('?' * len(chunk))})",
+                tuple(chunk),
+                lambda _c, r: (r[0], r[1]),
+            )
+            found.update((task_id, TaskState(state)) for task_id, state in rows)
+        return found
+
+    async def load_holding(self) -> list[Task]:
+        """Tasks that hold resources (assigning, running, paused), by id."""
+        return await self._fetch(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE state IN ({_HOLDING_SQL}) ORDER BY id", (), _task_from_row
+        )
