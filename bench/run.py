@@ -207,6 +207,11 @@ class HostSetup:
     heartbeat_timeout_factor: float = 6.0
     proc: Proc | None = None
     started_at: float = 0.0
+    launcher: str = ""
+    """A script run instead of `-m hakuriver.cli.host` (default: --host-launcher)."""
+    extra_env: dict[str, str] = field(default_factory=dict)
+    extra_config: dict[str, Any] = field(default_factory=dict)
+    """Config sections merged over the generated one (section -> keys)."""
 
     def __post_init__(self) -> None:
         for sub in ("shared", "host_temp", "logs"):
@@ -225,7 +230,7 @@ class HostSetup:
         return self.heartbeat_interval * self.heartbeat_timeout_factor
 
     def config(self) -> dict[str, Any]:
-        return loopback_config(
+        config = loopback_config(
             self.root,
             port=self.port,
             token=self.token,
@@ -233,11 +238,15 @@ class HostSetup:
             heartbeat_timeout_factor=self.heartbeat_timeout_factor,
             docker={"default_container_name": ENV_NAME},
         )
+        for section, keys in self.extra_config.items():
+            config.setdefault(section, {}).update(keys)
+        return config
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         path = self.root / "host.toml"
         path.write_text(toml.dumps(self.config()))
-        self.proc = Proc("host", host_argv(path, HOST_LAUNCHER), self.root / "logs" / "host.log", child_env(self.root))
+        env = {**child_env(self.root), **self.extra_env}
+        self.proc = Proc("host", host_argv(path, self.launcher or HOST_LAUNCHER), self.root / "logs" / "host.log", env)
         self.proc.start()
         self.started_at = time.time()
         deadline = time.monotonic() + 30
@@ -383,6 +392,8 @@ class SimCluster:
         r = self.runners.get(request.match_info["name"])
         if r is None:
             return web.json_response({"error": {"code": "not_found", "message": "no runner"}}, status=404)
+        if not self.running:  # closing: a task accepted now could never report
+            return web.json_response({"error": {"code": "unavailable", "message": "closing"}}, status=503)
         body = await request.json()
         task_id = int(body["task_id"])
         if task_id not in r.tasks:  # idempotent, as a real runner
@@ -440,6 +451,8 @@ class SimCluster:
         url = f"{self.host.url}/api/runner/tasks/{task_id}/status"
         delay = 0.2
         for _ in range(30):
+            if not self.running or self.session.closed:
+                return
             t0 = time.monotonic()
             try:
                 async with self.session.post(url, json={"hostname": r.name, **payload}) as resp:
@@ -1475,7 +1488,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer idle runners, shorter windows, fewer e2e tasks")
     p.add_argument(
-        "--only", choices=("throughput", "idle", "e2e"), action="append", help="run only these phases (repeatable)"
+        "--only",
+        choices=("throughput", "idle", "e2e", "scheduling"),
+        action="append",
+        help="run only these phases (repeatable)",
     )
     p.add_argument("--runners", type=int, default=100)
     p.add_argument("--submits", type=int, default=2000)
@@ -1493,6 +1509,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-runners", type=int, default=None)
     p.add_argument("--idle-seconds", type=float, default=None)
     p.add_argument("--e2e-n", type=int, default=None)
+    p.add_argument(
+        "--sched-tasks", type=int, default=None, help="tasks per scheduling scenario (default 10,000; quick 2,000)"
+    )
+    p.add_argument("--sched-hold", type=float, default=None, help="seconds of passes timed after the submits")
     p.add_argument(
         "--floor-seconds",
         type=float,
@@ -1515,13 +1535,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.idle_runners = a.idle_runners or (1000)
     a.idle_seconds = a.idle_seconds or (10.0 if a.quick else 30.0)
     a.e2e_n = a.e2e_n or (10 if a.quick else 30)
+    a.sched_tasks = a.sched_tasks or (2000 if a.quick else 10_000)
+    a.sched_hold = a.sched_hold if a.sched_hold is not None else (5.0 if a.quick else 15.0)
     if a.floor_seconds is None:
         a.floor_seconds = 0.0 if a.quick else 15.0
     return a
 
 
 async def amain(args: argparse.Namespace, root: Path) -> None:
-    phases = set(args.only or ("throughput", "idle", "e2e"))
+    phases = set(args.only or ("throughput", "idle", "e2e", "scheduling"))
     async with contextlib.AsyncExitStack() as stack:
         session = await stack.enter_async_context(aiohttp.ClientSession())
         if "throughput" in phases:
@@ -1539,6 +1561,10 @@ async def amain(args: argparse.Namespace, root: Path) -> None:
             await bench_idle(args, root, session)
         if "e2e" in phases:
             await bench_e2e(args, root, session)
+        if "scheduling" in phases:
+            from bench.scheduling import bench_scheduling
+
+            await bench_scheduling(args, root, session)
 
 
 def _loadavg() -> str:
@@ -1602,4 +1628,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Phase modules (bench/scheduling.py) import this one as `bench.run`: one
+    # copy, so their rows land in the same table.
+    sys.modules.setdefault("bench.run", sys.modules[__name__])
     sys.exit(main())

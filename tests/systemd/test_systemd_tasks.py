@@ -302,3 +302,26 @@ def test_a_time_limit_is_the_units_own_and_holds_without_a_runner(sd: SdCluster)
     sd.start_runner()
     t = sd.wait_final(task_id)
     assert (t["state"], t["exit_code"], t["error"]) == ("timeout", 143, "time limit 4s reached"), t
+
+
+def test_an_array_of_null_tasks_runs_each_index_as_the_submitter(sd: SdCluster) -> None:
+    """`--array` with `--container NULL`: one unit per index, each with its own
+    HAKURIVER_ARRAY_INDEX and the batch id, all as the submitter."""
+    status, body = sd.api(
+        "POST",
+        "/api/tasks",
+        {
+            "command": ["sh", "-c", 'echo "$HAKURIVER_ARRAY_INDEX $HAKURIVER_BATCH_ID $(id -un)"'],
+            "container": "NULL",
+            "targets": [NODE_NAME],
+            "array": "0-2",
+        },
+        as_user=TASK_USER,
+    )
+    assert status == 201, body
+    batch, ids = body["batch_id"], body["task_ids"]
+    assert len(ids) == 3
+    for index, task_id in enumerate(ids):
+        t = sd.wait_final(task_id)
+        assert (t["state"], t["array_index"], t["batch_id"]) == ("completed", index, batch), t
+        assert sd.logs(task_id) == f"{index} {batch} {TASK_USER}\n"
