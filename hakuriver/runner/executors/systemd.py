@@ -22,11 +22,13 @@ How the exit status survives a runner restart
     used when a record is missing (say the hook itself was killed).
 
 How the end is observed
-    One loop per executor, not one per task: every `poll_interval` it stats
-    the status files of the tasks being waited for (a cheap local read, no
-    sudo, no process), and every few rounds asks systemd about all their
-    units in a single `systemctl show` (unprivileged, read-only) to notice a
-    unit that vanished without a record (LOST).
+    One loop per executor, not one per task. An inotify watch on the state
+    dir (`dirwatch.DirWatch`) wakes it as the hook renames a record in, so a
+    task's end is seen at once; it then stats the status files of the tasks
+    being waited for (a cheap local read, no sudo, no process). Without
+    inotify it does so every `poll_interval`. About every three seconds it asks
+    systemd about all their units in a single `systemctl show` (unprivileged,
+    read-only) to notice a unit that vanished without a record (LOST).
 
 What is known about the output
     The task's processes write their files themselves (the launcher's `exec`
@@ -76,6 +78,7 @@ from ...errors import ExecutorError
 from ...launcher import DEFAULT_LAUNCHER_PATH, DEFAULT_STATE_DIR, UNIT_PROPERTIES, parse_show
 from ...models import ExitResult, TaskState
 from .base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
+from .dirwatch import DirWatch
 from .output import check_written_files, summary
 
 log = logging.getLogger(__name__)
@@ -90,7 +93,9 @@ CALL_TIMEOUT = 120.0
 # `systemctl show` safety net (a process spawn) stays about every 3 s.
 DEFAULT_POLL_INTERVAL = 0.1
 UNIT_CHECK_EVERY = 30
-"""Poll rounds between two `systemctl show` checks of the waited units."""
+"""Poll intervals between two `systemctl show` checks of the waited units."""
+WATCHED_POLL_INTERVAL = 1.0
+"""The poll interval while an inotify watch on the state dir wakes the poller."""
 SYSTEMD_EXIT_CODES = range(200, 256)
 """systemd's own "could not set up the process" exit codes (EXIT_CHDIR, EXIT_USER, ...)."""
 LIVE_STATES = ("active", "activating", "deactivating", "reloading")
@@ -359,6 +364,7 @@ class SystemdExecutor(Executor):
         self._waiters: dict[int, _Waiter] = {}
         self._poller: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._dirwatch = DirWatch()
         self._closed = False
 
     @classmethod
@@ -536,19 +542,40 @@ class SystemdExecutor(Executor):
             self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
         self._wake.set()
 
+    async def _watch_state_dir(self) -> None:
+        """Wake the poller as soon as the hook renames a record into the state
+        dir (inotify); where that is not possible the poller keeps its interval."""
+        if self._dirwatch.active:
+            return
+        try:
+            state_dir = await self._state_dir_path()
+        except ExecutorError:
+            return  # the round's own read reports it
+        self._dirwatch.start(state_dir, self._wake.set)
+
     async def _poll_loop(self) -> None:
-        rounds = 0
+        # The watch first, then the reads: a record renamed in between still wakes us.
+        await self._watch_state_dir()
+        loop = asyncio.get_running_loop()
+        check_every = self.poll_interval * self.unit_check_every
+        last_check = -check_every
         while not self._closed and any(not w.future.done() for w in self._waiters.values()):
+            now = loop.time()
+            check_units = now - last_check >= check_every
+            if check_units:
+                last_check = now
+            self._wake.clear()
             try:
-                await self._poll_once(check_units=rounds % self.unit_check_every == 0)
+                await self._poll_once(check_units=check_units)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a bad round must not end the loop
                 log.warning("watching systemd tasks: %s", exc)
-            rounds += 1
-            self._wake.clear()
+            # Watched, the interval is only the safety net (and the systemctl
+            # check's clock); unwatched, it is the latency of every task's end.
+            interval = max(self.poll_interval, WATCHED_POLL_INTERVAL) if self._dirwatch.active else self.poll_interval
             try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                await asyncio.wait_for(self._wake.wait(), min(interval, check_every))
             except TimeoutError:
                 pass
 
@@ -676,6 +703,7 @@ class SystemdExecutor(Executor):
         if poller is not None:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
+        self._dirwatch.close()
         for w in self._waiters.values():
             if not w.future.done():
                 w.future.set_exception(ExecutorError("the systemd executor was closed before the task ended"))
