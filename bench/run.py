@@ -1489,7 +1489,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer idle runners, shorter windows, fewer e2e tasks")
     p.add_argument(
         "--only",
-        choices=("throughput", "idle", "e2e", "scheduling"),
+        choices=("throughput", "idle", "e2e", "scheduling", "bigdb"),
         action="append",
         help="run only these phases (repeatable)",
     )
@@ -1514,6 +1514,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--sched-hold", type=float, default=None, help="seconds of passes timed after the submits")
     p.add_argument(
+        "--bigdb-tasks", type=int, default=None, help="tasks in the big database (default 1,000,000; quick 100,000)"
+    )
+    p.add_argument("--bigdb-requests", type=int, default=500, help="status and health requests per Host")
+    p.add_argument("--bigdb-submits", type=int, default=1000, help="single-task submits per Host")
+    p.add_argument(
         "--floor-seconds",
         type=float,
         default=None,
@@ -1537,13 +1542,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.e2e_n = a.e2e_n or (10 if a.quick else 30)
     a.sched_tasks = a.sched_tasks or (2000 if a.quick else 10_000)
     a.sched_hold = a.sched_hold if a.sched_hold is not None else (5.0 if a.quick else 15.0)
+    a.bigdb_tasks = a.bigdb_tasks or (100_000 if a.quick else 1_000_000)
     if a.floor_seconds is None:
         a.floor_seconds = 0.0 if a.quick else 15.0
     return a
 
 
 async def amain(args: argparse.Namespace, root: Path) -> None:
-    phases = set(args.only or ("throughput", "idle", "e2e", "scheduling"))
+    phases = set(args.only or ("throughput", "idle", "e2e", "scheduling", "bigdb"))
     async with contextlib.AsyncExitStack() as stack:
         session = await stack.enter_async_context(aiohttp.ClientSession())
         if "throughput" in phases:
@@ -1565,6 +1571,10 @@ async def amain(args: argparse.Namespace, root: Path) -> None:
             from bench.scheduling import bench_scheduling
 
             await bench_scheduling(args, root, session)
+        if "bigdb" in phases:
+            from bench.bigdb import bench_bigdb
+
+            await bench_bigdb(args, root, session)
 
 
 def _loadavg() -> str:
