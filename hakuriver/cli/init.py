@@ -187,7 +187,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
     else:
         put("auth.admin_token", new_token())
         put("auth.runner_token", new_token())
-        origin = "a fresh admin token and runner token"
+        put("metrics.scrape_token", new_token())
+        origin = "a fresh admin token, runner token and metrics scrape token"
     if args.client:
         return _write_client_config(args, overrides, origin)
 
