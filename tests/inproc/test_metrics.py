@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from hakuriver.host.metrics import REASON_CATEGORIES, reason_category
 from tests.harness.polling import apoll
 
-from .conftest import ClusterFactory
 from .cluster import InProcCluster
+from .conftest import ClusterFactory
 
 ADMIN_TOKEN = "admin-" + secrets.token_urlsafe(16)
 RUNNER_TOKEN = "runner-" + secrets.token_urlsafe(16)
