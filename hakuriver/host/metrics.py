@@ -13,10 +13,14 @@ global one: tests run several Hosts in one process):
   each group commit of the database, each scheduling pass, each task's wait
   (submitted to running) and run time (started to its end, by final state).
 
-`HostMetrics.render` builds the state families on the event loop (reading
-the Host's mutable state there and nowhere else, a pass over nodes and the
-pending queue), then formats the text in a worker thread, which touches only
-that finished snapshot and the histograms (they lock themselves).
+`HostMetrics.render` tallies the pending queue (in chunks), builds the state
+families on the event loop in one go (one pass over the nodes), then
+formats the text one family at a time, yielding to the loop between
+families, so a heartbeat waits at most for one family's formatting. (A worker
+thread would not help: formatting is Python code that holds the GIL, and
+each step of a heartbeat, the database thread's included, would then wait
+for the interpreter's switch interval; `python -m bench.run --only scrape`
+showed it.)
 
 Labels are bounded: node names, GPU indexes a node registered, user names,
 final states and wait-reason categories (`reason_category`); never a task id.
@@ -25,6 +29,7 @@ final states and wait-reason categories (`reason_category`); never a task id.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -43,7 +48,7 @@ from .waiting import NO_NODE_ONLINE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONTENT_TYPE_LATEST", "HostMetrics", "reason_category", "state_families"]
+__all__ = ["CONTENT_TYPE_LATEST", "HostMetrics", "pending_by_user_reason", "reason_category", "state_families"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Seconds: submissions, commits, scheduling passes (fast, with a long tail)."""
@@ -82,6 +87,7 @@ _REASON_PREFIXES = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def reason_category(reason: str) -> str:
     """The bounded category (one of `REASON_CATEGORIES`) of a wait reason from
     the scheduler (`host/scheduler.py`): the text names nodes, sizes and task
@@ -109,8 +115,34 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def state_families(cluster: Cluster, counts: Mapping[TaskState, int] | None, now: float) -> list[Metric]:
-    """The state gauges, from the Host's memory as it is now (run on the event loop)."""
+PENDING_CHUNK = 5000
+"""Pending tasks tallied between two yields to the event loop."""
+
+
+async def pending_by_user_reason(cluster: Cluster) -> dict[tuple[str, str], int]:
+    """How many pending tasks each (owner, reason category) has. The queue is
+    copied at once, then tallied `PENDING_CHUNK` tasks at a time, yielding to
+    the loop in between: a queue of 100,000 holds no heartbeat up for long."""
+    items = list(cluster.pending.items())
+    tally: dict[tuple[str, str], int] = {}
+    for start in range(0, len(items), PENDING_CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        for task_id, task in items[start : start + PENDING_CHUNK]:
+            why = "dependency" if cluster.deps.blocked(task_id) else reason_category(cluster.waits.reason(task_id))
+            key = (task.owner or NO_OWNER, why)
+            tally[key] = tally.get(key, 0) + 1
+    return tally
+
+
+def state_families(
+    cluster: Cluster,
+    counts: Mapping[TaskState, int] | None,
+    now: float,
+    pending: Mapping[tuple[str, str], int],
+) -> list[Metric]:
+    """The state gauges, from the Host's memory as it is now (run on the event
+    loop), with `pending` from `pending_by_user_reason`."""
     info = GaugeMetricFamily("hakuriver_host_info", "The Host's version (always 1).", labels=["version"])
     info.add_metric([__version__], 1)
     started = GaugeMetricFamily("hakuriver_host_start_time_seconds", "When the Host started (Unix time).")
@@ -208,11 +240,6 @@ def state_families(cluster: Cluster, counts: Mapping[TaskState, int] | None, now
         for state in TaskState:
             tasks.add_metric([str(state)], counts.get(state, 0))
         families.append(tasks)
-    pending: dict[tuple[str, str], int] = {}
-    for task_id, task in cluster.pending.items():
-        why = "dependency" if cluster.deps.blocked(task_id) else reason_category(cluster.waits.reason(task_id))
-        key = (task.owner or NO_OWNER, why)
-        pending[key] = pending.get(key, 0) + 1
     by_user_reason = GaugeMetricFamily(
         "hakuriver_tasks_pending",
         "Pending tasks by owner and by why they wait (the latest scheduling pass; categories in docs/monitoring.md).",
@@ -225,7 +252,7 @@ def state_families(cluster: Cluster, counts: Mapping[TaskState, int] | None, now
 
 
 class _Snapshot(Collector):
-    """Yields the state families the latest `render` built on the event loop."""
+    """Yields the families it is given (one render's, a few at a time)."""
 
     def __init__(self) -> None:
         self.families: list[Metric] = []
@@ -283,8 +310,6 @@ class HostMetrics:
         )
         for state in sorted(FINAL_STATES):
             self.task_run_seconds.labels(state=str(state))  # every series exists from the start
-        self._snapshot = _Snapshot()
-        reg.register(self._snapshot)
 
     # ------------------------------------------------------------- observers
     def observe_commit(self, seconds: float, operations: int) -> None:
@@ -309,7 +334,17 @@ class HostMetrics:
 
     # ----------------------------------------------------------------- scrape
     async def render(self, cluster: Cluster, counts: Mapping[TaskState, int] | None) -> bytes:
-        """The exposition text. The snapshot is taken here, on the event loop;
-        the worker thread formats only it and the histograms."""
-        self._snapshot.families = state_families(cluster, counts, self.clock())
-        return await asyncio.to_thread(generate_latest, self.registry)
+        """The exposition text: the event histograms (`registry`), then the
+        state families of a snapshot taken now (see the module doc)."""
+        pending = await pending_by_user_reason(cluster)
+        families = state_families(cluster, counts, self.clock(), pending)
+        parts = [generate_latest(self.registry)]
+        # A registry of this render's own: concurrent renders never share one.
+        snapshot = _Snapshot()
+        one = CollectorRegistry(auto_describe=False)
+        one.register(snapshot)
+        for family in families:
+            await asyncio.sleep(0)  # a heartbeat that arrived meanwhile goes first
+            snapshot.families = [family]
+            parts.append(generate_latest(one))
+        return b"".join(parts)
