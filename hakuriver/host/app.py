@@ -47,10 +47,14 @@ def check_host_config(config: Config) -> None:
             "(hakuriver.init config generates both)"
         )
     scrape = config.metrics.scrape_token
-    if scrape and (len(scrape) < 16 or scrape in (auth.effective_admin_token(), auth.effective_runner_token())):
+    if scrape and (
+        len(scrape) < 16
+        or "".join(scrape.split()) != scrape
+        or scrape in (auth.effective_admin_token(), auth.effective_runner_token())
+    ):
         raise ConfigError(
-            "metrics.scrape_token must be at least 16 characters and differ from the admin and runner tokens "
-            "(it is handed to a Prometheus server)"
+            "metrics.scrape_token must be at least 16 characters without whitespace, and differ from the admin "
+            "and runner tokens (it is handed to a Prometheus server)"
         )
     db_dir = Path(config.database.db_file).expanduser().parent
     if not db_dir.is_dir():

@@ -10,6 +10,7 @@ import json
 import re
 import secrets
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hakuriver.config import MetricsConfig, config_from_dict
+from hakuriver.errors import ConfigError
+from hakuriver.host.app import check_host_config
 from hakuriver.host.metrics import REASON_CATEGORIES, reason_category
 from tests.harness.polling import apoll
 
@@ -294,3 +298,18 @@ def test_reason_categories_cover_the_schedulers_reasons() -> None:
     for reason, category in cases.items():
         assert reason_category(reason) == category, reason
     assert set(cases.values()) | {"dependency"} == set(REASON_CATEGORIES)
+
+
+@pytest.mark.parametrize("scrape", ["short", "has white space in the middle", ADMIN_TOKEN, RUNNER_TOKEN])
+def test_a_weak_scrape_token_is_refused_at_start(tmp_path: Path, scrape: str) -> None:
+    config = config_from_dict(
+        {
+            "paths": {"shared_dir": str(tmp_path)},
+            "database": {"db_file": str(tmp_path / "host.db")},
+            "auth": {"admin_token": ADMIN_TOKEN, "runner_token": RUNNER_TOKEN},
+            "metrics": {"scrape_token": scrape},
+        }
+    )
+    with pytest.raises(ConfigError, match="metrics.scrape_token"):
+        check_host_config(config)
+    check_host_config(replace(config, metrics=MetricsConfig(SCRAPE_TOKEN)))
