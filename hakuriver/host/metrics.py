@@ -17,10 +17,9 @@ global one: tests run several Hosts in one process):
 families on the event loop in one go (one pass over the nodes), then
 formats the text one family at a time, yielding to the loop between
 families, so a heartbeat waits at most for one family's formatting. (A worker
-thread would not help: formatting is Python code that holds the GIL, and
-each step of a heartbeat, the database thread's included, would then wait
-for the interpreter's switch interval; `python -m bench.run --only scrape`
-showed it.)
+thread would not spare the loop: formatting is Python code that holds the
+GIL, and each step of a heartbeat, the database thread's included, could then
+wait up to the interpreter's switch interval for it.)
 
 Labels are bounded: node names, GPU indexes a node registered, user names,
 final states and wait-reason categories (`reason_category`); never a task id.
@@ -30,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -45,8 +43,6 @@ from .. import __version__
 from ..models import FINAL_STATES, Task, TaskState
 from .cluster import Cluster
 from .waiting import NO_NODE_ONLINE
-
-log = logging.getLogger(__name__)
 
 __all__ = ["CONTENT_TYPE_LATEST", "HostMetrics", "pending_by_user_reason", "reason_category", "state_families"]
 
