@@ -1,4 +1,4 @@
-"""Phase 5, bigdb: the Host on a database of a million tasks, beside an empty one.
+"""Phase 6, bigdb: the Host on a database of a million tasks, beside an empty one.
 
     python -m bench.run --only bigdb            # ~3 minutes on 2 cores
     python -m bench.run --only bigdb --quick    # 100,000 tasks
@@ -193,7 +193,7 @@ async def measure(
 
 
 def report(empty: dict[str, Any], big: dict[str, Any], n: int) -> None:
-    sec = f"5. Database at scale: {n:,} tasks ({min(PENDING, n // 10):,} pending) beside an empty database"
+    sec = f"6. Database at scale: {n:,} tasks ({min(PENDING, n // 10):,} pending) beside an empty database"
 
     def p(values: list[float], q: float) -> str:
         return run.ms(run.pct(values, q))

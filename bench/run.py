@@ -15,6 +15,9 @@ Phases (each prints progress on stderr; one table of numbers on stdout at the en
 3. e2e         Host + one real Runner process + real Docker: `true` tasks one after
                another, submit->running and submit->completed, beside bare
                `docker run --rm IMAGE true` and docker-SDK create/start/wait/remove.
+4. scrape      A Host with simulated runners heartbeating every second and a
+               pending queue: heartbeat RTT without, then with, a GET /metrics
+               every second (a scrape must never hold up a heartbeat).
 
 Host CPU is read from /proc/<pid>/stat (utime+stime, all threads) over the
 measured window. Everything runs on 127.0.0.1. Every process and container
@@ -1273,6 +1276,84 @@ async def bench_idle(args: argparse.Namespace, root: Path, session: aiohttp.Clie
         add(sec, "Host CPU above that floor (heartbeat processing)", f"{r['host_cpu'] - f['host_cpu']:.1f} % of a core")
 
 
+# ========================================================== phase 4: scrape
+async def bench_scrape(args: argparse.Namespace, root: Path, session: aiohttp.ClientSession) -> None:
+    """Heartbeat RTT beside a Prometheus scrape every second: two windows of
+    the same load, the first without scrapes, the second with."""
+    n, seconds = args.scrape_runners, args.scrape_seconds
+    sec = f"4. Scrape: {n} simulated runners heartbeating every 1 s, GET /metrics every second"
+    host = HostSetup(root / "scrape", heartbeat_interval=1.0, heartbeat_timeout_factor=30.0)
+    sim = SimCluster(host)
+    try:
+        await host.start(session)
+        await sim.start()
+        names = [f"scrape{i:04d}" for i in range(n)]
+        await sim.add_runners(names, {}, host.heartbeat_interval)
+        # A queue that stays (every node drained), so each scrape walks pending
+        # tasks too, and no task traffic differs between the two windows.
+        for name in names:
+            status, body = await post_json(session, host, f"/api/nodes/{name}/drain", {"reason": "bench"})
+            assert status == 200, body
+        for _ in range(args.scrape_pending // 100):
+            status, body = await post_json(session, host, "/api/tasks", {"command": ["sleep", "1"], "array": "1-100"})
+            assert status == 201, body
+        log(f"scrape phase: {n} runners; measuring {seconds:.0f} s without scrapes, then {seconds:.0f} s with")
+        await asyncio.sleep(2.0)
+        scrapes: list[float] = []
+        sizes: list[int] = []
+        failures: Counter[str] = Counter()
+
+        async def scrape_until(end: float) -> None:
+            while time.monotonic() < end:
+                began = time.monotonic()
+                try:
+                    async with session.get(host.url + "/metrics", headers=host.headers) as resp:
+                        body = await resp.read()
+                        if resp.status != 200:
+                            failures[f"HTTP {resp.status}"] += 1
+                        sizes.append(len(body))
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    failures[type(exc).__name__] += 1
+                scrapes.append(time.monotonic() - began)
+                await asyncio.sleep(max(0.0, min(1.0 - (time.monotonic() - began), end - time.monotonic())))
+
+        # Windows without and with scrapes take turns (5 s each), so that a
+        # drift in the machine's other load falls on both alike.
+        windows: list[tuple[bool, float, float]] = []
+        turns = max(1, round(seconds / 5.0))
+        for turn in range(2 * turns):
+            scraping = turn % 2 == 1
+            began = time.monotonic()
+            end = began + seconds / turns
+            if scraping:
+                await scrape_until(end)
+            else:
+                await asyncio.sleep(end - began)
+            windows.append((scraping, began, time.monotonic()))
+
+        def beats(scraping: bool) -> list[float]:
+            return [lat for end, lat in sim.hb_lat for s, a, b in windows if s is scraping and a <= end < b]
+
+        without, with_scrape = beats(False), beats(True)
+        RAW["scrape"] = {"without": without, "with": with_scrape, "scrapes": scrapes, "sizes": sizes}
+        for label, lats in (("no scrape", without), ("a scrape every second", with_scrape)):
+            add(
+                sec,
+                f"heartbeat RTT p50 / p99 / max, {label}",
+                f"{ms(pct(lats, 50))} / {ms(pct(lats, 99))} / {ms(max(lats) if lats else math.nan)} ({len(lats)} beats)",
+            )
+        add(
+            sec,
+            "scrape time p50 / max; size",
+            f"{ms(pct(scrapes, 50))} / {ms(max(scrapes) if scrapes else math.nan)}; "
+            f"{(max(sizes) if sizes else 0) / 1024:.0f} KiB ({len(scrapes)} scrapes, {sum(failures.values())} failed)",
+        )
+        add(sec, "heartbeat errors", str(sum(sim.hb_errors.values())))
+    finally:
+        await sim.close()
+        host.stop()
+
+
 # ============================================================= phase 3: e2e
 def docker_client() -> Any:
     import docker  # the runner's own dependency
@@ -1489,7 +1570,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer idle runners, shorter windows, fewer e2e tasks")
     p.add_argument(
         "--only",
-        choices=("throughput", "idle", "e2e", "scheduling", "bigdb"),
+        choices=("throughput", "idle", "e2e", "scrape", "scheduling", "bigdb"),
         action="append",
         help="run only these phases (repeatable)",
     )
@@ -1509,6 +1590,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-runners", type=int, default=None)
     p.add_argument("--idle-seconds", type=float, default=None)
     p.add_argument("--e2e-n", type=int, default=None)
+    p.add_argument("--scrape-runners", type=int, default=200, help="simulated runners in the scrape phase")
+    p.add_argument("--scrape-seconds", type=float, default=None, help="each window of the scrape phase (s)")
+    p.add_argument("--scrape-pending", type=int, default=2000, help="pending tasks during the scrape phase")
     p.add_argument(
         "--sched-tasks", type=int, default=None, help="tasks per scheduling scenario (default 10,000; quick 2,000)"
     )
@@ -1543,13 +1627,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.sched_tasks = a.sched_tasks or (2000 if a.quick else 10_000)
     a.sched_hold = a.sched_hold if a.sched_hold is not None else (5.0 if a.quick else 15.0)
     a.bigdb_tasks = a.bigdb_tasks or (100_000 if a.quick else 1_000_000)
+    a.scrape_seconds = a.scrape_seconds or (10.0 if a.quick else 20.0)
     if a.floor_seconds is None:
         a.floor_seconds = 0.0 if a.quick else 15.0
     return a
 
 
 async def amain(args: argparse.Namespace, root: Path) -> None:
-    phases = set(args.only or ("throughput", "idle", "e2e", "scheduling", "bigdb"))
+    phases = set(args.only or ("throughput", "idle", "e2e", "scrape", "scheduling", "bigdb"))
     async with contextlib.AsyncExitStack() as stack:
         session = await stack.enter_async_context(aiohttp.ClientSession())
         if "throughput" in phases:
@@ -1565,6 +1650,8 @@ async def amain(args: argparse.Namespace, root: Path) -> None:
                 RAW["throughput_host_log_tail"] = host.proc.tail(2000) if host.proc else ""
         if "idle" in phases:
             await bench_idle(args, root, session)
+        if "scrape" in phases:
+            await bench_scrape(args, root, session)
         if "e2e" in phases:
             await bench_e2e(args, root, session)
         if "scheduling" in phases:

@@ -1,4 +1,4 @@
-"""Phase 4, scheduling: the scheduling pass under a deep queue.
+"""Phase 5, scheduling: the scheduling pass under a deep queue.
 
     python -m bench.run --only scheduling            # ~3 minutes on 2 cores
     python -m bench.run --only scheduling --quick    # 2,000 tasks instead of 10,000
@@ -41,6 +41,7 @@ LAUNCHER = str(Path(__file__).with_name("pass_timer_host.py"))
 RUNNERS = 20
 USERS = 20
 CHAIN = 10
+SEC = "5. Scheduling pass under a deep queue (fifo: one user; policy: 20 users, arrays, dependencies)"
 DEPTHS = (1_000, 5_000, 10_000)
 """Queue depths the pass times are read at (each +-20 %)."""
 
@@ -176,27 +177,27 @@ def report(results: dict[str, dict[str, Any]]) -> None:
         passes = res["passes"]
         singles = len(sub.single_lat)
         run.add(
-            "scheduling",
+            SEC,
             f"{name}: single-task submits/s (c32)",
             f"{singles / sub.seconds:.0f}" if sub.seconds else "-",
             "policy within 20 % of fifo" if name == "policy" else "",
         )
         run.add(
-            "scheduling",
+            SEC,
             f"{name}: submit p50 / p99",
             f"{run.ms(run.pct(sub.single_lat, 50))} / {run.ms(run.pct(sub.single_lat, 99))}",
         )
         if sub.array_lat:
-            run.add("scheduling", f"{name}: array submit p50 (one request)", run.ms(run.pct(sub.array_lat, 50)))
+            run.add(SEC, f"{name}: array submit p50 (one request)", run.ms(run.pct(sub.array_lat, 50)))
         run.add(
-            "scheduling",
+            SEC,
             f"{name}: tasks accepted / refused",
             f"{sub.tasks} / {sum(sub.refused.values())}",
             "0 refused",
             ok=not sub.refused,
         )
-        run.add("scheduling", f"{name}: over-commit events", str(res["overcommit"]), "0", ok=res["overcommit"] == 0)
-        run.add("scheduling", f"{name}: passes timed", str(len(passes)))
+        run.add(SEC, f"{name}: over-commit events", str(res["overcommit"]), "0", ok=res["overcommit"] == 0)
+        run.add(SEC, f"{name}: passes timed", str(len(passes)))
         whole, pure = by_depth(passes, "pass"), by_depth(passes, "schedule")
         for depth in DEPTHS:
             if depth in whole:

@@ -525,6 +525,11 @@ class HostClient:
         _, _, data = await self._send("GET", "/api/openapi.yaml")
         return data.decode("utf-8", "replace")
 
+    async def metrics(self) -> str:
+        """The Prometheus text of `GET /metrics` (an admin's token or the scrape token)."""
+        _, _, data = await self._send("GET", "/metrics")
+        return data.decode("utf-8", "replace")
+
     # ------------------------------------------------------- environments
     # Names are checked locally (parsing.validate_env_name) before anything is
     # sent, with the same message the Host would give.

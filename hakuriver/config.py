@@ -182,6 +182,15 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Host: the Prometheus endpoint `GET /metrics`."""
+
+    scrape_token: str = ""
+    """The bearer token a Prometheus server presents on /metrics (and nowhere
+    else); an admin's token works too. Empty: admins only."""
+
+
+@dataclass(frozen=True)
 class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -193,6 +202,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str | None = field(default=None, compare=False)
     """The file this config was read from, or None for built-in defaults."""
 

@@ -90,9 +90,9 @@ def _add_config(sub: Any) -> None:
         "config",
         help="write a commented starter config with fresh credentials",
         description="Write a commented config with every key, its default, and fresh random credentials\n"
-        "(auth.admin_token for the first admin, auth.runner_token for the Runners), readable by its\n"
-        "owner only (mode 0600). Flags set common values so scripts need no editing.\n"
-        "Paths given as flags are stored as absolute paths.\n\n"
+        "(auth.admin_token for the first admin, auth.runner_token for the Runners, metrics.scrape_token\n"
+        "for a Prometheus server), readable by its owner only (mode 0600). Flags set common values so\n"
+        "scripts need no editing. Paths given as flags are stored as absolute paths.\n\n"
         "On a Runner: --runner-token-file FILE (the Host's runner_token), no admin token.\n"
         "For a lab member: --client --token-file FILE writes only the Host's address and their token.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -187,7 +187,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
     else:
         put("auth.admin_token", new_token())
         put("auth.runner_token", new_token())
-        origin = "a fresh admin token and runner token"
+        put("metrics.scrape_token", new_token())
+        origin = "a fresh admin token, runner token and metrics scrape token"
     if args.client:
         return _write_client_config(args, overrides, origin)
 

@@ -15,6 +15,8 @@ Principals
   `/api/runner/*` only; user tokens are never accepted there, and the runner
   secret is never accepted anywhere else. Which node a runner is, is then
   proved by its node key (see `liveness`).
+- **A metrics scraper** (Prometheus) presents `metrics.scrape_token`,
+  accepted on `/metrics` only; an admin's token is accepted there too.
 
 The Host is the only writer of users and tokens, so `Accounts` keeps every
 token hash in memory: authenticating a request costs no database read.
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 ADMIN = "admin"
 USER = "user"
 RUNNER = "runner"
+SCRAPER = "scraper"
 ROLES = (ADMIN, USER)
 
 TOKEN_PREFIX = "hkr_"  # noqa: S105 - a prefix, not a secret
@@ -80,9 +83,15 @@ class Principal:
     def is_runner(self) -> bool:
         return self.role == RUNNER
 
+    @property
+    def is_scraper(self) -> bool:
+        return self.role == SCRAPER
+
 
 RUNNER_PRINCIPAL = Principal(name="runner", role=RUNNER)
 RUNNER_ROUTES = "/api/runner/"
+SCRAPER_PRINCIPAL = Principal(name="metrics", role=SCRAPER)
+METRICS_ROUTE = "/metrics"
 
 
 def new_token() -> str:
@@ -116,6 +125,7 @@ class Accounts:
         auth = config.auth
         self._admin_token = auth.effective_admin_token().encode("utf-8")
         self._runner_token = auth.effective_runner_token().encode("utf-8")
+        self._scrape_token = config.metrics.scrape_token.encode("utf-8")
         self._admin_name = validate_user_name(auth.admin_user)
         lim = config.limits
         self._default_limits = UserLimits(lim.default_max_cores, lim.default_max_gpus, lim.default_max_running)
@@ -138,6 +148,8 @@ class Accounts:
             return RUNNER_PRINCIPAL
         if self._admin_token and hmac.compare_digest(raw, self._admin_token):
             return Principal(self._admin_name, ADMIN)
+        if self._scrape_token and hmac.compare_digest(raw, self._scrape_token):
+            return SCRAPER_PRINCIPAL
         name = self._by_hash.get(token_hash(token))
         user = self._users.get(name) if name else None
         if user is None:
@@ -266,8 +278,8 @@ def principal_of(request: web.Request) -> Principal:
 
 
 def host_authenticator(accounts: Accounts) -> Authenticate:
-    """The Host's rule: user tokens everywhere but `/api/runner/`, and the
-    runner secret there only."""
+    """The Host's rule: user tokens everywhere but `/api/runner/`, the
+    runner secret there only, and the scrape token on `/metrics` only."""
 
     def authenticate(request: web.Request, token: str) -> None:
         principal = accounts.authenticate(token)
@@ -279,6 +291,8 @@ def host_authenticator(accounts: Accounts) -> Authenticate:
             principal = RUNNER_PRINCIPAL
         elif principal.is_runner:
             raise Forbidden("the runner secret is accepted on /api/runner/ only; use a user token")
+        elif principal.is_scraper and request.path != METRICS_ROUTE:
+            raise Forbidden("the metrics scrape token is accepted on /metrics only; use a user token")
         request[PRINCIPAL_KEY] = principal
 
     return authenticate

@@ -29,8 +29,9 @@ from .cluster import Cluster
 from .db import Database
 from .dispatch import Dispatcher
 from .environments import EnvironmentManager
-from .keys import ACCOUNTS, CLUSTER, CONFIG, DB, DISPATCHER, ENVIRONMENTS, LIVENESS, RUNNERS
+from .keys import ACCOUNTS, CLUSTER, CONFIG, DB, DISPATCHER, ENVIRONMENTS, LIVENESS, METRICS, RUNNERS
 from .liveness import Liveness
+from .metrics import HostMetrics
 from .retention import retention_loop
 from .runner_client import RunnerClient
 
@@ -45,6 +46,16 @@ def check_host_config(config: Config) -> None:
             f"auth.admin_token and auth.runner_token must be set in {config.source or 'the config'} "
             "(hakuriver.init config generates both)"
         )
+    scrape = config.metrics.scrape_token
+    if scrape and (
+        len(scrape) < 16
+        or "".join(scrape.split()) != scrape
+        or scrape in (auth.effective_admin_token(), auth.effective_runner_token())
+    ):
+        raise ConfigError(
+            "metrics.scrape_token must be at least 16 characters without whitespace, and differ from the admin "
+            "and runner tokens (it is handed to a Prometheus server)"
+        )
     db_dir = Path(config.database.db_file).expanduser().parent
     if not db_dir.is_dir():
         raise ConfigError(f"database.db_file: directory {db_dir} does not exist")
@@ -55,6 +66,8 @@ def check_host_config(config: Config) -> None:
 async def _database(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     app[DB] = await Database.open(str(Path(config.database.db_file).expanduser()))
+    # Counted once here, then kept in memory (health and metrics never scan the table).
+    await app[DB].load_task_counts()
     yield
     await app[DB].close()
 
@@ -101,6 +114,18 @@ async def _cluster(app: web.Application) -> AsyncIterator[None]:
     await cluster.close()
 
 
+async def _metrics(app: web.Application) -> AsyncIterator[None]:
+    """The Prometheus registry (`GET /metrics`) and its observers: each group
+    commit, each scheduling pass, each task transition."""
+    metrics = HostMetrics(clock=app[CLUSTER].clock)
+    app[METRICS] = metrics
+    app[DB].commit_observer = metrics.observe_commit
+    app[DISPATCHER].on_pass = metrics.observe_pass
+    app[CLUSTER].on_transition = metrics.observe_transition
+    yield
+    app[DB].commit_observer = None
+
+
 async def _retention(app: web.Application) -> AsyncIterator[None]:
     """The periodic purge of old final tasks (`database.retain_days`; off at 0)."""
     loop = asyncio.create_task(retention_loop(app[CONFIG], app[DB]), name="hakuriver-retention")
@@ -140,6 +165,6 @@ def create_app(config: Config) -> web.Application:
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONFIG] = config
-    app.cleanup_ctx.extend([_database, _accounts, _runner_client, _cluster, _retention, _environments])
+    app.cleanup_ctx.extend([_database, _accounts, _runner_client, _cluster, _metrics, _retention, _environments])
     app.add_routes(ROUTES)
     return app

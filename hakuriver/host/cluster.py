@@ -83,6 +83,9 @@ class Cluster:
         self.controlled_at: dict[int, float] = {}
         """When each task was last paused or resumed here: a heartbeat built before
         that must not undo it (see `liveness`)."""
+        self.on_transition: Callable[[Task | None, Task], None] | None = None
+        """Told each transition `transition` applied: (the task as last read
+        when the caller passed it, else None; the task after). The metrics."""
 
     # ------------------------------------------------------------------ start
     async def load(self) -> list[Task]:
@@ -345,6 +348,11 @@ class Cluster:
             self.ledger.release(task_id)
         if after.state is not TaskState.PENDING:
             self.pending.pop(task_id, None)
+        if self.on_transition is not None:
+            try:
+                self.on_transition(current, after)
+            except Exception:
+                log.exception("a transition observer failed")
         if after.state.is_final:
             self.controlled_at.pop(task_id, None)
             await self.settle_dependents([(task_id, after.state, None)])

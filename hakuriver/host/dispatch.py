@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from ..models import SYSTEMD_CONTAINER, Task, TaskState
@@ -38,6 +39,8 @@ class Dispatcher:
         self.unix_user_of = unix_user_of
         self.limits_of = limits_of
         """Each owner's effective limits (`Accounts.effective_limits`); None: nobody is limited."""
+        self.on_pass: Callable[[float], None] | None = None
+        """Told each completed pass's seconds (the metrics)."""
 
     def resume(self, assigning: list[Task]) -> None:
         """Send again the tasks a Host restart caught in `assigning`. Runners
@@ -54,7 +57,10 @@ class Dispatcher:
             await asyncio.sleep(PASS_COALESCE_SECONDS)
             cluster.clear_kick()
             try:
+                began = time.perf_counter()
                 await self.schedule_once()
+                if self.on_pass is not None:
+                    self.on_pass(time.perf_counter() - began)
             except Exception:
                 log.exception("scheduling pass failed; retrying on the next event")
                 await asyncio.sleep(1.0)

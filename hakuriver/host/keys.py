@@ -11,6 +11,7 @@ from .db import Database
 from .dispatch import Dispatcher
 from .environments import EnvironmentManager
 from .liveness import Liveness
+from .metrics import HostMetrics
 from .runner_client import RunnerClient
 
 CONFIG = web.AppKey("config", Config)
@@ -21,3 +22,4 @@ CLUSTER = web.AppKey("cluster", Cluster)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 LIVENESS = web.AppKey("liveness", Liveness)
 ENVIRONMENTS = web.AppKey("environments", EnvironmentManager)
+METRICS = web.AppKey("metrics", HostMetrics)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import backup, batches, environments, nodes, runners, tasks, usage, users
+from . import backup, batches, environments, metrics, nodes, runners, tasks, usage, users
 
 ROUTES = [
     web.post("/api/tasks", tasks.submit_tasks),
@@ -51,4 +51,5 @@ ROUTES = [
     web.post("/api/runner/register", runners.runner_register),
     web.post("/api/runner/heartbeat", runners.runner_heartbeat),
     web.post("/api/runner/tasks/{task_id}/status", runners.runner_report),
+    web.get("/metrics", metrics.metrics),
 ]

@@ -18,7 +18,7 @@ from ...safefiles import UnsafeFile
 from ...webapi import json_response, query_int, read_json_object, require_type
 from ..accounts import Principal, principal_of, require_owner_or_admin, validate_user_name
 from ..cluster import Cluster
-from ..keys import ACCOUNTS, CLUSTER, CONFIG, DB
+from ..keys import ACCOUNTS, CLUSTER, CONFIG, DB, METRICS
 from ..logs import read_log
 from ..submission import MAX_TARGETS, SUBMIT_FIELDS, parse_submission
 from ..waiting import QueueOrder
@@ -89,6 +89,7 @@ async def _owned_task(request: web.Request, what: str) -> Task:
 
 # ----------------------------------------------------------------- tasks
 async def submit_tasks(request: web.Request) -> web.Response:
+    began = time.perf_counter()
     data = await read_json_object(request, SUBMIT_FIELDS)
     req = parse_submission(data, request.app[CONFIG])
     principal = principal_of(request)
@@ -96,7 +97,7 @@ async def submit_tasks(request: web.Request) -> web.Response:
     limits = request.app[ACCOUNTS].effective_limits(principal.name)
     batch_id, tasks = await cluster.submit(req, owner=principal.name, limits=limits)  # sets dependencies
     queue = PendingQueue(cluster)
-    return json_response(
+    response = json_response(
         {
             "batch_id": str(batch_id),
             "task_ids": [str(t.id) for t in tasks],
@@ -104,6 +105,8 @@ async def submit_tasks(request: web.Request) -> web.Response:
         },
         status=201,
     )
+    request.app[METRICS].submit_seconds.observe(time.perf_counter() - began)
+    return response
 
 
 async def list_tasks(request: web.Request) -> web.Response:

@@ -6,9 +6,10 @@ from typing import Any
 
 import aiosqlite
 
+from ...models import TaskState
 from .rows import USAGE_GROUPS, UsageRow, _chunks
 from .schema import _FINAL_SQL
-from .store import Store
+from .store import Counted, Store
 
 
 class AccountingQueries(Store):
@@ -54,7 +55,8 @@ class AccountingQueries(Store):
         their ids. Never a task that is not final, and never one that a task
         which is not final depends on (its waiter still reads it)."""
 
-        async def op(conn: aiosqlite.Connection) -> list[int]:
+        async def op(conn: aiosqlite.Connection) -> Counted:
+            gone: dict[TaskState, int] = {}
             rows = await conn.execute_fetchall(
                 f"""SELECT id FROM tasks
                     WHERE state IN ({_FINAL_SQL}) AND finished_at IS NOT NULL AND finished_at < ?
@@ -72,7 +74,11 @@ class AccountingQueries(Store):
                     (*chunk, *chunk),
                 )
                 # The state guard again: nothing that is not final goes, whatever happened since.
-                await conn.execute(f"DELETE FROM tasks WHERE id IN ({marks}) AND state IN ({_FINAL_SQL})", tuple(chunk))
-            return ids
+                deleted = await conn.execute_fetchall(
+                    f"DELETE FROM tasks WHERE id IN ({marks}) AND state IN ({_FINAL_SQL}) RETURNING state", tuple(chunk)
+                )
+                for (state,) in deleted:
+                    gone[TaskState(state)] = gone.get(TaskState(state), 0) - 1
+            return Counted(ids, gone)
 
         return await self._write(op, atomic=True)

@@ -10,10 +10,11 @@ import aiosqlite
 from ...models import (
     NodeCapabilities,
     NodeResources,
+    TaskState,
 )
 from .rows import Drain, NodeRecord, _capabilities_text, _chunks, _dumps, _node_from_row
 from .schema import _HOLDING_SQL, _NODE_COLUMNS
-from .store import Store
+from .store import Counted, Store
 
 
 class NodeQueries(Store):
@@ -117,7 +118,8 @@ class NodeQueries(Store):
         """
         when = time.time() if now is None else now
 
-        async def op(conn: aiosqlite.Connection) -> list[tuple[str, list[int]]]:
+        async def op(conn: aiosqlite.Connection) -> Counted:
+            delta: dict[TaskState, int] = {}
             rows = await conn.execute_fetchall(
                 "UPDATE nodes SET online=0 WHERE online=1 AND last_heartbeat < ? RETURNING hostname",
                 (stale_before,),
@@ -126,6 +128,14 @@ class NodeQueries(Store):
             lost: dict[str, list[int]] = {h: [] for h in hosts}
             for chunk in _chunks(hosts):
                 marks = ",".join("?" * len(chunk))
+                # What they leave, for the in-memory counts (RETURNING sees the new rows only).
+                for state, n in await conn.execute_fetchall(
+                    f"SELECT state, COUNT(*) FROM tasks WHERE node IN ({marks}) AND state IN ({_HOLDING_SQL}) "
+                    "GROUP BY state",
+                    tuple(chunk),
+                ):
+                    delta[TaskState(state)] = delta.get(TaskState(state), 0) - n
+                    delta[TaskState.LOST] = delta.get(TaskState.LOST, 0) + n
                 rows = await conn.execute_fetchall(
                     f"""UPDATE tasks SET state='lost', finished_at=?, updated_at=?,
                                error='node ' || node || ' stopped heartbeating'
@@ -135,7 +145,7 @@ class NodeQueries(Store):
                 )
                 for task_id, node in rows:
                     lost[node].append(task_id)
-            return [(h, sorted(lost[h])) for h in hosts]
+            return Counted([(h, sorted(lost[h])) for h in hosts], delta)
 
         return await self._write(op, atomic=True)
 

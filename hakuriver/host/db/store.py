@@ -8,12 +8,14 @@ import collections
 import logging
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
 import aiosqlite
 
+from ...models import TaskState
 from .errors import DatabaseError, SchemaTooNew, _wrap_error
 from .schema import MIGRATIONS, SCHEMA_VERSION, _split_sql
 
@@ -31,6 +33,22 @@ class _WriteOp:
     fn: Callable[[aiosqlite.Connection], Awaitable[Any]]
     fut: asyncio.Future
     atomic: bool
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What a write operation returns when it changes how many tasks are in
+    each state: its caller's `value`, and `delta` (state -> change), which the
+    writer applies to `Store.task_counts` once the batch has committed (never
+    for an operation that failed or a batch that rolled back)."""
+
+    value: Any
+    delta: Mapping[TaskState, int]
+
+
+CommitObserver = Callable[[float, int], None]
+"""Told each committed batch: its seconds from BEGIN to COMMIT (fsync
+included) and how many operations it held (the Host's metrics)."""
 
 
 PRIVATE_MODE = 0o600
@@ -92,6 +110,9 @@ class Store:
         self._queue: collections.deque[_WriteOp] = collections.deque()
         self._writer: asyncio.Task | None = None
         self._closed = False
+        self._task_counts: dict[TaskState, int] | None = None
+        self.commit_observer: CommitObserver | None = None
+        """Called (on the event loop) after each committed write batch."""
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -224,6 +245,35 @@ class Store:
             raise DatabaseError(f"database {self.path!r} does not answer: {e}") from e
         return rows[0][0] == 1
 
+    # ----------------------------------------------------------- task counts
+
+    async def load_task_counts(self) -> dict[TaskState, int]:
+        """Count the tasks in each state once (a full scan), then keep the
+        counts in memory: every write that changes a task's state reports its
+        change (`Counted`), so `task_counts()` never scans the table again.
+        Read under the lock, so no committed batch is counted twice or missed."""
+        self._check_open()
+        async with self._lock:
+            rows = list(await self._conn.execute_fetchall("SELECT state, COUNT(*) FROM tasks GROUP BY state"))
+            counts = {s: 0 for s in TaskState}
+            for state, n in rows:
+                counts[TaskState(state)] = int(n)
+            self._task_counts = counts
+        return dict(counts)
+
+    def task_counts(self) -> dict[TaskState, int] | None:
+        """Every state with its count (0 included), from memory; None until
+        `load_task_counts` ran (only the Host loads them)."""
+        return None if self._task_counts is None else dict(self._task_counts)
+
+    def _apply_counts(self, deltas: list[Mapping[TaskState, int]]) -> None:
+        counts = self._task_counts
+        if counts is None:
+            return
+        for delta in deltas:
+            for state, n in delta.items():
+                counts[state] = counts.get(state, 0) + n
+
     # ----------------------------------------------------------------- plumbing
 
     async def _fetch(self, sql: str, params: Sequence[Any], factory: Callable[[Any, Sequence[Any]], Any]) -> list:
@@ -284,8 +334,10 @@ class Store:
     async def _run_batch(self, batch: list[_WriteOp]) -> list[tuple[_WriteOp, bool, Any]]:
         conn = self._conn
         outcomes: list[tuple[_WriteOp, bool, Any]] = []
+        deltas: list[Mapping[TaskState, int]] = []
         async with self._lock:
             try:
+                began = time.perf_counter()
                 await conn.execute_fetchall("BEGIN IMMEDIATE")
                 for op in batch:
                     if op.atomic:
@@ -302,8 +354,15 @@ class Store:
                     else:
                         if op.atomic:
                             await conn.execute_fetchall("RELEASE op")
+                        if isinstance(value, Counted):
+                            deltas.append(value.delta)
+                            value = value.value
                         outcomes.append((op, True, value))
                 await conn.execute_fetchall("COMMIT")
+                # Still under the lock: a count read (load_task_counts) sees
+                # every committed batch applied, or none of this one.
+                self._apply_counts(deltas)
+                self._observe_commit(time.perf_counter() - began, len(batch))
             except Exception as e:  # noqa: BLE001 - every waiter gets the error
                 await self._rollback_quietly()
                 err = _wrap_error(e)
@@ -312,6 +371,15 @@ class Store:
                 await self._rollback_quietly()
                 raise
         return outcomes
+
+    def _observe_commit(self, seconds: float, ops: int) -> None:
+        # The batch is committed: an observer's failure must not fail its callers.
+        if self.commit_observer is None:
+            return
+        try:
+            self.commit_observer(seconds, ops)
+        except Exception:
+            log.exception("the commit observer failed")
 
     async def _rollback_quietly(self) -> None:
         try:

@@ -17,7 +17,7 @@ from ...models import (
 )
 from .rows import _chunks, _dumps, _task_from_row, _task_params
 from .schema import _HOLDING_SQL, _TASK_COLUMNS
-from .store import Store
+from .store import Counted, Store
 
 _TRANSITION_FIELDS = frozenset(
     {"node", "numa", "gpus", "assigned_at", "started_at", "finished_at", "exit_code", "error", "output_error"}
@@ -38,7 +38,11 @@ class TaskQueries(Store):
         deps = [(t.id, int(d), "after") for t in tasks for d in t.after]
         deps += [(t.id, int(d), "after_any") for t in tasks for d in t.after_any if d not in t.after]
 
-        async def op(conn: aiosqlite.Connection) -> None:
+        added: dict[TaskState, int] = {}
+        for t in tasks:
+            added[t.state] = added.get(t.state, 0) + 1
+
+        async def op(conn: aiosqlite.Connection) -> Counted:
             cursor = await conn.executemany(
                 f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 27)})", rows
             )
@@ -48,6 +52,7 @@ class TaskQueries(Store):
                     "INSERT INTO task_dependencies (task_id, depends_on, kind) VALUES (?, ?, ?)", deps
                 )
                 await cursor.close()
+            return Counted(None, added)
 
         await self._write(op, atomic=len(rows) > 1 or bool(deps))
 
@@ -127,9 +132,15 @@ class TaskQueries(Store):
             f"RETURNING {_TASK_COLUMNS}"
         )
 
-        async def op(conn: aiosqlite.Connection) -> Task | None:
+        async def op(conn: aiosqlite.Connection) -> Counted | None:
+            # The state it leaves, for the in-memory counts (RETURNING sees only
+            # the new row); same transaction, so nothing changes in between.
+            before = list(await conn.execute_fetchall("SELECT state FROM tasks WHERE id=?", (int(task_id),)))
             rows = list(await conn.execute_fetchall(sql, params))
-            return _task_from_row(None, rows[0]) if rows else None
+            if not rows:
+                return None
+            task = _task_from_row(None, rows[0])
+            return Counted(task, {TaskState(before[0][0]): -1, task.state: 1} if before else {})
 
         return await self._write(op)
 
@@ -152,7 +163,7 @@ class TaskQueries(Store):
         if not rows:
             return []
 
-        async def op(conn: aiosqlite.Connection) -> list[int]:
+        async def op(conn: aiosqlite.Connection) -> Counted:
             moved: set[int] = set()
             for chunk in _chunks(rows, 250):
                 values = ",".join(["(?,?,?,?)"] * len(chunk))
@@ -168,7 +179,8 @@ class TaskQueries(Store):
                     params,
                 )
                 moved.update(r[0] for r in result)
-            return [r[0] for r in rows if r[0] in moved]
+            n = len(moved)
+            return Counted([r[0] for r in rows if r[0] in moved], {TaskState.PENDING: -n, TaskState.ASSIGNING: n})
 
         return await self._write(op, atomic=True)
 
@@ -235,7 +247,8 @@ class TaskQueries(Store):
         )
 
     async def count_tasks_by_state(self) -> dict[TaskState, int]:
-        """Every state with its count (0 included)."""
+        """Every state with its count (0 included): a scan of the whole table.
+        The Host serves `task_counts()` (memory) instead."""
         rows = await self._fetch("SELECT state, COUNT(*) FROM tasks GROUP BY state", (), lambda _c, r: (r[0], r[1]))
         counts = {s: 0 for s in TaskState}
         for state, n in rows:

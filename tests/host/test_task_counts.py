@@ -1,0 +1,78 @@
+"""The database's in-memory task counts (`Store.task_counts`, which /api/health
+and /metrics serve) stay equal to a COUNT over the table through every write
+that changes a state: insert, transition, placement, the offline sweep, the
+retention purge; a refused or failed write changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from hakuriver.host.db import Database, DatabaseError
+from hakuriver.models import TaskState
+
+from .test_db import make_task, node
+
+S = TaskState
+
+
+@pytest.fixture
+async def db(tmp_path):
+    database = await Database.open(tmp_path / "host.db")
+    yield database
+    await database.close()
+
+
+async def agree(db: Database) -> dict[TaskState, int]:
+    counted = await db.count_tasks_by_state()
+    assert db.task_counts() == counted
+    return {s: n for s, n in counted.items() if n}
+
+
+async def test_counts_follow_every_kind_of_write(db, tmp_path):
+    assert db.task_counts() is None  # only the Host loads them
+    await db.insert_tasks([make_task(1), make_task(2, state=S.RUNNING, node="n1", started_at=1.0)])
+    assert await db.load_task_counts() == await db.count_tasks_by_state()
+    await db.upsert_node(node("n1"), now=0.0)
+    await db.upsert_node(node("n2"), now=0.0)
+
+    await db.insert_tasks([make_task(i) for i in range(3, 8)])
+    assert await agree(db) == {S.PENDING: 6, S.RUNNING: 1}
+    assert await db.assign_many([(3, "n2", None, ()), (4, "n2", None, ()), (99, "n2", None, ())], now=2.0) == [3, 4]
+    assert await agree(db) == {S.PENDING: 4, S.ASSIGNING: 2, S.RUNNING: 1}
+    assert (await db.transition(3, S.RUNNING, now=3.0)).state is S.RUNNING
+    assert await db.transition(5, S.COMPLETED, now=3.0) is None  # refused by the guard
+    assert await db.transition(12345, S.KILLED, now=3.0) is None  # no such task
+    assert (await db.transition(5, S.KILLED, now=3.0)).state is S.KILLED
+    assert await agree(db) == {S.PENDING: 3, S.ASSIGNING: 1, S.RUNNING: 2, S.KILLED: 1}
+
+    # Many writes at once share group commits; the counts still add up.
+    await asyncio.gather(*(db.transition(i, S.CANCELLED, now=4.0) for i in (1, 6, 7, 6, 7)))
+    assert await agree(db) == {S.ASSIGNING: 1, S.RUNNING: 2, S.KILLED: 1, S.CANCELLED: 3}
+
+    # A failed insert (a duplicate id) counts nothing, and its batch-mates still do.
+    results = await asyncio.gather(
+        db.insert_tasks([make_task(8), make_task(1)]), db.insert_tasks([make_task(9)]), return_exceptions=True
+    )
+    assert isinstance(results[0], DatabaseError) and results[1] is None
+    assert await agree(db) == {S.PENDING: 1, S.ASSIGNING: 1, S.RUNNING: 2, S.KILLED: 1, S.CANCELLED: 3}
+
+    # The offline sweep: n1's running task and n2's assigning and running ones become lost.
+    offline = await db.mark_nodes_offline(stale_before=100.0, now=100.0)
+    assert {h for h, _ in offline} == {"n1", "n2"}
+    assert await agree(db) == {S.PENDING: 1, S.LOST: 3, S.KILLED: 1, S.CANCELLED: 3}
+
+    # The retention purge removes final tasks from the counts.
+    purged = await db.purge_final_tasks(finished_before=50.0)
+    assert sorted(purged) == [1, 5, 6, 7]
+    assert await agree(db) == {S.PENDING: 1, S.LOST: 3}
+
+    # A reopened database counts afresh to the same numbers.
+    await db.close()
+    again = await Database.open(tmp_path / "host.db")
+    try:
+        await again.load_task_counts()
+        assert await agree(again) == {S.PENDING: 1, S.LOST: 3}
+    finally:
+        await again.close()
