@@ -204,7 +204,7 @@ def report(results: dict[str, dict[str, Any]]) -> None:
                 n, p50, p99 = whole[depth]
                 _, s50, s99 = pure[depth]
                 run.add(
-                    "scheduling",
+                    SEC,
                     f"{name}: pass at {depth:,} pending ({n} passes)",
                     f"{run.ms(p50)} p50 / {run.ms(p99)} p99 (placement {run.ms(s50)} / {run.ms(s99)})",
                 )
@@ -212,7 +212,7 @@ def report(results: dict[str, dict[str, Any]]) -> None:
         if lo and hi and lo[1] > 0:
             growth = hi[1] / lo[1]
             run.add(
-                "scheduling",
+                SEC,
                 f"{name}: pass growth {DEPTHS[0]:,} -> {DEPTHS[-1]:,} pending",
                 f"{growth:.1f}x",
                 "<= 10x (linear)",
@@ -229,7 +229,7 @@ def report(results: dict[str, dict[str, Any]]) -> None:
         p_rate = len(p_sub.single_lat) / p_sub.seconds if p_sub.seconds else 0
         if f_rate:
             run.add(
-                "scheduling",
+                SEC,
                 "policy submits/s beside fifo",
                 f"{100 * p_rate / f_rate:.0f} %",
                 ">= 80 %",
