@@ -29,13 +29,14 @@ import hmac
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, overload
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from .errors import ConfigError, HakuRiverError, Unauthorized, ValidationError
+from .jsoncodec import dumps_bytes
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,11 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=_dumps)
-
-
-def _dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    """`data` as a JSON answer (`jsoncodec`: orjson where it can)."""
+    return web.Response(
+        body=dumps_bytes(data), status=status, headers=headers, content_type="application/json", charset="utf-8"
+    )
 
 
 _HTTP_CODES = {
@@ -87,7 +87,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status >= 500:
             log.warning("%s %s failed: %s", request.method, request.path, exc.message)
         headers = {"WWW-Authenticate": 'Bearer realm="hakuriver"'} if exc.status == 401 else None
-        return web.json_response(error_body(exc.code, exc.message), status=exc.status, headers=headers, dumps=_dumps)
+        return json_response(error_body(exc.code, exc.message), status=exc.status, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -102,12 +102,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
         # Keep what aiohttp set that is not about the body: `Allow` on a 405.
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
-        return web.json_response(error_body(code, message), status=exc.status, headers=headers, dumps=_dumps)
+        return json_response(error_body(code, message), status=exc.status, headers=headers)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return web.json_response(
-            error_body("internal", "internal server error; see the service log"), status=500, dumps=_dumps
-        )
+        return json_response(error_body("internal", "internal server error; see the service log"), status=500)
 
 
 def bearer_token(request: web.Request) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 import aiosqlite
 
 from ..errors import HakuRiverError
+from ..jsoncodec import dumps_text
 from ..models import ExitResult, TaskState
 from .executors.base import Handle
 
@@ -186,7 +187,7 @@ class RunnerState:
             (
                 "INSERT INTO tasks (task_id, handle, task, saved_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(task_id) DO UPDATE SET handle = excluded.handle, task = excluded.task",
-                (handle.task_id, json.dumps(handle.to_json()), json.dumps(task), time.time()),
+                (handle.task_id, dumps_text(handle.to_json()), dumps_text(task), time.time()),
             )
         )
 

@@ -5,13 +5,13 @@ thread)."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import ValidationError
+from ...jsoncodec import dumps_text, loads
 from ...models import (
     GpuInfo,
     Mount,
@@ -55,9 +55,9 @@ class UsageRow:
 
 
 def _dumps(value: Any) -> str:
-    # ensure_ascii (the default) keeps lone surrogates (surrogateescape'd
-    # argv bytes) representable: SQLite stores UTF-8 and would refuse them raw.
-    return json.dumps(value, separators=(",", ":"))
+    # Lone surrogates (surrogateescape'd argv bytes) cannot be stored raw
+    # (SQLite stores UTF-8); dumps_text escapes them then.
+    return dumps_text(value)
 
 
 def _mounts_json(mounts: Iterable[Mount]) -> str:
@@ -84,18 +84,18 @@ def _task_from_row(_cursor: Any, row: Sequence[Any]) -> Task:
         id=row[0],
         batch_id=row[1],
         state=TaskState(row[2]),
-        command=json.loads(row[3]),
+        command=loads(row[3]),
         cores=row[4],
         memory=row[5],
         container=row[6],
-        env=json.loads(row[7]),
-        mounts=[Mount(h, c, bool(ro)) for h, c, ro in json.loads(row[8])],
+        env=loads(row[7]),
+        mounts=[Mount(h, c, bool(ro)) for h, c, ro in loads(row[8])],
         privileged=bool(row[9]),
         target=target_from_stored(row[10]),
         gpu_count=row[11],
         node=row[12],
         numa=row[13],
-        gpus=json.loads(row[14]),
+        gpus=loads(row[14]),
         submitted_at=row[15],
         assigned_at=row[16],
         started_at=row[17],
@@ -196,12 +196,12 @@ def _node_from_row(_cursor: Any, row: Sequence[Any]) -> NodeRecord:
         url=row[1],
         cores=row[2],
         memory=row[3],
-        numa=tuple(NumaNode.from_json(n) for n in json.loads(row[4])),
-        gpus=tuple(GpuInfo.from_json(g) for g in json.loads(row[5])),
+        numa=tuple(NumaNode.from_json(n) for n in loads(row[4])),
+        gpus=tuple(GpuInfo.from_json(g) for g in loads(row[5])),
         online=bool(row[6]),
         registered_at=row[7],
         last_heartbeat=row[8],
-        stats=json.loads(row[9]),
+        stats=loads(row[9]),
         identity_hash=row[10],
         order_token=row[11],
         capabilities=_capabilities_from_text(row[12]),
@@ -213,7 +213,7 @@ def _capabilities_from_text(text: str | None) -> NodeCapabilities | None:
     if text is None:
         return None
     try:
-        return NodeCapabilities.from_json(json.loads(text))
+        return NodeCapabilities.from_json(loads(text))
     except ValueError:
         # Written by a newer Host (a kind this one does not know): unknown, so
         # nothing is refused on it; the runner's next heartbeat says again.
