@@ -12,8 +12,9 @@ from ...models import (
     NodeResources,
 )
 from .rows import Drain, NodeRecord, _capabilities_text, _chunks, _dumps, _node_from_row
-from .schema import _HOLDING_SQL, _NODE_COLUMNS
+from .schema import _ATTEMPT_COLUMNS, _HOLDING_SQL, _NODE_COLUMNS
 from .store import Store
+from .tasks import REQUEUE_SETS
 
 
 class NodeQueries(Store):
@@ -111,9 +112,14 @@ class NodeQueries(Store):
     async def mark_nodes_offline(self, stale_before: float, now: float | None = None) -> list[tuple[str, list[int]]]:
         """Nodes online with `last_heartbeat < stale_before` go offline, and their
         assigning/running/paused tasks become `lost` — all in one transaction.
+        A task with a retry left (`--retries`, host/retries.py) is retried
+        instead, in the same transaction: its attempt is recorded `lost` in
+        `task_attempts` and it is `pending` again with the next attempt number.
 
-        Returns `[(hostname, [lost task ids...]), ...]` for the nodes that went
-        offline by this call (sorted by hostname, ids ascending).
+        Returns `[(hostname, [task ids...]), ...]` for the nodes that went
+        offline by this call (sorted by hostname, ids ascending): every task
+        that stopped holding resources there, lost or retried (the caller
+        reads which).
         """
         when = time.time() if now is None else now
 
@@ -126,6 +132,24 @@ class NodeQueries(Store):
             lost: dict[str, list[int]] = {h: [] for h in hosts}
             for chunk in _chunks(hosts):
                 marks = ",".join("?" * len(chunk))
+                retried = list(
+                    await conn.execute_fetchall(
+                        f"""INSERT INTO task_attempts (task_id, {_ATTEMPT_COLUMNS})
+                            SELECT id, attempt, node, started_at, ?, 'lost', NULL,
+                                   'node ' || node || ' stopped heartbeating'
+                            FROM tasks WHERE node IN ({marks}) AND state IN ({_HOLDING_SQL}) AND attempt <= retries
+                            RETURNING task_id, node""",
+                        (when, *chunk),
+                    )
+                )
+                if retried:
+                    for task_id, node in retried:
+                        lost[node].append(task_id)
+                    for ids in _chunks([r[0] for r in retried]):
+                        await conn.execute(
+                            f"UPDATE tasks SET {REQUEUE_SETS}, updated_at=? WHERE id IN ({','.join('?' * len(ids))})",
+                            (when, *ids),
+                        )
                 rows = await conn.execute_fetchall(
                     f"""UPDATE tasks SET state='lost', finished_at=?, updated_at=?,
                                error='node ' || node || ' stopped heartbeating'
