@@ -403,7 +403,8 @@ def _retry_rows(task: dict[str, Any]) -> list[tuple[str, Any]]:
         how = str(a.get("state"))
         if a.get("exit_code") is not None:
             how += f" (exit code {a['exit_code']})"
-        when = f"{format_time(a.get('started_at'))} to {format_time(a.get('finished_at'))}"
+        ended = format_time(a.get("finished_at"))
+        when = f"{format_time(a['started_at'])} to {ended}" if a.get("started_at") else f"never started, {ended}"
         text = f"{how} on {a.get('node') or '-'}, {when}"
         if a.get("error"):
             text += f": {a['error']}"

@@ -309,3 +309,43 @@ def test_fences_lift_when_the_node_no_longer_holds_the_task() -> None:
     assert fences.heard_from("b", []) is True
     assert fences.heard_from("a", []) is True
     assert len(fences) == 0 and fences.heard_from("a", []) is False
+
+
+# ------------------------------------------------------------------- the database
+async def test_requeue_is_guarded_and_records_the_attempt(tmp_path: Path) -> None:
+    from hakuriver.host.db import Database
+
+    from .test_db import make_task
+
+    db = await Database.open(tmp_path / "host.db")
+    try:
+        await db.insert_tasks(
+            [
+                make_task(1, TaskState.RUNNING, node="a", started_at=10.0, retries=1),
+                make_task(2, TaskState.RUNNING, node="a", started_at=10.0),
+                make_task(3, TaskState.KILLED, node="a", retries=1),
+            ]
+        )
+        assert await db.requeue(1, 2, TaskState.LOST, now=20.0) is None  # not that attempt
+        assert await db.requeue(2, 1, TaskState.LOST, now=20.0) is None  # no retry left
+        assert await db.requeue(3, 1, TaskState.FAILED, now=20.0) is None  # final: nothing moves it
+        assert await db.attempts_of([1, 2, 3]) == {}
+        task = await db.requeue(1, 1, TaskState.FAILED, now=20.0, error="could not start")
+        assert task is not None
+        assert (task.state, task.attempt, task.node, task.started_at, task.error) == (
+            TaskState.PENDING, 2, None, None, None,
+        )  # fmt: skip
+        [earlier] = (await db.attempts_of([1]))[1]
+        assert (earlier.attempt, earlier.node, earlier.started_at, earlier.finished_at, earlier.state) == (
+            1, "a", 10.0, 20.0, TaskState.FAILED,
+        )  # fmt: skip
+        assert await db.requeue(1, 1, TaskState.FAILED, now=21.0) is None  # a repeated report: once only
+        # The task's attempt guard keeps an earlier run's end off the new one.
+        assert await db.transition(1, TaskState.FAILED, now=22.0, attempt=1) is None
+        assert (await db.get_task(1)).state is TaskState.PENDING  # type: ignore[union-attr]
+        # Purging a final task takes its attempts with it.
+        assert await db.transition(1, TaskState.KILLED, now=23.0, attempt=2) is not None
+        assert await db.purge_final_tasks(100.0) == [1]  # (3 has no end time: never purged)
+        assert await db.attempts_of([1]) == {}
+    finally:
+        await db.close()
