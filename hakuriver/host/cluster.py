@@ -103,6 +103,12 @@ class Cluster:
         holding = await self.db.load_holding()
         self.ledger = Ledger.from_tasks(holding)
         self.pending = {t.id: t for t in await self.db.load_pending()}
+        # A retried task's previous node may still hold the old run: fenced
+        # again until that node's first heartbeat says otherwise.
+        self.fences, self.retried_from = RetryFences(), {}
+        for task_id, node in (await self.db.previous_attempt_nodes()).items():
+            self.fences.add(task_id, node)
+            self.retried_from[task_id] = node
         await self._load_dependencies()
         self.kick()
         return [t for t in holding if t.state is TaskState.ASSIGNING]
@@ -380,6 +386,7 @@ class Cluster:
         if after.state.is_final:
             self.controlled_at.pop(task_id, None)
             self.retried_from.pop(task_id, None)
+            self.fences.forget(task_id)  # it is placed nowhere again; reconciliation kills an old run
             await self.settle_dependents([(task_id, after.state, None)])
         return after
 

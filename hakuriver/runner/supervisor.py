@@ -254,6 +254,10 @@ class Supervisor:
                 return "already_accepted"
             # One run per task id here (its container, its records). The Host
             # orders the kill of a run it gave up on at the next heartbeat.
+            if held.request.attempt > request.attempt:
+                raise Conflict(
+                    f"task {task_id} runs attempt {held.request.attempt} here; attempt {request.attempt} is older"
+                )
             raise Conflict(
                 f"task {task_id} still has attempt {held.request.attempt} on this node; "
                 f"it cannot take attempt {request.attempt} until that one has ended"

@@ -340,6 +340,7 @@ async def test_requeue_is_guarded_and_records_the_attempt(tmp_path: Path) -> Non
             1, "a", 10.0, 20.0, TaskState.FAILED,
         )  # fmt: skip
         assert await db.requeue(1, 1, TaskState.FAILED, now=21.0) is None  # a repeated report: once only
+        assert await db.previous_attempt_nodes() == {1: "a"}  # fenced again after a Host restart
         # The task's attempt guard keeps an earlier run's end off the new one.
         assert await db.transition(1, TaskState.FAILED, now=22.0, attempt=1) is None
         assert (await db.get_task(1)).state is TaskState.PENDING  # type: ignore[union-attr]

@@ -208,6 +208,18 @@ class TaskQueries(Store):
                 found.setdefault(task_id, []).append(attempt)
         return found
 
+    async def previous_attempt_nodes(self) -> dict[int, str]:
+        """Each retried pending task's previous attempt's node (what the Host
+        fences and avoids after a restart, host/retries.py)."""
+        rows = await self._fetch(
+            "SELECT a.task_id, a.node FROM tasks t "
+            "JOIN task_attempts a ON a.task_id = t.id AND a.attempt = t.attempt - 1 "
+            "WHERE t.state='pending' AND t.attempt > 1 AND a.node IS NOT NULL",
+            (),
+            lambda _c, r: (r[0], r[1]),
+        )
+        return dict(rows)
+
     async def assign_many(
         self, placements: Iterable[tuple[int, str, int | None, Sequence[int]]], now: float
     ) -> list[int]:
