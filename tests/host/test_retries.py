@@ -350,3 +350,19 @@ async def test_requeue_is_guarded_and_records_the_attempt(tmp_path: Path) -> Non
         assert await db.attempts_of([1]) == {}
     finally:
         await db.close()
+
+
+def test_the_scheduler_chooses_the_previous_attempts_node_last() -> None:
+    from hakuriver.host.scheduler import Ledger, Scheduler
+    from hakuriver.models import NodeResources
+
+    from .test_db import make_task
+
+    def nodes(b_cores: int) -> list[NodeResources]:
+        return [NodeResources("a", "http://a:8001", 4, 8 << 30), NodeResources("b", "http://b:8001", b_cores, 8 << 30)]
+
+    task = make_task(1, cores=2)
+    assert [p.node for p in Scheduler().schedule([task], nodes(4), Ledger())] == ["a"]  # by name, all else equal
+    assert [p.node for p in Scheduler().schedule([task], nodes(4), Ledger(), avoid={1: "a"})] == ["b"]
+    # ... and still there when it is the only node where the task fits.
+    assert [p.node for p in Scheduler().schedule([task], nodes(1), Ledger(), avoid={1: "a"})] == ["a"]
