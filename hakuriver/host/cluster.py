@@ -23,6 +23,11 @@ Invariants this module keeps:
   lock, so their database writes share group commits instead of queueing.
 - Nothing awaits the network while holding `self.lock`: dispatch and
   forwarding to runners happen after it is released.
+- The one way back to `pending` is a retry (`--retries`, host/retries.py):
+  `transition` turns an ending the task's retries cover into one guarded
+  write that records the attempt and requeues the task, so it is never seen
+  final in between; every ending from a runner or a dispatch names the
+  attempt it is about, and an earlier attempt's never touches a later one.
 """
 
 from __future__ import annotations

@@ -5,7 +5,12 @@
   with the Host's view (lost tasks restored, tasks that should not run
   killed, tasks it forgot marked lost).
 - `check_liveness` / `liveness_loop`: nodes whose heartbeats stopped go
-  offline and their tasks become lost.
+  offline and their tasks become lost (or, with a retry left, pending again:
+  host/retries.py).
+
+A runner's list of what it holds (running, starting, results in delivery)
+also lifts the retry fences on that node: a task it no longer holds may be
+placed there again. A listed run of an attempt the Host retried is killed.
 """
 
 from __future__ import annotations
