@@ -210,8 +210,15 @@ class HostClient:
         after_any: Iterable[int | str] | None = None,
         array: str | None = None,
         sweep: bool = False,
+        retries: int | None = None,
+        retry_on_exit: bool = False,
     ) -> dict[str, Any]:
         """Submit one task per target (or one auto-placed task).
+
+        `retries`: how many times a task that ends `lost` or `failed` on the
+        node's side runs again; `retry_on_exit`: a non-zero exit too (see
+        host/retries.py). Sent only when set, so an older Host refuses them
+        rather than ignore them.
 
         `array`: an array spec (`0-99%8`, see `parsing.parse_array`): one task
         per index in one batch, at most one target. `sweep`: the command's
@@ -256,6 +263,10 @@ class HostClient:
             body["array"] = array
         if sweep:
             body["sweep"] = True
+        if retries:
+            body["retries"] = retries
+        if retry_on_exit:
+            body["retry_on_exit"] = True
         return await self._json("POST", "/api/tasks", body=body)
 
     async def get_task(self, task_id: int | str) -> dict[str, Any]:

@@ -125,6 +125,16 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
 }
 
 
+REQUEUE_FROM = frozenset({TaskState.ASSIGNING, TaskState.RUNNING, TaskState.PAUSED, TaskState.LOST})
+"""The one way back to PENDING (`--retries`, host/retries.py), kept out of
+TRANSITIONS on purpose: no runner report and no default `transition` may
+ever enter PENDING. A retry moves a task from one of these states straight to
+`pending` in one guarded write that also checks the attempt number and
+records the ending attempt, so the task is never seen final in between
+(its dependents are not cancelled, `--wait` does not return), and a late
+report of the old attempt finds a newer attempt number and changes nothing."""
+
+
 def predecessors(target: TaskState) -> frozenset[TaskState]:
     """States from which `target` may be entered."""
     return frozenset(s for s, nxt in TRANSITIONS.items() if target in nxt)
@@ -187,6 +197,36 @@ class TaskRequest:
     """At most this many tasks of the array hold resources at once (`%N`); 0: no limit."""
     commands: tuple[tuple[str, ...], ...] = ()
     """A sweep's commands, one per array index (`array` is then 0..n-1); empty: every task runs `command`."""
+    retries: int = 0
+    """How many times a task that ended `lost`, or `failed` on the node's side, runs again (`--retries`)."""
+    retry_on_exit: bool = False
+    """Retry a non-zero exit of the command too (`--retry-on-exit`)."""
+
+
+@dataclass(frozen=True)
+class TaskAttempt:
+    """One earlier run of a task that was retried (`--retries`): where it ran and how it ended."""
+
+    attempt: int
+    """1-based."""
+    node: str | None
+    started_at: float | None
+    finished_at: float | None
+    state: TaskState
+    """How it ended: `lost` or `failed`."""
+    exit_code: int | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "node": self.node,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "state": str(self.state),
+            "exit_code": self.exit_code,
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -235,6 +275,14 @@ class Task:
     """Its index in its batch's array (`--array`; `HAKURIVER_ARRAY_INDEX`); None: not an array task."""
     array_max_running: int = 0
     """Its batch's `%N`: at most this many of the batch's tasks hold resources at once; 0: no limit."""
+    retries: int = 0
+    """How many retries it may have (`--retries`); 0: none."""
+    retry_on_exit: bool = False
+    """Whether a non-zero exit is retried too (`--retry-on-exit`)."""
+    attempt: int = 1
+    """Which run this is, 1-based: a retry puts the task back to `pending` with the next number."""
+    attempts: list[TaskAttempt] = field(default_factory=list)
+    """Not a column: the earlier attempts (`task_attempts`), filled in for the task views."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -267,6 +315,10 @@ class Task:
             "waiting_for": [str(i) for i in self.waiting_for],
             "array_index": self.array_index,
             "array_max_running": self.array_max_running or None,
+            "retries": self.retries,
+            "retry_on_exit": self.retry_on_exit,
+            "attempt": self.attempt,
+            "attempts": [a.to_json() for a in self.attempts],
         }
 
 

@@ -10,7 +10,9 @@ so that a restarted runner recovers exactly what it was told.
 a clear reason, so a Host upgraded first never has its orders misread.
 
 Versions: 1 is the first shape; 2 adds `time_limit`; 3 adds `batch_id` and
-`array_index` (an array task: `HAKURIVER_ARRAY_INDEX`, `HAKURIVER_BATCH_ID`). A record says the oldest
+`array_index` (an array task: `HAKURIVER_ARRAY_INDEX`, `HAKURIVER_BATCH_ID`); 4 adds
+`attempt` (a retried task's run, `--retries`: the runner sends it back in its
+reports, so the Host can tell an earlier run's late report). A record says the oldest
 version that carries what it holds (`wire_version`), so a request without a
 time limit is still version 1 and an older runner runs it; one with a limit
 is version 2, which an older runner refuses (it would ignore the limit).
@@ -27,7 +29,10 @@ from .ids import parse_id
 from .models import Mount
 from .parsing import MAX_ARRAY_INDEX, MAX_TIME_LIMIT, parse_mount, validate_env_key
 
-RUN_REQUEST_VERSION = 3
+RUN_REQUEST_VERSION = 4
+
+MAX_ATTEMPT = 1000
+"""A sanity bound on `attempt` (the Host's own cap, `retries.MAX_RETRIES`, is far lower)."""
 
 _UNIX_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?\Z")
 
@@ -49,6 +54,7 @@ RUN_FIELDS = frozenset(
         "time_limit",
         "batch_id",
         "array_index",
+        "attempt",
     }
 )
 """The JSON fields of a run request; anything else is refused."""
@@ -90,10 +96,15 @@ class RunRequest:
     """An array task's batch (`HAKURIVER_BATCH_ID`); None for other tasks."""
     array_index: int | None = None
     """An array task's index (`HAKURIVER_ARRAY_INDEX`); None for other tasks."""
+    attempt: int = 1
+    """Which run of the task this is (1-based; `--retries`). Sent only when
+    above 1: an older runner, which would report it as the first, refuses it."""
     version: int = RUN_REQUEST_VERSION
 
     def wire_version(self) -> int:
         """The oldest version that carries every field this record holds."""
+        if self.attempt != 1:
+            return 4  # an older runner would report it as the first attempt
         if self.array_index is not None:
             return 3  # an older runner would run it without its index
         return 2 if self.time_limit is not None else 1
@@ -119,6 +130,8 @@ class RunRequest:
         if self.array_index is not None:
             data["array_index"] = self.array_index
             data["batch_id"] = str(self.batch_id)
+        if self.attempt != 1:
+            data["attempt"] = self.attempt
         return data
 
     @classmethod
@@ -185,6 +198,11 @@ class RunRequest:
             ):
                 raise ValidationError(f"'array_index' must be a whole number between 0 and {MAX_ARRAY_INDEX}")
             batch_id = parse_id(data.get("batch_id"))
+        attempt = data.get("attempt", 1)
+        if "attempt" in data and version < 4:
+            raise ValidationError("'attempt' needs a version 4 run request")
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or not 1 <= attempt <= MAX_ATTEMPT:
+            raise ValidationError(f"'attempt' must be a whole number between 1 and {MAX_ATTEMPT}")
         return cls(
             task_id=task_id,
             command=tuple(command),
@@ -201,5 +219,6 @@ class RunRequest:
             time_limit=time_limit,
             batch_id=batch_id,
             array_index=array_index,
+            attempt=attempt,
             version=version,
         )

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..client import ApiError, HostClient, is_final
 from ..errors import HakuRiverError, HostUnreachable, ValidationError
+from ..host.retries import MAX_RETRIES, parse_retries
 from ..models import SYSTEMD_CONTAINER, TaskState
 from ..parsing import (
     expand_sweep,
@@ -168,6 +169,20 @@ def _add_submit(sub: Any) -> None:
         "after the node's runner.timeout_grace, and ends 'timeout'",
     )
     p.add_argument(
+        "--retries",
+        metavar="N",
+        help=f"run the task again, up to N times (0 to {MAX_RETRIES}), when it ends lost (its node stopped "
+        "heartbeating) or failed on the node's side (it could not start: no image, a runner or executor "
+        "error); it keeps its id and is queued again, on another node where one fits; each attempt is "
+        "recorded (status shows them); killed, timeout, killed_oom and cancelled tasks are never retried",
+    )
+    p.add_argument(
+        "--retry-on-exit",
+        action="store_true",
+        help="with --retries: retry a non-zero exit of the command too (by default a non-zero exit is "
+        "the command's own answer and ends the task failed)",
+    )
+    p.add_argument(
         "--after",
         action="append",
         default=[],
@@ -264,6 +279,9 @@ def submit_request(args: argparse.Namespace) -> dict[str, Any]:
         array = format_array(parse_array(args.array)) if args.array is not None else None
     if array is not None and len(targets) > 1:
         raise ValidationError("an array runs on one target or is placed automatically: give at most one --target")
+    retries = parse_retries(args.retries) if args.retries is not None else 0
+    if args.retry_on_exit and not retries:
+        raise ValidationError("--retry-on-exit needs --retries N (N at least 1)")
     after, after_any = _flat_ids(args.after), _flat_ids(args.after_any)
     if len(set(after) | set(after_any)) > MAX_DEPENDENCIES:
         raise ValidationError(f"too many dependencies; at most {MAX_DEPENDENCIES} in --after and --after-any together")
@@ -282,6 +300,8 @@ def submit_request(args: argparse.Namespace) -> dict[str, Any]:
         "after_any": after_any or None,
         "array": array,
         "sweep": True if args.sweep else None,
+        "retries": retries or None,
+        "retry_on_exit": True if args.retry_on_exit else None,
     }
 
 
@@ -365,8 +385,31 @@ def describe_task(task: dict[str, Any]) -> str:
     ]
     if task.get("array_index") is not None:  # only for array tasks: other tasks' layout stays as it was
         rows[2:2] = [("array index", task["array_index"]), ("array limit", task.get("array_max_running"))]
+    if task.get("retries") or (task.get("attempt") or 1) > 1:  # only for tasks with retries, likewise
+        after_state = rows.index(("state", task.get("state"))) + 1
+        rows[after_state:after_state] = _retry_rows(task)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {'-' if v is None or v == '' else v}" for k, v in rows)
+
+
+def _retry_rows(task: dict[str, Any]) -> list[tuple[str, Any]]:
+    """`attempt 2 of 3` and one line per earlier attempt: how it ended, where, when."""
+    retries = int(task.get("retries") or 0)
+    rows: list[tuple[str, Any]] = [
+        ("attempt", f"{task.get('attempt') or 1} of {retries + 1}"),
+        ("retries", f"{retries}" + (" (non-zero exits too)" if task.get("retry_on_exit") else "")),
+    ]
+    for a in task.get("attempts") or []:
+        how = str(a.get("state"))
+        if a.get("exit_code") is not None:
+            how += f" (exit code {a['exit_code']})"
+        ended = format_time(a.get("finished_at"))
+        when = f"{format_time(a['started_at'])} to {ended}" if a.get("started_at") else f"never started, {ended}"
+        text = f"{how} on {a.get('node') or '-'}, {when}"
+        if a.get("error"):
+            text += f": {a['error']}"
+        rows.append((f"attempt {a.get('attempt')}", text))
+    return rows
 
 
 OUTPUT_MARK = "!"

@@ -23,6 +23,11 @@ Invariants this module keeps:
   lock, so their database writes share group commits instead of queueing.
 - Nothing awaits the network while holding `self.lock`: dispatch and
   forwarding to runners happen after it is released.
+- The one way back to `pending` is a retry (`--retries`, host/retries.py):
+  `transition` turns an ending the task's retries cover into one guarded
+  write that records the attempt and requeues the task, so it is never seen
+  final in between; every ending from a runner or a dispatch names the
+  attempt it is about, and an earlier attempt's never touches a later one.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from ..parsing import MAX_ARRAY_TASKS
 from ..policy import MAX_TARGETS
 from .db import Database, Drain, NodeRecord
 from .dependencies import AFTER, DependencyIndex
+from .retries import RetryFences, should_retry
 from .runner_client import RunnerClient, RunnerRejected, RunnerUnreachable
 from .scheduler import UNLIMITED, Ledger, Used, UserLimits, check_fits_ever, check_fits_limits
 from .waiting import WaitBoard
@@ -80,6 +86,11 @@ class Cluster:
         self.drains: dict[str, Drain] = {}
         """Nodes an admin drained (no new task is placed there). Kept apart from
         `nodes`, which registrations and heartbeats replace."""
+        self.fences = RetryFences()
+        """Nodes that may still hold an earlier attempt of a retried task (`--retries`)."""
+        self.retried_from: dict[int, str] = {}
+        """A retried pending task -> the node of its previous attempt: chosen
+        last among the nodes where it fits (memory only)."""
         self.controlled_at: dict[int, float] = {}
         """When each task was last paused or resumed here: a heartbeat built before
         that must not undo it (see `liveness`)."""
@@ -100,6 +111,12 @@ class Cluster:
         holding = await self.db.load_holding()
         self.ledger = Ledger.from_tasks(holding)
         self.pending = {t.id: t for t in await self.db.load_pending()}
+        # A retried task's previous node may still hold the old run: fenced
+        # again until that node's first heartbeat says otherwise.
+        self.fences, self.retried_from = RetryFences(), {}
+        for task_id, node in (await self.db.previous_attempt_nodes()).items():
+            self.fences.add(task_id, node)
+            self.retried_from[task_id] = node
         await self._load_dependencies()
         self.kick()
         return [t for t in holding if t.state is TaskState.ASSIGNING]
@@ -213,6 +230,8 @@ class Cluster:
                 submitted_at=now,
                 owner=owner,
                 time_limit=req.time_limit,
+                retries=req.retries,
+                retry_on_exit=req.retry_on_exit,
                 after=after,
                 after_any=after_any,
                 array_index=index,
@@ -313,8 +332,12 @@ class Cluster:
 
     async def describe_dependencies(self, tasks: Iterable[Task]) -> None:
         """Fill in each task's `after`, `after_any` (stored) and `waiting_for`
-        (from the index) for its JSON form."""
+        (from the index) for its JSON form, and its earlier `attempts`."""
         tasks = list(tasks)
+        retried = [t.id for t in tasks if t.attempt > 1]
+        earlier = await self.db.attempts_of(retried) if retried else {}
+        for task in tasks:
+            task.attempts = earlier.get(task.id, [])
         stored = await self.db.dependencies_of(t.id for t in tasks)
         for task in tasks:
             deps = stored.get(task.id, [])
@@ -324,7 +347,13 @@ class Cluster:
 
     # ----------------------------------------------------------- transitions
     async def transition(
-        self, task_id: int, new: TaskState, *, current: Task | None = None, **fields: Any
+        self,
+        task_id: int,
+        new: TaskState,
+        *,
+        current: Task | None = None,
+        attempt: int | None = None,
+        **fields: Any,
     ) -> Task | None:
         """Guarded transition with ledger upkeep; None when the guard refused it.
 
@@ -332,11 +361,25 @@ class Cluster:
         holding state from a non-holding one (lost -> running): it is held in
         the ledger before the write, so no concurrent pass can give its
         resources away.
+
+        `attempt`: apply only to that attempt of the task (`--retries`): the
+        end of an earlier attempt never touches a newer one. An ending that
+        the task's retries cover (`retries.should_retry`) puts it back to
+        `pending` instead, with its attempt recorded (the result is then the
+        pending task).
         """
+        if new in (TaskState.LOST, TaskState.FAILED):
+            task = current if current is not None and current.id == task_id else await self.db.get_task(task_id)
+            if task is not None and (attempt is None or task.attempt == attempt):
+                if should_retry(task, new, fields.get("exit_code")):
+                    retried = await self._retry(task, new, fields.get("exit_code"), fields.get("error"))
+                    if retried is not None:
+                        return retried
+                attempt = task.attempt  # whatever happened meanwhile, end at most this attempt
         pre_held = False
         if new.holds_resources and current is not None and current.node and not current.state.holds_resources:
             pre_held = self.ledger.hold(current)
-        after = await self.db.transition(task_id, new, now=self.clock(), **fields)
+        after = await self.db.transition(task_id, new, now=self.clock(), attempt=attempt, **fields)
         if after is None:
             if pre_held:
                 self.ledger.release(task_id)
@@ -355,14 +398,54 @@ class Cluster:
                 log.exception("a transition observer failed")
         if after.state.is_final:
             self.controlled_at.pop(task_id, None)
+            self.retried_from.pop(task_id, None)
+            self.fences.forget(task_id)  # it is placed nowhere again; reconciliation kills an old run
             await self.settle_dependents([(task_id, after.state, None)])
         return after
 
+    async def _retry(self, task: Task, ended: TaskState, exit_code: int | None, error: str | None) -> Task | None:
+        """Record `task`'s current attempt as ended `ended` and put it back to
+        `pending` (host/retries.py); None when the guard refused (it ended or
+        was retried meanwhile). Not final, so its dependents keep waiting."""
+        after = await self.db.requeue(task.id, task.attempt, ended, now=self.clock(), exit_code=exit_code, error=error)
+        if after is None:
+            return None
+        self.requeued(after, task.node)
+        log.info(
+            "task %s attempt %d ended %s on %s (%s); retrying as attempt %d of %d",
+            task.id,
+            task.attempt,
+            ended,
+            task.node,
+            error or f"exit code {exit_code}",
+            after.attempt,
+            after.retries + 1,
+        )
+        return after
+
+    def requeued(self, task: Task, node: str | None) -> None:
+        """`task` is pending again after its attempt on `node` ended: it holds
+        nothing, waits to be placed, and `node` (which may still hold the old
+        run) is fenced off until it lets go."""
+        self.ledger.release(task.id)
+        self.controlled_at.pop(task.id, None)
+        self.fences.add(task.id, node)
+        if node:
+            self.retried_from[task.id] = node
+        self.pending[task.id] = task
+
     async def finish(
-        self, task_id: int, state: TaskState, *, exit_code: int | None = None, error: str | None = None
+        self,
+        task_id: int,
+        state: TaskState,
+        *,
+        exit_code: int | None = None,
+        error: str | None = None,
+        attempt: int | None = None,
     ) -> Task | None:
-        """Move a task to a final state, waking waiters and the scheduler."""
-        task = await self.transition(task_id, state, exit_code=exit_code, error=error)
+        """Move a task to a final state (or retry it), waking waiters and the
+        scheduler. `attempt`: only if the task is still at that attempt."""
+        task = await self.transition(task_id, state, attempt=attempt, exit_code=exit_code, error=error)
         if task is not None:
             await self.notify_changed()
             self.kick()
@@ -382,13 +465,16 @@ class Cluster:
         exit_code: int | None = None,
         error: str | None = None,
         output_error: str | None = None,
+        attempt: int = 1,
     ) -> Task:
         """A runner's report of a task's state. Returns the task as stored afterwards.
         A final report's `output_error` (the task's output files are incomplete)
         is stored with its state and exit code.
 
         Reports that the guards refuse (a late `completed` after `killed`)
-        are acknowledged but change nothing.
+        are acknowledged but change nothing. A report for another `attempt`
+        than the task's current one (the runner of an attempt that was
+        retried) is refused: it is about a run the Host gave up on.
         """
         if state not in RUNNER_REPORTABLE:
             raise ValidationError(f"runners cannot report state {state}")
@@ -397,12 +483,14 @@ class Cluster:
             raise NotFound(f"no task {task_id}")
         if task.node != node_name:
             raise Conflict(f"task {task_id} is assigned to {task.node}, not {node_name}")
+        if attempt != task.attempt:
+            raise Conflict(f"task {task_id} is at attempt {task.attempt}; this report is about attempt {attempt}")
         changed = None
         if task.state is not state:
             fields: dict[str, Any] = {}
             if state.is_final:
                 fields = {"exit_code": exit_code, "error": error, "output_error": output_error}
-            changed = await self.transition(task_id, state, current=task, **fields)
+            changed = await self.transition(task_id, state, current=task, attempt=attempt, **fields)
         if changed is not None:
             await self.notify_changed()
             if not changed.state.holds_resources:

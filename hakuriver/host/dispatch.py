@@ -78,12 +78,27 @@ class Dispatcher:
             # Tasks waiting for a dependency are left out of the queue, not
             # placed behind: they cannot start however much is free, so they
             # must not be the head that backfill reserves for (host/dependencies.py).
-            queue = sorted((t for t in cluster.pending.values() if not cluster.deps.blocked(t.id)), key=lambda t: t.id)
+            # A retried task waits while a node that may still hold its earlier
+            # attempt is online (host/retries.py): a runner holds one run per id.
+            fenced = {t: self._fence_holder(t) for t in cluster.fences.fenced_ids()} if cluster.fences else {}
+            queue = sorted(
+                (t for t in cluster.pending.values() if not cluster.deps.blocked(t.id) and not fenced.get(t.id)),
+                key=lambda t: t.id,
+            )
             # The scheduler holds each placement in the ledger as it decides.
             placements = self.scheduler.schedule(
-                queue, online, cluster.ledger, limits=self.limits_of, drained=cluster.drains.keys()
+                queue,
+                online,
+                cluster.ledger,
+                limits=self.limits_of,
+                drained=cluster.drains.keys(),
+                avoid=cluster.retried_from,
             )
-            cluster.waits.record(self.scheduler.last_stats.reasons)
+            reasons = self.scheduler.last_stats.reasons
+            for task_id, holder in fenced.items():
+                if holder and task_id in cluster.pending:
+                    reasons[task_id] = f"retry: waiting for node {holder!r} to let go of the earlier attempt"
+            cluster.waits.record(reasons)
             if not placements:
                 return []
             now = cluster.clock()
@@ -96,12 +111,18 @@ class Dispatcher:
                 if task is None or p.task_id not in moved:
                     cluster.ledger.release(p.task_id)  # killed meanwhile
                     continue
+                cluster.retried_from.pop(p.task_id, None)
                 task.state = TaskState.ASSIGNING
                 task.node, task.numa, task.gpus, task.assigned_at = p.node, p.numa, list(p.gpus), now
                 dispatched.append(task)
         for task in dispatched:
             cluster.spawn(self.dispatch(task))
         return dispatched
+
+    def _fence_holder(self, task_id: int) -> str | None:
+        """An online node that may still hold an earlier attempt of the task, or None."""
+        nodes = self.cluster.nodes
+        return next((n for n in sorted(self.cluster.fences.fenced(task_id)) if n in nodes and nodes[n].online), None)
 
     def run_request(self, task: Task) -> RunRequest:
         """What the runner is told: the task, its placement, the admin's extra
@@ -125,22 +146,30 @@ class Dispatcher:
             time_limit=task.time_limit,
             batch_id=task.batch_id if task.array_index is not None else None,
             array_index=task.array_index,
+            attempt=task.attempt,
         )
 
     async def dispatch(self, task: Task) -> None:
         cluster = self.cluster
         node = cluster.nodes.get(task.node or "")
         if node is None:
-            await cluster.finish(task.id, TaskState.FAILED, error=f"node {task.node} vanished before dispatch")
+            await cluster.finish(
+                task.id, TaskState.FAILED, error=f"node {task.node} vanished before dispatch", attempt=task.attempt
+            )
             return
         try:
             await cluster.runners.run_task(node, self.run_request(task).to_json())
         except RunnerRejected as exc:
             await cluster.finish(
-                task.id, TaskState.FAILED, error=f"runner {node.hostname} refused the task: {exc.message}"
+                task.id,
+                TaskState.FAILED,
+                error=f"runner {node.hostname} refused the task: {exc.message}",
+                attempt=task.attempt,
             )
         except RunnerUnreachable as exc:
             # The runner may have received it (a timeout after sending); its
             # heartbeat will list the task if so, and a final state here makes
             # the Host ask it to kill the task again. Nothing runs untracked.
-            await cluster.finish(task.id, TaskState.FAILED, error=f"dispatch to {node.hostname} failed: {exc}")
+            await cluster.finish(
+                task.id, TaskState.FAILED, error=f"dispatch to {node.hostname} failed: {exc}", attempt=task.attempt
+            )

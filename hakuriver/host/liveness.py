@@ -5,7 +5,12 @@
   with the Host's view (lost tasks restored, tasks that should not run
   killed, tasks it forgot marked lost).
 - `check_liveness` / `liveness_loop`: nodes whose heartbeats stopped go
-  offline and their tasks become lost.
+  offline and their tasks become lost (or, with a retry left, pending again:
+  host/retries.py).
+
+A runner's list of what it holds (running, starting, results in delivery)
+also lifts the retry fences on that node: a task it no longer holds may be
+placed there again. A listed run of an attempt the Host retried is killed.
 """
 
 from __future__ import annotations
@@ -107,6 +112,7 @@ class Liveness:
         kills: list[int] = []
         changed = False
         by_id = {int(r["task_id"]): TaskState(r["state"]) for r in reported}
+        attempts = {int(r["task_id"]): int(r.get("attempt", 1)) for r in reported}
         stored = {t.id: t for t in await cluster.db.get_tasks(list(by_id))} if by_id else {}
         # A heartbeat may have been built before the latest pause or resume was
         # answered; within that window its running/paused view is stale.
@@ -116,7 +122,8 @@ class Liveness:
             if task is None:
                 log.warning("node %s runs task %s, which this Host does not know; leaving it alone", hostname, task_id)
                 continue
-            if task.node != hostname:
+            if task.node != hostname or attempts[task_id] != task.attempt:
+                # Not ours, or an attempt the Host gave up on and retried (`--retries`).
                 kills.append(task_id)
                 continue
             if (
@@ -128,7 +135,7 @@ class Liveness:
                     and cluster.controlled_at.get(task_id, 0.0) < stale_before
                 )
             ):
-                if await cluster.transition(task_id, state, current=task, error=None) is not None:
+                if await cluster.transition(task_id, state, current=task, attempt=task.attempt, error=None) is not None:
                     changed = True
                     if task.state is TaskState.LOST:
                         log.info("task %s on %s restored from lost to %s", task_id, hostname, state)
@@ -145,10 +152,18 @@ class Liveness:
             if now - (task.assigned_at or now) < grace:
                 continue
             lost = await cluster.transition(
-                task.id, TaskState.LOST, error=f"runner {hostname} no longer knows this task"
+                task.id,
+                TaskState.LOST,
+                current=task,
+                attempt=task.attempt,
+                error=f"runner {hostname} no longer knows this task",
             )
             if lost is not None:
                 changed = True
+        # What this runner holds now, in full: a retried task's earlier attempt
+        # that it no longer holds cannot collide with a new one there.
+        if cluster.fences.heard_from(hostname, known):
+            changed = True
         if changed:
             await cluster.notify_changed()
             cluster.kick()
@@ -168,12 +183,22 @@ class Liveness:
             return []
         offline = await cluster.db.mark_nodes_offline(now - timeout, now=now)
         for hostname, task_ids in offline:
+            # Those with a retry left were put back to pending by the same
+            # write (host/retries.py); the rest are lost.
+            retried = {t.id: t for t in await cluster.db.get_tasks(task_ids) if t.state is TaskState.PENDING}
+            lost = [i for i in task_ids if i not in retried]
             log.warning(
-                "node %s missed heartbeats for %.0fs: offline; %d task(s) lost", hostname, timeout, len(task_ids)
+                "node %s missed heartbeats for %.0fs: offline; %d task(s) lost%s",
+                hostname,
+                timeout,
+                len(lost),
+                f", {len(retried)} retried" if retried else "",
             )
             for task_id in task_ids:
                 cluster.ledger.release(task_id)
-            await cluster.settle_dependents((task_id, TaskState.LOST, None) for task_id in task_ids)
+            for task in retried.values():
+                cluster.requeued(task, hostname)
+            await cluster.settle_dependents((task_id, TaskState.LOST, None) for task_id in lost)
             record = await cluster.db.get_node(hostname)
             if record is not None:
                 cluster.nodes[hostname] = record

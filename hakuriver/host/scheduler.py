@@ -74,7 +74,7 @@ pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -724,6 +724,7 @@ class Scheduler:
         limits: LimitsOf | None = None,
         *,
         drained: Collection[str] = (),
+        avoid: Mapping[int, str] | None = None,
     ) -> list[Placement]:
         """Place what fits now, FIFO with conservative backfill.
 
@@ -731,7 +732,9 @@ class Scheduler:
         placement and no reservation. Every placement is also held in
         `ledger`; if the caller then fails to record a placement (the task was
         killed meanwhile), it must `ledger.release(task_id)`. `limits` gives
-        each owner's effective limits (None: nobody is limited).
+        each owner's effective limits (None: nobody is limited). `avoid`: a
+        task id -> a node it goes to only where no other fits (a retried
+        task's previous node, host/retries.py).
         """
         queue = sorted(pending, key=lambda t: t.id)
         stats = PassStats(pending=len(queue))
@@ -809,6 +812,7 @@ class Scheduler:
                     break
                 u = st.usage
                 rank = (
+                    avoid is not None and avoid.get(task.id) == st.name,
                     (len(st.gpu_ids) - len(u.gpus) - len(gpus)) if req.gpus_needed else (1 if st.gpu_ids else 0),
                     st.cores - u.cores - req.cores,
                     st.memory - u.memory - req.memory,

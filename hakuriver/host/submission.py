@@ -37,6 +37,7 @@ from ..policy import (
     check_privileged,
 )
 from ..webapi import require_type
+from .retries import check_retries
 
 SUBMIT_FIELDS = frozenset(
     {
@@ -54,6 +55,8 @@ SUBMIT_FIELDS = frozenset(
         "after_any",
         "array",
         "sweep",
+        "retries",
+        "retry_on_exit",
     }
 )
 
@@ -120,6 +123,12 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
     if array is not None and len(targets) > 1:
         raise ValidationError("an array runs on one target or is placed automatically: give at most one target")
 
+    # `--retries N` / `--retry-on-exit` (host/retries.py); each array task retries on its own.
+    retries = check_retries(data.get("retries", 0) if data.get("retries") is not None else 0)
+    retry_on_exit = require_type(data, "retry_on_exit", bool, required=False, default=False)
+    if retry_on_exit and not retries:
+        raise ValidationError("'retry_on_exit' needs 'retries' of at least 1")
+
     return TaskRequest(
         command=command,
         cores=cores,
@@ -136,6 +145,8 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
         array=array.indices if array is not None else (),
         array_max_running=array.max_running if array is not None else 0,
         commands=commands,
+        retries=retries,
+        retry_on_exit=retry_on_exit,
     )
 
 

@@ -229,6 +229,7 @@ async def _supervisor_and_link(app: web.Application) -> AsyncIterator[None]:
         stats=lambda: _stats(app),
         on_kill=sup.kill,
         capabilities=lambda: app[CAPABILITIES].current,
+        attempt_of=sup.attempt_of,
     )
     app[SUPERVISOR], app[HOSTLINK] = sup, link
     await sup.recover()

@@ -52,11 +52,12 @@ class HostLink:
         state: RunnerState,
         notices: Notices,
         *,
-        running: Callable[[], list[dict[str, str]]],
+        running: Callable[[], list[dict[str, Any]]],
         holding: Callable[[], list[int]],
         stats: Callable[[], Awaitable[dict[str, Any]]],
         on_kill: Callable[[int], Awaitable[bool]],
         capabilities: Callable[[], NodeCapabilities] | None = None,
+        attempt_of: Callable[[int], int] = lambda _task_id: 1,
     ):
         self.config = config
         self.resources = resources
@@ -67,6 +68,7 @@ class HostLink:
         self._stats = stats
         self._on_kill = on_kill
         self._capabilities = capabilities
+        self._attempt_of = attempt_of
         self._session: aiohttp.ClientSession | None = None
         self._node_key = ""
         self._order_token = ""
@@ -208,7 +210,10 @@ class HostLink:
         other caller are sent too."""
         async with self._announcing:
             started = self._notices.take_started()
-            sent = await asyncio.gather(*(self.report(i, TaskState.RUNNING) for i in started), return_exceptions=True)
+            sent = await asyncio.gather(
+                *(self.report(i, TaskState.RUNNING, attempt=self._attempt_of(i)) for i in started),
+                return_exceptions=True,
+            )
             for task_id, outcome in zip(started, sent, strict=True):
                 if isinstance(outcome, BaseException):
                     log.error("reporting task %s as running failed: %r", task_id, outcome)
@@ -225,8 +230,10 @@ class HostLink:
             failed = False
             for item in outbox:
                 r = item.result
-                if await self.report(item.task_id, r.state, r.exit_code, r.error, output_error=r.output_error):
-                    await self._state.acknowledge(item.task_id)
+                if await self.report(
+                    item.task_id, r.state, r.exit_code, r.error, output_error=r.output_error, attempt=item.attempt
+                ):
+                    await self._state.acknowledge(item.task_id, attempt=item.attempt)
                 else:
                     failed = True
             if failed:
@@ -244,8 +251,12 @@ class HostLink:
         error: str | None = None,
         *,
         output_error: str | None = None,
+        attempt: int = 1,
     ) -> bool:
         payload: dict[str, Any] = {"hostname": self.resources.hostname, "state": str(state)}
+        if attempt != 1:
+            # Only a retried task's later runs (`--retries`): a Host from before retries never orders those.
+            payload["attempt"] = attempt
         if exit_code is not None:
             payload["exit_code"] = exit_code
         if error is not None:
@@ -264,7 +275,9 @@ class HostLink:
             # A Host from before `output_error` refuses the unknown field: say it in `error` instead.
             log.info("the Host does not take output_error; sending task %s's in its error", task_id)
             folded = f"output incomplete: {output_error}"
-            return await self.report(task_id, state, exit_code, f"{error}; {folded}" if error else folded)
+            return await self.report(
+                task_id, state, exit_code, f"{error}; {folded}" if error else folded, attempt=attempt
+            )
         if status in (404, 409):
             # Definitive: the Host will never accept this report. Keeping it
             # would retry forever; drop it and say why.

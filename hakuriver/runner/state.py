@@ -102,15 +102,30 @@ class OutboxEntry:
     handle: Handle | None
     task: dict[str, Any] | None
 
+    @property
+    def attempt(self) -> int:
+        """Which run of the task this result is about (the run request's `attempt`; 1 when not said)."""
+        return _attempt_of(self.task)
+
+
+_ATTEMPT_SQL = "COALESCE(json_extract(task, '$.attempt'), 1)"
+"""The attempt of an outbox row, from the run request it keeps (`RunRequest.attempt`)."""
+
+
+def _attempt_of(task: dict[str, Any] | None) -> int:
+    value = (task or {}).get("attempt", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
 
 class RunnerState:
     """Use `await RunnerState.open(path)`; `await close()` when done."""
 
-    def __init__(self, db: aiosqlite.Connection, path: str, outbox_ids: Iterable[int] = ()):
+    def __init__(self, db: aiosqlite.Connection, path: str, outbox_ids: Iterable[tuple[int, int]] = ()):
         self._db = db
         self._lock = asyncio.Lock()
         self.path = path
-        self._outbox_ids = set(outbox_ids)
+        self._outbox_ids: dict[int, int] = dict(outbox_ids)
+        """Task id -> the attempt its result in the outbox is about."""
 
     @classmethod
     async def open(cls, path: str) -> RunnerState:
@@ -135,8 +150,8 @@ class RunnerState:
                 await db.execute("PRAGMA synchronous=FULL")
                 await _check_integrity(db, path)
                 await _migrate(db)
-                async with db.execute("SELECT task_id FROM outbox") as cur:
-                    outbox_ids = [int(r[0]) for r in await cur.fetchall()]
+                async with db.execute(f"SELECT task_id, {_ATTEMPT_SQL} FROM outbox") as cur:
+                    outbox_ids = [(int(r[0]), int(r[1])) for r in await cur.fetchall()]
             except sqlite3.DatabaseError as e:
                 raise StateError(f"runner state {path} is damaged or not a database ({e}); {_ADVICE}") from None
         except BaseException:
@@ -214,9 +229,10 @@ class RunnerState:
         return n > 0
 
     # -- results --------------------------------------------------------
-    async def record_result(self, task_id: int, result: ExitResult, finished_at: float) -> None:
+    async def record_result(self, task_id: int, result: ExitResult, finished_at: float, *, attempt: int = 1) -> None:
         """Move a task from active to the outbox, atomically. A result recorded
-        twice keeps the first (the first observation of an end is the real one)."""
+        twice keeps the first (the first observation of an end is the real one).
+        `attempt`: the run it is about (`RunRequest.attempt`)."""
         await self._write(
             (
                 "INSERT OR IGNORE INTO outbox"
@@ -235,11 +251,15 @@ class RunnerState:
             ),
             ("DELETE FROM tasks WHERE task_id = ?", (task_id,)),
         )
-        self._outbox_ids.add(task_id)
+        self._outbox_ids.setdefault(task_id, attempt)
 
     def in_outbox(self, task_id: int) -> bool:
         """Whether a result of this task waits in the outbox (no query)."""
         return task_id in self._outbox_ids
+
+    def outbox_attempt(self, task_id: int) -> int | None:
+        """The attempt of the task's result waiting in the outbox; None when none waits."""
+        return self._outbox_ids.get(task_id)
 
     def outbox_ids(self) -> list[int]:
         """The ids of the results in the outbox, in id order (no query)."""
@@ -261,10 +281,17 @@ class RunnerState:
             for r in rows
         ]
 
-    async def acknowledge(self, task_id: int) -> None:
-        """The Host has the result: forget it."""
-        await self._write(("DELETE FROM outbox WHERE task_id = ?", (task_id,)))
-        self._outbox_ids.discard(task_id)
+    async def acknowledge(self, task_id: int, *, attempt: int | None = None) -> None:
+        """The Host has the result: forget it. With `attempt`, only the result
+        of that attempt (a slow delivery of an earlier run must not drop the
+        result of a newer one, `--retries`)."""
+        if attempt is None:
+            await self._write(("DELETE FROM outbox WHERE task_id = ?", (task_id,)))
+            self._outbox_ids.pop(task_id, None)
+            return
+        await self._write((f"DELETE FROM outbox WHERE task_id = ? AND {_ATTEMPT_SQL} = ?", (task_id, attempt)))
+        if self._outbox_ids.get(task_id) == attempt:
+            del self._outbox_ids[task_id]
 
 
 class StateError(HakuRiverError):

@@ -35,7 +35,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .. import naming, policy
 from ..config import Config
@@ -139,12 +139,24 @@ class Supervisor:
         self._accepting: set[int] = set()
 
     # -------------------------------------------------------------- views
-    def running_report(self) -> list[dict[str, str]]:
+    def running_report(self) -> list[dict[str, Any]]:
         return [
-            {"task_id": str(t.task_id), "state": str(TaskState.PAUSED if t.paused else TaskState.RUNNING)}
+            {
+                "task_id": str(t.task_id),
+                "state": str(TaskState.PAUSED if t.paused else TaskState.RUNNING),
+                # Only a retried task's later runs say which (a Host from before retries never sends those).
+                **({"attempt": t.request.attempt} if t.request.attempt != 1 else {}),
+            }
             for t in self.tasks.values()
             if t.started
         ]
+
+    def attempt_of(self, task_id: int) -> int:
+        """Which run of the task this runner holds (`RunRequest.attempt`); 1 when it holds none."""
+        entry = self.tasks.get(task_id)
+        if entry is not None:
+            return entry.request.attempt
+        return self.state.outbox_attempt(task_id) or 1
 
     def holding_ids(self) -> list[int]:
         """Tasks this runner holds without running them: starting, or results in delivery."""
@@ -234,8 +246,36 @@ class Supervisor:
     async def accept(self, request: RunRequest) -> str:
         """Take a task from the Host. Idempotent per task id."""
         task_id = request.task_id
-        if task_id in self.tasks or task_id in self._accepting or self.state.in_outbox(task_id):
+        if task_id in self._accepting:
             return "already_accepted"
+        held = self.tasks.get(task_id)
+        if held is not None:
+            if held.request.attempt == request.attempt:
+                return "already_accepted"
+            # One run per task id here (its container, its records). The Host
+            # orders the kill of a run it gave up on at the next heartbeat.
+            if held.request.attempt > request.attempt:
+                raise Conflict(
+                    f"task {task_id} runs attempt {held.request.attempt} here; attempt {request.attempt} is older"
+                )
+            raise Conflict(
+                f"task {task_id} still has attempt {held.request.attempt} on this node; "
+                f"it cannot take attempt {request.attempt} until that one has ended"
+            )
+        delivered = self.state.outbox_attempt(task_id)
+        if delivered is not None:
+            if delivered >= request.attempt:
+                return "already_accepted"
+            # The result of an earlier run waits for delivery, but the Host has
+            # moved on to a newer attempt (`--retries`): it would refuse that
+            # report, and the new run needs the task's records.
+            log.info(
+                "task %s: dropping the undelivered result of attempt %d for attempt %d",
+                task_id,
+                delivered,
+                request.attempt,
+            )
+            await self.state.acknowledge(task_id, attempt=delivered)
         self._accepting.add(task_id)  # a second copy of the order, sent meanwhile, starts nothing
         try:
             spec = await self.prepare(request)
@@ -364,7 +404,7 @@ class Supervisor:
     async def _finish(self, entry: Supervised, result: ExitResult) -> None:
         if entry.deadline is not None and entry.deadline is not asyncio.current_task():
             entry.deadline.cancel()
-        await self.state.record_result(entry.task_id, result, time.time())
+        await self.state.record_result(entry.task_id, result, time.time(), attempt=entry.request.attempt)
         self.tasks.pop(entry.task_id, None)
         self.notices.result_recorded()
         if entry.started:

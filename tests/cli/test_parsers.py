@@ -138,6 +138,8 @@ def test_submit_request_omits_defaults():
         "after_any": None,
         "array": None,
         "sweep": None,
+        "retries": None,
+        "retry_on_exit": None,
     }
 
 

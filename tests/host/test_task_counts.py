@@ -76,3 +76,19 @@ async def test_counts_follow_every_kind_of_write(db, tmp_path):
         assert await agree(again) == {S.PENDING: 1, S.LOST: 3}
     finally:
         await again.close()
+
+
+async def test_counts_follow_retries(db):
+    """A retry (`requeue`, and the offline sweep's retry) moves a task back to pending."""
+    await db.load_task_counts()
+    await db.upsert_node(node("n1"), now=0.0)
+    await db.insert_tasks(
+        [make_task(i, state=S.RUNNING, node="n1", started_at=1.0, retries=1) for i in (20, 21)] + [make_task(22)]
+    )
+    assert (await db.requeue(20, 1, S.FAILED, now=2.0, exit_code=None, error="runner error")).state is S.PENDING
+    assert await db.requeue(20, 1, S.FAILED, now=2.0) is None  # the same report again: refused
+    assert await agree(db) == {S.PENDING: 2, S.RUNNING: 1}
+    # n1 stops heartbeating: task 21 has a retry left, so it is pending again, not lost.
+    offline = await db.mark_nodes_offline(stale_before=100.0, now=100.0)
+    assert offline == [("n1", [21])]
+    assert await agree(db) == {S.PENDING: 3}

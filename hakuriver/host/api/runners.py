@@ -11,6 +11,7 @@ from ...errors import ValidationError
 from ...ids import parse_id
 from ...models import GpuInfo, NodeCapabilities, NodeResources, NumaNode, TaskState
 from ...parsing import validate_node_name
+from ...runrequest import MAX_ATTEMPT
 from ...webapi import NODE_KEY_HEADER, json_response, read_json_object, require_type
 from ..keys import CLUSTER, CONFIG, LIVENESS
 from .tasks import task_id_of
@@ -46,7 +47,7 @@ def _node_key(request: web.Request) -> str | None:
 
 
 HEARTBEAT_FIELDS = {"hostname", "stats", "tasks", "finishing", "capabilities"}
-REPORT_FIELDS = {"hostname", "state", "exit_code", "error", "output_error"}
+REPORT_FIELDS = {"hostname", "state", "exit_code", "error", "output_error", "attempt"}
 MAX_REPORT_TEXT = 4096
 """Characters of a report's `output_error` the Host keeps (the rest is cut)."""
 
@@ -70,13 +71,22 @@ def _reported_tasks(data: dict[str, Any]) -> list[dict[str, Any]]:
     items = require_type(data, "tasks", list, required=False, default=[])
     out = []
     for item in items:
-        if not isinstance(item, dict) or set(item) != {"task_id", "state"}:
-            raise ValidationError('each entry of \'tasks\' must be {"task_id": ..., "state": ...}')
+        # `attempt` (a retried task's run, `--retries`) is sent only when it is not 1.
+        if not isinstance(item, dict) or not {"task_id", "state"} <= set(item) <= {"task_id", "state", "attempt"}:
+            raise ValidationError('each entry of \'tasks\' must be {"task_id": ..., "state": ...[, "attempt": N]}')
         state = item["state"]
         if state not in (TaskState.RUNNING, TaskState.PAUSED):
             raise ValidationError(f"a reported task must be running or paused, not {state!r}")
-        out.append({"task_id": parse_id(item["task_id"]), "state": state})
+        out.append({"task_id": parse_id(item["task_id"]), "state": state, "attempt": _attempt(item)})
     return out
+
+
+def _attempt(data: dict[str, Any]) -> int:
+    """A report's `attempt` (1 when absent: a runner from before retries, or a first run)."""
+    value = data.get("attempt", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ATTEMPT:
+        raise ValidationError(f"'attempt' must be a whole number from 1 to {MAX_ATTEMPT}")
+    return value
 
 
 async def runner_register(request: web.Request) -> web.Response:
@@ -150,6 +160,6 @@ async def runner_report(request: web.Request) -> web.Response:
         raise ValidationError("'exit_code' must fit in 32 bits")
     request.app[LIVENESS].check_node_key(hostname, _node_key(request))
     task = await request.app[CLUSTER].apply_report(
-        hostname, task_id, state, exit_code=exit_code, error=error, output_error=output_error
+        hostname, task_id, state, exit_code=exit_code, error=error, output_error=output_error, attempt=_attempt(data)
     )
     return json_response({"task_id": str(task.id), "state": str(task.state)})

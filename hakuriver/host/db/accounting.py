@@ -23,35 +23,56 @@ class AccountingQueries(Store):
         both started and finished count (one cancelled while pending used
         nothing). With `since`, only tasks that finished at or after it count,
         and only their time after it: a month's usage holds the part of a long
-        task that ran in that month. With `owner`, only that user's tasks."""
+        task that ran in that month. With `owner`, only that user's tasks.
+        The earlier attempts of a retried task (`--retries`) add their time
+        (on the node they ran on, with the task's cores and GPU count); `tasks`
+        counts final tasks only, each once."""
         if by not in USAGE_GROUPS:
             raise ValueError(f"usage by {by!r}")
         column = "owner" if by == "user" else "node"
         start = "started_at" if since is None else "MAX(started_at, ?)"
-        params: list[Any] = [] if since is None else [float(since)]
+        a_start = "a.started_at" if since is None else "MAX(a.started_at, ?)"
+        since_p: list[Any] = [] if since is None else [float(since)]
         where = [f"state IN ({_FINAL_SQL})", "started_at IS NOT NULL", "finished_at IS NOT NULL"]
+        # Earlier attempts of retried tasks (`task_attempts`) used their node's
+        # time too: they count, on the node they ran on, whatever the task's
+        # state now; the task itself is counted once, when final.
+        a_where = ["a.started_at IS NOT NULL", "a.finished_at IS NOT NULL"]
+        params: list[Any] = list(since_p)
+        a_params: list[Any] = list(since_p)
         if since is not None:
             where.append("finished_at >= ?")
             params.append(float(since))
+            a_where.append("a.finished_at >= ?")
+            a_params.append(float(since))
         if owner is not None:
             where.append("owner = ?")
             params.append(owner)
+            a_where.append("t.owner = ?")
+            a_params.append(owner)
+        a_column = "t.owner" if by == "user" else "a.node"
         # One aggregate over the rows; a clock step back (finished before
         # started) counts as no time, never as negative hours.
         sql = (
-            f"SELECT {column}, COUNT(*), SUM(cores * h), SUM(g * h), SUM(h) FROM ("
-            f" SELECT {column}, cores, MAX(json_array_length(gpus_json), gpu_count) AS g,"
+            f"SELECT name, COUNT(task), SUM(cores * h), SUM(g * h), SUM(h) FROM ("
+            f" SELECT {column} AS name, id AS task, cores, MAX(json_array_length(gpus_json), gpu_count) AS g,"
             f" MAX(finished_at - {start}, 0) / 3600.0 AS h"
-            f" FROM tasks WHERE {' AND '.join(where)})"
-            f" GROUP BY {column} ORDER BY 3 DESC, 1"
+            f" FROM tasks WHERE {' AND '.join(where)}"
+            f" UNION ALL"
+            f" SELECT {a_column} AS name, NULL AS task, t.cores, t.gpu_count AS g,"
+            f" MAX(a.finished_at - {a_start}, 0) / 3600.0 AS h"
+            f" FROM task_attempts a JOIN tasks t ON t.id = a.task_id WHERE {' AND '.join(a_where)})"
+            f" GROUP BY name ORDER BY 3 DESC, 1"
         )
         return await self._fetch(
-            sql, params, lambda _c, r: UsageRow(r[0], int(r[1]), float(r[2] or 0), float(r[3] or 0), float(r[4] or 0))
+            sql,
+            params + a_params,
+            lambda _c, r: UsageRow(r[0], int(r[1]), float(r[2] or 0), float(r[3] or 0), float(r[4] or 0)),
         )
 
     async def purge_final_tasks(self, finished_before: float, *, limit: int = 1000) -> list[int]:
         """Delete up to `limit` final tasks that finished before
-        `finished_before`, oldest first, and their dependency rows; return
+        `finished_before`, oldest first, and their dependency and attempt rows; return
         their ids. Never a task that is not final, and never one that a task
         which is not final depends on (its waiter still reads it)."""
 
@@ -69,6 +90,7 @@ class AccountingQueries(Store):
             ids = [int(r[0]) for r in rows]
             for chunk in _chunks(ids):
                 marks = ",".join("?" * len(chunk))
+                await conn.execute(f"DELETE FROM task_attempts WHERE task_id IN ({marks})", tuple(chunk))
                 await conn.execute(
                     f"DELETE FROM task_dependencies WHERE task_id IN ({marks}) OR depends_on IN ({marks})",
                     (*chunk, *chunk),

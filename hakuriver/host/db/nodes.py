@@ -13,8 +13,9 @@ from ...models import (
     TaskState,
 )
 from .rows import Drain, NodeRecord, _capabilities_text, _chunks, _dumps, _node_from_row
-from .schema import _HOLDING_SQL, _NODE_COLUMNS
+from .schema import _ATTEMPT_COLUMNS, _HOLDING_SQL, _NODE_COLUMNS
 from .store import Counted, Store
+from .tasks import REQUEUE_SETS
 
 
 class NodeQueries(Store):
@@ -112,9 +113,14 @@ class NodeQueries(Store):
     async def mark_nodes_offline(self, stale_before: float, now: float | None = None) -> list[tuple[str, list[int]]]:
         """Nodes online with `last_heartbeat < stale_before` go offline, and their
         assigning/running/paused tasks become `lost` — all in one transaction.
+        A task with a retry left (`--retries`, host/retries.py) is retried
+        instead, in the same transaction: its attempt is recorded `lost` in
+        `task_attempts` and it is `pending` again with the next attempt number.
 
-        Returns `[(hostname, [lost task ids...]), ...]` for the nodes that went
-        offline by this call (sorted by hostname, ids ascending).
+        Returns `[(hostname, [task ids...]), ...]` for the nodes that went
+        offline by this call (sorted by hostname, ids ascending): every task
+        that stopped holding resources there, lost or retried (the caller
+        reads which).
         """
         when = time.time() if now is None else now
 
@@ -135,7 +141,25 @@ class NodeQueries(Store):
                     tuple(chunk),
                 ):
                     delta[TaskState(state)] = delta.get(TaskState(state), 0) - n
-                    delta[TaskState.LOST] = delta.get(TaskState.LOST, 0) + n
+                retried = list(
+                    await conn.execute_fetchall(
+                        f"""INSERT INTO task_attempts (task_id, {_ATTEMPT_COLUMNS})
+                            SELECT id, attempt, node, started_at, ?, 'lost', NULL,
+                                   'node ' || node || ' stopped heartbeating'
+                            FROM tasks WHERE node IN ({marks}) AND state IN ({_HOLDING_SQL}) AND attempt <= retries
+                            RETURNING task_id, node""",
+                        (when, *chunk),
+                    )
+                )
+                if retried:
+                    delta[TaskState.PENDING] = delta.get(TaskState.PENDING, 0) + len(retried)
+                    for task_id, node in retried:
+                        lost[node].append(task_id)
+                    for ids in _chunks([r[0] for r in retried]):
+                        await conn.execute(
+                            f"UPDATE tasks SET {REQUEUE_SETS}, updated_at=? WHERE id IN ({','.join('?' * len(ids))})",
+                            (when, *ids),
+                        )
                 rows = await conn.execute_fetchall(
                     f"""UPDATE tasks SET state='lost', finished_at=?, updated_at=?,
                                error='node ' || node || ' stopped heartbeating'
@@ -145,6 +169,7 @@ class NodeQueries(Store):
                 )
                 for task_id, node in rows:
                     lost[node].append(task_id)
+                    delta[TaskState.LOST] = delta.get(TaskState.LOST, 0) + 1
             return Counted([(h, sorted(lost[h])) for h in hosts], delta)
 
         return await self._write(op, atomic=True)

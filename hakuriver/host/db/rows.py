@@ -20,6 +20,7 @@ from ...models import (
     NumaNode,
     Target,
     Task,
+    TaskAttempt,
     TaskState,
 )
 from ...parsing import parse_target
@@ -107,6 +108,22 @@ def _task_from_row(_cursor: Any, row: Sequence[Any]) -> Task:
         time_limit=row[23],
         array_index=row[24],
         array_max_running=row[25] or 0,
+        retries=row[26] or 0,
+        retry_on_exit=bool(row[27]),
+        attempt=row[28] or 1,
+    )
+
+
+def _attempt_from_row(_cursor: Any, row: Sequence[Any]) -> tuple[int, TaskAttempt]:
+    """Row factory for `task_id, ` + `_ATTEMPT_COLUMNS`."""
+    return row[0], TaskAttempt(
+        attempt=row[1],
+        node=row[2],
+        started_at=row[3],
+        finished_at=row[4],
+        state=TaskState(row[5]),
+        exit_code=row[6],
+        error=row[7],
     )
 
 
@@ -138,6 +155,9 @@ def _task_params(task: Task, now: float) -> tuple[Any, ...]:
         None if task.time_limit is None else int(task.time_limit),
         None if task.array_index is None else int(task.array_index),
         int(task.array_max_running or 0),
+        int(task.retries or 0),
+        1 if task.retry_on_exit else 0,
+        int(task.attempt or 1),
         now,
     )
 

@@ -139,6 +139,27 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN array_index INTEGER;
     ALTER TABLE tasks ADD COLUMN array_max_running INTEGER NOT NULL DEFAULT 0;
     """,
+    # 11: retries (`--retries`, `--retry-on-exit`; host/retries.py). A task's
+    # allowed retries and its current attempt (1-based) on its row, and one
+    # row per earlier attempt that ended and was retried: where it ran and how
+    # it ended. The task's own row keeps its current (or last) attempt.
+    """
+    ALTER TABLE tasks ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN retry_on_exit INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE task_attempts (
+        task_id     INTEGER NOT NULL REFERENCES tasks(id),
+        attempt     INTEGER NOT NULL,
+        node        TEXT,
+        started_at  REAL,
+        finished_at REAL,
+        state       TEXT NOT NULL,
+        exit_code   INTEGER,
+        error       TEXT,
+        PRIMARY KEY (task_id, attempt)
+    ) WITHOUT ROWID;
+    CREATE INDEX task_attempts_finished ON task_attempts(finished_at);
+    """,
 )
 """Migration N (1-based) is MIGRATIONS[N-1]. Append only; never edit a released one."""
 
@@ -148,13 +169,14 @@ _TASK_COLUMNS = (
     "id, batch_id, state, command_json, cores, memory, container, env_json, mounts_json, "
     "privileged, target, gpu_count, node, numa, gpus_json, submitted_at, assigned_at, "
     "started_at, finished_at, exit_code, error, owner, output_error, time_limit, "
-    "array_index, array_max_running"
+    "array_index, array_max_running, retries, retry_on_exit, attempt"
 )
 _NODE_COLUMNS = (
     "hostname, url, cores, memory, numa_json, gpus_json, online, registered_at, last_heartbeat, stats_json, "
     "identity_hash, order_token, capabilities_json, drained_at, drained_by, drained_reason"
 )
 _HOLDING_SQL = ",".join(f"'{s}'" for s in sorted(HOLDING_STATES))
+_ATTEMPT_COLUMNS = "attempt, node, started_at, finished_at, state, exit_code, error"
 _FINAL_SQL = ",".join(f"'{s}'" for s in sorted(FINAL_STATES))
 
 

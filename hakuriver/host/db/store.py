@@ -161,6 +161,10 @@ class Store:
             await conn.execute_fetchall("PRAGMA synchronous=FULL")
             await conn.execute_fetchall("PRAGMA foreign_keys=ON")
         except sqlite3.Error as e:
+            if "malformed" in str(e):
+                # The schema pages themselves are damaged (the first read of the
+                # file reads them): the same advice as a failed integrity check.
+                raise DatabaseError(f"database {self.path!r} is damaged ({e}); restore it from a backup") from e
             raise DatabaseError(f"cannot open database {self.path!r}: {e}") from e
 
     async def _check_integrity(self) -> None:

@@ -11,17 +11,30 @@ import aiosqlite
 
 from ...models import (
     FINAL_STATES,
+    REQUEUE_FROM,
     Task,
+    TaskAttempt,
     TaskState,
     predecessors,
 )
-from .rows import _chunks, _dumps, _task_from_row, _task_params
-from .schema import _HOLDING_SQL, _TASK_COLUMNS
+from .rows import _attempt_from_row, _chunks, _dumps, _task_from_row, _task_params
+from .schema import _ATTEMPT_COLUMNS, _HOLDING_SQL, _TASK_COLUMNS
 from .store import Counted, Store
+
+REQUEUE_SETS = (
+    "state='pending', attempt=attempt+1, node=NULL, numa=NULL, gpus_json='[]', assigned_at=NULL, "
+    "started_at=NULL, finished_at=NULL, exit_code=NULL, error=NULL, output_error=NULL"
+)
+"""What a retry resets: the task is pending again with the next attempt number
+and no placement; its ended attempt is in `task_attempts` by then."""
 
 _TRANSITION_FIELDS = frozenset(
     {"node", "numa", "gpus", "assigned_at", "started_at", "finished_at", "exit_code", "error", "output_error"}
 )
+
+
+_INSERT_WIDTH = _TASK_COLUMNS.count(",") + 2
+"""Placeholders of a task insert: every column, and updated_at."""
 
 
 class TaskQueries(Store):
@@ -44,7 +57,7 @@ class TaskQueries(Store):
 
         async def op(conn: aiosqlite.Connection) -> Counted:
             cursor = await conn.executemany(
-                f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 27)})", rows
+                f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * _INSERT_WIDTH)})", rows
             )
             await cursor.close()
             if deps:
@@ -63,6 +76,7 @@ class TaskQueries(Store):
         *,
         now: float,
         allowed_from: frozenset[TaskState] | None = None,
+        attempt: int | None = None,
         **fields: Any,
     ) -> Task | None:
         """Move a task to `new_state` if it is in one of `allowed_from`
@@ -76,7 +90,8 @@ class TaskQueries(Store):
         entering RUNNING or PAUSED sets started_at=now if it was unset; entering
         a final state sets finished_at=now; entering a non-final state clears
         finished_at and output_error; leaving LOST clears the "stopped
-        heartbeating" error.
+        heartbeating" error. With `attempt`, only if the task is at that
+        attempt (`--retries`: an earlier attempt's end never touches a newer one).
         """
         new_state = TaskState(new_state)
         unknown = set(fields) - _TRANSITION_FIELDS
@@ -127,9 +142,13 @@ class TaskQueries(Store):
             sets.append("error=CASE WHEN state='lost' THEN NULL ELSE error END")
         params.append(int(task_id))
         params.extend(str(s) for s in sorted(allowed))
+        attempt_guard = ""
+        if attempt is not None:
+            attempt_guard = " AND attempt=?"
+            params.append(int(attempt))
         sql = (
-            f"UPDATE tasks SET {', '.join(sets)} WHERE id=? AND state IN ({','.join('?' * len(allowed))}) "
-            f"RETURNING {_TASK_COLUMNS}"
+            f"UPDATE tasks SET {', '.join(sets)} WHERE id=? AND state IN ({','.join('?' * len(allowed))})"
+            f"{attempt_guard} RETURNING {_TASK_COLUMNS}"
         )
 
         async def op(conn: aiosqlite.Connection) -> Counted | None:
@@ -143,6 +162,76 @@ class TaskQueries(Store):
             return Counted(task, {TaskState(before[0][0]): -1, task.state: 1} if before else {})
 
         return await self._write(op)
+
+    async def requeue(
+        self,
+        task_id: int,
+        attempt: int,
+        ended: TaskState,
+        *,
+        now: float,
+        exit_code: int | None = None,
+        error: str | None = None,
+    ) -> Task | None:
+        """Attempt `attempt` of the task ended `ended` and is retried: record
+        it in `task_attempts` and put the task back to `pending` with the
+        next attempt number, in one transaction (host/retries.py).
+
+        Guarded: only a task in one of `models.REQUEUE_FROM`, at that very
+        attempt, with a retry left; otherwise None and nothing is written (a
+        late or repeated report, a kill that came first)."""
+        marks = ",".join("?" * len(REQUEUE_FROM))
+        guard = f"id=? AND attempt=? AND attempt<=retries AND state IN ({marks})"
+        guard_params = (int(task_id), int(attempt), *sorted(str(s) for s in REQUEUE_FROM))
+
+        async def op(conn: aiosqlite.Connection) -> Counted | None:
+            # The state it leaves, for the in-memory counts.
+            before = list(await conn.execute_fetchall(f"SELECT state FROM tasks WHERE {guard}", guard_params))
+            if not before:
+                return None
+            await conn.execute_fetchall(
+                f"""INSERT INTO task_attempts (task_id, {_ATTEMPT_COLUMNS})
+                    SELECT id, attempt, node, started_at, ?, ?, ?, ? FROM tasks WHERE {guard}""",
+                (now, str(TaskState(ended)), exit_code, error, *guard_params),
+            )
+            rows = list(
+                await conn.execute_fetchall(
+                    f"UPDATE tasks SET {REQUEUE_SETS}, updated_at=? WHERE {guard} RETURNING {_TASK_COLUMNS}",
+                    (now, *guard_params),
+                )
+            )
+            task = _task_from_row(None, rows[0])
+            return Counted(task, {TaskState(before[0][0]): -1, TaskState.PENDING: 1})
+
+        return await self._write(op, atomic=True)
+
+    async def attempts_of(self, ids: Iterable[int]) -> dict[int, list[TaskAttempt]]:
+        """Each task's earlier attempts (those that were retried), oldest
+        first; tasks without any are left out."""
+        wanted = list(dict.fromkeys(int(i) for i in ids))
+        found: dict[int, list[TaskAttempt]] = {}
+        for chunk in _chunks(wanted):
+            rows = await self._fetch(
+                f"SELECT task_id, {_ATTEMPT_COLUMNS} FROM task_attempts "
+                f"WHERE task_id IN ({','.join('?' * len(chunk))}) ORDER BY task_id, attempt",
+                tuple(chunk),
+                _attempt_from_row,
+            )
+            for task_id, attempt in rows:
+                found.setdefault(task_id, []).append(attempt)
+        return found
+
+    async def previous_attempt_nodes(self) -> dict[int, str]:
+        """Each retried pending task's previous attempt's node (what the Host
+        fences and avoids after a restart, host/retries.py)."""
+        rows = await self._fetch(
+            "SELECT a.task_id, a.node FROM tasks t "
+            "JOIN task_attempts a ON a.task_id = t.id AND a.attempt = t.attempt - 1 "
+            "WHERE t.state='pending' AND t.attempt > 1 AND a.node IS NOT NULL",
+            (),
+            lambda _c, r: (r[0], r[1]),
+        )
+        return dict(rows)
 
     async def assign_many(
         self, placements: Iterable[tuple[int, str, int | None, Sequence[int]]], now: float

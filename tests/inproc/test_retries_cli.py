@@ -1,0 +1,53 @@
+"""`hakuriver.task submit --retries` and `status` against the real Host and Runner
+apps (in a thread of their own): a task whose start fails on the node is run
+again, and `status` lists each attempt."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from hakuriver.cli import task as task_cli
+
+from .cluster import ThreadedCluster
+from .test_drain_cli import write_config
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HAKURIVER_CONFIG", raising=False)
+    monkeypatch.delenv("HAKURIVER_TOKEN", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+def test_submit_with_retries_then_status_lists_the_attempts(cluster: ThreadedCluster, tmp_path: Path, capsys) -> None:
+    cluster.add_runner("n1")
+    config = write_config(tmp_path / "user.toml", cluster, cluster.token)
+
+    def task(*argv: str) -> int:
+        return task_cli.main(["--config", config, *argv])
+
+    # fail-start: the runner cannot start it, a node-side failure: retried twice, then failed.
+    assert task("submit", "--retries", "2", "--wait", "--", "fake", "fail-start") == 1
+    out, _ = capsys.readouterr()
+    task_id = out.splitlines()[0]
+    assert task("status", task_id) == 0
+    out, _ = capsys.readouterr()
+    rows = dict(re.match(r"^(\S.*?)\s{2,}(.*)$", line).groups() for line in out.splitlines())  # type: ignore[union-attr]
+    assert (rows["state"], rows["attempt"], rows["retries"]) == ("failed", "3 of 3", "2")
+    assert re.fullmatch(r"failed on n1, never started, \S+ \S+: .*could not start.*", rows["attempt 1"]), rows
+
+    assert rows["attempt 2"].startswith("failed on n1, ")
+
+    assert task("status", task_id, "--json") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["retries"], shown["retry_on_exit"], shown["attempt"]) == (2, False, 3)
+    assert [a["attempt"] for a in shown["attempts"]] == [1, 2]
+
+    # A user's non-zero exit is the command's answer: not retried without --retry-on-exit.
+    assert task("submit", "--retries", "2", "--wait", "--", "fake", "exit", "3") == 1
+    task_id = capsys.readouterr().out.splitlines()[0]
+    assert cluster.task(task_id)["attempt"] == 1
