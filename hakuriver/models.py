@@ -187,6 +187,8 @@ class TaskRequest:
     """At most this many tasks of the array hold resources at once (`%N`); 0: no limit."""
     commands: tuple[tuple[str, ...], ...] = ()
     """A sweep's commands, one per array index (`array` is then 0..n-1); empty: every task runs `command`."""
+    priority: int = 0
+    """Its place among pending tasks (`--priority`, `policy.PRIORITY_MIN..PRIORITY_MAX`): higher goes first."""
 
 
 @dataclass
@@ -235,6 +237,8 @@ class Task:
     """Its index in its batch's array (`--array`; `HAKURIVER_ARRAY_INDEX`); None: not an array task."""
     array_max_running: int = 0
     """Its batch's `%N`: at most this many of the batch's tasks hold resources at once; 0: no limit."""
+    priority: int = 0
+    """Higher is scheduled first (`--priority`; default 0; only an admin goes above it)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -267,6 +271,7 @@ class Task:
             "waiting_for": [str(i) for i in self.waiting_for],
             "array_index": self.array_index,
             "array_max_running": self.array_max_running or None,
+            "priority": self.priority,
         }
 
 

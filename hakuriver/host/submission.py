@@ -27,6 +27,7 @@ from ..parsing import (
     validate_container,
 )
 from ..policy import (
+    DEFAULT_PRIORITY,
     MAX_DEPENDENCIES,
     MAX_TARGETS,
     check_command,
@@ -34,6 +35,7 @@ from ..policy import (
     check_gpu_count,
     check_mount,
     check_no_mounts_for_systemd,
+    check_priority,
     check_privileged,
 )
 from ..webapi import require_type
@@ -54,6 +56,7 @@ SUBMIT_FIELDS = frozenset(
         "after_any",
         "array",
         "sweep",
+        "priority",
     }
 )
 
@@ -136,6 +139,7 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
         array=array.indices if array is not None else (),
         array_max_running=array.max_running if array is not None else 0,
         commands=commands,
+        priority=check_priority(data.get("priority", DEFAULT_PRIORITY)),
     )
 
 

@@ -107,6 +107,7 @@ def _task_from_row(_cursor: Any, row: Sequence[Any]) -> Task:
         time_limit=row[23],
         array_index=row[24],
         array_max_running=row[25] or 0,
+        priority=row[26] or 0,
     )
 
 
@@ -138,6 +139,7 @@ def _task_params(task: Task, now: float) -> tuple[Any, ...]:
         None if task.time_limit is None else int(task.time_limit),
         None if task.array_index is None else int(task.array_index),
         int(task.array_max_running or 0),
+        int(task.priority),
         now,
     )
 

@@ -40,7 +40,7 @@ class TaskQueries(Store):
 
         async def op(conn: aiosqlite.Connection) -> None:
             cursor = await conn.executemany(
-                f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 27)})", rows
+                f"INSERT INTO tasks ({_TASK_COLUMNS}, updated_at) VALUES ({','.join('?' * 28)})", rows
             )
             await cursor.close()
             if deps:
@@ -171,6 +171,19 @@ class TaskQueries(Store):
             return [r[0] for r in rows if r[0] in moved]
 
         return await self._write(op, atomic=True)
+
+    async def set_pending_priority(self, task_id: int, priority: int, now: float) -> bool:
+        """Set a pending task's priority; False (nothing changed) when it is
+        not pending (any more) or does not exist."""
+
+        async def op(conn: aiosqlite.Connection) -> bool:
+            rows = await conn.execute_fetchall(
+                "UPDATE tasks SET priority=?, updated_at=? WHERE id=? AND state='pending' RETURNING id",
+                (int(priority), now, int(task_id)),
+            )
+            return bool(list(rows))
+
+        return await self._write(op)
 
     # ----------------------------------------------------------------- tasks: reads
 

@@ -8,6 +8,7 @@ deterministic). One module per concept:
 | `limits` | per-user limits: `UserLimits`, the refusals, the per-pass gate |
 | `nodestate` | one online node during a pass: fit, reservations, shortfall |
 | `reasons` | why a task that found no place waits |
+| `ordering` | the queue's order: priority, fair share, submission |
 | `placement` | `Scheduler.schedule`: conservative backfill over the queue |
 
 The names callers use are importable from here.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from .ledger import FreeView, Hold, Ledger, NodeUsage, NumaFree, OwnerUsage, Used
 from .limits import LIMIT_NAMES, UNLIMITED, LimitsOf, UserLimits, check_fits_limits, limit_refusal
+from .ordering import Usage, queue_key, queue_order
 from .placement import (
     DEFAULT_MAX_EXAMINED,
     DEFAULT_MAX_REASONS,
@@ -46,7 +48,10 @@ __all__ = [
     "Scheduler",
     "Used",
     "UserLimits",
+    "Usage",
     "check_fits_ever",
     "check_fits_limits",
     "limit_refusal",
+    "queue_key",
+    "queue_order",
 ]

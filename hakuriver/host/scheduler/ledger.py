@@ -12,7 +12,7 @@ it), and per batch how many of its tasks hold resources (an array's `%N`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ...models import NodeResources, Task
@@ -181,6 +181,10 @@ class Ledger:
     def batch_running(self, batch_id: int) -> int:
         """How many tasks of batch `batch_id` hold resources now (this pass's placements included)."""
         return self._batches.get(batch_id, 0)
+
+    def holds(self) -> Mapping[int, Hold]:
+        """Every hold by task id (read only: change it through hold/release)."""
+        return self._holds
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._holds

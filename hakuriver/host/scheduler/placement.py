@@ -1,5 +1,7 @@
 """Placement (`Scheduler.schedule`): one pass over the pending queue.
 
+The pass walks the queue in its order (`ordering`: priority, then fair
+share, then submission); the first task that cannot start is the head.
 A targeted task goes to its node (its NUMA node / GPU ids when named). An
 untargeted task goes to the tightest-fitting online node: least free GPUs
 left for a GPU task (a CPU-only task prefers nodes without GPUs), then least
@@ -49,6 +51,7 @@ from ...models import NodeResources, Task
 from .ledger import Ledger
 from .limits import LimitsOf, OwnerGate
 from .nodestate import NodeState
+from .ordering import Usage, queue_order
 from .reasons import wait_reason
 from .requests import Request, never_fits_node, request_of
 
@@ -110,8 +113,10 @@ class Scheduler:
         limits: LimitsOf | None = None,
         *,
         drained: Collection[str] = (),
+        usage: Usage | None = None,
     ) -> list[Placement]:
-        """Place what fits now, FIFO with conservative backfill.
+        """Place what fits now, in queue order (`ordering`: priority, then the
+        owners' fair-share `usage`, then id) with conservative backfill.
 
         `nodes` are the online nodes; those named in `drained` get no
         placement and no reservation. Every placement is also held in
@@ -119,7 +124,7 @@ class Scheduler:
         killed meanwhile), it must `ledger.release(task_id)`. `limits` gives
         each owner's effective limits (None: nobody is limited).
         """
-        queue = sorted(pending, key=lambda t: t.id)
+        queue = queue_order(pending, usage)
         stats = PassStats(pending=len(queue))
         self.last_stats = stats
         drained = frozenset(drained)
