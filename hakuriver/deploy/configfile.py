@@ -39,6 +39,7 @@ SECTION_COMMENTS: dict[str, str] = {
     "tls": "HTTPS with a cluster CA (hakuriver.init tls makes one).",
     "runner": "This Runner's identity.",
     "limits": "Host: per-user limits, the defaults for users without their own (hakuriver.admin user set).",
+    "scheduler": "Host: the queue's order: priority, then fair share between users, then submission.",
 }
 
 KEY_COMMENTS: dict[str, str] = {
@@ -93,6 +94,9 @@ KEY_COMMENTS: dict[str, str] = {
     "limits.default_max_cores": "Cores one user's tasks may hold at once; 0: unlimited.",
     "limits.default_max_gpus": "GPUs one user's tasks may hold at once; 0: unlimited.",
     "limits.default_max_running": "Tasks of one user holding resources at once (running, paused); 0: unlimited.",
+    "scheduler.fairshare_half_life": "Host: how fast users' recent usage is forgotten by the queue's fair share "
+    '(7d, 12h); "0": off (FIFO within a priority).',
+    "scheduler.fairshare_gpu_weight": "Host: core-seconds one GPU-second counts as in a user's fair-share usage.",
 }
 
 
