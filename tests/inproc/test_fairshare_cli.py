@@ -140,5 +140,23 @@ def test_the_lighter_user_goes_first_and_only_an_admin_raises_a_priority(
     assert out.startswith("half-life 1d")
     assert [line.split()[0] for line in out.splitlines()[2:]] == ["light", "heavy"]
 
+    # Bad input: 4xx with a JSON reason; the stored priority is unchanged.
+    path = f"/api/tasks/{light_third}/priority"
+    for body, status, needle in [
+        ({"priority": "high"}, 400, "must be an integer"),
+        ({"priority": 1.5}, 400, "must be an integer"),
+        ({"priority": -1001}, 400, "between -1000 and 1000"),
+        ({}, 400, "'priority' is required"),
+        ({"priority": 1, "nice": 1}, 400, "nice"),
+        ([1], 400, "object"),
+    ]:
+        got, reply = cluster.api("POST", path, body)
+        assert got == status and needle in reply["error"]["message"], (body, reply)
+    got, reply = cluster.api("POST", "/api/tasks/99999999/priority", {"priority": 0})
+    assert got == 404 and reply["error"]["code"] == "not_found"
+    got, reply = cluster.api("POST", "/api/tasks", {"command": ["true"], "priority": True})
+    assert got == 400 and "must be an integer" in reply["error"]["message"]
+    assert cluster.task(light_third)["priority"] == 0
+
     for t in (heavy_next, light_third):
         task("admin", "kill", t)

@@ -81,7 +81,7 @@ def limit_refusal(limits: UserLimits, usage: OwnerUsage, cores: int, gpus: int) 
 class OwnerGate:
     """The limit check of one pass: each owner's limits looked up once, and the
     first of their tasks a limit held back, so their later ones wait behind it
-    (FIFO within one owner)."""
+    (in queue order within one owner)."""
 
     __slots__ = ("limits_of", "ledger", "_limits", "_held_back")
 

@@ -2,6 +2,7 @@
 
 The pass walks the queue in its order (`ordering`: priority, then fair
 share, then submission); the first task that cannot start is the head.
+
 A targeted task goes to its node (its NUMA node / GPU ids when named). An
 untargeted task goes to the tightest-fitting online node: least free GPUs
 left for a GPU task (a CPU-only task prefers nodes without GPUs), then least
