@@ -361,6 +361,12 @@ def describe_task(task: dict[str, Any]) -> str:
         ("position", task.get("position")),
         ("priority", task.get("priority")),
         ("waiting", task.get("pending_reason")),
+        (
+            "fair share",
+            f"{task['fairshare_passed_by']} later task(s) of lighter users ahead"
+            if task.get("fairshare_passed_by")
+            else None,
+        ),
         ("exit code", task.get("exit_code")),
         ("error", task.get("error")),
         ("output", f"INCOMPLETE: {task['output_error']}" if task.get("output_error") else None),
@@ -494,11 +500,18 @@ def pending_table(tasks: list[dict[str, Any]]) -> str:
             format_size(t.get("memory")),
             t.get("gpu_count") or len(t.get("gpus") or []) or "-",
             format_command(t.get("command") or [], LIST_COMMAND_WIDTH),
-            t.get("pending_reason") or "-",
+            _reason_cell(t),
         )
         for t in ordered
     ]
     return table(("ID", "POS", "PRI", "USER", "USAGE", "CORES", "MEM", "GPUS", "COMMAND", "REASON"), rows)
+
+
+def _reason_cell(task: dict[str, Any]) -> str:
+    """The Host's reason, and when fair share put later tasks ahead, how many."""
+    why = task.get("pending_reason") or "-"
+    passed = task.get("fairshare_passed_by") or 0
+    return f"{why} (fair share: {passed} later ahead)" if passed else why
 
 
 def _usage_cell(value: float | None) -> str:

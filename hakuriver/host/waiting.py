@@ -12,10 +12,14 @@ pass, never stored) and answers the task views of the API:
   walks it (`scheduler.ordering`: priority, then the owners' fair-share
   usage, then id), with the fair-share usage as of the answer. Backfill,
   limits and dependencies mean tasks do not always start in that order.
+- `passed_by_fairshare`: how many tasks submitted after it fair share put
+  ahead of it (same priority, owners with less recent usage): why a task is
+  behind later ones. Public like the order itself; the usage figures are not.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 
 from ..models import Task
@@ -49,10 +53,25 @@ class WaitBoard:
 
 
 class QueueOrder:
-    """Positions in the pending queue, sorted once for a whole answer."""
+    """Positions in the pending queue, sorted once for a whole answer, and
+    for each task how many tasks fair share put ahead of it: tasks of the same
+    priority submitted after it (so of other users, whose usage is lower)."""
 
     def __init__(self, pending: Iterable[Task], usage: Usage | None = None):
-        self._positions = {t.id: i for i, t in enumerate(queue_order(pending, usage), start=1)}
+        self._positions: dict[int, int] = {}
+        self._passed_by: dict[int, int] = {}
+        seen: dict[int, list[int]] = {}  # priority -> sorted ids placed ahead so far
+        for i, t in enumerate(queue_order(pending, usage), start=1):
+            self._positions[t.id] = i
+            ahead = seen.setdefault(t.priority, [])
+            later_ahead = len(ahead) - bisect.bisect_right(ahead, t.id)
+            if later_ahead:
+                self._passed_by[t.id] = later_ahead
+            bisect.insort(ahead, t.id)
 
     def position(self, task_id: int) -> int | None:
         return self._positions.get(task_id)
+
+    def passed_by_fairshare(self, task_id: int) -> int:
+        """Tasks of the same priority, submitted after `task_id`, ahead of it by fair share."""
+        return self._passed_by.get(task_id, 0)

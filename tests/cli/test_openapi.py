@@ -112,7 +112,7 @@ def test_task_schema_matches_the_wire_format(doc):
     # position, and its owner's fair-share usage).
     wire = task_view(task, Principal("someone", "user"))
     assert set(schema["required"]) == set(wire) == set(schema["properties"])
-    assert set(wire) - set(task.to_json()) == {"pending_reason", "position", "fairshare_usage"}
+    assert set(wire) - set(task.to_json()) == {"pending_reason", "position", "fairshare_usage", "fairshare_passed_by"}
     assert doc["components"]["schemas"]["TaskState"]["enum"] == [s.value for s in TaskState]
 
 

@@ -40,6 +40,7 @@ from hakuriver.host.scheduler import (
     queue_key,
     queue_order,
 )
+from hakuriver.host.waiting import QueueOrder
 from hakuriver.models import NodeResources, Task, TaskState
 from hakuriver.policy import check_priority, check_priority_allowed
 
@@ -325,3 +326,20 @@ def test_queue_policy_invariants_over_time(nodes_spec, user_limits, specs, half_
     for tid, (after, _any) in cluster.after.items():
         if any(cluster.state[d] is not S.COMPLETED for d in after):
             assert cluster.state[tid] is S.CANCELLED
+
+
+def test_queue_positions_say_how_many_later_tasks_fair_share_put_ahead():
+    pending = [
+        owned(task(1), "heavy"),
+        owned(task(2), "heavy"),
+        owned(task(3), "light"),
+        owned(task(4), "light"),
+        owned(task(5), "heavy", priority=1),
+    ]
+    order = QueueOrder(pending, {"heavy": 100.0, "light": 1.0})
+    assert [order.position(i) for i in (5, 3, 4, 1, 2)] == [1, 2, 3, 4, 5]
+    # 1 and 2 are behind light's later 3 and 4; 5 is ahead by priority, not fair share.
+    assert [order.passed_by_fairshare(i) for i in (1, 2, 3, 4, 5)] == [2, 2, 0, 0, 0]
+    fifo = QueueOrder(pending)
+    assert [fifo.passed_by_fairshare(i) for i in (1, 2, 3, 4, 5)] == [0] * 5
+    assert fifo.position(99) is None

@@ -99,6 +99,12 @@ def test_the_lighter_user_goes_first_and_only_an_admin_raises_a_priority(
     cells = [row.split()[:5] for row in rows]
     assert [c[:4] for c in cells] == [[light_next, "1", "0", "light"], [heavy_next, "2", "0", "heavy"]]
     assert float(cells[0][4]) < float(cells[1][4])  # the reason: light used less recently
+    assert rows[1].endswith("(fair share: 1 later ahead)") and "fair share" not in rows[0]
+    # Any user sees that fair share put a later task ahead, not the others' usage.
+    code, out, _ = task("heavy", "list", "--state", "pending")
+    assert [row.split()[4] for row in out.splitlines()[1:]] == ["-", cells[1][4]]
+    code, out, _ = task("light", "status", heavy_next)
+    assert "fair share  1 later task(s) of lighter users ahead" in out
 
     # A user may lower their own task's priority, never raise it; nor submit above 0.
     code, _, err = task("heavy", "priority", heavy_next, "5")

@@ -70,10 +70,11 @@ class PendingQueue:
             "pending_reason": self.cluster.waits.reason(task.id),
             "position": self.order.position(task.id),
             "fairshare_usage": usage,
+            "fairshare_passed_by": self.order.passed_by_fairshare(task.id),
         }
 
 
-NOT_QUEUED = {"pending_reason": None, "position": None, "fairshare_usage": None}
+NOT_QUEUED = {"pending_reason": None, "position": None, "fairshare_usage": None, "fairshare_passed_by": None}
 
 
 def task_view(task: Task, principal: Principal, queue: PendingQueue | None = None) -> dict[str, Any]:
