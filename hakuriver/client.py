@@ -212,6 +212,7 @@ class HostClient:
         sweep: bool = False,
         retries: int | None = None,
         retry_on_exit: bool = False,
+        priority: int | None = None,
     ) -> dict[str, Any]:
         """Submit one task per target (or one auto-placed task).
 
@@ -233,6 +234,7 @@ class HostClient:
         `models.Mount`/`models.Target` objects. None leaves a field to the
         Host's default (e.g. `privileged` from docker.tasks_privileged).
         `time_limit` is seconds, or a duration the Host parses (`2h`, `1:30:00`).
+        `priority`: higher is scheduled first (default 0; above 0 only an admin).
         """
         if isinstance(command, (str, bytes)):
             raise TypeError("command must be a list of arguments, not a string")
@@ -267,6 +269,8 @@ class HostClient:
             body["retries"] = retries
         if retry_on_exit:
             body["retry_on_exit"] = True
+        if priority is not None:
+            body["priority"] = priority
         return await self._json("POST", "/api/tasks", body=body)
 
     async def get_task(self, task_id: int | str) -> dict[str, Any]:
@@ -324,6 +328,10 @@ class HostClient:
 
     async def kill(self, task_id: int | str) -> dict[str, Any]:
         return await self._json("POST", f"/api/tasks/{task_id_str(task_id)}/kill")
+
+    async def set_priority(self, task_id: int | str, priority: int) -> dict[str, Any]:
+        """A pending task's new priority (its owner may lower it; only an admin raise it)."""
+        return await self._json("POST", f"/api/tasks/{task_id_str(task_id)}/priority", body={"priority": priority})
 
     async def pause(self, task_id: int | str) -> dict[str, Any]:
         return await self._json("POST", f"/api/tasks/{task_id_str(task_id)}/pause")
@@ -410,6 +418,10 @@ class HostClient:
         if user:
             params["user"] = user
         return await self._json("GET", "/api/usage", params=params)
+
+    async def fairshare(self) -> dict[str, Any]:
+        """Each user's decayed recent usage, lightest first (a non-admin: their own)."""
+        return await self._json("GET", "/api/fairshare")
 
     async def list_users(self) -> dict[str, Any]:
         return await self._json("GET", "/api/users")

@@ -25,7 +25,7 @@ from typing import Any, get_type_hints
 import toml
 
 from .errors import ConfigError, ValidationError
-from .parsing import parse_size
+from .parsing import parse_duration, parse_size
 
 DEFAULT_CONFIG_PATH = Path("~/.hakuriver/config.toml")
 SYSTEM_CLIENT_CONFIG_PATH = Path("/etc/hakuriver/client.toml")
@@ -191,6 +191,30 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class SchedulerConfig:
+    """The order of the pending queue (README: queue policy): priority first,
+    then fair share between users, then submission order."""
+
+    fairshare_half_life: str = "7d"
+    """How fast a user's recent usage is forgotten: a duration (`7d`, `12h`);
+    "0" turns fair share off (FIFO within a priority)."""
+    fairshare_gpu_weight: float = 10.0
+    """Core-seconds one GPU-second counts as in a user's usage."""
+
+    @property
+    def half_life_seconds(self) -> int:
+        """`fairshare_half_life` in seconds; 0 when fair share is off."""
+        return parse_half_life(self.fairshare_half_life)
+
+
+def parse_half_life(text: str) -> int:
+    """A fair-share half-life in seconds: "0" (off) or a duration up to 30 days."""
+    if text.strip() in ("0", "0s", "off"):
+        return 0
+    return parse_duration(text)
+
+
+@dataclass(frozen=True)
 class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -203,6 +227,7 @@ class Config:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     source: str | None = field(default=None, compare=False)
     """The file this config was read from, or None for built-in defaults."""
 
@@ -315,6 +340,12 @@ def config_from_dict(data: Mapping[str, Any], source: str | None = None) -> Conf
     for key in ("max_connections", "max_connections_per_address"):
         if getattr(config.network, key) < 1:
             raise ConfigError(f"{where}: network.{key} must be at least 1")
+    try:
+        config.scheduler.half_life_seconds  # noqa: B018 (validates the duration)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{where}: scheduler.fairshare_half_life: {exc.message.replace('time limit', 'duration')}"
+        ) from None
     try:
         parse_size(config.docker.max_upload_size)
     except ValidationError as exc:

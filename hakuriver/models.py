@@ -201,6 +201,8 @@ class TaskRequest:
     """How many times a task that ended `lost`, or `failed` on the node's side, runs again (`--retries`)."""
     retry_on_exit: bool = False
     """Retry a non-zero exit of the command too (`--retry-on-exit`)."""
+    priority: int = 0
+    """Its place among pending tasks (`--priority`, `policy.PRIORITY_MIN..PRIORITY_MAX`): higher goes first."""
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,8 @@ class Task:
     """Which run this is, 1-based: a retry puts the task back to `pending` with the next number."""
     attempts: list[TaskAttempt] = field(default_factory=list)
     """Not a column: the earlier attempts (`task_attempts`), filled in for the task views."""
+    priority: int = 0
+    """Higher is scheduled first (`--priority`; default 0; only an admin goes above it)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -319,6 +323,7 @@ class Task:
             "retry_on_exit": self.retry_on_exit,
             "attempt": self.attempt,
             "attempts": [a.to_json() for a in self.attempts],
+            "priority": self.priority,
         }
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .config import DockerConfig
-from .errors import PolicyDenied, ValidationError
+from .errors import Forbidden, PolicyDenied, ValidationError
 from .models import Mount
 from .parsing import parse_cores, parse_mount, parse_size, validate_env_key
 
@@ -32,6 +32,12 @@ RESERVED_TARGETS = ("/shared", "/local_temp")
 """Container paths of HakuRiver's own mounts; no user mount may land on or under them."""
 MAX_DEPENDENCIES = 100
 """The most tasks one submission may depend on (`after` and `after_any` together)."""
+PRIORITY_MIN = -1000
+PRIORITY_MAX = 1000
+DEFAULT_PRIORITY = 0
+"""A task's priority (`--priority`): an integer in PRIORITY_MIN..PRIORITY_MAX,
+higher first. Anyone may go down to PRIORITY_MIN (be nice to the others); only
+an admin may go above DEFAULT_PRIORITY (like Slurm's negative nice)."""
 
 
 def check_command(command: Any) -> tuple[str, ...]:
@@ -85,6 +91,28 @@ def check_resources(cores: int | None, memory: int | None, gpu_count: int) -> No
 def check_gpu_count(gpus: int) -> None:
     if gpus < 0 or gpus > MAX_GPU_COUNT:
         raise ValidationError(f"field 'gpus' must be between 0 and {MAX_GPU_COUNT}")
+
+
+def check_priority(value: Any) -> int:
+    """A priority as the API takes it: an integer in PRIORITY_MIN..PRIORITY_MAX."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"field 'priority' must be an integer, not {value!r}")
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise ValidationError(f"field 'priority' must be between {PRIORITY_MIN} and {PRIORITY_MAX}, not {value}")
+    return value
+
+
+def check_priority_allowed(value: int, *, admin: bool, current: int = DEFAULT_PRIORITY) -> None:
+    """Forbidden unless the caller may give a task priority `value`: an admin
+    any, anyone else at most the default or the task's `current` priority
+    (a user lowers their own; only an admin raises one)."""
+    if admin or value <= max(DEFAULT_PRIORITY, current):
+        return
+    ceiling = max(DEFAULT_PRIORITY, current)
+    raise Forbidden(
+        f"only an admin may raise a task's priority above {ceiling} (asked for {value}); "
+        f"you may lower it, down to {PRIORITY_MIN}"
+    )
 
 
 def check_privileged(privileged: bool, *, systemd: bool, docker: DockerConfig, where: str = "cluster") -> None:

@@ -11,6 +11,7 @@ hakuriver.admin node forget node3                    # free a node name for a ne
 hakuriver.admin node drain node3 --reason "kernel upgrade" --wait --timeout 3600
 hakuriver.admin node resume node3                    # place tasks there again
 hakuriver.admin usage --since 2026-11-01 --by node   # core-hours and GPU-hours of final tasks
+hakuriver.admin fairshare                            # each user's decayed usage: the queue's fair share
 hakuriver.admin backup /safe/place/host.db           # an online copy of the Host database
 hakuriver.admin backup --into /var/backups/hakuriver --keep 7   # what the backup timer runs
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HakuRiverError, ValidationError
-from ..parsing import validate_node_name
+from ..parsing import format_duration, validate_node_name
 from .common import (
     EXIT_CODES_EPILOG,
     EXIT_OK,
@@ -191,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", choices=("user", "node"), default="user", help="one row per user (default) or per node")
     p.add_argument("--user", metavar="NAME", help="only this user's tasks")
     p.set_defaults(func=_cmd_usage)
+
+    p = sub.add_parser(
+        "fairshare",
+        help="each user's decayed recent usage, which orders the queue between users",
+        description="Show the fair share that orders pending tasks of equal priority: each user's recent "
+        "usage (cores plus the GPU weight times GPUs, over the time their tasks held them), halved every "
+        "[scheduler] fairshare_half_life, in core-hours. The lighter user's tasks go first. An admin sees "
+        "every user; any other user sees only their own.",
+        parents=parents,
+    )
+    p.set_defaults(func=_cmd_fairshare)
 
     p = sub.add_parser(
         "backup",
@@ -511,6 +523,22 @@ async def _cmd_backup(args: argparse.Namespace, connect: Connect) -> int:
 
 def format_hours(hours: float) -> str:
     return f"{hours:.2f}"
+
+
+async def _cmd_fairshare(args: argparse.Namespace, connect: Connect) -> int:
+    async with connect() as host:
+        result = await host.fairshare()
+    if args.json:
+        print_json(result)
+        return EXIT_OK
+    if not result["enabled"]:
+        print('fair share is off ([scheduler] fairshare_half_life = "0"): FIFO within a priority')
+        return EXIT_OK
+    half_life = format_duration(int(result["half_life"]))
+    print(f"half-life {half_life}, one GPU counts as {result['gpu_weight']:g} cores; lightest first")
+    rows = [(r["name"] or "(before users)", format_hours(r["usage_core_hours"])) for r in result["users"]]
+    print(table(("USER", "USAGE (core-hours)"), rows))
+    return EXIT_OK
 
 
 async def _cmd_usage(args: argparse.Namespace, connect: Connect) -> int:

@@ -39,7 +39,7 @@ from ..parsing import (
     validate_container,
     validate_node_name,
 )
-from ..policy import MAX_DEPENDENCIES
+from ..policy import DEFAULT_PRIORITY, MAX_DEPENDENCIES, PRIORITY_MAX, PRIORITY_MIN, check_priority
 from .common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "kill a task (pending, assigning, running or paused), or given a batch id every task of the batch "
         "that has not ended",
     )
+    _add_priority(sub)
     _add_control(sub, "pause", "pause a running task (it keeps its cores, memory and GPUs)")
     _add_control(sub, "resume", "resume a paused task")
     _add_logs(sub)
@@ -213,6 +214,13 @@ def _add_submit(sub: Any) -> None:
         "span:[a,b,...] stands for each of its values, and one task runs per combination, as an array "
         "(index = combination number, the first span varying slowest); --array may then give only %%N",
     )
+    p.add_argument(
+        "--priority",
+        type=priority_arg,
+        metavar="N",
+        help=f"queue priority, {PRIORITY_MIN}..{PRIORITY_MAX}, higher first (default {DEFAULT_PRIORITY}); "
+        f"anyone may go lower, only an admin above {DEFAULT_PRIORITY}; every task of an --array gets it",
+    )
     p.add_argument("--wait", action="store_true", help="wait until every task has ended and print a summary")
     p.add_argument(
         "--wait-timeout",
@@ -224,6 +232,16 @@ def _add_submit(sub: Any) -> None:
         "command_argv", nargs=argparse.REMAINDER, metavar="COMMAND", help="the program and its arguments, after '--'"
     )
     p.set_defaults(func=_cmd_submit)
+
+
+def priority_arg(text: str) -> int:
+    """argparse `type=` for a priority: an integer in PRIORITY_MIN..PRIORITY_MAX."""
+    try:
+        return check_priority(int(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer priority") from None
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.message.replace("field 'priority'", "the priority")) from None
 
 
 def task_ids_arg(text: str) -> list[str]:
@@ -302,6 +320,7 @@ def submit_request(args: argparse.Namespace) -> dict[str, Any]:
         "sweep": True if args.sweep else None,
         "retries": retries or None,
         "retry_on_exit": True if args.retry_on_exit else None,
+        "priority": args.priority,
     }
 
 
@@ -360,7 +379,14 @@ def describe_task(task: dict[str, Any]) -> str:
         ("batch", task.get("batch_id")),
         ("state", task.get("state")),
         ("position", task.get("position")),
+        ("priority", task.get("priority")),
         ("waiting", task.get("pending_reason")),
+        (
+            "fair share",
+            f"{task['fairshare_passed_by']} later task(s) of lighter users ahead"
+            if task.get("fairshare_passed_by")
+            else None,
+        ),
         ("exit code", task.get("exit_code")),
         ("error", task.get("error")),
         ("output", f"INCOMPLETE: {task['output_error']}" if task.get("output_error") else None),
@@ -433,7 +459,9 @@ def _add_list(sub: Any) -> None:
         metavar="STATE[,STATE]",
         help="only these states: "
         + ", ".join(s.value for s in TaskState)
-        + ". With --state pending: the queue in order, each task's place in it (POS) and why it waits "
+        + ". With --state pending: the queue in order (priority, then fair share: the user with less "
+        "recent usage first, then submission), each task's place in it (POS), its priority (PRI), "
+        "its owner's decayed usage in core-hours (USAGE: yours, or everyone's to an admin) and why it waits "
         "(REASON: limit: a per-user limit or an array's %%N, reserved: the protected head of the queue, "
         "resources: no room, "
         "node offline, position: behind an earlier task)",
@@ -498,23 +526,42 @@ async def _cmd_list(args: argparse.Namespace, connect: Connect) -> int:
 
 
 def pending_table(tasks: list[dict[str, Any]]) -> str:
-    """`list --state pending`: the queue in FIFO order, each task with its place
-    (POS) and why it waits (REASON: the Host's latest scheduling pass)."""
+    """`list --state pending`: the queue in its order (priority, then fair
+    share, then submission), each task with its place (POS), its priority
+    (PRI), its owner's decayed usage in core-hours where the Host shows it
+    (USAGE: only your own, or everyone's to an admin) and why it waits
+    (REASON: the Host's latest scheduling pass)."""
     ordered = sorted(tasks, key=lambda t: (t.get("position") is None, t.get("position") or 0, int(t["task_id"])))
     rows = [
         (
             t["task_id"],
             t.get("position") or "-",
+            t.get("priority", 0),
             t.get("owner") or "-",
+            _usage_cell(t.get("fairshare_usage")),
             t.get("cores"),
             format_size(t.get("memory")),
             t.get("gpu_count") or len(t.get("gpus") or []) or "-",
             format_command(t.get("command") or [], LIST_COMMAND_WIDTH),
-            t.get("pending_reason") or "-",
+            _reason_cell(t),
         )
         for t in ordered
     ]
-    return table(("ID", "POS", "USER", "CORES", "MEM", "GPUS", "COMMAND", "REASON"), rows)
+    return table(("ID", "POS", "PRI", "USER", "USAGE", "CORES", "MEM", "GPUS", "COMMAND", "REASON"), rows)
+
+
+def _reason_cell(task: dict[str, Any]) -> str:
+    """The Host's reason, and when fair share put later tasks ahead, how many."""
+    why = task.get("pending_reason") or "-"
+    passed = task.get("fairshare_passed_by") or 0
+    return f"{why} (fair share: {passed} later ahead)" if passed else why
+
+
+def _usage_cell(value: float | None) -> str:
+    """Core-hours: small numbers with their first digits, large ones whole."""
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 100 else f"{value:.0f}"
 
 
 # ------------------------------------------------------ kill/pause/resume
@@ -554,6 +601,29 @@ async def control_task(args: argparse.Namespace, connect: Connect, action: str) 
 
 async def _cmd_control(args: argparse.Namespace, connect: Connect) -> int:
     return await control_task(args, connect, args.action)
+
+
+# ---------------------------------------------------------------- priority
+def _add_priority(sub: Any) -> None:
+    p = _subparser(
+        sub,
+        "priority",
+        "change a pending task's queue priority: its owner may lower it, only an admin may raise it "
+        f"(above {DEFAULT_PRIORITY}, or above what it has)",
+    )
+    p.add_argument("task_id", type=task_id_arg, metavar="ID")
+    p.add_argument("priority", type=priority_arg, metavar="N", help=f"{PRIORITY_MIN}..{PRIORITY_MAX}, higher first")
+    p.set_defaults(func=_cmd_priority)
+
+
+async def _cmd_priority(args: argparse.Namespace, connect: Connect) -> int:
+    async with connect() as host:
+        task = await host.set_priority(args.task_id, args.priority)
+    if args.json:
+        print_json(task)
+    else:
+        print(f"{task['task_id']}  priority {task['priority']}  position {task.get('position') or '-'}")
+    return EXIT_OK
 
 
 # -------------------------------------------------------------------- logs

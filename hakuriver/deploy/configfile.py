@@ -40,6 +40,7 @@ SECTION_COMMENTS: dict[str, str] = {
     "runner": "This Runner's identity.",
     "limits": "Host: per-user limits, the defaults for users without their own (hakuriver.admin user set).",
     "metrics": "Host: Prometheus metrics at GET /metrics (docs/monitoring.md).",
+    "scheduler": "Host: the queue's order: priority, then fair share between users, then submission.",
 }
 
 KEY_COMMENTS: dict[str, str] = {
@@ -96,6 +97,9 @@ KEY_COMMENTS: dict[str, str] = {
     "limits.default_max_running": "Tasks of one user holding resources at once (running, paused); 0: unlimited.",
     "metrics.scrape_token": "The token Prometheus presents, on /metrics only (admin tokens work too); "
     "empty: admins only.",
+    "scheduler.fairshare_half_life": "Host: how fast users' recent usage is forgotten by the queue's fair share "
+    '(7d, 12h); "0": off (FIFO within a priority).',
+    "scheduler.fairshare_gpu_weight": "Host: core-seconds one GPU-second counts as in a user's fair-share usage.",
 }
 
 

@@ -47,6 +47,7 @@ from ..parsing import MAX_ARRAY_TASKS
 from ..policy import MAX_TARGETS
 from .db import Database, Drain, NodeRecord
 from .dependencies import AFTER, DependencyIndex
+from .fairshare import FairShare
 from .retries import RetryFences, should_retry
 from .runner_client import RunnerClient, RunnerRejected, RunnerUnreachable
 from .scheduler import UNLIMITED, Ledger, Used, UserLimits, check_fits_ever, check_fits_limits
@@ -76,6 +77,8 @@ class Cluster:
         """The pending tasks that wait for others (`--after`): the pass skips them."""
         self.waits = WaitBoard()
         """Why each pending task waits (the latest scheduling pass; memory only)."""
+        self.fairshare = FairShare(config.scheduler.half_life_seconds, config.scheduler.fairshare_gpu_weight)
+        """Each user's decayed recent usage, for the queue's order (`host/fairshare.py`)."""
         self.nodes: dict[str, NodeRecord] = {}
         self.resources: dict[str, NodeResources] = {}
         """What each node offers; changes only when it registers again."""
@@ -110,6 +113,10 @@ class Cluster:
         self.drains = {name: n.drain for name, n in self.nodes.items() if n.drain is not None}
         holding = await self.db.load_holding()
         self.ledger = Ledger.from_tasks(holding)
+        if self.fairshare.enabled:
+            now = self.clock()
+            spans = await self.db.usage_spans(finished_since=self.fairshare.window_start(now))
+            self.fairshare.rebuild(spans, holding, now)
         self.pending = {t.id: t for t in await self.db.load_pending()}
         # A retried task's previous node may still hold the old run: fenced
         # again until that node's first heartbeat says otherwise.
@@ -236,6 +243,7 @@ class Cluster:
                 after_any=after_any,
                 array_index=index,
                 array_max_running=req.array_max_running,
+                priority=req.priority,
             )
             for target, index in self._task_slots(targets, req.array)
         ]
@@ -518,6 +526,24 @@ class Cluster:
             # task and the Host answers with a kill order.
             self.spawn(self.forward(after.node, task_id, "kill"))
         return after
+
+    async def set_priority(self, task_id: int, priority: int) -> Task:
+        """Change a pending task's priority (who may is the API's check); the
+        next pass orders the queue by it. Conflict once it left pending."""
+        async with self.lock:  # not in the middle of a pass's decisions
+            if not await self.db.set_pending_priority(task_id, priority, self.clock()):
+                current = await self.db.get_task(task_id)
+                if current is None:
+                    raise NotFound(f"no task {task_id}")
+                raise Conflict(f"task {task_id} is {current.state}: only a pending task's priority can change")
+            task = self.pending.get(task_id)
+            if task is not None:
+                task.priority = priority
+        self.kick()
+        stored = await self.db.get_task(task_id)
+        if stored is None:  # purged meanwhile: impossible for a pending task, but say so
+            raise NotFound(f"no task {task_id}")
+        return stored
 
     async def batch_tasks(self, batch_id: int) -> list[Task]:
         """Every task of batch `batch_id`, oldest first (empty: no such batch)."""

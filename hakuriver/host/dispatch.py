@@ -4,7 +4,9 @@ The `Dispatcher` waits for the cluster's kicks (a submit, a task ending, a
 node coming back), runs one pass of the pure `Scheduler` over the pending
 queue under the cluster lock, writes the placements (pending -> assigning),
 and sends each placed task to its runner after the lock is released. A
-burst of events shares one pass (`PASS_COALESCE_SECONDS`).
+burst of events shares one pass (`PASS_COALESCE_SECONDS`). Each pass first
+brings the fair share (`host/fairshare.py`) up to date with the ledger, and
+the scheduler orders the queue by priority, fair share and id.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class Dispatcher:
 
     async def schedule_once(self) -> list[Task]:
         cluster = self.cluster
+        # Every pass (even with nothing pending: a task just ended) brings the
+        # fair share up to date with the ledger: no database read.
+        cluster.fairshare.sync(cluster.ledger.holds(), cluster.clock())
         if not cluster.pending:
             return []
         async with cluster.lock:
@@ -81,11 +86,9 @@ class Dispatcher:
             # A retried task waits while a node that may still hold its earlier
             # attempt is online (host/retries.py): a runner holds one run per id.
             fenced = {t: self._fence_holder(t) for t in cluster.fences.fenced_ids()} if cluster.fences else {}
-            queue = sorted(
-                (t for t in cluster.pending.values() if not cluster.deps.blocked(t.id) and not fenced.get(t.id)),
-                key=lambda t: t.id,
-            )
-            # The scheduler holds each placement in the ledger as it decides.
+            queue = [t for t in cluster.pending.values() if not cluster.deps.blocked(t.id) and not fenced.get(t.id)]
+            # The scheduler orders the queue (priority, fair share, id) and
+            # holds each placement in the ledger as it decides.
             placements = self.scheduler.schedule(
                 queue,
                 online,
@@ -93,6 +96,7 @@ class Dispatcher:
                 limits=self.limits_of,
                 drained=cluster.drains.keys(),
                 avoid=cluster.retried_from,
+                usage=cluster.fairshare.snapshot(cluster.clock()),
             )
             reasons = self.scheduler.last_stats.reasons
             for task_id, holder in fenced.items():
@@ -115,6 +119,7 @@ class Dispatcher:
                 task.state = TaskState.ASSIGNING
                 task.node, task.numa, task.gpus, task.assigned_at = p.node, p.numa, list(p.gpus), now
                 dispatched.append(task)
+            cluster.fairshare.sync(cluster.ledger.holds(), now)  # they accrue from their placement
         for task in dispatched:
             cluster.spawn(self.dispatch(task))
         return dispatched

@@ -68,6 +68,7 @@ REASON_CATEGORIES = (
     "reserved",
     "resources",
     "position",
+    "retry",
     "other",
 )
 """Every value of the `reason` label of `hakuriver_tasks_pending`."""
@@ -80,14 +81,16 @@ _REASON_PREFIXES = (
     ("reserved:", "reserved"),
     ("resources:", "resources"),
     ("position:", "position"),
+    ("retry:", "retry"),
 )
 
 
 @functools.lru_cache(maxsize=4096)
 def reason_category(reason: str) -> str:
     """The bounded category (one of `REASON_CATEGORIES`) of a wait reason from
-    the scheduler (`host/scheduler.py`): the text names nodes, sizes and task
-    ids, the category does not."""
+    the scheduler (`host/scheduler/reasons.py`) or the retry fences
+    (`host/retries.py`): the text names nodes, sizes and task ids, the
+    category does not."""
     for prefix, category in _REASON_PREFIXES:
         if reason.startswith(prefix):
             return category

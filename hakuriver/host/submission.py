@@ -27,6 +27,7 @@ from ..parsing import (
     validate_container,
 )
 from ..policy import (
+    DEFAULT_PRIORITY,
     MAX_DEPENDENCIES,
     MAX_TARGETS,
     check_command,
@@ -34,6 +35,7 @@ from ..policy import (
     check_gpu_count,
     check_mount,
     check_no_mounts_for_systemd,
+    check_priority,
     check_privileged,
 )
 from ..webapi import require_type
@@ -57,6 +59,7 @@ SUBMIT_FIELDS = frozenset(
         "sweep",
         "retries",
         "retry_on_exit",
+        "priority",
     }
 )
 
@@ -147,6 +150,7 @@ def parse_submission(data: dict[str, Any], config: Config) -> TaskRequest:
         commands=commands,
         retries=retries,
         retry_on_exit=retry_on_exit,
+        priority=check_priority(data.get("priority", DEFAULT_PRIORITY)),
     )
 
 

@@ -8,14 +8,22 @@ pass, never stored) and answers the task views of the API:
 - `pending_reason`: the reason of the latest pass; `no node is online` when
   the pass had no node to look at; `position: not examined yet` for a task
   the pass did not reach (just submitted, or beyond `max_examined`).
-- `position`: 1-based place in the pending queue in FIFO (id) order. Backfill
-  and limits mean tasks do not always start in that order.
+- `position`: 1-based place in the pending queue in the order the pass
+  walks it (`scheduler.ordering`: priority, then the owners' fair-share
+  usage, then id), with the fair-share usage as of the answer. Backfill,
+  limits and dependencies mean tasks do not always start in that order.
+- `passed_by_fairshare`: how many tasks submitted after it fair share put
+  ahead of it (same priority, owners with less recent usage): why a task is
+  behind later ones. Public like the order itself; the usage figures are not.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Mapping
+
+from ..models import Task
+from .scheduler import Usage, queue_order
 
 NO_NODE_ONLINE = "no node is online"
 NOT_EXAMINED = "position: not examined yet"
@@ -45,11 +53,25 @@ class WaitBoard:
 
 
 class QueueOrder:
-    """Positions in the pending queue, sorted once for a whole answer."""
+    """Positions in the pending queue, sorted once for a whole answer, and
+    for each task how many tasks fair share put ahead of it: tasks of the same
+    priority submitted after it (so of other users, whose usage is lower)."""
 
-    def __init__(self, pending_ids: Iterable[int]):
-        self._ids = sorted(pending_ids)
+    def __init__(self, pending: Iterable[Task], usage: Usage | None = None):
+        self._positions: dict[int, int] = {}
+        self._passed_by: dict[int, int] = {}
+        seen: dict[int, list[int]] = {}  # priority -> sorted ids placed ahead so far
+        for i, t in enumerate(queue_order(pending, usage), start=1):
+            self._positions[t.id] = i
+            ahead = seen.setdefault(t.priority, [])
+            later_ahead = len(ahead) - bisect.bisect_right(ahead, t.id)
+            if later_ahead:
+                self._passed_by[t.id] = later_ahead
+            bisect.insort(ahead, t.id)
 
     def position(self, task_id: int) -> int | None:
-        i = bisect.bisect_left(self._ids, task_id)
-        return i + 1 if i < len(self._ids) and self._ids[i] == task_id else None
+        return self._positions.get(task_id)
+
+    def passed_by_fairshare(self, task_id: int) -> int:
+        """Tasks of the same priority, submitted after `task_id`, ahead of it by fair share."""
+        return self._passed_by.get(task_id, 0)

@@ -108,10 +108,11 @@ def test_task_schema_matches_the_wire_format(doc):
         target=None,
     )
     schema = doc["components"]["schemas"]["Task"]
-    # The API's view of a task: its record and why it waits (pending_reason, position).
+    # The API's view of a task: its record and why it waits (pending_reason,
+    # position, and its owner's fair-share usage).
     wire = task_view(task, Principal("someone", "user"))
     assert set(schema["required"]) == set(wire) == set(schema["properties"])
-    assert set(wire) - set(task.to_json()) == {"pending_reason", "position"}
+    assert set(wire) - set(task.to_json()) == {"pending_reason", "position", "fairshare_usage", "fairshare_passed_by"}
     assert doc["components"]["schemas"]["TaskState"]["enum"] == [s.value for s in TaskState]
 
 

@@ -140,7 +140,18 @@ def test_submit_request_omits_defaults():
         "sweep": None,
         "retries": None,
         "retry_on_exit": None,
+        "priority": None,
     }
+
+
+def test_submit_priority_is_checked_locally():
+    parser = task_cli.build_parser()
+    assert task_cli.submit_request(parser.parse_args(["submit", "--priority", "-5", "--", "true"]))["priority"] == -5
+    for bad in ("1001", "high", "1.5"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["submit", "--priority", bad, "--", "true"])
+    args = parser.parse_args(["priority", "12", "-3"])
+    assert (args.task_id, args.priority) == ("12", -3)
 
 
 def test_submit_request_takes_an_array_and_checks_it_locally():

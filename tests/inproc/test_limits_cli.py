@@ -84,8 +84,8 @@ def test_user_limits_and_the_pending_table(cluster: ThreadedCluster, tmp_path: P
     assert task_cli.main(["--config", str(erin), "list", "--state", "pending"]) == 0
     out, _ = capsys.readouterr()
     header, row = out.splitlines()
-    assert header.split() == ["ID", "POS", "USER", "CORES", "MEM", "GPUS", "COMMAND", "REASON"]
-    assert row.split()[:3] == [second_id, "1", "erin"]
+    assert header.split() == ["ID", "POS", "PRI", "USER", "USAGE", "CORES", "MEM", "GPUS", "COMMAND", "REASON"]
+    assert row.split()[:4] == [second_id, "1", "0", "erin"]
     assert row.endswith("limit: max-running (1 of 1 running)")
 
     assert task_cli.main(["--config", str(erin), "status", second_id]) == 0

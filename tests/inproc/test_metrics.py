@@ -293,6 +293,8 @@ def test_reason_categories_cover_the_schedulers_reasons() -> None:
         "node 'n1' is drained": "node_drained",
         "node n1 cannot run Docker tasks: no engine": "node_cannot_run",
         "no node is online": "no_node_online",
+        "retry: waiting for node 'n1' to let go of the earlier attempt": "retry",
+        "resources: no node has 4 cores free (fair share: 3 later ahead)": "resources",
         "something new": "other",
     }
     for reason, category in cases.items():

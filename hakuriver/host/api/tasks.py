@@ -14,6 +14,7 @@ from ...errors import NotFound, ValidationError
 from ...ids import parse_id
 from ...models import Task, TaskState
 from ...parsing import parse_since, validate_node_name
+from ...policy import check_priority, check_priority_allowed
 from ...safefiles import UnsafeFile
 from ...webapi import json_response, query_int, read_json_object, require_type
 from ..accounts import Principal, principal_of, require_owner_or_admin, validate_user_name
@@ -51,24 +52,40 @@ class PendingQueue:
         self.cluster = cluster
 
     @functools.cached_property
-    def order(self) -> QueueOrder:
-        return QueueOrder(self.cluster.pending)
+    def usage(self) -> dict[str | None, float]:
+        return self.cluster.fairshare.snapshot(self.cluster.clock())
 
-    def fields(self, task: Task) -> dict[str, Any]:
+    @functools.cached_property
+    def order(self) -> QueueOrder:
+        return QueueOrder(self.cluster.pending.values(), self.usage)
+
+    def fields(self, task: Task, principal: Principal) -> dict[str, Any]:
         if task.state is not TaskState.PENDING:
-            return {"pending_reason": None, "position": None}
-        return {"pending_reason": self.cluster.waits.reason(task.id), "position": self.order.position(task.id)}
+            return dict(NOT_QUEUED)
+        # The owner's decayed usage explains their place among equal
+        # priorities; like /api/usage it is shown only to them and admins.
+        mine = principal.is_admin or task.owner == principal.name
+        usage = round(self.usage.get(task.owner, 0.0) / 3600, 6) if mine and self.cluster.fairshare.enabled else None
+        return {
+            "pending_reason": self.cluster.waits.reason(task.id),
+            "position": self.order.position(task.id),
+            "fairshare_usage": usage,
+            "fairshare_passed_by": self.order.passed_by_fairshare(task.id),
+        }
+
+
+NOT_QUEUED = {"pending_reason": None, "position": None, "fairshare_usage": None, "fairshare_passed_by": None}
 
 
 def task_view(task: Task, principal: Principal, queue: PendingQueue | None = None) -> dict[str, Any]:
     """A task as `principal` may see it: everyone sees every task (like
     squeue), but only its owner and admins see its env values. With `queue`,
-    a pending task says why it waits (`pending_reason`, `position`); they
-    are null otherwise."""
+    a pending task says why it waits (`pending_reason`, `position`, and to
+    its owner and admins `fairshare_usage`); they are null otherwise."""
     data = task.to_json()
     if not (principal.is_admin or task.owner == principal.name):
         data["env"] = dict.fromkeys(task.env, REDACTED)
-    data.update(queue.fields(task) if queue is not None else {"pending_reason": None, "position": None})
+    data.update(queue.fields(task, principal) if queue is not None else NOT_QUEUED)
     return data
 
 
@@ -93,6 +110,7 @@ async def submit_tasks(request: web.Request) -> web.Response:
     data = await read_json_object(request, SUBMIT_FIELDS)
     req = parse_submission(data, request.app[CONFIG])
     principal = principal_of(request)
+    check_priority_allowed(req.priority, admin=principal.is_admin)
     cluster = request.app[CLUSTER]
     limits = request.app[ACCOUNTS].effective_limits(principal.name)
     batch_id, tasks = await cluster.submit(req, owner=principal.name, limits=limits)  # sets dependencies
@@ -171,6 +189,19 @@ async def pause_task(request: web.Request) -> web.Response:
 async def resume_task(request: web.Request) -> web.Response:
     task = await _owned_task(request, "resume")
     return await _described(request, await request.app[CLUSTER].resume(task.id))
+
+
+async def set_priority(request: web.Request) -> web.Response:
+    """`POST /api/tasks/{id}/priority` {"priority": N}: a pending task's new
+    priority. Its owner may lower it (at most the default, or what it has);
+    only an admin may raise it."""
+    task = await _owned_task(request, "change the priority of")
+    data = await read_json_object(request, {"priority"})
+    if "priority" not in data:
+        raise ValidationError("field 'priority' is required")
+    priority = check_priority(data["priority"])
+    check_priority_allowed(priority, admin=principal_of(request).is_admin, current=task.priority)
+    return await _described(request, await request.app[CLUSTER].set_priority(task.id, priority))
 
 
 async def wait_tasks(request: web.Request) -> web.Response:

@@ -1,4 +1,5 @@
-"""Accounting: what final tasks used, in core-hours and GPU-hours."""
+"""Accounting: what final tasks used, in core-hours and GPU-hours; and the
+fair share's decayed recent usage that orders the queue."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ...parsing import parse_since
 from ...webapi import json_response
 from ..accounts import principal_of, validate_user_name
 from ..db import USAGE_GROUPS
-from ..keys import DB
+from ..keys import CLUSTER, DB
 
 
 async def usage(request: web.Request) -> web.Response:
@@ -40,3 +41,21 @@ async def usage(request: web.Request) -> web.Response:
         "hours": round(sum(r.hours for r in rows), 6),
     }
     return json_response({"by": by, "since": since, "user": user, "rows": [r.to_json() for r in rows], "total": total})
+
+
+async def fairshare(request: web.Request) -> web.Response:
+    """`GET /api/fairshare`: each user's decayed recent usage (core-hour
+    equivalents: cores + gpu_weight x GPUs, halved every half-life), lightest
+    first, as the queue orders equal priorities. An admin sees every user;
+    any other user only their own row."""
+    cluster = request.app[CLUSTER]
+    fs = cluster.fairshare
+    usage = fs.snapshot(cluster.clock())
+    principal = principal_of(request)
+    if not principal.is_admin:
+        usage = {principal.name: usage.get(principal.name, 0.0)} if fs.enabled else {}
+    rows = [
+        {"name": name, "usage_core_hours": round(value / 3600, 6)}
+        for name, value in sorted(usage.items(), key=lambda kv: (kv[1], kv[0] or ""))
+    ]
+    return json_response({"enabled": fs.enabled, "half_life": fs.half_life, "gpu_weight": fs.gpu_weight, "users": rows})

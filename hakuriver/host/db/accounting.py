@@ -70,6 +70,22 @@ class AccountingQueries(Store):
             lambda _c, r: UsageRow(r[0], int(r[1]), float(r[2] or 0), float(r[3] or 0), float(r[4] or 0)),
         )
 
+    async def usage_spans(self, *, finished_since: float) -> list[tuple[str | None, int, int, float, float]]:
+        """(owner, cores, GPUs, start, end) of every final task that held
+        resources and finished at or after `finished_since`: the fair share's
+        rebuild at Host start (`host/fairshare.py`). Start is when it was
+        placed (else started); a range scan on `tasks_finished`."""
+        sql = (
+            "SELECT owner, cores, MAX(json_array_length(gpus_json), gpu_count),"
+            " COALESCE(assigned_at, started_at, finished_at), finished_at"
+            f" FROM tasks WHERE finished_at >= ? AND state IN ({_FINAL_SQL}) AND node IS NOT NULL"
+        )
+        return await self._fetch(
+            sql,
+            (float(finished_since),),
+            lambda _c, r: (r[0], int(r[1]), int(r[2] or 0), float(r[3]), float(r[4])),
+        )
+
     async def purge_final_tasks(self, finished_before: float, *, limit: int = 1000) -> list[int]:
         """Delete up to `limit` final tasks that finished before
         `finished_before`, oldest first, and their dependency and attempt rows; return

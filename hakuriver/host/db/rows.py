@@ -111,6 +111,7 @@ def _task_from_row(_cursor: Any, row: Sequence[Any]) -> Task:
         retries=row[26] or 0,
         retry_on_exit=bool(row[27]),
         attempt=row[28] or 1,
+        priority=row[29] or 0,
     )
 
 
@@ -158,6 +159,7 @@ def _task_params(task: Task, now: float) -> tuple[Any, ...]:
         int(task.retries or 0),
         1 if task.retry_on_exit else 0,
         int(task.attempt or 1),
+        int(task.priority),
         now,
     )
 

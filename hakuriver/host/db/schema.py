@@ -160,6 +160,12 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX task_attempts_finished ON task_attempts(finished_at);
     """,
+    # 12: a task's priority (`--priority`, policy.PRIORITY_MIN..PRIORITY_MAX,
+    # higher first; 0 for every task from before priorities). The fair-share
+    # rebuild at Host start reads final tasks by finished_at (migration 9).
+    """
+    ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 """Migration N (1-based) is MIGRATIONS[N-1]. Append only; never edit a released one."""
 
@@ -169,7 +175,7 @@ _TASK_COLUMNS = (
     "id, batch_id, state, command_json, cores, memory, container, env_json, mounts_json, "
     "privileged, target, gpu_count, node, numa, gpus_json, submitted_at, assigned_at, "
     "started_at, finished_at, exit_code, error, owner, output_error, time_limit, "
-    "array_index, array_max_running, retries, retry_on_exit, attempt"
+    "array_index, array_max_running, retries, retry_on_exit, attempt, priority"
 )
 _NODE_COLUMNS = (
     "hostname, url, cores, memory, numa_json, gpus_json, online, registered_at, last_heartbeat, stats_json, "

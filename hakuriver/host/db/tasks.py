@@ -273,6 +273,19 @@ class TaskQueries(Store):
 
         return await self._write(op, atomic=True)
 
+    async def set_pending_priority(self, task_id: int, priority: int, now: float) -> bool:
+        """Set a pending task's priority; False (nothing changed) when it is
+        not pending (any more) or does not exist."""
+
+        async def op(conn: aiosqlite.Connection) -> bool:
+            rows = await conn.execute_fetchall(
+                "UPDATE tasks SET priority=?, updated_at=? WHERE id=? AND state='pending' RETURNING id",
+                (int(priority), now, int(task_id)),
+            )
+            return bool(list(rows))
+
+        return await self._write(op)
+
     # ----------------------------------------------------------------- tasks: reads
 
     async def get_task(self, task_id: int) -> Task | None:
