@@ -4,7 +4,10 @@ The `Dispatcher` waits for the cluster's kicks (a submit, a task ending, a
 node coming back), runs one pass of the pure `Scheduler` over the pending
 queue under the cluster lock, writes the placements (pending -> assigning),
 and sends each placed task to its runner after the lock is released. A
-burst of events shares one pass (`PASS_COALESCE_SECONDS`). Each pass first
+burst of events shares one pass (`PASS_COALESCE_SECONDS`), and after a pass
+the loop rests three times as long as it took (at most
+`PASS_MAX_REST_SECONDS`), so that a deep queue under a stream of submits
+costs a bounded share of the Host's time. Each pass first
 brings the fair share (`host/fairshare.py`) up to date with the ledger, and
 the scheduler orders the queue by priority, fair share and id.
 """
@@ -21,10 +24,14 @@ from ..parsing import parse_mount
 from ..runrequest import RunRequest
 from .cluster import Cluster
 from .runner_client import RunnerRejected, RunnerUnreachable
-from .scheduler import LimitsOf, Scheduler
+from .scheduler import LimitsOf, Scheduler, queue_order
 
 log = logging.getLogger(__name__)
 
+PASS_REST_FACTOR = 3.0
+"""After a pass of T seconds the next one starts no sooner than 3 T later."""
+PASS_MAX_REST_SECONDS = 0.5
+"""The longest rest after a pass: a deep queue still sees a pass twice a second."""
 PASS_COALESCE_SECONDS = 0.005
 """How long a scheduling pass waits after the first event, to batch a burst."""
 
@@ -61,12 +68,19 @@ class Dispatcher:
             try:
                 began = time.perf_counter()
                 await self.schedule_once()
+                took = time.perf_counter() - began
                 if self.on_pass is not None:
-                    self.on_pass(time.perf_counter() - began)
+                    self.on_pass(took)
             except Exception:
                 log.exception("scheduling pass failed; retrying on the next event")
                 await asyncio.sleep(1.0)
                 cluster.kick()
+                continue
+            # A pass costs in proportion to the queue. Under a stream of submits
+            # a kick is always waiting, so rest in proportion too: passes then
+            # take at most a quarter of the loop, however deep the queue, and
+            # the submits and heartbeats keep the rest (bench/scheduling.py).
+            await asyncio.sleep(min(PASS_MAX_REST_SECONDS, PASS_REST_FACTOR * took))
 
     async def schedule_once(self) -> list[Task]:
         cluster = self.cluster
@@ -78,7 +92,9 @@ class Dispatcher:
         async with cluster.lock:
             online = cluster.online_resources()
             if not online:
-                cluster.waits.record_no_nodes()
+                # Rare (every node down): the order is still shown, sorted here.
+                usage = cluster.fairshare.snapshot(cluster.clock())
+                cluster.waits.record_no_nodes(queue_order(cluster.pending.values(), usage))
                 return []
             # Tasks waiting for a dependency are left out of the queue, not
             # placed behind: they cannot start however much is free, so they
@@ -102,7 +118,7 @@ class Dispatcher:
             for task_id, holder in fenced.items():
                 if holder and task_id in cluster.pending:
                     reasons[task_id] = f"retry: waiting for node {holder!r} to let go of the earlier attempt"
-            cluster.waits.record(reasons)
+            cluster.waits.record(reasons, self.scheduler.last_stats.order)
             if not placements:
                 return []
             now = cluster.clock()

@@ -8,10 +8,13 @@ pass, never stored) and answers the task views of the API:
 - `pending_reason`: the reason of the latest pass; `no node is online` when
   the pass had no node to look at; `position: not examined yet` for a task
   the pass did not reach (just submitted, or beyond `max_examined`).
-- `position`: 1-based place in the pending queue in the order the pass
-  walks it (`scheduler.ordering`: priority, then the owners' fair-share
-  usage, then id), with the fair-share usage as of the answer. Backfill,
-  limits and dependencies mean tasks do not always start in that order.
+- `position`: 1-based place in the pending queue in the order the latest
+  pass walked it (`scheduler.ordering`: priority, then the owners' fair-share
+  usage, then id). Null for a task that pass did not see (submitted since,
+  or waiting for a dependency or a retry fence). Backfill, limits and
+  dependencies mean tasks do not always start in that order. The positions
+  are worked out at most once per pass, and only when a view asks: an answer
+  never sorts the queue.
 - `passed_by_fairshare`: how many tasks submitted after it fair share put
   ahead of it (same priority, owners with less recent usage): why a task is
   behind later ones. Public like the order itself; the usage figures are not.
@@ -19,8 +22,8 @@ pass, never stored) and answers the task views of the API:
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
 
 from ..models import Task
 from .scheduler import Usage, queue_order
@@ -33,16 +36,21 @@ class WaitBoard:
     def __init__(self) -> None:
         self._reasons: Mapping[int, str] = {}
         self._no_nodes = False
+        self._walked: Sequence[Task] = ()
+        self._order: QueueOrder | None = None
 
-    def record(self, reasons: Mapping[int, str]) -> None:
-        """The reasons of the pass that just ran (the board keeps this mapping)."""
+    def record(self, reasons: Mapping[int, str], order: Sequence[Task] = ()) -> None:
+        """The reasons of the pass that just ran, and the queue in the order it
+        walked it (the board keeps both; the positions are made when asked)."""
         self._reasons = reasons
         self._no_nodes = False
+        self._walked, self._order = order, None
 
-    def record_no_nodes(self) -> None:
+    def record_no_nodes(self, order: Sequence[Task] = ()) -> None:
         """A pass found no node online: every pending task waits for one."""
         self._reasons = {}
         self._no_nodes = True
+        self._walked, self._order = order, None
 
     def reason(self, task_id: int) -> str:
         """Why pending task `task_id` waits (see the module doc)."""
@@ -51,23 +59,37 @@ class WaitBoard:
             return why
         return NO_NODE_ONLINE if self._no_nodes else NOT_EXAMINED
 
+    def order(self) -> QueueOrder:
+        """The positions of the latest pass (made once per pass)."""
+        if self._order is None:
+            self._order = QueueOrder.from_ordered(self._walked)
+        return self._order
+
 
 class QueueOrder:
-    """Positions in the pending queue, sorted once for a whole answer, and
-    for each task how many tasks fair share put ahead of it: tasks of the same
-    priority submitted after it (so of other users, whose usage is lower)."""
+    """Positions in the pending queue, and for each task how many tasks fair
+    share put ahead of it: tasks of the same priority submitted after it (so
+    of other users, whose usage is lower)."""
 
     def __init__(self, pending: Iterable[Task], usage: Usage | None = None):
         self._positions: dict[int, int] = {}
         self._passed_by: dict[int, int] = {}
-        seen: dict[int, list[int]] = {}  # priority -> sorted ids placed ahead so far
-        for i, t in enumerate(queue_order(pending, usage), start=1):
+        self._fill(queue_order(pending, usage))
+
+    @classmethod
+    def from_ordered(cls, ordered: Sequence[Task]) -> QueueOrder:
+        """From a queue already in queue order (a pass's `PassStats.order`)."""
+        order = cls(())
+        order._fill(ordered)
+        return order
+
+    def _fill(self, ordered: Sequence[Task]) -> None:
+        groups: dict[int, list[Task]] = {}
+        for i, t in enumerate(ordered, start=1):
             self._positions[t.id] = i
-            ahead = seen.setdefault(t.priority, [])
-            later_ahead = len(ahead) - bisect.bisect_right(ahead, t.id)
-            if later_ahead:
-                self._passed_by[t.id] = later_ahead
-            bisect.insort(ahead, t.id)
+            groups.setdefault(t.priority, []).append(t)
+        for members in groups.values():
+            self._passed_by.update(_later_ahead(members))
 
     def position(self, task_id: int) -> int | None:
         return self._positions.get(task_id)
@@ -75,3 +97,27 @@ class QueueOrder:
     def passed_by_fairshare(self, task_id: int) -> int:
         """Tasks of the same priority, submitted after `task_id`, ahead of it by fair share."""
         return self._passed_by.get(task_id, 0)
+
+
+def _later_ahead(members: Sequence[Task]) -> dict[int, int]:
+    """For tasks of one priority in queue order: how many with a larger id
+    (submitted later) come before each. O(n log n), a Fenwick tree over the
+    ids' ranks; nothing at all to do when the order is plain FIFO."""
+    if all(a.id < b.id for a, b in itertools.pairwise(members)):
+        return {}
+    rank = {task_id: r for r, task_id in enumerate(sorted(t.id for t in members), start=1)}
+    tree = [0] * (len(members) + 1)
+    out: dict[int, int] = {}
+    for seen, t in enumerate(members):
+        r = rank[t.id]
+        at_most, i = 0, r
+        while i:
+            at_most += tree[i]
+            i -= i & -i
+        if seen - at_most:
+            out[t.id] = seen - at_most
+        i = r
+        while i < len(tree):
+            tree[i] += 1
+            i += i & -i
+    return out

@@ -343,3 +343,20 @@ def test_queue_positions_say_how_many_later_tasks_fair_share_put_ahead():
     fifo = QueueOrder(pending)
     assert [fifo.passed_by_fairshare(i) for i in (1, 2, 3, 4, 5)] == [0] * 5
     assert fifo.position(99) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 50), st.sampled_from(["a", "b", "c"]), st.integers(-1, 1)), unique_by=lambda x: x[0]
+    )
+)
+def test_passed_by_fairshare_counts_later_tasks_ahead(specs):
+    """The Fenwick count equals the plain definition: same priority, larger id, earlier in the queue."""
+    pending = [owned(task(i), owner, priority=pri) for i, owner, pri in specs]
+    usage = {"a": 5.0, "b": 1.0, "c": 3.0}
+    order = QueueOrder(pending, usage)
+    ordered = sorted(pending, key=lambda t: order.position(t.id))
+    for k, t in enumerate(ordered):
+        expected = sum(1 for u in ordered[:k] if u.priority == t.priority and u.id > t.id)
+        assert order.passed_by_fairshare(t.id) == expected

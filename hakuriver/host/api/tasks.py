@@ -57,7 +57,8 @@ class PendingQueue:
 
     @functools.cached_property
     def order(self) -> QueueOrder:
-        return QueueOrder(self.cluster.pending.values(), self.usage)
+        # The latest pass's order: an answer never sorts the queue itself.
+        return self.cluster.waits.order()
 
     def fields(self, task: Task, principal: Principal) -> dict[str, Any]:
         if task.state is not TaskState.PENDING:

@@ -74,6 +74,8 @@ class Placement(NamedTuple):
 @dataclass
 class PassStats:
     pending: int = 0
+    order: Sequence[Task] = ()
+    """The queue in the order this pass walked it (`ordering.queue_order`)."""
     examined: int = 0
     placed: int = 0
     reservations: int = 0
@@ -105,6 +107,8 @@ class Scheduler:
         self.max_reservations = max_reservations
         self.max_reasons = max_reasons
         self.last_stats = PassStats()
+        self._requests: dict[int, Request] = {}
+        """Each pending task's shape, from the previous pass (by task id)."""
 
     def schedule(
         self,
@@ -129,8 +133,11 @@ class Scheduler:
         task's previous node, host/retries.py).
         """
         queue = queue_order(pending, usage)
-        stats = PassStats(pending=len(queue))
+        stats = PassStats(pending=len(queue), order=queue)
         self.last_stats = stats
+        known: dict[int, Request] = self._requests
+        requests: dict[int, Request] = {}
+        self._requests = requests
         drained = frozenset(drained)
         # A drained node is no candidate at all: not for placement, and not for
         # a reservation (which would hold back work on a node nobody may use).
@@ -153,7 +160,11 @@ class Scheduler:
         for task in queue:
             if task.id in ledger:
                 continue
-            req = request_of(task.target, task.cores, task.memory, task.gpu_count, task.container)
+            # A pending task's shape never changes: made once, kept across passes.
+            req = known.get(task.id)
+            if req is None:
+                req = request_of(task.target, task.cores, task.memory, task.gpu_count, task.container)
+            requests[task.id] = req
             if req.node is not None and req.node in drained:
                 stats.drained[task.id] = req.node
                 note(task.id, f"node {req.node!r} is drained")

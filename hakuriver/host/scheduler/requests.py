@@ -8,7 +8,7 @@ request no known node could ever run.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ...errors import Unschedulable
 from ...models import KIND_WORDS, NodeResources, Target, task_kind
@@ -18,8 +18,11 @@ MAX_REASONS = 3
 """Nodes named, each with its reason, when no node can run a kind of task."""
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
+    """A task's shape. A tuple, so that the pass's "this shape already failed"
+    set hashes and compares it in C: it is looked up once per pending task
+    per pass."""
+
     cores: int
     memory: int  # 0 = no request
     node: str | None
