@@ -182,6 +182,14 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    enabled: bool = True
+    """Serve the web dashboard at /dashboard/ (login with a user token)."""
+    session_hours: float = 12.0
+    """Hours a dashboard login lasts (sessions live in the Host's memory: a restart ends them)."""
+
+
+@dataclass(frozen=True)
 class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -193,6 +201,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     source: str | None = field(default=None, compare=False)
     """The file this config was read from, or None for built-in defaults."""
 

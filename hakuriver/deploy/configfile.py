@@ -39,6 +39,7 @@ SECTION_COMMENTS: dict[str, str] = {
     "tls": "HTTPS with a cluster CA (hakuriver.init tls makes one).",
     "runner": "This Runner's identity.",
     "limits": "Host: per-user limits, the defaults for users without their own (hakuriver.admin user set).",
+    "dashboard": "Host: the web dashboard at /dashboard/ on the Host's own port.",
 }
 
 KEY_COMMENTS: dict[str, str] = {
@@ -93,6 +94,8 @@ KEY_COMMENTS: dict[str, str] = {
     "limits.default_max_cores": "Cores one user's tasks may hold at once; 0: unlimited.",
     "limits.default_max_gpus": "GPUs one user's tasks may hold at once; 0: unlimited.",
     "limits.default_max_running": "Tasks of one user holding resources at once (running, paused); 0: unlimited.",
+    "dashboard.enabled": "Serve the web dashboard (log in with a user token).",
+    "dashboard.session_hours": "Hours a dashboard login lasts; sessions are in memory: a Host restart ends them.",
 }
 
 

@@ -6,12 +6,14 @@ from aiohttp import web
 
 from ..config import Config
 from .accounts import Accounts
+from .changes import ChangeFeed
 from .cluster import Cluster
 from .db import Database
 from .dispatch import Dispatcher
 from .environments import EnvironmentManager
 from .liveness import Liveness
 from .runner_client import RunnerClient
+from .sessions import Sessions
 
 CONFIG = web.AppKey("config", Config)
 DB = web.AppKey("db", Database)
@@ -21,3 +23,5 @@ CLUSTER = web.AppKey("cluster", Cluster)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 LIVENESS = web.AppKey("liveness", Liveness)
 ENVIRONMENTS = web.AppKey("environments", EnvironmentManager)
+SESSIONS = web.AppKey("sessions", Sessions)
+CHANGES = web.AppKey("changes", ChangeFeed)
