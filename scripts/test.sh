@@ -91,6 +91,7 @@ leftovers() {
 }
 
 phase "system packages" apt_packages
+phase "browser packages" browser_packages
 phase "docker engine" docker_engine
 phase "python venv" python_venv test
 phase "images" images

@@ -82,7 +82,7 @@ schema = schemathesis.openapi.from_path(
     ),
 )
 
-# An event stream is open for minutes (its contract: tests/host/test_dashboard_api.py).
+# An event stream is open for minutes (its contract: tests/inproc/test_dashboard_api.py).
 schema = schema.exclude(path="/api/events")
 
 # An uploaded image tarball is bytes on the wire, like application/octet-stream.
