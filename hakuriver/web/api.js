@@ -39,7 +39,9 @@ export async function api(method, path, { body, token, raw } = {}) {
   const resp = await fetch(API + path, init);
   if (!resp.ok) {
     const err = await failure(resp);
-    if (resp.status === 401 && !token && onEnded) onEnded(err.message);
+    // Only while logged in (a CSRF token is held): the first GET /session of a visit, or a
+    // call still in flight when the user logged out, ends nothing.
+    if (resp.status === 401 && !token && csrf !== null && onEnded) onEnded(err);
     throw err;
   }
   return raw ? resp : resp.json();

@@ -65,10 +65,11 @@ function App() {
   const [session, setSession] = useState(undefined);
   const [notice, setNotice] = useState(null);
   const route = useRoute();
-  const ended = (message) => {
+  // A 401 on any call: back to the login form; say why only when a session ended.
+  const ended = (err) => {
     closeEvents();
     setCsrf(null);
-    setNotice(message);
+    setNotice(err.code === "session_ended" ? err.message : null);
     setSession(null);
   };
   useEffect(() => {
@@ -83,7 +84,7 @@ function App() {
   }
   const logout = async () => {
     try { await api("DELETE", "/session"); } catch (e) { /* ended anyway */ }
-    ended("You are logged out.");
+    ended({ code: "session_ended", message: "You are logged out." });
   };
   let page;
   switch (route[0]) {

@@ -37,6 +37,7 @@ def _text(browser: Any, css: str) -> str:
 
 def wait_text(browser: Any, css: str, needle: str, what: str | None = None) -> str:
     """Poll (with a deadline) until the element at `css` shows `needle`; its text."""
+
     def shown() -> str | None:
         text = _text(browser, css)
         return text if needle in text else None
@@ -61,7 +62,9 @@ def login(browser: Any, cluster: ThreadedCluster, token: str) -> None:
     from selenium.webdriver.common.by import By
 
     browser.get(cluster.url + "/dashboard/")
-    field = poll(lambda: browser.find_element(By.ID, "token"), timeout=TIMEOUT, what="the login form", ignore=_ignored())
+    field = poll(
+        lambda: browser.find_element(By.ID, "token"), timeout=TIMEOUT, what="the login form", ignore=_ignored()
+    )
     field.clear()
     field.send_keys(token)
     browser.find_element(By.ID, "login").click()
@@ -73,9 +76,7 @@ def click(browser: Any, css: str) -> None:
     poll(lambda: browser.find_element(By.CSS_SELECTOR, css), timeout=TIMEOUT, what=css, ignore=_ignored()).click()
 
 
-def test_login_and_the_cluster_page(
-    fake_nvml: None, cluster: ThreadedCluster, browser: Any, screenshots: Path
-) -> None:
+def test_login_and_the_cluster_page(fake_nvml: None, cluster: ThreadedCluster, browser: Any, screenshots: Path) -> None:
     alice = add_user(cluster, "alice")
     cluster.inner._host_site.app[LIVENESS].history.interval = 0.3  # type: ignore[union-attr]
     cluster.add_runner("alpha")
@@ -116,6 +117,12 @@ def test_login_and_the_cluster_page(
         assert "GPU 0" in legend
     browser.save_screenshot(str(screenshots / "cluster.png"))
 
+    # Environments: the tarball versions in shared storage.
+    click(browser, "#nav-environments")
+    wait_text(browser, "#env-tarballs", "inproc-env")
+    assert "newest" in _text(browser, "#env-tarballs tr[data-env=inproc-env]")
+    browser.save_screenshot(str(screenshots / "environments.png"))
+
     # Logging out ends the session: the API refuses its cookie, the page shows the login.
     click(browser, "#logout")
     wait_text(browser, ".login", "You are logged out")
@@ -125,7 +132,9 @@ def test_login_and_the_cluster_page(
 
 def _cli_config(tmp_path: Path, cluster: ThreadedCluster, token: str, name: str) -> Path:
     path = tmp_path / f"{name}.toml"
-    path.write_text(toml.dumps({"network": {"host_port": int(cluster.url.rsplit(":", 1)[1])}, "auth": {"token": token}}))
+    path.write_text(
+        toml.dumps({"network": {"host_port": int(cluster.url.rsplit(":", 1)[1])}, "auth": {"token": token}})
+    )
     return path
 
 
@@ -159,6 +168,19 @@ def test_queue_task_log_and_kill(
     assert task_cli.main(["--config", str(config), "submit", "--json", "--", "fake", "hang"]) == 0
     [mine] = json.loads(capsys.readouterr().out)["task_ids"]
     wait_text(browser, f"[data-testid=queue-running] tr[data-task='{mine}']", "running")
+    # A task that cannot start now says why it waits, as the API says it.
+    cores = cluster.node("alpha")["cores"]  # type: ignore[index]
+    [waiting] = cluster.api("POST", "/api/tasks", {"command": ["fake", "hang"], "cores": cores}, token=alice)[1][
+        "task_ids"
+    ]
+    row = f"[data-testid=queue-pending] tr[data-task='{waiting}']"
+
+    def reason_shown() -> str | None:
+        # The reason moves on as passes look at the task: the page must catch up with the API's.
+        reason = cluster.task(waiting)["pending_reason"]
+        return reason if reason and reason in _text(browser, row) else None
+
+    poll(reason_shown, timeout=TIMEOUT, interval=0.1, what="the API's wait reason on the page", ignore=_ignored())
     browser.save_screenshot(str(screenshots / "queue.png"))
 
     # The task page: its live log grows while it runs.
@@ -205,3 +227,51 @@ def test_queue_task_log_and_kill(
     )
     assert status == 403
     assert cluster.task(bobs)["state"] == "running"
+
+
+def test_the_queue_pages_and_filters(cluster: ThreadedCluster, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    bob = add_user(cluster, "bob")
+    cluster.add_runner("alpha")
+    cluster.add_runner("beta")
+    ids = [cluster.submit(["fake", "exit", "0"], targets=["alpha"])[0] for _ in range(27)]
+    [bobs] = cluster.api("POST", "/api/tasks", {"command": ["fake", "exit", "0"], "targets": ["beta"]}, token=bob)[1][
+        "task_ids"
+    ]
+    for task_id in [*ids, bobs]:
+        cluster.wait_final(task_id)
+
+    login(browser, cluster, cluster.token)
+    wait_text(browser, "#whoami", "admin (admin)")
+    click(browser, "#nav-queue")
+    recent = "[data-testid=queue-recent]"
+
+    def rows() -> list[str]:
+        return [r.get_attribute("data-task") for r in browser.find_elements(By.CSS_SELECTOR, f"{recent} tbody tr")]
+
+    # 28 final tasks: a page of 25, newest first, and the rest one click older.
+    poll(lambda: len(rows()) == 25, timeout=TIMEOUT, what="a full first page", ignore=_ignored())
+    assert rows()[0] == bobs and rows() == sorted(rows(), key=int, reverse=True)
+    first = rows()
+    click(browser, f"{recent} .pager button:last-child")
+    poll(
+        lambda: rows() == sorted(ids, key=int, reverse=True)[24:],
+        timeout=TIMEOUT,
+        what="the older page",
+        ignore=_ignored(),
+    )
+    click(browser, f"{recent} .pager button:first-child")
+    poll(lambda: rows() == first, timeout=TIMEOUT, what="the newer page again", ignore=_ignored())
+
+    # Filters: by user, and by node.
+    user = browser.find_element(By.ID, "filter-user")
+    user.send_keys("bob", Keys.TAB)
+    poll(lambda: rows() == [bobs], timeout=TIMEOUT, what="bob's tasks only", ignore=_ignored())
+    user.send_keys(Keys.CONTROL, "a")
+    user.send_keys(Keys.BACKSPACE, Keys.TAB)
+    poll(lambda: len(rows()) == 25, timeout=TIMEOUT, what="everyone's tasks again", ignore=_ignored())
+    node = browser.find_element(By.ID, "filter-node")
+    node.send_keys("beta", Keys.TAB)
+    poll(lambda: rows() == [bobs], timeout=TIMEOUT, what="beta's tasks only", ignore=_ignored())

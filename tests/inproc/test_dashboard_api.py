@@ -83,7 +83,9 @@ async def test_a_host_without_the_dashboard_serves_none(inproc_factory: ClusterF
     async with aiohttp.ClientSession() as plain:
         status, _ = await call(plain, "GET", inproc.url + "/dashboard/")
         assert status == 401
-        status, _ = await call(plain, "GET", inproc.url + "/dashboard/", headers={"Authorization": f"Bearer {inproc.token}"})
+        status, _ = await call(
+            plain, "GET", inproc.url + "/dashboard/", headers={"Authorization": f"Bearer {inproc.token}"}
+        )
         assert status == 404
 
 
@@ -139,7 +141,9 @@ async def test_logout_revocation_and_restart_end_sessions(
     old = cookie()
     status, _ = await call(browser, "DELETE", inproc.url + "/api/session")
     assert status == 403
-    status, body = await call(browser, "DELETE", inproc.url + "/api/session", headers={CSRF_HEADER: session["csrf_token"]})
+    status, body = await call(
+        browser, "DELETE", inproc.url + "/api/session", headers={CSRF_HEADER: session["csrf_token"]}
+    )
     assert status == 200 and body == {"ended": True}
     status, body = await with_cookie(old)
     assert status == 401 and body["error"]["code"] == "session_ended"
