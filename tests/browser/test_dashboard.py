@@ -197,6 +197,15 @@ def test_queue_task_log_and_kill(
     wait_text(browser, "#log-stdout", "epoch 2: loss 0.17")
     browser.save_screenshot(str(screenshots / "task.png"))
 
+    # Pausing and resuming it.
+    click(browser, "#pause")
+    wait_text(browser, "#task-message", "pause: done")
+    wait_text(browser, "h1", "paused")
+    click(browser, "#resume")
+    wait_text(browser, "#task-message", "resume: done")
+    wait_text(browser, "h1", "running")
+    assert cluster.task(mine)["state"] == "running"
+
     # Killing one's own task.
     click(browser, "#kill")
     wait_text(browser, "#task-message", "kill: done")

@@ -146,3 +146,33 @@ async def test_a_failing_signature_never_stops_the_others(caplog) -> None:
         state["n"] = 1
         assert (await listener.next(5) or {}).get("good") == 1
     await feed.close()
+
+
+# --------------------------------------------------------- the login cookie
+async def _login_cookie(tls: bool) -> dict[str, str]:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from hakuriver.config import config_from_dict
+    from hakuriver.host.accounts import PRINCIPAL_KEY, Principal
+    from hakuriver.host.api.session import login
+    from hakuriver.host.keys import CONFIG, SESSIONS
+    from hakuriver.host.sessions import SESSION_COOKIE
+
+    app = web.Application()
+    app[CONFIG] = config_from_dict({"tls": {"enabled": tls}})
+    app[SESSIONS] = Sessions(3600)
+    request = make_mocked_request("POST", "/api/session", headers={"Authorization": "Bearer hkr_x"}, app=app)
+    request[PRINCIPAL_KEY] = Principal("alice", "user")
+    response = await login(request)
+    assert response.status == 201
+    morsel = response.cookies[SESSION_COOKIE]
+    return {k: str(morsel[k]) for k in ("secure", "httponly", "samesite", "path", "max-age")}
+
+
+async def test_the_session_cookie_is_secure_exactly_when_the_host_serves_tls() -> None:
+    plain, tls = await _login_cookie(False), await _login_cookie(True)
+    assert plain["secure"] in ("", "False") and tls["secure"] == "True"
+    for cookie in (plain, tls):
+        assert cookie["httponly"] == "True" and cookie["samesite"] == "Strict" and cookie["path"] == "/"
+        assert cookie["max-age"] == "3600"
