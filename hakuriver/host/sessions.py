@@ -14,8 +14,11 @@ exactly what its user's token may: no authorisation rule is repeated here.
 - CSRF: an unsafe method (anything but GET, HEAD, OPTIONS) needs the
   session's CSRF token in the header (a custom header no cross-site form can
   set, and no cross-site script either, since the Host answers no CORS
-  preflight), and is refused when the browser says it came from another site
-  (`Origin`, `Sec-Fetch-Site`).
+  preflight). Every session call, reads included, is refused when the
+  browser says another origin made it (`Origin`, `Sec-Fetch-Site`): another
+  port of the same machine is the same *site*, so SameSite alone does not
+  keep its pages out. A session never opens a websocket (the environment
+  shell), which no CORS guards and no CSRF header can reach.
 - A session keeps the hash of the token it logged in with and asks
   `Accounts.principal_of_hash` on every request: revoking that token (or
   removing the user) ends the session at once, and a changed role applies at
@@ -157,6 +160,13 @@ def authenticate_session(request: web.Request, sessions: Sessions, accounts: Acc
         raise Unauthorized(
             "the token this dashboard session logged in with was revoked: log in again", code="session_ended"
         )
+    # Every session call, reads too: "same-site" is not "same-origin" (another port
+    # of this machine is the same site, and SameSite lets its pages send the cookie).
+    check_same_origin(request)
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        # A browser's WebSocket can send no CSRF header and obeys no CORS: the
+        # environment shell is for the CLI and its bearer token only.
+        raise Forbidden("a dashboard session opens no websocket; use the CLI with your token", code="csrf")
     if request.method not in SAFE_METHODS:
         check_csrf(request, session)
     request[PRINCIPAL_KEY] = principal

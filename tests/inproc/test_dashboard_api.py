@@ -118,6 +118,25 @@ async def test_a_session_acts_as_its_user_and_needs_csrf_for_changes(
         assert status == 403 and body["error"]["code"] == "csrf", (headers, body)
     assert (await inproc.client.list_tasks())["tasks"] == []  # nothing was submitted
 
+    # Reads too are refused from another origin (another port of this machine is the same site).
+    for headers in ({"Origin": "http://127.0.0.1:1"}, {"Sec-Fetch-Site": "same-site"}):
+        status, body = await call(browser, "GET", inproc.url + "/api/whoami", headers=headers)
+        assert status == 403 and body["error"]["code"] == "csrf", (headers, body)
+    # No websocket (the environment shell) on a session, whatever it sends.
+    status, body = await call(
+        browser,
+        "GET",
+        inproc.url + "/api/environments/containers/x/shell",
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13",
+            CSRF_HEADER: session["csrf_token"],
+        },
+    )
+    assert status == 403 and "websocket" in body["error"]["message"], body
+
     same_site = {CSRF_HEADER: session["csrf_token"], "Origin": inproc.url, "Sec-Fetch-Site": "same-origin"}
     status, body = await call(browser, "POST", inproc.url + "/api/tasks", body=submit, headers=same_site)
     assert status == 201, body
