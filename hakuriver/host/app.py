@@ -112,8 +112,9 @@ async def _changes(app: web.Application) -> AsyncIterator[None]:
     def tasks() -> tuple[int, int, int]:
         return cluster.revision, len(cluster.pending), sum(cluster.pending)
 
-    def nodes() -> tuple[tuple[object, ...], ...]:
-        return tuple((n.hostname, n.online, n.last_heartbeat, n.drain) for n in cluster.nodes.values())
+    def nodes() -> tuple[object, ...]:
+        beats = tuple((n.hostname, n.online, n.last_heartbeat) for n in cluster.nodes.values())
+        return beats, tuple(cluster.drains.items())
 
     feed = ChangeFeed({"tasks": tasks, "nodes": nodes})
     app[CHANGES] = feed
