@@ -28,7 +28,30 @@ function GpuTable({ node }) {
     })}</tbody></table>`;
 }
 
-function NodeCard({ node }) {
+// Admins only (the API refuses anyone else): drain with a reason, or resume.
+function DrainControl({ node }) {
+  const [asking, setAsking] = useState(false);
+  const [reason, setReason] = useState("");
+  const [error, setError] = useState(null);
+  const path = `/nodes/${encodeURIComponent(node.hostname)}`;
+  const send = async (verb, body) => {
+    setError(null);
+    try { await api("POST", `${path}/${verb}`, { body }); setAsking(false); setReason(""); }
+    catch (e) { setError(e); }
+  };
+  if (node.drained) {
+    return html`<span class="node-admin"><button id=${"resume-" + node.hostname} onClick=${() => send("resume", {})}>Resume</button><${ErrorLine} error=${error} /></span>`;
+  }
+  if (!asking) return html`<span class="node-admin"><button id=${"drain-" + node.hostname} onClick=${() => setAsking(true)}>Drain…</button></span>`;
+  return html`<form class="node-admin" onSubmit=${(e) => { e.preventDefault(); send("drain", { reason }); }}>
+    <input id=${"drain-reason-" + node.hostname} value=${reason} onInput=${(e) => setReason(e.target.value)} placeholder="why (shown to users)" maxlength="500" />
+    <button type="submit" id=${"drain-confirm-" + node.hostname}>Drain</button>
+    <button type="button" onClick=${() => setAsking(false)}>Cancel</button>
+    <${ErrorLine} error=${error} />
+  </form>`;
+}
+
+function NodeCard({ node, admin }) {
   const [open, setOpen] = useState(false);
   const a = node.allocated;
   return html`<section class=${"node " + (node.online ? "online" : "offline")} data-testid=${"node-" + node.hostname}>
@@ -36,6 +59,7 @@ function NodeCard({ node }) {
       <span class=${"badge " + (node.online ? "ok" : "down")}>${node.online ? "online" : "offline"}</span>
       ${node.drained && html`<span class="badge drained" title=${node.drained.reason || ""}>drained${node.drained.reason ? ": " + node.drained.reason : ""}</span>`}
     </h2>
+    ${admin && html`<${DrainControl} node=${node} />`}
     <p class="muted">heartbeat ${ago(node.last_heartbeat)} · ${capabilities(node.capabilities)} · ${node.active_tasks.length} task(s)</p>
     <${Bar} id=${"cores-" + node.hostname} label="Cores" used=${a.cores} total=${node.cores} text=${`${a.cores} / ${node.cores} cores`} />
     <${Bar} id=${"memory-" + node.hostname} label="Memory" used=${a.memory} total=${node.memory} text=${`${bytes(a.memory)} / ${bytes(node.memory)}`} />
@@ -47,7 +71,7 @@ function NodeCard({ node }) {
   </section>`;
 }
 
-export function ClusterPage() {
+export function ClusterPage({ session }) {
   const [nodes, setNodes] = useState(null);
   const [error, setError] = useState(null);
   useLive(["nodes", "tasks"], async () => {
@@ -62,5 +86,5 @@ export function ClusterPage() {
       ${sum((n) => n.allocated.cores)} / ${sum((n) => n.cores)} cores in use ·
       ${sum((n) => n.allocated.gpus.length)} / ${sum((n) => n.gpus.length)} GPUs in use</p>
     ${nodes.length === 0 && html`<p class="muted">No node has registered yet.</p>`}
-    <div class="nodes">${nodes.map((n) => html`<${NodeCard} key=${n.hostname} node=${n} />`)}</div>`;
+    <div class="nodes">${nodes.map((n) => html`<${NodeCard} key=${n.hostname} node=${n} admin=${session.role === "admin"} />`)}</div>`;
 }

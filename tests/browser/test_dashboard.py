@@ -284,3 +284,36 @@ def test_the_queue_pages_and_filters(cluster: ThreadedCluster, browser: Any) -> 
     node = browser.find_element(By.ID, "filter-node")
     node.send_keys("beta", Keys.TAB)
     poll(lambda: rows() == [bobs], timeout=TIMEOUT, what="beta's tasks only", ignore=_ignored())
+
+
+def test_an_admin_drains_and_resumes_a_node_and_a_user_cannot(cluster: ThreadedCluster, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    alice = add_user(cluster, "alice")
+    cluster.add_runner("alpha")
+    login(browser, cluster, alice)
+    wait_text(browser, "[data-testid=node-alpha]", "online")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#drain-alpha")  # a user is offered nothing
+
+    click(browser, "#logout")
+    login(browser, cluster, cluster.token)
+    wait_text(browser, "#whoami", "admin (admin)")
+    click(browser, "#drain-alpha")
+    field = poll(
+        lambda: browser.find_element(By.ID, "drain-reason-alpha"),
+        timeout=TIMEOUT,
+        what="the reason field",
+        ignore=_ignored(),
+    )
+    field.send_keys("new disks")
+    click(browser, "#drain-confirm-alpha")
+    wait_text(browser, "[data-testid=node-alpha] h2", "drained: new disks")
+    assert cluster.node("alpha")["drained"]["reason"] == "new disks"  # type: ignore[index]
+    click(browser, "#resume-alpha")
+    poll(
+        lambda: "drained" not in _text(browser, "[data-testid=node-alpha] h2"),
+        timeout=TIMEOUT,
+        what="the drain to go",
+        ignore=_ignored(),
+    )
+    assert cluster.node("alpha")["drained"] is None  # type: ignore[index]
