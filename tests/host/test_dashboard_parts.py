@@ -176,3 +176,18 @@ async def test_the_session_cookie_is_secure_exactly_when_the_host_serves_tls() -
     for cookie in (plain, tls):
         assert cookie["httponly"] == "True" and cookie["samesite"] == "Strict" and cookie["path"] == "/"
         assert cookie["max-age"] == "3600"
+
+
+def test_a_session_stands_for_a_user_or_admin_token_never_the_runner_secret() -> None:
+    from typing import Any, cast
+
+    from hakuriver.config import config_from_dict
+    from hakuriver.host.accounts import Accounts, token_hash
+
+    admin, runner = "a" * 32, "r" * 32
+    config = config_from_dict({"auth": {"admin_token": admin, "runner_token": runner, "admin_user": "boss"}})
+    accounts = Accounts(config, cast(Any, None))  # the lookup needs no database
+    principal = accounts.principal_of_hash(token_hash(admin))
+    assert principal is not None and (principal.name, principal.is_admin) == ("boss", True)
+    assert accounts.principal_of_hash(token_hash(runner)) is None
+    assert accounts.principal_of_hash(token_hash("hkr_unknown")) is None
