@@ -222,6 +222,10 @@ async def test_node_history_holds_the_gpus_heartbeats(fake_nvml: None, inproc: I
         assert all(isinstance(v, (int, float)) for v in gpu["memory_total"])
         assert (await call(client, "GET", inproc.url + "/api/nodes/nope/history"))[0] == 404
         assert (await call(client, "GET", inproc.url + "/api/nodes/g1/history?since=soon"))[0] == 400
+    # A forgotten node's history goes with it (the memory stays bounded by the nodes there are).
+    await inproc.runners["g1"].stop()
+    await inproc.client.forget_node("g1")
+    assert inproc._host_site.app[LIVENESS].history.nodes() == []  # type: ignore[union-attr]
 
 
 async def test_the_event_stream_says_when_tasks_change(inproc: InProcCluster, browser: aiohttp.ClientSession) -> None:
