@@ -66,9 +66,13 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     profile = tmp_path / "chromium-profile"
     profile.mkdir()
     options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     try:
         yield driver
+        # No script error on any page (refused calls, 401/403, are the test's own doing).
+        errors = [e["message"] for e in driver.get_log("browser") if "Failed to load resource" not in e["message"]]
+        assert errors == [], f"the pages logged errors: {errors}"
     finally:
         driver.quit()
 
