@@ -317,3 +317,27 @@ def test_an_admin_drains_and_resumes_a_node_and_a_user_cannot(cluster: ThreadedC
         ignore=_ignored(),
     )
     assert cluster.node("alpha")["drained"] is None  # type: ignore[index]
+
+
+def test_the_pages_stay_usable_with_10000_tasks(cluster: ThreadedCluster, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    cluster.add_runner("alpha")
+    status, body = cluster.api("POST", "/api/tasks", {"command": ["fake", "hang"], "array": "0-9999%1"}, timeout=120)
+    assert status == 201 and len(body["task_ids"]) == 10_000, status
+    ids = sorted(body["task_ids"], key=int)
+
+    login(browser, cluster, cluster.token)
+    wait_text(browser, "[data-testid=node-alpha]", "1 task(s)")
+    click(browser, "#nav-queue")
+    pending = "[data-testid=queue-pending]"
+
+    def rows() -> list[str]:
+        return [r.get_attribute("data-task") for r in browser.find_elements(By.CSS_SELECTOR, f"{pending} tbody tr")]
+
+    # One page of 25, newest first; never the whole table.
+    poll(lambda: rows() == ids[::-1][:25], timeout=TIMEOUT, what="the newest 25 pending", ignore=_ignored())
+    assert "25+ on this page" in _text(browser, f"{pending} h2")
+    click(browser, f"{pending} .pager button:last-child")
+    poll(lambda: rows() == ids[::-1][25:50], timeout=TIMEOUT, what="the next 25", ignore=_ignored())
+    wait_text(browser, "[data-testid=queue-running]", ids[0])
