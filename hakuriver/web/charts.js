@@ -44,9 +44,16 @@ const memPct = (g, i) => (g.memory_used[i] !== null && g.memory_total[i]) ? Math
 export function NodeHistory({ hostname }) {
   const [hist, setHist] = useState(null);
   const [error, setError] = useState(null);
+  const last = useRef({ at: 0, interval: 0 });
   useLive(["nodes"], async () => {
-    try { setHist(await api("GET", `/nodes/${encodeURIComponent(hostname)}/history`)); setError(null); }
-    catch (e) { setError(e); }
+    // Nodes change with every heartbeat; the history gains a sample only every `interval` s.
+    if (Date.now() - last.current.at < last.current.interval * 1000) return;
+    try {
+      const h = await api("GET", `/nodes/${encodeURIComponent(hostname)}/history`);
+      last.current = { at: Date.now(), interval: h.interval };
+      setHist(h);
+      setError(null);
+    } catch (e) { setError(e); }
   }, [hostname]);
   if (error) return html`<${ErrorLine} error=${error} />`;
   if (!hist) return html`<p class="muted">Loading history…</p>`;
