@@ -5,7 +5,8 @@ client, cluster state and its loops, the environment manager) and stop in
 reverse, so a failing start never leaves a half-open database behind. The
 environment manager's start-up work (the default environment's tarball) runs
 in the background: a Docker engine that is down or offline never delays or
-fails the Host.
+fails the Host. Last come the dashboard's change feed (its event streams end
+at shutdown, before the rest stops) and its files, read once, in a thread.
 """
 
 from __future__ import annotations
@@ -177,9 +178,11 @@ def create_app(config: Config) -> web.Application:
     )
     app[CONFIG] = config
     app[SESSIONS] = sessions
-    app.cleanup_ctx.extend([_database, _accounts, _runner_client, _cluster, _changes, _retention, _environments])
-    app.on_shutdown.append(_stop_streams)
+    app.cleanup_ctx.extend([_database, _accounts, _runner_client, _cluster, _retention, _environments])
     app.add_routes(ROUTES)
+    # The dashboard's parts: live-update streams (the API's /api/events) and the pages.
+    app.cleanup_ctx.append(_changes)
+    app.on_shutdown.append(_stop_streams)
     if dashboard:
         app.cleanup_ctx.append(dashboard_assets)
         app.add_routes(DASHBOARD_ROUTES)
