@@ -51,6 +51,7 @@ import aiohttp
 import toml
 from aiohttp import web
 
+from bench.dashboards import Dashboards
 from hakuriver.models import TaskState
 from tests.harness import procs
 from tests.harness.procs import free_port, host_argv, loopback_config, runner_argv, runner_config
@@ -1185,10 +1186,16 @@ class FloorSetup(HostSetup):
 
 
 async def measure_idle(
-    args: argparse.Namespace, host: HostSetup, session: aiohttp.ClientSession, seconds: float, profile_name: str | None
+    args: argparse.Namespace,
+    host: HostSetup,
+    session: aiohttp.ClientSession,
+    seconds: float,
+    profile_name: str | None,
+    dashboards: int = 0,
 ) -> dict[str, Any]:
     sim = SimCluster(host)
     prof = Profiler(args.profile if profile_name else None)
+    stack = contextlib.AsyncExitStack()
     try:
         await host.start(session)
         await sim.start()
@@ -1200,9 +1207,11 @@ async def measure_idle(
             f"{host.proc.name} pid {host.proc.pid}: {len(names)} runners registered in {t_reg:.1f} s; "
             f"measuring {seconds:.0f} s"
         )
+        views = await stack.enter_async_context(Dashboards(host.url, host.token, dashboards)) if dashboards else None
         await asyncio.sleep(2.0)
         if profile_name:
             prof.start(host.proc.pid, profile_name)
+        fetches0 = views.fetches if views else 0
         beats0 = sim.heartbeats_ok
         mark = time.monotonic()
         cpu = CpuWindow(host.proc.pid)
@@ -1235,9 +1244,14 @@ async def measure_idle(
             "offline": off,
             "seen": seen,
             "errors": dict(sim.hb_errors),
+            "dashboards": dashboards,
+            "page_fetches_per_s": ((views.fetches - fetches0) / wall) if views else 0.0,
+            "page_fetch_p99": pct(views.fetch_seconds, 99) if views else math.nan,
+            "page_errors": views.errors if views else 0,
         }
     finally:
         prof.stop()
+        await stack.aclose()
         await sim.close()
         host.stop()
 
@@ -1264,6 +1278,31 @@ async def bench_idle(args: argparse.Namespace, root: Path, session: aiohttp.Clie
     add(sec, f"registration of {r['runners']} runners (concurrency 64)", f"{r['register_s']:.2f} s")
     add(sec, "other load on the machine meanwhile (not ours)", f"{r['others_pct']:.0f} % of a core")
     add(sec, "nodes offline at end", f"{r['offline']} of {r['seen']}", "0", "", r["offline"] == 0)
+    if args.dashboards > 0:
+        d = await measure_idle(
+            args, HostSetup(root / "idle-dashboards"), session, args.idle_seconds, None, args.dashboards
+        )
+        RAW["idle_dashboards"] = d
+        add(
+            sec,
+            f"with {d['dashboards']} dashboards open: heartbeat RTT p50 / p99 / max",
+            f"{ms(d['hb_p50'])} / {ms(d['hb_p99'])} / {ms(d['hb_max'])} (without: {ms(r['hb_p50'])} / "
+            f"{ms(r['hb_p99'])} / {ms(r['hb_max'])}); {sum(d['errors'].values())} errors",
+        )
+        add(
+            sec,
+            f"with {d['dashboards']} dashboards open: Host CPU; page fetches",
+            f"{d['host_cpu']:.1f} % of a core (without: {r['host_cpu']:.1f} %); {d['page_fetches_per_s']:.1f} /s, "
+            f"p99 {ms(d['page_fetch_p99'])}, {d['page_errors']} errors",
+        )
+        add(
+            sec,
+            f"with {d['dashboards']} dashboards: nodes offline at end",
+            f"{d['offline']} of {d['seen']}",
+            "0",
+            "",
+            d["offline"] == 0,
+        )
     if args.floor_seconds > 0:
         f = await measure_idle(args, FloorSetup(root / "floor"), session, args.floor_seconds, None)
         RAW["idle_floor"] = f
@@ -1607,6 +1646,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=None,
         help="also measure a bare aiohttp server under the idle heartbeats (0: skip; quick default)",
+    )
+    p.add_argument(
+        "--dashboards",
+        type=int,
+        default=5,
+        help="idle phase: measure again with this many dashboard pages open (bench/dashboards.py; 0: skip)",
     )
     p.add_argument("--profile", metavar="DIR", help="record py-spy profiles of the Host (throughput, idle) into DIR")
     p.add_argument("--json", metavar="PATH", help="also write the raw numbers as JSON")

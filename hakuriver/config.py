@@ -215,6 +215,14 @@ def parse_half_life(text: str) -> int:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    enabled: bool = True
+    """Serve the web dashboard at /dashboard/ (login with a user token)."""
+    session_hours: float = 12.0
+    """Hours a dashboard login lasts (sessions live in the Host's memory: a restart ends them)."""
+
+
+@dataclass(frozen=True)
 class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -228,6 +236,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     source: str | None = field(default=None, compare=False)
     """The file this config was read from, or None for built-in defaults."""
 

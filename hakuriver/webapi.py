@@ -125,12 +125,21 @@ Authenticate = Callable[[web.Request, str], None]
 """Checks a request's bearer token; raises Unauthorized/Forbidden, or records the caller."""
 
 
-def make_auth_middleware(authenticate: Authenticate) -> Middleware:
-    """Every route is authenticated: `authenticate(request, token)` decides."""
+OtherCredentials = Callable[[web.Request], bool]
+"""Looks at a request before its bearer token: True when it authenticated the
+request by other means (the Host's browser session) or the route needs no
+credential (the dashboard's static files); False to require the bearer token.
+Raises Unauthorized/Forbidden for a credential it recognises and refuses."""
+
+
+def make_auth_middleware(authenticate: Authenticate, *, other: OtherCredentials | None = None) -> Middleware:
+    """Every route is authenticated: `authenticate(request, token)` decides,
+    unless `other` (see `OtherCredentials`) already did."""
 
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        authenticate(request, bearer_token(request))
+        if other is None or not other(request):
+            authenticate(request, bearer_token(request))
         return await handler(request)
 
     return auth_middleware

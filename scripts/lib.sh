@@ -35,6 +35,25 @@ apt_packages() {
     apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# The dashboard's browser tests (tests/browser/) drive Debian's headless chromium
+# through its chromedriver; without them those tests skip. Tests only: not a
+# dependency of a HakuRiver node.
+browser_packages() {
+    local wanted=(chromium chromium-driver) missing=() p
+    for p in "${wanted[@]}"; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    if ((${#missing[@]} == 0)); then
+        log "browser packages present"
+        return
+    fi
+    [[ $EUID -eq 0 ]] || die "missing packages (${missing[*]}) and not root to install them"
+    log "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
 docker_engine() {
     if docker info >/dev/null 2>&1; then
         log "docker engine answers"

@@ -41,6 +41,7 @@ SECTION_COMMENTS: dict[str, str] = {
     "limits": "Host: per-user limits, the defaults for users without their own (hakuriver.admin user set).",
     "metrics": "Host: Prometheus metrics at GET /metrics (docs/monitoring.md).",
     "scheduler": "Host: the queue's order: priority, then fair share between users, then submission.",
+    "dashboard": "Host: the web dashboard at /dashboard/ on the Host's own port.",
 }
 
 KEY_COMMENTS: dict[str, str] = {
@@ -100,6 +101,8 @@ KEY_COMMENTS: dict[str, str] = {
     "scheduler.fairshare_half_life": "Host: how fast users' recent usage is forgotten by the queue's fair share "
     '(7d, 12h); "0": off (FIFO within a priority).',
     "scheduler.fairshare_gpu_weight": "Host: core-seconds one GPU-second counts as in a user's fair-share usage.",
+    "dashboard.enabled": "Serve the web dashboard (log in with a user token).",
+    "dashboard.session_hours": "Hours a dashboard login lasts; sessions are in memory: a Host restart ends them.",
 }
 
 

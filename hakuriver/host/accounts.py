@@ -126,6 +126,7 @@ class Accounts:
         self._admin_token = auth.effective_admin_token().encode("utf-8")
         self._runner_token = auth.effective_runner_token().encode("utf-8")
         self._scrape_token = config.metrics.scrape_token.encode("utf-8")
+        self._admin_hash = token_hash(auth.effective_admin_token()) if self._admin_token else ""
         self._admin_name = validate_user_name(auth.admin_user)
         lim = config.limits
         self._default_limits = UserLimits(lim.default_max_cores, lim.default_max_gpus, lim.default_max_running)
@@ -155,6 +156,18 @@ class Accounts:
         if user is None:
             return None
         return Principal(user.name, user.role, user.unix_user)
+
+    def principal_of_hash(self, hashed: str) -> Principal | None:
+        """The user whose token has hash `hashed` (`token_hash`), as that user
+        is now; None once the token is revoked or its user removed. A browser
+        session keeps only its login token's hash and asks this on every
+        request, so revoking the token ends the session. The runner secret
+        never stands for anyone here."""
+        if self._admin_hash and hmac.compare_digest(hashed, self._admin_hash):
+            return Principal(self._admin_name, ADMIN)
+        name = self._by_hash.get(hashed)
+        user = self._users.get(name) if name else None
+        return None if user is None else Principal(user.name, user.role, user.unix_user)
 
     def is_runner_token(self, token: str) -> bool:
         return bool(self._runner_token) and hmac.compare_digest(

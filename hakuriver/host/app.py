@@ -5,7 +5,8 @@ client, cluster state and its loops, the environment manager) and stop in
 reverse, so a failing start never leaves a half-open database behind. The
 environment manager's start-up work (the default environment's tarball) runs
 in the background: a Docker engine that is down or offline never delays or
-fails the Host.
+fails the Host. Last come the dashboard's change feed (its event streams end
+at shutdown, before the rest stops) and its files, read once, in a thread.
 """
 
 from __future__ import annotations
@@ -25,15 +26,19 @@ from ..tls import client_context
 from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
 from .accounts import Accounts, host_authenticator, principal_of
 from .api import ROUTES
+from .changes import ChangeFeed
 from .cluster import Cluster
+from .dashboard import ROUTES as DASHBOARD_ROUTES
+from .dashboard import dashboard_assets, is_public
 from .db import Database
 from .dispatch import Dispatcher
 from .environments import EnvironmentManager
-from .keys import ACCOUNTS, CLUSTER, CONFIG, DB, DISPATCHER, ENVIRONMENTS, LIVENESS, METRICS, RUNNERS
+from .keys import ACCOUNTS, CHANGES, CLUSTER, CONFIG, DB, DISPATCHER, ENVIRONMENTS, LIVENESS, METRICS, RUNNERS, SESSIONS
 from .liveness import Liveness
 from .metrics import HostMetrics
 from .retention import retention_loop
 from .runner_client import RunnerClient
+from .sessions import Sessions, authenticate_session
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +131,29 @@ async def _metrics(app: web.Application) -> AsyncIterator[None]:
     app[DB].commit_observer = None
 
 
+async def _changes(app: web.Application) -> AsyncIterator[None]:
+    """What the dashboard's event streams watch: in-memory signatures only."""
+    cluster = app[CLUSTER]
+
+    def tasks() -> tuple[int, int, int]:
+        return cluster.revision, len(cluster.pending), sum(cluster.pending)
+
+    def nodes() -> tuple[object, ...]:
+        beats = tuple((n.hostname, n.online, n.last_heartbeat) for n in cluster.nodes.values())
+        return beats, tuple(cluster.drains.items())
+
+    feed = ChangeFeed({"tasks": tasks, "nodes": nodes})
+    app[CHANGES] = feed
+    yield
+    await feed.close()
+
+
+async def _stop_streams(app: web.Application) -> None:
+    """on_shutdown: end the open event streams, so that stopping never waits for them."""
+    if CHANGES in app:
+        await app[CHANGES].close()
+
+
 async def _retention(app: web.Application) -> AsyncIterator[None]:
     """The periodic purge of old final tasks (`database.retain_days`; off at 0)."""
     loop = asyncio.create_task(retention_loop(app[CONFIG], app[DB]), name="hakuriver-retention")
@@ -150,6 +178,15 @@ def create_app(config: Config) -> web.Application:
         # The accounts exist once cleanup_ctx ran; no request arrives before.
         host_authenticator(request.app[ACCOUNTS])(request, token)
 
+    sessions = Sessions(config.dashboard.session_hours * 3600)
+    dashboard = config.dashboard.enabled
+
+    def other_credentials(request: web.Request) -> bool:
+        # The dashboard's files need none; a browser session is a user's.
+        if dashboard and is_public(request):
+            return True
+        return authenticate_session(request, sessions, request.app[ACCOUNTS])
+
     def is_runner(request: web.Request) -> bool:
         return principal_of(request).is_runner
 
@@ -158,13 +195,20 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[
             error_middleware,
-            make_auth_middleware(authenticate),
+            make_auth_middleware(authenticate, other=other_credentials),
             trust_runners_middleware(is_runner),
             body_deadline_middleware(config.network.request_body_timeout),
         ],
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONFIG] = config
+    app[SESSIONS] = sessions
     app.cleanup_ctx.extend([_database, _accounts, _runner_client, _cluster, _metrics, _retention, _environments])
     app.add_routes(ROUTES)
+    # The dashboard's parts: live-update streams (the API's /api/events) and the pages.
+    app.cleanup_ctx.append(_changes)
+    app.on_shutdown.append(_stop_streams)
+    if dashboard:
+        app.cleanup_ctx.append(dashboard_assets)
+        app.add_routes(DASHBOARD_ROUTES)
     return app

@@ -85,6 +85,8 @@ class Cluster:
         self.started_at = clock()
         self._kick = asyncio.Event()
         self._changed = asyncio.Condition()
+        self.revision = 0
+        """Counts `notify_changed` calls: the dashboard's live updates look at it."""
         self._background: set[asyncio.Task[Any]] = set()
         self.drains: dict[str, Drain] = {}
         """Nodes an admin drained (no new task is placed there). Kept apart from
@@ -461,6 +463,7 @@ class Cluster:
 
     async def notify_changed(self) -> None:
         """Wake every `wait_final` so it looks again."""
+        self.revision += 1
         async with self._changed:
             self._changed.notify_all()
 

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from ..config import Config
 from .accounts import Accounts
+from .changes import ChangeFeed
 from .cluster import Cluster
 from .db import Database
 from .dispatch import Dispatcher
@@ -13,6 +14,7 @@ from .environments import EnvironmentManager
 from .liveness import Liveness
 from .metrics import HostMetrics
 from .runner_client import RunnerClient
+from .sessions import Sessions
 
 CONFIG = web.AppKey("config", Config)
 DB = web.AppKey("db", Database)
@@ -23,3 +25,5 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 LIVENESS = web.AppKey("liveness", Liveness)
 ENVIRONMENTS = web.AppKey("environments", EnvironmentManager)
 METRICS = web.AppKey("metrics", HostMetrics)
+SESSIONS = web.AppKey("sessions", Sessions)
+CHANGES = web.AppKey("changes", ChangeFeed)

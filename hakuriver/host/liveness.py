@@ -26,13 +26,16 @@ from ..models import NodeCapabilities, NodeResources, TaskState
 from .accounts import token_hash
 from .cluster import Cluster
 from .db import NodeRecord
+from .telemetry import HeartbeatHistory
 
 log = logging.getLogger(__name__)
 
 
 class Liveness:
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, history: HeartbeatHistory | None = None):
         self.cluster = cluster
+        self.history = HeartbeatHistory() if history is None else history
+        """Samples of each node's heartbeat stats, for the dashboard's charts (memory only)."""
 
     def check_node_key(self, hostname: str, node_key: str | None) -> None:
         """Refuse a heartbeat or report for `hostname` from any runner but the
@@ -92,6 +95,7 @@ class Liveness:
         record = await cluster.db.record_heartbeat(hostname, stats, cluster.clock(), capabilities)
         if record is None:
             raise NotFound(f"node {hostname} is not registered", code="unknown_node")
+        self.history.record(hostname, stats, cluster.clock())
         before = cluster.nodes.get(hostname, record)
         came_back = not before.online
         cluster.nodes[hostname] = record

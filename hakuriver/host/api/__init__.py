@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import backup, batches, environments, metrics, nodes, runners, tasks, usage, users
+from . import backup, batches, environments, events, history, metrics, nodes, runners, session, tasks, usage, users
 
 ROUTES = [
     web.post("/api/tasks", tasks.submit_tasks),
@@ -25,6 +25,7 @@ ROUTES = [
     web.post("/api/batches/{batch_id}/kill", batches.kill_batch),
     web.get("/api/nodes", nodes.list_nodes),
     web.get("/api/nodes/{hostname}", nodes.get_node),
+    web.get("/api/nodes/{hostname}/history", history.node_history),
     web.post("/api/nodes/{hostname}/forget", nodes.forget_node),
     web.post("/api/nodes/{hostname}/drain", nodes.drain_node),
     web.post("/api/nodes/{hostname}/resume", nodes.resume_node),
@@ -50,6 +51,10 @@ ROUTES = [
     web.get("/api/usage", usage.usage),
     web.get("/api/fairshare", usage.fairshare),
     web.get("/api/backup", backup.backup),
+    web.post("/api/session", session.login),
+    web.get("/api/session", session.show),
+    web.delete("/api/session", session.logout),
+    web.get("/api/events", events.events),
     web.post("/api/runner/register", runners.runner_register),
     web.post("/api/runner/heartbeat", runners.runner_heartbeat),
     web.post("/api/runner/tasks/{task_id}/status", runners.runner_report),

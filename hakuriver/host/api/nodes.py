@@ -14,7 +14,7 @@ from ...webapi import json_response, read_json_object, require_type
 from ..accounts import principal_of, require_admin
 from ..cluster import Cluster
 from ..db import NodeRecord
-from ..keys import CLUSTER, DB
+from ..keys import CLUSTER, DB, LIVENESS
 
 
 def node_json(node: NodeRecord, cluster: Cluster) -> dict[str, Any]:
@@ -63,6 +63,7 @@ async def forget_node(request: web.Request) -> web.Response:
     require_admin(principal_of(request), "forget nodes")
     name = validate_node_name(request.match_info["hostname"])
     await request.app[CLUSTER].forget_node(name)
+    request.app[LIVENESS].history.forget(name)
     return json_response({"forgotten": name})
 
 
