@@ -1192,8 +1192,27 @@ async def measure_idle(
     seconds: float,
     profile_name: str | None,
     dashboards: int = 0,
+    scrape_every: float = 0.0,
 ) -> dict[str, Any]:
     sim = SimCluster(host)
+    scrapes: list[float] = []
+    scrape_errors = 0
+
+    async def scraper() -> None:
+        # A Prometheus server beside the dashboards: GET /metrics every `scrape_every` s.
+        nonlocal scrape_errors
+        while True:
+            t0 = time.perf_counter()
+            try:
+                async with session.get(host.url + "/metrics", headers=host.headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        scrape_errors += 1
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                scrape_errors += 1
+            scrapes.append(time.perf_counter() - t0)
+            await asyncio.sleep(max(0.0, scrape_every - (time.perf_counter() - t0)))
+
     prof = Profiler(args.profile if profile_name else None)
     stack = contextlib.AsyncExitStack()
     try:
@@ -1208,6 +1227,9 @@ async def measure_idle(
             f"measuring {seconds:.0f} s"
         )
         views = await stack.enter_async_context(Dashboards(host.url, host.token, dashboards)) if dashboards else None
+        if scrape_every > 0:
+            scraping = asyncio.ensure_future(scraper())
+            stack.callback(scraping.cancel)
         await asyncio.sleep(2.0)
         if profile_name:
             prof.start(host.proc.pid, profile_name)
@@ -1248,6 +1270,9 @@ async def measure_idle(
             "page_fetches_per_s": ((views.fetches - fetches0) / wall) if views else 0.0,
             "page_fetch_p99": pct(views.fetch_seconds, 99) if views else math.nan,
             "page_errors": views.errors if views else 0,
+            "scrapes": len(scrapes),
+            "scrape_p99": pct(scrapes, 99) if scrapes else math.nan,
+            "scrape_errors": scrape_errors,
         }
     finally:
         prof.stop()
@@ -1280,14 +1305,19 @@ async def bench_idle(args: argparse.Namespace, root: Path, session: aiohttp.Clie
     add(sec, "nodes offline at end", f"{r['offline']} of {r['seen']}", "0", "", r["offline"] == 0)
     if args.dashboards > 0:
         d = await measure_idle(
-            args, HostSetup(root / "idle-dashboards"), session, args.idle_seconds, None, args.dashboards
+            args, HostSetup(root / "idle-dashboards"), session, args.idle_seconds, None, args.dashboards, 1.0
         )
         RAW["idle_dashboards"] = d
         add(
             sec,
-            f"with {d['dashboards']} dashboards open: heartbeat RTT p50 / p99 / max",
+            f"with {d['dashboards']} dashboards open and a /metrics scrape every second: heartbeat RTT p50 / p99 / max",
             f"{ms(d['hb_p50'])} / {ms(d['hb_p99'])} / {ms(d['hb_max'])} (without: {ms(r['hb_p50'])} / "
             f"{ms(r['hb_p99'])} / {ms(r['hb_max'])}); {sum(d['errors'].values())} errors",
+        )
+        add(
+            sec,
+            "the scrapes meanwhile: count, p99, errors",
+            f"{d['scrapes']}, {ms(d['scrape_p99'])}, {d['scrape_errors']}",
         )
         add(
             sec,
