@@ -33,6 +33,7 @@ Invariants this module keeps:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -189,6 +190,7 @@ class Cluster:
         # next one (after this) sees the drain.
         async with self.lock:
             self.drains[hostname] = drain
+        record = self._remember_drain(record)
         log.warning("node %s drained by %s: %s", hostname, by, reason or "no reason given")
         return record
 
@@ -198,9 +200,18 @@ class Cluster:
         if record is None:
             raise NotFound(f"no node {hostname}")
         was = self.drains.pop(hostname, None)
+        record = self._remember_drain(record)
         if was is not None:
             log.warning("node %s resumed by %s", hostname, by)
         self.kick()  # tasks waiting for it may start now
+        return record
+
+    def _remember_drain(self, stored: NodeRecord) -> NodeRecord:
+        """The in-memory node with the drain just stored (its heartbeat, which
+        lives in memory, may be newer than the stored one)."""
+        seen = self.nodes.get(stored.hostname)
+        record = stored if seen is None else dataclasses.replace(seen, drain=stored.drain)
+        self.nodes[stored.hostname] = record
         return record
 
     def holding_tasks(self, hostname: str) -> list[int]:

@@ -3,7 +3,9 @@
 - `register`: a runner (re)joins with what it offers and what it runs.
 - `heartbeat`: a runner is alive; its list of running tasks is reconciled
   with the Host's view (lost tasks restored, tasks that should not run
-  killed, tasks it forgot marked lost).
+  killed, tasks it forgot marked lost). Liveness is kept in memory: a beat
+  writes the database only when it changes something durable (the node was
+  offline, its capabilities changed) or once a minute.
 - `check_liveness` / `liveness_loop`: nodes whose heartbeats stopped go
   offline and their tasks become lost (or, with a retry left, pending again:
   host/retries.py).
@@ -16,6 +18,7 @@ placed there again. A listed run of an attempt the Host retried is killed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 from collections.abc import Iterable
@@ -30,12 +33,19 @@ from .telemetry import HeartbeatHistory
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_PERSIST_SECONDS = 60.0
+"""How stale a node's heartbeat in the database may get: for a backup or an
+inspection of the file; the Host itself reads liveness from memory."""
+
 
 class Liveness:
     def __init__(self, cluster: Cluster, history: HeartbeatHistory | None = None):
         self.cluster = cluster
         self.history = HeartbeatHistory() if history is None else history
         """Samples of each node's heartbeat stats, for the dashboard's charts (memory only)."""
+        self.persist_every = max(HEARTBEAT_PERSIST_SECONDS, cluster.config.timing.heartbeat_timeout)
+        """A node's heartbeat reaches the database at most this often (unless it changes something)."""
+        self._persisted: dict[str, float] = {}
 
     def check_node_key(self, hostname: str, node_key: str | None) -> None:
         """Refuse a heartbeat or report for `hostname` from any runner but the
@@ -92,11 +102,26 @@ class Liveness:
         `capabilities`, when the runner sends them, replace what it said before
         (its Docker engine came up, say); None keeps them."""
         cluster = self.cluster
-        record = await cluster.db.record_heartbeat(hostname, stats, cluster.clock(), capabilities)
-        if record is None:
-            raise NotFound(f"node {hostname} is not registered", code="unknown_node")
-        self.history.record(hostname, stats, cluster.clock())
-        before = cluster.nodes.get(hostname, record)
+        now = cluster.clock()
+        before = cluster.nodes.get(hostname)
+        if (
+            before is not None
+            and before.online
+            and (capabilities is None or capabilities == before.capabilities)
+            and now - self._persisted.get(hostname, 0.0) < self.persist_every
+        ):
+            # Nothing durable changed: liveness lives in memory (the offline
+            # sweep reads it there), so the beat costs no database write. A
+            # restarted Host gives every node a full timeout anyway.
+            record = dataclasses.replace(before, last_heartbeat=now, stats=stats)
+        else:
+            stored = await cluster.db.record_heartbeat(hostname, stats, now, capabilities)
+            if stored is None:
+                raise NotFound(f"node {hostname} is not registered", code="unknown_node")
+            self._persisted[hostname] = now
+            record = stored
+            before = before or stored
+        self.history.record(hostname, stats, now)
         came_back = not before.online
         cluster.nodes[hostname] = record
         if record.capabilities != before.capabilities:
@@ -185,7 +210,10 @@ class Liveness:
         now = cluster.clock()
         if now < cluster.started_at + timeout:
             return []
-        offline = await cluster.db.mark_nodes_offline(now - timeout, now=now)
+        stale = [h for h, n in cluster.nodes.items() if n.online and n.last_heartbeat < now - timeout]
+        if not stale:
+            return []
+        offline = await cluster.db.mark_nodes_offline(now - timeout, now=now, hostnames=stale)
         for hostname, task_ids in offline:
             # Those with a retry left were put back to pending by the same
             # write (host/retries.py); the rest are lost.
@@ -205,6 +233,10 @@ class Liveness:
             await cluster.settle_dependents((task_id, TaskState.LOST, None) for task_id in lost)
             record = await cluster.db.get_node(hostname)
             if record is not None:
+                # The stored heartbeat may be older than the one in memory.
+                seen = cluster.nodes.get(hostname)
+                if seen is not None:
+                    record = dataclasses.replace(record, last_heartbeat=seen.last_heartbeat, stats=seen.stats)
                 cluster.nodes[hostname] = record
         if offline:
             await cluster.notify_changed()

@@ -47,13 +47,14 @@ def node_json(node: NodeRecord, cluster: Cluster) -> dict[str, Any]:
 
 async def list_nodes(request: web.Request) -> web.Response:
     cluster = request.app[CLUSTER]
-    nodes = await request.app[DB].list_nodes()
+    # From memory: the Host keeps every node there, with its latest heartbeat.
+    nodes = [cluster.nodes[h] for h in sorted(cluster.nodes)]
     return json_response({"nodes": [node_json(n, cluster) for n in nodes]})
 
 
 async def get_node(request: web.Request) -> web.Response:
     name = validate_node_name(request.match_info["hostname"])
-    node = await request.app[DB].get_node(name)
+    node = request.app[CLUSTER].nodes.get(name)
     if node is None:
         raise NotFound(f"no node {name}")
     return json_response(node_json(node, request.app[CLUSTER]))
@@ -105,7 +106,8 @@ async def resume_node(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     db = request.app[DB]
-    nodes = await db.list_nodes()
+    await db.ping()  # the database answers (SELECT 1)
+    nodes = list(request.app[CLUSTER].nodes.values())
     # From memory (kept by the database's writer), not a COUNT over the table.
     counts = db.task_counts()
     if counts is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
@@ -110,8 +111,12 @@ class NodeQueries(Store):
             f"SELECT {_NODE_COLUMNS} FROM nodes WHERE online=? ORDER BY hostname", (1 if online else 0,), _node_from_row
         )
 
-    async def mark_nodes_offline(self, stale_before: float, now: float | None = None) -> list[tuple[str, list[int]]]:
-        """Nodes online with `last_heartbeat < stale_before` go offline, and their
+    async def mark_nodes_offline(
+        self, stale_before: float, now: float | None = None, *, hostnames: Sequence[str] | None = None
+    ) -> list[tuple[str, list[int]]]:
+        """Nodes online with `last_heartbeat < stale_before` (or, with
+        `hostnames`, those of them that are online: the Host keeps heartbeats
+        in memory and names the stale nodes itself) go offline, and their
         assigning/running/paused tasks become `lost` — all in one transaction.
         A task with a retry left (`--retries`, host/retries.py) is retried
         instead, in the same transaction: its attempt is recorded `lost` in
@@ -123,14 +128,26 @@ class NodeQueries(Store):
         reads which).
         """
         when = time.time() if now is None else now
+        named = None if hostnames is None else sorted(set(hostnames))
 
         async def op(conn: aiosqlite.Connection) -> Counted:
             delta: dict[TaskState, int] = {}
-            rows = await conn.execute_fetchall(
-                "UPDATE nodes SET online=0 WHERE online=1 AND last_heartbeat < ? RETURNING hostname",
-                (stale_before,),
-            )
-            hosts = sorted(r[0] for r in rows)
+            if named is None:
+                rows = await conn.execute_fetchall(
+                    "UPDATE nodes SET online=0 WHERE online=1 AND last_heartbeat < ? RETURNING hostname",
+                    (stale_before,),
+                )
+                hosts = sorted(r[0] for r in rows)
+            else:
+                hosts = []
+                for chunk in _chunks(named):
+                    rows = await conn.execute_fetchall(
+                        f"UPDATE nodes SET online=0 WHERE online=1 AND hostname IN ({','.join('?' * len(chunk))}) "
+                        "RETURNING hostname",
+                        tuple(chunk),
+                    )
+                    hosts.extend(r[0] for r in rows)
+                hosts.sort()
             lost: dict[str, list[int]] = {h: [] for h in hosts}
             for chunk in _chunks(hosts):
                 marks = ",".join("?" * len(chunk))
