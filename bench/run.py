@@ -1342,7 +1342,15 @@ async def bench_idle(args: argparse.Namespace, root: Path, session: aiohttp.Clie
             f"{f['host_cpu']:.1f} % of a core (user {f['host_user']:.1f} %, sys {f['host_sys']:.1f} %); "
             f"RTT p99 {ms(f['hb_p99'])}",
         )
-        add(sec, "Host CPU above that floor (heartbeat processing)", f"{r['host_cpu'] - f['host_cpu']:.1f} % of a core")
+        ratio = r["host_cpu"] / f["host_cpu"] if f["host_cpu"] else math.inf
+        add(
+            sec,
+            "Host CPU beside that floor",
+            f"{ratio:.2f}x ({r['host_cpu'] - f['host_cpu']:.1f} % of a core of heartbeat processing)",
+            "<= 1.5x",
+            "",
+            ratio <= 1.5,
+        )
 
 
 # ========================================================== phase 4: scrape
