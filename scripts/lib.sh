@@ -17,15 +17,15 @@ phase() {
     log "$name: $((SECONDS - t0))s"
 }
 
-apt_packages() {
-    local wanted=(docker.io debootstrap numactl sudo iproute2 procps tar ca-certificates
-                  python3 python3-venv)
-    local missing=() p
-    for p in "${wanted[@]}"; do
+# debs WHAT PACKAGE...: install the Debian packages that are missing (as root).
+debs() {
+    local what=$1 missing=() p
+    shift
+    for p in "$@"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
     done
     if ((${#missing[@]} == 0)); then
-        log "system packages present"
+        log "$what present"
         return
     fi
     [[ $EUID -eq 0 ]] || die "missing packages (${missing[*]}) and not root to install them"
@@ -35,23 +35,16 @@ apt_packages() {
     apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+apt_packages() {
+    debs "system packages" docker.io debootstrap numactl sudo iproute2 procps tar ca-certificates \
+        python3 python3-venv
+}
+
 # The dashboard's browser tests (tests/browser/) drive Debian's headless chromium
 # through its chromedriver; without them those tests skip. Tests only: not a
 # dependency of a HakuRiver node.
 browser_packages() {
-    local wanted=(chromium chromium-driver) missing=() p
-    for p in "${wanted[@]}"; do
-        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-    done
-    if ((${#missing[@]} == 0)); then
-        log "browser packages present"
-        return
-    fi
-    [[ $EUID -eq 0 ]] || die "missing packages (${missing[*]}) and not root to install them"
-    log "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    debs "browser packages" chromium chromium-driver
 }
 
 docker_engine() {
