@@ -9,6 +9,7 @@ while `assigning`, a late report after `killed`, pause holding resources, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,10 @@ class HostUnderTest:
         return reply["task_ids"][0]
 
 
-@pytest.fixture
-async def host(tmp_path: Path) -> AsyncIterator[tuple[HostUnderTest, FakeRunner]]:
+@contextlib.asynccontextmanager
+async def scripted_host(tmp_path: Path, timing: dict[str, float]) -> AsyncIterator[tuple[HostUnderTest, FakeRunner]]:
+    """A real Host on loopback (real SQLite file) and the scripted `FakeRunner`
+    it sends tasks to; `timing` is the Host's [timing] section."""
     (tmp_path / "shared").mkdir()
     fake = FakeRunner()
     runner_port, host_port = free_port(), free_port()
@@ -112,7 +115,7 @@ async def host(tmp_path: Path) -> AsyncIterator[tuple[HostUnderTest, FakeRunner]
             "network": {"host_port": host_port},
             "paths": {"shared_dir": str(tmp_path / "shared")},
             "database": {"db_file": str(tmp_path / "host.db")},
-            "timing": {"heartbeat_interval": 0.2, "heartbeat_timeout_factor": 3, "cleanup_check_interval": 0.1},
+            "timing": timing,
             "auth": {"token": TOKEN},
         }
     )
@@ -125,6 +128,14 @@ async def host(tmp_path: Path) -> AsyncIterator[tuple[HostUnderTest, FakeRunner]
         await session.close()
         await host_site.cleanup()
         await fake_site.cleanup()
+
+
+@pytest.fixture
+async def host(tmp_path: Path) -> AsyncIterator[tuple[HostUnderTest, FakeRunner]]:
+    async with scripted_host(
+        tmp_path, {"heartbeat_interval": 0.2, "heartbeat_timeout_factor": 3, "cleanup_check_interval": 0.1}
+    ) as pair:
+        yield pair
 
 
 async def test_kill_while_assigning_is_forwarded_and_sticks(host: tuple[HostUnderTest, FakeRunner]) -> None:

@@ -12,18 +12,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from hakuriver.config import config_from_dict
 from hakuriver.errors import ValidationError
-from hakuriver.host.app import create_app
 from hakuriver.host.retries import MAX_RETRIES, RetryFences, check_retries, parse_retries, retryable
 from hakuriver.models import REQUEUE_FROM, TRANSITIONS, TaskState
 from tests.harness.polling import apoll
-from tests.harness.procs import free_port
 
-from .test_host_states import TOKEN, FakeRunner, HostUnderTest, _serve
+from .test_host_states import FakeRunner, HostUnderTest, scripted_host
 
 Host = tuple[HostUnderTest, FakeRunner]
 
@@ -32,27 +28,10 @@ Host = tuple[HostUnderTest, FakeRunner]
 async def host(tmp_path: Path) -> AsyncIterator[Host]:
     """The Host with a slow liveness sweep (nodes stay online without heartbeats:
     the test sends each heartbeat itself)."""
-    (tmp_path / "shared").mkdir()
-    fake = FakeRunner()
-    runner_port, host_port = free_port(), free_port()
-    fake_site = await _serve(fake.app, runner_port)
-    config = config_from_dict(
-        {
-            "network": {"host_port": host_port},
-            "paths": {"shared_dir": str(tmp_path / "shared")},
-            "database": {"db_file": str(tmp_path / "host.db")},
-            "timing": {"heartbeat_interval": 1.0, "heartbeat_timeout_factor": 60, "cleanup_check_interval": 0.1},
-            "auth": {"token": TOKEN},
-        }
-    )
-    host_site = await _serve(create_app(config), host_port)
-    session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"})
-    try:
-        yield HostUnderTest(session, f"http://127.0.0.1:{host_port}", f"http://127.0.0.1:{runner_port}"), fake
-    finally:
-        await session.close()
-        await host_site.cleanup()
-        await fake_site.cleanup()
+    async with scripted_host(
+        tmp_path, {"heartbeat_interval": 1.0, "heartbeat_timeout_factor": 60, "cleanup_check_interval": 0.1}
+    ) as pair:
+        yield pair
 
 
 async def task(h: HostUnderTest, task_id: str) -> dict[str, Any]:
