@@ -42,13 +42,17 @@ class Dashboards:
     async def __aenter__(self) -> Dashboards:
         try:
             for _ in range(self.viewers):
-                session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-                self._sessions.append(session)
-                async with session.post(
+                login = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+                self._sessions.append(login)
+                async with login.post(
                     self.url + "/api/session", headers={"Authorization": f"Bearer {self.token}"}
                 ) as r:
                     if r.status != 201:
                         raise RuntimeError(f"dashboard login failed: {r.status} {await r.text()}")
+                    csrf = (await r.json())["csrf_token"]
+                # As the page does: every call with the session's CSRF token.
+                session = aiohttp.ClientSession(cookie_jar=login.cookie_jar, headers={"X-HakuRiver-CSRF": csrf})
+                self._sessions.append(session)
                 self._tasks.append(asyncio.create_task(self._view(session)))
         except BaseException:
             await self.close()

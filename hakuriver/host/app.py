@@ -24,7 +24,7 @@ from ..connlimits import body_deadline_middleware, trust_runners_middleware
 from ..errors import ConfigError
 from ..tls import client_context
 from ..webapi import MAX_BODY_BYTES, error_middleware, make_auth_middleware
-from .accounts import Accounts, host_authenticator, principal_of
+from .accounts import PRINCIPAL_KEY, Accounts, host_authenticator
 from .api import ROUTES
 from .changes import ChangeFeed
 from .cluster import Cluster
@@ -188,7 +188,9 @@ def create_app(config: Config) -> web.Application:
         return authenticate_session(request, sessions, request.app[ACCOUNTS])
 
     def is_runner(request: web.Request) -> bool:
-        return principal_of(request).is_runner
+        # The dashboard's public files are served with no principal at all.
+        principal = request.get(PRINCIPAL_KEY)
+        return principal is not None and principal.is_runner
 
     # After authentication: a Runner's address is exempt from the per-address
     # connection limit, and a body is waited for only from an authenticated client.

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from ..models import SYSTEMD_CONTAINER, Task, TaskState
+from ..models import SYSTEMD_CONTAINER, NodeResources, Task, TaskState
 from ..parsing import parse_mount
 from ..runrequest import RunRequest
 from .cluster import Cluster
@@ -32,6 +32,9 @@ PASS_REST_FACTOR = 3.0
 """After a pass of T seconds the next one starts no sooner than 3 T later."""
 PASS_MAX_REST_SECONDS = 0.5
 """The longest rest after a pass: a deep queue still sees a pass twice a second."""
+SATURATED_PASS_SECONDS = 5.0
+"""While no node has a core free, the scheduler runs at most this often (to
+give new tasks their reasons and positions); a freed core runs it at once."""
 PASS_COALESCE_SECONDS = 0.005
 """How long a scheduling pass waits after the first event, to batch a burst."""
 
@@ -48,6 +51,9 @@ class Dispatcher:
         self.unix_user_of = unix_user_of
         self.limits_of = limits_of
         """Each owner's effective limits (`Accounts.effective_limits`); None: nobody is limited."""
+        self._full_pass_at = float("-inf")
+        self._kick_later = False
+        """When the latest pass that ran the scheduler began (the loop's monotonic clock)."""
         self.on_pass: Callable[[float], None] | None = None
         """Told each completed pass's seconds (the metrics)."""
 
@@ -96,6 +102,19 @@ class Dispatcher:
                 usage = cluster.fairshare.snapshot(cluster.clock())
                 cluster.waits.record_no_nodes(queue_order(cluster.pending.values(), usage))
                 return []
+            loop = asyncio.get_running_loop()
+            waited = loop.time() - self._full_pass_at
+            if self._saturated(online) and waited < SATURATED_PASS_SECONDS:
+                # No node has a core free, so no task can start, whatever was
+                # submitted: the pass would only redo the reasons. It runs
+                # again as soon as a task lets go of resources (its kick finds
+                # a core free), or SATURATED_PASS_SECONDS after the last one,
+                # for new tasks' reasons and positions.
+                if not self._kick_later:
+                    self._kick_later = True
+                    loop.call_later(SATURATED_PASS_SECONDS - waited, self._late_kick)
+                return []
+            self._full_pass_at = loop.time()
             # Tasks waiting for a dependency are left out of the queue, not
             # placed behind: they cannot start however much is free, so they
             # must not be the head that backfill reserves for (host/dependencies.py).
@@ -144,6 +163,17 @@ class Dispatcher:
         """An online node that may still hold an earlier attempt of the task, or None."""
         nodes = self.cluster.nodes
         return next((n for n in sorted(self.cluster.fences.fenced(task_id)) if n in nodes and nodes[n].online), None)
+
+    def _late_kick(self) -> None:
+        self._kick_later = False
+        self.cluster.kick()
+
+    def _saturated(self, online: list[NodeResources]) -> bool:
+        """Every node that may take work has all its cores held (every task needs one)."""
+        cluster = self.cluster
+        return all(
+            cluster.ledger.usage_record(n.hostname).cores >= n.cores for n in online if n.hostname not in cluster.drains
+        )
 
     def run_request(self, task: Task) -> RunRequest:
         """What the runner is told: the task, its placement, the admin's extra

@@ -11,10 +11,15 @@ exactly what its user's token may: no authorisation rule is repeated here.
 - The cookie is HttpOnly (page scripts never see it), SameSite=Strict (no
   other site's page makes the browser send it), Secure when the Host serves
   TLS, and holds 32 random bytes; the Host keeps only their hash.
-- CSRF: an unsafe method (anything but GET, HEAD, OPTIONS) needs the
-  session's CSRF token in the header (a custom header no cross-site form can
-  set, and no cross-site script either, since the Host answers no CORS
-  preflight). Every session call, reads included, is refused when the
+- CSRF: every session call, reads included, needs the session's CSRF token
+  in the header (a custom header no cross-site form can set, and no
+  cross-site script either, since the Host answers no CORS preflight). The
+  event stream, which a browser's EventSource opens without custom headers,
+  takes it as `?csrf=`. So the cookie alone is worth nothing: browsers send
+  cookies to every port of a host name, and a server on another port of the
+  Host's machine (a user's notebook, say) that an admin browses to receives
+  the cookie, but never the token, which the page keeps in its origin's
+  storage (scheme, host and port). Every session call is also refused when the
   browser says another origin made it (`Origin`, `Sec-Fetch-Site`): another
   port of the same machine is the same *site*, so SameSite alone does not
   keep its pages out. A session never opens a websocket (the environment
@@ -46,7 +51,6 @@ from .accounts import PRINCIPAL_KEY, RUNNER_ROUTES, Accounts
 
 SESSION_COOKIE = "hakuriver_session"
 CSRF_HEADER = "X-HakuRiver-CSRF"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_SESSIONS = 1000
 """Live sessions the Host keeps at most; a login beyond ends the oldest."""
 SESSION_BYTES = 32
@@ -129,14 +133,18 @@ def check_same_origin(request: web.Request) -> None:
         raise Forbidden("cross-origin request refused: its Origin is not this Host", code="csrf")
 
 
+EVENTS_PATH = "/api/events"
+"""The one route that takes the CSRF token as a query parameter (`csrf`)."""
+
+
 def check_csrf(request: web.Request, session: Session) -> None:
     presented = request.headers.get(CSRF_HEADER, "")
+    if not presented and request.path == EVENTS_PATH:
+        presented = request.query.get("csrf", "")
     if not presented or not hmac.compare_digest(
         presented.encode("utf-8", "surrogateescape"), session.csrf.encode("utf-8")
     ):
-        raise Forbidden(
-            f"a dashboard session's {request.method} needs its CSRF token in the {CSRF_HEADER} header", code="csrf"
-        )
+        raise Forbidden(f"a dashboard session's calls need its CSRF token in the {CSRF_HEADER} header", code="csrf")
     check_same_origin(request)
 
 
@@ -167,8 +175,7 @@ def authenticate_session(request: web.Request, sessions: Sessions, accounts: Acc
         # A browser's WebSocket can send no CSRF header and obeys no CORS: the
         # environment shell is for the CLI and its bearer token only.
         raise Forbidden("a dashboard session opens no websocket; use the CLI with your token", code="csrf")
-    if request.method not in SAFE_METHODS:
-        check_csrf(request, session)
+    check_csrf(request, session)
     request[PRINCIPAL_KEY] = principal
     request[SESSION_KEY] = session
     request[SESSION_ID_KEY] = cookie

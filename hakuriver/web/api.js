@@ -1,8 +1,15 @@
 // The dashboard's one door to the Host: the JSON API, with the session cookie.
-// Every call that changes something carries the session's CSRF token.
+// Every call carries the session's CSRF token too: the cookie alone is refused
+// (browsers send it to every port of this host name; the token stays in this
+// origin's storage).
 
 const API = "../api";
-let csrf = null;
+const STORED = "hakuriver-csrf";
+let csrf = stored();
+
+function stored() {
+  try { return window.localStorage.getItem(STORED); } catch (e) { return null; }
+}
 let onEnded = null;
 
 export class ApiError extends Error {
@@ -13,7 +20,13 @@ export class ApiError extends Error {
   }
 }
 
-export function setCsrf(token) { csrf = token; }
+export function setCsrf(token) {
+  csrf = token;
+  try {
+    if (token) window.localStorage.setItem(STORED, token);
+    else window.localStorage.removeItem(STORED);
+  } catch (e) { /* storage off: this page keeps it in memory */ }
+}
 export function onSessionEnded(fn) { onEnded = fn; }
 
 async function failure(resp) {
@@ -30,7 +43,7 @@ async function failure(resp) {
 export async function api(method, path, { body, token, raw } = {}) {
   const headers = {};
   if (token) headers["Authorization"] = "Bearer " + token;
-  else if (method !== "GET" && csrf) headers["X-HakuRiver-CSRF"] = csrf;
+  else if (csrf) headers["X-HakuRiver-CSRF"] = csrf;
   const init = { method, headers, credentials: "same-origin", cache: "no-store" };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -57,7 +70,8 @@ export function latestRevisions() { return latest; }
 export function subscribe(fn) {
   listeners.add(fn);
   if (source === null) {
-    source = new EventSource(API + "/events");
+    // An EventSource sends no custom header: the token goes in the query.
+    source = new EventSource(API + "/events?csrf=" + encodeURIComponent(csrf || ""));
     source.addEventListener("changed", (ev) => {
       let revs;
       try { revs = JSON.parse(ev.data); } catch (e) { return; }

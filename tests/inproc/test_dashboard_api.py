@@ -39,13 +39,29 @@ async def login(browser: aiohttp.ClientSession, inproc: InProcCluster, token: st
         cookie = resp.headers["Set-Cookie"]
         assert f"{SESSION_COOKIE}=" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
         assert "Secure" not in cookie  # plain HTTP here; TLS adds it
+        CSRF_OF[id(browser)] = body["csrf_token"]
         return dict(body)
 
 
+CSRF_OF: dict[int, str] = {}
+"""Each logged-in client's CSRF token, which its calls send as the page does."""
+
+
 async def call(
-    browser: aiohttp.ClientSession, method: str, url: str, *, body: Any = None, headers: dict[str, str] | None = None
+    browser: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    csrf: bool = True,
 ) -> tuple[int, Any]:
-    async with browser.request(method, url, json=body, headers=headers) as resp:
+    """One request as the dashboard makes it: with the session's CSRF token
+    (unless `csrf=False`, or `headers` set their own)."""
+    sent = dict(headers or {})
+    if csrf and id(browser) in CSRF_OF:
+        sent.setdefault(CSRF_HEADER, CSRF_OF[id(browser)])
+    async with browser.request(method, url, json=body, headers=sent) as resp:
         text = await resp.text()
         try:
             return resp.status, json.loads(text)
@@ -114,7 +130,7 @@ async def test_a_session_acts_as_its_user_and_needs_csrf_for_changes(
         {CSRF_HEADER: session["csrf_token"], "Sec-Fetch-Site": "cross-site"},
     ]
     for headers in refused:
-        status, body = await call(browser, "POST", inproc.url + "/api/tasks", body=submit, headers=headers)
+        status, body = await call(browser, "POST", inproc.url + "/api/tasks", body=submit, headers=headers, csrf=False)
         assert status == 403 and body["error"]["code"] == "csrf", (headers, body)
     assert (await inproc.client.list_tasks())["tasks"] == []  # nothing was submitted
 
@@ -151,14 +167,23 @@ async def test_logout_revocation_and_restart_end_sessions(
     def cookie() -> str:
         return next(c.value for c in browser.cookie_jar if c.key == SESSION_COOKIE)
 
-    async def with_cookie(value: str) -> tuple[int, Any]:
+    async def with_cookie(value: str, csrf: str = "") -> tuple[int, Any]:
+        # Another client that has the cookie (and the token, where given).
+        headers = {"Cookie": f"{SESSION_COOKIE}={value}"} | ({CSRF_HEADER: csrf} if csrf else {})
         async with aiohttp.ClientSession() as other:
-            return await call(other, "GET", inproc.url + "/api/whoami", headers={"Cookie": f"{SESSION_COOKIE}={value}"})
+            return await call(other, "GET", inproc.url + "/api/whoami", headers=headers)
 
     # Logout: needs the CSRF token; then the cookie is worth nothing.
     session = await login(browser, inproc, alice)
     old = cookie()
-    status, _ = await call(browser, "DELETE", inproc.url + "/api/session")
+    # The cookie alone, as a server on another port of this machine would get it: refused.
+    status, body = await with_cookie(old)
+    assert status == 403 and body["error"]["code"] == "csrf", body
+    for path in ("/api/session", "/api/events?timeout=1"):
+        status, body = await call(browser, "GET", inproc.url + path, csrf=False)
+        assert status == 403 and body["error"]["code"] == "csrf", (path, body)
+    assert (await with_cookie(old, session["csrf_token"]))[0] == 200
+    status, _ = await call(browser, "DELETE", inproc.url + "/api/session", csrf=False)
     assert status == 403
     status, body = await call(
         browser, "DELETE", inproc.url + "/api/session", headers={CSRF_HEADER: session["csrf_token"]}
@@ -168,8 +193,8 @@ async def test_logout_revocation_and_restart_end_sessions(
     assert status == 401 and body["error"]["code"] == "session_ended"
 
     # Revoking the token the session logged in with ends it.
-    await login(browser, inproc, alice)
-    assert (await with_cookie(cookie()))[0] == 200
+    again = await login(browser, inproc, alice)
+    assert (await with_cookie(cookie(), again["csrf_token"]))[0] == 200
     await inproc.client.issue_token("alice", revoke_all=True)
     status, body = await with_cookie(cookie())
     assert status == 401 and "revoked" in body["error"]["message"]
@@ -230,10 +255,11 @@ async def test_node_history_holds_the_gpus_heartbeats(fake_nvml: None, inproc: I
 
 async def test_the_event_stream_says_when_tasks_change(inproc: InProcCluster, browser: aiohttp.ClientSession) -> None:
     await inproc.add_runner("n1")
-    await login(browser, inproc, inproc.token)
+    session = await login(browser, inproc, inproc.token)
     assert (await call(browser, "GET", inproc.url + "/api/events?timeout=0"))[0] == 400
     assert (await call(browser, "GET", inproc.url + "/api/events?timeout=301"))[0] == 400
-    async with browser.get(inproc.url + "/api/events?timeout=60") as resp:
+    # An EventSource sends no custom header: the token rides in the query.
+    async with browser.get(inproc.url + f"/api/events?timeout=60&csrf={session['csrf_token']}") as resp:
         assert resp.status == 200 and resp.content_type == "text/event-stream"
 
         async def next_event() -> dict[str, int]:
@@ -250,8 +276,9 @@ async def test_the_event_stream_says_when_tasks_change(inproc: InProcCluster, br
 
 async def test_open_streams_never_hold_up_heartbeats(inproc: InProcCluster, browser: aiohttp.ClientSession) -> None:
     await inproc.add_runner("n1")
-    await login(browser, inproc, inproc.token)
-    streams = [await browser.get(inproc.url + "/api/events?timeout=60") for _ in range(5)]
+    session = await login(browser, inproc, inproc.token)
+    url = inproc.url + f"/api/events?timeout=60&csrf={session['csrf_token']}"
+    streams = [await browser.get(url) for _ in range(5)]
     try:
         assert all(s.status == 200 for s in streams)
         seen = (await inproc.client.node("n1"))["last_heartbeat"]
