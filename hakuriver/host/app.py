@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -43,6 +44,10 @@ from .sessions import Sessions, authenticate_session
 log = logging.getLogger(__name__)
 
 
+MAX_SESSION_HOURS = 24 * 30
+"""The longest dashboard login (`dashboard.session_hours`): a month."""
+
+
 def check_host_config(config: Config) -> None:
     config.require("database.db_file", "paths.shared_dir")
     auth = config.auth
@@ -61,6 +66,12 @@ def check_host_config(config: Config) -> None:
             "metrics.scrape_token must be at least 16 characters without whitespace, and differ from the admin "
             "and runner tokens (it is handed to a Prometheus server)"
         )
+    hours = config.dashboard.session_hours
+    if not (isinstance(hours, (int, float)) and math.isfinite(hours) and 0 < hours <= MAX_SESSION_HOURS):
+        raise ConfigError(f"dashboard.session_hours must be more than 0 and at most {MAX_SESSION_HOURS}, not {hours!r}")
+    weight = config.scheduler.fairshare_gpu_weight
+    if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
+        raise ConfigError(f"scheduler.fairshare_gpu_weight must be a finite number greater than zero, not {weight!r}")
     db_dir = Path(config.database.db_file).expanduser().parent
     if not db_dir.is_dir():
         raise ConfigError(f"database.db_file: directory {db_dir} does not exist")

@@ -213,7 +213,12 @@ class Liveness:
         stale = [h for h, n in cluster.nodes.items() if n.online and n.last_heartbeat < now - timeout]
         if not stale:
             return []
-        offline = await cluster.db.mark_nodes_offline(now - timeout, now=now, hostnames=stale)
+
+        def still_stale(hostname: str) -> bool:
+            node = cluster.nodes.get(hostname)
+            return node is not None and node.online and node.last_heartbeat < now - timeout
+
+        offline = await cluster.db.mark_nodes_offline(now - timeout, now=now, hostnames=stale, still_stale=still_stale)
         for hostname, task_ids in offline:
             # Those with a retry left were put back to pending by the same
             # write (host/retries.py); the rest are lost.

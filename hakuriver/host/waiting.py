@@ -22,6 +22,7 @@ pass, never stored) and answers the task views of the API:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -30,6 +31,8 @@ from .scheduler import Usage, queue_order
 
 NO_NODE_ONLINE = "no node is online"
 NOT_EXAMINED = "position: not examined yet"
+INLINE_ORDER = 2000
+"""Queues up to this long get their positions on the event loop (under a millisecond or two)."""
 
 
 class WaitBoard:
@@ -38,6 +41,7 @@ class WaitBoard:
         self._no_nodes = False
         self._walked: Sequence[Task] = ()
         self._order: QueueOrder | None = None
+        self._order_of: Sequence[Task] | None = None
 
     def record(self, reasons: Mapping[int, str], order: Sequence[Task] = ()) -> None:
         """The reasons of the pass that just ran, and the queue in the order it
@@ -59,10 +63,24 @@ class WaitBoard:
             return why
         return NO_NODE_ONLINE if self._no_nodes else NOT_EXAMINED
 
-    def order(self) -> QueueOrder:
-        """The positions of the latest pass (made once per pass)."""
-        if self._order is None:
-            self._order = QueueOrder.from_ordered(self._walked)
+    def order_now(self) -> QueueOrder:
+        """The positions of the latest pass if they are made already, else none
+        (an answer never makes them on the event loop: see `order`)."""
+        return self._order if self._order is not None else EMPTY_ORDER
+
+    async def order(self) -> QueueOrder:
+        """The positions of the latest pass, made once per pass. A long queue's
+        are made in a thread (a Fenwick tree over 50,000 tasks takes a fifth of
+        a second), so heartbeats go on meanwhile."""
+        walked = self._walked
+        if self._order is None or self._order_of is not walked:
+            if len(walked) <= INLINE_ORDER:
+                order = QueueOrder.from_ordered(walked)
+            else:
+                order = await asyncio.to_thread(QueueOrder.from_ordered, list(walked))
+            if self._walked is walked:  # no newer pass meanwhile
+                self._order, self._order_of = order, walked
+            return order
         return self._order
 
 
@@ -121,3 +139,7 @@ def _later_ahead(members: Sequence[Task]) -> dict[int, int]:
             tree[i] += 1
             i += i & -i
     return out
+
+
+EMPTY_ORDER = QueueOrder(())
+"""No positions known (yet)."""

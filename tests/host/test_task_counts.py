@@ -92,3 +92,17 @@ async def test_counts_follow_retries(db):
     offline = await db.mark_nodes_offline(stale_before=100.0, now=100.0)
     assert offline == [("n1", [21])]
     assert await agree(db) == {S.PENDING: 3}
+
+
+async def test_a_node_heard_from_while_the_sweep_waited_stays_online(db):
+    """The sweep names stale nodes from memory; the write asks again when it runs."""
+    await db.load_task_counts()
+    await db.upsert_node(node("n1"), now=0.0)
+    await db.insert_tasks([make_task(30, state=S.RUNNING, node="n1", started_at=1.0)])
+    assert await db.mark_nodes_offline(100.0, now=100.0, hostnames=["n1"], still_stale=lambda _h: False) == []
+    assert (await db.get_node("n1")).online
+    assert await agree(db) == {S.RUNNING: 1}
+    assert await db.mark_nodes_offline(100.0, now=100.0, hostnames=["n1"], still_stale=lambda _h: True) == [
+        ("n1", [30])
+    ]
+    assert await agree(db) == {S.LOST: 1}

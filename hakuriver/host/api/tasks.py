@@ -50,15 +50,22 @@ class PendingQueue:
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
+        self._order: QueueOrder | None = None
 
     @functools.cached_property
     def usage(self) -> dict[str | None, float]:
         return self.cluster.fairshare.snapshot(self.cluster.clock())
 
-    @functools.cached_property
+    async def prepare(self) -> PendingQueue:
+        """Make the latest pass's positions (off the loop for a long queue):
+        without this, views show only positions made already."""
+        self._order = await self.cluster.waits.order()
+        return self
+
+    @property
     def order(self) -> QueueOrder:
         # The latest pass's order: an answer never sorts the queue itself.
-        return self.cluster.waits.order()
+        return self._order if self._order is not None else self.cluster.waits.order_now()
 
     def fields(self, task: Task, principal: Principal) -> dict[str, Any]:
         if task.state is not TaskState.PENDING:
@@ -93,7 +100,8 @@ def task_view(task: Task, principal: Principal, queue: PendingQueue | None = Non
 async def _described(request: web.Request, task: Task) -> web.Response:
     """The task's view with its dependencies filled in."""
     await request.app[CLUSTER].describe_dependencies([task])
-    return json_response(task_view(task, principal_of(request), PendingQueue(request.app[CLUSTER])))
+    queue = await PendingQueue(request.app[CLUSTER]).prepare()
+    return json_response(task_view(task, principal_of(request), queue))
 
 
 async def _owned_task(request: web.Request, what: str) -> Task:
@@ -166,6 +174,8 @@ async def list_tasks(request: web.Request) -> web.Response:
     next_before = str(tasks[-1].id) if more else None
     principal = principal_of(request)
     queue = PendingQueue(request.app[CLUSTER])
+    if any(t.state is TaskState.PENDING for t in tasks):
+        await queue.prepare()
     return json_response({"tasks": [task_view(t, principal, queue) for t in tasks], "next_before": next_before})
 
 

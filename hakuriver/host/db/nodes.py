@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiosqlite
@@ -112,11 +112,17 @@ class NodeQueries(Store):
         )
 
     async def mark_nodes_offline(
-        self, stale_before: float, now: float | None = None, *, hostnames: Sequence[str] | None = None
+        self,
+        stale_before: float,
+        now: float | None = None,
+        *,
+        hostnames: Sequence[str] | None = None,
+        still_stale: Callable[[str], bool] | None = None,
     ) -> list[tuple[str, list[int]]]:
         """Nodes online with `last_heartbeat < stale_before` (or, with
-        `hostnames`, those of them that are online: the Host keeps heartbeats
-        in memory and names the stale nodes itself) go offline, and their
+        `hostnames`, those of them that are online and that `still_stale`
+        confirms when the write runs: the Host keeps heartbeats in memory and
+        names the stale nodes itself) go offline, and their
         assigning/running/paused tasks become `lost` — all in one transaction.
         A task with a retry left (`--retries`, host/retries.py) is retried
         instead, in the same transaction: its attempt is recorded `lost` in
@@ -140,7 +146,10 @@ class NodeQueries(Store):
                 hosts = sorted(r[0] for r in rows)
             else:
                 hosts = []
-                for chunk in _chunks(named):
+                # Asked again as the write runs: a beat that came while it
+                # waited for the writer keeps its node online.
+                fresh = [h for h in named if still_stale is None or still_stale(h)]
+                for chunk in _chunks(fresh):
                     rows = await conn.execute_fetchall(
                         f"UPDATE nodes SET online=0 WHERE online=1 AND hostname IN ({','.join('?' * len(chunk))}) "
                         "RETURNING hostname",

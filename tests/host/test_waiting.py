@@ -1,0 +1,29 @@
+"""host/waiting.py: the latest pass's positions, made once per pass and, for a
+long queue, off the event loop; an answer never makes them itself."""
+
+from __future__ import annotations
+
+from hakuriver.host.scheduler import queue_order
+from hakuriver.host.waiting import INLINE_ORDER, WaitBoard
+
+from .test_scheduler import task
+from .test_scheduler_priority import owned
+
+
+async def test_positions_follow_the_pass_short_and_long_queues() -> None:
+    for n in (5, INLINE_ORDER + 500):
+        board = WaitBoard()
+        pending = [owned(task(i + 1), "heavy" if i % 2 else "light") for i in range(n)]
+        walked = queue_order(pending, {"heavy": 10.0, "light": 1.0})
+        board.record({}, walked)
+        assert board.order_now().position(walked[0].id) is None  # not made on the answer's behalf
+        order = await board.order()
+        assert [order.position(t.id) for t in walked[:3]] == [1, 2, 3]
+        assert order.position(walked[-1].id) == n
+        # light's tasks all go first: each heavy task is passed by every later light one.
+        first_heavy = next(t for t in walked if t.owner == "heavy")
+        later_light = sum(1 for t in pending if t.owner == "light" and t.id > first_heavy.id)
+        assert order.passed_by_fairshare(first_heavy.id) == later_light
+        assert board.order_now() is order  # kept until the next pass
+        board.record({}, walked[1:])
+        assert board.order_now().position(walked[1].id) is None
