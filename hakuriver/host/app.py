@@ -182,6 +182,11 @@ async def _environments(app: web.Application) -> AsyncIterator[None]:
     await manager.close()
 
 
+async def _no_sniffing(request: web.Request, response: web.StreamResponse) -> None:
+    # A task's log served as octet-stream, or JSON, is never rendered as a page.
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
 def create_app(config: Config) -> web.Application:
     check_host_config(config)
 
@@ -194,7 +199,9 @@ def create_app(config: Config) -> web.Application:
 
     def other_credentials(request: web.Request) -> bool:
         # The dashboard's files need none; a browser session is a user's.
-        if dashboard and is_public(request):
+        if not dashboard:
+            return False
+        if is_public(request):
             return True
         return authenticate_session(request, sessions, request.app[ACCOUNTS])
 
@@ -216,6 +223,7 @@ def create_app(config: Config) -> web.Application:
     )
     app[CONFIG] = config
     app[SESSIONS] = sessions
+    app.on_response_prepare.append(_no_sniffing)
     app.cleanup_ctx.extend([_database, _accounts, _runner_client, _cluster, _metrics, _retention, _environments])
     app.add_routes(ROUTES)
     # The dashboard's parts: live-update streams (the API's /api/events) and the pages.

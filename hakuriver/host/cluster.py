@@ -45,7 +45,7 @@ from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
 from ..ids import IdGenerator
 from ..models import TRANSITIONS, NodeResources, Target, Task, TaskRequest, TaskState
 from ..parsing import MAX_ARRAY_TASKS
-from ..policy import MAX_TARGETS
+from ..policy import MAX_TARGETS, check_priority_allowed
 from .db import Database, Drain, NodeRecord
 from .dependencies import AFTER, DependencyIndex
 from .fairshare import FairShare
@@ -541,10 +541,15 @@ class Cluster:
             self.spawn(self.forward(after.node, task_id, "kill"))
         return after
 
-    async def set_priority(self, task_id: int, priority: int) -> Task:
-        """Change a pending task's priority (who may is the API's check); the
-        next pass orders the queue by it. Conflict once it left pending."""
+    async def set_priority(self, task_id: int, priority: int, *, admin: bool = True) -> Task:
+        """Change a pending task's priority; the next pass orders the queue by
+        it. Conflict once it left pending. Who may (`policy.check_priority_allowed`)
+        is checked again here, under the lock, against the priority the task
+        has now: an admin's lowering in between is never undone by its owner."""
         async with self.lock:  # not in the middle of a pass's decisions
+            queued = self.pending.get(task_id)
+            if queued is not None:
+                check_priority_allowed(priority, admin=admin, current=queued.priority)
             if not await self.db.set_pending_priority(task_id, priority, self.clock()):
                 current = await self.db.get_task(task_id)
                 if current is None:

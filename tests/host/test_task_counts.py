@@ -106,3 +106,15 @@ async def test_a_node_heard_from_while_the_sweep_waited_stays_online(db):
         ("n1", [30])
     ]
     assert await agree(db) == {S.LOST: 1}
+
+
+async def test_the_fair_share_rebuild_counts_earlier_attempts(db):
+    """`usage_spans` (the rebuild at Host start) holds a retried task's earlier run too."""
+    await db.upsert_node(node("n1"), now=0.0)
+    await db.insert_tasks([make_task(40, state=S.RUNNING, node="n1", started_at=10.0, retries=1)])
+    await db.requeue(40, 1, S.FAILED, now=70.0, error="runner error")  # attempt 1: 10 -> 70
+    await db.assign_many([(40, "n1", None, ())], now=100.0)
+    await db.transition(40, S.RUNNING, now=100.0)
+    await db.transition(40, S.COMPLETED, now=130.0)  # attempt 2: 100 -> 130
+    spans = sorted((start, end) for _o, _c, _g, start, end in await db.usage_spans(finished_since=0.0))
+    assert spans == [(10.0, 70.0), (100.0, 130.0)], spans

@@ -103,6 +103,14 @@ async def test_a_host_without_the_dashboard_serves_none(inproc_factory: ClusterF
             plain, "GET", inproc.url + "/dashboard/", headers={"Authorization": f"Bearer {inproc.token}"}
         )
         assert status == 404
+        # Nor does it open browser sessions: there is no page to use one.
+        status, body = await call(
+            plain, "POST", inproc.url + "/api/session", headers={"Authorization": f"Bearer {inproc.token}"}
+        )
+        assert status == 404 and "dashboard is off" in body["error"]["message"], body
+        # Every answer says: never sniff it into a page.
+        async with plain.get(inproc.url + "/api/health", headers={"Authorization": f"Bearer {inproc.token}"}) as r:
+            assert r.headers.get("X-Content-Type-Options") == "nosniff"
 
 
 # ------------------------------------------------------------------ sessions

@@ -21,6 +21,8 @@ async def login(request: web.Request) -> web.Response:
     cross-site form can send no Authorization header, so no other site can
     log a browser in as someone else."""
     await read_json_object(request, set(), optional=True)
+    if not request.app[CONFIG].dashboard.enabled:
+        raise NotFound("the dashboard is off on this Host (dashboard.enabled): there is nothing to log in to")
     check_same_origin(request)
     principal = principal_of(request)
     sessions = request.app[SESSIONS]

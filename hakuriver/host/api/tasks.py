@@ -211,8 +211,9 @@ async def set_priority(request: web.Request) -> web.Response:
     if "priority" not in data:
         raise ValidationError("field 'priority' is required")
     priority = check_priority(data["priority"])
-    check_priority_allowed(priority, admin=principal_of(request).is_admin, current=task.priority)
-    return await _described(request, await request.app[CLUSTER].set_priority(task.id, priority))
+    admin = principal_of(request).is_admin
+    check_priority_allowed(priority, admin=admin, current=task.priority)
+    return await _described(request, await request.app[CLUSTER].set_priority(task.id, priority, admin=admin))
 
 
 async def wait_tasks(request: web.Request) -> web.Response:

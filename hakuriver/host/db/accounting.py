@@ -72,17 +72,23 @@ class AccountingQueries(Store):
 
     async def usage_spans(self, *, finished_since: float) -> list[tuple[str | None, int, int, float, float]]:
         """(owner, cores, GPUs, start, end) of every final task that held
-        resources and finished at or after `finished_since`: the fair share's
-        rebuild at Host start (`host/fairshare.py`). Start is when it was
+        resources and finished at or after `finished_since`, and of every
+        earlier attempt of a retried task: the fair share's rebuild at Host
+        start (`host/fairshare.py`). Start is when it was
         placed (else started); a range scan on `tasks_finished`."""
+        # Earlier attempts of retried tasks held resources too (`task_attempts`).
         sql = (
             "SELECT owner, cores, MAX(json_array_length(gpus_json), gpu_count),"
             " COALESCE(assigned_at, started_at, finished_at), finished_at"
             f" FROM tasks WHERE finished_at >= ? AND state IN ({_FINAL_SQL}) AND node IS NOT NULL"
+            " UNION ALL"
+            " SELECT t.owner, t.cores, t.gpu_count, COALESCE(a.started_at, a.finished_at), a.finished_at"
+            " FROM task_attempts a JOIN tasks t ON t.id = a.task_id"
+            " WHERE a.finished_at >= ? AND a.node IS NOT NULL"
         )
         return await self._fetch(
             sql,
-            (float(finished_since),),
+            (float(finished_since), float(finished_since)),
             lambda _c, r: (r[0], int(r[1]), int(r[2] or 0), float(r[3]), float(r[4])),
         )
 
