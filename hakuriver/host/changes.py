@@ -26,6 +26,8 @@ CHANGE_PERIOD = 1.0
 """Seconds between two looks (and so between two updates of one page), at least."""
 MAX_LISTENERS = 256
 """Event streams open at once; one more is refused (503)."""
+MAX_LISTENERS_PER_USER = 32
+"""Event streams one user may hold at once (pages in several tabs and browsers)."""
 
 Signature = Callable[[], Hashable]
 
@@ -64,6 +66,7 @@ class ChangeFeed:
         self.closed = False
         self._signatures: dict[str, Hashable] = {}
         self._listeners = 0
+        self._by_user: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
 
@@ -96,20 +99,30 @@ class ChangeFeed:
         self._loop = None
 
     @contextlib.asynccontextmanager
-    async def listen(self) -> AsyncIterator[Listener]:
+    async def listen(self, who: str = "") -> AsyncIterator[Listener]:
+        """A stream's listener; `who` (its user) may hold at most
+        MAX_LISTENERS_PER_USER of them, so one user cannot take them all."""
         if self.closed:
             raise TooManyListeners("the Host is stopping")
         if self._listeners >= self.cap:
             raise TooManyListeners(f"too many live dashboards ({self.cap} event streams are open); try again later")
+        if self._by_user.get(who, 0) >= MAX_LISTENERS_PER_USER:
+            raise TooManyListeners(
+                f"you have {MAX_LISTENERS_PER_USER} live dashboard pages open already; close one and try again"
+            )
         if self._loop is None:
             self.look()  # the baseline, before the first listener's first wait
         self._listeners += 1
+        self._by_user[who] = self._by_user.get(who, 0) + 1
         if self._loop is None:
             self._loop = asyncio.create_task(self._run(), name="hakuriver-changes")
         try:
             yield Listener(self)
         finally:
             self._listeners -= 1
+            self._by_user[who] -= 1
+            if not self._by_user[who]:
+                del self._by_user[who]
 
     def snapshot(self) -> dict[str, Any]:
         return dict(self.revisions)

@@ -53,6 +53,9 @@ SESSION_COOKIE = "hakuriver_session"
 CSRF_HEADER = "X-HakuRiver-CSRF"
 MAX_SESSIONS = 1000
 """Live sessions the Host keeps at most; a login beyond ends the oldest."""
+MAX_SESSIONS_PER_USER = 20
+"""Live sessions of one user; a login beyond ends that user's oldest (so no
+user can log everyone else out by filling the cap)."""
 SESSION_BYTES = 32
 
 
@@ -94,6 +97,10 @@ class Sessions:
         """A new session: (the cookie's value, the session)."""
         now = self.clock()
         self._purge(now)
+        # One user's logins replace that user's oldest, never anyone else's.
+        mine = [k for k, s in self._by_key.items() if s.user == user]
+        for key in mine[: max(0, len(mine) - MAX_SESSIONS_PER_USER + 1)]:
+            del self._by_key[key]
         while len(self._by_key) >= self.cap:
             del self._by_key[next(iter(self._by_key))]
         cookie = secrets.token_urlsafe(SESSION_BYTES)

@@ -191,3 +191,32 @@ def test_a_session_stands_for_a_user_or_admin_token_never_the_runner_secret() ->
     assert principal is not None and (principal.name, principal.is_admin) == ("boss", True)
     assert accounts.principal_of_hash(token_hash(runner)) is None
     assert accounts.principal_of_hash(token_hash("hkr_unknown")) is None
+
+
+def test_one_users_logins_replace_only_their_own_oldest_sessions() -> None:
+    from hakuriver.host.sessions import MAX_SESSIONS_PER_USER, Sessions
+
+    sessions = Sessions(3600.0, cap=MAX_SESSIONS_PER_USER + 5)
+    bobs_cookie, _ = sessions.create("bob", "b")
+    cookies = [sessions.create("mallory", "m")[0] for _ in range(3 * MAX_SESSIONS_PER_USER)]
+    assert sessions.get(bobs_cookie) is not None  # bob is still logged in
+    assert sum(sessions.get(c) is not None for c in cookies) == MAX_SESSIONS_PER_USER
+    assert sessions.get(cookies[-1]) is not None and sessions.get(cookies[0]) is None
+
+
+async def test_one_user_cannot_take_every_event_stream() -> None:
+    import contextlib
+
+    import pytest
+
+    from hakuriver.host.changes import MAX_LISTENERS_PER_USER, ChangeFeed, TooManyListeners
+
+    feed = ChangeFeed({"tasks": lambda: 0}, cap=MAX_LISTENERS_PER_USER + 10)
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(MAX_LISTENERS_PER_USER):
+            await stack.enter_async_context(feed.listen("mallory"))
+        with pytest.raises(TooManyListeners, match="you have"):
+            await stack.enter_async_context(feed.listen("mallory"))
+        await stack.enter_async_context(feed.listen("bob"))  # someone else still gets one
+    await feed.close()
+    assert feed.listeners == 0

@@ -30,12 +30,12 @@ def event(revisions: dict[str, int]) -> bytes:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    principal_of(request)  # authenticated: by a session or a bearer token
+    principal = principal_of(request)  # authenticated: by a session or a bearer token
     timeout = query_int(request, "timeout", MAX_STREAM_SECONDS, minimum=1, maximum=MAX_STREAM_SECONDS)
     feed = request.app[CHANGES]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    async with feed.listen() as listener:
+    async with feed.listen(principal.name) as listener:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         )
