@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import run
+from bench import harness
 from hakuriver.host.db import Database
 from hakuriver.host.db.rows import _task_params
 from hakuriver.host.db.schema import _TASK_COLUMNS
@@ -108,7 +108,7 @@ async def make_db(path: Path, n: int, rng: random.Random) -> list[int]:
     return await asyncio.to_thread(fill, path, n, min(PENDING, n // 10), rng)
 
 
-async def timed_get(session: aiohttp.ClientSession, host: run.HostSetup, paths: list[str]) -> list[float]:
+async def timed_get(session: aiohttp.ClientSession, host: harness.HostSetup, paths: list[str]) -> list[float]:
     out = []
     for path in paths:
         t0 = time.perf_counter()
@@ -120,7 +120,7 @@ async def timed_get(session: aiohttp.ClientSession, host: run.HostSetup, paths: 
     return out
 
 
-async def submits(host: run.HostSetup, n: int, concurrency: int) -> float:
+async def submits(host: harness.HostSetup, n: int, concurrency: int) -> float:
     """Single-task submits/s (each durable before its answer)."""
     todo = iter(range(n))
     body = {"command": ["true"]}
@@ -139,12 +139,12 @@ async def submits(host: run.HostSetup, n: int, concurrency: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
-async def array_rate(session: aiohttp.ClientSession, host: run.HostSetup, rounds: int) -> float:
+async def array_rate(session: aiohttp.ClientSession, host: harness.HostSetup, rounds: int) -> float:
     """Median tasks/s of one 1,000-task array submit."""
     rates = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        status, body = await run.post_json(session, host, "/api/tasks", {"command": ["true"], "array": "0-999"})
+        status, body = await harness.post_json(session, host, "/api/tasks", {"command": ["true"], "array": "0-999"})
         if status != 201 or len(body.get("task_ids", ())) != 1000:
             raise RuntimeError(f"array submit: HTTP {status} {str(body)[:200]}")
         rates.append(1000 / (time.perf_counter() - t0))
@@ -155,13 +155,13 @@ async def measure(
     name: str, root: Path, n: int, args: argparse.Namespace, session: aiohttp.ClientSession, rng: random.Random
 ) -> dict[str, Any]:
     sroot = root / f"bigdb-{name}"
-    host = run.HostSetup(sroot)
+    host = harness.HostSetup(sroot)
     db_file = sroot / "host.db"
     sample: list[int] = []
     if n:
         t0 = time.perf_counter()
         sample = await make_db(db_file, n, rng)
-        run.log(f"bigdb/{name}: {n:,} tasks written in {time.perf_counter() - t0:.0f} s")
+        harness.log(f"bigdb/{name}: {n:,} tasks written in {time.perf_counter() - t0:.0f} s")
     out: dict[str, Any] = {}
     async with contextlib.AsyncExitStack() as stack:
         t0 = time.perf_counter()
@@ -170,13 +170,13 @@ async def measure(
         stack.callback(host.stop)
         # One node, so that submits are accepted; its tasks never end, so
         # after its 8 cores are taken everything stays pending.
-        sim = run.SimCluster(host, task_runtime=(3600.0, 3600.0))
+        sim = harness.SimCluster(host, task_runtime=(3600.0, 3600.0))
         node = [f"bigdb-{name}"]
         ports = await sim.start(node)
         stack.push_async_callback(sim.close)
         await sim.add_runners(node, ports, interval=host.heartbeat_interval)
         if not sample:
-            status, body = await run.post_json(session, host, "/api/tasks", {"command": ["true"]})
+            status, body = await harness.post_json(session, host, "/api/tasks", {"command": ["true"]})
             if status != 201:
                 raise RuntimeError(f"submit on the {name} Host: HTTP {status} {str(body)[:300]}")
             sample = [int(body["task_ids"][0])]
@@ -188,7 +188,7 @@ async def measure(
         out["submits"] = await submits(host, args.bigdb_submits, args.concurrency)
         out["array"] = await array_rate(session, host, 5)
         assert host.proc is not None
-        out["rss"] = run.proc_rss_mib(host.proc.pid)
+        out["rss"] = harness.proc_rss_mib(host.proc.pid)
     return out
 
 
@@ -196,35 +196,35 @@ def report(empty: dict[str, Any], big: dict[str, Any], n: int) -> None:
     sec = f"6. Database at scale: {n:,} tasks ({min(PENDING, n // 10):,} pending) beside an empty database"
 
     def p(values: list[float], q: float) -> str:
-        return run.ms(run.pct(values, q))
+        return harness.ms(harness.pct(values, q))
 
-    run.add(sec, "Host start-up, empty / big", f"{empty['startup']:.2f} s / {big['startup']:.2f} s")
-    run.add(
+    harness.add(sec, "Host start-up, empty / big", f"{empty['startup']:.2f} s / {big['startup']:.2f} s")
+    harness.add(
         sec,
         "status GET /api/tasks/{id} p99, big (empty)",
         f"{p(big['status'], 99)} ({p(empty['status'], 99)})",
         "<= 20 ms",
         "",
-        run.pct(big["status"], 99) <= 0.020,
+        harness.pct(big["status"], 99) <= 0.020,
     )
-    run.add(
+    harness.add(
         sec,
         "1,000-row page p99, big (empty)",
         f"{p(big['page'], 99)} ({p(empty['page'], 99)})",
         "<= 100 ms",
         "",
-        run.pct(big["page"], 99) <= 0.100,
+        harness.pct(big["page"], 99) <= 0.100,
     )
-    run.add(
+    harness.add(
         sec,
         "GET /api/health p50 / p99, big (empty)",
         f"{p(big['health'], 50)} / {p(big['health'], 99)} ({p(empty['health'], 50)} / {p(empty['health'], 99)})",
         "<= 5 ms, independent of size",
         "",
-        run.pct(big["health"], 50) <= 0.005,
+        harness.pct(big["health"], 50) <= 0.005,
     )
     ratio = big["submits"] / empty["submits"] if empty["submits"] else 0
-    run.add(
+    harness.add(
         sec,
         "durable submits/s (c32), big beside empty",
         f"{big['submits']:.0f} / {empty['submits']:.0f} ({100 * ratio:.0f} %)",
@@ -232,7 +232,7 @@ def report(empty: dict[str, Any], big: dict[str, Any], n: int) -> None:
         "",
         ratio >= 0.9,
     )
-    run.add(
+    harness.add(
         sec,
         "tasks/s through one 1,000-task array submit, big (empty)",
         f"{big['array']:.0f} ({empty['array']:.0f})",
@@ -240,7 +240,7 @@ def report(empty: dict[str, Any], big: dict[str, Any], n: int) -> None:
         "",
         big["array"] >= 20_000,
     )
-    run.add(
+    harness.add(
         sec,
         "Host RSS, big (empty)",
         f"{big['rss']:.0f} MiB ({empty['rss']:.0f} MiB)",
@@ -248,7 +248,7 @@ def report(empty: dict[str, Any], big: dict[str, Any], n: int) -> None:
         "",
         big["rss"] <= 300,
     )
-    run.RAW["bigdb"] = {"tasks": n, "empty": empty, "big": big}
+    harness.RAW["bigdb"] = {"tasks": n, "empty": empty, "big": big}
 
 
 async def bench_bigdb(args: argparse.Namespace, root: Path, session: aiohttp.ClientSession) -> None:
@@ -256,4 +256,4 @@ async def bench_bigdb(args: argparse.Namespace, root: Path, session: aiohttp.Cli
     empty = await measure("empty", root, 0, args, session, rng)
     big = await measure("big", root, args.bigdb_tasks, args, session, rng)
     report(empty, big, args.bigdb_tasks)
-    run.log("bigdb: " + json.dumps({k: round(v, 3) for k, v in big.items() if isinstance(v, float)}))
+    harness.log("bigdb: " + json.dumps({k: round(v, 3) for k, v in big.items() if isinstance(v, float)}))

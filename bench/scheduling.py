@@ -37,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import run
+from bench import harness
 
 LAUNCHER = str(Path(__file__).with_name("pass_timer_host.py"))
 RUNNERS = 20
@@ -88,7 +88,7 @@ def policy_jobs(n: int, tokens: list[str], rng: random.Random) -> list[Job]:
     return jobs
 
 
-async def submit_all(host: run.HostSetup, jobs: list[Job], concurrency: int) -> Submitted:
+async def submit_all(host: harness.HostSetup, jobs: list[Job], concurrency: int) -> Submitted:
     out = Submitted()
     todo = iter(jobs)
     connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=60)
@@ -125,10 +125,10 @@ async def submit_all(host: run.HostSetup, jobs: list[Job], concurrency: int) -> 
     return out
 
 
-async def make_users(session: aiohttp.ClientSession, host: run.HostSetup, n: int) -> list[str]:
+async def make_users(session: aiohttp.ClientSession, host: harness.HostSetup, n: int) -> list[str]:
     tokens = []
     for i in range(n):
-        status, body = await run.post_json(session, host, "/api/users", {"name": f"user{i:02d}"})
+        status, body = await harness.post_json(session, host, "/api/users", {"name": f"user{i:02d}"})
         if status != 201:
             raise RuntimeError(f"creating user{i:02d}: HTTP {status} {body!r}")
         tokens.append(body["token"])
@@ -141,7 +141,7 @@ def by_depth(passes: list[dict[str, float]], key: str) -> dict[int, tuple[int, f
     for depth in DEPTHS:
         values = [p[key] for p in passes if 0.8 * depth <= p["pending"] <= 1.2 * depth]
         if values:
-            out[depth] = (len(values), run.pct(values, 50), run.pct(values, 99))
+            out[depth] = (len(values), harness.pct(values, 50), harness.pct(values, 99))
     return out
 
 
@@ -150,12 +150,12 @@ async def scenario(
 ) -> dict[str, Any]:
     sroot = root / f"sched-{name}"
     passes_file = sroot / "passes.json"
-    host = run.HostSetup(sroot, launcher=LAUNCHER, extra_env={"PASS_OUT": str(passes_file)})
+    host = harness.HostSetup(sroot, launcher=LAUNCHER, extra_env={"PASS_OUT": str(passes_file)})
     names = [f"sched-{name}-{i:02d}" for i in range(RUNNERS)]
     async with contextlib.AsyncExitStack() as stack:
         await host.start(session)
         stack.callback(host.stop)
-        sim = run.SimCluster(host, task_runtime=(1.0, 3.0))
+        sim = harness.SimCluster(host, task_runtime=(1.0, 3.0))
         ports = await sim.start(names)
         stack.push_async_callback(sim.close)
         await sim.add_runners(names, ports, interval=host.heartbeat_interval)
@@ -163,9 +163,9 @@ async def scenario(
             jobs = fifo_jobs(args.sched_tasks, host.token)
         else:
             jobs = policy_jobs(args.sched_tasks, await make_users(session, host, USERS), rng)
-        run.log(f"scheduling/{name}: submitting {args.sched_tasks} tasks in {len(jobs)} jobs")
+        harness.log(f"scheduling/{name}: submitting {args.sched_tasks} tasks in {len(jobs)} jobs")
         sub = await submit_all(host, jobs, args.concurrency)
-        run.log(f"scheduling/{name}: {sub.tasks} accepted in {sub.seconds:.1f} s; holding {args.sched_hold:.0f} s")
+        harness.log(f"scheduling/{name}: {sub.tasks} accepted in {sub.seconds:.1f} s; holding {args.sched_hold:.0f} s")
         # Passes at full depth while the runners keep finishing work.
         await asyncio.sleep(args.sched_hold)
         overcommit = sum(r.overcommit_events for r in sim.runners.values())
@@ -178,37 +178,37 @@ def report(results: dict[str, dict[str, Any]]) -> None:
         sub: Submitted = res["submitted"]
         passes = res["passes"]
         singles = len(sub.single_lat)
-        run.add(
+        harness.add(
             SEC,
             f"{name}: single-task submits/s (c32)",
             f"{singles / sub.seconds:.0f}" if sub.seconds else "-",
             "policy within 20 % of fifo" if name == "policy" else "",
         )
-        run.add(
+        harness.add(
             SEC,
             f"{name}: submit p50 / p99",
-            f"{run.ms(run.pct(sub.single_lat, 50))} / {run.ms(run.pct(sub.single_lat, 99))}",
+            f"{harness.ms(harness.pct(sub.single_lat, 50))} / {harness.ms(harness.pct(sub.single_lat, 99))}",
         )
         if sub.array_lat:
-            run.add(SEC, f"{name}: array submit p50 (one request)", run.ms(run.pct(sub.array_lat, 50)))
-        run.add(
+            harness.add(SEC, f"{name}: array submit p50 (one request)", harness.ms(harness.pct(sub.array_lat, 50)))
+        harness.add(
             SEC,
             f"{name}: tasks accepted / refused",
             f"{sub.tasks} / {sum(sub.refused.values())}",
             "0 refused",
             ok=not sub.refused,
         )
-        run.add(SEC, f"{name}: over-commit events", str(res["overcommit"]), "0", ok=res["overcommit"] == 0)
-        run.add(SEC, f"{name}: passes timed", str(len(passes)))
+        harness.add(SEC, f"{name}: over-commit events", str(res["overcommit"]), "0", ok=res["overcommit"] == 0)
+        harness.add(SEC, f"{name}: passes timed", str(len(passes)))
         whole, pure = by_depth(passes, "pass"), by_depth(passes, "schedule")
         for depth in DEPTHS:
             if depth in whole:
                 n, p50, p99 = whole[depth]
                 _, s50, s99 = pure[depth]
-                run.add(
+                harness.add(
                     SEC,
                     f"{name}: pass at {depth:,} pending ({n} passes)",
-                    f"{run.ms(p50)} p50 / {run.ms(p99)} p99 (placement {run.ms(s50)} / {run.ms(s99)})",
+                    f"{harness.ms(p50)} p50 / {harness.ms(p99)} p99 (placement {harness.ms(s50)} / {harness.ms(s99)})",
                 )
         lo, hi = whole.get(DEPTHS[0]), whole.get(DEPTHS[-1])
         if lo and hi and lo[1] > 0:
@@ -216,14 +216,14 @@ def report(results: dict[str, dict[str, Any]]) -> None:
             # Ordering by priority and fair share is a sort: n log n is the
             # floor of any pass that orders the queue (13x from 1k to 10k).
             bound = (DEPTHS[-1] * math.log(DEPTHS[-1])) / (DEPTHS[0] * math.log(DEPTHS[0]))
-            run.add(
+            harness.add(
                 SEC,
                 f"{name}: pass growth {DEPTHS[0]:,} -> {DEPTHS[-1]:,} pending",
                 f"{growth:.1f}x ({1e6 * hi[1] / DEPTHS[-1]:.1f} us per pending task)",
                 f"<= {bound:.0f}x (n log n; linear is 10x)",
                 ok=growth <= bound,
             )
-        run.RAW[f"scheduling_{name}"] = {
+        harness.RAW[f"scheduling_{name}"] = {
             "submits": {"tasks": sub.tasks, "seconds": sub.seconds, "refused": sub.refused},
             "passes": passes,
         }
@@ -233,7 +233,7 @@ def report(results: dict[str, dict[str, Any]]) -> None:
         f_rate = len(f_sub.single_lat) / f_sub.seconds if f_sub.seconds else 0
         p_rate = len(p_sub.single_lat) / p_sub.seconds if p_sub.seconds else 0
         if f_rate:
-            run.add(
+            harness.add(
                 SEC,
                 "policy submits/s beside fifo",
                 f"{100 * p_rate / f_rate:.0f} %",
