@@ -222,8 +222,14 @@ class Liveness:
         for hostname, task_ids in offline:
             # Those with a retry left were put back to pending by the same
             # write (host/retries.py); the rest are lost.
-            retried = {t.id: t for t in await cluster.db.get_tasks(task_ids) if t.state is TaskState.PENDING}
+            ended = await cluster.db.get_tasks(task_ids)
+            retried = {t.id: t for t in ended if t.state is TaskState.PENDING}
             lost = [i for i in task_ids if i not in retried]
+            if cluster.on_transition is not None:
+                # Not through Cluster.transition: the metrics hear of these here.
+                for task in ended:
+                    if task.state is TaskState.LOST:
+                        cluster.on_transition(None, task)
             log.warning(
                 "node %s missed heartbeats for %.0fs: offline; %d task(s) lost%s",
                 hostname,

@@ -24,7 +24,7 @@ from hakuriver.host.app import check_host_config
 from hakuriver.host.metrics import REASON_CATEGORIES, reason_category
 from tests.harness.polling import apoll
 
-from .cluster import InProcCluster
+from .cluster import FAST_LIVENESS, InProcCluster
 from .conftest import ClusterFactory
 
 ADMIN_TOKEN = "admin-" + secrets.token_urlsafe(16)
@@ -315,3 +315,23 @@ def test_a_weak_scrape_token_is_refused_at_start(tmp_path: Path, scrape: str) ->
     with pytest.raises(ConfigError, match="metrics.scrape_token"):
         check_host_config(config)
     check_host_config(replace(config, metrics=MetricsConfig(SCRAPE_TOKEN)))
+
+
+async def test_a_task_lost_with_its_node_counts_in_the_run_time(inproc_factory: ClusterFactory) -> None:
+    """The offline sweep ends tasks without Cluster.transition; the histogram still hears of them."""
+    inproc = await inproc_factory(
+        token=ADMIN_TOKEN,
+        timing=FAST_LIVENESS,
+        config_overrides={
+            "auth": {"token": "", "admin_token": ADMIN_TOKEN, "runner_token": RUNNER_TOKEN},
+            "metrics": {"scrape_token": SCRAPE_TOKEN},
+        },
+    )
+    runner = await inproc.add_runner("n1")
+    task_id = await inproc.submit(["fake", "hang"])
+    await inproc.wait_state(task_id, "running")
+    await runner.stop()
+    await inproc.wait_state(task_id, "lost")
+    status, _, text = await scrape(inproc)
+    assert status == 200
+    assert value(parse(text), "hakuriver_task_run_seconds_count", state="lost") == 1.0
