@@ -167,6 +167,18 @@ def positive_int_arg(text: str) -> int:
     return value
 
 
+def add_page_options(p: argparse.ArgumentParser) -> None:
+    """`--limit N` and `--before ID`: one page of a task listing (`list`, `history`)."""
+    p.add_argument(
+        "--limit",
+        type=positive_int_arg,
+        default=100,
+        metavar="N",
+        help=f"at most N tasks (default 100, at most {MAX_PAGE})",
+    )
+    p.add_argument("--before", type=task_id_arg, metavar="ID", help="only tasks older than ID (the next page)")
+
+
 def non_negative_int_arg(text: str) -> int:
     try:
         value = int(text)

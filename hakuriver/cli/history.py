@@ -16,14 +16,13 @@ from .common import (
     MAX_PAGE,
     Connect,
     UsageError,
+    add_page_options,
     common_options,
     format_size,
     format_time,
-    positive_int_arg,
     print_json,
     since_arg,
     table,
-    task_id_arg,
 )
 
 PROG = "hakuriver.task"
@@ -49,14 +48,7 @@ def add_history(sub: Any) -> None:
         help="only tasks that ended since DATE: an ISO date or date-time in local time "
         "(2026-11-01, 2026-11-01T12:00), or a time ago (7d, 24h, 90m)",
     )
-    p.add_argument(
-        "--limit",
-        type=positive_int_arg,
-        default=100,
-        metavar="N",
-        help=f"at most N tasks (default 100, at most {MAX_PAGE})",
-    )
-    p.add_argument("--before", type=task_id_arg, metavar="ID", help="only tasks older than ID (the next page)")
+    add_page_options(p)
     p.set_defaults(func=_cmd_history)
 
 

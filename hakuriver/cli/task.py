@@ -49,6 +49,7 @@ from .common import (
     CliParser,
     Connect,
     UsageError,
+    add_page_options,
     common_options,
     execute,
     format_command,
@@ -468,14 +469,7 @@ def _add_list(sub: Any) -> None:
     )
     p.add_argument("--node", metavar="NODE", help="only tasks placed on this node")
     p.add_argument("--batch", type=task_id_arg, metavar="BATCH_ID", help="only the tasks of this batch (an --array)")
-    p.add_argument(
-        "--limit",
-        type=positive_int_arg,
-        default=100,
-        metavar="N",
-        help=f"at most N tasks (default 100, at most {MAX_PAGE})",
-    )
-    p.add_argument("--before", type=task_id_arg, metavar="ID", help="only tasks older than ID (the next page)")
+    add_page_options(p)
     p.set_defaults(func=_cmd_list)
 
 
