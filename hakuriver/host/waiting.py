@@ -41,7 +41,6 @@ class WaitBoard:
         self._no_nodes = False
         self._walked: Sequence[Task] = ()
         self._order: QueueOrder | None = None
-        self._order_of: Sequence[Task] | None = None
 
     def record(self, reasons: Mapping[int, str], order: Sequence[Task] = ()) -> None:
         """The reasons of the pass that just ran, and the queue in the order it
@@ -72,16 +71,16 @@ class WaitBoard:
         """The positions of the latest pass, made once per pass. A long queue's
         are made in a thread (a Fenwick tree over 50,000 tasks takes a fifth of
         a second), so heartbeats go on meanwhile."""
+        if self._order is not None:  # `record` clears it for each new pass
+            return self._order
         walked = self._walked
-        if self._order is None or self._order_of is not walked:
-            if len(walked) <= INLINE_ORDER:
-                order = QueueOrder.from_ordered(walked)
-            else:
-                order = await asyncio.to_thread(QueueOrder.from_ordered, list(walked))
-            if self._walked is walked:  # no newer pass meanwhile
-                self._order, self._order_of = order, walked
-            return order
-        return self._order
+        if len(walked) <= INLINE_ORDER:
+            order = QueueOrder.from_ordered(walked)
+        else:
+            order = await asyncio.to_thread(QueueOrder.from_ordered, list(walked))
+        if self._walked is walked:  # no newer pass meanwhile
+            self._order = order
+        return order
 
 
 class QueueOrder:
