@@ -616,6 +616,9 @@ class Cluster:
         node = self.nodes.get(task.node or "")
         if node is None:
             raise Conflict(f"task {task_id} has no known node")
+        # Heartbeats leave the task's running/paused state to this call while it is
+        # in flight, and for a while after (see liveness).
+        self.controlled_at[task_id] = self.clock()
         try:
             await self.runners.control(node, task_id, action)
         except RunnerRejected as exc:
@@ -627,7 +630,11 @@ class Cluster:
         after = await self.transition(task_id, becomes)
         if after is None:
             current = await self.db.get_task(task_id)
-            raise Conflict(f"task {task_id} changed to {current.state if current else 'gone'} meanwhile")
+            # A heartbeat that saw the runner's new state may record it before this
+            # answer does: the action took effect, so it is no conflict.
+            if current is None or current.state is not becomes:
+                raise Conflict(f"task {task_id} changed to {current.state if current else 'gone'} meanwhile")
+            after = current
         self.controlled_at[task_id] = self.clock()
         await self.notify_changed()
         return after

@@ -34,6 +34,8 @@ class FakeRunner:
         self.controls: list[tuple[str, str]] = []
         self.hold = asyncio.Event()
         self.hold.set()
+        self.control_hold = asyncio.Event()
+        self.control_hold.set()
         app = web.Application()
         app.add_routes(
             [
@@ -52,6 +54,7 @@ class FakeRunner:
 
     async def _control(self, request: web.Request) -> web.Response:
         self.controls.append((request.match_info["task_id"], request.match_info["action"]))
+        await self.control_hold.wait()
         return web.json_response({"ok": True})
 
 
@@ -125,6 +128,7 @@ async def scripted_host(tmp_path: Path, timing: dict[str, float]) -> AsyncIterat
         yield HostUnderTest(session, f"http://127.0.0.1:{host_port}", f"http://127.0.0.1:{runner_port}"), fake
     finally:
         fake.hold.set()
+        fake.control_hold.set()
         await session.close()
         await host_site.cleanup()
         await fake_site.cleanup()
@@ -158,6 +162,28 @@ async def test_kill_while_assigning_is_forwarded_and_sticks(host: tuple[HostUnde
     status, body = await h.report(task_id, "completed", exit_code=0)
     assert body["state"] == "killed"
     assert await h.state(task_id) == "killed"
+
+
+async def test_pause_answers_done_when_a_heartbeat_reports_it_first(host: tuple[HostUnderTest, FakeRunner]) -> None:
+    """The runner pauses the task and its next heartbeat says so before the
+    runner's answer to the pause reaches the Host: the user still hears the
+    pause took effect."""
+    h, fake = host
+    await h.register()
+    task_id = await h.submit()
+    await apoll(lambda: fake.runs, timeout=10, what="dispatch")
+    assert (await h.report(task_id, "running"))[0] == 200
+    await h.wait_state(task_id, "running")
+    fake.control_hold.clear()
+    pause = asyncio.ensure_future(h.call("POST", f"/api/tasks/{task_id}/pause"))
+    await apoll(lambda: (task_id, "pause") in fake.controls, timeout=10, what="the pause to reach the runner")
+    status, _ = await h.heartbeat("n1", [(task_id, "paused")])
+    assert status == 200
+    fake.control_hold.set()
+    status, body = await pause
+    assert status == 200, body
+    assert body["state"] == "paused"
+    assert await h.state(task_id) == "paused"
 
 
 async def test_pause_holds_resources_and_kill_works_when_paused(host: tuple[HostUnderTest, FakeRunner]) -> None:
