@@ -38,6 +38,21 @@ class _Accrual:
     since: float
 
 
+@dataclass(slots=True)
+class _Running:
+    """One user's holding tasks, summed so that their usage now is O(1).
+
+    A task of rate r holding since s is worth r/k (1 - e^(-k (now - s))) at
+    `now` (k = ln 2 / half-life), so n of them are worth
+    (A - e^(-k (now - t0)) B) / k with A = sum(r) and B = sum(r e^(k (s - t0))),
+    t0 a reference time kept within a half-life or so of the present
+    (`FairShare._rebase`) so that the exponentials stay near 1."""
+
+    count: int = 0
+    rates: float = 0.0
+    weighted: float = 0.0
+
+
 def span_usage(rate: float, start: float, end: float, now: float, half_life: float) -> float:
     """The decayed value at `now` of using `rate` from `start` to `end`:
     the integral of rate x 2^(-(now - t) / half_life) over [start, end]."""
@@ -56,6 +71,9 @@ class FairShare:
         self._base: dict[str | None, tuple[float, float]] = {}
         """owner -> (decayed usage of their ended tasks, as of this time)."""
         self._running: dict[int, _Accrual] = {}
+        self._sums: dict[str | None, _Running] = {}
+        self._t0 = 0.0
+        """The reference time of every `_Running.weighted` (see `_Running`)."""
 
     @property
     def enabled(self) -> bool:
@@ -79,26 +97,61 @@ class FairShare:
         the tasks holding resources now."""
         self._base.clear()
         self._running.clear()
+        self._sums.clear()
         if not self.enabled:
             return
+        self._t0 = now
         for owner, cores, gpus, start, end in ended:
             self._add(owner, span_usage(self.rate(cores, gpus), start, min(end, now), now, self.half_life), now)
         for task in holding:
             since = task.assigned_at or task.started_at or now
-            self._running[task.id] = _Accrual(task.owner, self.rate(task.cores, len(task.gpus)), min(since, now))
+            self._start(task.id, _Accrual(task.owner, self.rate(task.cores, len(task.gpus)), min(since, now)))
 
     def sync(self, holds: Mapping[int, Hold], now: float) -> None:
         """Follow the ledger: holds that appeared start accruing now, tasks
         that no longer hold are folded into their owner's total."""
         if not self.enabled:
             return
+        if now - self._t0 > self.half_life:
+            self._rebase(now)
         for task_id in [t for t in self._running if t not in holds]:
-            acc = self._running.pop(task_id)
+            acc = self._stop(task_id)
             self._add(acc.owner, span_usage(acc.rate, acc.since, now, now, self.half_life), now)
         if len(self._running) != len(holds):
             for task_id, hold in holds.items():
                 if task_id not in self._running:
-                    self._running[task_id] = _Accrual(hold.owner, self.rate(hold.cores, len(hold.gpus)), now)
+                    self._start(task_id, _Accrual(hold.owner, self.rate(hold.cores, len(hold.gpus)), now))
+
+    def _k(self) -> float:
+        return math.log(2) / self.half_life
+
+    def _start(self, task_id: int, acc: _Accrual) -> None:
+        self._running[task_id] = acc
+        sums = self._sums.setdefault(acc.owner, _Running())
+        sums.count += 1
+        sums.rates += acc.rate
+        sums.weighted += acc.rate * math.exp(self._k() * (acc.since - self._t0))
+
+    def _stop(self, task_id: int) -> _Accrual:
+        acc = self._running.pop(task_id)
+        sums = self._sums[acc.owner]
+        sums.count -= 1
+        if sums.count == 0:  # exactly nothing, not what rounding left over
+            del self._sums[acc.owner]
+        else:
+            sums.rates -= acc.rate
+            sums.weighted -= acc.rate * math.exp(self._k() * (acc.since - self._t0))
+        return acc
+
+    def _rebase(self, now: float) -> None:
+        """Move the reference time to `now` (once a half-life or so): the sums
+        are rebuilt from the holding tasks, which also drops rounding drift."""
+        held = list(self._running.items())
+        self._running.clear()
+        self._sums.clear()
+        self._t0 = now
+        for task_id, acc in held:
+            self._start(task_id, acc)
 
     def _add(self, owner: str | None, value: float, now: float) -> None:
         if value <= 0:
@@ -118,6 +171,9 @@ class FairShare:
         if not self.enabled:
             return {}
         usage = {owner: self._decayed_base(owner, now) for owner in self._base}
-        for acc in self._running.values():
-            usage[acc.owner] = usage.get(acc.owner, 0.0) + span_usage(acc.rate, acc.since, now, now, self.half_life)
+        k = self._k()
+        fade = math.exp(-k * (now - self._t0))
+        for owner, sums in self._sums.items():
+            # max(): rounding must never make a holding user's usage negative.
+            usage[owner] = usage.get(owner, 0.0) + max(0.0, (sums.rates - fade * sums.weighted) / k)
         return usage

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from hakuriver.config import config_from_dict
 from hakuriver.errors import ConfigError
@@ -84,3 +86,38 @@ def test_the_config_key_reads_durations_and_zero():
         config_from_dict({"scheduler": {"fairshare_half_life": "soon"}})
     with pytest.raises(ConfigError, match="fairshare_gpu_weight must be greater than zero"):
         config_from_dict({"scheduler": {"fairshare_gpu_weight": 0}})
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    events=st.lists(
+        st.tuples(st.floats(0.0, 3 * HOUR), st.sampled_from(["alice", "bob"]), st.integers(1, 8), st.booleans()),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_snapshot_equals_the_sum_over_holding_tasks(events: list[tuple[float, str, int, bool]]) -> None:
+    """Each user's usage is kept as two running sums: over starts and ends
+    spanning many half-lives (so the reference time moves), it matches the
+    decayed integral of every task, ended or still holding."""
+    fs = FairShare(half_life=HOUR / 4)
+    ledger = Ledger()
+    spans: dict[int, tuple[str, int, float, float | None]] = {}
+    now = 1.8e9  # wall-clock seconds, as the Host passes them
+    for task_id, (step, owner, cores, end_one) in enumerate(events, start=1):
+        now += step
+        holding = [t for t, (_, _, _, end) in spans.items() if end is None]
+        if end_one and holding:
+            ledger.release(holding[0])
+            o, c, s, _ = spans[holding[0]]
+            spans[holding[0]] = (o, c, s, now)
+        else:
+            ledger.hold(owned_running(task_id, owner, cores=cores, at=now))
+            spans[task_id] = (owner, cores, now, None)
+        fs.sync(ledger.holds(), now)
+        expected: dict[str, float] = {}
+        for o, c, s, end in spans.values():
+            expected[o] = expected.get(o, 0.0) + span_usage(c, s, now if end is None else end, now, fs.half_life)
+        got = fs.snapshot(now)
+        for o, value in expected.items():
+            assert got.get(o, 0.0) == pytest.approx(value, rel=1e-6, abs=1e-3)
