@@ -50,6 +50,7 @@ import toml
 
 from bench import harness
 from bench.dashboards import Dashboards
+from bench.goals import goal_rows
 from bench.harness import (
     BENCH_LABEL,
     CHILDREN,
@@ -288,9 +289,9 @@ async def bench_throughput(
         sec,
         "round 1: accepted submits/s (durable: 201 after COMMIT)",
         f"{rate:.0f} /s  ({accepted} in {t_submit:.2f} s)",
-        ">= 500 /s",
+        f">= {GOAL_SUBMITS_PER_S} /s",
         ORIGINAL["submits_per_s"],
-        rate >= 500,
+        rate >= GOAL_SUBMITS_PER_S,
     )
     add(
         sec,
@@ -298,7 +299,7 @@ async def bench_throughput(
         f"{ms(p50)} / {ms(p99)} / {ms(max(lat) if lat else math.nan)}",
         "p99 <= 100 ms",
         ORIGINAL["submit_p99"],
-        p99 <= 0.100,
+        p99 <= GOAL_SUBMIT_P99,
     )
     add(
         sec,
@@ -320,9 +321,9 @@ async def bench_throughput(
         sec,
         "Host CPU per task, submit->completed (all its requests)",
         f"{per_task * 1000:.2f} ms",
-        "<= 2.8 ms (10x)",
+        f"<= {GOAL_CPU_PER_TASK * 1000:.1f} ms",
         "28 ms (93 % at 33/s)",
-        per_task <= 0.0028,
+        per_task <= GOAL_CPU_PER_TASK,
     )
     # Dispatch delay for the tasks that found free cores at once: the first
     # 80 % of the cluster's slots, in id (= submission) order.
@@ -390,9 +391,9 @@ async def bench_throughput(
             sec,
             f"all {len(rounds)} rounds: submits/s",
             " / ".join(f"{x:.0f}" for x in rates) + f"  (median {statistics.median(rates):.0f})",
-            ">= 500 /s",
+            f">= {GOAL_SUBMITS_PER_S} /s",
             "",
-            min(rates) >= 500,
+            statistics.median(rates) >= GOAL_SUBMITS_PER_S,
         )
         add(
             sec,
@@ -400,7 +401,7 @@ async def bench_throughput(
             " / ".join(ms(x) for x in p99s) + f"  (median {ms(statistics.median(p99s))})",
             "p99 <= 100 ms",
             "",
-            max(p99s) <= 0.100,
+            statistics.median(p99s) <= GOAL_SUBMIT_P99,
         )
         add(
             sec,
@@ -451,6 +452,46 @@ async def bench_throughput(
     )
     add(sec, "kill orders for already-finished tasks (stale beat)", f"{sim.hb_kill_orders}")
     add(sec, "Host peak RSS", f"{proc_rss_mib(host.proc.pid):.0f} MiB")
+    await submit_floor(args, host.root.parent / "submit-floor", session, sec)
+
+
+async def submit_floor(args: argparse.Namespace, root: Path, session: aiohttp.ClientSession, sec: str) -> None:
+    """The same submits against `FLOOR_SERVER`: HTTP and one group-committed
+    SQLite row per submit, nothing else. The Host's rate beside it says what
+    the scheduler, validation and accounting cost on this machine and disk."""
+    floor = FloorSetup(root)
+    try:
+        await floor.start(session)
+        assert floor.proc is not None
+        cpu = CpuWindow(floor.proc.pid)
+        load = await submit_load(floor, args)
+        cpu_s = cpu.seconds()
+        arrays = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            status, body = await post_json(session, floor, "/api/tasks", {"command": ["true"], "array": "0-999"})
+            if status != 201:
+                raise RuntimeError(f"floor array submit: HTTP {status} {str(body)[:200]}")
+            arrays.append(1000 / (time.perf_counter() - t0))
+    finally:
+        floor.stop()
+    rate = load.accepted / load.seconds if load.seconds else math.nan
+    RAW["submit_floor"] = {
+        "rate": rate,
+        "p50": pct(load.lat, 50),
+        "p99": pct(load.lat, 99),
+        "refused": dict(load.refused),
+        "cpu_per_submit": cpu_s / load.accepted if load.accepted else math.nan,
+        "array": statistics.median(arrays),
+    }
+    add(
+        sec,
+        "floor: bare aiohttp + one group-committed SQLite row per submit",
+        f"{rate:.0f} /s; p50 / p99 {ms(pct(load.lat, 50))} / {ms(pct(load.lat, 99))}; "
+        f"{RAW['submit_floor']['cpu_per_submit'] * 1000:.2f} ms CPU per submit; "
+        f"1,000-row array {RAW['submit_floor']['array']:.0f} rows/s"
+        + (f"; refused {dict(load.refused)}" if load.refused else ""),
+    )
 
 
 async def bench_listing(
@@ -536,6 +577,12 @@ async def bench_listing(
 
 
 # ============================================================ phase 2: idle
+GOAL_SUBMITS_PER_S = 2000
+"""Issue 16: durable single-task submits/s at concurrency 32, 100 runners."""
+GOAL_SUBMIT_P99 = 0.100
+GOAL_CPU_PER_TASK = 0.0005
+"""Issue 16: Host CPU seconds per task, submit -> completed, all its requests."""
+
 FLOOR_SERVER = r"""
 import sys, hmac
 from aiohttp import web
@@ -558,21 +605,67 @@ async def heartbeat(request):
 async def health(request):
     return web.json_response({"status": "ok"})
 
+# The submit floor: the request parsed, one row written to a SQLite file in
+# WAL mode with synchronous=FULL (as the Host's), group-committed, and the id
+# answered once its COMMIT returned. No validation, scheduling or accounting.
+import asyncio, itertools, json, sqlite3
+db = sqlite3.connect(sys.argv[3], isolation_level=None, check_same_thread=False)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("PRAGMA synchronous=FULL")
+db.execute("CREATE TABLE IF NOT EXISTS tasks (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+ids = itertools.count(1)
+queue = []
+wake = asyncio.Event()
+
+def commit(rows):
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO tasks (id, body) VALUES (?, ?)", rows)
+    db.execute("COMMIT")
+
+async def writer(app):
+    async def loop():
+        while True:
+            await wake.wait()
+            wake.clear()
+            batch = queue[:]
+            del queue[:]
+            await asyncio.to_thread(commit, [(i, b) for i, b, _ in batch])
+            for _, _, fut in batch:
+                fut.set_result(None)
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+
+async def submit(request):
+    data = await request.json()
+    first, _, last = str(data.get("array", "0-0")).partition("-")
+    task_ids = [next(ids) for _ in range(int(last or first) - int(first) + 1)]
+    body = json.dumps(data)
+    futs = []
+    for task_id in task_ids:
+        futs.append(asyncio.get_running_loop().create_future())
+        queue.append((task_id, body, futs[-1]))
+    wake.set()
+    await asyncio.gather(*futs)
+    return web.json_response({"task_ids": [str(i) for i in task_ids]}, status=201)
+
 app = web.Application(middlewares=[auth])
+app.cleanup_ctx.append(writer)
 app.add_routes([web.post("/api/runner/register", register), web.post("/api/runner/heartbeat", heartbeat),
-                web.get("/api/health", health)])
+                web.get("/api/health", health), web.post("/api/tasks", submit)])
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
 
 
 class FloorSetup(HostSetup):
     """A bare aiohttp server answering register/heartbeat with no work behind
-    them: the cost of the HTTP layer alone, for comparison with the Host."""
+    them, and submits with one group-committed row each: the cost of the HTTP
+    layer and of a durable write alone, for comparison with the Host."""
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         self.proc = Proc(
             "floor",
-            [sys.executable, "-c", FLOOR_SERVER, str(self.port), self.token],
+            [sys.executable, "-c", FLOOR_SERVER, str(self.port), self.token, str(self.root / "floor.db")],
             self.root / "logs" / "floor.log",
             child_env(self.root),
         )
@@ -1199,6 +1292,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log(f"kept {root}")
     if RESULTS:
+        goal_rows(RAW)
         print(
             f"\nHakuRiver benchmark ({'quick' if args.quick else 'full'}), "
             f"{os.cpu_count()} CPUs, total {time.monotonic() - t0:.0f} s, "
