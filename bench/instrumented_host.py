@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import gc
 import json
 import os
 import sys
@@ -81,6 +82,44 @@ async def _patched_write(self, fn, **kwargs):  # type: ignore[no-untyped-def]
 
 
 db_mod.Database._write = _patched_write
+
+
+_gc_started = [0.0]
+
+
+def _gc_callback(phase: str, info: dict) -> None:  # type: ignore[type-arg]
+    # Collector pauses, per generation: a long gen-2 pause stalls every request at once.
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    else:
+        STATS[f"gc_pause:gen{info['generation']}"].append(time.perf_counter() - _gc_started[0])
+
+
+gc.callbacks.append(_gc_callback)
+
+import hakuriver.host.dispatch as dispatch_mod  # noqa: E402
+
+_schedule_loop = dispatch_mod.Dispatcher.schedule_loop
+
+
+async def _lag_probe() -> None:
+    # How late a 10 ms timer fires: the longest time the loop was held by one step.
+    loop = asyncio.get_running_loop()
+    while True:
+        t0 = loop.time()
+        await asyncio.sleep(0.01)
+        STATS["loop_lag"].append(loop.time() - t0 - 0.01)
+
+
+async def _patched_schedule_loop(self):  # type: ignore[no-untyped-def]
+    probe = asyncio.ensure_future(_lag_probe())
+    try:
+        await _schedule_loop(self)
+    finally:
+        probe.cancel()
+
+
+dispatch_mod.Dispatcher.schedule_loop = _patched_schedule_loop  # type: ignore[method-assign]
 
 
 def _dump() -> None:

@@ -339,6 +339,44 @@ async def test_concurrent_writes_share_transactions(db):
     assert 1 <= begins <= 10, f"120 concurrent writes took {begins} transactions"
 
 
+async def test_a_write_op_that_awaits_something_else_fails_alone(db):
+    """A batch runs in the database thread in one call, so an op may await
+    only the connection: one that awaits anything else gets a clear error,
+    and the ops beside it in the same batch still commit."""
+
+    async def bad(conn):
+        await conn.execute_fetchall("UPDATE tasks SET error='half' WHERE id=1")
+        await asyncio.sleep(0)
+
+    await db.insert_tasks([make_task(1), make_task(2)])
+    results = await asyncio.gather(
+        db._write(bad, atomic=True),
+        db.transition(2, S.CANCELLED, now=1.0),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], RuntimeError) and "awaited something other" in str(results[0])
+    assert results[1] is not None and results[1].state is S.CANCELLED
+    assert (await db.get_task(1)).error is None  # its own statement was rolled back with it
+    assert (await db.get_task(2)).state is S.CANCELLED
+
+
+async def test_a_cancelled_writer_still_answers_once_its_batch_committed(db):
+    """Cancelling a caller while its batch commits loses nothing: the write
+    stands, the next writes go through, and the database closes cleanly."""
+    await db.insert_tasks([make_task(i) for i in range(1, 51)])
+    waiting = [asyncio.ensure_future(db.transition(i, S.CANCELLED, now=1.0)) for i in range(1, 51)]
+    await asyncio.sleep(0)
+    for fut in waiting[::2]:
+        fut.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    await db.insert_tasks([make_task(100)])
+    states = {t.id: t.state for t in await db.list_tasks(limit=200)}
+    assert states[100] is S.PENDING
+    # Each transition either ran (cancelled) or was dropped before its batch began (pending).
+    assert all(states[i] in (S.CANCELLED, S.PENDING) for i in range(1, 51))
+    assert all(states[i] is S.CANCELLED for i in range(2, 51, 2))  # the callers not cancelled
+
+
 async def test_sequential_write_latency(db):
     await db.insert_tasks([make_task(i, state=S.RUNNING, node="n1") for i in range(1, 201)])
     started = time.perf_counter()
