@@ -15,6 +15,10 @@ Contract
   (WAL + `synchronous=FULL`). An operation that fails (e.g. a duplicate id) is
   rolled back on its own (statement-level atomicity, or a SAVEPOINT for
   multi-statement operations) and does not fail its batch-mates.
+* A batch runs in the database thread in one call (`store._run_batch_in_thread`),
+  and so does each read (`Store._fetch`): an operation is an `async` function
+  of the connection that awaits nothing else, so there it runs to its end at
+  once, with no round trip through the event loop per statement.
 * State changes are guarded updates (`... WHERE id=? AND state IN (...)`), so a
   late report can never overwrite a final state; see `transition`.
 * Migrations are keyed on `PRAGMA user_version`. Each migration runs in its own
