@@ -75,7 +75,9 @@ def _array(raw: dict[str, Any]) -> tuple[str, bool] | None:
         return None
     floor = _get(raw, "submit_floor", "array")
     beside = f" (floor {floor:.0f})" if floor else " (no floor)"
-    return f"{empty:.0f} tasks/s{beside}", empty >= 20_000
+    views = _get(raw, "bigdb", "empty", "array_views")
+    with_views = f"; answered with every view: {views:.0f}" if views else ""
+    return f"{empty:.0f} tasks/s, ids answered (as the CLI){beside}{with_views}", empty >= 20_000
 
 
 def _cpu_per_task(raw: dict[str, Any]) -> tuple[str, bool] | None:

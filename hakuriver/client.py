@@ -213,8 +213,13 @@ class HostClient:
         retries: int | None = None,
         retry_on_exit: bool = False,
         priority: int | None = None,
+        views: bool = True,
     ) -> dict[str, Any]:
         """Submit one task per target (or one auto-placed task).
+
+        The answer has `batch_id` and `task_ids`, and with `views` (the
+        default) `tasks`, each new task's view; `views=False` asks for the ids
+        only (`?reply=ids`), much less for a large array.
 
         `retries`: how many times a task that ends `lost` or `failed` on the
         node's side runs again; `retry_on_exit`: a non-zero exit too (see
@@ -271,7 +276,7 @@ class HostClient:
             body["retry_on_exit"] = True
         if priority is not None:
             body["priority"] = priority
-        return await self._json("POST", "/api/tasks", body=body)
+        return await self._json("POST", "/api/tasks" if views else "/api/tasks?reply=ids", body=body)
 
     async def get_task(self, task_id: int | str) -> dict[str, Any]:
         return await self._json("GET", f"/api/tasks/{task_id_str(task_id)}")

@@ -330,7 +330,8 @@ async def _cmd_submit(args: argparse.Namespace, connect: Connect) -> int:
     command = request.pop("command")
     wait = args.wait or args.wait_timeout is not None
     async with connect() as host:
-        result = await host.submit(command, **request)
+        # Only `--json` without `--wait` prints the new tasks' views; the rest print ids.
+        result = await host.submit(command, **request, views=args.json and not wait)
         if not wait:
             if args.json:
                 print_json(result)

@@ -233,9 +233,11 @@ class Cluster:
         after_any = [d for d in dict.fromkeys(req.after_any) if d not in after]
         if after or after_any:
             await self._check_dependencies_exist(after + after_any)
+        slots = self._task_slots(targets, req.array)
+        ids = self.ids.next_many(len(slots))
         tasks = [
             Task(
-                id=self.ids.next(),
+                id=task_id,
                 batch_id=batch_id,
                 state=TaskState.PENDING,
                 command=list(req.commands[index] if req.commands and index is not None else req.command),
@@ -258,12 +260,14 @@ class Cluster:
                 array_max_running=req.array_max_running,
                 priority=req.priority,
             )
-            for target, index in self._task_slots(targets, req.array)
+            for task_id, (target, index) in zip(ids, slots, strict=True)
         ]
         await self.db.insert_tasks(tasks)
         for task in tasks:
             self.pending[task.id] = task
-            self.deps.add(task.id, after, after_any)
+        if after or after_any:
+            for task in tasks:
+                self.deps.add(task.id, after, after_any)
         if after or after_any:
             # Registered first, read second: a dependency that ends after this
             # read finds the dependents in the index; one that ended before

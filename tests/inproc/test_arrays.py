@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from hakuriver import naming
@@ -103,6 +104,25 @@ async def test_a_sweep_runs_one_task_per_combination(inproc: InProcCluster) -> N
     with pytest.raises(ApiError) as no_span:
         await inproc.client.submit(["true"], sweep=True)
     assert no_span.value.status == 400 and "needs a span" in no_span.value.message
+
+
+async def test_an_array_submitted_for_its_ids_only_is_stored_whole(inproc: InProcCluster) -> None:
+    """`?reply=ids` (what the CLI asks unless it prints JSON): the answer has
+    the ids and no views, and every task is stored as with the full answer."""
+    await inproc.add_runner("n1", hold_end=True)
+    reply = await inproc.client.submit(["fake", "exit", "0"], array="0-999%1", views=False)
+    assert set(reply) == {"batch_id", "task_ids"} and len(reply["task_ids"]) == 1000
+    assert len(set(reply["task_ids"])) == 1000
+    listed = (await inproc.client.list_tasks(batch=reply["batch_id"], limit=1000))["tasks"]
+    assert sorted(t["task_id"] for t in listed) == sorted(reply["task_ids"])
+    assert sorted(t["array_index"] for t in listed) == list(range(1000))
+    full = await inproc.client.submit(["fake", "exit", "0"], array="0-1%1")
+    assert [t["task_id"] for t in full["tasks"]] == full["task_ids"]
+    headers = {"Authorization": f"Bearer {inproc.token}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.post(inproc.url + "/api/tasks?reply=some", json={"command": ["true"]}) as resp:
+            status, body = resp.status, await resp.json()
+    assert status == 400 and "'reply' must be one of tasks, ids" in body["error"]["message"]
 
 
 async def test_bad_arrays_are_refused_with_the_reason(inproc: InProcCluster) -> None:

@@ -114,8 +114,17 @@ async def _owned_task(request: web.Request, what: str) -> Task:
 
 
 # ----------------------------------------------------------------- tasks
+SUBMIT_REPLIES = ("tasks", "ids")
+"""`POST /api/tasks?reply=`: "tasks" (default) answers every new task's view
+beside the ids; "ids" only the batch and task ids, which is all a client that
+prints ids needs (an array of 10,000 is then a few hundred KB, not megabytes)."""
+
+
 async def submit_tasks(request: web.Request) -> web.Response:
     began = time.perf_counter()
+    reply = request.query.get("reply", "tasks")
+    if reply not in SUBMIT_REPLIES:
+        raise ValidationError(f"'reply' must be one of {', '.join(SUBMIT_REPLIES)}, not {reply!r}")
     data = await read_json_object(request, SUBMIT_FIELDS)
     req = parse_submission(data, request.app[CONFIG])
     principal = principal_of(request)
@@ -123,15 +132,11 @@ async def submit_tasks(request: web.Request) -> web.Response:
     cluster = request.app[CLUSTER]
     limits = request.app[ACCOUNTS].effective_limits(principal.name)
     batch_id, tasks = await cluster.submit(req, owner=principal.name, limits=limits)  # sets dependencies
-    queue = PendingQueue(cluster)
-    response = json_response(
-        {
-            "batch_id": str(batch_id),
-            "task_ids": [str(t.id) for t in tasks],
-            "tasks": [task_view(t, principal, queue) for t in tasks],
-        },
-        status=201,
-    )
+    answer: dict[str, Any] = {"batch_id": str(batch_id), "task_ids": [str(t.id) for t in tasks]}
+    if reply == "tasks":
+        queue = PendingQueue(cluster)
+        answer["tasks"] = [task_view(t, principal, queue) for t in tasks]
+    response = json_response(answer, status=201)
     request.app[METRICS].submit_seconds.observe(time.perf_counter() - began)
     return response
 
