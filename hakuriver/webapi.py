@@ -233,7 +233,12 @@ def parse_json(raw: bytes) -> Any:
         raise ValidationError(f"JSON body nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
     except ValueError as exc:  # e.g. Python's limit on the digits of one int
         raise ValidationError(f"malformed JSON body: {exc}") from None
-    _check_strings_and_depth(data)
+    # A decoded string can hold a NUL or a lone surrogate only through a \u
+    # escape (the decoder refuses raw control characters, and valid UTF-8 holds
+    # no surrogates), and a body nests no deeper than it has brackets: most
+    # bodies (every heartbeat) need no walk.
+    if "\\u" in text or text.count("{") + text.count("[") > MAX_JSON_DEPTH:
+        _check_strings_and_depth(data)
     return data
 
 
