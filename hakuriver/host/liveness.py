@@ -81,7 +81,9 @@ class Liveness:
                     f"stop the old one, or have an admin run 'hakuriver.admin node forget {res.hostname}'"
                 )
             log.warning("node %s was offline and is now bound to a new runner identity", res.hostname)
-        record = await cluster.db.upsert_node(res, cluster.clock(), identity_hash=identity, order_token=order_token)
+        now = cluster.clock()
+        record = await cluster.db.upsert_node(res, now, identity_hash=identity, order_token=order_token)
+        self._persisted[record.hostname] = now  # stored as its last heartbeat: the next beat need not write
         cluster.nodes[record.hostname] = record
         cluster.resources[record.hostname] = record.resources
         kills = await self._reconcile(record.hostname, reported, list(finishing))

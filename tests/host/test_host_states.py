@@ -336,3 +336,27 @@ async def test_a_final_report_carries_output_error(host: tuple[HostUnderTest, Fa
     await h.report(clean, "failed", exit_code=2, error="exited with code 2")
     status, task = await h.call("GET", f"/api/tasks/{clean}")
     assert (task["state"], task["exit_code"], task["output_error"]) == ("failed", 2, None)
+
+
+async def test_heartbeats_after_a_registration_write_nothing(host: tuple[HostUnderTest, FakeRunner]) -> None:
+    """A registration stores the node's heartbeat; the beats that follow change
+    nothing durable, so they cost no database commit (liveness lives in memory)."""
+    h, _ = host
+
+    async def commits() -> float:
+        async with h.session.get(h.url + "/metrics") as resp:
+            text = await resp.text()
+        return sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("hakuriver_db_commit_operations_count")
+        )
+
+    await h.register()
+    before = await commits()
+    for _ in range(5):
+        status, _ = await h.heartbeat("n1", [])
+        assert status == 200
+    assert await commits() == before
+    node = (await h.call("GET", "/api/nodes/n1"))[1]
+    assert node["online"] is True
