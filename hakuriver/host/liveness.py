@@ -220,7 +220,7 @@ class Liveness:
             node = cluster.nodes.get(hostname)
             return node is not None and node.online and node.last_heartbeat < now - timeout
 
-        offline = await cluster.db.mark_nodes_offline(now - timeout, now=now, hostnames=stale, still_stale=still_stale)
+        offline = await cluster.db.mark_nodes_offline(stale, now=now, still_stale=still_stale)
         for hostname, task_ids in offline:
             # Those with a retry left were put back to pending by the same
             # write (host/retries.py); the rest are lost.

@@ -431,7 +431,7 @@ async def test_pending_can_be_killed_but_not_completed(db):
 async def test_lost_can_come_back(db):
     await db.upsert_node(node("n1"), now=0.0)
     await db.insert_tasks([make_task(1, state=S.RUNNING, node="n1", started_at=1.0)])
-    await db.mark_nodes_offline(stale_before=100.0, now=100.0)
+    await db.mark_nodes_offline(["n1"], now=100.0)
     lost = await db.get_task(1)
     assert lost.state is S.LOST and lost.finished_at == 100.0 and "stopped heartbeating" in lost.error
     back = await db.transition(1, S.RUNNING, now=101.0, allowed_from=LOST_ONLY)
@@ -532,7 +532,7 @@ async def test_nodes_register_heartbeat_and_reregister(db):
     assert await db.get_node("ghost") is None
 
 
-async def test_mark_nodes_offline_only_touches_stale_nodes_holding_tasks(db):
+async def test_mark_nodes_offline_only_touches_the_named_nodes_holding_tasks(db):
     await db.upsert_node(node("stale"), now=10.0)
     await db.upsert_node(node("fresh"), now=10.0)
     await db.record_heartbeat("fresh", {}, now=50.0)
@@ -547,7 +547,7 @@ async def test_mark_nodes_offline_only_touches_stale_nodes_holding_tasks(db):
             make_task(7, state=S.KILLED, node="stale", finished_at=6.0),
         ]
     )
-    result = await db.mark_nodes_offline(stale_before=40.0, now=60.0)
+    result = await db.mark_nodes_offline(["stale"], now=60.0)
     assert result == [("stale", [1, 2, 3])]
     tasks = {t.id: t for t in await db.get_tasks(range(1, 8))}
     for i in (1, 2, 3):
@@ -563,10 +563,10 @@ async def test_mark_nodes_offline_only_touches_stale_nodes_holding_tasks(db):
     assert [n.hostname for n in await db.list_nodes(online=True)] == ["fresh"]
 
     # already offline: not reported again
-    assert await db.mark_nodes_offline(stale_before=40.0, now=61.0) == []
-    # a node that went offline with nothing running is still reported
+    assert await db.mark_nodes_offline(["stale"], now=61.0) == []
+    # a node that went offline with nothing running is still reported; an unknown name is no node
     await db.upsert_node(node("idle"), now=0.0)
-    assert await db.mark_nodes_offline(stale_before=1.0, now=62.0) == [("idle", [])]
+    assert await db.mark_nodes_offline(["idle", "stale", "nobody"], now=62.0) == [("idle", [])]
     # a heartbeat brings it back online
     assert (await db.record_heartbeat("stale", {}, now=70.0)).online
 

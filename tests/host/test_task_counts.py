@@ -59,7 +59,7 @@ async def test_counts_follow_every_kind_of_write(db, tmp_path):
     assert await agree(db) == {S.PENDING: 1, S.ASSIGNING: 1, S.RUNNING: 2, S.KILLED: 1, S.CANCELLED: 3}
 
     # The offline sweep: n1's running task and n2's assigning and running ones become lost.
-    offline = await db.mark_nodes_offline(stale_before=100.0, now=100.0)
+    offline = await db.mark_nodes_offline(["n1", "n2"], now=100.0)
     assert {h for h, _ in offline} == {"n1", "n2"}
     assert await agree(db) == {S.PENDING: 1, S.LOST: 3, S.KILLED: 1, S.CANCELLED: 3}
 
@@ -89,7 +89,7 @@ async def test_counts_follow_retries(db):
     assert await db.requeue(20, 1, S.FAILED, now=2.0) is None  # the same report again: refused
     assert await agree(db) == {S.PENDING: 2, S.RUNNING: 1}
     # n1 stops heartbeating: task 21 has a retry left, so it is pending again, not lost.
-    offline = await db.mark_nodes_offline(stale_before=100.0, now=100.0)
+    offline = await db.mark_nodes_offline(["n1"], now=100.0)
     assert offline == [("n1", [21])]
     assert await agree(db) == {S.PENDING: 3}
 
@@ -99,12 +99,10 @@ async def test_a_node_heard_from_while_the_sweep_waited_stays_online(db):
     await db.load_task_counts()
     await db.upsert_node(node("n1"), now=0.0)
     await db.insert_tasks([make_task(30, state=S.RUNNING, node="n1", started_at=1.0)])
-    assert await db.mark_nodes_offline(100.0, now=100.0, hostnames=["n1"], still_stale=lambda _h: False) == []
+    assert await db.mark_nodes_offline(["n1"], now=100.0, still_stale=lambda _h: False) == []
     assert (await db.get_node("n1")).online
     assert await agree(db) == {S.RUNNING: 1}
-    assert await db.mark_nodes_offline(100.0, now=100.0, hostnames=["n1"], still_stale=lambda _h: True) == [
-        ("n1", [30])
-    ]
+    assert await db.mark_nodes_offline(["n1"], now=100.0, still_stale=lambda _h: True) == [("n1", [30])]
     assert await agree(db) == {S.LOST: 1}
 
 

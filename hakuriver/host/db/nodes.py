@@ -113,15 +113,13 @@ class NodeQueries(Store):
 
     async def mark_nodes_offline(
         self,
-        stale_before: float,
+        hostnames: Sequence[str],
         now: float | None = None,
         *,
-        hostnames: Sequence[str] | None = None,
         still_stale: Callable[[str], bool] | None = None,
     ) -> list[tuple[str, list[int]]]:
-        """Nodes online with `last_heartbeat < stale_before` (or, with
-        `hostnames`, those of them that are online and that `still_stale`
-        confirms when the write runs: the Host keeps heartbeats in memory and
+        """The nodes of `hostnames` that are online and that `still_stale`
+        confirms when the write runs (the Host keeps heartbeats in memory and
         names the stale nodes itself) go offline, and their
         assigning/running/paused tasks become `lost` — all in one transaction.
         A task with a retry left (`--retries`, host/retries.py) is retried
@@ -134,29 +132,22 @@ class NodeQueries(Store):
         reads which).
         """
         when = time.time() if now is None else now
-        named = None if hostnames is None else sorted(set(hostnames))
+        named = sorted(set(hostnames))
 
         async def op(conn: aiosqlite.Connection) -> Counted:
             delta: dict[TaskState, int] = {}
-            if named is None:
+            hosts: list[str] = []
+            # Asked again as the write runs: a beat that came while it
+            # waited for the writer keeps its node online.
+            fresh = [h for h in named if still_stale is None or still_stale(h)]
+            for chunk in _chunks(fresh):
                 rows = await conn.execute_fetchall(
-                    "UPDATE nodes SET online=0 WHERE online=1 AND last_heartbeat < ? RETURNING hostname",
-                    (stale_before,),
+                    f"UPDATE nodes SET online=0 WHERE online=1 AND hostname IN ({','.join('?' * len(chunk))}) "
+                    "RETURNING hostname",
+                    tuple(chunk),
                 )
-                hosts = sorted(r[0] for r in rows)
-            else:
-                hosts = []
-                # Asked again as the write runs: a beat that came while it
-                # waited for the writer keeps its node online.
-                fresh = [h for h in named if still_stale is None or still_stale(h)]
-                for chunk in _chunks(fresh):
-                    rows = await conn.execute_fetchall(
-                        f"UPDATE nodes SET online=0 WHERE online=1 AND hostname IN ({','.join('?' * len(chunk))}) "
-                        "RETURNING hostname",
-                        tuple(chunk),
-                    )
-                    hosts.extend(r[0] for r in rows)
-                hosts.sort()
+                hosts.extend(r[0] for r in rows)
+            hosts.sort()
             lost: dict[str, list[int]] = {h: [] for h in hosts}
             for chunk in _chunks(hosts):
                 marks = ",".join("?" * len(chunk))
