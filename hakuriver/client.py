@@ -192,6 +192,22 @@ class HostClient:
                 code="bad_response",
             ) from None
 
+    async def dashboard_url(self) -> str:
+        """The address of the Host's web dashboard, once the Host has answered
+        that it serves one there; `ApiError` 404 when its admin turned it off
+        (`dashboard.enabled = false`). The page itself needs no credential:
+        the login form asks for a token."""
+        path = "/dashboard/"
+        try:
+            await self._send("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                raise ApiError(
+                    404, "not_found", f"the Host at {self.base_url} serves no dashboard (dashboard.enabled = false)"
+                ) from None
+            raise
+        return self.base_url + path
+
     # -------------------------------------------------------------- tasks
     async def submit(
         self,

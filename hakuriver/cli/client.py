@@ -4,6 +4,7 @@ hakuriver.client login             # keep the token your admin gave you (asked f
 hakuriver.client nodes
 hakuriver.client health            # cluster summary and live node stats
 hakuriver.client health node1      # one node: resources, NUMA, temperatures, GPUs
+hakuriver.client dashboard         # the address of the Host's web dashboard
 """
 
 from __future__ import annotations
@@ -80,7 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("kill", help="kill a task", description="Kill a task.", parents=parents)
     p.add_argument("task_id", type=task_id_arg, metavar="ID")
     p.set_defaults(func=_cmd_kill)
+
+    p = sub.add_parser(
+        "dashboard",
+        help="print the address of the Host's web dashboard",
+        description="Print the address of the Host's web dashboard, after checking that the Host serves "
+        "it. Open it in a browser and log in with your token (hakuriver.admin token create makes one).",
+        parents=parents,
+    )
+    p.set_defaults(func=_cmd_dashboard)
     return parser
+
+
+async def _cmd_dashboard(args: argparse.Namespace, connect: Connect) -> int:
+    async with connect() as host:
+        url = await host.dashboard_url()
+    print(url)
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------ nodes
