@@ -144,6 +144,10 @@ if os.environ.get("INSTR_GC_FREEZE"):
     app_mod.create_app = _frozen_app
 
 
+if os.environ.get("INSTR_SWITCH_INTERVAL"):
+    sys.setswitchinterval(float(os.environ["INSTR_SWITCH_INTERVAL"]))
+
+
 def _dump() -> None:
     out = {}
     for key, values in sorted(STATS.items()):

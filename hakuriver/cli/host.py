@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from .common import EXIT_OK, EXIT_USAGE, SERVICE_EPILOG, CliParser, exit_service, fail, serve, service_options
@@ -61,6 +62,14 @@ def _create_app(config: Any) -> Any:
     return create_app(config)
 
 
+GIL_SWITCH_SECONDS = 0.0005
+"""The Host's `sys.setswitchinterval`. Each SQLite call in the database thread
+releases the GIL, and taking it back waits for the busy event loop to give it
+up: at Python's default of 5 ms, a group commit of a dozen statements took
+several ms of waiting. Bench (2 cores, 3,000 submits at concurrency 32):
+1,760-2,070 -> 2,330-2,420 submits/s, p50 15-18 -> 11 ms, CPU per submit unchanged."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -69,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
     if args.restore is not None:
         return _restore(args)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     return serve(
         build_parser(),
         argv,
