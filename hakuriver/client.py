@@ -354,6 +354,11 @@ class HostClient:
         """A pending task's new priority (its owner may lower it; only an admin raise it)."""
         return await self._json("POST", f"/api/tasks/{task_id_str(task_id)}/priority", body={"priority": priority})
 
+    async def set_batch_priority(self, batch_id: int | str, priority: int) -> dict[str, Any]:
+        """Every pending task of a batch gets `priority`: {"batch_id", "priority",
+        "changed": [ids], "unchanged": [ids no longer pending]}."""
+        return await self._json("POST", f"/api/batches/{task_id_str(batch_id)}/priority", body={"priority": priority})
+
     async def pause(self, task_id: int | str) -> dict[str, Any]:
         return await self._json("POST", f"/api/tasks/{task_id_str(task_id)}/pause")
 

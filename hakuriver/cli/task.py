@@ -603,17 +603,37 @@ def _add_priority(sub: Any) -> None:
     p = _subparser(
         sub,
         "priority",
-        "change a pending task's queue priority: its owner may lower it, only an admin may raise it "
-        f"(above {DEFAULT_PRIORITY}, or above what it has)",
+        "change a pending task's queue priority, or given a batch id that of every pending task of the "
+        f"batch: its owner may lower it, only an admin may raise it (above {DEFAULT_PRIORITY}, or above what "
+        "it has)",
     )
-    p.add_argument("task_id", type=task_id_arg, metavar="ID")
+    p.add_argument("task_id", type=task_id_arg, metavar="ID", help="a task id, or a batch id for all of its tasks")
     p.add_argument("priority", type=priority_arg, metavar="N", help=f"{PRIORITY_MIN}..{PRIORITY_MAX}, higher first")
     p.set_defaults(func=_cmd_priority)
 
 
 async def _cmd_priority(args: argparse.Namespace, connect: Connect) -> int:
     async with connect() as host:
-        task = await host.set_priority(args.task_id, args.priority)
+        try:
+            task = await host.set_priority(args.task_id, args.priority)
+        except ApiError as exc:
+            # As with kill: an id that is no task may be a batch.
+            if exc.status != 404:
+                raise
+            try:
+                batch = await host.set_batch_priority(args.task_id, args.priority)
+            except ApiError as batch_exc:
+                if batch_exc.status != 404:
+                    raise
+                raise exc from None
+            if args.json:
+                print_json(batch)
+            else:
+                print(
+                    f"batch {batch['batch_id']}  priority {batch['priority']}: {len(batch['changed'])} pending "
+                    f"task(s) changed, {len(batch['unchanged'])} not pending left as they are"
+                )
+            return EXIT_OK
     if args.json:
         print_json(task)
     else:

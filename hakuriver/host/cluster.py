@@ -568,6 +568,23 @@ class Cluster:
             raise NotFound(f"no task {task_id}")
         return stored
 
+    async def set_batch_priority(self, tasks: Iterable[Task], priority: int, *, admin: bool) -> list[int]:
+        """`set_priority` for every pending task of one batch at once; the ids
+        changed. The rule of `policy.check_priority_allowed` holds for each
+        task, checked under the lock against its priority now: one task an
+        admin raised above what its owner may set refuses the whole call
+        (nothing changes), as it would refuse it alone."""
+        async with self.lock:
+            queued = [self.pending[t.id] for t in tasks if t.id in self.pending]
+            for task in queued:
+                check_priority_allowed(priority, admin=admin, current=task.priority)
+            changed = await self.db.set_pending_priorities([t.id for t in queued], priority, self.clock())
+            for task_id in changed:
+                if task_id in self.pending:
+                    self.pending[task_id].priority = priority
+        self.kick()
+        return changed
+
     async def batch_tasks(self, batch_id: int) -> list[Task]:
         """Every task of batch `batch_id`, oldest first (empty: no such batch)."""
         tasks = await self.db.list_tasks(batch_id=batch_id, limit=MAX_ARRAY_TASKS + MAX_TARGETS)

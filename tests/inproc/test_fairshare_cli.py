@@ -166,3 +166,53 @@ def test_the_lighter_user_goes_first_and_only_an_admin_raises_a_priority(
 
     for t in (heavy_next, light_third):
         task("admin", "kill", t)
+
+
+def test_a_batch_id_changes_the_priority_of_every_pending_task_of_the_batch(
+    cluster: ThreadedCluster, tmp_path: Path, capsys
+) -> None:
+    admin = _config(tmp_path, cluster, cluster.token, "admin")
+    assert admin_cli.main(["--config", str(admin), "user", "add", "alice", "--json"]) == 0
+    alice = _config(tmp_path, cluster, json.loads(capsys.readouterr().out)["token"], "alice")
+    assert admin_cli.main(["--config", str(admin), "user", "add", "bob", "--json"]) == 0
+    bob = _config(tmp_path, cluster, json.loads(capsys.readouterr().out)["token"], "bob")
+
+    def task(config: Path, *argv: str) -> tuple[int, str, str]:
+        code = task_cli.main(["--config", str(config), *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    cluster.add_runner("a")
+    cores = cluster.node("a")["cores"]
+    code, out, err = task(alice, "submit", "--json", "--cores", str(cores), "--array", "0-3", "--", "fake", "hang")
+    assert code == 0, err
+    batch, ids = json.loads(out)["batch_id"], json.loads(out)["task_ids"]
+    first = poll(
+        lambda: next((i for i in ids if cluster.task(i)["state"] == "running"), None), timeout=20, what="one to run"
+    )
+    pending = [i for i in ids if i != first]
+
+    # Its owner lowers the whole batch: the pending ones change, the running one keeps its priority.
+    code, out, err = task(alice, "priority", batch, "-5")
+    assert code == 0, err
+    assert out.strip() == f"batch {batch}  priority -5: 3 pending task(s) changed, 1 not pending left as they are"
+    assert [cluster.task(i)["priority"] for i in pending] == [-5, -5, -5]
+    assert cluster.task(first)["priority"] == 0
+
+    # Raising it above what the tasks have is an admin's; anyone else's task is not theirs to touch.
+    code, _, err = task(alice, "priority", batch, "1")
+    assert code == 1 and "only an admin may raise" in one_error_line(err)
+    code, _, err = task(bob, "priority", batch, "-10")
+    assert code == 1 and "change the priority of tasks" in one_error_line(err), err
+    assert [cluster.task(i)["priority"] for i in pending] == [-5, -5, -5]  # nothing changed
+    code, out, err = task(admin, "priority", batch, "10", "--json")
+    assert code == 0, err
+    reply = json.loads(out)
+    assert sorted(reply["changed"]) == sorted(pending) and reply["unchanged"] == [first]
+    assert [cluster.task(i)["priority"] for i in pending] == [10, 10, 10]
+
+    # An id that is neither a task nor a batch: the task's 404, in one line.
+    code, _, err = task(alice, "priority", "99999999", "1")
+    assert code == 1 and "99999999" in one_error_line(err)
+    status, body = cluster.api("POST", f"/api/batches/{batch}/priority", {"priority": "high"})
+    assert status == 400 and "must be an integer" in body["error"]["message"]

@@ -23,6 +23,7 @@ ROUTES = [
     web.post("/api/tasks/{task_id}/priority", tasks.set_priority),
     web.get("/api/tasks/{task_id}/logs", tasks.task_logs),
     web.post("/api/batches/{batch_id}/kill", batches.kill_batch),
+    web.post("/api/batches/{batch_id}/priority", batches.set_batch_priority),
     web.get("/api/nodes", nodes.list_nodes),
     web.get("/api/nodes/{hostname}", nodes.get_node),
     web.get("/api/nodes/{hostname}/history", history.node_history),

@@ -286,6 +286,24 @@ class TaskQueries(Store):
 
         return await self._write(op)
 
+    async def set_pending_priorities(self, task_ids: Sequence[int], priority: int, now: float) -> list[int]:
+        """`set_pending_priority` for many tasks in one operation: the ids
+        that were pending and changed, ascending."""
+        wanted = sorted({int(i) for i in task_ids})
+
+        async def op(conn: aiosqlite.Connection) -> list[int]:
+            changed: list[int] = []
+            for chunk in _chunks(wanted):
+                rows = await conn.execute_fetchall(
+                    f"UPDATE tasks SET priority=?, updated_at=? WHERE id IN ({','.join('?' * len(chunk))}) "
+                    "AND state='pending' RETURNING id",
+                    (int(priority), now, *chunk),
+                )
+                changed.extend(int(r[0]) for r in rows)
+            return sorted(changed)
+
+        return await self._write(op, atomic=len(wanted) > 1)
+
     # ----------------------------------------------------------------- tasks: reads
 
     async def get_task(self, task_id: int) -> Task | None:
