@@ -145,6 +145,9 @@ class RunnerClient:
             answer = await self.post(node, "/api/tasks/batch", body=body)
         except RunnerUnreachable as exc:
             return [exc] * len(chunk)
+        except ValueError:  # an answer that is no JSON: each task alone gets a plain answer or error
+            log.warning("runner %s answered a batch of %d tasks with no JSON", node.hostname, len(chunk))
+            return [SEND_ALONE] * len(chunk)
         except RunnerRejected as exc:
             if exc.status in (404, 405):
                 log.info("runner %s has no batch route (an older runner); sending it tasks one by one", node.hostname)
@@ -152,7 +155,7 @@ class RunnerClient:
             else:
                 log.warning("runner %s refused a batch of %d tasks: %s", node.hostname, len(chunk), exc.message)
             return [SEND_ALONE] * len(chunk)
-        results = answer.get("results")
+        results = answer.get("results") if isinstance(answer, dict) else None
         if not isinstance(results, list) or len(results) != len(chunk):
             log.warning("runner %s answered a batch of %d tasks without an outcome for each", node.hostname, len(chunk))
             return [SEND_ALONE] * len(chunk)

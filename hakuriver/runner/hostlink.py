@@ -318,22 +318,17 @@ class HostLink:
 
     async def _send_each(self, chunk: list[Report]) -> list[bool]:
         """The reports one request each: the starts concurrently, then the results in order."""
-        running = [r for r in chunk if r.state is TaskState.RUNNING]
-        sent = await asyncio.gather(*(self.send_one(r) for r in running), return_exceptions=True)
-        done: dict[int, bool] = {}
-        for position, (report, outcome) in enumerate(zip(running, sent, strict=True)):
+        starts = [i for i, r in enumerate(chunk) if r.state is TaskState.RUNNING]
+        sent = await asyncio.gather(*(self.send_one(chunk[i]) for i in starts), return_exceptions=True)
+        done = [False] * len(chunk)
+        for i, outcome in zip(starts, sent, strict=True):
             if isinstance(outcome, BaseException):
-                log.error("reporting task %s as running failed: %r", report.task_id, outcome)
-            done[position] = outcome is True
-        out = []
-        position = 0
-        for report in chunk:
-            if report.state is TaskState.RUNNING:
-                out.append(done[position])
-                position += 1
-            else:
-                out.append(await self.send_one(report))
-        return out
+                log.error("reporting task %s as running failed: %r", chunk[i].task_id, outcome)
+            done[i] = outcome is True
+        for i, report in enumerate(chunk):
+            if report.state is not TaskState.RUNNING:
+                done[i] = await self.send_one(report)
+        return done
 
     async def send_one(self, report: Report) -> bool:
         return await self.report(
