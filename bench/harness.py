@@ -320,6 +320,8 @@ class SimCluster:
         self.batch_reports = True
         """False once the Host answered 404/405 to the batch route: one report per request then."""
         self.batches_taken = 0
+        """Task orders that came in a batch request, and alone (`singles_taken`)."""
+        self.singles_taken = 0
         self.hb_lat: list[tuple[float, float]] = []  # (monotonic end time, latency)
         self.hb_errors = Counter[str]()
         self.hb_kill_orders = 0
@@ -410,6 +412,7 @@ class SimCluster:
             assert refusal is not None
             return refusal
         body = await request.json()
+        self.singles_taken += 1
         status = self._take(r, body)
         return web.json_response({"task_id": str(int(body["task_id"])), "status": status}, status=202)
 

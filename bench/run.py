@@ -281,6 +281,7 @@ async def bench_throughput(
         "report_requests": len(sim.report_rtt),
         "reports_sent": sim.reports_sent,
         "task_batches": sim.batches_taken,
+        "task_singles": sim.singles_taken,
         "kills": sim.kills,
         "kill_orders_stale": sim.hb_kill_orders,
         "kill_orders_live": sim.hb_kill_orders_live,
