@@ -270,6 +270,11 @@ class SimRunner:
     last_ack: float = 0.0
     max_ack_gap: float = 0.0
     beat: asyncio.Task[None] | None = None
+    ready: list[tuple[dict[str, Any], asyncio.Future[None]]] = field(default_factory=list)
+    """Reports waiting for the next batch (as a real runner's HostLink gathers them), each with its
+    lifecycle's wait for delivery."""
+    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
+    deliver: asyncio.Task[None] | None = None
 
 
 class SimCluster:
@@ -295,6 +300,7 @@ class SimCluster:
         self.app.add_routes(
             [
                 web.post("/r/{name}/api/tasks", self._run_task),
+                web.post("/r/{name}/api/tasks/batch", self._run_tasks),
                 web.post("/r/{name}/api/tasks/{task_id}/{action:kill|pause|resume}", self._control),
                 web.get("/r/{name}/api/health", self._health),
             ]
@@ -308,6 +314,14 @@ class SimCluster:
         self.report_failures = 0
         self.accept_at: dict[int, float] = {}
         self.report_rtt: list[float] = []
+        """Each report request's round trip (a batch counts once)."""
+        self.reports_sent = 0
+        """Reports the Host answered (a batch counts each of its items)."""
+        self.batch_reports = True
+        """False once the Host answered 404/405 to the batch route: one report per request then."""
+        self.batches_taken = 0
+        """Task orders that came in a batch request, and alone (`singles_taken`)."""
+        self.singles_taken = 0
         self.hb_lat: list[tuple[float, float]] = []  # (monotonic end time, latency)
         self.hb_errors = Counter[str]()
         self.hb_kill_orders = 0
@@ -346,9 +360,10 @@ class SimCluster:
         self.running = False
         pending = []
         for r in self.runners.values():
-            if r.beat is not None:
-                r.beat.cancel()
-                pending.append(r.beat)
+            for loop_task in (r.beat, r.deliver):
+                if loop_task is not None:
+                    loop_task.cancel()
+                    pending.append(loop_task)
             for t in r.tasks.values():
                 t.cancel()
                 pending.append(t)
@@ -365,27 +380,52 @@ class SimCluster:
             return False
         return True
 
-    async def _run_task(self, request: web.Request) -> web.Response:
+    def _refusal(self, request: web.Request) -> tuple[SimRunner | None, web.Response | None]:
+        """The runner a task order is for, or the answer refusing the order."""
         if not self._authorized(request):
-            return web.json_response({"error": {"code": "unauthorized", "message": "bad token"}}, status=401)
+            return None, web.json_response({"error": {"code": "unauthorized", "message": "bad token"}}, status=401)
         r = self.runners.get(request.match_info["name"])
         if r is None:
-            return web.json_response({"error": {"code": "not_found", "message": "no runner"}}, status=404)
+            return None, web.json_response({"error": {"code": "not_found", "message": "no runner"}}, status=404)
         if not self.running:  # closing: a task accepted now could never report
-            return web.json_response({"error": {"code": "unavailable", "message": "closing"}}, status=503)
-        body = await request.json()
+            return None, web.json_response({"error": {"code": "unavailable", "message": "closing"}}, status=503)
+        return r, None
+
+    def _take(self, r: SimRunner, body: dict[str, Any]) -> str:
         task_id = int(body["task_id"])
-        if task_id not in r.tasks:  # idempotent, as a real runner
-            cores = int(body.get("cores") or 1)
-            r.cores_used += cores
-            r.max_cores_used = max(r.max_cores_used, r.cores_used)
-            if r.cores_used > r.cores:
-                r.overcommit_events += 1
-            r.accepted += 1
-            self.accept_at.setdefault(task_id, time.monotonic())
-            r.finishing.add(task_id)
-            r.tasks[task_id] = asyncio.ensure_future(self._lifecycle(r, task_id, cores))
-        return web.json_response({"task_id": str(task_id), "status": "accepted"}, status=202)
+        if task_id in r.tasks:  # idempotent, as a real runner
+            return "already_accepted"
+        cores = int(body.get("cores") or 1)
+        r.cores_used += cores
+        r.max_cores_used = max(r.max_cores_used, r.cores_used)
+        if r.cores_used > r.cores:
+            r.overcommit_events += 1
+        r.accepted += 1
+        self.accept_at.setdefault(task_id, time.monotonic())
+        r.finishing.add(task_id)
+        r.tasks[task_id] = asyncio.ensure_future(self._lifecycle(r, task_id, cores))
+        return "accepted"
+
+    async def _run_task(self, request: web.Request) -> web.Response:
+        r, refusal = self._refusal(request)
+        if r is None:
+            assert refusal is not None
+            return refusal
+        body = await request.json()
+        self.singles_taken += 1
+        status = self._take(r, body)
+        return web.json_response({"task_id": str(int(body["task_id"])), "status": status}, status=202)
+
+    async def _run_tasks(self, request: web.Request) -> web.Response:
+        r, refusal = self._refusal(request)
+        if r is None:
+            assert refusal is not None
+            return refusal
+        items = (await request.json())["tasks"]
+        self.batches_taken += 1
+        return web.json_response(
+            {"results": [{"task_id": str(int(item["task_id"])), "status": self._take(r, item)} for item in items]}
+        )
 
     async def _control(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -426,18 +466,85 @@ class SimCluster:
             r.tasks.pop(task_id, None)
 
     async def _report(self, r: SimRunner, task_id: int, payload: dict[str, Any]) -> None:
+        """Hand a report to the runner's delivery loop; return once the Host answered it."""
+        if not self.batch_reports:
+            await self._report_alone(r, task_id, payload)
+            return
+        done = asyncio.get_running_loop().create_future()
+        r.ready.append(({"task_id": str(task_id), **payload}, done))
+        r.ready_event.set()
+        await done
+
+    async def _deliver_loop(self, r: SimRunner) -> None:
+        """Send every report ready in one request (at most 500), as HostLink does."""
+        while self.running:
+            await r.ready_event.wait()
+            r.ready_event.clear()
+            batch, r.ready = r.ready[:500], r.ready[500:]
+            if r.ready:
+                r.ready_event.set()
+            if batch:
+                await self._send_batch(r, batch)
+
+    async def _send_batch(self, r: SimRunner, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
+        assert self.session is not None
+        url = f"{self.host.url}/api/runner/reports"
+        delay = 0.2
+        try:
+            for _ in range(30):
+                if not self.running or self.session.closed:
+                    return
+                t0 = time.monotonic()
+                try:
+                    payload = {"hostname": r.name, "reports": [item for item, _ in batch]}
+                    async with self.session.post(url, json=payload) as resp:
+                        body = await resp.read()
+                        self.report_rtt.append(time.monotonic() - t0)
+                        if resp.status in (404, 405):  # an older Host: one report per request
+                            self.batch_reports = False
+                            await asyncio.gather(
+                                *(self._report_alone(r, int(item["task_id"]), item) for item, _ in batch)
+                            )
+                            return
+                        if resp.status == 200:
+                            kept = []
+                            for entry, result in zip(batch, json.loads(body)["results"], strict=True):
+                                if result["status"] == 200 or result["status"] in (404, 409):
+                                    self.reports_sent += 1
+                                    if result["status"] != 200:
+                                        self.report_failures += 1
+                                    if not entry[1].done():
+                                        entry[1].set_result(None)
+                                else:
+                                    kept.append(entry)
+                            batch = kept
+                            if not batch:
+                                return
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    pass
+                self.report_failures += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        finally:
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+    async def _report_alone(self, r: SimRunner, task_id: int, payload: dict[str, Any]) -> None:
         assert self.session is not None
         url = f"{self.host.url}/api/runner/tasks/{task_id}/status"
+        fields = {k: v for k, v in payload.items() if k != "task_id"}
         delay = 0.2
         for _ in range(30):
             if not self.running or self.session.closed:
                 return
             t0 = time.monotonic()
             try:
-                async with self.session.post(url, json={"hostname": r.name, **payload}) as resp:
+                async with self.session.post(url, json={"hostname": r.name, **fields}) as resp:
                     await resp.read()
                     self.report_rtt.append(time.monotonic() - t0)
                     if resp.status == 200 or resp.status in (404, 409):
+                        self.reports_sent += 1
                         if resp.status != 200:
                             self.report_failures += 1
                         return
@@ -536,6 +643,7 @@ class SimCluster:
             async with sem:
                 await self.register(self.runners[name])
             self.runners[name].beat = asyncio.ensure_future(self._beat_loop(self.runners[name], interval))
+            self.runners[name].deliver = asyncio.ensure_future(self._deliver_loop(self.runners[name]))
 
         await asyncio.gather(*(one(n) for n in names))
 

@@ -279,6 +279,10 @@ async def bench_throughput(
         "hb_max": max(hb_during) if hb_during else None,
         "hb_errors": dict(sim.hb_errors),
         "report_retries": sim.report_failures,
+        "report_requests": len(sim.report_rtt),
+        "reports_sent": sim.reports_sent,
+        "task_batches": sim.batches_taken,
+        "task_singles": sim.singles_taken,
         "kills": sim.kills,
         "kill_orders_stale": sim.hb_kill_orders,
         "kill_orders_live": sim.hb_kill_orders_live,
@@ -371,7 +375,8 @@ async def bench_throughput(
         sec,
         "runner state report RTT (running/completed) p50 / p99 / max",
         f"{ms(pct(sim.report_rtt, 50))} / {ms(pct(sim.report_rtt, 99))} / "
-        f"{ms(max(sim.report_rtt) if sim.report_rtt else math.nan)}  ({len(sim.report_rtt)} reports)",
+        f"{ms(max(sim.report_rtt) if sim.report_rtt else math.nan)}  "
+        f"({len(sim.report_rtt)} requests carrying {sim.reports_sent} reports)",
     )
     add(sec, "bench process CPU during submits (client + 100 sims)", f"{own_cpu_submit:.0f} % of a core")
     add(sec, "other load on the machine, round 1 (not ours; of 2 cores)", f"{others_pct:.0f} % of a core")

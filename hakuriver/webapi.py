@@ -46,6 +46,14 @@ NODE_KEY_HEADER = "X-HakuRiver-Node-Key"
 MAX_BODY_BYTES = 1 << 20
 """Largest request body either service accepts (aiohttp answers 413 beyond)."""
 
+MAX_BATCH_ITEMS = 500
+"""Most items one batch request carries, either way: a runner's reports to the
+Host (`POST /api/runner/reports`), the Host's tasks to a runner (`POST /api/tasks/batch`)."""
+
+BATCH_BODY_BYTES = MAX_BODY_BYTES // 2
+"""A batch's sender starts a new request before its body would pass this (a
+single item may be larger: it goes alone), well inside `MAX_BODY_BYTES`."""
+
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 """The integers a JSON body may hold: what SQLite's INTEGER stores."""
 

@@ -106,9 +106,9 @@ def test_the_cli_fake_host_serves_only_documented_routes(documented_host: set[Ro
 def test_the_host_tests_fake_runner_serves_only_runner_routes(real_runner: set[Route]) -> None:
     from tests.host.test_host_states import FakeRunner
 
-    routes = served(FakeRunner().app)
+    routes = served(FakeRunner(batch=True).app)
     assert routes - real_runner == set(), "FakeRunner serves routes hakuriver.runner.api.ROUTES lacks"
-    assert ("POST", "/api/tasks") in routes
+    assert {("POST", "/api/tasks"), ("POST", "/api/tasks/batch")} <= routes
 
 
 def test_the_bench_simulated_runners_serve_only_runner_routes(real_runner: set[Route], tmp_path: Path) -> None:
@@ -117,4 +117,4 @@ def test_the_bench_simulated_runners_serve_only_runner_routes(real_runner: set[R
     sim = SimCluster(HostSetup(tmp_path))
     routes = served(sim.app, prefix="/r/{name}")
     assert routes - real_runner == set(), "bench SimCluster serves routes hakuriver.runner.api.ROUTES lacks"
-    assert ("POST", "/api/tasks") in routes
+    assert {("POST", "/api/tasks"), ("POST", "/api/tasks/batch")} <= routes

@@ -3,7 +3,8 @@
 The `Dispatcher` waits for the cluster's kicks (a submit, a task ending, a
 node coming back), runs one pass of the pure `Scheduler` over the pending
 queue under the cluster lock, writes the placements (pending -> assigning),
-and sends each placed task to its runner after the lock is released. A
+and sends the placed tasks to their runners after the lock is released,
+one request per node (`Dispatcher.send`). A
 burst of events shares one pass (`PASS_COALESCE_SECONDS`), and after a pass
 the loop rests three times as long as it took (at most
 `PASS_MAX_REST_SECONDS`), so that a deep queue under a stream of submits
@@ -23,7 +24,7 @@ from ..models import SYSTEMD_CONTAINER, NodeResources, Task, TaskState
 from ..parsing import parse_mount
 from ..runrequest import RunRequest
 from .cluster import Cluster
-from .runner_client import RunnerRejected, RunnerUnreachable
+from .runner_client import SEND_ALONE, RunnerRejected, RunnerUnreachable
 from .scheduler import LimitsOf, Scheduler, queue_order
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,16 @@ class Dispatcher:
     def resume(self, assigning: list[Task]) -> None:
         """Send again the tasks a Host restart caught in `assigning`. Runners
         accept a task id idempotently, so sending twice loses nothing."""
-        for task in assigning:
-            self.cluster.spawn(self.dispatch(task))
+        self.send(assigning)
+
+    def send(self, tasks: list[Task]) -> None:
+        """Send placed tasks to their runners in the background: one request
+        per node (`dispatch_many`), not one per task."""
+        by_node: dict[str, list[Task]] = {}
+        for task in tasks:
+            by_node.setdefault(task.node or "", []).append(task)
+        for node_tasks in by_node.values():
+            self.cluster.spawn(self.dispatch_many(node_tasks))
 
     async def schedule_loop(self) -> None:
         cluster = self.cluster
@@ -155,8 +164,7 @@ class Dispatcher:
                 task.node, task.numa, task.gpus, task.assigned_at = p.node, p.numa, list(p.gpus), now
                 dispatched.append(task)
             cluster.fairshare.sync(cluster.ledger.holds(), now)  # they accrue from their placement
-        for task in dispatched:
-            cluster.spawn(self.dispatch(task))
+        self.send(dispatched)
         return dispatched
 
     def _fence_holder(self, task_id: int) -> str | None:
@@ -198,6 +206,31 @@ class Dispatcher:
             batch_id=task.batch_id if task.array_index is not None else None,
             array_index=task.array_index,
             attempt=task.attempt,
+        )
+
+    async def dispatch_many(self, tasks: list[Task]) -> None:
+        """Send tasks placed on one node in one request (`RunnerClient.run_tasks`);
+        each task's refusal or lost answer fails that task as `dispatch` would.
+        A single task, and each task the runner could not take in a batch (an
+        older runner without the route), goes alone (`dispatch`)."""
+        cluster = self.cluster
+        node = cluster.nodes.get(tasks[0].node or "")
+        if len(tasks) == 1 or node is None or not cluster.runners.batches_to(node):
+            await asyncio.gather(*(self.dispatch(task) for task in tasks))
+            return
+        outcomes = await cluster.runners.run_tasks(node, [self.run_request(task).to_json() for task in tasks])
+        alone = []
+        ended = []
+        for task, outcome in zip(tasks, outcomes, strict=True):
+            if outcome is SEND_ALONE:
+                alone.append(task)
+            elif isinstance(outcome, RunnerRejected):
+                ended.append((task, f"runner {node.hostname} refused the task: {outcome.message}"))
+            elif isinstance(outcome, RunnerUnreachable):
+                ended.append((task, f"dispatch to {node.hostname} failed: {outcome}"))
+        await asyncio.gather(
+            *(self.dispatch(task) for task in alone),
+            *(cluster.finish(task.id, TaskState.FAILED, error=error, attempt=task.attempt) for task, error in ended),
         )
 
     async def dispatch(self, task: Task) -> None:

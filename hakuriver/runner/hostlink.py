@@ -17,6 +17,10 @@ records and posts (`supervisor.Notices`); HostLink runs three loops:
   restart are sent after it). A result whose output files are incomplete
   carries `output_error` next to its real state and exit code. A task's `running` report always goes before
   its result.
+- Whatever is ready goes in one request (`POST /api/runner/reports`): every
+  start posted so far, then every result in the outbox, each acknowledged
+  (or dropped, when the Host refuses it for good) by its own outcome. A Host
+  from before that route gets each report alone, as before.
 """
 
 from __future__ import annotations
@@ -26,17 +30,22 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from ..config import Config
+from ..jsoncodec import dumps_bytes
 from ..models import NodeCapabilities, NodeResources, TaskState
-from ..webapi import NODE_KEY_HEADER, auth_headers
+from ..webapi import BATCH_BODY_BYTES, MAX_BATCH_ITEMS, NODE_KEY_HEADER, auth_headers
 from .state import NODE_KEY, ORDER_TOKEN, RunnerState
 from .supervisor import Notices
 
 log = logging.getLogger(__name__)
+
+BATCH_RETRY_SECONDS = 600.0
+"""How long reports go one by one to a Host without the batch route before it is asked again."""
 
 
 class HostLink:
@@ -73,6 +82,8 @@ class HostLink:
         self._node_key = ""
         self._order_token = ""
         self._announcing = asyncio.Lock()
+        self._no_batch_at: float | None = None
+        """When the Host last answered that it has no batch route for reports (the loop's clock)."""
         self._loops: list[asyncio.Task[None]] = []
         self.base = config.host_url
 
@@ -202,46 +213,132 @@ class HostLink:
         while True:
             await self._notices.new_start.wait()
             self._notices.new_start.clear()
-            await self._announce()
+            try:
+                await self._announce()
+            except Exception:  # best effort: the heartbeat lists every running task
+                log.exception("reporting started tasks as running failed")
 
     async def _announce(self) -> None:
-        """Report every start posted so far, concurrently; return once they are sent.
+        """Report every start posted so far, in one request; return once it is sent.
         Serialised, so that a caller returns only after the reports taken by any
         other caller are sent too."""
         async with self._announcing:
-            started = self._notices.take_started()
-            sent = await asyncio.gather(
-                *(self.report(i, TaskState.RUNNING, attempt=self._attempt_of(i)) for i in started),
-                return_exceptions=True,
-            )
-            for task_id, outcome in zip(started, sent, strict=True):
-                if isinstance(outcome, BaseException):
-                    log.error("reporting task %s as running failed: %r", task_id, outcome)
+            await self._send(self._running_reports())
+
+    def _running_reports(self) -> list[Report]:
+        return [Report(i, TaskState.RUNNING, attempt=self._attempt_of(i)) for i in self._notices.take_started()]
 
     async def deliver_loop(self) -> None:
-        """Send every recorded result until the Host acknowledges it."""
+        """Send every recorded result until the Host acknowledges it, together
+        with the starts posted so far (in one request, `running` first)."""
         backoff = 0.5
         while True:
             self._notices.new_result.clear()
             outbox = await self._state.outbox()
-            # Every start of a task read above was posted before its result was
-            # recorded: sending the starts now keeps each `running` before its end.
-            await self._announce()
-            failed = False
-            for item in outbox:
-                r = item.result
-                if await self.report(
-                    item.task_id, r.state, r.exit_code, r.error, output_error=r.output_error, attempt=item.attempt
-                ):
-                    await self._state.acknowledge(item.task_id, attempt=item.attempt)
-                else:
-                    failed = True
-            if failed:
+            async with self._announcing:
+                # Every start of a task read above was posted before its result was
+                # recorded: sending the starts first keeps each `running` before its end.
+                running = self._running_reports()
+                results = [
+                    Report(
+                        item.task_id,
+                        item.result.state,
+                        item.result.exit_code,
+                        item.result.error,
+                        item.result.output_error,
+                        item.attempt,
+                    )
+                    for item in outbox
+                ]
+                done = (await self._send(running + results))[len(running) :]
+            await self._state.acknowledge_many(
+                (item.task_id, item.attempt) for item, ok in zip(outbox, done, strict=True) if ok
+            )
+            if not all(done):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
             backoff = 0.5
             await self._notices.new_result.wait()
+
+    async def _send(self, reports: list[Report]) -> list[bool]:
+        """Send `reports` in order, as few requests as the bounds allow
+        (`POST /api/runner/reports`); for each, whether it is done with (the
+        Host took it, or refused it for good: logged). A Host from before that
+        route (404, 405) is sent each report alone (`report`), and not asked
+        again for `BATCH_RETRY_SECONDS`."""
+        done: list[bool] = []
+        for chunk in _chunks(reports):
+            got = await self._send_batch(chunk) if self._batches() else None
+            if got is None:
+                got = await self._send_each(chunk)
+            done.extend(got)
+        return done
+
+    def _batches(self) -> bool:
+        loop = asyncio.get_running_loop()
+        if self._no_batch_at is not None and loop.time() - self._no_batch_at >= BATCH_RETRY_SECONDS:
+            self._no_batch_at = None
+        return self._no_batch_at is None
+
+    async def _send_batch(self, chunk: list[Report]) -> list[bool] | None:
+        """One request for `chunk`; None when the reports must go one by one instead."""
+        payload = {"hostname": self.resources.hostname, "reports": [r.to_json(with_id=True) for r in chunk]}
+        try:
+            status, body = await self._post("/api/runner/reports", payload)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.warning("cannot send %d report(s) to the Host: %s", len(chunk), exc)
+            return [False] * len(chunk)
+        if status in (404, 405):
+            log.info("the Host has no batch route for reports (an older Host); sending them one by one")
+            self._no_batch_at = asyncio.get_running_loop().time()
+            return None
+        if status == 400:
+            # Never from a Host that has the route and this runner's fields;
+            # one by one, each report gets its own answer (and fallbacks).
+            log.warning("the Host refused a batch of %d report(s): %s; sending each alone", len(chunk), _error(body))
+            return None
+        results = body.get("results") if status == 200 and isinstance(body, dict) else None
+        if not isinstance(results, list) or len(results) != len(chunk):
+            log.warning("sending %d report(s) failed (%s): %s", len(chunk), status, _error(body))
+            return [False] * len(chunk)
+        return [self._outcome(r, result) for r, result in zip(chunk, results, strict=True)]
+
+    @staticmethod
+    def _outcome(report: Report, result: Any) -> bool:
+        """Whether one report of a batch is done with, as `report` decides for a single one."""
+        status = result.get("status") if isinstance(result, dict) else None
+        if status == 200:
+            return True
+        if status in (404, 409):
+            log.warning("the Host refused the report for task %s (%s): %s", report.task_id, status, _error(result))
+            return True
+        log.warning("report for task %s failed (%s): %s", report.task_id, status, _error(result))
+        return False
+
+    async def _send_each(self, chunk: list[Report]) -> list[bool]:
+        """The reports one request each: the starts concurrently, then the results in order."""
+        starts = [i for i, r in enumerate(chunk) if r.state is TaskState.RUNNING]
+        sent = await asyncio.gather(*(self.send_one(chunk[i]) for i in starts), return_exceptions=True)
+        done = [False] * len(chunk)
+        for i, outcome in zip(starts, sent, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error("reporting task %s as running failed: %r", chunk[i].task_id, outcome)
+            done[i] = outcome is True
+        for i, report in enumerate(chunk):
+            if report.state is not TaskState.RUNNING:
+                done[i] = await self.send_one(report)
+        return done
+
+    async def send_one(self, report: Report) -> bool:
+        return await self.report(
+            report.task_id,
+            report.state,
+            report.exit_code,
+            report.error,
+            output_error=report.output_error,
+            attempt=report.attempt,
+        )
 
     async def report(
         self,
@@ -253,17 +350,8 @@ class HostLink:
         output_error: str | None = None,
         attempt: int = 1,
     ) -> bool:
-        payload: dict[str, Any] = {"hostname": self.resources.hostname, "state": str(state)}
-        if attempt != 1:
-            # Only a retried task's later runs (`--retries`): a Host from before retries never orders those.
-            payload["attempt"] = attempt
-        if exit_code is not None:
-            payload["exit_code"] = exit_code
-        if error is not None:
-            payload["error"] = error
-        if output_error is not None:
-            # Sent only when set, so a Host from before the field accepts every other report.
-            payload["output_error"] = output_error
+        fields = Report(task_id, state, exit_code, error, output_error, attempt).to_json(with_id=False)
+        payload: dict[str, Any] = {"hostname": self.resources.hostname, **fields}
         try:
             status, body = await self._post(f"/api/runner/tasks/{task_id}/status", payload)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -285,6 +373,49 @@ class HostLink:
             return True
         log.warning("report for task %s failed (%s): %s", task_id, status, _error(body))
         return False
+
+
+@dataclass(frozen=True)
+class Report:
+    """One state change to tell the Host: a task's start (`running`) or its result."""
+
+    task_id: int
+    state: TaskState
+    exit_code: int | None = None
+    error: str | None = None
+    output_error: str | None = None
+    attempt: int = 1
+
+    def to_json(self, *, with_id: bool) -> dict[str, Any]:
+        """The report's fields (and `task_id`, for an item of a batch)."""
+        out: dict[str, Any] = {"task_id": str(self.task_id)} if with_id else {}
+        out["state"] = str(self.state)
+        if self.attempt != 1:
+            # Only a retried task's later runs (`--retries`): a Host from before retries never orders those.
+            out["attempt"] = self.attempt
+        if self.exit_code is not None:
+            out["exit_code"] = self.exit_code
+        if self.error is not None:
+            out["error"] = self.error
+        if self.output_error is not None:
+            # Sent only when set, so a Host from before the field accepts every other report.
+            out["output_error"] = self.output_error
+        return out
+
+
+def _chunks(reports: list[Report]) -> list[list[Report]]:
+    """`reports` in order, in groups of at most `MAX_BATCH_ITEMS` and about
+    `BATCH_BODY_BYTES` of JSON (a larger report goes in a group of its own)."""
+    chunks: list[list[Report]] = []
+    size = 0
+    for report in reports:
+        item = len(dumps_bytes(report.to_json(with_id=True)))
+        if not chunks or len(chunks[-1]) >= MAX_BATCH_ITEMS or size + item > BATCH_BODY_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(report)
+        size += item + 1
+    return chunks
 
 
 def _error(body: Any) -> str:

@@ -293,6 +293,19 @@ class RunnerState:
         if self._outbox_ids.get(task_id) == attempt:
             del self._outbox_ids[task_id]
 
+    async def acknowledge_many(self, delivered: Iterable[tuple[int, int]]) -> None:
+        """The Host has these results, as (task id, attempt): forget them, in
+        one transaction (a batch of reports, `HostLink`). Like `acknowledge`
+        with `attempt`, each only for that attempt."""
+        pairs = list(delivered)
+        if not pairs:
+            return
+        sql = f"DELETE FROM outbox WHERE task_id = ? AND {_ATTEMPT_SQL} = ?"
+        await self._write(*((sql, (task_id, attempt)) for task_id, attempt in pairs))
+        for task_id, attempt in pairs:
+            if self._outbox_ids.get(task_id) == attempt:
+                del self._outbox_ids[task_id]
+
 
 class StateError(HakuRiverError):
     """The runner's state store cannot be opened or trusted."""

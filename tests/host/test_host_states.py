@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +27,44 @@ TOKEN = "state-test-token"
 
 
 class FakeRunner:
-    """A runner endpoint whose answers a test controls."""
+    """A runner endpoint whose answers a test controls. With `batch`, it also
+    takes several tasks in one request (`POST /api/tasks/batch`), as runners
+    do since batching; without, it is an older runner (404 there).
+    `requests` records the path of every request, served or not."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, batch: bool = False) -> None:
         self.runs: list[dict[str, Any]] = []
+        self.batches: list[list[dict[str, Any]]] = []
+        self.requests: list[str] = []
         self.controls: list[tuple[str, str]] = []
+        self.outcome: Callable[[dict[str, Any]], dict[str, Any]] = lambda _order: {"status": "accepted"}
+        """A batch item's outcome (by its run request)."""
         self.hold = asyncio.Event()
         self.hold.set()
         self.control_hold = asyncio.Event()
         self.control_hold.set()
-        app = web.Application()
+        app = web.Application(middlewares=[self._record])
         app.add_routes(
             [
                 web.post("/api/tasks", self._run),
                 web.post("/api/tasks/{task_id}/{action:kill|pause|resume}", self._control),
             ]
         )
+        if batch:
+            app.add_routes([web.post("/api/tasks/batch", self._run_batch)])
         self.app = app
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Callable[..., Awaitable[web.StreamResponse]]) -> Any:
+        self.requests.append(f"{request.method} {request.path}")
+        return await handler(request)
+
+    async def _run_batch(self, request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+        orders = (await request.json())["tasks"]
+        self.batches.append(orders)
+        await self.hold.wait()
+        return web.json_response({"results": [{"task_id": o["task_id"], **self.outcome(o)} for o in orders]})
 
     async def _run(self, request: web.Request) -> web.Response:
         assert request.headers["Authorization"] == f"Bearer {TOKEN}"
@@ -106,11 +127,13 @@ class HostUnderTest:
 
 
 @contextlib.asynccontextmanager
-async def scripted_host(tmp_path: Path, timing: dict[str, float]) -> AsyncIterator[tuple[HostUnderTest, FakeRunner]]:
+async def scripted_host(
+    tmp_path: Path, timing: dict[str, float], fake: FakeRunner | None = None
+) -> AsyncIterator[tuple[HostUnderTest, FakeRunner]]:
     """A real Host on loopback (real SQLite file) and the scripted `FakeRunner`
-    it sends tasks to; `timing` is the Host's [timing] section."""
+    it sends tasks to (`fake`, or an older runner's); `timing` is the Host's [timing] section."""
     (tmp_path / "shared").mkdir()
-    fake = FakeRunner()
+    fake = fake or FakeRunner()
     runner_port, host_port = free_port(), free_port()
     fake_site = await _serve(fake.app, runner_port)
     config = config_from_dict(

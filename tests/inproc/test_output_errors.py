@@ -8,11 +8,13 @@ import dataclasses
 
 import pytest
 
+from hakuriver.host import app as host_app
 from hakuriver.host.api import runners as runner_routes
 from hakuriver.models import ExitResult
 from hakuriver.runner.executors.base import Handle
 
 from .cluster import InProcCluster, StagedExecutor
+from .conftest import ClusterFactory
 
 FLAG = "stdout: No space left on device (ENOSPC) after 1M written"
 
@@ -38,9 +40,12 @@ async def test_the_host_records_the_flag_next_to_the_real_end(inproc: InProcClus
 
 
 async def test_a_host_from_before_the_field_gets_it_in_error(
-    inproc: InProcCluster, monkeypatch: pytest.MonkeyPatch
+    inproc_factory: ClusterFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A Host from before the field is from before batched reports too.
+    monkeypatch.setattr(host_app, "ROUTES", [r for r in host_app.ROUTES if r.path != "/api/runner/reports"])
     monkeypatch.setattr(runner_routes, "REPORT_FIELDS", {"hostname", "state", "exit_code", "error"})
+    inproc = await inproc_factory()
     await inproc.add_runner("old", executors={"docker": FullDiskExecutor("old", name="docker")})
     task_id = await inproc.submit(["fake", "exit", "0", "full"])
     [task] = (await inproc.client.wait([task_id], timeout=20))["tasks"]

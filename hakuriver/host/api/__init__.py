@@ -59,5 +59,6 @@ ROUTES = [
     web.post("/api/runner/register", runners.runner_register),
     web.post("/api/runner/heartbeat", runners.runner_heartbeat),
     web.post("/api/runner/tasks/{task_id}/status", runners.runner_report),
+    web.post("/api/runner/reports", runners.runner_reports),
     web.get("/metrics", metrics.metrics),
 ]

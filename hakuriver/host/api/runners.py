@@ -1,4 +1,4 @@
-"""Runner-facing routes: registration, heartbeats and task reports."""
+"""Runner-facing routes: registration, heartbeats and task reports (one, or a batch)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,20 @@ from typing import Any
 
 from aiohttp import web
 
-from ...errors import ValidationError
+from ...errors import HakuRiverError, ValidationError
 from ...ids import parse_id
-from ...models import GpuInfo, NodeCapabilities, NodeResources, NumaNode, TaskState
+from ...models import GpuInfo, NodeCapabilities, NodeResources, NumaNode, Task, TaskState
 from ...parsing import validate_node_name
 from ...runrequest import MAX_ATTEMPT
-from ...webapi import NODE_KEY_HEADER, json_response, read_json_object, require_type
+from ...webapi import (
+    MAX_BATCH_ITEMS,
+    NODE_KEY_HEADER,
+    error_body,
+    json_response,
+    read_json_object,
+    require_type,
+)
+from ..cluster import RUNNER_REPORTABLE, RunnerReport
 from ..keys import CLUSTER, CONFIG, LIVENESS
 from .tasks import task_id_of
 
@@ -48,6 +56,9 @@ def _node_key(request: web.Request) -> str | None:
 
 HEARTBEAT_FIELDS = {"hostname", "stats", "tasks", "finishing", "capabilities"}
 REPORT_FIELDS = {"hostname", "state", "exit_code", "error", "output_error", "attempt"}
+BATCH_FIELDS = {"hostname", "reports"}
+BATCH_REPORT_FIELDS = REPORT_FIELDS - {"hostname"} | {"task_id"}
+"""One item of a batch of reports: the single report's fields, and which task (the runner is the batch's)."""
 MAX_REPORT_TEXT = 4096
 """Characters of a report's `output_error` the Host keeps (the rest is cut)."""
 
@@ -141,10 +152,8 @@ async def runner_heartbeat(request: web.Request) -> web.Response:
     return json_response({"kill": [str(k) for k in kills]})
 
 
-async def runner_report(request: web.Request) -> web.Response:
-    task_id = task_id_of(request)
-    data = await read_json_object(request, REPORT_FIELDS)
-    hostname = validate_node_name(require_type(data, "hostname", str))
+def _report(data: dict[str, Any], task_id: int) -> RunnerReport:
+    """A report's fields (the single route's body, or one item of a batch) as a `RunnerReport`."""
     try:
         state = TaskState(require_type(data, "state", str))
     except ValueError:
@@ -158,8 +167,69 @@ async def runner_report(request: web.Request) -> web.Response:
         output_error = output_error[: MAX_REPORT_TEXT - 3] + "..."
     if exit_code is not None and not -(1 << 31) <= exit_code < (1 << 31):
         raise ValidationError("'exit_code' must fit in 32 bits")
+    return RunnerReport(task_id, state, exit_code, error, output_error, _attempt(data))
+
+
+async def runner_report(request: web.Request) -> web.Response:
+    task_id = task_id_of(request)
+    data = await read_json_object(request, REPORT_FIELDS)
+    hostname = validate_node_name(require_type(data, "hostname", str))
+    report = _report(data, task_id)
     request.app[LIVENESS].check_node_key(hostname, _node_key(request))
     task = await request.app[CLUSTER].apply_report(
-        hostname, task_id, state, exit_code=exit_code, error=error, output_error=output_error, attempt=_attempt(data)
+        hostname,
+        task_id,
+        report.state,
+        exit_code=report.exit_code,
+        error=report.error,
+        output_error=report.output_error,
+        attempt=report.attempt,
     )
     return json_response({"task_id": str(task.id), "state": str(task.state)})
+
+
+def _batch_item(index: int, item: Any) -> RunnerReport:
+    """Item `index` of a batch of reports: the single report's fields and its
+    `task_id`; a ValidationError names the item."""
+    try:
+        if not isinstance(item, dict):
+            raise ValidationError("a report is a JSON object")
+        unknown = sorted(set(item) - BATCH_REPORT_FIELDS)
+        if unknown:
+            raise ValidationError(
+                f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(BATCH_REPORT_FIELDS))})"
+            )
+        if "task_id" not in item:
+            raise ValidationError("field 'task_id' is required")
+        report = _report(item, parse_id(item["task_id"]))
+        if report.state not in RUNNER_REPORTABLE:
+            raise ValidationError(f"runners cannot report state {report.state}")
+        return report
+    except ValidationError as exc:
+        raise ValidationError(f"reports[{index}]: {exc.message}") from None
+
+
+async def runner_reports(request: web.Request) -> web.Response:
+    """Every state change a runner has ready, in one request (`POST /api/runner/reports`).
+
+    All or nothing for what is malformed: one bad item is a 400 naming its
+    index, and nothing is applied. Otherwise the items are applied in order
+    (`Cluster.apply_reports`) and each gets its outcome, in order: the state
+    stored, or the refusal the single route would answer (404, 409)."""
+    data = await read_json_object(request, BATCH_FIELDS)
+    hostname = validate_node_name(require_type(data, "hostname", str))
+    items = require_type(data, "reports", list)
+    if not 1 <= len(items) <= MAX_BATCH_ITEMS:
+        raise ValidationError(f"'reports' must hold 1 to {MAX_BATCH_ITEMS} reports, not {len(items)}")
+    reports = [_batch_item(index, item) for index, item in enumerate(items)]
+    request.app[LIVENESS].check_node_key(hostname, _node_key(request))
+    outcomes = await request.app[CLUSTER].apply_reports(hostname, reports)
+    return json_response(
+        {"results": [_outcome(report, outcome) for report, outcome in zip(reports, outcomes, strict=True)]}
+    )
+
+
+def _outcome(report: RunnerReport, outcome: Task | HakuRiverError) -> dict[str, Any]:
+    if isinstance(outcome, HakuRiverError):
+        return {"task_id": str(report.task_id), "status": outcome.status, **error_body(outcome.code, outcome.message)}
+    return {"task_id": str(outcome.id), "status": 200, "state": str(outcome.state)}
