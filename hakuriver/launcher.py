@@ -1,4 +1,4 @@
-#!/usr/bin/python3 -I
+#!/usr/bin/python3 -IS
 """hakuriver-task-launcher: the only program a HakuRiver runner may run as root.
 
 Installed root-owned (0755, in a root-owned directory such as
@@ -7,7 +7,8 @@ Installed root-owned (0755, in a root-owned directory such as
 `hakuriver.launcher`, it is also what the runner's systemd executor and
 the install-time generators read its paths and builders from; it stays
 one stdlib-only file so that it can be installed as one root-owned file. It runs with the system
-`/usr/bin/python3 -I`, imports the standard library only, and never the
+`/usr/bin/python3 -IS` (isolated, and without `site`: no site-packages, no .pth
+files on its path), imports the standard library only, and never the
 runner's (user-writable) virtualenv. Its settings come from a root-owned
 allow-list (`/etc/hakuriver/launcher.json`, see
 `hakuriver.deploy.launcher_install`).
@@ -36,6 +37,12 @@ Run by systemd inside the unit (refused when started through sudo):
   poststop ID        as root (ExecStopPost=+): record the exit status and the
                      cgroup's OOM-kill count in <state_dir>/<id>.json
 
+Start-up cost matters: every task starts this program three times (`start`
+through sudo, `exec` and `poststop` in the unit), so the in-unit subcommands
+import only what they use; `subprocess` (only the subcommands that run
+systemctl or systemd-run) and `base64` (the exec spec) are imported where
+they are needed.
+
 Exit codes: 0 ok; 2 the request was refused (invalid, not allowed); 1 it was
 valid but failed (systemd said no, a file could not be created, ...). Errors
 are one line on stderr, prefixed with the program name.
@@ -43,7 +50,6 @@ are one line on stderr, prefixed with the program name.
 
 from __future__ import annotations
 
-import base64
 import errno
 import fcntl
 import grp
@@ -53,7 +59,6 @@ import pwd
 import re
 import signal
 import stat
-import subprocess
 import sys
 import time
 
@@ -598,11 +603,15 @@ def exec_spec(plan):
 
 def encode_spec(spec):
     """base64url chunks: no `$` or `%` (systemd expands those in ExecStart), no quotes, no spaces."""
+    import base64
+
     text = base64.urlsafe_b64encode(json.dumps(spec, separators=(",", ":")).encode("utf-8", "surrogatepass")).decode()
     return [text[i : i + SPEC_CHUNK] for i in range(0, len(text), SPEC_CHUNK)] or [""]
 
 
 def decode_spec(chunks):
+    import base64
+
     try:
         spec = json.loads(base64.urlsafe_b64decode("".join(chunks).encode()).decode("utf-8", "surrogatepass"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -718,6 +727,8 @@ def _read_text(path):
 
 
 def _run(argv, *, timeout=TOOL_TIMEOUT):
+    import subprocess  # not at the top: `exec` and `poststop` never run a tool
+
     try:
         return subprocess.run(
             argv,

@@ -431,7 +431,7 @@ def test_sudoers_refuses_odd_user_names(user: str) -> None:
 
 def test_install_texts_come_from_the_package() -> None:
     source = launcher_source()
-    assert source.startswith("#!/usr/bin/python3 -I\n")
+    assert source.startswith("#!/usr/bin/python3 -IS\n")
     assert "import hakuriver" not in source and "from hakuriver" not in source
     compile(source, "launcher", "exec")
     cfg_text = render_launcher_config(task_users=["alice"], shared_dirs=["/srv/shared/"], local_temp_dirs=["/srv/temp"])
