@@ -633,6 +633,15 @@ def systemd_run_argv(plan, cfg, launcher_path):
         cfg.systemd_run,
         "--no-ask-password",
         "--quiet",
+        # Return once systemd has made the unit and queued its start, not once the
+        # start job is done (~15 ms sooner). What the wait would report, systemd
+        # failing to set up the process (exit codes 200-242: no such user, cannot
+        # chdir, ...; the preflight has checked those as the user), the unit keeps:
+        # it ends `failed` with that code as ExecMainStatus (the poststop hook fails
+        # the same set-up step), and the runner reports a failed unit without a
+        # record as "systemd could not set up the task (exit code N)". A unit that
+        # already exists, or properties systemd refuses, still fail here.
+        "--no-block",
         f"--unit={plan.unit}",
         f"--description={description(plan)}",
         "--property=Type=exec",

@@ -177,6 +177,26 @@ def test_setup_errors_fail_tasks_with_a_reason(sd: SdCluster) -> None:
     t = sd.wait_final(sd.submit(["/nonexistent/program", "arg"]))
     assert t["state"] == "failed" and "/nonexistent/program" in (t.get("error") or ""), t
 
+    # The launcher does not wait for the unit's start job (systemd-run --no-block): a
+    # failure of systemd's own set-up of the process, after the launcher's checks passed,
+    # leaves the unit failed with systemd's exit code, which the runner reports (the
+    # poststop hook fails the same step, so there is no record). Here systemd-run is
+    # given a working directory that does not exist (EXIT_CHDIR, 200).
+    wrapper = "/usr/local/sbin/hkr-systemd-run-bad-cwd"
+    node.write_file(
+        wrapper, '#!/bin/sh\nexec /usr/bin/systemd-run --property=WorkingDirectory=/nonexistent "$@"\n', mode=0o755
+    )
+    original = node.read_file("/etc/hakuriver/launcher.json")
+    bad_cwd = json.loads(original)
+    bad_cwd["systemd_run"] = wrapper
+    sd.set_launcher_config(json.dumps(bad_cwd))
+    try:
+        t = sd.wait_final(sd.submit(["true"]))
+    finally:
+        sd.set_launcher_config(original)
+        node.exec(["rm", "-f", wrapper])
+    assert t["state"] == "failed" and "systemd could not set up the task (exit code 200" in (t.get("error") or ""), t
+
     original = node.read_file("/etc/hakuriver/launcher.json")
     allow_ghost = json.loads(original)
     allow_ghost["task_users"].append("ghost")

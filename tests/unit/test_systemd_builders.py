@@ -308,6 +308,7 @@ def test_systemd_run_argv_is_built_from_validated_values_only() -> None:
         "/usr/bin/systemd-run",
         "--no-ask-password",
         "--quiet",
+        "--no-block",
         "--unit=hakuriver-task-123.service",
         "--description=HakuRiver task 123 (runner node-1)",
         "--property=Type=exec",
