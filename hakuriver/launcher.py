@@ -76,6 +76,8 @@ DEFAULT_STATE_DIR = "/var/lib/hakuriver/task-status"
 DEFAULT_SYSTEMD_RUN = "/usr/bin/systemd-run"
 DEFAULT_SYSTEMCTL = "/usr/bin/systemctl"
 DEFAULT_NUMACTL = "/usr/bin/numactl"
+TRANSIENT_DIR = "/run/systemd/transient"
+"""Where the system manager keeps the unit files of loaded transient units."""
 TASK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """PATH a task starts with (its --env may replace it)."""
 TOOL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
@@ -673,7 +675,17 @@ def kill_argv(cfg, unit, signame):
     return systemctl_argv(cfg, "kill", unit, "--kill-who=all", f"--signal={signame}")
 
 
-UNIT_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "Result", "MainPID", "ExecMainCode", "ExecMainStatus")
+UNIT_PROPERTIES = (
+    "Id",
+    "LoadState",
+    "ActiveState",
+    "SubState",
+    "Result",
+    "MainPID",
+    "ExecMainCode",
+    "ExecMainStatus",
+    "Transient",
+)
 
 
 def show_argv(cfg, units, properties=UNIT_PROPERTIES):
@@ -959,14 +971,19 @@ def cmd_start(cfg, launcher_path, stdin):
         os.close(lock_fd)
 
 
-def _start_locked(cfg, launcher_path, plan):
-    props = show_unit(cfg, plan.unit)
-    if props.get("LoadState") not in ("not-found", ""):
-        raise Failed(
-            f"unit {plan.unit} already exists ({props.get('ActiveState')}/{props.get('SubState')}): task "
-            f"{plan.task_id} was already started on this node; clear it with `systemctl stop {plan.unit}` "
-            f"and `systemctl reset-failed {plan.unit}`"
-        )
+def _start_locked(cfg, launcher_path, plan, *, transient_dir=TRANSIENT_DIR):
+    # The unit must not exist yet: checked before the log files are (re)made, so that a
+    # second start of a running task leaves its logs alone. A task's unit is transient,
+    # and systemd keeps a transient unit's file in `transient_dir` for as long as the unit
+    # is loaded (systemd.unit(5), "Dynamic configuration for transient units"): one
+    # lstat() instead of a `systemctl show` (a process, ~6 ms) on every start. Where that
+    # directory is missing (another layout) systemctl decides, as it does when the file
+    # is there (for the message). A same-named unit that is not transient (a unit file an
+    # admin wrote) is caught by systemd-run's own refusal below.
+    if not os.path.isdir(transient_dir) or os.path.lexists(f"{transient_dir}/{plan.unit}"):
+        props = show_unit(cfg, plan.unit)
+        if props.get("LoadState") not in ("not-found", ""):
+            raise Failed(_exists_message(plan, props))
     if os.path.lexists(state_path(cfg, plan.task_id)):
         raise Failed(
             f"task {plan.task_id} already ran on this node (its exit status is recorded in "
@@ -977,9 +994,21 @@ def _start_locked(cfg, launcher_path, plan):
     proc = _run(argv)
     if proc.returncode != 0:
         why = _tool_error(proc)
-        _discard(cfg, plan.task_id, plan.unit)
+        props = show_unit(cfg, plan.unit)
+        if props.get("LoadState") == "loaded" and props.get("Transient") == "no":
+            # Not ours (ours are transient, and none was loaded a moment ago under the lock).
+            raise Failed(_exists_message(plan, props))
+        _discard(cfg, plan.task_id, plan.unit, props)
         raise Failed(f"systemd-run could not start {plan.unit}: {why}")
     return {"unit": plan.unit, "user": plan.user, "state_dir": cfg.state_dir}
+
+
+def _exists_message(plan, props):
+    return (
+        f"unit {plan.unit} already exists ({props.get('ActiveState')}/{props.get('SubState')}): task "
+        f"{plan.task_id} was already started on this node; clear it with `systemctl stop {plan.unit}` "
+        f"and `systemctl reset-failed {plan.unit}`"
+    )
 
 
 def ensure_state_dir(cfg):
@@ -990,9 +1019,8 @@ def ensure_state_dir(cfg):
     check_root_owned(cfg.state_dir, "state dir")
 
 
-def _discard(cfg, task_id, unit):
-    """Remove a unit that failed to start (and anything it recorded)."""
-    props = show_unit(cfg, unit)
+def _discard(cfg, task_id, unit, props):
+    """Remove a unit that failed to start (and anything it recorded). `props`: its `show_unit`."""
     if unit_is_live(props):
         _run(systemctl_argv(cfg, "stop", unit))
     if props.get("LoadState") == "loaded":

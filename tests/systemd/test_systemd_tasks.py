@@ -293,12 +293,29 @@ def test_the_runner_user_cannot_become_root(sd: SdCluster) -> None:
     assert not node.exec(["test", "-e", "/etc/hkr-evil"], check=False).ok, "root followed the planted link"
     out = node.exec(["stat", "-c", "%U|%F", f"{SHARED}/task_outputs/911.out"]).stdout.strip().split("|")
     assert out[0] == TASK_USER and out[1].startswith("regular"), out
-    # A unit name clash is reported, not papered over.
-    assert sd.launcher("start", input=start_request("912", command=["sleep", "600"])).ok
+    # A unit name clash is reported, not papered over, and the running task's logs are
+    # left alone (the clash is found before the log files are made).
+    out_912 = f"{SHARED}/task_outputs/912.out"
+    assert sd.launcher("start", input=start_request("912", command=["sh", "-c", "echo first; exec sleep 600"])).ok
+    poll(lambda: "first" in node.read_file(out_912), timeout=30, what="task 912 to write its output")
     r = sd.launcher("start", input=start_request("912", command=["true"]))
-    assert r.rc == 1 and "already exists" in r.stderr, r
+    assert r.rc == 1 and "already exists (active/running)" in r.stderr, r
+    assert node.read_file(out_912) == "first\n", "a refused second start replaced the running task's log"
     assert sd.launcher("cleanup", "912").ok
     assert sd.unit("912", "LoadState")["LoadState"] == "not-found"
+    # A unit of the same name that is not a transient one (a unit file an admin wrote) is
+    # refused by systemd-run itself, and left as it was.
+    admin_unit = "/etc/systemd/system/hakuriver-task-913.service"
+    node.write_file(admin_unit, "[Service]\nExecStart=/bin/sleep 600\n", mode=0o644)
+    try:
+        node.exec(["systemctl", "daemon-reload"])
+        r = sd.launcher("start", input=start_request("913", command=["true"]))
+        assert r.rc == 1 and "already exists" in r.stderr, r
+        assert sd.unit("913", "LoadState", "Transient") == {"LoadState": "loaded", "Transient": "no"}
+        assert node.exec(["test", "-f", admin_unit], check=False).ok
+    finally:
+        node.exec(["rm", "-f", admin_unit])
+        node.exec(["systemctl", "daemon-reload"])
 
     leftovers = node.exec(["sh", "-c", "ls /root/pwned-* /tmp/pwned-* /etc/hkr-evil 2>/dev/null || true"]).stdout
     assert leftovers == "", f"something ran as root: {leftovers}"
