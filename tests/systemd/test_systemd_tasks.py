@@ -300,6 +300,13 @@ def test_the_runner_user_cannot_become_root(sd: SdCluster) -> None:
     poll(lambda: "first" in node.read_file(out_912), timeout=30, what="task 912 to write its output")
     r = sd.launcher("start", input=start_request("912", command=["true"]))
     assert r.rc == 1 and "already exists (active/running)" in r.stderr, r
+    # The unit's stages run the launcher's compiled code: root's, in the root-owned state
+    # dir, and no way past sudo's rule.
+    cache = f"{STATE_DIR}/.launcher-code.pyc"
+    assert f"argv[]=/usr/bin/python3 -IS {cache} exec " in sd.unit("912", "ExecStart")["ExecStart"]
+    assert f"argv[]=/usr/bin/python3 -IS {cache} poststop 912 " in sd.unit("912", "ExecStopPost")["ExecStopPost"]
+    assert shlex.split(node.exec(["stat", "-c", "%U %a", cache, STATE_DIR]).stdout) == ["root", "644", "root", "755"]
+    refused_by_sudo("/usr/bin/python3", "-IS", cache, "info")
     assert node.read_file(out_912) == "first\n", "a refused second start replaced the running task's log"
     assert sd.launcher("cleanup", "912").ok
     assert sd.unit("912", "LoadState")["LoadState"] == "not-found"

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import stat
 import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -332,6 +336,50 @@ def test_systemd_run_argv_is_built_from_validated_values_only() -> None:
 def test_limits_are_omitted_when_not_requested() -> None:
     argv = L.systemd_run_argv(plan(), CFG, DEFAULT_LAUNCHER_PATH)
     assert not [a for a in argv if "CPUQuota" in a or "MemoryMax" in a]
+
+
+def test_the_in_unit_stages_run_the_code_cache_when_there_is_one() -> None:
+    argv = L.systemd_run_argv(plan(), CFG, DEFAULT_LAUNCHER_PATH, ("/usr/bin/python3", "/var/lib/h/.c.pyc"))
+    assert "--property=ExecStopPost=+/usr/bin/python3 -IS /var/lib/h/.c.pyc poststop 123" in argv
+    tail = argv[argv.index("--") + 1 :]
+    assert tail[:4] == ["/usr/bin/python3", "-IS", "/var/lib/h/.c.pyc", "exec"]
+    with pytest.raises(L.Refused):
+        L.systemd_run_argv(plan(), CFG, DEFAULT_LAUNCHER_PATH, ("/usr/bin/python3", "/tmp/a b.pyc"))
+
+
+def test_the_code_cache_is_the_launchers_own_code_and_is_remade_when_stale_or_not_roots(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = L.parse_config({**CFG.to_json(), "state_dir": str(state)})
+    launcher = tmp_path / "launcher"
+    launcher.write_text(launcher_source())
+    python, cache = L.ensure_code_cache(cfg, str(launcher))
+    assert cache == f"{state}/{L.CODE_CACHE_NAME}" and python == sys.executable
+    # It is the launcher: run with no arguments, it says how it is used.
+    proc = subprocess.run([python, "-IS", cache], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("hakuriver-task-launcher: usage:"), proc
+    first = os.stat(cache)
+    assert stat.S_IMODE(first.st_mode) == 0o644
+    if os.geteuid() == 0:  # only a root-owned cache is ever reused
+        L.ensure_code_cache(cfg, str(launcher))
+        assert os.stat(cache).st_ino == first.st_ino, "a current cache was rewritten"
+    # A changed launcher gets its own code, not the old.
+    launcher.write_text(launcher_source().replace('PROG = "hakuriver-task-launcher"', 'PROG = "changed-launcher"'))
+    L.ensure_code_cache(cfg, str(launcher))
+    proc = subprocess.run([python, "-IS", cache], capture_output=True, text=True)
+    assert proc.stderr.startswith("changed-launcher: usage:"), proc
+    # A link planted in its place is replaced, never followed; a group-writable cache is replaced.
+    target = tmp_path / "elsewhere"
+    target.write_text("keep")
+    os.unlink(cache)
+    os.symlink(target, cache)
+    L.ensure_code_cache(cfg, str(launcher))
+    assert not os.path.islink(cache) and target.read_text() == "keep"
+    os.chmod(cache, 0o664)
+    L.ensure_code_cache(cfg, str(launcher))
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o644
+    # Where it cannot be made, the units run the launcher itself.
+    assert L.ensure_code_cache(cfg, str(tmp_path / "missing")) is None
 
 
 def test_big_specs_are_split_into_arguments_below_the_kernel_limit() -> None:
