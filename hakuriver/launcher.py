@@ -39,11 +39,11 @@ Run by systemd inside the unit (refused when started through sudo):
 
 Start-up cost matters: every task starts this program three times (`start`
 through sudo, `exec` and `poststop` in the unit), so the in-unit subcommands
-import only what they use; `subprocess` (only the subcommands that run
-systemctl or systemd-run) and `base64` (the exec spec) are imported where
-they are needed; and the unit runs those two from this file's compiled code
-(`python -IS <state_dir>/.launcher-code.pyc`, see `ensure_code_cache`), not
-from this file, which Python would compile again each time.
+import only what they use (`base64` only where the exec spec is made or read;
+tools are run with posix_spawn, not `subprocess`, see `_run`); and the unit
+runs those two from this file's compiled code (`python -IS
+<state_dir>/.launcher-code.pyc`, see `ensure_code_cache`), not from this
+file, which Python would compile again each time.
 
 Exit codes: 0 ok; 2 the request was refused (invalid, not allowed); 1 it was
 valid but failed (systemd said no, a file could not be created, ...). Errors
@@ -757,22 +757,98 @@ def _read_text(path):
 # ------------------------------------------------------------- actions (I/O)
 
 
-def _run(argv, *, timeout=TOOL_TIMEOUT):
-    import subprocess  # not at the top: `exec` and `poststop` never run a tool
+class ToolRun:
+    """How a tool run by `_run` ended: its exit status (negative: killed by that signal),
+    stdout and stderr (bytes)."""
 
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _run(argv, *, timeout=TOOL_TIMEOUT):
+    """Run a tool: `argv` as a list (no shell), stdin /dev/null, the environment exactly
+    TOOL_ENV, the default signal dispositions, stdout and stderr captured; Failed when it
+    is missing or still runs after `timeout` seconds (it is then killed).
+
+    posix_spawn and poll, not `subprocess`: importing that (threads, selectors, ...) was
+    ~4 ms of every launcher start. The launcher's own descriptors are all close-on-exec
+    (PEP 446), so the tool inherits only these three."""
+    import select
+
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
     try:
-        return subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=dict(TOOL_ENV),
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise Failed(f"{argv[0]} is missing: is systemd installed?") from None
-    except subprocess.TimeoutExpired:
-        raise Failed(f"{os.path.basename(argv[0])} {argv[1:4]} did not answer within {timeout:.0f}s") from None
+        try:
+            pid = os.posix_spawn(
+                argv[0],
+                list(argv),
+                dict(TOOL_ENV),
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, out_w, 1),
+                    (os.POSIX_SPAWN_DUP2, err_w, 2),
+                ],
+                # Python ignores SIGPIPE and SIGXFSZ; the tool must not inherit that.
+                setsigdef=[getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, n)],
+            )
+        except FileNotFoundError:
+            raise Failed(f"{argv[0]} is missing: is systemd installed?") from None
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        chunks: dict = {out_r: [], err_r: []}
+        poller = select.poll()
+        for fd in chunks:
+            poller.register(fd, select.POLLIN)
+        open_fds = set(chunks)
+        deadline = time.monotonic() + timeout
+        while open_fds:
+            left = deadline - time.monotonic()
+            events = poller.poll(max(0, left) * 1000) if left > 0 else []
+            if not events:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                os.waitpid(pid, 0)
+                raise Failed(f"{os.path.basename(argv[0])} {argv[1:4]} did not answer within {timeout:.0f}s")
+            for fd, _ in events:
+                data = os.read(fd, 65536)
+                if data:
+                    chunks[fd].append(data)
+                else:
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+        status = _wait_for(pid, deadline, argv, timeout)
+        return ToolRun(os.waitstatus_to_exitcode(status), b"".join(chunks[out_r]), b"".join(chunks[err_r]))
+    finally:
+        os.close(out_r)
+        os.close(err_r)
+
+
+def _wait_for(pid, deadline, argv, timeout):
+    """The wait status of `pid`, which has closed its output: at once if it has exited,
+    else by polling its pidfd until `deadline` (then it is killed: Failed)."""
+    import select
+
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        return status
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return os.waitpid(pid, 0)[1]  # no pidfds (an old kernel): as subprocess would
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise Failed(f"{os.path.basename(argv[0])} {argv[1:4]} did not answer within {timeout:.0f}s")
+    finally:
+        os.close(pidfd)
+    return os.waitpid(pid, 0)[1]
 
 
 def _tool_error(proc):
@@ -1037,9 +1113,12 @@ _PYC_FLAGS = (0b11).to_bytes(4, "little")
 
 def code_cache_header(source):
     """The 16-byte header of a hash-based .pyc of `source` (bytes) for this Python. Pure."""
-    import importlib.util
+    # importlib.util.source_hash and MAGIC_NUMBER, from the modules the interpreter has
+    # loaded already (importing importlib.util would cost ~2 ms of every start).
+    import _imp
 
-    return importlib.util.MAGIC_NUMBER + _PYC_FLAGS + importlib.util.source_hash(source)
+    bootstrap = sys.modules["_frozen_importlib_external"]
+    return bootstrap.MAGIC_NUMBER + _PYC_FLAGS + _imp.source_hash(bootstrap._RAW_MAGIC_NUMBER, source)
 
 
 def ensure_code_cache(cfg, launcher_path):
@@ -1058,7 +1137,7 @@ def ensure_code_cache(cfg, launcher_path):
         with open(launcher_path, "rb") as fh:
             source = fh.read()
         header = code_cache_header(source)
-    except (OSError, ImportError, AttributeError):
+    except (OSError, ImportError, AttributeError, KeyError):
         return None
     path = f"{cfg.state_dir}/{CODE_CACHE_NAME}"
     python = sys.executable

@@ -382,6 +382,32 @@ def test_the_code_cache_is_the_launchers_own_code_and_is_remade_when_stale_or_no
     assert L.ensure_code_cache(cfg, str(tmp_path / "missing")) is None
 
 
+def test_tools_run_as_argv_with_only_the_tool_environment_and_default_signals() -> None:
+    script = (
+        "import os, sys; print(sorted(os.environ)); print(repr(sys.stdin.read()));"
+        "print('to stderr', file=sys.stderr); sys.exit(3)"
+    )
+    proc = L._run([sys.executable, "-IS", "-c", script, "$(touch /tmp/hkr-never)"])
+    env_keys, stdin = proc.stdout.decode().splitlines()
+    assert proc.returncode == 3 and proc.stderr == b"to stderr\n"
+    assert env_keys == repr(sorted(L.TOOL_ENV)) and stdin == "''"
+    # The tool starts with SIGPIPE (13) and SIGXFSZ (25) at their defaults, not ignored as in Python.
+    grep = shutil.which("grep")
+    assert grep
+    ignored = L._run([grep, "SigIgn", "/proc/self/status"]).stdout.split()[1]
+    assert not int(ignored, 16) & ((1 << 12) | (1 << 24)), ignored
+    assert not os.path.exists("/tmp/hkr-never")
+    assert L._run([sys.executable, "-IS", "-c", "import os; os.kill(os.getpid(), 9)"]).returncode == -9
+    with pytest.raises(L.Failed, match="is missing"):
+        L._run(["/nonexistent/systemctl", "show"])
+    with pytest.raises(L.Failed, match="did not answer within"):
+        L._run([sys.executable, "-IS", "-c", "import time; time.sleep(30)"], timeout=0.2)
+    # Output closed but still running: the wait is bounded too.
+    closer = "import os, time; os.close(1); os.close(2); time.sleep(30)"
+    with pytest.raises(L.Failed, match="did not answer within"):
+        L._run([sys.executable, "-IS", "-c", closer], timeout=0.2)
+
+
 def test_big_specs_are_split_into_arguments_below_the_kernel_limit() -> None:
     p = plan(command=["echo"] + ["x" * 1000] * 200)
     chunks = L.encode_spec(L.exec_spec(p))
