@@ -1141,8 +1141,8 @@ def ensure_code_cache(cfg, launcher_path):
         return None
     path = f"{cfg.state_dir}/{CODE_CACHE_NAME}"
     python = sys.executable
-    if not python or not _PLAIN_PATH.match(python):
-        return None
+    if not python or not _PLAIN_PATH.match(python) or not _searchable_by_all(cfg.state_dir):
+        return None  # `exec` runs as the task's user: it must be able to read the cache
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -1182,6 +1182,20 @@ def ensure_code_cache(cfg, launcher_path):
             pass
         return None
     return python, path
+
+
+def _searchable_by_all(directory):
+    """Whether every account may reach files in `directory` (each directory up to / o+x)."""
+    current = os.path.realpath(directory)
+    while True:
+        try:
+            if not os.stat(current).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+        if current == "/":
+            return True
+        current = os.path.dirname(current)
 
 
 def _discard(cfg, task_id, unit, props):

@@ -10,6 +10,8 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -347,7 +349,19 @@ def test_the_in_unit_stages_run_the_code_cache_when_there_is_one() -> None:
         L.systemd_run_argv(plan(), CFG, DEFAULT_LAUNCHER_PATH, ("/usr/bin/python3", "/tmp/a b.pyc"))
 
 
-def test_the_code_cache_is_the_launchers_own_code_and_is_remade_when_stale_or_not_roots(tmp_path: Path) -> None:
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every account can reach (pytest's tmp_path is under a 0700 one)."""
+    path = Path(tempfile.mkdtemp(prefix="hkr-launcher-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_code_cache_is_the_launchers_own_code_and_is_remade_when_stale_or_not_roots(open_dir: Path) -> None:
+    tmp_path = open_dir
     state = tmp_path / "state"
     state.mkdir()
     cfg = L.parse_config({**CFG.to_json(), "state_dir": str(state)})
@@ -378,8 +392,11 @@ def test_the_code_cache_is_the_launchers_own_code_and_is_remade_when_stale_or_no
     os.chmod(cache, 0o664)
     L.ensure_code_cache(cfg, str(launcher))
     assert stat.S_IMODE(os.stat(cache).st_mode) == 0o644
-    # Where it cannot be made, the units run the launcher itself.
+    # Where it cannot be made, or a task's account could not read it, the units run the
+    # launcher itself.
     assert L.ensure_code_cache(cfg, str(tmp_path / "missing")) is None
+    state.chmod(0o750)
+    assert L.ensure_code_cache(cfg, str(launcher)) is None
 
 
 def test_tools_run_as_argv_with_only_the_tool_environment_and_default_signals() -> None:
