@@ -49,7 +49,7 @@ def timed(name, argv):
         t = time.perf_counter(); subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
         out[name].append(time.perf_counter() - t)
 timed("python3 -IS -c pass", ["/usr/bin/python3", "-IS", "-c", "pass"])
-timed("python3 -IS, the launcher's imports", ["/usr/bin/python3", "-IS", "-c", "import json, re, grp, pwd, signal, stat, errno, fcntl, time, base64, subprocess"])
+timed("python3 -IS, the launcher's imports", ["/usr/bin/python3", "-IS", "-c", "import json, re, grp, pwd, signal, stat, errno, fcntl, time, select"])
 timed("python3 -IS, compile the launcher", ["/usr/bin/python3", "-IS", "-c", f"compile(open({L!r}, 'rb').read(), 'l', 'exec')"])
 timed("runner: launcher info", RUNNER + [L, "info"])
 timed("runner: sudo -n launcher info", RUNNER + ["sudo", "-n", L, "info"])
