@@ -685,17 +685,7 @@ def kill_argv(cfg, unit, signame):
     return systemctl_argv(cfg, "kill", unit, "--kill-who=all", f"--signal={signame}")
 
 
-UNIT_PROPERTIES = (
-    "Id",
-    "LoadState",
-    "ActiveState",
-    "SubState",
-    "Result",
-    "MainPID",
-    "ExecMainCode",
-    "ExecMainStatus",
-    "Transient",
-)
+UNIT_PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "Result", "MainPID", "ExecMainCode", "ExecMainStatus")
 
 
 def show_argv(cfg, units, properties=UNIT_PROPERTIES):
@@ -1048,7 +1038,7 @@ def cmd_start(cfg, launcher_path, stdin):
     plan = validate_request(req, cfg, node_exists=lambda n: os.path.isdir(f"/sys/devices/system/node/node{n}"))
     ensure_state_dir(cfg)
     # One start at a time on this node: "no such unit yet" must still hold when systemd-run
-    # runs, and a failed start may then safely remove the unit it made.
+    # runs (and the code cache is written by one start at a time).
     lock_fd = os.open(f"{cfg.state_dir}/.start.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
@@ -1080,11 +1070,12 @@ def _start_locked(cfg, launcher_path, plan, *, transient_dir=TRANSIENT_DIR):
     proc = _run(argv)
     if proc.returncode != 0:
         why = _tool_error(proc)
+        # With --no-block, a refused systemd-run made no unit of ours: a loaded one is
+        # someone else's (a unit file of that name, or a task unit whose transient file
+        # went missing) and is left exactly as it is, never stopped.
         props = show_unit(cfg, plan.unit)
-        if props.get("LoadState") == "loaded" and props.get("Transient") == "no":
-            # Not ours (ours are transient, and none was loaded a moment ago under the lock).
+        if props.get("LoadState") == "loaded":
             raise Failed(_exists_message(plan, props))
-        _discard(cfg, plan.task_id, plan.unit, props)
         raise Failed(f"systemd-run could not start {plan.unit}: {why}")
     return {"unit": plan.unit, "user": plan.user, "state_dir": cfg.state_dir}
 
@@ -1196,18 +1187,6 @@ def _searchable_by_all(directory):
         if current == "/":
             return True
         current = os.path.dirname(current)
-
-
-def _discard(cfg, task_id, unit, props):
-    """Remove a unit that failed to start (and anything it recorded). `props`: its `show_unit`."""
-    if unit_is_live(props):
-        _run(systemctl_argv(cfg, "stop", unit))
-    if props.get("LoadState") == "loaded":
-        _run(systemctl_argv(cfg, "reset-failed", unit))
-    try:
-        os.unlink(state_path(cfg, task_id))
-    except FileNotFoundError:
-        pass
 
 
 def cmd_signal(cfg, task_id, signame, *, verb):

@@ -323,6 +323,14 @@ def test_the_runner_user_cannot_become_root(sd: SdCluster) -> None:
     finally:
         node.exec(["rm", "-f", admin_unit])
         node.exec(["systemctl", "daemon-reload"])
+    # A running task unit whose transient file went missing is refused by systemd-run,
+    # and the launcher stops nothing on the way out.
+    assert sd.launcher("start", input=start_request("914", command=["sleep", "600"])).ok
+    node.exec(["rm", "/run/systemd/transient/hakuriver-task-914.service"])
+    r = sd.launcher("start", input=start_request("914", command=["true"]))
+    assert r.rc == 1 and "already exists (active/running)" in r.stderr, r
+    assert sd.unit("914", "ActiveState")["ActiveState"] == "active"
+    assert sd.launcher("cleanup", "914").ok
 
     leftovers = node.exec(["sh", "-c", "ls /root/pwned-* /tmp/pwned-* /etc/hkr-evil 2>/dev/null || true"]).stdout
     assert leftovers == "", f"something ran as root: {leftovers}"
