@@ -1141,6 +1141,8 @@ def systemd_e2e(args: argparse.Namespace) -> None:
     add(
         sec, "scheduler overhead = completed p50 - bare scope p50", f"{ms(overhead)}", "<= 50 ms", "", overhead <= 0.050
     )
+    for stage, times in r.get("stages", {}).items():
+        add(sec, f"  stage p50: {stage}", ms(pct(times, 50)))
 
 
 # ===================================================================== main

@@ -7,6 +7,14 @@ after another; beside them, in the same node, the bare `systemd-run --scope true
 that the original guide used and `systemd-run --wait true` (a transient service,
 which is what HakuRiver starts), timed inside the node so no `docker exec`
 overhead counts.
+
+Then the stages of one task, timed in the node too (`STAGE_TIMER`, p50 of `n` each):
+a bare Python start (`python3 -IS -c pass`), the launcher's imports and the compile of
+its source (what the unit's stages skip by running its compiled code), `sudo -n` (the
+launcher's `info` with and without it, as the runner user), `systemctl show`,
+`systemd-run --no-block` of a bare transient service, the launcher's whole `start`
+through sudo, and from its return to the unit's status record (the unit's set-up by
+systemd, the `exec` stage, `true`, the poststop hook).
 """
 
 from __future__ import annotations
@@ -26,6 +34,52 @@ for _ in range(n):
     out["service"].append(time.perf_counter() - t)
 print(json.dumps(out))
 """
+
+
+STAGE_TIMER = r"""
+import json, os, subprocess, sys, time
+n, base = int(sys.argv[1]), int(sys.argv[2])
+L = "/usr/local/libexec/hakuriver/hakuriver-task-launcher"
+STATE = "/var/lib/hakuriver/task-status"
+RUNNER = ["runuser", "-u", "runner", "--"]
+out = {}
+def timed(name, argv):
+    out[name] = []
+    for _ in range(n):
+        t = time.perf_counter(); subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        out[name].append(time.perf_counter() - t)
+timed("python3 -IS -c pass", ["/usr/bin/python3", "-IS", "-c", "pass"])
+timed("python3 -IS, the launcher's imports", ["/usr/bin/python3", "-IS", "-c", "import json, re, grp, pwd, signal, stat, errno, fcntl, time, select"])
+timed("python3 -IS, compile the launcher", ["/usr/bin/python3", "-IS", "-c", f"compile(open({L!r}, 'rb').read(), 'l', 'exec')"])
+timed("runner: launcher info", RUNNER + [L, "info"])
+timed("runner: sudo -n launcher info", RUNNER + ["sudo", "-n", L, "info"])
+timed("systemctl show (one unit)", ["systemctl", "--no-pager", "show", "--property=Id,LoadState,ActiveState", "--", "hakuriver-task-1.service"])
+out["systemd-run --no-block (bare service)"] = []
+for i in range(n):
+    t = time.perf_counter()
+    subprocess.run(["systemd-run", "--quiet", "--no-block", f"--unit=bench-bare-{base}-{i}", "--property=Type=exec", "--property=User=alice", "--", "/bin/true"], check=True)
+    out["systemd-run --no-block (bare service)"].append(time.perf_counter() - t)
+out["runner: sudo -n launcher start"], out["start returned -> status record"] = [], []
+for i in range(n):
+    tid = base + i
+    req = json.dumps({"task_id": str(tid), "user": "alice", "command": ["true"], "shared_dir": "/srv/hkr/shared", "local_temp_dir": "/srv/hkr/temp"}).encode()
+    t = time.perf_counter()
+    subprocess.run(RUNNER + ["sudo", "-n", L, "start"], input=req, check=True, stdout=subprocess.DEVNULL)
+    a = time.perf_counter()
+    deadline = a + 30
+    while not os.path.exists(f"{STATE}/{tid}.json"):
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"no status record for {tid}")
+        time.sleep(0.0005)  # polling with a deadline: the stage being timed
+    out["runner: sudo -n launcher start"].append(a - t)
+    out["start returned -> status record"].append(time.perf_counter() - a)
+    subprocess.run([L, "cleanup", str(tid)], check=True, stdout=subprocess.DEVNULL)
+print(json.dumps(out))
+"""
+"""Times each stage of a NULL task in the node (run as root there): see the module docstring."""
+
+STAGE_TASK_BASE = 900_000_000
+"""Task ids the stage timer's own starts use (far above the bench's)."""
 
 
 def measure(n: int) -> dict[str, Any]:
@@ -56,11 +110,13 @@ def measure(n: int) -> dict[str, Any]:
             to_running.append(task["started_at"] - task["submitted_at"])
             to_done.append(task["finished_at"] - task["submitted_at"])
         bare = json.loads(node.exec(["python3", "-c", BARE_TIMER, str(n)], timeout=600).stdout)
+        stages = json.loads(node.exec(["python3", "-c", STAGE_TIMER, str(n), str(STAGE_TASK_BASE)], timeout=600).stdout)
         return {
             "to_running": to_running,
             "to_done": to_done,
             "bare_scope": bare["scope"],
             "bare_service": bare["service"],
+            "stages": stages,
         }
     finally:
         factory.cleanup()

@@ -1,4 +1,4 @@
-#!/usr/bin/python3 -I
+#!/usr/bin/python3 -IS
 """hakuriver-task-launcher: the only program a HakuRiver runner may run as root.
 
 Installed root-owned (0755, in a root-owned directory such as
@@ -7,7 +7,8 @@ Installed root-owned (0755, in a root-owned directory such as
 `hakuriver.launcher`, it is also what the runner's systemd executor and
 the install-time generators read its paths and builders from; it stays
 one stdlib-only file so that it can be installed as one root-owned file. It runs with the system
-`/usr/bin/python3 -I`, imports the standard library only, and never the
+`/usr/bin/python3 -IS` (isolated, and without `site`: no site-packages, no .pth
+files on its path), imports the standard library only, and never the
 runner's (user-writable) virtualenv. Its settings come from a root-owned
 allow-list (`/etc/hakuriver/launcher.json`, see
 `hakuriver.deploy.launcher_install`).
@@ -36,6 +37,14 @@ Run by systemd inside the unit (refused when started through sudo):
   poststop ID        as root (ExecStopPost=+): record the exit status and the
                      cgroup's OOM-kill count in <state_dir>/<id>.json
 
+Start-up cost matters: every task starts this program three times (`start`
+through sudo, `exec` and `poststop` in the unit), so the in-unit subcommands
+import only what they use (`base64` only where the exec spec is made or read;
+tools are run with posix_spawn, not `subprocess`, see `_run`); and the unit
+runs those two from this file's compiled code (`python -IS
+<state_dir>/.launcher-code.pyc`, see `ensure_code_cache`), not from this
+file, which Python would compile again each time.
+
 Exit codes: 0 ok; 2 the request was refused (invalid, not allowed); 1 it was
 valid but failed (systemd said no, a file could not be created, ...). Errors
 are one line on stderr, prefixed with the program name.
@@ -43,7 +52,6 @@ are one line on stderr, prefixed with the program name.
 
 from __future__ import annotations
 
-import base64
 import errno
 import fcntl
 import grp
@@ -53,7 +61,6 @@ import pwd
 import re
 import signal
 import stat
-import subprocess
 import sys
 import time
 
@@ -71,6 +78,8 @@ DEFAULT_STATE_DIR = "/var/lib/hakuriver/task-status"
 DEFAULT_SYSTEMD_RUN = "/usr/bin/systemd-run"
 DEFAULT_SYSTEMCTL = "/usr/bin/systemctl"
 DEFAULT_NUMACTL = "/usr/bin/numactl"
+TRANSIENT_DIR = "/run/systemd/transient"
+"""Where the system manager keeps the unit files of loaded transient units."""
 TASK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """PATH a task starts with (its --env may replace it)."""
 TOOL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
@@ -598,11 +607,15 @@ def exec_spec(plan):
 
 def encode_spec(spec):
     """base64url chunks: no `$` or `%` (systemd expands those in ExecStart), no quotes, no spaces."""
+    import base64
+
     text = base64.urlsafe_b64encode(json.dumps(spec, separators=(",", ":")).encode("utf-8", "surrogatepass")).decode()
     return [text[i : i + SPEC_CHUNK] for i in range(0, len(text), SPEC_CHUNK)] or [""]
 
 
 def decode_spec(chunks):
+    import base64
+
     try:
         spec = json.loads(base64.urlsafe_b64decode("".join(chunks).encode()).decode("utf-8", "surrogatepass"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -617,13 +630,30 @@ def description(plan):
     return text + (f" (runner {plan.runner})" if plan.runner else "")
 
 
-def systemd_run_argv(plan, cfg, launcher_path):
-    """The systemd-run argv that starts `plan`. Pure."""
+def systemd_run_argv(plan, cfg, launcher_path, code=None):
+    """The systemd-run argv that starts `plan`. Pure. `code`: (python, cache) to run the
+    in-unit stages from the launcher's compiled code (`ensure_code_cache`) as
+    `python -IS cache exec|poststop ...`; None: from the launcher itself."""
     launcher = clean_path(launcher_path, "launcher path")
+    if code is not None:
+        python, cache = clean_path(code[0], "python path"), clean_path(code[1], "code cache path")
+        stage = f"{python} -IS {cache}"
+        stage_argv = [python, "-IS", cache]
+    else:
+        stage, stage_argv = launcher, [launcher]
     argv = [
         cfg.systemd_run,
         "--no-ask-password",
         "--quiet",
+        # Return once systemd has made the unit and queued its start, not once the
+        # start job is done (~15 ms sooner). What the wait would report, systemd
+        # failing to set up the process (exit codes 200-242: no such user, cannot
+        # chdir, ...; the preflight has checked those as the user), the unit keeps:
+        # it ends `failed` with that code as ExecMainStatus (the poststop hook fails
+        # the same set-up step), and the runner reports a failed unit without a
+        # record as "systemd could not set up the task (exit code N)". A unit that
+        # already exists, or properties systemd refuses, still fail here.
+        "--no-block",
         f"--unit={plan.unit}",
         f"--description={description(plan)}",
         "--property=Type=exec",
@@ -640,8 +670,8 @@ def systemd_run_argv(plan, cfg, launcher_path):
         argv.append(f"--property=CPUQuota={plan.cores * 100}%")
     if plan.memory is not None:
         argv.append(f"--property=MemoryMax={plan.memory}")
-    argv.append(f"--property=ExecStopPost=+{launcher} poststop {plan.task_id}")
-    argv += ["--", launcher, "exec", *encode_spec(exec_spec(plan))]
+    argv.append(f"--property=ExecStopPost=+{stage} poststop {plan.task_id}")
+    argv += ["--", *stage_argv, "exec", *encode_spec(exec_spec(plan))]
     return argv
 
 
@@ -717,20 +747,98 @@ def _read_text(path):
 # ------------------------------------------------------------- actions (I/O)
 
 
+class ToolRun:
+    """How a tool run by `_run` ended: its exit status (negative: killed by that signal),
+    stdout and stderr (bytes)."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
 def _run(argv, *, timeout=TOOL_TIMEOUT):
+    """Run a tool: `argv` as a list (no shell), stdin /dev/null, the environment exactly
+    TOOL_ENV, the default signal dispositions, stdout and stderr captured; Failed when it
+    is missing or still runs after `timeout` seconds (it is then killed).
+
+    posix_spawn and poll, not `subprocess`: importing that (threads, selectors, ...) was
+    ~4 ms of every launcher start. The launcher's own descriptors are all close-on-exec
+    (PEP 446), so the tool inherits only these three."""
+    import select
+
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
     try:
-        return subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=dict(TOOL_ENV),
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise Failed(f"{argv[0]} is missing: is systemd installed?") from None
-    except subprocess.TimeoutExpired:
-        raise Failed(f"{os.path.basename(argv[0])} {argv[1:4]} did not answer within {timeout:.0f}s") from None
+        try:
+            pid = os.posix_spawn(
+                argv[0],
+                list(argv),
+                dict(TOOL_ENV),
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, out_w, 1),
+                    (os.POSIX_SPAWN_DUP2, err_w, 2),
+                ],
+                # Python ignores SIGPIPE and SIGXFSZ; the tool must not inherit that.
+                setsigdef=[getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, n)],
+            )
+        except FileNotFoundError:
+            raise Failed(f"{argv[0]} is missing: is systemd installed?") from None
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        chunks: dict = {out_r: [], err_r: []}
+        poller = select.poll()
+        for fd in chunks:
+            poller.register(fd, select.POLLIN)
+        open_fds = set(chunks)
+        deadline = time.monotonic() + timeout
+        while open_fds:
+            left = deadline - time.monotonic()
+            events = poller.poll(max(0, left) * 1000) if left > 0 else []
+            if not events:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                os.waitpid(pid, 0)
+                raise Failed(f"{os.path.basename(argv[0])} {argv[1:4]} did not answer within {timeout:.0f}s")
+            for fd, _ in events:
+                data = os.read(fd, 65536)
+                if data:
+                    chunks[fd].append(data)
+                else:
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+        status = _wait_for(pid, deadline, argv, timeout)
+        return ToolRun(os.waitstatus_to_exitcode(status), b"".join(chunks[out_r]), b"".join(chunks[err_r]))
+    finally:
+        os.close(out_r)
+        os.close(err_r)
+
+
+def _wait_for(pid, deadline, argv, timeout):
+    """The wait status of `pid`, which has closed its output: at once if it has exited,
+    else by polling its pidfd until `deadline` (then it is killed: Failed)."""
+    import select
+
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        return status
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return os.waitpid(pid, 0)[1]  # no pidfds (an old kernel): as subprocess would
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise Failed(f"{os.path.basename(argv[0])} {argv[1:4]} did not answer within {timeout:.0f}s")
+    finally:
+        os.close(pidfd)
+    return os.waitpid(pid, 0)[1]
 
 
 def _tool_error(proc):
@@ -930,7 +1038,7 @@ def cmd_start(cfg, launcher_path, stdin):
     plan = validate_request(req, cfg, node_exists=lambda n: os.path.isdir(f"/sys/devices/system/node/node{n}"))
     ensure_state_dir(cfg)
     # One start at a time on this node: "no such unit yet" must still hold when systemd-run
-    # runs, and a failed start may then safely remove the unit it made.
+    # runs (and the code cache is written by one start at a time).
     lock_fd = os.open(f"{cfg.state_dir}/.start.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
@@ -939,27 +1047,45 @@ def cmd_start(cfg, launcher_path, stdin):
         os.close(lock_fd)
 
 
-def _start_locked(cfg, launcher_path, plan):
-    props = show_unit(cfg, plan.unit)
-    if props.get("LoadState") not in ("not-found", ""):
-        raise Failed(
-            f"unit {plan.unit} already exists ({props.get('ActiveState')}/{props.get('SubState')}): task "
-            f"{plan.task_id} was already started on this node; clear it with `systemctl stop {plan.unit}` "
-            f"and `systemctl reset-failed {plan.unit}`"
-        )
+def _start_locked(cfg, launcher_path, plan, *, transient_dir=TRANSIENT_DIR):
+    # The unit must not exist yet: checked before the log files are (re)made, so that a
+    # second start of a running task leaves its logs alone. A task's unit is transient,
+    # and systemd keeps a transient unit's file in `transient_dir` for as long as the unit
+    # is loaded (systemd.unit(5), "Dynamic configuration for transient units"): one
+    # lstat() instead of a `systemctl show` (a process, ~6 ms) on every start. Where that
+    # directory is missing (another layout) systemctl decides, as it does when the file
+    # is there (for the message). A same-named unit that is not transient (a unit file an
+    # admin wrote) is caught by systemd-run's own refusal below.
+    if not os.path.isdir(transient_dir) or os.path.lexists(f"{transient_dir}/{plan.unit}"):
+        props = show_unit(cfg, plan.unit)
+        if props.get("LoadState") not in ("not-found", ""):
+            raise Failed(_exists_message(plan, props))
     if os.path.lexists(state_path(cfg, plan.task_id)):
         raise Failed(
             f"task {plan.task_id} already ran on this node (its exit status is recorded in "
             f"{state_path(cfg, plan.task_id)}); a task id runs once"
         )
     preflight_as_user(plan, cfg)
-    argv = systemd_run_argv(plan, cfg, launcher_path)
+    argv = systemd_run_argv(plan, cfg, launcher_path, ensure_code_cache(cfg, launcher_path))
     proc = _run(argv)
     if proc.returncode != 0:
         why = _tool_error(proc)
-        _discard(cfg, plan.task_id, plan.unit)
+        # With --no-block, a refused systemd-run made no unit of ours: a loaded one is
+        # someone else's (a unit file of that name, or a task unit whose transient file
+        # went missing) and is left exactly as it is, never stopped.
+        props = show_unit(cfg, plan.unit)
+        if props.get("LoadState") == "loaded":
+            raise Failed(_exists_message(plan, props))
         raise Failed(f"systemd-run could not start {plan.unit}: {why}")
     return {"unit": plan.unit, "user": plan.user, "state_dir": cfg.state_dir}
+
+
+def _exists_message(plan, props):
+    return (
+        f"unit {plan.unit} already exists ({props.get('ActiveState')}/{props.get('SubState')}): task "
+        f"{plan.task_id} was already started on this node; clear it with `systemctl stop {plan.unit}` "
+        f"and `systemctl reset-failed {plan.unit}`"
+    )
 
 
 def ensure_state_dir(cfg):
@@ -970,17 +1096,97 @@ def ensure_state_dir(cfg):
     check_root_owned(cfg.state_dir, "state dir")
 
 
-def _discard(cfg, task_id, unit):
-    """Remove a unit that failed to start (and anything it recorded)."""
-    props = show_unit(cfg, unit)
-    if unit_is_live(props):
-        _run(systemctl_argv(cfg, "stop", unit))
-    if props.get("LoadState") == "loaded":
-        _run(systemctl_argv(cfg, "reset-failed", unit))
+CODE_CACHE_NAME = ".launcher-code.pyc"
+"""The launcher's compiled code, in the state dir: what the in-unit stages run."""
+_PYC_FLAGS = (0b11).to_bytes(4, "little")
+"""A hash-based .pyc whose source hash is checked (PEP 552)."""
+
+
+def code_cache_header(source):
+    """The 16-byte header of a hash-based .pyc of `source` (bytes) for this Python. Pure."""
+    # importlib.util.source_hash and MAGIC_NUMBER, from the modules the interpreter has
+    # loaded already (importing importlib.util would cost ~2 ms of every start).
+    import _imp
+
+    bootstrap = sys.modules["_frozen_importlib_external"]
+    return bootstrap.MAGIC_NUMBER + _PYC_FLAGS + _imp.source_hash(bootstrap._RAW_MAGIC_NUMBER, source)
+
+
+def ensure_code_cache(cfg, launcher_path):
+    """(python, path) of the launcher's code compiled for this Python, made now if missing
+    or stale; None where it cannot be made (the units then run the launcher itself).
+
+    Why: `exec` and `poststop` are a Python start each in every task's unit, and compiling
+    this file is about a third of each (~10 ms); Python never caches a script's code. The
+    cache is a hash-based .pyc of the launcher's own (root-owned, checked) source, in the
+    root-owned state dir (checked by `ensure_state_dir`); it is used only while it is a
+    regular root-owned file, writable by root only, whose header names this Python and
+    the source's current hash, and is otherwise replaced (written to a new file, then
+    renamed over). The units run it as `python -IS CACHE`, never through sudo, which
+    still allows the launcher alone."""
     try:
-        os.unlink(state_path(cfg, task_id))
-    except FileNotFoundError:
-        pass
+        with open(launcher_path, "rb") as fh:
+            source = fh.read()
+        header = code_cache_header(source)
+    except (OSError, ImportError, AttributeError, KeyError):
+        return None
+    path = f"{cfg.state_dir}/{CODE_CACHE_NAME}"
+    python = sys.executable
+    if not python or not _PLAIN_PATH.match(python) or not _searchable_by_all(cfg.state_dir):
+        return None  # `exec` runs as the task's user: it must be able to read the cache
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        fd = None
+    if fd is not None:
+        try:
+            st = os.fstat(fd)
+            current = (
+                stat.S_ISREG(st.st_mode)
+                and st.st_uid == 0
+                and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+                and os.read(fd, len(header)) == header
+            )
+        finally:
+            os.close(fd)
+        if current:
+            return python, path
+    import marshal
+
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        data = header + marshal.dumps(compile(source, launcher_path, "exec", dont_inherit=True))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.fchmod(fd, 0o644)  # whatever the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except (OSError, SyntaxError, ValueError):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return None
+    return python, path
+
+
+def _searchable_by_all(directory):
+    """Whether every account may reach files in `directory` (each directory up to / o+x)."""
+    current = os.path.realpath(directory)
+    while True:
+        try:
+            if not os.stat(current).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+        if current == "/":
+            return True
+        current = os.path.dirname(current)
 
 
 def cmd_signal(cfg, task_id, signame, *, verb):

@@ -4,7 +4,7 @@ for `hakuriver.init`, the Ansible roles and the tests.
 Three files, all root-owned:
 
 - the launcher (`launcher_source()`), mode 0755, at `DEFAULT_LAUNCHER_PATH`
-  in a root-owned directory; run by the system `/usr/bin/python3 -I`;
+  in a root-owned directory; run by the system `/usr/bin/python3 -IS`;
 - its allow-list (`render_launcher_config(...)`), mode 0644, at
   `DEFAULT_LAUNCHER_CONFIG`;
 - the sudoers drop-in (`hakuriver.deploy.sudoers.render_sudoers`), mode 0440.
@@ -37,14 +37,14 @@ DEFAULT_NUMACTL = _launcher.DEFAULT_NUMACTL
 
 
 def launcher_source(python: str = DEFAULT_PYTHON) -> str:
-    """The launcher program's text, with its `#!` line naming `python` (run isolated, `-I`)."""
+    """The launcher program's text, with its `#!` line naming `python` (run isolated, without `site`: `-IS`)."""
     text = resources.files("hakuriver").joinpath("launcher.py").read_text(encoding="utf-8")
     first, _, rest = text.partition("\n")
     if not first.startswith("#!"):
         raise RuntimeError("hakuriver/launcher.py lost its #! line")
     if not python.startswith("/") or any(c.isspace() for c in python):
         raise ValueError(f"python must be an absolute path without spaces, not {python!r}")
-    return f"#!{python} -I\n{rest}"
+    return f"#!{python} -IS\n{rest}"
 
 
 def launcher_sha256(python: str = DEFAULT_PYTHON) -> str:

@@ -177,6 +177,26 @@ def test_setup_errors_fail_tasks_with_a_reason(sd: SdCluster) -> None:
     t = sd.wait_final(sd.submit(["/nonexistent/program", "arg"]))
     assert t["state"] == "failed" and "/nonexistent/program" in (t.get("error") or ""), t
 
+    # The launcher does not wait for the unit's start job (systemd-run --no-block): a
+    # failure of systemd's own set-up of the process, after the launcher's checks passed,
+    # leaves the unit failed with systemd's exit code, which the runner reports (the
+    # poststop hook fails the same step, so there is no record). Here systemd-run is
+    # given a working directory that does not exist (EXIT_CHDIR, 200).
+    wrapper = "/usr/local/sbin/hkr-systemd-run-bad-cwd"
+    node.write_file(
+        wrapper, '#!/bin/sh\nexec /usr/bin/systemd-run --property=WorkingDirectory=/nonexistent "$@"\n', mode=0o755
+    )
+    original = node.read_file("/etc/hakuriver/launcher.json")
+    bad_cwd = json.loads(original)
+    bad_cwd["systemd_run"] = wrapper
+    sd.set_launcher_config(json.dumps(bad_cwd))
+    try:
+        t = sd.wait_final(sd.submit(["true"]))
+    finally:
+        sd.set_launcher_config(original)
+        node.exec(["rm", "-f", wrapper])
+    assert t["state"] == "failed" and "systemd could not set up the task (exit code 200" in (t.get("error") or ""), t
+
     original = node.read_file("/etc/hakuriver/launcher.json")
     allow_ghost = json.loads(original)
     allow_ghost["task_users"].append("ghost")
@@ -273,12 +293,44 @@ def test_the_runner_user_cannot_become_root(sd: SdCluster) -> None:
     assert not node.exec(["test", "-e", "/etc/hkr-evil"], check=False).ok, "root followed the planted link"
     out = node.exec(["stat", "-c", "%U|%F", f"{SHARED}/task_outputs/911.out"]).stdout.strip().split("|")
     assert out[0] == TASK_USER and out[1].startswith("regular"), out
-    # A unit name clash is reported, not papered over.
-    assert sd.launcher("start", input=start_request("912", command=["sleep", "600"])).ok
+    # A unit name clash is reported, not papered over, and the running task's logs are
+    # left alone (the clash is found before the log files are made).
+    out_912 = f"{SHARED}/task_outputs/912.out"
+    assert sd.launcher("start", input=start_request("912", command=["sh", "-c", "echo first; exec sleep 600"])).ok
+    poll(lambda: "first" in node.read_file(out_912), timeout=30, what="task 912 to write its output")
     r = sd.launcher("start", input=start_request("912", command=["true"]))
-    assert r.rc == 1 and "already exists" in r.stderr, r
+    assert r.rc == 1 and "already exists (active/running)" in r.stderr, r
+    # The unit's stages run the launcher's compiled code: root's, in the root-owned state
+    # dir, and no way past sudo's rule.
+    cache = f"{STATE_DIR}/.launcher-code.pyc"
+    assert f"argv[]=/usr/bin/python3 -IS {cache} exec " in sd.unit("912", "ExecStart")["ExecStart"]
+    assert f"argv[]=/usr/bin/python3 -IS {cache} poststop 912 " in sd.unit("912", "ExecStopPost")["ExecStopPost"]
+    assert shlex.split(node.exec(["stat", "-c", "%U %a", cache, STATE_DIR]).stdout) == ["root", "644", "root", "755"]
+    refused_by_sudo("/usr/bin/python3", "-IS", cache, "info")
+    assert node.read_file(out_912) == "first\n", "a refused second start replaced the running task's log"
     assert sd.launcher("cleanup", "912").ok
     assert sd.unit("912", "LoadState")["LoadState"] == "not-found"
+    # A unit of the same name that is not a transient one (a unit file an admin wrote) is
+    # refused by systemd-run itself, and left as it was.
+    admin_unit = "/etc/systemd/system/hakuriver-task-913.service"
+    node.write_file(admin_unit, "[Service]\nExecStart=/bin/sleep 600\n", mode=0o644)
+    try:
+        node.exec(["systemctl", "daemon-reload"])
+        r = sd.launcher("start", input=start_request("913", command=["true"]))
+        assert r.rc == 1 and "already exists" in r.stderr, r
+        assert sd.unit("913", "LoadState", "Transient") == {"LoadState": "loaded", "Transient": "no"}
+        assert node.exec(["test", "-f", admin_unit], check=False).ok
+    finally:
+        node.exec(["rm", "-f", admin_unit])
+        node.exec(["systemctl", "daemon-reload"])
+    # A running task unit whose transient file went missing is refused by systemd-run,
+    # and the launcher stops nothing on the way out.
+    assert sd.launcher("start", input=start_request("914", command=["sleep", "600"])).ok
+    node.exec(["rm", "/run/systemd/transient/hakuriver-task-914.service"])
+    r = sd.launcher("start", input=start_request("914", command=["true"]))
+    assert r.rc == 1 and "already exists (active/running)" in r.stderr, r
+    assert sd.unit("914", "ActiveState")["ActiveState"] == "active"
+    assert sd.launcher("cleanup", "914").ok
 
     leftovers = node.exec(["sh", "-c", "ls /root/pwned-* /tmp/pwned-* /etc/hkr-evil 2>/dev/null || true"]).stdout
     assert leftovers == "", f"something ran as root: {leftovers}"

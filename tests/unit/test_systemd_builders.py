@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import stat
 import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -308,6 +314,7 @@ def test_systemd_run_argv_is_built_from_validated_values_only() -> None:
         "/usr/bin/systemd-run",
         "--no-ask-password",
         "--quiet",
+        "--no-block",
         "--unit=hakuriver-task-123.service",
         "--description=HakuRiver task 123 (runner node-1)",
         "--property=Type=exec",
@@ -331,6 +338,91 @@ def test_systemd_run_argv_is_built_from_validated_values_only() -> None:
 def test_limits_are_omitted_when_not_requested() -> None:
     argv = L.systemd_run_argv(plan(), CFG, DEFAULT_LAUNCHER_PATH)
     assert not [a for a in argv if "CPUQuota" in a or "MemoryMax" in a]
+
+
+def test_the_in_unit_stages_run_the_code_cache_when_there_is_one() -> None:
+    argv = L.systemd_run_argv(plan(), CFG, DEFAULT_LAUNCHER_PATH, ("/usr/bin/python3", "/var/lib/h/.c.pyc"))
+    assert "--property=ExecStopPost=+/usr/bin/python3 -IS /var/lib/h/.c.pyc poststop 123" in argv
+    tail = argv[argv.index("--") + 1 :]
+    assert tail[:4] == ["/usr/bin/python3", "-IS", "/var/lib/h/.c.pyc", "exec"]
+    with pytest.raises(L.Refused):
+        L.systemd_run_argv(plan(), CFG, DEFAULT_LAUNCHER_PATH, ("/usr/bin/python3", "/tmp/a b.pyc"))
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every account can reach (pytest's tmp_path is under a 0700 one)."""
+    path = Path(tempfile.mkdtemp(prefix="hkr-launcher-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_code_cache_is_the_launchers_own_code_and_is_remade_when_stale_or_not_roots(open_dir: Path) -> None:
+    tmp_path = open_dir
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = L.parse_config({**CFG.to_json(), "state_dir": str(state)})
+    launcher = tmp_path / "launcher"
+    launcher.write_text(launcher_source())
+    python, cache = L.ensure_code_cache(cfg, str(launcher))
+    assert cache == f"{state}/{L.CODE_CACHE_NAME}" and python == sys.executable
+    # It is the launcher: run with no arguments, it says how it is used.
+    proc = subprocess.run([python, "-IS", cache], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("hakuriver-task-launcher: usage:"), proc
+    first = os.stat(cache)
+    assert stat.S_IMODE(first.st_mode) == 0o644
+    if os.geteuid() == 0:  # only a root-owned cache is ever reused
+        L.ensure_code_cache(cfg, str(launcher))
+        assert os.stat(cache).st_ino == first.st_ino, "a current cache was rewritten"
+    # A changed launcher gets its own code, not the old.
+    launcher.write_text(launcher_source().replace('PROG = "hakuriver-task-launcher"', 'PROG = "changed-launcher"'))
+    L.ensure_code_cache(cfg, str(launcher))
+    proc = subprocess.run([python, "-IS", cache], capture_output=True, text=True)
+    assert proc.stderr.startswith("changed-launcher: usage:"), proc
+    # A link planted in its place is replaced, never followed; a group-writable cache is replaced.
+    target = tmp_path / "elsewhere"
+    target.write_text("keep")
+    os.unlink(cache)
+    os.symlink(target, cache)
+    L.ensure_code_cache(cfg, str(launcher))
+    assert not os.path.islink(cache) and target.read_text() == "keep"
+    os.chmod(cache, 0o664)
+    L.ensure_code_cache(cfg, str(launcher))
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o644
+    # Where it cannot be made, or a task's account could not read it, the units run the
+    # launcher itself.
+    assert L.ensure_code_cache(cfg, str(tmp_path / "missing")) is None
+    state.chmod(0o750)
+    assert L.ensure_code_cache(cfg, str(launcher)) is None
+
+
+def test_tools_run_as_argv_with_only_the_tool_environment_and_default_signals() -> None:
+    script = (
+        "import os, sys; print(sorted(os.environ)); print(repr(sys.stdin.read()));"
+        "print('to stderr', file=sys.stderr); sys.exit(3)"
+    )
+    proc = L._run([sys.executable, "-IS", "-c", script, "$(touch /tmp/hkr-never)"])
+    env_keys, stdin = proc.stdout.decode().splitlines()
+    assert proc.returncode == 3 and proc.stderr == b"to stderr\n"
+    assert env_keys == repr(sorted(L.TOOL_ENV)) and stdin == "''"
+    # The tool starts with SIGPIPE (13) and SIGXFSZ (25) at their defaults, not ignored as in Python.
+    grep = shutil.which("grep")
+    assert grep
+    ignored = L._run([grep, "SigIgn", "/proc/self/status"]).stdout.split()[1]
+    assert not int(ignored, 16) & ((1 << 12) | (1 << 24)), ignored
+    assert not os.path.exists("/tmp/hkr-never")
+    assert L._run([sys.executable, "-IS", "-c", "import os; os.kill(os.getpid(), 9)"]).returncode == -9
+    with pytest.raises(L.Failed, match="is missing"):
+        L._run(["/nonexistent/systemctl", "show"])
+    with pytest.raises(L.Failed, match="did not answer within"):
+        L._run([sys.executable, "-IS", "-c", "import time; time.sleep(30)"], timeout=0.2)
+    # Output closed but still running: the wait is bounded too.
+    closer = "import os, time; os.close(1); os.close(2); time.sleep(30)"
+    with pytest.raises(L.Failed, match="did not answer within"):
+        L._run([sys.executable, "-IS", "-c", closer], timeout=0.2)
 
 
 def test_big_specs_are_split_into_arguments_below_the_kernel_limit() -> None:
@@ -431,7 +523,7 @@ def test_sudoers_refuses_odd_user_names(user: str) -> None:
 
 def test_install_texts_come_from_the_package() -> None:
     source = launcher_source()
-    assert source.startswith("#!/usr/bin/python3 -I\n")
+    assert source.startswith("#!/usr/bin/python3 -IS\n")
     assert "import hakuriver" not in source and "from hakuriver" not in source
     compile(source, "launcher", "exec")
     cfg_text = render_launcher_config(task_users=["alice"], shared_dirs=["/srv/shared/"], local_temp_dirs=["/srv/temp"])
