@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import shlex
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..client import ApiError, HostClient, is_final
@@ -566,27 +567,39 @@ def _add_control(sub: Any, action: str, help_text: str) -> None:
     p.set_defaults(func=_cmd_control, action=action)
 
 
+async def task_or_batch(
+    for_task: Callable[[], Awaitable[dict[str, Any]]], for_batch: Callable[[], Awaitable[dict[str, Any]]]
+) -> tuple[bool, dict[str, Any]]:
+    """(False, the task call's answer), or when the id is no task (404),
+    (True, the batch call's answer): task and batch ids come from one sequence,
+    so an id that is no task may be a batch. When it is neither, the task's 404."""
+    try:
+        return False, await for_task()
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        try:
+            return True, await for_batch()
+        except ApiError as batch_exc:
+            if batch_exc.status != 404:
+                raise
+            raise exc from None
+
+
 async def control_task(args: argparse.Namespace, connect: Connect, action: str) -> int:
     async with connect() as host:
         method = {"kill": host.kill, "pause": host.pause, "resume": host.resume}[action]
-        try:
-            task = await method(args.task_id)
-        except ApiError as exc:
-            # Task and batch ids come from one sequence, so an id that is no
-            # task may be a batch: `kill BATCH_ID` kills all of it.
-            if action != "kill" or exc.status != 404:
-                raise
-            try:
-                killed = await host.kill_batch(args.task_id)
-            except ApiError as batch_exc:
-                if batch_exc.status != 404:
-                    raise
-                raise exc from None
-            if args.json:
-                print_json(killed)
-            else:
-                print(_summary(killed["tasks"]))
-            return EXIT_OK
+        if action == "kill":
+            # `kill BATCH_ID` kills all of it.
+            is_batch, task = await task_or_batch(lambda: method(args.task_id), lambda: host.kill_batch(args.task_id))
+        else:
+            is_batch, task = False, await method(args.task_id)
+    if is_batch:
+        if args.json:
+            print_json(task)
+        else:
+            print(_summary(task["tasks"]))
+        return EXIT_OK
     if args.json:
         print_json(task)
     else:
@@ -614,26 +627,19 @@ def _add_priority(sub: Any) -> None:
 
 async def _cmd_priority(args: argparse.Namespace, connect: Connect) -> int:
     async with connect() as host:
-        try:
-            task = await host.set_priority(args.task_id, args.priority)
-        except ApiError as exc:
-            # As with kill: an id that is no task may be a batch.
-            if exc.status != 404:
-                raise
-            try:
-                batch = await host.set_batch_priority(args.task_id, args.priority)
-            except ApiError as batch_exc:
-                if batch_exc.status != 404:
-                    raise
-                raise exc from None
-            if args.json:
-                print_json(batch)
-            else:
-                print(
-                    f"batch {batch['batch_id']}  priority {batch['priority']}: {len(batch['changed'])} pending "
-                    f"task(s) changed, {len(batch['unchanged'])} not pending left as they are"
-                )
-            return EXIT_OK
+        is_batch, task = await task_or_batch(
+            lambda: host.set_priority(args.task_id, args.priority),
+            lambda: host.set_batch_priority(args.task_id, args.priority),
+        )
+    if is_batch:
+        if args.json:
+            print_json(task)
+        else:
+            print(
+                f"batch {task['batch_id']}  priority {task['priority']}: {len(task['changed'])} pending "
+                f"task(s) changed, {len(task['unchanged'])} not pending left as they are"
+            )
+        return EXIT_OK
     if args.json:
         print_json(task)
     else:
