@@ -29,14 +29,30 @@ from .accounts import PRINCIPAL_KEY, Accounts, host_authenticator
 from .api import ROUTES
 from .changes import ChangeFeed
 from .cluster import Cluster
+from .control import TaskControl
 from .dashboard import ROUTES as DASHBOARD_ROUTES
 from .dashboard import dashboard_assets, is_public
 from .db import Database
 from .dispatch import Dispatcher
 from .environments import EnvironmentManager
-from .keys import ACCOUNTS, CHANGES, CLUSTER, CONFIG, DB, DISPATCHER, ENVIRONMENTS, LIVENESS, METRICS, RUNNERS, SESSIONS
+from .keys import (
+    ACCOUNTS,
+    CHANGES,
+    CLUSTER,
+    CONFIG,
+    CONTROL,
+    DB,
+    DISPATCHER,
+    ENVIRONMENTS,
+    LIVENESS,
+    METRICS,
+    REPORTS,
+    RUNNERS,
+    SESSIONS,
+)
 from .liveness import Liveness
 from .metrics import HostMetrics
+from .reports import Reports
 from .retention import retention_loop
 from .runner_client import RunnerClient
 from .sessions import Sessions, authenticate_session
@@ -119,6 +135,7 @@ async def _cluster(app: web.Application) -> AsyncIterator[None]:
     dispatcher = Dispatcher(cluster, accounts.unix_user_of, accounts.effective_limits)
     liveness = Liveness(cluster)
     app[CLUSTER], app[DISPATCHER], app[LIVENESS] = cluster, dispatcher, liveness
+    app[REPORTS], app[CONTROL] = Reports(cluster), TaskControl(cluster)
     dispatcher.resume(assigning)
     loops = [asyncio.create_task(dispatcher.schedule_loop()), asyncio.create_task(liveness.liveness_loop())]
     yield

@@ -1,11 +1,13 @@
-"""The Host's cluster state and the commands users give it.
+"""The Host's cluster state: what it believes, and every guarded change to it.
 
 `Cluster` owns what the Host believes: the nodes it knows and what they offer,
 the resource ledger, the pending queue, the lock, and every guarded state
-transition. Users' commands (submit, kill, pause, resume, wait) act on it
-here. Two modules drive it from outside, and it never imports them:
+transition. Submitting and waiting act on it here. Four modules drive it from
+outside, and it never imports them:
 - `dispatch`: the scheduling pass and sending tasks to runners;
-- `liveness`: registration, heartbeat reconciliation and the offline sweep.
+- `liveness`: registration, heartbeat reconciliation and the offline sweep;
+- `reports`: runners' reports of their tasks' states;
+- `control`: users' kill, pause, resume and priority.
 
 Invariants this module keeps:
 - The database is the truth for task states; every change is a guarded
@@ -37,15 +39,13 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from ..config import Config
-from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
+from ..errors import Conflict, NotFound
 from ..ids import IdGenerator
-from ..models import TRANSITIONS, NodeResources, Target, Task, TaskRequest, TaskState
-from ..parsing import MAX_ARRAY_TASKS
-from ..policy import MAX_TARGETS, check_priority_allowed
+from ..models import NodeResources, Target, Task, TaskRequest, TaskState
 from .db import Database, Drain, NodeRecord
 from .dependencies import AFTER, DependencyIndex
 from .fairshare import FairShare
@@ -55,24 +55,6 @@ from .scheduler import UNLIMITED, Ledger, Used, UserLimits, check_fits_ever, che
 from .waiting import WaitBoard
 
 log = logging.getLogger(__name__)
-
-# What a runner may report is every state a task can move to from assigning
-# (the Host's last word before the runner's): one list, not two to keep in step.
-RUNNER_REPORTABLE = TRANSITIONS[TaskState.ASSIGNING]
-"""States a runner may report. LOST: the task's container vanished under the runner."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RunnerReport:
-    """One state change a runner reports about one of its tasks (validated by the API)."""
-
-    task_id: int
-    state: TaskState
-    exit_code: int | None = None
-    error: str | None = None
-    output_error: str | None = None
-    """Only with a final state: why the task's output files are incomplete."""
-    attempt: int = 1
 
 
 class Cluster:
@@ -495,179 +477,7 @@ class Cluster:
         async with self._changed:
             self._changed.notify_all()
 
-    async def apply_report(
-        self,
-        node_name: str,
-        task_id: int,
-        state: TaskState,
-        *,
-        exit_code: int | None = None,
-        error: str | None = None,
-        output_error: str | None = None,
-        attempt: int = 1,
-    ) -> Task:
-        """A runner's report of a task's state. Returns the task as stored afterwards.
-        A final report's `output_error` (the task's output files are incomplete)
-        is stored with its state and exit code.
-
-        Reports that the guards refuse (a late `completed` after `killed`)
-        are acknowledged but change nothing. A report for another `attempt`
-        than the task's current one (the runner of an attempt that was
-        retried) is refused: it is about a run the Host gave up on.
-        """
-        if state not in RUNNER_REPORTABLE:
-            raise ValidationError(f"runners cannot report state {state}")
-        report = RunnerReport(task_id, state, exit_code, error, output_error, attempt)
-        (outcome,) = await self.apply_reports(node_name, [report])
-        if isinstance(outcome, HakuRiverError):
-            raise outcome
-        return outcome
-
-    async def apply_reports(self, node_name: str, reports: Sequence[RunnerReport]) -> list[Task | HakuRiverError]:
-        """Several reports of one runner, applied in order, in one go: one read
-        of the tasks, their writes queued together (one group commit, `db/store.py`),
-        one wake-up of the waiters and at most one kick. Each report's outcome,
-        in order: the task as stored afterwards, or why it was refused
-        (NotFound, Conflict: as `apply_report` raises them). A task's reports
-        are applied one after the other, so `running` then `completed` of one
-        task both take effect; different tasks' reports do not wait for each other.
-
-        ValidationError (nothing applied) when one of them reports a state a
-        runner may not."""
-        for index, report in enumerate(reports):
-            if report.state not in RUNNER_REPORTABLE:
-                raise ValidationError(f"reports[{index}]: runners cannot report state {report.state}")
-        stored = {t.id: t for t in await self.db.get_tasks(r.task_id for r in reports)}
-        outcomes: list[Task | HakuRiverError | None] = [None] * len(reports)
-        by_task: dict[int, list[int]] = {}
-        for index, report in enumerate(reports):
-            by_task.setdefault(report.task_id, []).append(index)
-        changed: list[Task] = []
-
-        async def apply_in_order(task_id: int, indexes: list[int]) -> None:
-            task = stored.get(task_id)
-            for index in indexes:
-                try:
-                    after = await self._apply_one(node_name, task, reports[index])
-                except HakuRiverError as exc:  # this report only; the others go on
-                    outcomes[index] = exc
-                    continue
-                if after is None:  # the guard refused it: the stored state moved on meanwhile
-                    task = await self.db.get_task(task_id) or task
-                elif after is not task:
-                    task = after
-                    changed.append(after)
-                outcomes[index] = task
-
-        await asyncio.gather(*(apply_in_order(task_id, indexes) for task_id, indexes in by_task.items()))
-        if changed:
-            await self.notify_changed()
-            if any(not t.state.holds_resources for t in changed):
-                self.kick()
-        return [outcome for outcome in outcomes if outcome is not None]
-
-    async def _apply_one(self, node_name: str, task: Task | None, report: RunnerReport) -> Task | None:
-        """One report against `task` (as last read): `task` itself when it is
-        in that state already, the task afterwards when it moved, None when
-        the guard refused the move; NotFound or Conflict when the report is refused."""
-        if task is None:
-            raise NotFound(f"no task {report.task_id}")
-        if task.node != node_name:
-            raise Conflict(f"task {task.id} is assigned to {task.node}, not {node_name}")
-        if report.attempt != task.attempt:
-            raise Conflict(
-                f"task {task.id} is at attempt {task.attempt}; this report is about attempt {report.attempt}"
-            )
-        if task.state is report.state:
-            return task
-        fields: dict[str, Any] = {}
-        if report.state.is_final:
-            fields = {"exit_code": report.exit_code, "error": report.error, "output_error": report.output_error}
-        return await self.transition(task.id, report.state, current=task, attempt=report.attempt, **fields)
-
-    # ---------------------------------------------------- kill/pause/resume
-    async def kill(self, task_id: int) -> Task:
-        async with self.lock:
-            task = await self.db.get_task(task_id)
-            if task is None:
-                raise NotFound(f"no task {task_id}")
-            if task.state.is_final:
-                raise Conflict(f"task {task_id} already ended: {task.state}")
-            after = await self.transition(task_id, TaskState.KILLED, error="killed by request")
-            if after is None:  # raced with another final report
-                current = await self.db.get_task(task_id)
-                raise Conflict(f"task {task_id} already ended: {current.state if current else 'gone'}")
-        await self.notify_changed()
-        self.kick()
-        if task.state is not TaskState.PENDING and after.node:
-            # Forward whenever the task may be running there (assigning too).
-            # If the runner cannot be reached, its next heartbeat lists the
-            # task and the Host answers with a kill order.
-            self.spawn(self.forward(after.node, task_id, "kill"))
-        return after
-
-    async def set_priority(self, task_id: int, priority: int, *, admin: bool = True) -> Task:
-        """Change a pending task's priority; the next pass orders the queue by
-        it. Conflict once it left pending. Who may (`policy.check_priority_allowed`)
-        is checked again here, under the lock, against the priority the task
-        has now: an admin's lowering in between is never undone by its owner."""
-        async with self.lock:  # not in the middle of a pass's decisions
-            queued = self.pending.get(task_id)
-            if queued is not None:
-                check_priority_allowed(priority, admin=admin, current=queued.priority)
-            if not await self.db.set_pending_priority(task_id, priority, self.clock()):
-                current = await self.db.get_task(task_id)
-                if current is None:
-                    raise NotFound(f"no task {task_id}")
-                raise Conflict(f"task {task_id} is {current.state}: only a pending task's priority can change")
-            task = self.pending.get(task_id)
-            if task is not None:
-                task.priority = priority
-        self.kick()
-        stored = await self.db.get_task(task_id)
-        if stored is None:  # purged meanwhile: impossible for a pending task, but say so
-            raise NotFound(f"no task {task_id}")
-        return stored
-
-    async def set_batch_priority(self, tasks: Iterable[Task], priority: int, *, admin: bool) -> list[int]:
-        """`set_priority` for every pending task of one batch at once; the ids
-        changed. The rule of `policy.check_priority_allowed` holds for each
-        task, checked under the lock against its priority now: one task an
-        admin raised above what its owner may set refuses the whole call
-        (nothing changes), as it would refuse it alone."""
-        async with self.lock:
-            queued = [self.pending[t.id] for t in tasks if t.id in self.pending]
-            for task in queued:
-                check_priority_allowed(priority, admin=admin, current=task.priority)
-            changed = await self.db.set_pending_priorities([t.id for t in queued], priority, self.clock())
-            for task_id in changed:
-                if task_id in self.pending:
-                    self.pending[task_id].priority = priority
-        self.kick()
-        return changed
-
-    async def batch_tasks(self, batch_id: int) -> list[Task]:
-        """Every task of batch `batch_id`, oldest first (empty: no such batch)."""
-        tasks = await self.db.list_tasks(batch_id=batch_id, limit=MAX_ARRAY_TASKS + MAX_TARGETS)
-        return sorted(tasks, key=lambda t: t.id)
-
-    async def kill_batch(self, tasks: Iterable[Task]) -> list[int]:
-        """Kill the given tasks of one batch that have not ended; the ids killed.
-        Pending ones first and newest first, so that the resources a killed
-        running task frees never start another task of the batch meanwhile."""
-        order = sorted(
-            (t for t in tasks if not t.state.is_final),
-            key=lambda t: (t.state is not TaskState.PENDING, -t.id),
-        )
-        killed = []
-        for task in order:
-            try:
-                await self.kill(task.id)
-            except Conflict:  # it ended meanwhile
-                continue
-            killed.append(task.id)
-        return sorted(killed)
-
+    # ------------------------------------------------------------ to runners
     async def forward(self, hostname: str, task_id: int, action: str) -> None:
         """Send a control order to a node, best effort: heartbeat
         reconciliation repeats what did not arrive."""
@@ -680,46 +490,6 @@ class Cluster:
             log.warning(
                 "could not %s task %s on %s: %s (heartbeat reconciliation will retry)", action, task_id, hostname, exc
             )
-
-    async def pause(self, task_id: int) -> Task:
-        return await self._pause_resume(task_id, "pause", TaskState.RUNNING, TaskState.PAUSED)
-
-    async def resume(self, task_id: int) -> Task:
-        return await self._pause_resume(task_id, "resume", TaskState.PAUSED, TaskState.RUNNING)
-
-    async def _pause_resume(self, task_id: int, action: str, need: TaskState, becomes: TaskState) -> Task:
-        task = await self.db.get_task(task_id)
-        if task is None:
-            raise NotFound(f"no task {task_id}")
-        if task.state is not need:
-            raise Conflict(
-                f"cannot {action} task {task_id}: it is {task.state}, and only a {need} task can be {action}d"
-            )
-        node = self.nodes.get(task.node or "")
-        if node is None:
-            raise Conflict(f"task {task_id} has no known node")
-        # Heartbeats leave the task's running/paused state to this call while it is
-        # in flight, and for a while after (see liveness).
-        self.controlled_at[task_id] = self.clock()
-        try:
-            await self.runners.control(node, task_id, action)
-        except RunnerRejected as exc:
-            raise Conflict(f"runner {node.hostname} could not {action} task {task_id}: {exc.message}") from None
-        except RunnerUnreachable as exc:
-            raise HakuRiverError(
-                f"could not {action} task {task_id}: {exc}", code="runner_unreachable", status=502
-            ) from None
-        after = await self.transition(task_id, becomes)
-        if after is None:
-            current = await self.db.get_task(task_id)
-            # A heartbeat that saw the runner's new state may record it before this
-            # answer does: the action took effect, so it is no conflict.
-            if current is None or current.state is not becomes:
-                raise Conflict(f"task {task_id} changed to {current.state if current else 'gone'} meanwhile")
-            after = current
-        self.controlled_at[task_id] = self.clock()
-        await self.notify_changed()
-        return after
 
     # --------------------------------------------------------------- waiting
     async def wait_final(self, task_ids: Iterable[int], timeout: float) -> list[Task]:

@@ -10,7 +10,7 @@ Runner apps in one loop (real SQLite files, the fake executor).
 - Against an older peer (a Host or a runner without the batch route) each
   side falls back to one request per report or task.
 
-The spies below wrap the real methods (`Cluster.apply_reports`,
+The spies below wrap the real methods (`Reports.apply_reports`,
 `RunnerClient.run_tasks`) to see how the work arrived; they change nothing.
 """
 
@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 
 from hakuriver.host import app as host_app
-from hakuriver.host.cluster import Cluster, RunnerReport
+from hakuriver.host.reports import Reports, RunnerReport
 from hakuriver.host.runner_client import RunnerClient
 from hakuriver.runner import app as runner_app
 from hakuriver.runner.keys import STATE
@@ -38,22 +38,22 @@ _SINGLE = contextvars.ContextVar("single_report", default=False)
 
 
 class ReportSpy:
-    """What reached `Cluster.apply_reports` through the batch route
+    """What reached `Reports.apply_reports` through the batch route
     (`batches`: each call's (task id, state) in order), and through the
     single route (`singles`)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.batches: list[list[tuple[str, str]]] = []
         self.singles: list[tuple[str, str]] = []
-        many, one = Cluster.apply_reports, Cluster.apply_report
+        many, one = Reports.apply_reports, Reports.apply_report
         spy = self
 
-        async def apply_reports(self: Cluster, node: str, reports: list[RunnerReport]) -> Any:
+        async def apply_reports(self: Reports, node: str, reports: list[RunnerReport]) -> Any:
             if not _SINGLE.get():
                 spy.batches.append([(str(r.task_id), str(r.state)) for r in reports])
             return await many(self, node, reports)
 
-        async def apply_report(self: Cluster, node: str, task_id: int, state: Any, **fields: Any) -> Any:
+        async def apply_report(self: Reports, node: str, task_id: int, state: Any, **fields: Any) -> Any:
             spy.singles.append((str(task_id), str(state)))
             token = _SINGLE.set(True)
             try:
@@ -61,8 +61,8 @@ class ReportSpy:
             finally:
                 _SINGLE.reset(token)
 
-        monkeypatch.setattr(Cluster, "apply_reports", apply_reports)
-        monkeypatch.setattr(Cluster, "apply_report", apply_report)
+        monkeypatch.setattr(Reports, "apply_reports", apply_reports)
+        monkeypatch.setattr(Reports, "apply_report", apply_report)
 
     def sequence(self) -> list[tuple[str, str]]:
         return [item for batch in self.batches for item in batch]

@@ -12,13 +12,13 @@ from ...models import Task
 from ...policy import check_priority
 from ...webapi import json_response, read_json_object
 from ..accounts import principal_of, require_owner_or_admin
-from ..keys import CLUSTER
+from ..keys import CLUSTER, CONTROL
 from .tasks import PendingQueue, task_view
 
 
 async def _batch(request: web.Request) -> tuple[int, list[Task]]:
     batch_id = parse_id(request.match_info["batch_id"])
-    tasks = await request.app[CLUSTER].batch_tasks(batch_id)
+    tasks = await request.app[CONTROL].batch_tasks(batch_id)
     if not tasks:
         raise NotFound(f"no batch {batch_id}")
     return batch_id, tasks
@@ -30,8 +30,8 @@ async def kill_batch(request: web.Request) -> web.Response:
     principal = principal_of(request)
     for owner in {t.owner for t in tasks}:
         require_owner_or_admin(principal, owner, "kill tasks")
-    killed = await request.app[CLUSTER].kill_batch(tasks)
-    after = await request.app[CLUSTER].batch_tasks(batch_id)
+    killed = await request.app[CONTROL].kill_batch(tasks)
+    after = await request.app[CONTROL].batch_tasks(batch_id)
     queue = PendingQueue(request.app[CLUSTER])
     return json_response(
         {
@@ -54,7 +54,7 @@ async def set_batch_priority(request: web.Request) -> web.Response:
     if "priority" not in data:
         raise ValidationError("field 'priority' is required")
     priority = check_priority(data["priority"])
-    changed = await request.app[CLUSTER].set_batch_priority(tasks, priority, admin=principal.is_admin)
+    changed = await request.app[CONTROL].set_batch_priority(tasks, priority, admin=principal.is_admin)
     done = set(changed)
     return json_response(
         {

@@ -20,8 +20,8 @@ from ...webapi import (
     read_json_object,
     require_type,
 )
-from ..cluster import RUNNER_REPORTABLE, RunnerReport
-from ..keys import CLUSTER, CONFIG, LIVENESS
+from ..keys import CONFIG, LIVENESS, REPORTS
+from ..reports import RUNNER_REPORTABLE, RunnerReport
 from .tasks import task_id_of
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ async def runner_report(request: web.Request) -> web.Response:
     hostname = validate_node_name(require_type(data, "hostname", str))
     report = _report(data, task_id)
     request.app[LIVENESS].check_node_key(hostname, _node_key(request))
-    task = await request.app[CLUSTER].apply_report(
+    task = await request.app[REPORTS].apply_report(
         hostname,
         task_id,
         report.state,
@@ -214,7 +214,7 @@ async def runner_reports(request: web.Request) -> web.Response:
 
     All or nothing for what is malformed: one bad item is a 400 naming its
     index, and nothing is applied. Otherwise the items are applied in order
-    (`Cluster.apply_reports`) and each gets its outcome, in order: the state
+    (`Reports.apply_reports`) and each gets its outcome, in order: the state
     stored, or the refusal the single route would answer (404, 409)."""
     data = await read_json_object(request, BATCH_FIELDS)
     hostname = validate_node_name(require_type(data, "hostname", str))
@@ -223,7 +223,7 @@ async def runner_reports(request: web.Request) -> web.Response:
         raise ValidationError(f"'reports' must hold 1 to {MAX_BATCH_ITEMS} reports, not {len(items)}")
     reports = [_batch_item(index, item) for index, item in enumerate(items)]
     request.app[LIVENESS].check_node_key(hostname, _node_key(request))
-    outcomes = await request.app[CLUSTER].apply_reports(hostname, reports)
+    outcomes = await request.app[REPORTS].apply_reports(hostname, reports)
     return json_response(
         {"results": [_outcome(report, outcome) for report, outcome in zip(reports, outcomes, strict=True)]}
     )

@@ -19,7 +19,7 @@ from ...safefiles import UnsafeFile
 from ...webapi import json_response, query_int, read_json_object, require_type
 from ..accounts import Principal, principal_of, require_owner_or_admin, validate_user_name
 from ..cluster import Cluster
-from ..keys import ACCOUNTS, CLUSTER, CONFIG, DB, METRICS
+from ..keys import ACCOUNTS, CLUSTER, CONFIG, CONTROL, DB, METRICS
 from ..logs import read_log
 from ..submission import MAX_TARGETS, SUBMIT_FIELDS, parse_submission
 from ..waiting import QueueOrder
@@ -194,17 +194,17 @@ async def get_task(request: web.Request) -> web.Response:
 
 async def kill_task(request: web.Request) -> web.Response:
     task = await _owned_task(request, "kill")
-    return await _described(request, await request.app[CLUSTER].kill(task.id))
+    return await _described(request, await request.app[CONTROL].kill(task.id))
 
 
 async def pause_task(request: web.Request) -> web.Response:
     task = await _owned_task(request, "pause")
-    return await _described(request, await request.app[CLUSTER].pause(task.id))
+    return await _described(request, await request.app[CONTROL].pause(task.id))
 
 
 async def resume_task(request: web.Request) -> web.Response:
     task = await _owned_task(request, "resume")
-    return await _described(request, await request.app[CLUSTER].resume(task.id))
+    return await _described(request, await request.app[CONTROL].resume(task.id))
 
 
 async def set_priority(request: web.Request) -> web.Response:
@@ -218,7 +218,7 @@ async def set_priority(request: web.Request) -> web.Response:
     priority = check_priority(data["priority"])
     admin = principal_of(request).is_admin
     check_priority_allowed(priority, admin=admin, current=task.priority)
-    return await _described(request, await request.app[CLUSTER].set_priority(task.id, priority, admin=admin))
+    return await _described(request, await request.app[CONTROL].set_priority(task.id, priority, admin=admin))
 
 
 async def wait_tasks(request: web.Request) -> web.Response:
