@@ -697,7 +697,20 @@ class Profiler:
         os.makedirs(self.out_dir, exist_ok=True)
         self.path = os.path.join(self.out_dir, f"{name}.txt")
         self.proc = subprocess.Popen(
-            [spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking", "--format", "raw", "--threads", "-o", self.path],
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "100",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--threads",
+                "-o",
+                self.path,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
