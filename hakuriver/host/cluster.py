@@ -113,8 +113,11 @@ class Cluster:
         self.ledger = Ledger.from_tasks(holding)
         if self.fairshare.enabled:
             now = self.clock()
-            spans = await self.db.usage_spans(finished_since=self.fairshare.window_start(now))
-            self.fairshare.rebuild(spans, holding, now)
+            fs = self.fairshare
+            totals = await self.db.usage_totals(
+                finished_since=fs.window_start(now), now=now, half_life=fs.half_life, gpu_weight=fs.gpu_weight
+            )
+            fs.rebuild_totals(totals, holding, now)
         self.pending = {t.id: t for t in await self.db.load_pending()}
         # A retried task's previous node may still hold the old run: fenced
         # again until that node's first heartbeat says otherwise.

@@ -95,14 +95,25 @@ class FairShare:
         """Start over from the database: `ended` are (owner, cores, GPUs,
         start, end) of recent final tasks (`Database.usage_spans`), `holding`
         the tasks holding resources now."""
+        totals: dict[str | None, float] = {}
+        if self.enabled:
+            for owner, cores, gpus, start, end in ended:
+                value = span_usage(self.rate(cores, gpus), start, min(end, now), now, self.half_life)
+                totals[owner] = totals.get(owner, 0.0) + value
+        self.rebuild_totals(totals, holding, now)
+
+    def rebuild_totals(self, ended: Mapping[str | None, float], holding: Iterable[Task], now: float) -> None:
+        """`rebuild` from each owner's decayed usage of their ended tasks at
+        `now`, summed already (`Database.usage_totals`, which never holds the
+        rows themselves)."""
         self._base.clear()
         self._running.clear()
         self._sums.clear()
         if not self.enabled:
             return
         self._t0 = now
-        for owner, cores, gpus, start, end in ended:
-            self._add(owner, span_usage(self.rate(cores, gpus), start, min(end, now), now, self.half_life), now)
+        for owner, value in ended.items():
+            self._add(owner, value, now)
         for task in holding:
             since = task.assigned_at or task.started_at or now
             self._start(task.id, _Accrual(task.owner, self.rate(task.cores, len(task.gpus)), min(since, now)))

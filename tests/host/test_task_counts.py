@@ -6,10 +6,13 @@ retention purge; a refused or failed write changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 
 import pytest
 
-from hakuriver.host.db import Database, DatabaseError
+from hakuriver.host.db import Database, DatabaseError, accounting
+from hakuriver.host.fairshare import FairShare
 from hakuriver.models import TaskState
 
 from .test_db import make_task, node
@@ -116,3 +119,46 @@ async def test_the_fair_share_rebuild_counts_earlier_attempts(db):
     await db.transition(40, S.COMPLETED, now=130.0)  # attempt 2: 100 -> 130
     spans = sorted((start, end) for _o, _c, _g, start, end in await db.usage_spans(finished_since=0.0))
     assert spans == [(10.0, 70.0), (100.0, 130.0)], spans
+
+
+async def test_usage_totals_sum_what_the_spans_are_worth_in_sql_and_row_by_row(db):
+    """The rebuild at Host start sums each owner's decayed usage where the rows
+    are (`usage_totals`), never holding a month of final tasks in memory: in
+    SQL, and row by row where SQLite has no math functions. Both equal the
+    fair share's own sum over `usage_spans`, earlier attempts included."""
+    rng = random.Random(7)
+    await db.upsert_node(node("n1"), now=0.0)
+    now, tasks = 1_000_000.0, []
+    for i in range(1, 201):
+        start = rng.uniform(0, now)
+        tasks.append(
+            make_task(
+                i,
+                state=rng.choice([S.COMPLETED, S.FAILED, S.KILLED]),
+                node="n1",
+                started_at=start,
+                finished_at=min(now + 500.0, start + rng.uniform(0, 50_000)),  # some end after `now`
+                owner=rng.choice(["alice", "bob", None]),
+                cores=rng.randint(1, 8),
+                gpu_count=rng.randint(0, 2),
+            )
+        )
+    await db.insert_tasks(tasks)
+    await db.insert_tasks([make_task(300, state=S.RUNNING, node="n1", started_at=10.0, retries=1, owner="carol")])
+    await db.requeue(300, 1, S.FAILED, now=70_000.0, error="runner error")  # an earlier attempt, then pending
+
+    fs = FairShare(half_life=86_400.0, gpu_weight=10.0)
+    since = 0.0
+    fs.rebuild(await db.usage_spans(finished_since=since), [], now)
+    expected = fs.snapshot(now)
+    got = await db.usage_totals(finished_since=since, now=now, half_life=fs.half_life, gpu_weight=fs.gpu_weight)
+    assert set(got) == set(expected) == {"alice", "bob", None, "carol"}
+    for owner, value in expected.items():
+        assert got[owner] == pytest.approx(value, rel=1e-9)
+    k = math.log(2) / fs.half_life  # the row-by-row path, as it runs without SQLite's exp()
+    by_row = await db._in_thread(
+        accounting._usage_totals_by_row, accounting._USAGE_SPANS_SQL, (since, since), now, k, fs.gpu_weight
+    )
+    assert set(by_row) == set(expected)
+    for owner, value in expected.items():
+        assert by_row[owner] == pytest.approx(value, rel=1e-9)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import sqlite3
 from typing import Any
 
 import aiosqlite
@@ -10,6 +12,52 @@ from ...models import TaskState
 from .rows import USAGE_GROUPS, UsageRow, _chunks
 from .schema import _FINAL_SQL
 from .store import Counted, Store
+
+# Earlier attempts of retried tasks held resources too (`task_attempts`).
+_USAGE_SPANS_SQL = (
+    "SELECT owner, cores, MAX(json_array_length(gpus_json), gpu_count),"
+    " COALESCE(assigned_at, started_at, finished_at), finished_at"
+    f" FROM tasks WHERE finished_at >= ? AND state IN ({_FINAL_SQL}) AND node IS NOT NULL"
+    " UNION ALL"
+    " SELECT t.owner, t.cores, t.gpu_count, COALESCE(a.started_at, a.finished_at), a.finished_at"
+    " FROM task_attempts a JOIN tasks t ON t.id = a.task_id"
+    " WHERE a.finished_at >= ? AND a.node IS NOT NULL"
+)
+"""(owner, cores, GPUs, start, end) of the spans the fair share counts (see `usage_spans`)."""
+
+
+def _usage_totals_in_thread(
+    conn: sqlite3.Connection, spans_sql: str, params: tuple[float, float], now: float, half_life: float, weight: float
+) -> dict[str | None, float]:
+    """The database thread's part of `usage_totals`. The integral of
+    r 2^(-(now - t)/h) from s to e is r/k (e^(-k (now - e)) - e^(-k (now - s))),
+    k = ln 2 / h."""
+    k = math.log(2) / half_life
+    try:
+        rows = conn.execute(
+            f"""WITH spans(owner, cores, gpus, s, e) AS ({spans_sql})
+                SELECT owner, SUM((cores + ? * COALESCE(gpus, 0)) * (exp(-? * (? - MIN(e, ?))) - exp(-? * (? - s))))
+                FROM spans WHERE MIN(e, ?) > s GROUP BY owner""",
+            (*params, weight, k, now, now, k, now, now),
+        ).fetchall()
+        return {owner: total / k for owner, total in rows if total and total > 0}
+    except sqlite3.OperationalError as exc:
+        if "no such function" not in str(exc):
+            raise
+    return _usage_totals_by_row(conn, spans_sql, params, now, k, weight)
+
+
+def _usage_totals_by_row(
+    conn: sqlite3.Connection, spans_sql: str, params: tuple[float, float], now: float, k: float, weight: float
+) -> dict[str | None, float]:
+    """`_usage_totals_in_thread` without SQLite's math functions: one row at a time."""
+    totals: dict[str | None, float] = {}
+    for owner, cores, gpus, start, end in conn.execute(spans_sql, params):
+        end = min(float(end), now)
+        if end > start:
+            value = (cores + weight * (gpus or 0)) / k * (math.exp(-k * (now - end)) - math.exp(-k * (now - start)))
+            totals[owner] = totals.get(owner, 0.0) + value
+    return {owner: total for owner, total in totals.items() if total > 0}
 
 
 class AccountingQueries(Store):
@@ -76,21 +124,26 @@ class AccountingQueries(Store):
         earlier attempt of a retried task: the fair share's rebuild at Host
         start (`host/fairshare.py`). Start is when it was
         placed (else started); a range scan on `tasks_finished`."""
-        # Earlier attempts of retried tasks held resources too (`task_attempts`).
-        sql = (
-            "SELECT owner, cores, MAX(json_array_length(gpus_json), gpu_count),"
-            " COALESCE(assigned_at, started_at, finished_at), finished_at"
-            f" FROM tasks WHERE finished_at >= ? AND state IN ({_FINAL_SQL}) AND node IS NOT NULL"
-            " UNION ALL"
-            " SELECT t.owner, t.cores, t.gpu_count, COALESCE(a.started_at, a.finished_at), a.finished_at"
-            " FROM task_attempts a JOIN tasks t ON t.id = a.task_id"
-            " WHERE a.finished_at >= ? AND a.node IS NOT NULL"
-        )
         return await self._fetch(
-            sql,
+            _USAGE_SPANS_SQL,
             (float(finished_since), float(finished_since)),
             lambda _c, r: (r[0], int(r[1]), int(r[2] or 0), float(r[3]), float(r[4])),
         )
+
+    async def usage_totals(
+        self, *, finished_since: float, now: float, half_life: float, gpu_weight: float
+    ) -> dict[str | None, float]:
+        """Each owner's decayed usage at `now` of the spans `usage_spans`
+        names: the sum of `fairshare.span_usage` (rate cores + `gpu_weight` x
+        GPUs, from start to min(end, now), half-life `half_life`) over them,
+        owners with none left out. Summed where the rows are, never holding
+        them all (a million final tasks in a month): in SQL where SQLite has
+        its math functions, else in the database thread, row by row."""
+        self._check_open()
+        args = (_USAGE_SPANS_SQL, (float(finished_since), float(finished_since)), now, half_life, gpu_weight)
+        async with self._lock:
+            totals: dict[str | None, float] = await self._in_thread(_usage_totals_in_thread, *args)
+        return totals
 
     async def purge_final_tasks(self, finished_before: float, *, limit: int = 1000) -> list[int]:
         """Delete up to `limit` final tasks that finished before
