@@ -287,7 +287,7 @@ class HostLink:
         try:
             status, body = await self._post("/api/runner/reports", payload)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log.warning("cannot send %d report(s) to the Host: %s", len(chunk), exc)
+            log.warning("cannot report %s to the Host: %s", _named(chunk), exc)
             return [False] * len(chunk)
         if status in (404, 405):
             log.info("the Host has no batch route for reports (an older Host); sending them one by one")
@@ -416,6 +416,16 @@ def _chunks(reports: list[Report]) -> list[list[Report]]:
         chunks[-1].append(report)
         size += item + 1
     return chunks
+
+
+def _named(chunk: list[Report]) -> str:
+    """`task 7 as completed`, or `task 7, 8, 9 (12 reports)`: an admin looking
+    for one task's fate in the log finds its id either way."""
+    if len(chunk) == 1:
+        return f"task {chunk[0].task_id} as {chunk[0].state}"
+    ids = list(dict.fromkeys(str(r.task_id) for r in chunk))
+    shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    return f"task {shown} ({len(chunk)} reports)"
 
 
 def _error(body: Any) -> str:
