@@ -500,3 +500,35 @@ class ExitResult:
     def __post_init__(self) -> None:
         if not self.state.is_final:
             raise ValueError(f"ExitResult needs a final state, not {self.state}")
+
+
+@dataclass(frozen=True)
+class RunnerReport:
+    """One state change a runner tells the Host about one of its tasks: its
+    start (`running`) or its result. The runner builds and sends it
+    (`to_json`); the Host builds it from what it received and applies it
+    (`host/reports.py`)."""
+
+    task_id: int
+    state: TaskState
+    exit_code: int | None = None
+    error: str | None = None
+    output_error: str | None = None
+    """Only with a final state: why the task's output files are incomplete."""
+    attempt: int = 1
+
+    def to_json(self, *, with_id: bool) -> dict[str, Any]:
+        """The report's fields (and `task_id`, for an item of a batch)."""
+        out: dict[str, Any] = {"task_id": str(self.task_id)} if with_id else {}
+        out["state"] = str(self.state)
+        if self.attempt != 1:
+            # Only a retried task's later runs (`--retries`): a Host from before retries never orders those.
+            out["attempt"] = self.attempt
+        if self.exit_code is not None:
+            out["exit_code"] = self.exit_code
+        if self.error is not None:
+            out["error"] = self.error
+        if self.output_error is not None:
+            # Sent only when set, so a Host from before the field accepts every other report.
+            out["output_error"] = self.output_error
+        return out

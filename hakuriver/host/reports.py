@@ -12,31 +12,17 @@ tasks, their writes in one group commit, one wake-up of the waiters.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
-from ..models import TRANSITIONS, Task, TaskState
+from ..models import TRANSITIONS, RunnerReport, Task, TaskState
 from .cluster import Cluster
 
 # What a runner may report is every state a task can move to from assigning
 # (the Host's last word before the runner's): one list, not two to keep in step.
 RUNNER_REPORTABLE = TRANSITIONS[TaskState.ASSIGNING]
 """States a runner may report. LOST: the task's container vanished under the runner."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RunnerReport:
-    """One state change a runner reports about one of its tasks (validated by the API)."""
-
-    task_id: int
-    state: TaskState
-    exit_code: int | None = None
-    error: str | None = None
-    output_error: str | None = None
-    """Only with a final state: why the task's output files are incomplete."""
-    attempt: int = 1
 
 
 class Reports:

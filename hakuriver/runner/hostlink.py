@@ -30,14 +30,13 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from ..config import Config
 from ..jsoncodec import dumps_bytes
-from ..models import NodeCapabilities, NodeResources, TaskState
+from ..models import NodeCapabilities, NodeResources, RunnerReport, TaskState
 from ..webapi import BATCH_BODY_BYTES, MAX_BATCH_ITEMS, NODE_KEY_HEADER, auth_headers
 from .state import NODE_KEY, ORDER_TOKEN, RunnerState
 from .supervisor import Notices
@@ -225,8 +224,8 @@ class HostLink:
         async with self._announcing:
             await self._send(self._running_reports())
 
-    def _running_reports(self) -> list[Report]:
-        return [Report(i, TaskState.RUNNING, attempt=self._attempt_of(i)) for i in self._notices.take_started()]
+    def _running_reports(self) -> list[RunnerReport]:
+        return [RunnerReport(i, TaskState.RUNNING, attempt=self._attempt_of(i)) for i in self._notices.take_started()]
 
     async def deliver_loop(self) -> None:
         """Send every recorded result until the Host acknowledges it, together
@@ -240,7 +239,7 @@ class HostLink:
                 # recorded: sending the starts first keeps each `running` before its end.
                 running = self._running_reports()
                 results = [
-                    Report(
+                    RunnerReport(
                         item.task_id,
                         item.result.state,
                         item.result.exit_code,
@@ -261,7 +260,7 @@ class HostLink:
             backoff = 0.5
             await self._notices.new_result.wait()
 
-    async def _send(self, reports: list[Report]) -> list[bool]:
+    async def _send(self, reports: list[RunnerReport]) -> list[bool]:
         """Send `reports` in order, as few requests as the bounds allow
         (`POST /api/runner/reports`); for each, whether it is done with (the
         Host took it, or refused it for good: logged). A Host from before that
@@ -281,7 +280,7 @@ class HostLink:
             self._no_batch_at = None
         return self._no_batch_at is None
 
-    async def _send_batch(self, chunk: list[Report]) -> list[bool] | None:
+    async def _send_batch(self, chunk: list[RunnerReport]) -> list[bool] | None:
         """One request for `chunk`; None when the reports must go one by one instead."""
         payload = {"hostname": self.resources.hostname, "reports": [r.to_json(with_id=True) for r in chunk]}
         try:
@@ -305,7 +304,7 @@ class HostLink:
         return [self._outcome(r, result) for r, result in zip(chunk, results, strict=True)]
 
     @staticmethod
-    def _outcome(report: Report, result: Any) -> bool:
+    def _outcome(report: RunnerReport, result: Any) -> bool:
         """Whether one report of a batch is done with, as `report` decides for a single one."""
         status = result.get("status") if isinstance(result, dict) else None
         if status == 200:
@@ -316,7 +315,7 @@ class HostLink:
         log.warning("report for task %s failed (%s): %s", report.task_id, status, _error(result))
         return False
 
-    async def _send_each(self, chunk: list[Report]) -> list[bool]:
+    async def _send_each(self, chunk: list[RunnerReport]) -> list[bool]:
         """The reports one request each: the starts concurrently, then the results in order."""
         starts = [i for i, r in enumerate(chunk) if r.state is TaskState.RUNNING]
         sent = await asyncio.gather(*(self.send_one(chunk[i]) for i in starts), return_exceptions=True)
@@ -330,7 +329,7 @@ class HostLink:
                 done[i] = await self.send_one(report)
         return done
 
-    async def send_one(self, report: Report) -> bool:
+    async def send_one(self, report: RunnerReport) -> bool:
         return await self.report(
             report.task_id,
             report.state,
@@ -350,7 +349,7 @@ class HostLink:
         output_error: str | None = None,
         attempt: int = 1,
     ) -> bool:
-        fields = Report(task_id, state, exit_code, error, output_error, attempt).to_json(with_id=False)
+        fields = RunnerReport(task_id, state, exit_code, error, output_error, attempt).to_json(with_id=False)
         payload: dict[str, Any] = {"hostname": self.resources.hostname, **fields}
         try:
             status, body = await self._post(f"/api/runner/tasks/{task_id}/status", payload)
@@ -375,38 +374,10 @@ class HostLink:
         return False
 
 
-@dataclass(frozen=True)
-class Report:
-    """One state change to tell the Host: a task's start (`running`) or its result."""
-
-    task_id: int
-    state: TaskState
-    exit_code: int | None = None
-    error: str | None = None
-    output_error: str | None = None
-    attempt: int = 1
-
-    def to_json(self, *, with_id: bool) -> dict[str, Any]:
-        """The report's fields (and `task_id`, for an item of a batch)."""
-        out: dict[str, Any] = {"task_id": str(self.task_id)} if with_id else {}
-        out["state"] = str(self.state)
-        if self.attempt != 1:
-            # Only a retried task's later runs (`--retries`): a Host from before retries never orders those.
-            out["attempt"] = self.attempt
-        if self.exit_code is not None:
-            out["exit_code"] = self.exit_code
-        if self.error is not None:
-            out["error"] = self.error
-        if self.output_error is not None:
-            # Sent only when set, so a Host from before the field accepts every other report.
-            out["output_error"] = self.output_error
-        return out
-
-
-def _chunks(reports: list[Report]) -> list[list[Report]]:
+def _chunks(reports: list[RunnerReport]) -> list[list[RunnerReport]]:
     """`reports` in order, in groups of at most `MAX_BATCH_ITEMS` and about
     `BATCH_BODY_BYTES` of JSON (a larger report goes in a group of its own)."""
-    chunks: list[list[Report]] = []
+    chunks: list[list[RunnerReport]] = []
     size = 0
     for report in reports:
         item = len(dumps_bytes(report.to_json(with_id=True)))
@@ -418,7 +389,7 @@ def _chunks(reports: list[Report]) -> list[list[Report]]:
     return chunks
 
 
-def _named(chunk: list[Report]) -> str:
+def _named(chunk: list[RunnerReport]) -> str:
     """`task 7 as completed`, or `task 7, 8, 9 (12 reports)`: an admin looking
     for one task's fate in the log finds its id either way."""
     if len(chunk) == 1:

@@ -24,8 +24,9 @@ import aiohttp
 import pytest
 
 from hakuriver.host import app as host_app
-from hakuriver.host.reports import Reports, RunnerReport
+from hakuriver.host.reports import Reports
 from hakuriver.host.runner_client import RunnerClient
+from hakuriver.models import RunnerReport
 from hakuriver.runner import app as runner_app
 from hakuriver.runner.keys import STATE
 from hakuriver.runrequest import RunRequest

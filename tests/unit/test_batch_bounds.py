@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from hakuriver.host.runner_client import _chunks as order_chunks
 from hakuriver.jsoncodec import dumps_bytes
-from hakuriver.models import TaskState
-from hakuriver.runner.hostlink import Report
+from hakuriver.models import RunnerReport, TaskState
 from hakuriver.runner.hostlink import _chunks as report_chunks
 from hakuriver.webapi import BATCH_BODY_BYTES, MAX_BATCH_ITEMS, MAX_BODY_BYTES
 
 
 def test_reports_are_cut_by_count_in_order() -> None:
-    reports = [Report(i, TaskState.COMPLETED, exit_code=0) for i in range(1, 2 * MAX_BATCH_ITEMS + 2)]
+    reports = [RunnerReport(i, TaskState.COMPLETED, exit_code=0) for i in range(1, 2 * MAX_BATCH_ITEMS + 2)]
     chunks = report_chunks(reports)
     assert [len(c) for c in chunks] == [MAX_BATCH_ITEMS, MAX_BATCH_ITEMS, 1]
     assert [r for c in chunks for r in c] == reports
@@ -21,8 +20,11 @@ def test_reports_are_cut_by_count_in_order() -> None:
 
 def test_reports_are_cut_by_size_and_a_huge_one_goes_alone() -> None:
     text = "x" * (BATCH_BODY_BYTES // 3)
-    huge = Report(9, TaskState.FAILED, error="y" * BATCH_BODY_BYTES)
-    reports = [Report(i, TaskState.FAILED, error=text) for i in range(1, 5)] + [huge, Report(10, TaskState.RUNNING)]
+    huge = RunnerReport(9, TaskState.FAILED, error="y" * BATCH_BODY_BYTES)
+    reports = [RunnerReport(i, TaskState.FAILED, error=text) for i in range(1, 5)] + [
+        huge,
+        RunnerReport(10, TaskState.RUNNING),
+    ]
     chunks = report_chunks(reports)
     assert [[r.task_id for r in c] for c in chunks] == [[1, 2], [3, 4], [9], [10]]
     for chunk in chunks[:2]:
@@ -31,8 +33,8 @@ def test_reports_are_cut_by_size_and_a_huge_one_goes_alone() -> None:
 
 
 def test_a_report_says_only_what_it_has() -> None:
-    assert Report(5, TaskState.RUNNING).to_json(with_id=True) == {"task_id": "5", "state": "running"}
-    full = Report(5, TaskState.FAILED, 3, "exited with code 3", "stdout: ENOSPC", 2).to_json(with_id=False)
+    assert RunnerReport(5, TaskState.RUNNING).to_json(with_id=True) == {"task_id": "5", "state": "running"}
+    full = RunnerReport(5, TaskState.FAILED, 3, "exited with code 3", "stdout: ENOSPC", 2).to_json(with_id=False)
     assert full == {
         "state": "failed",
         "exit_code": 3,

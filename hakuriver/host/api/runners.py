@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ...errors import HakuRiverError, ValidationError
 from ...ids import parse_id
-from ...models import GpuInfo, NodeCapabilities, NodeResources, NumaNode, Task, TaskState
+from ...models import GpuInfo, NodeCapabilities, NodeResources, NumaNode, RunnerReport, Task, TaskState
 from ...parsing import validate_node_name
 from ...runrequest import MAX_ATTEMPT
 from ...webapi import (
@@ -21,7 +21,7 @@ from ...webapi import (
     require_type,
 )
 from ..keys import CONFIG, LIVENESS, REPORTS
-from ..reports import RUNNER_REPORTABLE, RunnerReport
+from ..reports import RUNNER_REPORTABLE
 from .tasks import task_id_of
 
 log = logging.getLogger(__name__)
