@@ -77,3 +77,12 @@ def fake_nvml() -> Iterator[None]:
         sys.modules.pop("pynvml", None)
         if saved_module is not None:
             sys.modules["pynvml"] = saved_module
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A CLI under test reads only the config the test gives it: no token or
+    config from the environment, and a HOME of its own (no ~/.hakuriver)."""
+    monkeypatch.delenv("HAKURIVER_CONFIG", raising=False)
+    monkeypatch.delenv("HAKURIVER_TOKEN", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))

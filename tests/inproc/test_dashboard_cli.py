@@ -13,12 +13,7 @@ from hakuriver.cli import client as client_cli
 from .cluster import ThreadedCluster
 from .test_drain_cli import one_error_line, write_config
 
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("HAKURIVER_CONFIG", raising=False)
-    monkeypatch.delenv("HAKURIVER_TOKEN", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def test_dashboard_prints_the_address_the_host_serves(cluster: ThreadedCluster, tmp_path: Path, capsys) -> None:

@@ -28,10 +28,7 @@ def one_error_line(err: str) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("HAKURIVER_CONFIG", raising=False)
-    monkeypatch.delenv("HAKURIVER_TOKEN", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+def _isolated_env(cli_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(admin_cli, "DRAIN_POLL_SECONDS", 0.05)
 
 

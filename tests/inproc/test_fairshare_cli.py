@@ -31,11 +31,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedCluste
         c.close()
 
 
-@pytest.fixture(autouse=True)
-def _no_env_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("HAKURIVER_TOKEN", raising=False)
-    monkeypatch.delenv("HAKURIVER_CONFIG", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def _config(tmp_path: Path, cluster: ThreadedCluster, token: str, name: str) -> Path:

@@ -15,12 +15,7 @@ from hakuriver.cli import task as task_cli
 from .cluster import ThreadedCluster
 from .test_drain_cli import write_config
 
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("HAKURIVER_CONFIG", raising=False)
-    monkeypatch.delenv("HAKURIVER_TOKEN", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def test_submit_with_retries_then_status_lists_the_attempts(cluster: ThreadedCluster, tmp_path: Path, capsys) -> None:
