@@ -116,30 +116,26 @@ def _big(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int] | No
     return b["big"], b["empty"], int(b["tasks"])
 
 
-def _big_reads(raw: dict[str, Any]) -> tuple[str, bool] | None:
+def _big_pair(
+    raw: dict[str, Any], first: tuple[str, float], second: tuple[str, float], ok: Callable[[float, float], bool]
+) -> tuple[str, bool] | None:
+    """Two (latency list, percentile) figures of the big database, beside the
+    empty one's; `ok` judges the big ones."""
     got = _big(raw)
     if got is None:
         return None
     big, empty, n = got
-    s99, p99 = harness.pct(big["status"], 99), harness.pct(big["page"], 99)
-    value = (
-        f"{_ms(s99)} / {_ms(p99)} at {n:,} tasks "
-        f"(floor, empty: {_ms(harness.pct(empty['status'], 99))} / {_ms(harness.pct(empty['page'], 99))})"
-    )
-    return value, s99 <= 0.020 and p99 <= 0.100
+    a, b = (harness.pct(big[key], q) for key, q in (first, second))
+    floor = " / ".join(_ms(harness.pct(empty[key], q)) for key, q in (first, second))
+    return f"{_ms(a)} / {_ms(b)} at {n:,} tasks (floor, empty: {floor})", ok(a, b)
+
+
+def _big_reads(raw: dict[str, Any]) -> tuple[str, bool] | None:
+    return _big_pair(raw, ("status", 99), ("page", 99), lambda s99, p99: s99 <= 0.020 and p99 <= 0.100)
 
 
 def _big_health(raw: dict[str, Any]) -> tuple[str, bool] | None:
-    got = _big(raw)
-    if got is None:
-        return None
-    big, empty, n = got
-    p50, p99 = harness.pct(big["health"], 50), harness.pct(big["health"], 99)
-    value = (
-        f"{_ms(p50)} / {_ms(p99)} at {n:,} tasks "
-        f"(floor, empty: {_ms(harness.pct(empty['health'], 50))} / {_ms(harness.pct(empty['health'], 99))})"
-    )
-    return value, p50 <= 0.005
+    return _big_pair(raw, ("health", 50), ("health", 99), lambda p50, _p99: p50 <= 0.005)
 
 
 def _big_submits(raw: dict[str, Any]) -> tuple[str, bool] | None:
