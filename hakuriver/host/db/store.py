@@ -375,21 +375,11 @@ class Store:
 
 
 class _InThreadCursor:
-    """An aiosqlite cursor's face on a sqlite3 cursor (see `_InThread`)."""
+    """An aiosqlite cursor's face on a sqlite3 cursor (see `_InThread`): what
+    the ops use of one (they read rows with `execute_fetchall`)."""
 
     def __init__(self, cursor: sqlite3.Cursor):
         self._cursor = cursor
-
-    @property
-    def rowcount(self) -> int:
-        return self._cursor.rowcount
-
-    @property
-    def lastrowid(self) -> int | None:
-        return self._cursor.lastrowid
-
-    async def fetchall(self) -> list[Any]:
-        return self._cursor.fetchall()
 
     async def close(self) -> None:
         self._cursor.close()
