@@ -34,13 +34,17 @@ Run by systemd inside the unit (refused when started through sudo):
 
   exec SPEC...       as the task's user: open the output files, chdir to the
                      shared dir, set the task's environment, exec the argv
-  poststop ID        as root (ExecStopPost=+): record the exit status and the
-                     cgroup's OOM-kill count in <state_dir>/<id>.json
+  poststop ID [DIR]  as root (ExecStopPost=+): record the exit status and the
+                     cgroup's OOM-kill count in <DIR>/<id>.json (DIR: the state
+                     dir, which the unit names; without it, read from the config)
 
 Start-up cost matters: every task starts this program three times (`start`
 through sudo, `exec` and `poststop` in the unit), so the in-unit subcommands
-import only what they use (`base64` only where the exec spec is made or read;
-tools are run with posix_spawn, not `subprocess`, see `_run`); and the unit
+import nothing that is not built into the interpreter: no `json` or `re` (which
+imports `enum`; names are checked with `_Word`), no `signal` (`_signal`), no
+config (`exec` needs none, `poststop` is given the state dir); the exec spec
+is marshal's, the status record is written out by `status_record_text`.
+Tools are run with posix_spawn, not `subprocess` (see `_run`), and the unit
 runs those two from this file's compiled code (`python -IS
 <state_dir>/.launcher-code.pyc`, see `ensure_code_cache`), not from this
 file, which Python would compile again each time.
@@ -52,17 +56,19 @@ are one line on stderr, prefixed with the program name.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal's numbers and calls, without its enums
 import errno
 import fcntl
 import grp
-import json
 import os
 import pwd
-import re
-import signal
 import stat
 import sys
 import time
+
+# Not imported here: `json` (it imports `re`, and `re` imports `enum`: ~15 ms of a
+# Python start on a slow node) and `signal` (`enum` again). The in-unit stages, a
+# Python start each in every task, need neither; the subcommands that do import them.
 
 VERSION = 1
 PROG = "hakuriver-task-launcher"
@@ -147,11 +153,33 @@ raw disks, system logs, VM and container daemons). No task runs as a member of o
 (or of the runner service's group, `runner_group`) unless `allow_privileged_users`
 names the account."""
 
-_TASK_ID = re.compile(r"^[1-9][0-9]{0,18}$")
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
-_RUNNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._+@/-]*$")
+
+class _Word:
+    """A name of one character from `first`, then characters from `rest`, `longest` at
+    most: the shape of user names, variable names, runner names and paths here. Sets of
+    characters rather than `re`, which the in-unit stages would pay ~7 ms to import;
+    and unlike a `$`-anchored pattern, nothing lets a trailing newline through."""
+
+    def __init__(self, first, rest, longest):
+        self.first, self.rest, self.longest = frozenset(first), frozenset(rest), longest
+
+    def match(self, text):
+        return (
+            isinstance(text, str)
+            and 0 < len(text) <= self.longest
+            and text[0] in self.first
+            and all(c in self.rest for c in text[1:])
+        )
+
+
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+_LETTERS = _LOWER + _LOWER.upper()
+_DIGITS = "0123456789"
+_TASK_ID = _Word("123456789", _DIGITS, 19)
+_USER = _Word(_LOWER + "_", _LOWER + _DIGITS + "_-", 32)
+_ENV_KEY = _Word(_LETTERS + "_", _LETTERS + _DIGITS + "_", 256)
+_RUNNER = _Word(_LETTERS + _DIGITS, _LETTERS + _DIGITS + "._-", 63)
+_PLAIN_PATH = _Word("/", _LETTERS + _DIGITS + "._+@/-", 4096)
 """Absolute paths with no spaces, quotes, `$`, `%` or `\\`: safe inside systemd properties."""
 
 
@@ -327,6 +355,8 @@ def load_config(path=DEFAULT_CONFIG_PATH, *, trusted=True):
         ) from None
     except OSError as exc:
         raise Failed(f"cannot read launcher config {path}: {exc.strerror}") from None
+    import json
+
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -605,20 +635,45 @@ def exec_spec(plan):
     }
 
 
-def encode_spec(spec):
-    """base64url chunks: no `$` or `%` (systemd expands those in ExecStart), no quotes, no spaces."""
-    import base64
+SPEC_MARSHAL = "m."
+"""How an exec spec in marshal's format begins ('.' is not a base64url character, so the
+JSON specs of units an older launcher started still decode)."""
+_TO_URLSAFE = str.maketrans("+/", "-_")
+_FROM_URLSAFE = str.maketrans("-_", "+/")
 
-    text = base64.urlsafe_b64encode(json.dumps(spec, separators=(",", ":")).encode("utf-8", "surrogatepass")).decode()
-    return [text[i : i + SPEC_CHUNK] for i in range(0, len(text), SPEC_CHUNK)] or [""]
+
+def encode_spec(spec):
+    """The `exec` arguments that carry `spec`: base64url chunks (no `$` or `%`, which
+    systemd expands in ExecStart, no quotes, no spaces) of marshal's encoding of it.
+
+    Why marshal and binascii (both built into the interpreter) and not json and base64:
+    the `exec` stage is a Python start in every task, and importing json costs it ~15 ms
+    (json imports re, re imports enum). marshal is unsafe only for data an attacker made;
+    this spec is the launcher's own, written by root into the unit's ExecStart."""
+    import binascii
+    import marshal
+
+    text = SPEC_MARSHAL + binascii.b2a_base64(marshal.dumps(spec), newline=False).decode().translate(_TO_URLSAFE)
+    return [text[i : i + SPEC_CHUNK] for i in range(0, len(text), SPEC_CHUNK)]
 
 
 def decode_spec(chunks):
-    import base64
+    import binascii
 
+    text = "".join(chunks)
     try:
-        spec = json.loads(base64.urlsafe_b64decode("".join(chunks).encode()).decode("utf-8", "surrogatepass"))
-    except (ValueError, UnicodeDecodeError) as exc:
+        if text.startswith(SPEC_MARSHAL):
+            import marshal
+
+            # Root wrote this spec into the unit; whoever feeds `exec` another one runs
+            # it as themselves, in their own process (exec refuses sudo and root).
+            spec = marshal.loads(binascii.a2b_base64(text[len(SPEC_MARSHAL) :].translate(_FROM_URLSAFE)))  # noqa: S302
+        else:  # a unit started by a launcher from before the marshal spec
+            import json
+
+            raw = binascii.a2b_base64(text.translate(_FROM_URLSAFE))
+            spec = json.loads(raw.decode("utf-8", "surrogatepass"))
+    except (ValueError, TypeError, EOFError, UnicodeDecodeError, binascii.Error) as exc:
         raise Refused(f"malformed exec spec: {exc}") from None
     if not isinstance(spec, dict) or spec.get("v") != VERSION:
         raise Refused("malformed exec spec")
@@ -670,7 +725,8 @@ def systemd_run_argv(plan, cfg, launcher_path, code=None):
         argv.append(f"--property=CPUQuota={plan.cores * 100}%")
     if plan.memory is not None:
         argv.append(f"--property=MemoryMax={plan.memory}")
-    argv.append(f"--property=ExecStopPost=+{stage} poststop {plan.task_id}")
+    # The state dir rides along so that the hook need not read (and parse) the config.
+    argv.append(f"--property=ExecStopPost=+{stage} poststop {plan.task_id} {clean_path(cfg.state_dir, 'state dir')}")
     argv += ["--", *stage_argv, "exec", *encode_spec(exec_spec(plan))]
     return argv
 
@@ -779,7 +835,7 @@ def _run(argv, *, timeout=TOOL_TIMEOUT):
                     (os.POSIX_SPAWN_DUP2, err_w, 2),
                 ],
                 # Python ignores SIGPIPE and SIGXFSZ; the tool must not inherit that.
-                setsigdef=[getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, n)],
+                setsigdef=[getattr(_signal, n) for n in ("SIGPIPE", "SIGXFSZ") if hasattr(_signal, n)],
             )
         except FileNotFoundError:
             raise Failed(f"{argv[0]} is missing: is systemd installed?") from None
@@ -797,7 +853,7 @@ def _run(argv, *, timeout=TOOL_TIMEOUT):
             events = poller.poll(max(0, left) * 1000) if left > 0 else []
             if not events:
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, _signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 os.waitpid(pid, 0)
@@ -833,7 +889,7 @@ def _wait_for(pid, deadline, argv, timeout):
         poller.register(pidfd, select.POLLIN)
         left = deadline - time.monotonic()
         if left <= 0 or not poller.poll(left * 1000):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, _signal.SIGKILL)
             os.waitpid(pid, 0)
             raise Failed(f"{os.path.basename(argv[0])} {argv[1:4]} did not answer within {timeout:.0f}s")
     finally:
@@ -1031,6 +1087,8 @@ def cmd_start(cfg, launcher_path, stdin):
     raw = stdin.read(MAX_REQUEST_BYTES + 1)
     if len(raw) > MAX_REQUEST_BYTES:
         raise Refused(f"the start request is larger than {MAX_REQUEST_BYTES} bytes")
+    import json
+
     try:
         req = json.loads(raw.decode("utf-8", "surrogatepass"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -1237,6 +1295,8 @@ def read_status(cfg, task_id):
     text = _read_text(state_path(cfg, task_id))
     if text is None:
         return None
+    import json
+
     try:
         data = json.loads(text)
     except ValueError:
@@ -1249,13 +1309,17 @@ def cmd_status(cfg, task_id):
     return {"unit": unit, "properties": show_unit(cfg, unit), "status": read_status(cfg, task_id)}
 
 
-def cmd_exec(cfg, chunks):
-    """In the unit, as the task's user: become the task. Never returns."""
+def cmd_exec(chunks):
+    """In the unit, as the task's user: become the task. Never returns.
+
+    It reads no config: `start` validated the request as root against the allow-list
+    and wrote this spec and `User=` into the unit; what is left to check is that
+    systemd made this process that user (never root), and what the spec says of files.
+    """
     refuse_under_sudo("exec")
     spec = decode_spec(chunks)
-    user = spec.get("user")
-    uid = check_task_account(cfg, user).pw_uid
-    if os.geteuid() != uid or os.getuid() != uid or spec.get("uid") != uid:
+    user, uid = spec.get("user"), spec.get("uid")
+    if not isinstance(uid, int) or uid <= 0 or os.geteuid() != uid or os.getuid() != uid:
         raise Refused(f"exec must run as the task's user {user} (uid {uid}), not uid {os.geteuid()}")
     argv, env = spec["argv"], spec["env"]
     for path in (spec["stdout"], spec["stderr"]):
@@ -1281,8 +1345,8 @@ def cmd_exec(cfg, chunks):
         os._exit(126)
     # Python ignores these; an exec'd program must start with the default dispositions.
     for name in ("SIGPIPE", "SIGXFSZ", "SIGXFZ"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        if hasattr(_signal, name):
+            _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
     try:
         os.execvpe(argv[0], argv, env)  # noqa: S606 - the task's own argv, after the drop to its user
     except OSError as exc:
@@ -1290,8 +1354,41 @@ def cmd_exec(cfg, chunks):
         os._exit(127 if exc.errno == errno.ENOENT else 126)
 
 
+class _StateDirOnly:
+    """What `poststop` needs of the config when the unit names the state dir."""
+
+    def __init__(self, state_dir):
+        self.state_dir = clean_path(state_dir, "state dir")
+
+
+def status_record_text(record):
+    """The JSON text of a status record. Written out here when every value is a number
+    or a plain word (SERVICE_RESULT, EXIT_CODE and EXIT_STATUS are systemd's words and
+    numbers): the hook is a Python start in every task, and importing json costs it
+    ~15 ms. Anything else goes through json. Pure."""
+    words = _PLAIN_PATH.rest - {"/", "+", "@"}
+    parts = []
+    for key, value in record.items():
+        if isinstance(value, bool) or not isinstance(key, str) or not all(c in words for c in key):
+            break
+        if isinstance(value, int):
+            parts.append(f'"{key}": {value}')
+        elif isinstance(value, float) and value == value and abs(value) != float("inf"):
+            parts.append(f'"{key}": {value!r}')
+        elif isinstance(value, str) and all(c in words for c in value):
+            parts.append(f'"{key}": "{value}"')
+        else:
+            break
+    else:
+        return "{" + ", ".join(parts) + "}"
+    import json
+
+    return json.dumps(record)
+
+
 def cmd_poststop(cfg, task_id):
-    """ExecStopPost=+ of the unit, as root: record how the task ended."""
+    """ExecStopPost=+ of the unit, as root: record how the task ended. `cfg`: the
+    launcher config, or (units this launcher starts) just the state dir the unit names."""
     refuse_under_sudo("poststop")
     require_root()
     unit = unit_name(task_id)
@@ -1314,7 +1411,7 @@ def cmd_poststop(cfg, task_id):
     tmp = f"{final}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, json.dumps(record).encode())
+        os.write(fd, status_record_text(record).encode())
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -1343,6 +1440,8 @@ def main(argv=None, *, stdin=None, stdout=None, config_path=DEFAULT_CONFIG_PATH)
         if sub == "exec":
             if not rest:
                 raise Refused("exec needs its spec")
+        elif sub == "poststop" and len(rest) == 2:
+            pass  # ID STATE_DIR: the unit names the state dir (see systemd_run_argv)
         elif sub not in arity:
             raise Refused(f"unknown subcommand {sub!r}\n{USAGE}")
         elif len(rest) != arity[sub]:
@@ -1352,18 +1451,18 @@ def main(argv=None, *, stdin=None, stdout=None, config_path=DEFAULT_CONFIG_PATH)
         )
         if sub == "kill" and rest[1] not in SIGNALS:
             raise Refused(f"signal {rest[1]!r} is not one of {', '.join(SIGNALS)}")
+        if sub == "exec":
+            cmd_exec(rest)
+            return 0  # not reached
         privileged = os.geteuid() == 0
         if privileged:
             launcher_path = check_root_owned(_own_path(), "the launcher")
         else:
             launcher_path = _own_path()
-        cfg = load_config(config_path, trusted=privileged)
-        if sub == "exec":
-            cmd_exec(cfg, rest)
-            return 0  # not reached
         if sub == "poststop":
-            cmd_poststop(cfg, task_id)
+            cmd_poststop(_StateDirOnly(rest[1]) if len(rest) == 2 else load_config(config_path), task_id)
             return 0
+        cfg = load_config(config_path, trusted=privileged)
         if sub == "start":
             result = cmd_start(cfg, launcher_path, stdin or sys.stdin.buffer)
         elif sub == "kill":
@@ -1384,6 +1483,8 @@ def main(argv=None, *, stdin=None, stdout=None, config_path=DEFAULT_CONFIG_PATH)
                 **cfg.to_json(),
                 "privileged_groups": list(cfg.privileged_groups),
             }
+        import json
+
         out.write(json.dumps(result) + "\n")
         out.flush()
         return 0

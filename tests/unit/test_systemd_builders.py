@@ -323,12 +323,12 @@ def test_systemd_run_argv_is_built_from_validated_values_only() -> None:
         f"--property=TimeoutStopSec={L.TIMEOUT_STOP}",
         "--property=CPUQuota=200%",
         f"--property=MemoryMax={64 << 20}",
-        f"--property=ExecStopPost=+{DEFAULT_LAUNCHER_PATH} poststop 123",
+        f"--property=ExecStopPost=+{DEFAULT_LAUNCHER_PATH} poststop 123 {CFG.state_dir}",
     ]
     assert tail[:2] == [DEFAULT_LAUNCHER_PATH, "exec"]
     # systemd expands $VAR in ExecStart and %-specifiers in unit files: the spec holds neither.
     assert all(
-        set(chunk) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=") for chunk in tail[2:]
+        set(chunk) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=.") for chunk in tail[2:]
     )
     spec = L.decode_spec(tail[2:])
     assert spec["argv"] == evil and spec["user"] == "alice" and spec["uid"] == 1001
@@ -342,7 +342,7 @@ def test_limits_are_omitted_when_not_requested() -> None:
 
 def test_the_in_unit_stages_run_the_code_cache_when_there_is_one() -> None:
     argv = L.systemd_run_argv(plan(), CFG, DEFAULT_LAUNCHER_PATH, ("/usr/bin/python3", "/var/lib/h/.c.pyc"))
-    assert "--property=ExecStopPost=+/usr/bin/python3 -IS /var/lib/h/.c.pyc poststop 123" in argv
+    assert f"--property=ExecStopPost=+/usr/bin/python3 -IS /var/lib/h/.c.pyc poststop 123 {CFG.state_dir}" in argv
     tail = argv[argv.index("--") + 1 :]
     assert tail[:4] == ["/usr/bin/python3", "-IS", "/var/lib/h/.c.pyc", "exec"]
     with pytest.raises(L.Refused):
@@ -426,12 +426,76 @@ def test_tools_run_as_argv_with_only_the_tool_environment_and_default_signals() 
 
 
 def test_big_specs_are_split_into_arguments_below_the_kernel_limit() -> None:
-    p = plan(command=["echo"] + ["x" * 1000] * 200)
+    p = plan(command=["echo"] + [f"{i:03}" + "x" * 1000 for i in range(200)])
     chunks = L.encode_spec(L.exec_spec(p))
     assert len(chunks) > 1 and all(len(c) <= L.SPEC_CHUNK for c in chunks)
     assert L.decode_spec(chunks)["argv"] == p.argv
     with pytest.raises(L.Refused):
         L.decode_spec([base64.urlsafe_b64encode(b"[1]").decode()])
+    with pytest.raises(L.Refused, match="malformed"):
+        L.decode_spec([L.SPEC_MARSHAL + "not*base64"])
+
+
+def test_a_json_spec_from_an_older_launcher_still_decodes() -> None:
+    """A unit queued by the previous launcher (JSON spec) may start after an upgrade."""
+    spec = L.exec_spec(plan(command=["echo", "$HOME", "é"]))
+    text = base64.urlsafe_b64encode(json.dumps(spec).encode()).decode()
+    assert L.decode_spec([text[:10], text[10:]]) == spec
+
+
+def test_names_with_a_trailing_newline_are_refused() -> None:
+    """A `$`-anchored pattern let "alice\n" through; the checks now see every character."""
+    with pytest.raises(L.Refused, match="not a plain user name"):
+        L.check_task_account(CFG, "alice\n")
+    with pytest.raises(L.Refused, match="task id"):
+        L.parse_task_id("12\n")
+    with pytest.raises(L.Refused, match="may only contain"):
+        L.clean_path("/srv/shared\n", "shared dir")
+    with pytest.raises(L.Refused, match="environment variable|env"):
+        plan(env={"A\n": "x"})
+    assert L.parse_task_id("9223372036854775807") == 2**63 - 1
+    with pytest.raises(L.Refused):
+        L.parse_task_id("9223372036854775808")
+
+
+def test_status_records_are_json_whatever_systemd_put_in_them() -> None:
+    plain = {
+        "task_id": "7",
+        "unit": "hakuriver-task-7.service",
+        "result": "exit-code",
+        "exit_code": "killed",
+        "exit_status": "SEGV",
+        "oom_kills": 0,
+        "time": 1764629000.25,
+    }
+    assert json.loads(L.status_record_text(plain)) == plain
+    odd = {**plain, "exit_status": 'a "quoted"\nword', "result": "é", "time": float("nan")}
+    text = L.status_record_text(odd)
+    assert json.loads(text)["exit_status"] == 'a "quoted"\nword' and json.loads(text)["result"] == "é"
+
+
+def test_the_in_unit_stages_import_nothing_heavy(tmp_path: Path) -> None:
+    """`exec` and `poststop` are a Python start each in every task: they must not pay for
+    json, re, enum or signal (about 15 ms of a start on a slow node)."""
+    probe = (
+        "import sys\n"
+        f"ns = {{'__name__': 'launcher', '__file__': {L.__file__!r}}}\n"
+        f"exec(compile(open({L.__file__!r}, 'rb').read(), 'launcher', 'exec'), ns)\n"
+        "codes = [ns['main']([*sys.argv[1:3]]), ns['main'](['poststop', '1', sys.argv[3]])]\n"
+        "print(codes, sorted(m for m in ('json', 're', 'enum', 'signal') if m in sys.modules))\n"
+    )
+    spec = L.encode_spec(L.exec_spec(plan()))
+    assert len(spec) == 1
+    r = subprocess.run(
+        [sys.executable, "-IS", "-c", probe, "exec", spec[0], str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": os.environ.get("PATH", "/usr/bin")},
+    )
+    # Both are refused here (wrong uid; not inside a unit), after doing their imports.
+    assert r.stdout.strip() == "[2, 2] []", (r.stdout, r.stderr)
+    assert "exec must run as the task's user" in r.stderr and "poststop runs only" in r.stderr, r.stderr
 
 
 def test_kill_takes_known_signals_only() -> None:
@@ -474,7 +538,7 @@ def test_parse_show_and_oom_counters() -> None:
 def test_in_unit_subcommands_refuse_to_run_under_sudo(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
     monkeypatch.setenv("SUDO_UID", "1000")
     with pytest.raises(L.Refused, match="never through sudo"):
-        L.cmd_exec(CFG, L.encode_spec({"v": 1}))
+        L.cmd_exec(L.encode_spec({"v": 1}))
     with pytest.raises(L.Refused, match="never through sudo"):
         L.cmd_poststop(CFG, 1)
 

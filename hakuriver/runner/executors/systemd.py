@@ -10,7 +10,7 @@ Why a service and not a scope
     its KillMode) leaves the task running.
 
 How the exit status survives a runner restart
-    The unit carries `ExecStopPost=+<launcher's code> poststop <id>`: when the task
+    The unit carries `ExecStopPost=+<launcher's code> poststop <id> <state dir>`: when the task
     ends, systemd runs it as root *inside the unit's cgroup*, with
     SERVICE_RESULT / EXIT_CODE / EXIT_STATUS set. It writes
     `<state_dir>/<id>.json` (root-owned, world-readable, in a root-owned
