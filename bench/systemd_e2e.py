@@ -51,6 +51,7 @@ def timed(name, argv):
 timed("python3 -IS -c pass", ["/usr/bin/python3", "-IS", "-c", "pass"])
 timed("python3 -IS, the launcher's imports", ["/usr/bin/python3", "-IS", "-c", "import json, re, grp, pwd, signal, stat, errno, fcntl, time, select"])
 timed("python3 -IS, compile the launcher", ["/usr/bin/python3", "-IS", "-c", f"compile(open({L!r}, 'rb').read(), 'l', 'exec')"])
+timed("runuser -u runner -- true (counted in the two below)", RUNNER + ["/bin/true"])
 timed("runner: launcher info", RUNNER + [L, "info"])
 timed("runner: sudo -n launcher info", RUNNER + ["sudo", "-n", L, "info"])
 timed("systemctl show (one unit)", ["systemctl", "--no-pager", "show", "--property=Id,LoadState,ActiveState", "--", "hakuriver-task-1.service"])
