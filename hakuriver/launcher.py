@@ -29,6 +29,8 @@ Subcommands (caller: the runner, through `sudo -n`):
   cleanup ID         stop the unit if it still runs, reset-failed, drop the status file
   status ID          the unit's state and recorded exit status, as JSON (no root needed)
   info               version and allow-list, as JSON
+  serve              answer the subcommands above, one line of JSON each
+                     way on stdin/stdout, until stdin ends (see `cmd_serve`)
 
 Run by systemd inside the unit (refused when started through sudo):
 
@@ -1422,21 +1424,133 @@ def cmd_poststop(cfg, task_id):
 # --------------------------------------------------------------------- main
 
 USAGE = f"""usage: {PROG} start < request.json
-       {PROG} kill ID SIGNAL | pause ID | resume ID | cleanup ID | status ID | info"""
+       {PROG} kill ID SIGNAL | pause ID | resume ID | cleanup ID | status ID | info
+       {PROG} serve"""
+
+SERVE_VERSION = 1
+"""The `serve` protocol: the hello line says it; a runner speaks only a version it knows."""
+MAX_SERVE_LINE = 4 * MAX_REQUEST_BYTES + 4096
+"""The longest request line `serve` reads (a start request, escaped into JSON)."""
+NOT_SERVED = frozenset({"serve", "exec", "poststop"})
+
+
+def _file_identity(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+SUDOERS_PATHS = ("/etc/sudoers", "/etc/sudoers.d")
+
+
+def _sudoers_identity(paths=SUDOERS_PATHS):
+    """What changes when sudo's rules change: each sudoers file and drop-in (and the
+    drop-in directory itself, for files added or removed)."""
+    seen = []
+    for path in paths:
+        seen.append((path, _file_identity(path)))
+        try:
+            names = sorted(os.listdir(path)) if os.path.isdir(path) else []
+        except OSError:
+            names = []
+        seen.extend((f"{path}/{name}", _file_identity(f"{path}/{name}")) for name in names)
+    return seen
+
+
+def cmd_serve(launcher_path, config_path, reader, writer, *, sudoers_paths=SUDOERS_PATHS):
+    """The launcher, long-lived: the runner starts it once (`sudo -n <launcher> serve`)
+    instead of once per call, which saves a sudo, a Python start, the compile of this
+    file and its imports on every task's start, kill and cleanup.
+
+    Protocol, one line of JSON each way (`reader`/`writer`: binary stdin/stdout):
+    first this process writes {"serve": SERVE_VERSION, "version": VERSION, "pid": N};
+    then for each request {"argv": [SUB, ARG...], "input": TEXT or null} (TEXT: the
+    bytes a one-shot call would read on stdin, as latin-1) it answers
+    {"rc": N, "stdout": TEXT, "stderr": TEXT}: exactly what `main(argv)` would have
+    exited with and printed, since it is `main` that answers, config and all read
+    afresh. Once this file has changed (an upgrade), or, when sudo started it, sudo's
+    rules (`sudoers_paths`: a revoked rule must stop the runner at once, not at its
+    next session), it answers {"restart": ...} without running anything and ends:
+    the caller runs that request the one-shot way, through sudo and its current
+    rules, and a new session serves the next. `serve`, `exec` and `poststop` are
+    refused. It ends when stdin ends, or on a line it cannot read.
+
+    Trust: the pipes belong to the process that started it, which could run each of
+    these subcommands through sudo itself; nothing is allowed here that is not
+    allowed there."""
+    import io
+    import json
+
+    def answer(obj):
+        writer.write(json.dumps(obj).encode("ascii") + b"\n")
+        writer.flush()
+
+    identity = _file_identity(launcher_path)
+    sudoers = _sudoers_identity(sudoers_paths) if "SUDO_UID" in os.environ else None
+    answer({"serve": SERVE_VERSION, "version": VERSION, "pid": os.getpid()})
+    while True:
+        line = reader.readline(MAX_SERVE_LINE + 1)
+        if not line:
+            return 0
+        if len(line) > MAX_SERVE_LINE or not line.endswith(b"\n"):
+            answer(
+                {
+                    "rc": 2,
+                    "stdout": "",
+                    "stderr": f"{PROG}: serve: a request line is longer than {MAX_SERVE_LINE} bytes\n",
+                }
+            )
+            return 2
+        try:
+            msg = json.loads(line)
+            argv, text = msg["argv"], msg.get("input")
+            if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+                raise ValueError("argv must be a non-empty list of strings")
+            if text is not None and not isinstance(text, str):
+                raise ValueError("input must be a string or null")
+            data = None if text is None else text.encode("latin-1")
+        except (ValueError, KeyError, TypeError, UnicodeEncodeError) as exc:
+            answer({"rc": 2, "stdout": "", "stderr": f"{PROG}: serve: malformed request: {exc}\n"})
+            return 2
+        if _file_identity(launcher_path) != identity:
+            answer({"restart": f"{launcher_path} changed since this serve started"})
+            return 0
+        if sudoers is not None and _sudoers_identity(sudoers_paths) != sudoers:
+            answer({"restart": "sudo's rules changed since this serve started"})
+            return 0
+        if argv[0] in NOT_SERVED:
+            answer({"rc": 2, "stdout": "", "stderr": f"{PROG}: {argv[0]} is never run through serve\n"})
+            continue
+        out, err = io.StringIO(), io.StringIO()
+        rc = main(argv, stdin=io.BytesIO(data or b""), stdout=out, stderr=err, config_path=config_path)
+        answer({"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()})
 
 
 def _own_path():
     return os.path.realpath(__file__)
 
 
-def main(argv=None, *, stdin=None, stdout=None, config_path=DEFAULT_CONFIG_PATH):
+def main(argv=None, *, stdin=None, stdout=None, stderr=None, config_path=DEFAULT_CONFIG_PATH):
     args = list(sys.argv[1:] if argv is None else argv)
     out = stdout or sys.stdout
+    err = stderr or sys.stderr
     try:
         if not args:
             raise Refused(USAGE)
         sub, rest = args[0], args[1:]
-        arity = {"start": 0, "kill": 2, "pause": 1, "resume": 1, "cleanup": 1, "status": 1, "info": 0, "poststop": 1}
+        arity = {
+            "start": 0,
+            "kill": 2,
+            "pause": 1,
+            "resume": 1,
+            "cleanup": 1,
+            "status": 1,
+            "info": 0,
+            "poststop": 1,
+            "serve": 0,
+        }
         if sub == "exec":
             if not rest:
                 raise Refused("exec needs its spec")
@@ -1463,6 +1577,8 @@ def main(argv=None, *, stdin=None, stdout=None, config_path=DEFAULT_CONFIG_PATH)
             cmd_poststop(_StateDirOnly(rest[1]) if len(rest) == 2 else load_config(config_path), task_id)
             return 0
         cfg = load_config(config_path, trusted=privileged)
+        if sub == "serve":
+            return cmd_serve(launcher_path, config_path, stdin or sys.stdin.buffer, stdout or sys.stdout.buffer)
         if sub == "start":
             result = cmd_start(cfg, launcher_path, stdin or sys.stdin.buffer)
         elif sub == "kill":
@@ -1489,12 +1605,12 @@ def main(argv=None, *, stdin=None, stdout=None, config_path=DEFAULT_CONFIG_PATH)
         out.flush()
         return 0
     except (Refused, Failed) as exc:
-        sys.stderr.write(f"{PROG}: {exc}\n")
-        sys.stderr.flush()
+        err.write(f"{PROG}: {exc}\n")
+        err.flush()
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for the runner to report
-        sys.stderr.write(f"{PROG}: internal error: {type(exc).__name__}: {exc}\n")
-        sys.stderr.flush()
+        err.write(f"{PROG}: internal error: {type(exc).__name__}: {exc}\n")
+        err.flush()
         return 1
 
 

@@ -53,7 +53,10 @@ What runs as root
     `sudo -n <launcher> start|kill|pause|resume|cleanup|info`, argv lists,
     the task request as JSON on stdin. `-n` makes a missing sudoers rule fail
     at once with a message instead of waiting for a password. When the runner
-    itself runs as root it calls the launcher directly.
+    itself runs as root it calls the launcher directly. The calls go to one
+    long-lived `<launcher> serve`, started the same way, where it can answer
+    (`launcher_session`: the same subcommands and answers, without a sudo and
+    a Python start per call), and one-shot otherwise.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ from ...launcher import DEFAULT_LAUNCHER_PATH, DEFAULT_STATE_DIR, UNIT_PROPERTIE
 from ...models import ExitResult, TaskState
 from .base import Capabilities, Executor, Fingerprint, Handle, LaunchSpec, Presence
 from .dirwatch import DirWatch
+from .launcher_session import Call, LauncherSession
 from .output import check_written_files, summary
 
 log = logging.getLogger(__name__)
@@ -316,13 +320,6 @@ class _Waiter:
     """Consecutive unit checks that found neither the unit nor a record."""
 
 
-@dataclass
-class _Call:
-    rc: int
-    stdout: str
-    stderr: str
-
-
 class SystemdExecutor(Executor):
     """Runs each task as a transient systemd service. See the module docstring."""
 
@@ -366,6 +363,9 @@ class SystemdExecutor(Executor):
         self._wake = asyncio.Event()
         self._dirwatch = DirWatch()
         self._closed = False
+        self._session = LauncherSession(
+            launcher_argv(self.launcher_path, "serve", sudo=self.sudo_path if self.use_sudo else None)
+        )
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> SystemdExecutor:
@@ -389,7 +389,7 @@ class SystemdExecutor(Executor):
         return await asyncio.to_thread(check)  # stat() calls: a hung mount must not stall the loop
 
     # -- plumbing ---------------------------------------------------------
-    async def _exec(self, argv: list[str], *, input: bytes | None = None, timeout: float = CALL_TIMEOUT) -> _Call:
+    async def _exec(self, argv: list[str], *, input: bytes | None = None, timeout: float = CALL_TIMEOUT) -> Call:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -415,9 +415,9 @@ class SystemdExecutor(Executor):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     proc.kill()
             raise
-        return _Call(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
+        return Call(proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace"))
 
-    def _explain(self, call: _Call) -> str:
+    def _explain(self, call: Call) -> str:
         text = " ".join(call.stderr.split()) or " ".join(call.stdout.split()) or f"exit status {call.rc}"
         prefix = f"{LAUNCHER_PROG}: "
         if text.startswith(prefix):
@@ -433,8 +433,11 @@ class SystemdExecutor(Executor):
         problem = launcher_problem(self.launcher_path)
         if problem:
             raise ExecutorError(problem)
-        argv = launcher_argv(self.launcher_path, sub, *args, sudo=self.sudo_path if self.use_sudo else None)
-        call = await self._exec(argv, input=input)
+        # The long-lived launcher where it can answer; else the one-shot call (see launcher_session).
+        call = await self._session.call([sub, *args], input=input, timeout=CALL_TIMEOUT)
+        if call is None:
+            argv = launcher_argv(self.launcher_path, sub, *args, sudo=self.sudo_path if self.use_sudo else None)
+            call = await self._exec(argv, input=input)
         if call.rc != 0:
             raise ExecutorError(self._explain(call))
         try:
@@ -704,6 +707,7 @@ class SystemdExecutor(Executor):
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
         self._dirwatch.close()
+        await self._session.close()
         for w in self._waiters.values():
             if not w.future.done():
                 w.future.set_exception(ExecutorError("the systemd executor was closed before the task ended"))
