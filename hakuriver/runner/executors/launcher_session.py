@@ -201,7 +201,7 @@ class LauncherSession:
             drainer.cancel()
 
     async def close(self) -> None:
-        """End the session (its launcher exits at the end of its stdin)."""
+        """End the session (its launcher exits at the end of its stdin). A request in
+        flight is not waited for: it fails as the session ends under it."""
         self._closed = True
-        async with self._lock:
-            await self._end("closed")
+        await self._end("closed")
