@@ -195,6 +195,22 @@ async def test_a_busy_session_sends_the_caller_one_shot_and_a_dead_one_is_replac
         await session.close()
 
 
+async def test_a_cancelled_call_never_leaves_its_answer_for_the_next(tmp_path: Path) -> None:
+    argv, log = _stand_in(tmp_path)
+    session = LauncherSession(argv)
+    try:
+        holding = asyncio.ensure_future(session.call(["hold"], input=None, timeout=60))
+        await _poll(lambda: Path(f"{log}.holding").exists(), "the stand-in to hold the session")
+        holding.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await holding
+        Path(f"{log}.release").touch()  # the old session answers "hold" now, to nobody
+        assert await session.call(["info"], input=None, timeout=60) == Call(0, "info", "")
+        assert log.read_text().count("started") == 2
+    finally:
+        await session.close()
+
+
 async def test_a_launcher_without_serve_is_asked_again_only_after_a_while(tmp_path: Path) -> None:
     argv, log = _stand_in(tmp_path, hello=False)
     now = [1000.0]

@@ -76,6 +76,7 @@ class LauncherSession:
         self.clock = clock
         self._proc: asyncio.subprocess.Process | None = None
         self._drainer: asyncio.Task[None] | None = None
+        self._reapers: set[asyncio.Task[int]] = set()
         self._lock = asyncio.Lock()
         self._failed_at: float | None = None
         self._closed = False
@@ -89,38 +90,47 @@ class LauncherSession:
         if self._closed or self._lock.locked():
             return None
         async with self._lock:
-            proc = await self._ensure_started()
-            if proc is None:
+            try:
+                return await self._exchange(args, input, timeout)
+            except asyncio.CancelledError:
+                # Its request may be in flight: the answer must never be read as the
+                # next request's. A new session serves the next one.
+                self._abandon("was abandoned: its caller was cancelled")
+                raise
+
+    async def _exchange(self, args: Sequence[str], input: bytes | None, timeout: float) -> Call | None:
+        proc = await self._ensure_started()
+        if proc is None:
+            return None
+        assert proc.stdin is not None and proc.stdout is not None
+        line = json.dumps({"argv": list(args), "input": None if input is None else input.decode("latin-1")})
+        try:
+            proc.stdin.write(line.encode("ascii") + b"\n")
+            await proc.stdin.drain()
+        except (OSError, RuntimeError) as exc:  # it had ended: the request never reached it
+            await self._end(f"had ended ({exc})")
+            return None
+        try:
+            raw = await asyncio.wait_for(proc.stdout.readline(), timeout)
+        except TimeoutError:
+            await self._end("did not answer in time")
+            raise ExecutorError(f"the task launcher did not answer {args[0]} within {timeout:.0f}s") from None
+        except (OSError, ValueError) as exc:  # a line over the limit
+            await self._end(f"failed: {exc}")
+            raise ExecutorError(f"the task launcher's session ended during {args[0]}: {exc}") from None
+        if not raw.endswith(b"\n"):
+            await self._end("ended")
+            raise ExecutorError(f"the task launcher's session ended during {args[0]}")
+        try:
+            answer = json.loads(raw)
+            if "restart" in answer:
+                log.info("task launcher session: %s; starting a new one", answer["restart"])
+                await self._end("asked for a restart")
                 return None
-            assert proc.stdin is not None and proc.stdout is not None
-            line = json.dumps({"argv": list(args), "input": None if input is None else input.decode("latin-1")})
-            try:
-                proc.stdin.write(line.encode("ascii") + b"\n")
-                await proc.stdin.drain()
-            except (OSError, RuntimeError) as exc:  # it had ended: the request never reached it
-                await self._end(f"had ended ({exc})")
-                return None
-            try:
-                raw = await asyncio.wait_for(proc.stdout.readline(), timeout)
-            except TimeoutError:
-                await self._end("did not answer in time")
-                raise ExecutorError(f"the task launcher did not answer {args[0]} within {timeout:.0f}s") from None
-            except (OSError, ValueError) as exc:  # a line over the limit
-                await self._end(f"failed: {exc}")
-                raise ExecutorError(f"the task launcher's session ended during {args[0]}: {exc}") from None
-            if not raw.endswith(b"\n"):
-                await self._end("ended")
-                raise ExecutorError(f"the task launcher's session ended during {args[0]}")
-            try:
-                answer = json.loads(raw)
-                if "restart" in answer:
-                    log.info("task launcher session: %s; starting a new one", answer["restart"])
-                    await self._end("asked for a restart")
-                    return None
-                return Call(int(answer["rc"]), str(answer["stdout"]), str(answer["stderr"]))
-            except (ValueError, KeyError, TypeError):
-                await self._end("answered something else than JSON")
-                raise ExecutorError(f"the task launcher's session answered {args[0]} with {raw[:200]!r}") from None
+            return Call(int(answer["rc"]), str(answer["stdout"]), str(answer["stderr"]))
+        except (ValueError, KeyError, TypeError):
+            await self._end("answered something else than JSON")
+            raise ExecutorError(f"the task launcher's session answered {args[0]} with {raw[:200]!r}") from None
 
     async def _ensure_started(self) -> asyncio.subprocess.Process | None:
         if self._proc is not None and self._proc.returncode is None:
@@ -140,15 +150,17 @@ class LauncherSession:
             self._start_failed(f"cannot run {self.argv[0]}: {exc.strerror or exc}")
             return None
         assert proc.stdout is not None
+        self._proc = proc  # from here on, `_abandon` ends it if the caller is cancelled
         try:
             hello = json.loads(await asyncio.wait_for(proc.stdout.readline(), self.hello_timeout) or b"null")
             if not isinstance(hello, dict) or hello.get("serve") != SERVE_VERSION:
                 raise ValueError(f"no hello of serve version {SERVE_VERSION}")
         except (TimeoutError, ValueError, OSError) as exc:
+            self._proc = None
             why = await self._stop(proc, read_stderr=True)
             self._start_failed(why or str(exc) or type(exc).__name__)
             return None
-        self._proc, self._failed_at = proc, None
+        self._failed_at = None
         self.pid = int(hello.get("pid") or 0) or None
         self._drainer = asyncio.get_running_loop().create_task(self._drain_stderr(proc))
         log.info("task launcher session started (pid %s)", self.pid)
@@ -182,12 +194,38 @@ class LauncherSession:
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 proc.kill()
-            await proc.wait()
+            try:
+                await asyncio.wait_for(proc.wait(), 2.0)
+            except TimeoutError:
+                self._reap_later(proc)
         err = b""
         if read_stderr and proc.stderr is not None and not proc.stderr.at_eof():
             with contextlib.suppress(OSError, ValueError, TimeoutError):
                 err = await asyncio.wait_for(proc.stderr.read(4000), 1.0)
         return err.decode(errors="replace").strip()
+
+    def _reap_later(self, proc: asyncio.subprocess.Process) -> None:
+        """Wait for `proc` in the background. Through sudo the runner may not signal it
+        (sudo runs as root); it ends at its stdin's end, once its request is done (a
+        hung tool is killed by the launcher's own timeout)."""
+        reaper = asyncio.get_running_loop().create_task(proc.wait())
+        self._reapers.add(reaper)
+        reaper.add_done_callback(self._reapers.discard)
+
+    def _abandon(self, why: str) -> None:
+        """End the session now, without awaiting anything (its caller is being cancelled)."""
+        proc, self._proc = self._proc, None
+        drainer, self._drainer = self._drainer, None
+        if proc is not None:
+            log.info("task launcher session (pid %s) %s", self.pid, why)
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                proc.kill()
+            self._reap_later(proc)
+        if drainer is not None:
+            drainer.cancel()
 
     async def _end(self, why: str) -> None:
         proc, self._proc = self._proc, None
