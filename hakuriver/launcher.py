@@ -1429,8 +1429,11 @@ USAGE = f"""usage: {PROG} start < request.json
 
 SERVE_VERSION = 1
 """The `serve` protocol: the hello line says it; a runner speaks only a version it knows."""
-MAX_SERVE_LINE = 4 * MAX_REQUEST_BYTES + 4096
-"""The longest request line `serve` reads (a start request, escaped into JSON)."""
+MAX_SERVE_LINE = 6 * MAX_REQUEST_BYTES + 4096
+"""The longest request line `serve` reads (a start request, escaped into JSON: 6 characters a byte at most)."""
+SERVE_LIFETIME = 600.0
+"""Seconds a `serve` answers before it asks for a restart: what it cannot watch (sudo
+rules from an LDAP or an included file, an account locked through PAM) applies by then."""
 NOT_SERVED = frozenset({"serve", "exec", "poststop"})
 
 
@@ -1442,12 +1445,13 @@ def _file_identity(path):
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-SUDOERS_PATHS = ("/etc/sudoers", "/etc/sudoers.d")
+SUDOERS_PATHS = ("/etc/sudoers", "/etc/sudoers.d", "/etc/passwd", "/etc/group", "/etc/shadow")
+"""What `serve` started by sudo watches: sudo's rules, and the accounts and groups they name."""
 
 
 def _sudoers_identity(paths=SUDOERS_PATHS):
     """What changes when sudo's rules change: each sudoers file and drop-in (and the
-    drop-in directory itself, for files added or removed)."""
+    drop-in directory itself, for files added or removed), and the account files."""
     seen = []
     for path in paths:
         seen.append((path, _file_identity(path)))
@@ -1459,7 +1463,7 @@ def _sudoers_identity(paths=SUDOERS_PATHS):
     return seen
 
 
-def cmd_serve(launcher_path, config_path, reader, writer, *, sudoers_paths=SUDOERS_PATHS):
+def cmd_serve(launcher_path, config_path, reader, writer, *, sudoers_paths=SUDOERS_PATHS, lifetime=SERVE_LIFETIME):
     """The launcher, long-lived: the runner starts it once (`sudo -n <launcher> serve`)
     instead of once per call, which saves a sudo, a Python start, the compile of this
     file and its imports on every task's start, kill and cleanup.
@@ -1470,9 +1474,10 @@ def cmd_serve(launcher_path, config_path, reader, writer, *, sudoers_paths=SUDOE
     bytes a one-shot call would read on stdin, as latin-1) it answers
     {"rc": N, "stdout": TEXT, "stderr": TEXT}: exactly what `main(argv)` would have
     exited with and printed, since it is `main` that answers, config and all read
-    afresh. Once this file has changed (an upgrade), or, when sudo started it, sudo's
-    rules (`sudoers_paths`: a revoked rule must stop the runner at once, not at its
-    next session), it answers {"restart": ...} without running anything and ends:
+    afresh. Once this file or the Python running it has changed (an upgrade), or, when
+    sudo started it, sudo's rules or the account files (`sudoers_paths`: a revoked rule
+    must stop the runner at its next call, not at its next session), or it has served
+    `SERVE_LIFETIME` seconds, it answers {"restart": ...} without running anything and ends:
     the caller runs that request the one-shot way, through sudo and its current
     rules, and a new session serves the next. `serve`, `exec` and `poststop` are
     refused. It ends when stdin ends, or on a line it cannot read.
@@ -1487,8 +1492,10 @@ def cmd_serve(launcher_path, config_path, reader, writer, *, sudoers_paths=SUDOE
         writer.write(json.dumps(obj).encode("ascii") + b"\n")
         writer.flush()
 
-    identity = _file_identity(launcher_path)
+    python = os.path.realpath(sys.executable)
+    identity = (_file_identity(launcher_path), _file_identity(python))
     sudoers = _sudoers_identity(sudoers_paths) if "SUDO_UID" in os.environ else None
+    until = time.monotonic() + lifetime
     answer({"serve": SERVE_VERSION, "version": VERSION, "pid": os.getpid()})
     while True:
         line = reader.readline(MAX_SERVE_LINE + 1)
@@ -1514,8 +1521,11 @@ def cmd_serve(launcher_path, config_path, reader, writer, *, sudoers_paths=SUDOE
         except (ValueError, KeyError, TypeError, UnicodeEncodeError) as exc:
             answer({"rc": 2, "stdout": "", "stderr": f"{PROG}: serve: malformed request: {exc}\n"})
             return 2
-        if _file_identity(launcher_path) != identity:
-            answer({"restart": f"{launcher_path} changed since this serve started"})
+        if (_file_identity(launcher_path), _file_identity(python)) != identity:
+            answer({"restart": f"{launcher_path} or {python} changed since this serve started"})
+            return 0
+        if time.monotonic() > until:
+            answer({"restart": f"served {lifetime:.0f}s"})
             return 0
         if sudoers is not None and _sudoers_identity(sudoers_paths) != sudoers:
             answer({"restart": "sudo's rules changed since this serve started"})

@@ -64,11 +64,15 @@ def _python(copy: Path, config: Path, call: str) -> list[str]:
     return [sys.executable, "-IS", "-c", code]
 
 
-def _serve(copy: Path, config: Path, sudoers: tuple[str, ...] = ()) -> list[str]:
+def _serve(copy: Path, config: Path, sudoers: tuple[str, ...] = (), lifetime: float = 600.0) -> list[str]:
     # cmd_serve itself: main(["serve"]) as root first checks that the launcher's
     # directories are root's, which a temporary directory is not.
     streams = "sys.stdin.buffer, sys.stdout.buffer"
-    return _python(copy, config, f"L.cmd_serve({str(copy)!r}, {str(config)!r}, {streams}, sudoers_paths={sudoers!r})")
+    return _python(
+        copy,
+        config,
+        f"L.cmd_serve({str(copy)!r}, {str(config)!r}, {streams}, sudoers_paths={sudoers!r}, lifetime={lifetime!r})",
+    )
 
 
 def _one_shot(copy: Path, config: Path, args: list[str], data: bytes | None) -> Call:
@@ -193,6 +197,28 @@ async def test_a_busy_session_sends_the_caller_one_shot_and_a_dead_one_is_replac
         assert log.read_text().count("started") == 2
     finally:
         await session.close()
+
+
+async def test_a_session_asks_for_a_restart_after_its_lifetime(tmp_path: Path) -> None:
+    """What serve cannot watch (an LDAP rule, a PAM lock) applies within its lifetime."""
+    copy, config = _launcher_copy(tmp_path)
+    session = LauncherSession(_serve(copy, config, lifetime=0.0))
+    try:
+        assert await session.call(["info"], input=None, timeout=60) is None
+    finally:
+        await session.close()
+
+
+async def test_close_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
+    argv, log = _stand_in(tmp_path)
+    session = LauncherSession(argv)
+    holding = asyncio.ensure_future(session.call(["hold"], input=None, timeout=60))
+    await _poll(lambda: Path(f"{log}.holding").exists(), "the stand-in to hold the session")
+    closing = asyncio.ensure_future(session.close())
+    Path(f"{log}.release").touch()
+    await closing
+    assert (await holding) == Call(0, "hold", "")
+    assert await session.call(["info"], input=None, timeout=60) is None, "closed: one-shot from now on"
 
 
 async def test_a_cancelled_call_never_leaves_its_answer_for_the_next(tmp_path: Path) -> None:

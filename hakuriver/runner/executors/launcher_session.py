@@ -45,6 +45,8 @@ HELLO_TIMEOUT = 15.0
 """How long a starting session may take to say hello (sudo, a Python start)."""
 RETRY_AFTER = 60.0
 """How long after a failed start the one-shot calls are used before trying again."""
+CLOSE_WAIT = 30.0
+"""How long `close` waits for the request in flight."""
 LINE_LIMIT = 64 * 1024 * 1024
 """The longest answer line read (an answer carries a subcommand's output)."""
 
@@ -160,6 +162,9 @@ class LauncherSession:
             why = await self._stop(proc, read_stderr=True)
             self._start_failed(why or str(exc) or type(exc).__name__)
             return None
+        if self._closed or self._proc is not proc:  # closed while it started
+            await self._stop(proc)
+            return None
         self._failed_at = None
         self.pid = int(hello.get("pid") or 0) or None
         self._drainer = asyncio.get_running_loop().create_task(self._drain_stderr(proc))
@@ -238,8 +243,17 @@ class LauncherSession:
                 await asyncio.wait_for(asyncio.shield(drainer), 1.0)  # at the stderr's end
             drainer.cancel()
 
-    async def close(self) -> None:
-        """End the session (its launcher exits at the end of its stdin). A request in
-        flight is not waited for: it fails as the session ends under it."""
+    async def close(self, *, wait: float = CLOSE_WAIT) -> None:
+        """End the session (its launcher exits at the end of its stdin), after the
+        request in flight, if any, for `wait` seconds at most: a start cut short
+        would leave a unit nobody reports."""
         self._closed = True
-        await self._end("closed")
+        try:
+            await asyncio.wait_for(self._lock.acquire(), wait)
+        except TimeoutError:
+            await self._end("closed with a request in flight")
+            return
+        try:
+            await self._end("closed")
+        finally:
+            self._lock.release()
