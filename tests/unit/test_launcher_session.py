@@ -23,6 +23,7 @@ from hakuriver.errors import ExecutorError
 from hakuriver.runner.executors import systemd as systemd_mod
 from hakuriver.runner.executors.launcher_session import Call, LauncherSession
 from hakuriver.runner.executors.systemd import SystemdExecutor
+from tests.runner.dockerfix import eventually
 
 CONFIG = {"version": 1, "task_users": ["nobody"], "shared_dirs": ["/srv/s"], "local_temp_dirs": ["/srv/t"]}
 
@@ -173,20 +174,18 @@ def _stand_in(tmp_path: Path, *, hello: bool = True) -> tuple[list[str], Path]:
     return [sys.executable, str(script), str(log), "hello" if hello else "refuse"], log
 
 
-async def _poll(predicate, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + 30
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+async def _hold(session: LauncherSession, log: Path) -> asyncio.Future[Call | None]:
+    """A `hold` request the stand-in is holding (the session busy until `.release`)."""
+    holding = asyncio.ensure_future(session.call(["hold"], input=None, timeout=60))
+    await eventually(lambda: Path(f"{log}.holding").exists(), what="the stand-in to hold the session")
+    return holding
 
 
 async def test_a_busy_session_sends_the_caller_one_shot_and_a_dead_one_is_replaced(tmp_path: Path) -> None:
     argv, log = _stand_in(tmp_path)
     session = LauncherSession(argv)
     try:
-        holding = asyncio.ensure_future(session.call(["hold"], input=None, timeout=60))
-        await _poll(lambda: Path(f"{log}.holding").exists(), "the stand-in to hold the session")
+        holding = await _hold(session, log)
         assert await session.call(["info"], input=None, timeout=60) is None, "busy: one-shot instead of a queue"
         Path(f"{log}.release").touch()
         assert (await holding) == Call(0, "hold", "")
@@ -212,8 +211,7 @@ async def test_a_session_asks_for_a_restart_after_its_lifetime(tmp_path: Path) -
 async def test_close_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
     argv, log = _stand_in(tmp_path)
     session = LauncherSession(argv)
-    holding = asyncio.ensure_future(session.call(["hold"], input=None, timeout=60))
-    await _poll(lambda: Path(f"{log}.holding").exists(), "the stand-in to hold the session")
+    holding = await _hold(session, log)
     closing = asyncio.ensure_future(session.close())
     Path(f"{log}.release").touch()
     await closing
@@ -225,8 +223,7 @@ async def test_a_cancelled_call_never_leaves_its_answer_for_the_next(tmp_path: P
     argv, log = _stand_in(tmp_path)
     session = LauncherSession(argv)
     try:
-        holding = asyncio.ensure_future(session.call(["hold"], input=None, timeout=60))
-        await _poll(lambda: Path(f"{log}.holding").exists(), "the stand-in to hold the session")
+        holding = await _hold(session, log)
         holding.cancel()
         with pytest.raises(asyncio.CancelledError):
             await holding

@@ -363,9 +363,7 @@ class SystemdExecutor(Executor):
         self._wake = asyncio.Event()
         self._dirwatch = DirWatch()
         self._closed = False
-        self._session = LauncherSession(
-            launcher_argv(self.launcher_path, "serve", sudo=self.sudo_path if self.use_sudo else None)
-        )
+        self._session = LauncherSession(self._launcher_argv("serve"))
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> SystemdExecutor:
@@ -429,6 +427,9 @@ class SystemdExecutor(Executor):
             )
         return text
 
+    def _launcher_argv(self, sub: str, *args: str) -> list[str]:
+        return launcher_argv(self.launcher_path, sub, *args, sudo=self.sudo_path if self.use_sudo else None)
+
     async def _launcher(self, sub: str, *args: str, input: bytes | None = None) -> dict[str, Any]:
         problem = launcher_problem(self.launcher_path)
         if problem:
@@ -436,8 +437,7 @@ class SystemdExecutor(Executor):
         # The long-lived launcher where it can answer; else the one-shot call (see launcher_session).
         call = await self._session.call([sub, *args], input=input, timeout=CALL_TIMEOUT)
         if call is None:
-            argv = launcher_argv(self.launcher_path, sub, *args, sudo=self.sudo_path if self.use_sudo else None)
-            call = await self._exec(argv, input=input)
+            call = await self._exec(self._launcher_argv(sub, *args), input=input)
         if call.rc != 0:
             raise ExecutorError(self._explain(call))
         try:
