@@ -1506,7 +1506,7 @@ def cmd_serve(launcher_path, config_path, reader, writer, *, sudoers_paths=SUDOE
                 {
                     "rc": 2,
                     "stdout": "",
-                    "stderr": f"{PROG}: serve: a request line is longer than {MAX_SERVE_LINE} bytes\n",
+                    "stderr": f"{PROG}: serve: a request is not one line of at most {MAX_SERVE_LINE} bytes\n",
                 }
             )
             return 2
