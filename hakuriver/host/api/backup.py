@@ -58,8 +58,10 @@ async def backup(request: web.Request) -> web.StreamResponse:
                 await resp.write(chunk)
                 offset += len(chunk)
             await resp.write_eof()
-        except ConnectionResetError:
+        except ConnectionError:
             # The client went away; it keeps nothing of a short body. Not an error of ours.
+            # aiohttp says so as ConnectionResetError, or as the transport's BrokenPipeError
+            # when the peer closed while a write was still being flushed.
             log.info("backup for %s: the client left after %d of %d bytes", principal.name, offset, snapshot.size)
         return resp
     finally:

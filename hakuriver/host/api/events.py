@@ -45,6 +45,6 @@ async def events(request: web.Request) -> web.StreamResponse:
             while not feed.closed and (left := deadline - loop.time()) > 0:
                 revisions = await listener.next(min(KEEPALIVE, left))
                 await response.write(event(revisions) if revisions is not None else b": keepalive\n\n")
-        except ConnectionResetError:  # the page went away
+        except ConnectionError:  # the page went away (reset, or a broken pipe mid-write)
             pass
     return response
