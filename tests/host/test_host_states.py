@@ -159,6 +159,18 @@ async def scripted_host(
 
 @pytest.fixture
 async def host(tmp_path: Path) -> AsyncIterator[tuple[HostUnderTest, FakeRunner]]:
+    """A Host that keeps its node online for 30 s without heartbeats: these
+    tests send none, and a busy CI machine must not take the node offline (and
+    lose its tasks) in the middle of one."""
+    async with scripted_host(
+        tmp_path, {"heartbeat_interval": 0.2, "heartbeat_timeout_factor": 150, "cleanup_check_interval": 0.1}
+    ) as pair:
+        yield pair
+
+
+@pytest.fixture
+async def forgetful_host(tmp_path: Path) -> AsyncIterator[tuple[HostUnderTest, FakeRunner]]:
+    """A Host that takes its node offline 0.6 s after the last heartbeat."""
     async with scripted_host(
         tmp_path, {"heartbeat_interval": 0.2, "heartbeat_timeout_factor": 3, "cleanup_check_interval": 0.1}
     ) as pair:
@@ -228,8 +240,8 @@ async def test_pause_holds_resources_and_kill_works_when_paused(host: tuple[Host
     await h.wait_state(second, "assigning")
 
 
-async def test_lost_when_heartbeats_stop_then_restored(host: tuple[HostUnderTest, FakeRunner]) -> None:
-    h, fake = host
+async def test_lost_when_heartbeats_stop_then_restored(forgetful_host: tuple[HostUnderTest, FakeRunner]) -> None:
+    h, fake = forgetful_host
     await h.register()
     task_id = await h.submit(cores=2)
     await apoll(lambda: fake.runs, timeout=10, what="dispatch")

@@ -122,7 +122,7 @@ def _config(tmp_path: Path, host_port: int, **auth: str) -> Any:
             "network": {"host_port": host_port},
             "paths": {"shared_dir": str(tmp_path / "shared")},
             "database": {"db_file": str(tmp_path / "host.db")},
-            "timing": {"heartbeat_interval": 0.5, "heartbeat_timeout_factor": 4, "cleanup_check_interval": 0.2},
+            "timing": {"heartbeat_interval": 0.5, "heartbeat_timeout_factor": 60, "cleanup_check_interval": 0.2},
             "auth": auth or {"admin_token": ADMIN_TOKEN, "runner_token": RUNNER_TOKEN},
         }
     )
