@@ -1445,11 +1445,11 @@ def _file_identity(path):
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-SUDOERS_PATHS = ("/etc/sudoers", "/etc/sudoers.d", "/etc/passwd", "/etc/group", "/etc/shadow")
+AUTHORITY_PATHS = ("/etc/sudoers", "/etc/sudoers.d", "/etc/passwd", "/etc/group", "/etc/shadow")
 """What `serve` started by sudo watches: sudo's rules, and the accounts and groups they name."""
 
 
-def _sudoers_identity(paths=SUDOERS_PATHS):
+def _authority_identity(paths=AUTHORITY_PATHS):
     """What changes when sudo's rules change: each sudoers file and drop-in (and the
     drop-in directory itself, for files added or removed), and the account files."""
     seen = []
@@ -1463,7 +1463,7 @@ def _sudoers_identity(paths=SUDOERS_PATHS):
     return seen
 
 
-def cmd_serve(launcher_path, config_path, reader, writer, *, sudoers_paths=SUDOERS_PATHS, lifetime=SERVE_LIFETIME):
+def cmd_serve(launcher_path, config_path, reader, writer, *, authority_paths=AUTHORITY_PATHS, lifetime=SERVE_LIFETIME):
     """The launcher, long-lived: the runner starts it once (`sudo -n <launcher> serve`)
     instead of once per call, which saves a sudo, a Python start, the compile of this
     file and its imports on every task's start, kill and cleanup.
@@ -1475,7 +1475,7 @@ def cmd_serve(launcher_path, config_path, reader, writer, *, sudoers_paths=SUDOE
     {"rc": N, "stdout": TEXT, "stderr": TEXT}: exactly what `main(argv)` would have
     exited with and printed, since it is `main` that answers, config and all read
     afresh. Once this file or the Python running it has changed (an upgrade), or, when
-    sudo started it, sudo's rules or the account files (`sudoers_paths`: a revoked rule
+    sudo started it, sudo's rules or the account files (`authority_paths`: a revoked rule
     must stop the runner at its next call, not at its next session), or it has served
     `SERVE_LIFETIME` seconds, it answers {"restart": ...} without running anything and ends:
     the caller runs that request the one-shot way, through sudo and its current
@@ -1494,7 +1494,7 @@ def cmd_serve(launcher_path, config_path, reader, writer, *, sudoers_paths=SUDOE
 
     python = os.path.realpath(sys.executable)
     identity = (_file_identity(launcher_path), _file_identity(python))
-    sudoers = _sudoers_identity(sudoers_paths) if "SUDO_UID" in os.environ else None
+    authority = _authority_identity(authority_paths) if "SUDO_UID" in os.environ else None
     until = time.monotonic() + lifetime
     answer({"serve": SERVE_VERSION, "version": VERSION, "pid": os.getpid()})
     while True:
@@ -1527,8 +1527,8 @@ def cmd_serve(launcher_path, config_path, reader, writer, *, sudoers_paths=SUDOE
         if time.monotonic() > until:
             answer({"restart": f"served {lifetime:.0f}s"})
             return 0
-        if sudoers is not None and _sudoers_identity(sudoers_paths) != sudoers:
-            answer({"restart": "sudo's rules changed since this serve started"})
+        if authority is not None and _authority_identity(authority_paths) != authority:
+            answer({"restart": "sudo's rules or the accounts changed since this serve started"})
             return 0
         if argv[0] in NOT_SERVED:
             answer({"rc": 2, "stdout": "", "stderr": f"{PROG}: {argv[0]} is never run through serve\n"})

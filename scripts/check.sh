@@ -28,8 +28,8 @@ step() {
     log "$name: exit $rc ($((SECONDS - t0))s)"
     ((rc == 0)) || RC=1
 }
-step "ruff check" "$VENV/bin/ruff" check hakuriver tests bench
-step "ruff format" "$VENV/bin/ruff" format --check --quiet hakuriver tests bench
+step "ruff check" "$VENV/bin/ruff" check hakuriver tests bench roles
+step "ruff format" "$VENV/bin/ruff" format --check --quiet hakuriver tests bench roles
 step "mypy" "$VENV/bin/mypy"
 step "man pages" "$VENV/bin/python" -m hakuriver.deploy.manpages --check
 if ((TESTS)); then

@@ -72,7 +72,7 @@ def _serve(copy: Path, config: Path, sudoers: tuple[str, ...] = (), lifetime: fl
     return _python(
         copy,
         config,
-        f"L.cmd_serve({str(copy)!r}, {str(config)!r}, {streams}, sudoers_paths={sudoers!r}, lifetime={lifetime!r})",
+        f"L.cmd_serve({str(copy)!r}, {str(config)!r}, {streams}, authority_paths={sudoers!r}, lifetime={lifetime!r})",
     )
 
 

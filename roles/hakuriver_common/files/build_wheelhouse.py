@@ -94,7 +94,9 @@ def manylinux_platforms(machine: str, glibc: str) -> list[str]:
     try:
         major, minor = (int(part) for part in glibc.split(".")[:2])
     except ValueError:
-        fail(f"cannot read the glibc version {glibc!r} (a node without glibc needs hakuriver_install_source: wheelhouse)")
+        fail(
+            f"cannot read the glibc version {glibc!r} (a node without glibc needs hakuriver_install_source: wheelhouse)"
+        )
     if major != 2:
         fail(f"glibc {glibc} is not a 2.x version")
     tags = [f"manylinux_2_{n}_{machine}" for n in range(minor, 4, -1)]
@@ -119,8 +121,10 @@ def tree_digest(tree: Path) -> str:
 
 def build_wheel(python: str, source: Path, out: Path) -> Path:
     if not (source / "pyproject.toml").is_file():
-        fail(f"{source} is not a HakuRiver checkout (no pyproject.toml); set hakuriver_checkout_dir, "
-             "or use hakuriver_install_source: wheelhouse")
+        fail(
+            f"{source} is not a HakuRiver checkout (no pyproject.toml); set hakuriver_checkout_dir, "
+            "or use hakuriver_install_source: wheelhouse"
+        )
     with tempfile.TemporaryDirectory(prefix="hkr-wheel-") as tmp:
         tree = Path(tmp) / "src"
         shutil.copytree(source, tree, ignore=_ignore_for(source), symlinks=True)
@@ -132,8 +136,11 @@ def build_wheel(python: str, source: Path, out: Path) -> Path:
             return existing[0]
         built = Path(tmp) / "wheel"
         env = dict(os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH, PIP_DISABLE_PIP_VERSION_CHECK="1")
-        run([python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(built), str(tree)],
-            f"building the wheel of {source}", env)
+        run(
+            [python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(built), str(tree)],
+            f"building the wheel of {source}",
+            env,
+        )
         wheels = list(built.glob("hakuriver-*.whl"))
         if len(wheels) != 1:
             fail(f"building the wheel of {source} gave {len(wheels)} wheels")
@@ -161,16 +168,36 @@ def download_deps(python: str, wheel: Path, target: str, out: Path, index_url: s
         return dest
     for old in dest.glob("*.whl"):
         old.unlink()
-    argv = [python, "-m", "pip", "download", "--quiet", "--dest", str(dest), "--only-binary=:all:",
-            "--python-version", py, "--implementation", "cp",
-            "--abi", f"cp{py.replace('.', '')}", "--abi", "abi3", "--abi", "none"]
+    argv = [
+        python,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--dest",
+        str(dest),
+        "--only-binary=:all:",
+        "--python-version",
+        py,
+        "--implementation",
+        "cp",
+        "--abi",
+        f"cp{py.replace('.', '')}",
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+    ]
     for tag in manylinux_platforms(machine, glibc):
         argv += ["--platform", tag]
     if index_url:
         argv += ["--index-url", index_url]
     argv.append(str(wheel))
-    run(argv, f"downloading the dependencies for Python {py} on {machine} (glibc {glibc})",
-        dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"))
+    run(
+        argv,
+        f"downloading the dependencies for Python {py} on {machine} (glibc {glibc})",
+        dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"),
+    )
     shutil.copy2(wheel, dest / wheel.name)
     stamp.write_text(digest + "\n")
     return dest
