@@ -47,7 +47,9 @@ class Reports:
         is stored with its state and exit code.
 
         Reports that the guards refuse (a late `completed` after `killed`)
-        are acknowledged but change nothing. A report for another `attempt`
+        are acknowledged but change nothing; so is a `running` or `paused`
+        report of a `lost` task whose node is offline (its next heartbeat
+        restores the task, with the node). A report for another `attempt`
         than the task's current one (the runner of an attempt that was
         retried) is refused: it is about a run the Host gave up on.
         """
@@ -116,7 +118,17 @@ class Reports:
             )
         if task.state is report.state:
             return task
+        if task.state is TaskState.LOST and report.state.holds_resources and not self._online(node_name):
+            # Acknowledged, not applied: a task brought back while the Host holds
+            # its node offline would hold resources on a node no sweep watches,
+            # and stay `running` for good if the runner is gone. The heartbeat
+            # that brings the node back restores the task with it.
+            return task
         fields: dict[str, Any] = {}
         if report.state.is_final:
             fields = {"exit_code": report.exit_code, "error": report.error, "output_error": report.output_error}
         return await self.cluster.transition(task.id, report.state, current=task, attempt=report.attempt, **fields)
+
+    def _online(self, node_name: str) -> bool:
+        node = self.cluster.nodes.get(node_name)
+        return node is not None and node.online

@@ -170,9 +170,11 @@ async def host(tmp_path: Path) -> AsyncIterator[tuple[HostUnderTest, FakeRunner]
 
 @pytest.fixture
 async def forgetful_host(tmp_path: Path) -> AsyncIterator[tuple[HostUnderTest, FakeRunner]]:
-    """A Host that takes its node offline 0.6 s after the last heartbeat."""
+    """A Host that takes its node offline 3 s after the last heartbeat: long
+    enough for a slow machine to take the next step after a heartbeat, short
+    enough to wait for."""
     async with scripted_host(
-        tmp_path, {"heartbeat_interval": 0.2, "heartbeat_timeout_factor": 3, "cleanup_check_interval": 0.1}
+        tmp_path, {"heartbeat_interval": 0.5, "heartbeat_timeout_factor": 6, "cleanup_check_interval": 0.1}
     ) as pair:
         yield pair
 
@@ -256,6 +258,32 @@ async def test_lost_when_heartbeats_stop_then_restored(forgetful_host: tuple[Hos
     assert await h.state(task_id) == "running"
     node = (await h.call("GET", "/api/nodes/n1"))[1]
     assert node["online"] is True and node["allocated"]["cores"] == 2
+    status, body = await h.report(task_id, "completed", exit_code=0)
+    assert body["state"] == "completed"
+
+
+async def test_a_report_does_not_bring_a_lost_task_back_on_an_offline_node(
+    forgetful_host: tuple[HostUnderTest, FakeRunner],
+) -> None:
+    """Before, a `running` report restored the task while its node stayed
+    offline: the task held cores on a node no sweep watches, and stayed
+    `running` for good had the runner died. The heartbeat restores both."""
+    h, fake = forgetful_host
+    await h.register()
+    task_id = await h.submit(cores=2)
+    await apoll(lambda: fake.runs, timeout=10, what="dispatch")
+    await h.wait_state(task_id, "lost")
+    status, body = await h.report(task_id, "running")
+    assert status == 200 and body["state"] == "lost"
+    node = (await h.call("GET", "/api/nodes/n1"))[1]
+    assert node["online"] is False and node["allocated"]["cores"] == 0
+    assert await h.state(task_id) == "lost"
+    status, body = await h.heartbeat("n1", [(task_id, "running")])
+    assert status == 200 and body["kill"] == []
+    assert await h.state(task_id) == "running"
+    node = (await h.call("GET", "/api/nodes/n1"))[1]
+    assert node["online"] is True and node["allocated"]["cores"] == 2
+    # A final report of a lost task is the truth, node online or not.
     status, body = await h.report(task_id, "completed", exit_code=0)
     assert body["state"] == "completed"
 
