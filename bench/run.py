@@ -942,7 +942,7 @@ def docker_client() -> Any:
 
 def remove_containers(client: Any, label: str) -> int:
     n = 0
-    for c in client.containers.list(all=True, filters={"label": label}):
+    for c in client.containers.list(all=True, sparse=True, filters={"label": label}):
         with contextlib.suppress(Exception):
             c.remove(force=True)
             n += 1

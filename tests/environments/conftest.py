@@ -28,7 +28,7 @@ def remove_environment(client: Any, name: str) -> None:
         client.api.remove_container(f"hakuriver-env-{name}", force=True)
     except docker.errors.NotFound:
         pass
-    for c in client.containers.list(all=True, filters={"label": f"{ENV_LABEL}={name}"}):
+    for c in client.containers.list(all=True, sparse=True, filters={"label": f"{ENV_LABEL}={name}"}):
         c.remove(force=True)
     for image in client.images.list(name=f"hakuriver/{name}"):
         for tag in image.tags:

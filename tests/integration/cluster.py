@@ -219,7 +219,7 @@ class LocalCluster(BlockingHostApi):
 
 def remove_runner_containers(client: Any, runner_names: list[str]) -> None:
     for name in runner_names:
-        for c in client.containers.list(all=True, filters={"label": f"org.hakuriver.runner={name}"}):
+        for c in client.containers.list(all=True, sparse=True, filters={"label": f"org.hakuriver.runner={name}"}):
             try:
                 c.remove(force=True)
             except Exception:

@@ -95,7 +95,7 @@ def test_pause_resume_kill_running(cluster: LocalCluster, node_name: str, docker
     assert status == 200 and body["state"] == "killed", body
     # The container goes away, and a late report never overwrites `killed`.
     wait_until(
-        lambda: not docker_client.containers.list(all=True, filters={"name": f"hakuriver-task-{task_id}"}),
+        lambda: not docker_client.containers.list(all=True, sparse=True, filters={"name": f"hakuriver-task-{task_id}"}),
         what="the killed task's container to be removed",
     )
     wait_until(lambda: cluster.node(node_name)["allocated"]["cores"] == 0, what="the cores to be released")

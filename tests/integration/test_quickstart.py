@@ -49,8 +49,8 @@ def test_quickstart_runs_a_sample_task_and_stops(tmp_path: Path, env_image: str,
         assert again.returncode == 0 and "already running" in again.stdout, again.stdout[-2000:]
     finally:
         subprocess.run(["bash", script, "stop"], capture_output=True, text=True, timeout=60, env=env)
-        for c in docker_client.containers.list(all=True, filters={"label": "org.hakuriver.task_id"}):
-            if str(tmp_path) in str(c.attrs.get("HostConfig", {}).get("Binds")):
+        for c in docker_client.containers.list(all=True, sparse=True, filters={"label": "org.hakuriver.task_id"}):
+            if any(str(tmp_path) in str(m.get("Source")) for m in c.attrs.get("Mounts") or []):
                 c.remove(force=True)
 
     def all_gone() -> bool:

@@ -181,8 +181,8 @@ def test_result_finished_while_the_host_is_down_is_delivered(
     release.touch()
 
     def ended() -> bool:
-        # One inspect: the runner may remove the container between a list and a get.
-        found = docker_client.containers.list(all=True, filters={"name": f"hakuriver-task-{task_id}"})
+        # Sparse, no inspect: the runner may remove the container between a list and a get.
+        found = docker_client.containers.list(all=True, sparse=True, filters={"name": f"hakuriver-task-{task_id}"})
         return all(c.status == "exited" for c in found)
 
     wait_until(ended, what="the task to end while the Host is down")
