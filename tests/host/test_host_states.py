@@ -242,6 +242,16 @@ async def test_pause_holds_resources_and_kill_works_when_paused(host: tuple[Host
     await h.wait_state(second, "assigning")
 
 
+async def _heartbeat_restores(h: HostUnderTest, task_id: str, *, cores: int) -> None:
+    """A heartbeat of n1 still running the lost task: the node is online again,
+    the task `running` and its cores counted."""
+    status, body = await h.heartbeat("n1", [(task_id, "running")])
+    assert status == 200 and body["kill"] == []
+    assert await h.state(task_id) == "running"
+    node = (await h.call("GET", "/api/nodes/n1"))[1]
+    assert node["online"] is True and node["allocated"]["cores"] == cores
+
+
 async def test_lost_when_heartbeats_stop_then_restored(forgetful_host: tuple[HostUnderTest, FakeRunner]) -> None:
     h, fake = forgetful_host
     await h.register()
@@ -253,11 +263,7 @@ async def test_lost_when_heartbeats_stop_then_restored(forgetful_host: tuple[Hos
     node = (await h.call("GET", "/api/nodes/n1"))[1]
     assert node["online"] is False and node["allocated"]["cores"] == 0
     # The runner comes back still running it: restored, and counted again.
-    status, body = await h.heartbeat("n1", [(task_id, "running")])
-    assert status == 200 and body["kill"] == []
-    assert await h.state(task_id) == "running"
-    node = (await h.call("GET", "/api/nodes/n1"))[1]
-    assert node["online"] is True and node["allocated"]["cores"] == 2
+    await _heartbeat_restores(h, task_id, cores=2)
     status, body = await h.report(task_id, "completed", exit_code=0)
     assert body["state"] == "completed"
 
@@ -278,11 +284,7 @@ async def test_a_report_does_not_bring_a_lost_task_back_on_an_offline_node(
     node = (await h.call("GET", "/api/nodes/n1"))[1]
     assert node["online"] is False and node["allocated"]["cores"] == 0
     assert await h.state(task_id) == "lost"
-    status, body = await h.heartbeat("n1", [(task_id, "running")])
-    assert status == 200 and body["kill"] == []
-    assert await h.state(task_id) == "running"
-    node = (await h.call("GET", "/api/nodes/n1"))[1]
-    assert node["online"] is True and node["allocated"]["cores"] == 2
+    await _heartbeat_restores(h, task_id, cores=2)
     # A final report of a lost task is the truth, node online or not.
     status, body = await h.report(task_id, "completed", exit_code=0)
     assert body["state"] == "completed"
