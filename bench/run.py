@@ -1143,6 +1143,8 @@ def systemd_e2e(args: argparse.Namespace) -> None:
     )
     for stage, times in r.get("stages", {}).items():
         add(sec, f"  stage p50: {stage}", ms(pct(times, 50)))
+    for stage, times in r.get("timeline", {}).items():
+        add(sec, f"  task timeline p50 (journal, {len(times)} tasks): {stage}", ms(pct(times, 50)))
 
 
 # ===================================================================== main

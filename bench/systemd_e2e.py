@@ -15,6 +15,9 @@ launcher's `info` with and without it, as the runner user), `systemctl show`,
 `systemd-run --no-block` of a bare transient service, the launcher's whole `start`
 through sudo, and from its return to the unit's status record (the unit's set-up by
 systemd, the `exec` stage, `true`, the poststop hook).
+
+And each task's own timeline from systemd's journal (`journal_timeline`): where the
+time between the Host's submit and its `finished_at` went, on either side of the unit.
 """
 
 from __future__ import annotations
@@ -79,6 +82,31 @@ print(json.dumps(out))
 """
 """Times each stage of a NULL task in the node (run as root there): see the module docstring."""
 
+
+def journal_timeline(records: list[dict[str, Any]], task: dict[str, Any]) -> dict[str, float] | None:
+    """One task's timeline from systemd's journal (`journalctl -o json` lines of
+    its unit) beside the Host's timestamps: submit -> "Started" (systemd ran the
+    unit's first process: the `exec` stage begins), "Started" -> "Deactivated"
+    (the `exec` stage, the command and the poststop hook), and "Deactivated" ->
+    the Host's `finished_at` (the runner seeing the record, its durable outbox,
+    the report). Seconds; None when the journal lacks either message. Pure."""
+    started = ended = None
+    for rec in records:
+        message = str(rec.get("MESSAGE", ""))
+        when = int(rec.get("__REALTIME_TIMESTAMP", 0)) / 1e6
+        if message.startswith("Started ") and started is None:
+            started = when
+        elif "Deactivated successfully" in message:
+            ended = when
+    if started is None or ended is None:
+        return None
+    return {
+        "submit -> unit started": started - task["submitted_at"],
+        "unit started -> unit deactivated": ended - started,
+        "unit deactivated -> Host finished_at": task["finished_at"] - ended,
+    }
+
+
 STAGE_TASK_BASE = 900_000_000
 """Task ids the stage timer's own starts use (far above the bench's)."""
 
@@ -105,11 +133,20 @@ def measure(n: int) -> dict[str, Any]:
         to_done: list[float] = []
         # One warm-up task (first Python start of the launcher, first unit).
         cluster.wait_final(cluster.submit(["true"]))
+        tasks = []
         for _ in range(n):
             task = cluster.wait_final(cluster.submit(["true"]))
             assert task["state"] == "completed", task
             to_running.append(task["started_at"] - task["submitted_at"])
             to_done.append(task["finished_at"] - task["submitted_at"])
+            tasks.append(task)
+        timeline: dict[str, list[float]] = {}
+        for task in tasks:
+            unit = f"hakuriver-task-{task.get('task_id', task.get('id'))}.service"
+            lines = node.exec(["journalctl", "--no-pager", "-o", "json", "-u", unit], check=False).stdout
+            records = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
+            for stage, seconds in (journal_timeline(records, task) or {}).items():
+                timeline.setdefault(stage, []).append(seconds)
         bare = json.loads(node.exec(["python3", "-c", BARE_TIMER, str(n)], timeout=600).stdout)
         stages = json.loads(node.exec(["python3", "-c", STAGE_TIMER, str(n), str(STAGE_TASK_BASE)], timeout=600).stdout)
         return {
@@ -118,6 +155,7 @@ def measure(n: int) -> dict[str, Any]:
             "bare_scope": bare["scope"],
             "bare_service": bare["service"],
             "stages": stages,
+            "timeline": timeline,
         }
     finally:
         factory.cleanup()
