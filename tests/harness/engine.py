@@ -179,20 +179,12 @@ def connect_engine(start: bool = True, timeout: float = ENGINE_START_TIMEOUT) ->
 
 
 def labelled_containers(client: docker.DockerClient, **extra: str) -> list[Any]:
-    """The harness's containers, each inspected. `containers.list()` without
-    `sparse` inspects each container it listed and fails with NotFound when one
-    is removed in between (a runner removing a finished task's container while
-    a test looks); here such a container is simply not in the answer. Listings
-    that need no more than ids, names and states ask for `sparse=True`."""
+    """The harness's containers, each inspected. A container removed between the
+    list and its inspect (a runner removing a finished task's container while a
+    test looks) is left out (`ignore_removed`), not a NotFound. Listings that need
+    no more than ids, names and states ask for `sparse=True` instead."""
     filters = [f"{HARNESS_LABEL}=1"] + [f"{k}={v}" for k, v in extra.items()]
-    found = []
-    for c in client.containers.list(all=True, sparse=True, filters={"label": filters}):
-        try:
-            c.reload()
-        except docker.errors.NotFound:
-            continue  # removed since the list
-        found.append(c)
-    return found
+    return client.containers.list(all=True, filters={"label": filters}, ignore_removed=True)
 
 
 def labelled_networks(client: docker.DockerClient, **extra: str) -> list[Any]:
