@@ -142,7 +142,7 @@ def measure(n: int) -> dict[str, Any]:
             tasks.append(task)
         timeline: dict[str, list[float]] = {}
         for task in tasks:
-            unit = f"hakuriver-task-{task.get('task_id', task.get('id'))}.service"
+            unit = f"hakuriver-task-{task['task_id']}.service"
             lines = node.exec(["journalctl", "--no-pager", "-o", "json", "-u", unit], check=False).stdout
             records = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
             for stage, seconds in (journal_timeline(records, task) or {}).items():
