@@ -1267,7 +1267,15 @@ def cmd_signal(cfg, task_id, signame, *, verb):
         )
     proc = _run(kill_argv(cfg, unit, signame))
     if proc.returncode != 0:
-        raise Failed(f"systemctl kill --signal={signame} {unit} failed: {_tool_error(proc)}")
+        after = show_unit(cfg, unit)
+        if unit_is_live(after):
+            raise Failed(f"systemctl kill --signal={signame} {unit} failed: {_tool_error(proc)}")
+        # It ended between the look and the signal: a kill has nothing left to do, and
+        # a pause or resume of an ended task is refused as it would have been a moment
+        # earlier, not reported as a systemctl failure.
+        if verb == "kill":
+            return {"unit": unit, "signalled": False, "state": after.get("ActiveState", "unknown")}
+        raise Failed(f"task {task_id} is not running (unit {unit} ended meanwhile)")
     if verb == "kill" and signame != "SIGKILL":
         _run(kill_argv(cfg, unit, "SIGCONT"))  # a paused task must see the signal now
     return {"unit": unit, "signalled": True, "signal": signame}
@@ -1279,7 +1287,11 @@ def cmd_cleanup(cfg, task_id):
     props = show_unit(cfg, unit)
     if unit_is_live(props):
         proc = _run(systemctl_argv(cfg, "stop", unit))
-        if proc.returncode != 0:
+        # A transient unit is unloaded the moment it ends, so one that ended between the
+        # look and the stop makes `systemctl stop` fail with "not loaded". That is the
+        # stopped state cleanup wants; only a unit still live after a failed stop is a
+        # failure (its status record must then stay, for the next try).
+        if proc.returncode != 0 and unit_is_live(show_unit(cfg, unit)):
             raise Failed(f"systemctl stop {unit} failed: {_tool_error(proc)}")
     props = show_unit(cfg, unit)
     if props.get("LoadState") == "loaded" and not unit_is_live(props):
