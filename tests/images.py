@@ -338,17 +338,18 @@ def _import(spec: ImageSpec, rootfs: str) -> None:
     for c in changes:
         import_argv += ["--change", c]
     import_argv += ["-", spec.tag]
-    tar = subprocess.Popen(
+    # The with block closes both of tar's pipes and waits for it, on failure too.
+    with subprocess.Popen(
         ["tar", "--numeric-owner", "-C", rootfs, "-c", "."],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    )
-    try:
-        imp = subprocess.run(import_argv, stdin=tar.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    finally:
-        assert tar.stdout is not None
-        tar.stdout.close()
-        tar_err = tar.stderr.read() if tar.stderr else b""
+    ) as tar:
+        assert tar.stdout is not None and tar.stderr is not None
+        try:
+            imp = subprocess.run(import_argv, stdin=tar.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        finally:
+            tar.stdout.close()  # docker import is done with it: tar must not block on a full pipe
+        tar_err = tar.stderr.read()
         tar_rc = tar.wait()
     if tar_rc != 0 or imp.returncode != 0:
         raise ImageBuildError(
