@@ -38,18 +38,18 @@ Run by systemd inside the unit (refused when started through sudo):
                      shared dir, set the task's environment, exec the argv
   poststop ID [DIR]  as root (ExecStopPost=+): record the exit status and the
                      cgroup's OOM-kill count in <DIR>/<id>.json (DIR: the state
-                     dir, which the unit names; without it, read from the config)
+                     dir, which the unit names; without it, read from the config).
+                     Kept for units an older launcher started: this one gives
+                     its units `POSTSTOP_SCRIPT`, the same steps in dash.
 
-Start-up cost matters: every task starts this program three times (`start`
-through sudo, `exec` and `poststop` in the unit), so the in-unit subcommands
-import nothing that is not built into the interpreter: no `json` or `re` (which
-imports `enum`; names are checked with `_Word`), no `signal` (`_signal`), no
-config (`exec` needs none, `poststop` is given the state dir); the exec spec
-is marshal's, the status record is written out by `status_record_text`.
-Tools are run with posix_spawn, not `subprocess` (see `_run`), and the unit
-runs those two from this file's compiled code (`python -IS
-<state_dir>/.launcher-code.pyc`, see `ensure_code_cache`), not from this
-file, which Python would compile again each time.
+Start-up cost matters: every task starts this program twice (`start`, through
+sudo or a `serve` session, and `exec` in the unit), so `exec` imports nothing
+that is not built into the interpreter: no `json` or `re` (which imports
+`enum`; names are checked with `_Word`), no `signal` (`_signal`), no config;
+the exec spec is marshal's. Tools are run with posix_spawn, not `subprocess`
+(see `_run`), and the unit runs `exec` from this file's compiled code
+(`python -IS <state_dir>/.launcher-code.pyc`, see `ensure_code_cache`), not
+from this file, which Python would compile again each time.
 
 Exit codes: 0 ok; 2 the request was refused (invalid, not allowed); 1 it was
 valid but failed (systemd said no, a file could not be created, ...). Errors
@@ -689,15 +689,15 @@ def description(plan):
 
 def systemd_run_argv(plan, cfg, launcher_path, code=None):
     """The systemd-run argv that starts `plan`. Pure. `code`: (python, cache) to run the
-    in-unit stages from the launcher's compiled code (`ensure_code_cache`) as
-    `python -IS cache exec|poststop ...`; None: from the launcher itself."""
+    in-unit `exec` stage from the launcher's compiled code (`ensure_code_cache`) as
+    `python -IS cache exec ...`; None: from the launcher itself. The poststop hook is
+    `POSTSTOP_SCRIPT`, in dash."""
     launcher = clean_path(launcher_path, "launcher path")
     if code is not None:
         python, cache = clean_path(code[0], "python path"), clean_path(code[1], "code cache path")
-        stage = f"{python} -IS {cache}"
         stage_argv = [python, "-IS", cache]
     else:
-        stage, stage_argv = launcher, [launcher]
+        stage_argv = [launcher]
     argv = [
         cfg.systemd_run,
         "--no-ask-password",
@@ -727,10 +727,63 @@ def systemd_run_argv(plan, cfg, launcher_path, code=None):
         argv.append(f"--property=CPUQuota={plan.cores * 100}%")
     if plan.memory is not None:
         argv.append(f"--property=MemoryMax={plan.memory}")
-    # The state dir rides along so that the hook need not read (and parse) the config.
-    argv.append(f"--property=ExecStopPost=+{stage} poststop {plan.task_id} {clean_path(cfg.state_dir, 'state dir')}")
+    argv.append("--property=ExecStopPost=" + poststop_command(plan.task_id, cfg.state_dir))
     argv += ["--", *stage_argv, "exec", *encode_spec(exec_spec(plan))]
     return argv
+
+
+POSTSTOP_SHELL = "/bin/sh"
+POSTSTOP_SCRIPT = (
+    # $1: the task id, $2: the state dir; both the launcher's own, validated words.
+    # SERVICE_RESULT, EXIT_CODE and EXIT_STATUS are systemd's (its words and numbers;
+    # anything else is recorded as "unknown"). The unit's environment is systemd's
+    # alone (the task's own is set by `exec`, inside its process), and every tool
+    # is named by its full path.
+    'if [ -z "${SERVICE_RESULT+x}" ] || [ -z "${EXIT_CODE+x}" ]; then '
+    'echo "poststop runs only as the ExecStopPost of a unit" >&2; exit 2; fi; '
+    "r=$SERVICE_RESULT; c=$EXIT_CODE; s=${EXIT_STATUS-}; "
+    'case "$r$c$s" in *[!A-Za-z0-9_-]*) r=unknown; c=; s=;; esac; '
+    # The OOM killer's count in this cgroup (the unit's: the hook runs inside it):
+    # memory.events on cgroup v2, memory.oom_control on v1; the first that counts.
+    "k=0; "
+    "while IFS=: read -r h l p; do "
+    'case "$h:$l" in 0:) f=/sys/fs/cgroup$p/memory.events;; '
+    "*:memory|*:memory,*|*,memory|*,memory,*) f=/sys/fs/cgroup/memory$p/memory.oom_control;; "
+    "*) continue;; esac; "
+    '[ -r "$f" ] || continue; '
+    'while read -r n v; do if [ "$n" = oom_kill ] && [ "$k" = 0 ]; then k=$v; fi; done < "$f"; '
+    "done < /proc/self/cgroup; "
+    'case "$k" in ""|*[!0-9]*) k=0;; esac; '
+    "umask 022; "
+    '[ -d "$2" ] || /bin/mkdir -p -m 0755 -- "$2" || exit 1; '
+    # Written aside under a fresh name (noclobber: O_EXCL), made durable, then renamed
+    # in: a reader sees no record or a whole one, as from `cmd_poststop`.
+    't="$2/$1.json.$$.tmp"; set -C; '
+    'echo "{\\"task_id\\": \\"$1\\", \\"unit\\": \\"hakuriver-task-$1.service\\", \\"result\\": \\"$r\\", '
+    '\\"exit_code\\": \\"$c\\", \\"exit_status\\": \\"$s\\", \\"oom_kills\\": $k}" > "$t" || exit 1; '
+    '/bin/sync -- "$t" && /bin/mv -f -- "$t" "$2/$1.json"'
+)
+"""The unit's ExecStopPost=+ hook: what `cmd_poststop` does, as a shell script.
+
+Why a shell and not the launcher: the hook runs in every task, and a Python start
+(~11 ms) was a fifth of a no-op task's whole overhead; dash and its builtins start in
+~1 ms, and only mv and sync are other programs. Nothing in it comes from the task or
+its user: the script is this constant, its two arguments are the validated task id
+and the config's state dir, and systemd sets the three words it records."""
+
+
+def poststop_command(task_id, state_dir):
+    """The ExecStopPost= value (as systemd-run's --property takes it) that runs
+    `POSTSTOP_SCRIPT` as root in the unit for `task_id`, recording into `state_dir`.
+    Pure.
+
+    systemd-run splits the value into words, undoing its double quotes and C escapes;
+    systemd then expands `$NAME` in each word when it runs the command, and `$$` is a
+    literal `$`. So each `$` is doubled and the script is quoted as one word."""
+    task_id = parse_task_id(task_id)
+    state_dir = clean_path(state_dir, "state dir")
+    script = POSTSTOP_SCRIPT.replace("$", "$$").replace("\\", "\\\\").replace('"', '\\"')
+    return f'+{POSTSTOP_SHELL} -c "{script}" hakuriver-poststop {task_id} {state_dir}'
 
 
 def systemctl_argv(cfg, verb, unit, *extra):
@@ -1176,8 +1229,8 @@ def ensure_code_cache(cfg, launcher_path):
     """(python, path) of the launcher's code compiled for this Python, made now if missing
     or stale; None where it cannot be made (the units then run the launcher itself).
 
-    Why: `exec` and `poststop` are a Python start each in every task's unit, and compiling
-    this file is about a third of each (~10 ms); Python never caches a script's code. The
+    Why: `exec` is a Python start in every task's unit, and compiling
+    this file is about a third of it (~10 ms); Python never caches a script's code. The
     cache is a hash-based .pyc of the launcher's own (root-owned, checked) source, in the
     root-owned state dir (checked by `ensure_state_dir`); it is used only while it is a
     regular root-owned file, writable by root only, whose header names this Python and

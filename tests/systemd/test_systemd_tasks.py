@@ -9,6 +9,7 @@ import shlex
 
 import pytest
 
+from hakuriver.launcher import POSTSTOP_SCRIPT
 from tests.harness import poll
 
 from .sdcluster import LAUNCHER, NODE_NAME, RUNNER_MARKER, RUNNER_USER, SHARED, STATE_DIR, TASK_USER, TEMP, SdCluster
@@ -300,11 +301,15 @@ def test_the_runner_user_cannot_become_root(sd: SdCluster) -> None:
     poll(lambda: "first" in node.read_file(out_912), timeout=30, what="task 912 to write its output")
     r = sd.launcher("start", input=start_request("912", command=["true"]))
     assert r.rc == 1 and "already exists (active/running)" in r.stderr, r
-    # The unit's stages run the launcher's compiled code: root's, in the root-owned state
-    # dir, and no way past sudo's rule.
+    # The unit's exec stage runs the launcher's compiled code: root's, in the root-owned
+    # state dir, and no way past sudo's rule. Its poststop hook is the launcher's script
+    # for dash, stored with every `$` doubled: systemd expands none of them when it runs
+    # it (the records the other tests read are what that run wrote).
     cache = f"{STATE_DIR}/.launcher-code.pyc"
     assert f"argv[]=/usr/bin/python3 -IS {cache} exec " in sd.unit("912", "ExecStart")["ExecStart"]
-    assert f"argv[]=/usr/bin/python3 -IS {cache} poststop 912 " in sd.unit("912", "ExecStopPost")["ExecStopPost"]
+    poststop = sd.unit("912", "ExecStopPost")["ExecStopPost"]
+    script = POSTSTOP_SCRIPT.replace("$", "$$")
+    assert f"argv[]=/bin/sh -c {script} hakuriver-poststop 912 {STATE_DIR} " in poststop, poststop
     assert shlex.split(node.exec(["stat", "-c", "%U %a", cache, STATE_DIR]).stdout) == ["root", "644", "root", "755"]
     refused_by_sudo("/usr/bin/python3", "-IS", cache, "info")
     assert node.read_file(out_912) == "first\n", "a refused second start replaced the running task's log"

@@ -323,7 +323,7 @@ def test_systemd_run_argv_is_built_from_validated_values_only() -> None:
         f"--property=TimeoutStopSec={L.TIMEOUT_STOP}",
         "--property=CPUQuota=200%",
         f"--property=MemoryMax={64 << 20}",
-        f"--property=ExecStopPost=+{DEFAULT_LAUNCHER_PATH} poststop 123 {CFG.state_dir}",
+        "--property=ExecStopPost=" + L.poststop_command(123, CFG.state_dir),
     ]
     assert tail[:2] == [DEFAULT_LAUNCHER_PATH, "exec"]
     # systemd expands $VAR in ExecStart and %-specifiers in unit files: the spec holds neither.
@@ -342,7 +342,7 @@ def test_limits_are_omitted_when_not_requested() -> None:
 
 def test_the_in_unit_stages_run_the_code_cache_when_there_is_one() -> None:
     argv = L.systemd_run_argv(plan(), CFG, DEFAULT_LAUNCHER_PATH, ("/usr/bin/python3", "/var/lib/h/.c.pyc"))
-    assert f"--property=ExecStopPost=+/usr/bin/python3 -IS /var/lib/h/.c.pyc poststop 123 {CFG.state_dir}" in argv
+    assert "--property=ExecStopPost=" + L.poststop_command(123, CFG.state_dir) in argv  # a shell, not Python
     tail = argv[argv.index("--") + 1 :]
     assert tail[:4] == ["/usr/bin/python3", "-IS", "/var/lib/h/.c.pyc", "exec"]
     with pytest.raises(L.Refused):

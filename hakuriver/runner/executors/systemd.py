@@ -10,7 +10,9 @@ Why a service and not a scope
     its KillMode) leaves the task running.
 
 How the exit status survives a runner restart
-    The unit carries `ExecStopPost=+<launcher's code> poststop <id> <state dir>`: when the task
+    The unit carries `ExecStopPost=+/bin/sh -c <the launcher's POSTSTOP_SCRIPT> hakuriver-poststop
+    <id> <state dir>` (units of older launchers: `<launcher's code> poststop <id> <state dir>`,
+    the same steps in Python): when the task
     ends, systemd runs it as root *inside the unit's cgroup*, with
     SERVICE_RESULT / EXIT_CODE / EXIT_STATUS set. It writes
     `<state_dir>/<id>.json` (root-owned, world-readable, in a root-owned
