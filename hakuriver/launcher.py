@@ -759,7 +759,7 @@ POSTSTOP_SCRIPT = (
     # Written aside under a fresh name (noclobber: O_EXCL), made durable, then renamed
     # in: a reader sees no record or a whole one, as from `cmd_poststop`.
     't="$2/$1.json.$$.tmp"; set -C; '
-    'echo "{\\"task_id\\": \\"$1\\", \\"unit\\": \\"hakuriver-task-$1.service\\", \\"result\\": \\"$r\\", '
+    f'echo "{{\\"task_id\\": \\"$1\\", \\"unit\\": \\"{UNIT_PREFIX}$1.service\\", \\"result\\": \\"$r\\", '
     '\\"exit_code\\": \\"$c\\", \\"exit_status\\": \\"$s\\", \\"oom_kills\\": $k}" > "$t" || exit 1; '
     '/bin/sync -- "$t" && /bin/mv -f -- "$t" "$2/$1.json"'
 )
@@ -1340,13 +1340,13 @@ def cmd_cleanup(cfg, task_id):
     props = show_unit(cfg, unit)
     if unit_is_live(props):
         proc = _run(systemctl_argv(cfg, "stop", unit))
+        props = show_unit(cfg, unit)
         # A transient unit is unloaded the moment it ends, so one that ended between the
         # look and the stop makes `systemctl stop` fail with "not loaded". That is the
         # stopped state cleanup wants; only a unit still live after a failed stop is a
         # failure (its status record must then stay, for the next try).
-        if proc.returncode != 0 and unit_is_live(show_unit(cfg, unit)):
+        if proc.returncode != 0 and unit_is_live(props):
             raise Failed(f"systemctl stop {unit} failed: {_tool_error(proc)}")
-    props = show_unit(cfg, unit)
     if props.get("LoadState") == "loaded" and not unit_is_live(props):
         _run(systemctl_argv(cfg, "reset-failed", unit))
     removed = False
