@@ -73,7 +73,7 @@ def test_the_record_is_what_the_runner_reads(tmp_path: Path, code, status, resul
         "oom_kills": record["oom_kills"],
     }
     assert isinstance(record["oom_kills"], int) and record["oom_kills"] >= 0
-    assert L.read_status(type("C", (), {"state_dir": str(tmp_path)})(), 41) == record
+    assert L.read_status(L._StateDirOnly(str(tmp_path)), 41) == record
     got = exit_result_from_record(record)
     assert (got.state, got.exit_code) == (state, exit_code)
 
