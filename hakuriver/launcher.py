@@ -14,10 +14,14 @@ allow-list (`/etc/hakuriver/launcher.json`, see
 `hakuriver.deploy.launcher_install`).
 
 Every task is a transient systemd *service* `hakuriver-task-<id>.service`
-(not a scope: a scope's exit status is seen only by the systemd-run client).
-The launcher builds every systemd-run/systemctl argv itself, as lists; no
-shell ever sees an argument, and nothing the caller sends becomes a systemd
-property except validated numbers and an allow-listed user name.
+(not a scope: a scope's exit status is seen only by the systemd-run client),
+started with one StartTransientUnit call on the manager's private socket
+(`SystemdBus`, `unit_properties`), or through systemd-run where that cannot be.
+The launcher builds every property, systemd-run and systemctl argv itself, as
+lists; no shell ever sees an argument, and nothing the caller sends becomes a
+systemd property except validated numbers, paths and ids from the allow-list and
+the account database, and the task's own argv and environment, which run only as
+its user.
 
 Subcommands (caller: the runner, through `sudo -n`):
 
@@ -34,16 +38,18 @@ Subcommands (caller: the runner, through `sudo -n`):
 
 Run by systemd inside the unit (refused when started through sudo):
 
-  exec SPEC...       as the task's user: open the output files, chdir to the
-                     shared dir, set the task's environment, exec the argv
-  poststop ID [DIR]  as root (ExecStopPost=+): record the exit status and the
+  exec SPEC...       as the task's user, in units started through systemd-run:
+                     open the output files, chdir to the shared dir, set the
+                     task's environment, exec the argv (units started on the
+                     bus run setpriv and env instead)
+  poststop ID [DIR]  as root (ExecStopPost=): record the exit status and the
                      cgroup's OOM-kill count in <DIR>/<id>.json (DIR: the state
                      dir, which the unit names; without it, read from the config).
                      Kept for units an older launcher started: this one gives
                      its units `POSTSTOP_SCRIPT`, the same steps in dash.
 
-Start-up cost matters: every task starts this program twice (`start`, through
-sudo or a `serve` session, and `exec` in the unit), so `exec` imports nothing
+Start-up cost matters: a unit started through systemd-run starts this program
+again (`exec` in the unit), so `exec` imports nothing
 that is not built into the interpreter: no `json` or `re` (which imports
 `enum`; names are checked with `_Word`), no `signal` (`_signal`), no config;
 the exec spec is marshal's. Tools are run with posix_spawn, not `subprocess`
@@ -85,6 +91,14 @@ DEFAULT_CONFIG_PATH = DEFAULT_LAUNCHER_CONFIG
 DEFAULT_STATE_DIR = "/var/lib/hakuriver/task-status"
 DEFAULT_SYSTEMD_RUN = "/usr/bin/systemd-run"
 DEFAULT_SYSTEMCTL = "/usr/bin/systemctl"
+DEFAULT_SYSTEMD_BUS = "/run/systemd/private"
+"""The system manager's own D-Bus socket (root only; no bus daemon in between)."""
+ENV_PROGRAM = "/usr/bin/env"
+"""What sets a task's environment and enters its directory when its unit is started over
+the bus (`unit_properties`): GNU env (coreutils), run as the task's user."""
+SETPRIV_PROGRAM = "/usr/bin/setpriv"
+"""What makes a unit's process the task's user (util-linux), in place of User= (see
+`task_command`)."""
 DEFAULT_NUMACTL = "/usr/bin/numactl"
 TRANSIENT_DIR = "/run/systemd/transient"
 """Where the system manager keeps the unit files of loaded transient units."""
@@ -146,6 +160,7 @@ CONFIG_FIELDS = frozenset(
         "state_dir",
         "systemd_run",
         "systemctl",
+        "systemd_bus",
     }
 )
 
@@ -217,6 +232,7 @@ class LauncherConfig:
         allow_privileged_users=(),
         runner_user="",
         runner_group="",
+        systemd_bus=DEFAULT_SYSTEMD_BUS,
     ):
         self.task_users = tuple(task_users)
         self.task_groups = tuple(task_groups)
@@ -229,6 +245,8 @@ class LauncherConfig:
         self.state_dir = state_dir
         self.systemd_run = systemd_run
         self.systemctl = systemctl
+        # "" starts units with systemd-run (a process per start, ~9 ms) instead.
+        self.systemd_bus = systemd_bus
 
     @property
     def privileged_groups(self):
@@ -250,6 +268,7 @@ class LauncherConfig:
             "state_dir": self.state_dir,
             "systemd_run": self.systemd_run,
             "systemctl": self.systemctl,
+            "systemd_bus": self.systemd_bus,
         }
 
 
@@ -311,6 +330,9 @@ def parse_config(data):
     state_dir = clean_path(data.get("state_dir", DEFAULT_STATE_DIR), "launcher config: state_dir")
     systemd_run = clean_path(data.get("systemd_run", DEFAULT_SYSTEMD_RUN), "launcher config: systemd_run")
     systemctl = clean_path(data.get("systemctl", DEFAULT_SYSTEMCTL), "launcher config: systemctl")
+    bus = data.get("systemd_bus", DEFAULT_SYSTEMD_BUS)
+    if bus != "":
+        bus = clean_path(bus, "launcher config: systemd_bus")
     return LauncherConfig(
         users,
         shared,
@@ -323,6 +345,7 @@ def parse_config(data):
         allow_privileged_users=privileged,
         runner_user=runner_user,
         runner_group=runner_group,
+        systemd_bus=bus,
     )
 
 
@@ -605,6 +628,7 @@ def validate_request(req, cfg, *, accounts=SYSTEM_ACCOUNTS, node_exists=None):
         task_id=task_id,
         unit=unit_name(task_id),
         user=user,
+        groups=tuple(sorted(accounts.groups_of(pw))),
         uid=pw.pw_uid,
         gid=pw.pw_gid,
         argv=argv,
@@ -714,7 +738,6 @@ def systemd_run_argv(plan, cfg, launcher_path, code=None):
         f"--unit={plan.unit}",
         f"--description={description(plan)}",
         "--property=Type=exec",
-        f"--property=User={plan.user}",
         "--property=KillMode=control-group",
         f"--property=TimeoutStopSec={TIMEOUT_STOP if plan.timeout_grace is None else f'{plan.timeout_grace}s'}",
     ]
@@ -728,8 +751,27 @@ def systemd_run_argv(plan, cfg, launcher_path, code=None):
     if plan.memory is not None:
         argv.append(f"--property=MemoryMax={plan.memory}")
     argv.append("--property=ExecStopPost=" + poststop_command(plan.task_id, cfg.state_dir))
-    argv += ["--", *stage_argv, "exec", *encode_spec(exec_spec(plan))]
+    argv += ["--", *become_user(plan), *stage_argv, "exec", *encode_spec(exec_spec(plan))]
     return argv
+
+
+def become_user(plan):
+    """The argv prefix that makes the unit's process the task's user: setpriv, as root,
+    with the uid, gid and groups the launcher looked up. Pure.
+
+    Why not User=: with User=, the root poststop hook needs the `+` prefix, and systemd
+    252 keeps a `+` command of a transient unit under a key (ExecStopPostEx=) that its
+    own unit file parser does not know, so after any `systemctl daemon-reload` the
+    running unit has no hook, and its end is never recorded. Without User=, the hook
+    is a plain ExecStopPost= and runs as root. Nothing runs as root in the unit but
+    setpriv and the hook, with systemd's environment, never the task's."""
+    groups = ",".join(str(g) for g in (plan.groups or (plan.gid,)))
+    return [SETPRIV_PROGRAM, f"--reuid={plan.uid}", f"--regid={plan.gid}", f"--groups={groups}", "--"]
+
+
+def _no_expansion(word):
+    """`word` as systemd takes it in a command it expands `$NAME` in: every `$` doubled."""
+    return word.replace("$", "$$")
 
 
 POSTSTOP_SHELL = "/bin/sh"
@@ -763,7 +805,7 @@ POSTSTOP_SCRIPT = (
     '\\"exit_code\\": \\"$c\\", \\"exit_status\\": \\"$s\\", \\"oom_kills\\": $k}" > "$t" || exit 1; '
     '/bin/sync -- "$t" && /bin/mv -f -- "$t" "$2/$1.json"'
 )
-"""The unit's ExecStopPost=+ hook: what `cmd_poststop` does, as a shell script.
+"""The unit's ExecStopPost= hook, as root: what `cmd_poststop` does, as a shell script.
 
 Why a shell and not the launcher: the hook runs in every task, and a Python start
 (~11 ms) was a fifth of a no-op task's whole overhead; dash and its builtins start in
@@ -772,18 +814,84 @@ its user: the script is this constant, its two arguments are the validated task 
 and the config's state dir, and systemd sets the three words it records."""
 
 
-def poststop_command(task_id, state_dir):
-    """The ExecStopPost= value (as systemd-run's --property takes it) that runs
-    `POSTSTOP_SCRIPT` as root in the unit for `task_id`, recording into `state_dir`.
-    Pure.
-
-    systemd-run splits the value into words, undoing its double quotes and C escapes;
-    systemd then expands `$NAME` in each word when it runs the command, and `$$` is a
-    literal `$`. So each `$` is doubled and the script is quoted as one word."""
+def poststop_argv(task_id, state_dir):
+    """The unit's ExecStopPost= command, which runs `POSTSTOP_SCRIPT` (the file
+    `ensure_poststop_script` keeps) for `task_id`, recording into `state_dir`: as root,
+    for the unit has no User= (`become_user`). Plain words only (checked), so that
+    systemd neither expands nor escapes anything in it. Pure."""
     task_id = parse_task_id(task_id)
     state_dir = clean_path(state_dir, "state dir")
-    script = POSTSTOP_SCRIPT.replace("$", "$$").replace("\\", "\\\\").replace('"', '\\"')
-    return f'+{POSTSTOP_SHELL} -c "{script}" hakuriver-poststop {task_id} {state_dir}'
+    return [POSTSTOP_SHELL, f"{state_dir}/{POSTSTOP_NAME}", str(task_id), state_dir]
+
+
+def poststop_command(task_id, state_dir):
+    """`poststop_argv` as systemd-run's --property=ExecStopPost= takes it. Pure."""
+    return " ".join(poststop_argv(task_id, state_dir))
+
+
+def _timeout_stop_usec(plan):
+    seconds = int(TIMEOUT_STOP[:-1]) if plan.timeout_grace is None else plan.timeout_grace
+    return seconds * 1_000_000
+
+
+def unit_properties(plan, cfg, stdout_fd, stderr_fd):
+    """The StartTransientUnit properties (a list of (name, (signature, value))) that
+    start `plan` with no Python in the unit, or None where the plan cannot be put so
+    (`_start_locked` then uses `systemd_run_argv`). Pure.
+
+    What the `exec` stage does, two small programs do here: setpriv makes the process
+    the task's user (`become_user`), then `env -i -C DIR` enters the shared dir and
+    gives the task exactly its environment, as that user; its output goes to the two
+    files the preflight opened as that user, passed as descriptors (systemd's own
+    `append:` would open them as root and follow links). Not Environment=: the unit's
+    environment is also the root poststop hook's, and a task's LD_PRELOAD must never
+    reach a root process. systemd expands `$NAME` in both commands, so every `$` is
+    doubled; `%` specifiers apply to unit files only, and systemd escapes them when it
+    writes the transient unit's file.
+
+    None when the program's name has a `=` (env would take it for a variable) or a
+    string is not UTF-8 (D-Bus carries only UTF-8)."""
+    if "=" in plan.argv[0]:
+        return None
+    try:
+        for text in (*plan.argv, *plan.env, *plan.env.values(), plan.cwd):
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    state_dir = clean_path(cfg.state_dir, "state dir")
+    task_id = parse_task_id(plan.task_id)
+    cwd = clean_path(plan.cwd, "shared dir")
+    run = [
+        *become_user(plan),
+        ENV_PROGRAM,
+        "-i",
+        f"--chdir={cwd}",
+        "--",
+        *(f"{k}={v}" for k, v in plan.env.items()),
+        *plan.argv,
+    ]
+    poststop = poststop_argv(task_id, state_dir)
+    props = [
+        ("Description", ("s", description(plan))),
+        ("Type", ("s", "exec")),
+        ("KillMode", ("s", "control-group")),
+        ("TimeoutStopUSec", ("t", _timeout_stop_usec(plan))),
+        # Python ignored SIGPIPE in the `exec` stage and put it back before the exec;
+        # systemd ignores it unless told not to.
+        ("IgnoreSIGPIPE", ("b", False)),
+        ("StandardInput", ("s", "null")),
+        ("StandardOutputFileDescriptor", ("h", stdout_fd)),
+        ("StandardErrorFileDescriptor", ("h", stderr_fd)),
+        ("ExecStart", ("a(sasb)", [(run[0], [_no_expansion(w) for w in run], False)])),
+        ("ExecStopPost", ("a(sasb)", [(POSTSTOP_SHELL, poststop, False)])),
+    ]
+    if plan.time_limit is not None:
+        props.append(("RuntimeMaxUSec", ("t", plan.time_limit * 1_000_000)))
+    if plan.cores is not None:
+        props.append(("CPUQuotaPerSecUSec", ("t", plan.cores * 1_000_000)))
+    if plan.memory is not None:
+        props.append(("MemoryMax", ("t", plan.memory)))
+    return props
 
 
 def systemctl_argv(cfg, verb, unit, *extra):
@@ -959,6 +1067,278 @@ def _tool_error(proc):
     return " ".join(text.split())[:600] or f"exit status {proc.returncode}"
 
 
+# ------------------------------------------------------- systemd's own bus
+#
+# Why by hand and not a D-Bus library: this file runs as root with the standard library
+# only (see the module's docstring), and it needs one call, StartTransientUnit, on the
+# manager's private socket. The wire format (the D-Bus specification, "Message
+# Protocol") is small and fixed; the tests check every message against jeepney's decoder.
+
+_DBUS_FIXED = {"y": ("B", 1), "b": ("I", 4), "i": ("i", 4), "u": ("I", 4), "t": ("Q", 8), "h": ("I", 4)}
+_DBUS_ALIGN = {"y": 1, "g": 1, "v": 1, "b": 4, "i": 4, "u": 4, "h": 4, "s": 4, "o": 4, "a": 4, "t": 8, "(": 8}
+
+
+class BusError(Exception):
+    """The manager answered a call with an error: `name` (org.freedesktop...) and its text."""
+
+    def __init__(self, name, text):
+        super().__init__(f"{text} ({name})" if text else name)
+        self.name, self.text = name, text
+
+
+def _dbus_complete(sig, i=0):
+    """The end of the single complete type that begins at sig[i]."""
+    if sig[i] == "a":
+        return _dbus_complete(sig, i + 1)
+    if sig[i] == "(":
+        i += 1
+        while sig[i] != ")":
+            i = _dbus_complete(sig, i)
+        return i + 1
+    return i + 1
+
+
+def _dbus_types(sig):
+    out, i = [], 0
+    while i < len(sig):
+        end = _dbus_complete(sig, i)
+        out.append(sig[i:end])
+        i = end
+    return out
+
+
+def dbus_marshal(buf, sig, value, fds):
+    """Append `value` of the single complete type `sig` to `buf` (little-endian), its
+    alignment counted from the start of `buf`. An `h` is a descriptor: appended to
+    `fds`, and its index written. Pure apart from `buf` and `fds`."""
+    import struct
+
+    c = sig[0]
+    buf.extend(b"\0" * (-len(buf) % _DBUS_ALIGN[c]))
+    if c in _DBUS_FIXED:
+        fmt = _DBUS_FIXED[c][0]
+        if c == "h":
+            fds.append(value)
+            value = len(fds) - 1
+        buf += struct.pack("<" + fmt, int(value))
+    elif c in "so":
+        data = value.encode("utf-8")
+        if "\0" in value:
+            raise ValueError("a D-Bus string has no NUL")
+        buf += struct.pack("<I", len(data)) + data + b"\0"
+    elif c == "g":
+        data = value.encode("ascii")
+        buf += bytes([len(data)]) + data + b"\0"
+    elif c == "v":
+        inner_sig, inner = value
+        dbus_marshal(buf, "g", inner_sig, fds)
+        dbus_marshal(buf, inner_sig, inner, fds)
+    elif c == "a":
+        elem = sig[1:]
+        at = len(buf)
+        buf += b"\0\0\0\0"
+        buf.extend(b"\0" * (-len(buf) % _DBUS_ALIGN[elem[0]]))
+        start = len(buf)
+        for item in value:
+            dbus_marshal(buf, elem, item, fds)
+        struct.pack_into("<I", buf, at, len(buf) - start)
+    elif c == "(":
+        fields = _dbus_types(sig[1:-1])
+        if len(fields) != len(value):
+            raise ValueError(f"struct {sig} takes {len(fields)} fields")
+        for field, item in zip(fields, value, strict=True):
+            dbus_marshal(buf, field, item, fds)
+    else:
+        raise ValueError(f"D-Bus type {c!r} is not one the launcher sends")
+
+
+def dbus_method_call(serial, destination, path, interface, member, signature, args):
+    """One method call message (bytes) and the descriptors it carries. Pure."""
+    import struct
+
+    body = bytearray()
+    fds: list[int] = []
+    types = _dbus_types(signature)
+    if len(types) != len(args):
+        raise ValueError(f"{member} takes {len(types)} arguments")
+    for sig, arg in zip(types, args, strict=True):
+        dbus_marshal(body, sig, arg, fds)
+    fields = [
+        (1, ("o", path)),
+        (2, ("s", interface)),
+        (3, ("s", member)),
+        (6, ("s", destination)),
+    ]
+    if signature:
+        fields.append((8, ("g", signature)))
+    if fds:
+        fields.append((9, ("u", len(fds))))
+    head = bytearray(b"l\x01\x00\x01" + struct.pack("<II", len(body), serial))
+    dbus_marshal(head, "a(yv)", fields, [])
+    head.extend(b"\0" * (-len(head) % 8))
+    return bytes(head + body), fds
+
+
+class _Reader:
+    """Reads the few types a reply's header and an error's text use."""
+
+    def __init__(self, data, order):
+        self.data, self.pos, self.order = data, 0, order
+
+    def align(self, n):
+        self.pos += -self.pos % n
+
+    def fixed(self, fmt, size):
+        import struct
+
+        self.align(size)
+        (value,) = struct.unpack_from(self.order + fmt, self.data, self.pos)
+        self.pos += size
+        return value
+
+    def read(self, sig):
+        if sig in _DBUS_FIXED:
+            return self.fixed(*_DBUS_FIXED[sig])
+        if sig in ("s", "o"):
+            n = self.fixed("I", 4)
+            text = bytes(self.data[self.pos : self.pos + n]).decode("utf-8", "replace")
+            self.pos += n + 1
+            return text
+        if sig == "g":
+            n = self.data[self.pos]
+            text = bytes(self.data[self.pos + 1 : self.pos + 1 + n]).decode("ascii", "replace")
+            self.pos += n + 2
+            return text
+        if sig == "v":
+            return self.read(self.read("g"))
+        raise ValueError(f"D-Bus type {sig!r} is not one the launcher reads")
+
+
+def dbus_parse_header(data):
+    """(message type, serial, header fields {code: value}, header length, body length)
+    of a message whose first 16 bytes and header fields are in `data`. Pure."""
+    import struct
+
+    order = {ord("l"): "<", ord("B"): ">"}.get(data[0])
+    if order is None:
+        raise ValueError("not a D-Bus message")
+    kind = data[1]
+    body_len, serial, fields_len = struct.unpack_from(order + "III", data, 4)
+    reader = _Reader(data, order)
+    reader.pos = 16
+    fields = {}
+    while reader.pos < 16 + fields_len:
+        reader.align(8)
+        code = reader.fixed("B", 1)
+        fields[code] = reader.read("v")
+    header_len = 16 + fields_len + (-(16 + fields_len) % 8)
+    return kind, serial, fields, header_len, body_len
+
+
+class SystemdBus:
+    """A connection to the system manager's private socket, as root: one call at a time.
+
+    Why not systemd-run: it is a process per start (~14 ms in a node of the tests) for
+    what is one message; this connection, its handshake and the call take ~6 ms."""
+
+    def __init__(self, path, *, timeout=TOOL_TIMEOUT, sock=None):
+        """Connect to `path` (or talk over `sock`, already connected: the tests' peer)."""
+        import socket
+
+        self.path = path
+        self.serial = 0
+        self.sock = sock or socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.sock.settimeout(timeout)
+        try:
+            if sock is None:
+                self.sock.connect(path)
+            uid = str(os.geteuid()).encode().hex().encode()
+            # SASL EXTERNAL (the kernel vouches for our uid), asking to pass descriptors,
+            # all in one write, as sd-bus itself does: the manager must have read BEGIN
+            # before the first message arrives, for it reads the first message only when
+            # its socket has more to read, and it drops a connection that passes
+            # descriptors while it is still reading the handshake.
+            self.sock.sendall(b"\0AUTH EXTERNAL " + uid + b"\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n")
+            ok, agree = self._auth_answers()
+            if not ok.startswith(b"OK "):
+                raise OSError("the manager refused authentication")
+            if agree != b"AGREE_UNIX_FD":
+                raise OSError("the manager does not take file descriptors")
+            # And one round trip with no descriptors, to know the manager reads messages.
+            self.call("/org/freedesktop/systemd1", "org.freedesktop.DBus.Peer", "Ping", "", [])
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _auth_answers(self):
+        """The manager's two answers to the handshake (it sends nothing more until the
+        first message); what follows them is the start of the first message."""
+        data = b""
+        while data.count(b"\r\n") < 2:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise OSError("the manager closed the connection")
+            data += chunk
+            if len(data) > 4096:
+                raise OSError("the manager's answer is not D-Bus")
+        first, second, self.buffer = data.split(b"\r\n", 2)
+        return first, second
+
+    def close(self):
+        self.sock.close()
+
+    def _recv_exactly(self, n):
+        while len(self.buffer) < n:
+            chunk = self.sock.recv(max(65536, n - len(self.buffer)))
+            if not chunk:
+                raise OSError("the manager closed the connection")
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def call(self, path, interface, member, signature, args):
+        """Call a manager method; its reply's header fields, or BusError."""
+        import socket
+
+        self.serial += 1
+        message, fds = dbus_method_call(
+            self.serial, "org.freedesktop.systemd1", path, interface, member, signature, args
+        )
+        if fds:
+            sent = socket.send_fds(self.sock, [message], fds)
+        else:
+            sent = self.sock.send(message)
+        if sent < len(message):
+            self.sock.sendall(message[sent:])
+        while True:  # the reply, past any signal the manager sends meanwhile
+            import struct
+
+            first = self._recv_exactly(16)
+            fields_len = struct.unpack_from("<I" if first[:1] == b"l" else ">I", first, 12)[0]
+            rest = self._recv_exactly(fields_len + (-(16 + fields_len) % 8))
+            kind, _, fields, _, body_len = dbus_parse_header(first + rest)
+            body = self._recv_exactly(body_len)
+            if fields.get(5) != self.serial:
+                continue
+            if kind == 3:
+                text = ""
+                if str(fields.get(8, "")).startswith("s"):
+                    text = _Reader(body, "<" if first[:1] == b"l" else ">").read("s")
+                raise BusError(str(fields.get(4, "")), text)
+            return fields
+
+    def start_transient_unit(self, name, properties):
+        """StartTransientUnit(name, "fail", properties, []): queues the start and
+        returns, as `systemd-run --no-block` does."""
+        self.call(
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "StartTransientUnit",
+            "ssa(sv)a(sa(sv))",
+            [name, "fail", properties, []],
+        )
+
+
 def show_unit(cfg, unit):
     proc = _run(show_argv(cfg, [unit]))
     if proc.returncode != 0:
@@ -999,8 +1379,9 @@ def log_file_problem(st, path, user):
     return ""
 
 
-def _preflight_child(plan, numactl):
-    """In a child that has become the task's user: can it run the task at all?"""
+def _preflight_child(plan, numactl, fds):
+    """In a child that has become the task's user: can it run the task at all? The
+    two log files it opens (empty, for appending) are left in `fds`."""
     try:
         os.chdir(plan.cwd)
     except OSError as exc:
@@ -1012,17 +1393,18 @@ def _preflight_child(plan, numactl):
         except OSError as exc:
             return f"user {plan.user} cannot create {parent}: {exc.strerror}"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+            # O_NONBLOCK: a FIFO planted there must not hang the start (and is refused).
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(path, flags, 0o644)
         except OSError as exc:
             why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
             return f"user {plan.user} cannot write {path}: {why}"
-        try:
-            problem = log_file_problem(os.fstat(fd), path, plan.user)
-            if problem:
-                return problem
-            os.ftruncate(fd, 0)
-        finally:
-            os.close(fd)
+        fds.append(fd)
+        problem = log_file_problem(os.fstat(fd), path, plan.user)
+        if problem:
+            return problem
+        os.ftruncate(fd, 0)
+        os.set_blocking(fd, True)
     if numactl is not None and not os.access(numactl, os.X_OK):
         return (
             f"numactl is not installed at {numactl} (NUMA node {plan.numa} was requested): "
@@ -1101,40 +1483,48 @@ def create_logs_as_root(cfg, plan):
 
 
 def preflight_as_user(plan, cfg=None):
-    """Check, as the task's user, that it can run the task at all. The log files are
-    made by root first where it may (`create_logs_as_root`), else by the user, so they
-    belong to it and no symlink planted in the shared dir is ever followed by root."""
+    """Check, as the task's user, that it can run the task at all, and return the two
+    log files (stdout, stderr) as descriptors that user opened: empty, for appending,
+    close-on-exec, the caller's to close. The files are made by root first where it may
+    (`create_logs_as_root`), else by the user, so they belong to it and no symlink
+    planted in the shared dir is ever followed by root."""
+    import socket
+
     if cfg is not None:
         create_logs_as_root(cfg, plan)
-    read_fd, write_fd = os.pipe()
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # child
         message = ""
+        fds: list[int] = []
         try:
-            os.close(read_fd)
+            parent.close()
             os.setgroups(os.getgrouplist(plan.user, plan.gid))
             os.setgid(plan.gid)
             os.setuid(plan.uid)
             os.umask(0o022)
-            message = _preflight_child(plan, plan.numactl)
+            message = _preflight_child(plan, plan.numactl, fds)
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
             message = f"preflight as user {plan.user} failed: {exc}"
         try:
-            os.write(write_fd, message.encode("utf-8", "replace")[:4000])
+            data = message.encode("utf-8", "replace")[:4000]
+            socket.send_fds(child, [b"!" + data if message else b"ok"], [] if message else fds)
         finally:
             os._exit(0)
-    os.close(write_fd)
-    chunks = []
-    while True:
-        data = os.read(read_fd, 4096)
-        if not data:
-            break
-        chunks.append(data)
-    os.close(read_fd)
-    os.waitpid(pid, 0)
-    message = b"".join(chunks).decode("utf-8", "replace")
-    if message:
-        raise Failed(message)
+    child.close()
+    try:
+        data, fds, _, _ = socket.recv_fds(parent, 4096, 2)
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+    if data != b"ok" or len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        message = data[1:].decode("utf-8", "replace") if data.startswith(b"!") else ""
+        raise Failed(message or f"preflight as user {plan.user} ended without an answer")
+    for fd in fds:
+        os.set_inheritable(fd, False)
+    return fds[0], fds[1]
 
 
 def cmd_start(cfg, launcher_path, stdin):
@@ -1178,7 +1568,18 @@ def _start_locked(cfg, launcher_path, plan, *, transient_dir=TRANSIENT_DIR):
             f"task {plan.task_id} already ran on this node (its exit status is recorded in "
             f"{state_path(cfg, plan.task_id)}); a task id runs once"
         )
-    preflight_as_user(plan, cfg)
+    if not os.access(SETPRIV_PROGRAM, os.X_OK):
+        raise Failed(f"{SETPRIV_PROGRAM} is missing: install util-linux (each task's process starts with it)")
+    ensure_poststop_script(cfg)
+    stdout_fd, stderr_fd = preflight_as_user(plan, cfg)
+    try:
+        props = unit_properties(plan, cfg, stdout_fd, stderr_fd) if cfg.systemd_bus else None
+        bus = _manager_bus(cfg.systemd_bus) if props is not None else None
+        if bus is not None:
+            return _start_on_bus(cfg, plan, bus, props)
+    finally:
+        os.close(stdout_fd)
+        os.close(stderr_fd)
     argv = systemd_run_argv(plan, cfg, launcher_path, ensure_code_cache(cfg, launcher_path))
     proc = _run(argv)
     if proc.returncode != 0:
@@ -1190,7 +1591,38 @@ def _start_locked(cfg, launcher_path, plan, *, transient_dir=TRANSIENT_DIR):
         if props.get("LoadState") == "loaded":
             raise Failed(_exists_message(plan, props))
         raise Failed(f"systemd-run could not start {plan.unit}: {why}")
+    return _started(cfg, plan)
+
+
+def _started(cfg, plan):
     return {"unit": plan.unit, "user": plan.user, "state_dir": cfg.state_dir}
+
+
+def _manager_bus(path):
+    """A new connection to the manager at `path`, or None where there is none to be had:
+    the start then goes through systemd-run, which says why if it cannot start either.
+
+    One connection per start, closed after it, never kept in a `serve` session: the
+    manager sends every unit's and job's signals to each connection on its private
+    socket, and an idle one would pile them up in PID 1."""
+    try:
+        return SystemdBus(path)
+    except (OSError, BusError, ValueError):
+        return None
+
+
+def _start_on_bus(cfg, plan, bus, props):
+    try:
+        bus.start_transient_unit(plan.unit, props)
+    except BusError as exc:
+        if exc.name == "org.freedesktop.systemd1.UnitExists":
+            raise Failed(_exists_message(plan, show_unit(cfg, plan.unit))) from None
+        raise Failed(f"systemd could not start {plan.unit}: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise Failed(f"the call to systemd to start {plan.unit} failed: {exc}") from None
+    finally:
+        bus.close()
+    return _started(cfg, plan)
 
 
 def _exists_message(plan, props):
@@ -1247,28 +1679,43 @@ def ensure_code_cache(cfg, launcher_path):
     python = sys.executable
     if not python or not _PLAIN_PATH.match(python) or not _searchable_by_all(cfg.state_dir):
         return None  # `exec` runs as the task's user: it must be able to read the cache
+    if _root_file_is(path, header):
+        return python, path
+    import marshal
+
+    try:
+        data = header + marshal.dumps(compile(source, launcher_path, "exec", dont_inherit=True))
+        _replace_root_file(path, data)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    return python, path
+
+
+def _root_file_is(path, prefix, whole=False):
+    """Whether `path` is a regular root-owned file only root may write that begins with
+    `prefix` (bytes), or is exactly `prefix` when `whole`. Never follows a link."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        fd = None
-    if fd is not None:
-        try:
-            st = os.fstat(fd)
-            current = (
-                stat.S_ISREG(st.st_mode)
-                and st.st_uid == 0
-                and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-                and os.read(fd, len(header)) == header
-            )
-        finally:
-            os.close(fd)
-        if current:
-            return python, path
-    import marshal
+        return False
+    try:
+        st = os.fstat(fd)
+        return (
+            stat.S_ISREG(st.st_mode)
+            and st.st_uid == 0
+            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            and (not whole or st.st_size == len(prefix))
+            and os.read(fd, len(prefix)) == prefix
+        )
+    finally:
+        os.close(fd)
 
+
+def _replace_root_file(path, data):
+    """Write `data` to a new file beside `path` (0644, durable), then rename it over
+    `path`: a reader sees the old file or the new one whole. OSError on failure."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        data = header + marshal.dumps(compile(source, launcher_path, "exec", dont_inherit=True))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             os.fchmod(fd, 0o644)  # whatever the umask
@@ -1279,13 +1726,41 @@ def ensure_code_cache(cfg, launcher_path):
         finally:
             os.close(fd)
         os.rename(tmp, path)
-    except (OSError, SyntaxError, ValueError):
+    except OSError:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        return None
-    return python, path
+        raise
+
+
+POSTSTOP_NAME = ".poststop.sh"
+"""`POSTSTOP_SCRIPT` as a file in the state dir: what the units' hook runs."""
+
+
+def poststop_script_path(cfg):
+    return f"{clean_path(cfg.state_dir, 'state dir')}/{POSTSTOP_NAME}"
+
+
+def ensure_poststop_script(cfg):
+    """Make `poststop_script_path(cfg)` hold `POSTSTOP_SCRIPT` (root's, in the root-owned
+    state dir), unless it does already; Failed where it cannot, for no task may start
+    without its hook.
+
+    Why a file and not the script in the unit: systemd 252 does not read a `$` in a
+    transient unit's command back from the unit's file after a daemon-reload (it writes
+    a backslash before it, which its parser then takes for an unknown escape), and a
+    reload must leave a running task's hook whole. A task's own command may have `$`s:
+    after a reload it is read back wrong, but it has run already, and runs only once."""
+    path = poststop_script_path(cfg)
+    data = POSTSTOP_SCRIPT.encode() + b"\n"
+    if _root_file_is(path, data, whole=True):
+        return path
+    try:
+        _replace_root_file(path, data)
+    except OSError as exc:
+        raise Failed(f"cannot write the poststop script {path}: {exc.strerror}") from None
+    return path
 
 
 def _searchable_by_all(directory):
@@ -1380,7 +1855,7 @@ def cmd_exec(chunks):
     """In the unit, as the task's user: become the task. Never returns.
 
     It reads no config: `start` validated the request as root against the allow-list
-    and wrote this spec and `User=` into the unit; what is left to check is that
+    and wrote this spec and `become_user` into the unit; what is left to check is that
     systemd made this process that user (never root), and what the spec says of files.
     """
     refuse_under_sudo("exec")
@@ -1454,7 +1929,7 @@ def status_record_text(record):
 
 
 def cmd_poststop(cfg, task_id):
-    """ExecStopPost=+ of the unit, as root: record how the task ended. `cfg`: the
+    """ExecStopPost= of the unit, as root: record how the task ended. `cfg`: the
     launcher config, or (units this launcher starts) just the state dir the unit names."""
     refuse_under_sudo("poststop")
     require_root()

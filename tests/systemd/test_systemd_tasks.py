@@ -43,7 +43,7 @@ def test_a_task_runs_as_argv_with_its_output_exit_code_and_environment(sd: SdClu
     failing = sd.submit(["python3", "-c", REPORT, *EVIL], env={"WANT_EXIT": "7", "GREETING": "hi $(id) ;"})
     ok = sd.submit(["sh", "-c", 'echo "done $HAKURIVER_TASK_ID"'])
     t = sd.wait_final(failing)
-    assert (t["state"], t["exit_code"]) == ("failed", 7), t
+    assert (t["state"], t["exit_code"]) == ("failed", 7), t.get("error")
     report = json.loads(sd.logs(failing))
     assert report["argv"] == EVIL
     assert sd.logs(failing, "stderr") == "to stderr\n"
@@ -62,7 +62,7 @@ def test_a_task_runs_as_argv_with_its_output_exit_code_and_environment(sd: SdClu
     assert sd.node.exec(["sh", "-c", "ls /tmp/pwned-* 2>/dev/null || true"]).stdout == ""
 
     t = sd.wait_final(ok)
-    assert (t["state"], t["exit_code"]) == ("completed", 0), t
+    assert (t["state"], t["exit_code"]) == ("completed", 0), t.get("error")
     assert sd.logs(ok) == f"done {ok}\n"
     owners = sd.node.exec(
         ["stat", "-c", "%U", f"{SHARED}/task_outputs/{failing}.out", f"{SHARED}/task_errors/{failing}.err"]
@@ -87,9 +87,13 @@ def test_limits_numa_pause_resume_kill_and_oom(sd: SdCluster) -> None:
     )
 
     sd.wait_state(sleeper, {"running"})
-    props = sd.unit(sleeper, "CPUQuotaPerSecUSec", "MemoryMax", "User", "MainPID")
-    assert (props["CPUQuotaPerSecUSec"], props["MemoryMax"], props["User"]) == ("1s", str(64 << 20), TASK_USER), props
+    props = sd.unit(sleeper, "CPUQuotaPerSecUSec", "MemoryMax", "MainPID")
+    assert (props["CPUQuotaPerSecUSec"], props["MemoryMax"]) == ("1s", str(64 << 20)), props
     pid = props["MainPID"]
+    # The task's process is the submitter's, every id of it (setpriv, not User=).
+    ids = sd.node.exec(["ps", "-o", "ruser=,euser=,rgroup=,egroup=", "-p", pid]).stdout.split()
+    task_group = sd.node.exec(["id", "-gn", TASK_USER]).stdout.strip()
+    assert ids == [TASK_USER, TASK_USER, task_group, task_group], ids
     # ... and the kernel enforces it (cgroup v1 memory controller here, v2 elsewhere).
     limit = sd.node.exec(
         [
@@ -139,6 +143,12 @@ def test_the_exit_code_survives_a_runner_restart(sd: SdCluster) -> None:
     sd.stop_runner()  # KillMode=control-group: the runner's whole cgroup dies
     for t in (ends_while_down, ends_after):
         assert sd.unit(t, "ActiveState")["ActiveState"] == "active", "a task died with the runner"
+    # A daemon-reload (any package upgrade, any Ansible run) reloads the running units
+    # from their transient files: their poststop hook must come back with them.
+    sd.node.exec(["systemctl", "daemon-reload"])
+    for t in (ends_while_down, ends_after):
+        props = sd.unit(t, "LoadState", "ExecStopPost")
+        assert props["LoadState"] == "loaded" and f"{STATE_DIR}/.poststop.sh {t} " in props["ExecStopPost"], props
     sd.node.exec(["touch", f"{TEMP}/go-a"], user=RUNNER_USER)
     poll(
         lambda: sd.node.exec(["test", "-e", f"{STATE_DIR}/{ends_while_down}.json"], check=False).ok,
@@ -181,8 +191,9 @@ def test_setup_errors_fail_tasks_with_a_reason(sd: SdCluster) -> None:
     # The launcher does not wait for the unit's start job (systemd-run --no-block): a
     # failure of systemd's own set-up of the process, after the launcher's checks passed,
     # leaves the unit failed with systemd's exit code, which the runner reports (the
-    # poststop hook fails the same step, so there is no record). Here systemd-run is
-    # given a working directory that does not exist (EXIT_CHDIR, 200).
+    # poststop hook fails the same step, so there is no record). Here the launcher starts
+    # through systemd-run (not its bus), which is given a working directory that does
+    # not exist (EXIT_CHDIR, 200).
     wrapper = "/usr/local/sbin/hkr-systemd-run-bad-cwd"
     node.write_file(
         wrapper, '#!/bin/sh\nexec /usr/bin/systemd-run --property=WorkingDirectory=/nonexistent "$@"\n', mode=0o755
@@ -190,6 +201,7 @@ def test_setup_errors_fail_tasks_with_a_reason(sd: SdCluster) -> None:
     original = node.read_file("/etc/hakuriver/launcher.json")
     bad_cwd = json.loads(original)
     bad_cwd["systemd_run"] = wrapper
+    bad_cwd["systemd_bus"] = ""
     sd.set_launcher_config(json.dumps(bad_cwd))
     try:
         t = sd.wait_final(sd.submit(["true"]))
@@ -197,6 +209,23 @@ def test_setup_errors_fail_tasks_with_a_reason(sd: SdCluster) -> None:
         sd.set_launcher_config(original)
         node.exec(["rm", "-f", wrapper])
     assert t["state"] == "failed" and "systemd could not set up the task (exit code 200" in (t.get("error") or ""), t
+
+    # Through systemd-run (a launcher config without its bus, or a task the bus cannot
+    # carry), a task runs the same way, its `exec` stage from the launcher's compiled
+    # code: root's, in the root-owned state dir, and no way past sudo's rule.
+    via_run = json.loads(original)
+    via_run["systemd_bus"] = ""
+    sd.set_launcher_config(json.dumps(via_run))
+    try:
+        t = sd.wait_final(sd.submit(["sh", "-c", 'echo "via systemd-run as $(id -un) in $PWD"']))
+    finally:
+        sd.set_launcher_config(original)
+    assert (t["state"], t["exit_code"]) == ("completed", 0), t.get("error")
+    assert sd.logs(t["task_id"]) == f"via systemd-run as {TASK_USER} in {SHARED}\n"
+    cache = f"{STATE_DIR}/.launcher-code.pyc"
+    assert shlex.split(node.exec(["stat", "-c", "%U %a", cache, STATE_DIR]).stdout) == ["root", "644", "root", "755"]
+    r = node.exec(["sudo", "-n", "/usr/bin/python3", "-IS", cache, "info"], user=RUNNER_USER, check=False)
+    assert r.rc != 0 and "sudo:" in r.stderr, r
 
     original = node.read_file("/etc/hakuriver/launcher.json")
     allow_ghost = json.loads(original)
@@ -301,17 +330,17 @@ def test_the_runner_user_cannot_become_root(sd: SdCluster) -> None:
     poll(lambda: "first" in node.read_file(out_912), timeout=30, what="task 912 to write its output")
     r = sd.launcher("start", input=start_request("912", command=["true"]))
     assert r.rc == 1 and "already exists (active/running)" in r.stderr, r
-    # The unit's exec stage runs the launcher's compiled code: root's, in the root-owned
-    # state dir, and no way past sudo's rule. Its poststop hook is the launcher's script
-    # for dash, stored with every `$` doubled: systemd expands none of them when it runs
-    # it (the records the other tests read are what that run wrote).
-    cache = f"{STATE_DIR}/.launcher-code.pyc"
-    assert f"argv[]=/usr/bin/python3 -IS {cache} exec " in sd.unit("912", "ExecStart")["ExecStart"]
+    # The unit runs the task through setpriv and env. Its poststop hook is the launcher's
+    # script for dash, a root-owned file in the root-owned state dir, run by a plain
+    # ExecStopPost= of plain words (which a daemon-reload reads back as they were).
+    start = sd.unit("912", "ExecStart")["ExecStart"]
+    assert "argv[]=/usr/bin/setpriv --reuid=" in start and " -- /usr/bin/env -i --chdir=" in start, start
+    assert " HAKURIVER_TASK_ID=912 " in start and " sh -c echo first; exec sleep 600 " in start, start
     poststop = sd.unit("912", "ExecStopPost")["ExecStopPost"]
-    script = POSTSTOP_SCRIPT.replace("$", "$$")
-    assert f"argv[]=/bin/sh -c {script} hakuriver-poststop 912 {STATE_DIR} " in poststop, poststop
-    assert shlex.split(node.exec(["stat", "-c", "%U %a", cache, STATE_DIR]).stdout) == ["root", "644", "root", "755"]
-    refused_by_sudo("/usr/bin/python3", "-IS", cache, "info")
+    hook = f"{STATE_DIR}/.poststop.sh"
+    assert f"argv[]=/bin/sh {hook} 912 {STATE_DIR} ;" in poststop, poststop
+    assert node.read_file(hook) == POSTSTOP_SCRIPT + "\n"
+    assert shlex.split(node.exec(["stat", "-c", "%U %a", hook]).stdout) == ["root", "644"]
     assert node.read_file(out_912) == "first\n", "a refused second start replaced the running task's log"
     assert sd.launcher("cleanup", "912").ok
     assert sd.unit("912", "LoadState")["LoadState"] == "not-found"

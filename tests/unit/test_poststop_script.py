@@ -1,8 +1,8 @@
 """The unit's poststop hook, a dash script: what it records, and how it travels.
 
 Its home is a real unit (tests/systemd run it under systemd in a node, OOM kills and
-signals included); here it runs in dash on this machine, with the three words systemd
-gives it, after the two decodings systemd applies to the ExecStopPost= value."""
+signals included, and across a daemon-reload); here it runs in dash on this machine, as
+the unit's ExecStopPost= runs it, with the three words systemd gives it."""
 
 from __future__ import annotations
 
@@ -18,37 +18,53 @@ from hakuriver.models import TaskState
 from hakuriver.runner.executors.systemd import exit_result_from_record
 
 
-def as_systemd_runs_it(value: str) -> list[str]:
-    """The argv systemd runs for `value`: systemd-run's unquoting of the one quoted
-    word (`\\\\` and `\\"`), then the manager's `$$` -> `$`. Only what the value uses."""
-    assert value.startswith('+/bin/sh -c "')
-    quoted, rest = value[len('+/bin/sh -c "') :].split('" hakuriver-poststop ', 1)
-    script, i = [], 0
-    while i < len(quoted):
-        if quoted[i] == "\\":
-            assert quoted[i + 1] in '\\"', 'only \\\\ and \\" are escaped'
-            i += 1
-        else:
-            assert quoted[i] != '"', "an unescaped quote would end the word"
-        script.append(quoted[i])
-        i += 1
-    words = "".join(script)
-    assert "$" not in words.replace("$$", ""), "a lone $ would be expanded by systemd"
-    return ["/bin/sh", "-c", words.replace("$$", "$"), "hakuriver-poststop", *rest.split(" ")]
-
-
 def run_hook(state: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    argv = as_systemd_runs_it(L.poststop_command(41, str(state)))
-    assert argv[2] == L.POSTSTOP_SCRIPT
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+    assert L.ensure_poststop_script(L._StateDirOnly(str(state))) == str(state / L.POSTSTOP_NAME)
+    return subprocess.run(L.poststop_argv(41, str(state)), env=env, capture_output=True, text=True, timeout=30)
 
 
-def test_the_value_has_no_specifier_and_names_its_tools_by_path() -> None:
-    value = L.poststop_command(41, "/var/lib/hakuriver/task-status")
-    assert "%" not in value  # systemd's specifiers
-    assert value.endswith('" hakuriver-poststop 41 /var/lib/hakuriver/task-status')
+def records(state: Path) -> list[str]:
+    return sorted(set(os.listdir(state)) - {L.POSTSTOP_NAME})
+
+
+def test_the_command_is_plain_words_and_the_script_names_its_tools_by_path() -> None:
+    argv = L.poststop_argv(41, "/var/lib/hakuriver/task-status")
+    assert argv == ["/bin/sh", "/var/lib/hakuriver/task-status/.poststop.sh", "41", "/var/lib/hakuriver/task-status"]
+    # Nothing systemd expands ($), specifies (%), unquotes or escapes, in either form.
+    assert not any(c in w for w in argv for c in "$%\\\"' ;")
+    assert L.poststop_command(41, "/var/lib/hakuriver/task-status") == " ".join(argv)
+    with pytest.raises(L.Refused):
+        L.poststop_argv(41, "/var/lib/a b")
     for tool in ("mv", "sync", "mkdir"):
         assert f" {tool} " not in L.POSTSTOP_SCRIPT and f"/bin/{tool} " in L.POSTSTOP_SCRIPT
+
+
+def test_the_script_file_is_remade_when_it_is_not_roots_own_copy(tmp_path: Path) -> None:
+    cfg = L._StateDirOnly(str(tmp_path))
+    path = tmp_path / L.POSTSTOP_NAME
+    want = L.POSTSTOP_SCRIPT + "\n"
+    L.ensure_poststop_script(cfg)
+    assert path.read_text() == want and (path.stat().st_mode & 0o777) == 0o644
+    first = path.stat().st_ino
+    L.ensure_poststop_script(cfg)
+    assert path.stat().st_ino == first  # kept: nothing to write
+    for spoil in ("truncated", "longer", "writable", "link"):
+        if spoil == "truncated":
+            path.write_text(want[:-10])
+        elif spoil == "longer":
+            path.write_text(want + "touch /tmp/hkr-poststop-extra\n")
+        elif spoil == "writable":
+            path.chmod(0o666)
+        else:
+            target = tmp_path / "elsewhere"
+            target.write_text(want)
+            path.unlink()
+            path.symlink_to(target)
+        L.ensure_poststop_script(cfg)
+        assert not path.is_symlink() and path.read_text() == want, spoil
+        assert (path.stat().st_mode & 0o777) == 0o644, spoil
+    assert (tmp_path / "elsewhere").read_text() == want  # the link was replaced, not followed
+    assert sorted(os.listdir(tmp_path)) == sorted([L.POSTSTOP_NAME, "elsewhere"])  # nothing left aside
 
 
 @pytest.mark.parametrize(
@@ -62,7 +78,7 @@ def test_the_value_has_no_specifier_and_names_its_tools_by_path() -> None:
 def test_the_record_is_what_the_runner_reads(tmp_path: Path, code, status, result, state, exit_code) -> None:
     r = run_hook(tmp_path, {"SERVICE_RESULT": result, "EXIT_CODE": code, "EXIT_STATUS": status})
     assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(tmp_path)) == ["41.json"]  # renamed in, nothing left aside
+    assert records(tmp_path) == ["41.json"]  # renamed in, nothing left aside
     record = json.loads((tmp_path / "41.json").read_text())
     assert record == {
         "task_id": "41",
@@ -89,7 +105,7 @@ def test_odd_words_are_recorded_as_unknown_never_as_json(tmp_path: Path) -> None
 def test_outside_a_unit_it_records_nothing(tmp_path: Path) -> None:
     r = run_hook(tmp_path, {"EXIT_CODE": "exited"})
     assert r.returncode == 2 and "only as the ExecStopPost" in r.stderr
-    assert os.listdir(tmp_path) == []
+    assert records(tmp_path) == []
 
 
 def test_an_existing_record_is_replaced_whole(tmp_path: Path) -> None:

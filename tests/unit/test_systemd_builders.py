@@ -318,19 +318,28 @@ def test_systemd_run_argv_is_built_from_validated_values_only() -> None:
         "--unit=hakuriver-task-123.service",
         "--description=HakuRiver task 123 (runner node-1)",
         "--property=Type=exec",
-        "--property=User=alice",
         "--property=KillMode=control-group",
         f"--property=TimeoutStopSec={L.TIMEOUT_STOP}",
         "--property=CPUQuota=200%",
         f"--property=MemoryMax={64 << 20}",
         "--property=ExecStopPost=" + L.poststop_command(123, CFG.state_dir),
     ]
-    assert tail[:2] == [DEFAULT_LAUNCHER_PATH, "exec"]
+    # No User=: setpriv makes the process alice's (so the hook needs no `+`).
+    assert not [a for a in argv if "User=" in a]
+    assert tail[:7] == [
+        "/usr/bin/setpriv",
+        "--reuid=1001",
+        "--regid=1001",
+        "--groups=1001",
+        "--",
+        DEFAULT_LAUNCHER_PATH,
+        "exec",
+    ]
     # systemd expands $VAR in ExecStart and %-specifiers in unit files: the spec holds neither.
     assert all(
-        set(chunk) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=.") for chunk in tail[2:]
+        set(chunk) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=.") for chunk in tail[7:]
     )
-    spec = L.decode_spec(tail[2:])
+    spec = L.decode_spec(tail[7:])
     assert spec["argv"] == evil and spec["user"] == "alice" and spec["uid"] == 1001
     assert spec["env"]["HAKURIVER_TASK_ID"] == "123"
 
@@ -342,9 +351,9 @@ def test_limits_are_omitted_when_not_requested() -> None:
 
 def test_the_in_unit_stages_run_the_code_cache_when_there_is_one() -> None:
     argv = L.systemd_run_argv(plan(), CFG, DEFAULT_LAUNCHER_PATH, ("/usr/bin/python3", "/var/lib/h/.c.pyc"))
-    assert "--property=ExecStopPost=" + L.poststop_command(123, CFG.state_dir) in argv  # a shell, not Python
+    assert "--property=ExecStopPost=" + L.poststop_command(123, CFG.state_dir) in argv  # dash, not Python
     tail = argv[argv.index("--") + 1 :]
-    assert tail[:4] == ["/usr/bin/python3", "-IS", "/var/lib/h/.c.pyc", "exec"]
+    assert tail[5:9] == ["/usr/bin/python3", "-IS", "/var/lib/h/.c.pyc", "exec"]
     with pytest.raises(L.Refused):
         L.systemd_run_argv(plan(), CFG, DEFAULT_LAUNCHER_PATH, ("/usr/bin/python3", "/tmp/a b.pyc"))
 

@@ -10,9 +10,11 @@ Why a service and not a scope
     its KillMode) leaves the task running.
 
 How the exit status survives a runner restart
-    The unit carries `ExecStopPost=+/bin/sh -c <the launcher's POSTSTOP_SCRIPT> hakuriver-poststop
-    <id> <state dir>` (units of older launchers: `<launcher's code> poststop <id> <state dir>`,
-    the same steps in Python): when the task
+    The unit carries `ExecStopPost=/bin/sh -c <the launcher's POSTSTOP_SCRIPT> hakuriver-poststop
+    <id> <state dir>` (units of older launchers: `+<launcher's code> poststop <id> <state dir>`,
+    the same steps in Python). The unit has no User=: its process becomes the task's
+    user through setpriv, so the hook is a plain ExecStopPost= that a daemon-reload
+    keeps (launcher.become_user). When the task
     ends, systemd runs it as root *inside the unit's cgroup*, with
     SERVICE_RESULT / EXIT_CODE / EXIT_STATUS set. It writes
     `<state_dir>/<id>.json` (root-owned, world-readable, in a root-owned
@@ -116,7 +118,7 @@ def service_name(task_id: int) -> str:
 
 
 def resolve_task_user(spec: LaunchSpec, fallback: str) -> str:
-    """`User=` of a task: the submitter's Unix account (`spec.unix_user`); for a
+    """The account a task runs as: the submitter's Unix account (`spec.unix_user`); for a
     submitter without one, `fallback` (environment.runner_user) when the admin set
     it; otherwise ExecutorError saying so. Never the runner's own account by
     default, and never empty. Whether the account may run tasks at all (it is not
