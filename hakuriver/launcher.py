@@ -20,8 +20,9 @@ started with one StartTransientUnit call on the manager's private socket
 The launcher builds every property, systemd-run and systemctl argv itself, as
 lists; no shell ever sees an argument, and nothing the caller sends becomes a
 systemd property except validated numbers, paths and ids from the allow-list and
-the account database, and the task's own argv and environment, which run only as
-its user.
+the account database, and the task's own argv and environment: those run only as
+its user, and PID 1 writes them into the transient unit's file escaped (the
+daemon-reload test in tests/systemd checks that a newline starts no new setting).
 
 Subcommands (caller: the runner, through `sudo -n`):
 
@@ -98,7 +99,7 @@ ENV_PROGRAM = "/usr/bin/env"
 the bus (`unit_properties`): GNU env (coreutils), run as the task's user."""
 SETPRIV_PROGRAM = "/usr/bin/setpriv"
 """What makes a unit's process the task's user (util-linux), in place of User= (see
-`task_command`)."""
+`become_user`)."""
 DEFAULT_NUMACTL = "/usr/bin/numactl"
 TRANSIENT_DIR = "/run/systemd/transient"
 """Where the system manager keeps the unit files of loaded transient units."""
@@ -783,6 +784,9 @@ POSTSTOP_SCRIPT = (
     # is named by its full path.
     'if [ -z "${SERVICE_RESULT+x}" ] || [ -z "${EXIT_CODE+x}" ]; then '
     'echo "poststop runs only as the ExecStopPost of a unit" >&2; exit 2; fi; '
+    # The unit's stdout and stderr are the task's log files (descriptors on the task's
+    # storage): root writes nothing there, and never waits on them.
+    "exec >/dev/null 2>&1; "
     "r=$SERVICE_RESULT; c=$EXIT_CODE; s=${EXIT_STATUS-}; "
     'case "$r$c$s" in *[!A-Za-z0-9_-]*) r=unknown; c=; s=;; esac; '
     # The OOM killer's count in this cgroup (the unit's: the hook runs inside it):
@@ -829,6 +833,16 @@ def poststop_command(task_id, state_dir):
     return " ".join(poststop_argv(task_id, state_dir))
 
 
+def _bus_text(text):
+    """Whether D-Bus (sd-bus) takes `text` as a string: valid UTF-8, no NUL, and none of
+    Unicode's noncharacters (U+FDD0-U+FDEF, U+xFFFE, U+xFFFF), which sd-bus refuses."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return not any(c == "\0" or "\ufdd0" <= c <= "\ufdef" or (ord(c) & 0xFFFE) == 0xFFFE for c in text)
+
+
 def _timeout_stop_usec(plan):
     seconds = int(TIMEOUT_STOP[:-1]) if plan.timeout_grace is None else plan.timeout_grace
     return seconds * 1_000_000
@@ -850,13 +864,10 @@ def unit_properties(plan, cfg, stdout_fd, stderr_fd):
     writes the transient unit's file.
 
     None when the program's name has a `=` (env would take it for a variable) or a
-    string is not UTF-8 (D-Bus carries only UTF-8)."""
+    string is not one D-Bus carries (`_bus_text`)."""
     if "=" in plan.argv[0]:
         return None
-    try:
-        for text in (*plan.argv, *plan.env, *plan.env.values(), plan.cwd):
-            text.encode("utf-8")
-    except UnicodeEncodeError:
+    if not all(_bus_text(t) for t in (*plan.argv, *plan.env, *plan.env.values(), plan.cwd)):
         return None
     state_dir = clean_path(cfg.state_dir, "state dir")
     task_id = parse_task_id(plan.task_id)
@@ -1247,6 +1258,8 @@ class SystemdBus:
 
         self.path = path
         self.serial = 0
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
         self.sock = sock or socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(timeout)
         try:
@@ -1289,6 +1302,10 @@ class SystemdBus:
 
     def _recv_exactly(self, n):
         while len(self.buffer) < n:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the manager did not answer within {self.timeout:.0f}s")
+            self.sock.settimeout(left)
             chunk = self.sock.recv(max(65536, n - len(self.buffer)))
             if not chunk:
                 raise OSError("the manager closed the connection")
@@ -1301,6 +1318,9 @@ class SystemdBus:
         import socket
 
         self.serial += 1
+        # One deadline for the whole call: signals the manager sends meanwhile must not
+        # stretch it.
+        self.deadline = time.monotonic() + self.timeout
         message, fds = dbus_method_call(
             self.serial, "org.freedesktop.systemd1", path, interface, member, signature, args
         )
@@ -1568,8 +1588,9 @@ def _start_locked(cfg, launcher_path, plan, *, transient_dir=TRANSIENT_DIR):
             f"task {plan.task_id} already ran on this node (its exit status is recorded in "
             f"{state_path(cfg, plan.task_id)}); a task id runs once"
         )
-    if not os.access(SETPRIV_PROGRAM, os.X_OK):
-        raise Failed(f"{SETPRIV_PROGRAM} is missing: install util-linux (each task's process starts with it)")
+    for program, package in ((SETPRIV_PROGRAM, "util-linux"), (ENV_PROGRAM, "coreutils")):
+        if not os.access(program, os.X_OK):
+            raise Failed(f"{program} is missing: install {package} (each task's process starts with it)")
     ensure_poststop_script(cfg)
     stdout_fd, stderr_fd = preflight_as_user(plan, cfg)
     try:
@@ -1612,13 +1633,19 @@ def _manager_bus(path):
 
 
 def _start_on_bus(cfg, plan, bus, props):
+    import struct
+
     try:
         bus.start_transient_unit(plan.unit, props)
     except BusError as exc:
         if exc.name == "org.freedesktop.systemd1.UnitExists":
             raise Failed(_exists_message(plan, show_unit(cfg, plan.unit))) from None
         raise Failed(f"systemd could not start {plan.unit}: {exc}") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, IndexError, struct.error) as exc:  # the last three: a garbled reply
+        # The call may have reached the manager before the connection failed: a unit of
+        # ours that is there now is this start's.
+        if os.path.lexists(f"{TRANSIENT_DIR}/{plan.unit}"):
+            return _started(cfg, plan)
         raise Failed(f"the call to systemd to start {plan.unit} failed: {exc}") from None
     finally:
         bus.close()
@@ -1861,7 +1888,7 @@ def cmd_exec(chunks):
     refuse_under_sudo("exec")
     spec = decode_spec(chunks)
     user, uid = spec.get("user"), spec.get("uid")
-    if not isinstance(uid, int) or uid <= 0 or os.geteuid() != uid or os.getuid() != uid:
+    if not isinstance(uid, int) or uid < 0 or os.geteuid() != uid or os.getuid() != uid:
         raise Refused(f"exec must run as the task's user {user} (uid {uid}), not uid {os.geteuid()}")
     argv, env = spec["argv"], spec["env"]
     for path in (spec["stdout"], spec["stderr"]):

@@ -131,10 +131,16 @@ def test_limits_numa_pause_resume_kill_and_oom(sd: SdCluster) -> None:
 
 
 def test_the_exit_code_survives_a_runner_restart(sd: SdCluster) -> None:
-    def waiting(name: str, code: int) -> list[str]:
-        return ["sh", "-c", f'while [ ! -e "$HAKURIVER_LOCAL_TEMP_DIR/{name}" ]; do sleep 0.1; done; exit {code}']
+    # Arguments and values that the transient unit's file must keep as text across the
+    # daemon-reload below: a newline before a setting, quotes, escapes, specifiers.
+    injected = "x\nExecStopPost=/bin/touch /tmp/pwned-reload\n[Service]\nUser=root"
+    odd = [injected, ";", "\\", '"', "'", "%n", "$HOME", "${PATH}", "\t"]
 
-    ends_while_down = sd.submit(waiting("go-a", 5))
+    def waiting(name: str, code: int) -> list[str]:
+        script = f'while [ ! -e "$HAKURIVER_LOCAL_TEMP_DIR/{name}" ]; do sleep 0.1; done; exit {code}'
+        return ["sh", "-c", script, *odd]
+
+    ends_while_down = sd.submit(waiting("go-a", 5), env={"ODD": injected})
     ends_after = sd.submit(waiting("go-b", 6))
     for t in (ends_while_down, ends_after):
         sd.wait_state(t, {"running"})
@@ -147,8 +153,10 @@ def test_the_exit_code_survives_a_runner_restart(sd: SdCluster) -> None:
     # from their transient files: their poststop hook must come back with them.
     sd.node.exec(["systemctl", "daemon-reload"])
     for t in (ends_while_down, ends_after):
-        props = sd.unit(t, "LoadState", "ExecStopPost")
-        assert props["LoadState"] == "loaded" and f"{STATE_DIR}/.poststop.sh {t} " in props["ExecStopPost"], props
+        props = sd.unit(t, "LoadState", "ExecStopPost", "User")
+        assert props["LoadState"] == "loaded" and props["User"] == "", props
+        hooks = props["ExecStopPost"]
+        assert hooks.count("argv[]=") == 1 and f"argv[]=/bin/sh {STATE_DIR}/.poststop.sh {t} " in hooks, props
     sd.node.exec(["touch", f"{TEMP}/go-a"], user=RUNNER_USER)
     poll(
         lambda: sd.node.exec(["test", "-e", f"{STATE_DIR}/{ends_while_down}.json"], check=False).ok,
@@ -160,6 +168,7 @@ def test_the_exit_code_survives_a_runner_restart(sd: SdCluster) -> None:
     sd.start_runner()
     t = sd.wait_final(ends_while_down)
     assert (t["state"], t["exit_code"]) == ("failed", 5), t
+    assert not sd.node.exec(["test", "-e", "/tmp/pwned-reload"], check=False).ok, "the reload ran a task's text"
     # Re-adopted as paused (its processes are stopped), and it can be resumed.
     assert sd.runner_tasks() == {ends_after: "paused"}
     assert sd.task(ends_after)["state"] == "paused"
@@ -226,6 +235,16 @@ def test_setup_errors_fail_tasks_with_a_reason(sd: SdCluster) -> None:
     assert shlex.split(node.exec(["stat", "-c", "%U %a", cache, STATE_DIR]).stdout) == ["root", "644", "root", "755"]
     r = node.exec(["sudo", "-n", "/usr/bin/python3", "-IS", cache, "info"], user=RUNNER_USER, check=False)
     assert r.rc != 0 and "sudo:" in r.stderr, r
+    # A program whose name has a `=` goes that way too: through env it would be taken for a
+    # variable, and env would print the environment instead of running it.
+    odd_program = "/usr/local/bin/hkr-a=b"
+    node.write_file(odd_program, '#!/bin/sh\necho "odd name $HAKURIVER_TASK_ID"\n', mode=0o755)
+    try:
+        t = sd.wait_final(sd.submit([odd_program]))
+    finally:
+        node.exec(["rm", "-f", odd_program])
+    assert (t["state"], t["exit_code"]) == ("completed", 0), t.get("error")
+    assert sd.logs(t["task_id"]) == f"odd name {t['task_id']}\n"
 
     original = node.read_file("/etc/hakuriver/launcher.json")
     allow_ghost = json.loads(original)

@@ -7,6 +7,7 @@ The real manager answers in tests/systemd, where every task starts this way."""
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import threading
 from collections.abc import Iterator
@@ -66,8 +67,9 @@ def test_the_unit_runs_the_task_as_its_user_with_exactly_its_environment() -> No
 
 def test_the_hook_is_the_same_plain_command_as_through_systemd_run() -> None:
     props = props_of(plan())
-    assert props["ExecStopPost"] == ("a(sasb)", [("/bin/sh", L.poststop_argv(123, CFG.state_dir), False)])
-    assert L.unit_properties(plan(), CFG, 7, 8) == L.unit_properties(plan(), CFG, 7, 8)  # pure
+    through_run = shlex.split(L.poststop_command(123, CFG.state_dir))
+    assert through_run == ["/bin/sh", f"{CFG.state_dir}/.poststop.sh", "123", CFG.state_dir]
+    assert props["ExecStopPost"] == ("a(sasb)", [("/bin/sh", through_run, False)])
 
 
 def test_limits_follow_the_request() -> None:
@@ -84,12 +86,19 @@ def test_limits_follow_the_request() -> None:
         {"command": ["/opt/a=b/run"]},  # env would take the program for a variable
         {"command": ["echo", "\udcff"]},  # D-Bus carries UTF-8 only
         {"env": {"X": "\ud800"}},
+        {"command": ["echo", "\uffff"]},  # sd-bus refuses Unicode's noncharacters
+        {"command": ["echo", "a\U0010fffe"]},
+        {"env": {"X": "\ufdd0"}},
     ],
 )
 def test_what_the_bus_cannot_carry_goes_through_systemd_run(overrides: dict) -> None:
-    p = plan(**overrides)
-    assert L.unit_properties(p, CFG, 7, 8) is None
-    assert L.systemd_run_argv(p, CFG, L.DEFAULT_LAUNCHER_PATH)[0] == CFG.systemd_run
+    # (tests/systemd runs a program whose name has a `=` that way, end to end)
+    assert L.unit_properties(plan(**overrides), CFG, 7, 8) is None
+
+
+def test_other_text_goes_on_the_bus() -> None:
+    for text in ("\ufdcf", "\ufdf0", "\ufffd", "\U0010fffd", "tab\tnew\nline", "é ✓"):
+        assert L.unit_properties(plan(command=["echo", text]), CFG, 7, 8) is not None, repr(text)
 
 
 def test_the_config_names_the_bus_or_turns_it_off() -> None:
@@ -256,3 +265,25 @@ def test_an_error_answer_is_a_bus_error_with_its_name_and_text(bus_to) -> None:
         bus.close()
     assert caught.value.name == "org.freedesktop.systemd1.UnitExists"
     assert caught.value.text == "Unit x.service was already loaded"
+
+
+def test_signals_without_an_answer_do_not_stretch_the_call_past_its_deadline(bus_to) -> None:
+    # Every 0.1 s a signal, never the answer: each read succeeds, so only a deadline for
+    # the whole call (not one per read) ends it.
+    stop = threading.Event()
+
+    def answers(msg: Message) -> Iterator[Message]:
+        if member(msg) == "Ping":
+            yield new_method_return(msg)
+            return
+        while not stop.wait(0.1):
+            yield new_signal(ADDR, "UnitNew", "so", ("x.service", "/unit/x"))
+
+    bus, _ = bus_to(answers)
+    bus.timeout = 1.0
+    try:
+        with pytest.raises(TimeoutError):
+            bus.start_transient_unit("x.service", [])
+    finally:
+        stop.set()
+        bus.close()

@@ -10,10 +10,11 @@ Why a service and not a scope
     its KillMode) leaves the task running.
 
 How the exit status survives a runner restart
-    The unit carries `ExecStopPost=/bin/sh -c <the launcher's POSTSTOP_SCRIPT> hakuriver-poststop
-    <id> <state dir>` (units of older launchers: `+<launcher's code> poststop <id> <state dir>`,
-    the same steps in Python). The unit has no User=: its process becomes the task's
-    user through setpriv, so the hook is a plain ExecStopPost= that a daemon-reload
+    The unit carries `ExecStopPost=/bin/sh <state dir>/.poststop.sh <id> <state dir>` (the
+    launcher's POSTSTOP_SCRIPT, as a root-owned file; units of older launchers:
+    `+/bin/sh -c <script> ...` or `+<launcher's code> poststop <id> <state dir>`). The unit
+    has no User=: its process becomes the task's user through setpriv, so the hook is a
+    plain ExecStopPost= that a daemon-reload
     keeps (launcher.become_user). When the task
     ends, systemd runs it as root *inside the unit's cgroup*, with
     SERVICE_RESULT / EXIT_CODE / EXIT_STATUS set. It writes
