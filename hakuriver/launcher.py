@@ -1502,6 +1502,10 @@ def create_logs_as_root(cfg, plan):
     return True
 
 
+PREFLIGHT_SECONDS = 10.0
+"""How long the preflight child (the task's user's process) has to answer."""
+
+
 def preflight_as_user(plan, cfg=None):
     """Check, as the task's user, that it can run the task at all, and return the two
     log files (stdout, stderr) as descriptors that user opened: empty, for appending,
@@ -1532,10 +1536,26 @@ def preflight_as_user(plan, cfg=None):
         finally:
             os._exit(0)
     child.close()
+    data, fds = b"", []
     try:
-        data, fds, _, _ = socket.recv_fds(parent, 4096, 2)
+        # The child is the task's user's process: that user may stop it (SIGSTOP), and
+        # a file system it mounted may hang its opens. Neither may hold this start (and
+        # the node's start lock) for good: past the deadline the start fails.
+        parent.settimeout(PREFLIGHT_SECONDS)
+        try:
+            data, fds, _, _ = socket.recv_fds(parent, 4096, 2)
+        except TimeoutError:
+            raise Failed(
+                f"preflight as user {plan.user} did not answer within {PREFLIGHT_SECONDS:g}s "
+                f"(stopped, or stuck on a file system under {plan.cwd}); it was killed"
+            ) from None
     finally:
         parent.close()
+        # Killed whatever it answered: stopped after its answer it would never be reaped.
+        try:
+            os.kill(pid, _signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         os.waitpid(pid, 0)
     if data != b"ok" or len(fds) != 2:
         for fd in fds:
