@@ -5,7 +5,8 @@ node coming back), runs one pass of the pure `Scheduler` over the pending
 queue under the cluster lock, writes the placements (pending -> assigning),
 and sends the placed tasks to their runners after the lock is released,
 one request per node (`Dispatcher.send`). A
-burst of events shares one pass (`PASS_COALESCE_SECONDS`), and after a pass
+burst of events shares one pass (`PASS_COALESCE_SECONDS`), while a lone
+event on a quiet Host runs its pass at once (`coalesce_delay`), and after a pass
 the loop rests three times as long as it took (at most
 `PASS_MAX_REST_SECONDS`), so that a deep queue under a stream of submits
 costs a bounded share of the Host's time. Each pass first
@@ -38,6 +39,17 @@ SATURATED_PASS_SECONDS = 5.0
 give new tasks their reasons and positions); a freed core runs it at once."""
 PASS_COALESCE_SECONDS = 0.005
 """How long a scheduling pass waits after the first event, to batch a burst."""
+PASS_QUIET_SECONDS = 0.02
+"""A Host is quiet when no pass has found tasks pending for this long: the next
+event's pass then runs at once (a burst's first event; a lone submit)."""
+
+
+def coalesce_delay(now: float, busy_at: float) -> float:
+    """How long the pass after an event at `now` waits for more events to share
+    it, given when the latest pass that found tasks pending began (`busy_at`):
+    PASS_COALESCE_SECONDS while the Host is busy, nothing once it is quiet, so a
+    single task is never held for a burst that is not coming."""
+    return PASS_COALESCE_SECONDS if now - busy_at < PASS_QUIET_SECONDS else 0.0
 
 
 class Dispatcher:
@@ -53,8 +65,10 @@ class Dispatcher:
         self.limits_of = limits_of
         """Each owner's effective limits (`Accounts.effective_limits`); None: nobody is limited."""
         self._full_pass_at = float("-inf")
-        self._kick_later = False
         """When the latest pass that ran the scheduler began (the loop's monotonic clock)."""
+        self._busy_at = float("-inf")
+        """When the latest pass that found tasks pending began (same clock): `coalesce_delay`."""
+        self._kick_later = False
         self.on_pass: Callable[[float], None] | None = None
         """Told each completed pass's seconds (the metrics)."""
 
@@ -76,9 +90,11 @@ class Dispatcher:
         cluster = self.cluster
         while True:
             await cluster.kicked()
-            # Let a burst of submits and reports land before looking: one pass
-            # over the queue then serves them all, instead of one pass each.
-            await asyncio.sleep(PASS_COALESCE_SECONDS)
+            # While busy, let a burst of submits and reports land before looking:
+            # one pass over the queue then serves them all, instead of one each.
+            delay = coalesce_delay(asyncio.get_running_loop().time(), self._busy_at)
+            if delay:
+                await asyncio.sleep(delay)
             cluster.clear_kick()
             try:
                 began = time.perf_counter()
@@ -104,6 +120,7 @@ class Dispatcher:
         cluster.fairshare.sync(cluster.ledger.holds(), cluster.clock())
         if not cluster.pending:
             return []
+        self._busy_at = asyncio.get_running_loop().time()
         async with cluster.lock:
             online = cluster.online_resources()
             if not online:
