@@ -111,7 +111,8 @@ class Load:
 
 
 async def submit_load(host: HostSetup, args: argparse.Namespace) -> Load:
-    """`args.submits` single-core submits by `args.concurrency` workers over keep-alive connections."""
+    """`args.submits` single-core submits by `args.concurrency` workers over keep-alive
+    connections, each asking for the ids only (`?reply=ids`), as `hakuriver.task submit` does."""
     connector = aiohttp.TCPConnector(limit=args.concurrency, keepalive_timeout=60)
     payload = {"command": ["true"], "cores": 1}
     out = Load()
@@ -121,7 +122,7 @@ async def submit_load(host: HostSetup, args: argparse.Namespace) -> Load:
         for _ in todo:
             t0 = time.perf_counter()
             try:
-                async with client.post(host.url + "/api/tasks", json=payload) as resp:
+                async with client.post(host.url + "/api/tasks?reply=ids", json=payload) as resp:
                     body = await resp.read()
                     status = resp.status
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:

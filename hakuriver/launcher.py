@@ -437,7 +437,13 @@ def _member_of(group, groups, accounts):
 
 
 def check_task_account(cfg, user, accounts=SYSTEM_ACCOUNTS):
-    """The passwd entry of `user` if the allow-list lets tasks run as it; Refused, with
+    """The passwd entry of `user` if the allow-list lets tasks run as it (see
+    `checked_account`); Refused, with the reason, otherwise."""
+    return checked_account(cfg, user, accounts)[0]
+
+
+def checked_account(cfg, user, accounts=SYSTEM_ACCOUNTS):
+    """(passwd entry, {gid: group name}) of `user` if the allow-list lets tasks run as it; Refused, with
     the reason, otherwise. An account is allowed when `task_users` names it or it is a
     member (primary or supplementary) of a group in `task_groups`; even then it is
     refused when it is root, the runner service's own account, or a member of a
@@ -456,7 +462,7 @@ def check_task_account(cfg, user, accounts=SYSTEM_ACCOUNTS):
     if not listed and not any(_member_of(g, groups, accounts) for g in cfg.task_groups):
         raise Refused(_not_allowed(cfg, user))
     if user in cfg.allow_privileged_users:
-        return pw
+        return pw, groups
     unless = (
         f"; the launcher runs no task as such an account unless allow_privileged_users in its config names {user!r}"
     )
@@ -472,7 +478,7 @@ def check_task_account(cfg, user, accounts=SYSTEM_ACCOUNTS):
         if _member_of(group, groups, accounts):
             what = "the runner service's own group" if group == cfg.runner_group else "root-equivalent on this node"
             raise Refused(f"user {user!r} is a member of the group {group!r}, which is {what}{unless}")
-    return pw
+    return pw, groups
 
 
 def _not_allowed(cfg, user):
@@ -554,7 +560,7 @@ def validate_request(req, cfg, *, accounts=SYSTEM_ACCOUNTS, node_exists=None):
     task_id = parse_task_id(req["task_id"])
 
     user = req["user"]
-    pw = check_task_account(cfg, user, accounts)
+    pw, groups = checked_account(cfg, user, accounts)
 
     command = req["command"]
     if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
@@ -629,7 +635,7 @@ def validate_request(req, cfg, *, accounts=SYSTEM_ACCOUNTS, node_exists=None):
         task_id=task_id,
         unit=unit_name(task_id),
         user=user,
-        groups=tuple(sorted(accounts.groups_of(pw))),
+        groups=tuple(sorted(groups)),
         uid=pw.pw_uid,
         gid=pw.pw_gid,
         argv=argv,
@@ -766,7 +772,7 @@ def become_user(plan):
     running unit has no hook, and its end is never recorded. Without User=, the hook
     is a plain ExecStopPost= and runs as root. Nothing runs as root in the unit but
     setpriv and the hook, with systemd's environment, never the task's."""
-    groups = ",".join(str(g) for g in (plan.groups or (plan.gid,)))
+    groups = ",".join(str(g) for g in plan.groups)  # never empty: the primary group is one
     return [SETPRIV_PROGRAM, f"--reuid={plan.uid}", f"--regid={plan.gid}", f"--groups={groups}", "--"]
 
 
@@ -825,7 +831,7 @@ def poststop_argv(task_id, state_dir):
     systemd neither expands nor escapes anything in it. Pure."""
     task_id = parse_task_id(task_id)
     state_dir = clean_path(state_dir, "state dir")
-    return [POSTSTOP_SHELL, f"{state_dir}/{POSTSTOP_NAME}", str(task_id), state_dir]
+    return [POSTSTOP_SHELL, _poststop_script_in(state_dir), str(task_id), state_dir]
 
 
 def poststop_command(task_id, state_dir):
@@ -1334,7 +1340,8 @@ class SystemdBus:
             import struct
 
             first = self._recv_exactly(16)
-            fields_len = struct.unpack_from("<I" if first[:1] == b"l" else ">I", first, 12)[0]
+            order = "<" if first[:1] == b"l" else ">"  # dbus_parse_header refuses any other mark
+            fields_len = struct.unpack_from(order + "I", first, 12)[0]
             rest = self._recv_exactly(fields_len + (-(16 + fields_len) % 8))
             kind, _, fields, _, body_len = dbus_parse_header(first + rest)
             body = self._recv_exactly(body_len)
@@ -1343,7 +1350,7 @@ class SystemdBus:
             if kind == 3:
                 text = ""
                 if str(fields.get(8, "")).startswith("s"):
-                    text = _Reader(body, "<" if first[:1] == b"l" else ">").read("s")
+                    text = _Reader(body, order).read("s")
                 raise BusError(str(fields.get(4, "")), text)
             return fields
 
@@ -1786,7 +1793,11 @@ POSTSTOP_NAME = ".poststop.sh"
 
 
 def poststop_script_path(cfg):
-    return f"{clean_path(cfg.state_dir, 'state dir')}/{POSTSTOP_NAME}"
+    return _poststop_script_in(clean_path(cfg.state_dir, "state dir"))
+
+
+def _poststop_script_in(state_dir):
+    return f"{state_dir}/{POSTSTOP_NAME}"
 
 
 def ensure_poststop_script(cfg):
