@@ -291,9 +291,11 @@ class Cluster:
     async def _check_dependencies_exist(self, ids: list[int]) -> None:
         """NotFound naming every id that is no task. Every task is visible to
         every user (see `api.tasks.task_view`), so depending on another user's
-        task is allowed: it reveals nothing and controls nothing."""
-        states = await self.db.task_states(ids)
-        missing = [str(i) for i in ids if i not in states]
+        task is allowed: it reveals nothing and controls nothing. A pending
+        task exists: only the others are read."""
+        unknown = [i for i in ids if i not in self.pending]
+        states = await self.db.task_states(unknown) if unknown else {}
+        missing = [str(i) for i in unknown if i not in states]
         if missing:
             raise NotFound(f"cannot depend on unknown task(s): {', '.join(missing)}")
 
@@ -314,7 +316,11 @@ class Cluster:
     async def _resolve_against_stored(self, waiters: set[int]) -> None:
         """Apply the stored states of what `waiters` wait for (to every task
         waiting on them: an ended task's dependents are settled whoever asks)."""
-        deps = {d for w in waiters for d in self.deps.waiting_for(w)}
+        # A dependency still pending here has not ended, and its ending (a
+        # transition, or the cancelling cascade below) leaves `pending` and
+        # settles its waiters in one step after its write, so it will find these
+        # waiters, registered before this call: only the others are read.
+        deps = {d for w in waiters for d in self.deps.waiting_for(w) if d not in self.pending}
         if not deps:
             return
         states = await self.db.task_states(deps)

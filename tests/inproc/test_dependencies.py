@@ -6,6 +6,7 @@ dependency is still running for as long as the test looks at its dependents.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 from pathlib import Path
@@ -126,6 +127,27 @@ async def test_killing_a_waiting_task_cancels_its_dependents(inproc: InProcClust
     runner.docker.release_end(a)
     await inproc.wait_state(a, "completed")
     assert int(b) not in runner.docker.specs
+
+
+async def test_dependents_submitted_while_their_dependency_is_killed_are_all_cancelled(
+    inproc: InProcCluster,
+) -> None:
+    """The Host reads no stored state for a dependency it holds pending; one
+    killed while its dependents are being submitted must still settle each of
+    them, whichever side of the kill their submit lands on."""
+    runner = await inproc.add_runner("n1", hold_end=True)
+    x = await inproc.submit(["fake", "exit", "0"])
+    await inproc.wait_state(x, "running")
+    a = await inproc.submit(["fake", "exit", "0"], after=[x])  # pending while x runs
+    submits = [inproc.submit(["fake", "exit", "0"], after=[a]) for _ in range(30)]
+    results = await asyncio.gather(inproc.client.kill(a), *submits)
+    assert results[0]["state"] == "killed"
+    later = [await inproc.submit(["fake", "exit", "0"], after=[a]) for _ in range(3)]  # a is read from the store
+    for dependent in [*results[1:], *later]:
+        task = await inproc.wait_state(dependent, "cancelled")
+        assert task["error"] == f"dependency {a} ended killed"
+    runner.docker.release_end(x)
+    await inproc.wait_state(x, "completed")
 
 
 async def test_dependencies_survive_a_host_restart(inproc: InProcCluster) -> None:
