@@ -9,9 +9,9 @@ lock; `Database._run_batch` records each group commit's size and duration and
 `Database._write` how long each caller waited for its commit. On exit the
 percentiles go to $INSTR_OUT (default /tmp/hakuriver_instr.json). It also records
 collector pauses per generation (`gc_pause:genN`) and how late a 10 ms timer fires
-(`loop_lag`). INSTR_GC_FREEZE=1 calls `gc.freeze()` once the app has started (an A/B
-knob: measured 2026-12-01, gen-2 pauses 38 -> 18 ms p50, submit p99 unchanged, so not
-adopted).
+(`loop_lag`). INSTR_NO_GC_FREEZE=1 leaves out the Host's `gc.freeze()` after start-up
+(`cli/host._freeze_startup_heap`), for an A/B: measured 2026-12-02 in the throughput
+phase, gen-2 pauses 28.6 ms p50 (33.7 max) without it, 7.7 (11.8) with it.
 """
 
 from __future__ import annotations
@@ -126,22 +126,13 @@ async def _patched_schedule_loop(self):  # type: ignore[no-untyped-def]
 dispatch_mod.Dispatcher.schedule_loop = _patched_schedule_loop  # type: ignore[method-assign]
 
 
-if os.environ.get("INSTR_GC_FREEZE"):
-    import hakuriver.host.app as app_mod
+if os.environ.get("INSTR_NO_GC_FREEZE"):
+    import hakuriver.cli.host as host_cli
 
-    _create_app = app_mod.create_app
+    async def _no_freeze(_app):  # type: ignore[no-untyped-def]
+        yield
 
-    def _frozen_app(*args, **kwargs):  # type: ignore[no-untyped-def]
-        app = _create_app(*args, **kwargs)
-
-        async def freeze(_app):  # type: ignore[no-untyped-def]
-            gc.freeze()
-            yield
-
-        app.cleanup_ctx.append(freeze)
-        return app
-
-    app_mod.create_app = _frozen_app
+    host_cli._freeze_startup_heap = _no_freeze  # type: ignore[assignment]
 
 
 if os.environ.get("INSTR_SWITCH_INTERVAL"):

@@ -3,6 +3,7 @@ exits at once (a process that hangs instead is never restarted by systemd)."""
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -61,3 +62,29 @@ async def test_a_failure_after_the_database_opened_still_ends_the_process(tmp_pa
     conn.close()
     run = _start_host(tmp_path)
     assert run.returncode == 1, run
+
+
+async def test_the_host_process_freezes_its_start_up_heap_while_it_serves(tmp_path: Path) -> None:
+    """The Host CLI's app moves what start-up made out of the collector's sight
+    (shorter full-collection pauses of the event loop), and lets it go at stop."""
+    from aiohttp import web
+
+    from hakuriver.cli.host import _create_app
+    from hakuriver.config import config_from_dict
+
+    (tmp_path / "shared").mkdir()
+    config = config_from_dict(
+        {
+            "paths": {"shared_dir": str(tmp_path / "shared")},
+            "database": {"db_file": str(tmp_path / "host.db")},
+            "auth": {"admin_token": "freeze-test-admin-0001", "runner_token": "freeze-test-runner-0001"},
+        }
+    )
+    gc.unfreeze()
+    runner = web.AppRunner(_create_app(config))
+    await runner.setup()
+    try:
+        assert gc.get_freeze_count() > 0
+    finally:
+        await runner.cleanup()
+    assert gc.get_freeze_count() == 0
