@@ -85,11 +85,17 @@ def test_a_child_stopped_after_its_answer_is_still_reaped(shared: Path, monkeypa
     pid_file = shared / "child.pid"
     shared.chmod(0o777)
 
+    real_child = L._preflight_child
+
+    def child(plan: L.TaskPlan, numactl: str | None, fds: list[int]) -> str:
+        pid_file.write_text(str(os.getpid()))  # before its answer: the parent kills it after
+        return real_child(plan, numactl, fds)
+
     def stop_then_exit(code: int) -> None:  # only the child reaches os._exit
-        pid_file.write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGSTOP)
         real_exit(code)
 
+    monkeypatch.setattr(L, "_preflight_child", child)
     monkeypatch.setattr(os, "_exit", stop_then_exit)
     monkeypatch.setattr(L, "PREFLIGHT_SECONDS", 5.0)
     out, err = L.preflight_as_user(_plan(shared))
