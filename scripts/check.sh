@@ -20,6 +20,11 @@ TESTS=1
 [[ ${1:-} == --no-tests ]] && TESTS=0
 
 phase "python venv" python_venv test
+# The sudoers tests run the real visudo: a fresh machine may not have it yet
+# (scripts/test.sh installs the rest of the system packages later).
+if ((TESTS)) && [[ $EUID -eq 0 ]]; then
+    phase "sudo" debs "sudo (visudo for the sudoers tests)" sudo
+fi
 RC=0
 step() {
     local name=$1 t0=$SECONDS rc=0
