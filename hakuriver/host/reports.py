@@ -6,7 +6,8 @@ then how it ended. `Reports` checks each report against what the Host holds
 cluster's guarded `transition`, so a late or repeated report changes nothing
 (see `cluster`'s invariants). A runner's ready reports come together
 (`POST /api/runner/reports`) and are applied in one go: one read of their
-tasks, their writes in one group commit, one wake-up of the waiters.
+tasks (from memory for those that hold resources, `db/heldrows.py`), their
+writes in one group commit, one wake-up of the waiters.
 """
 
 from __future__ import annotations

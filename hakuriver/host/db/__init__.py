@@ -31,7 +31,9 @@ Needs SQLite >= 3.35 (RETURNING, UPDATE ... FROM).
 Layout
 ------
 `schema` (migrations, column lists), `rows` (records and row <-> model),
-`store` (connection, migrations, the writer), and one query mixin per
+`store` (connection, migrations, the writer), `heldrows` (the rows of
+tasks that hold resources, kept in memory as the last write returned them,
+so a runner's report reads nothing from the file), and one query mixin per
 concept: `nodes`, `tasks`, `accounts` (users, tokens, environment owners),
 `accounting` (usage, retention purge). `Database` combines the mixins; SQL
 lives nowhere else in HakuRiver.

@@ -189,6 +189,8 @@ class NodeQueries(Store):
                     delta[TaskState.LOST] = delta.get(TaskState.LOST, 0) + 1
             return Counted([(h, sorted(lost[h])) for h in hosts], delta)
 
+        # Which tasks it ends or requeues is known only as it runs.
+        self._held.forget_all()
         return await self._write(op, atomic=True)
 
     async def forget_node(self, hostname: str) -> bool:

@@ -18,6 +18,7 @@ import aiosqlite
 
 from ...models import TaskState
 from .errors import DatabaseError, SchemaTooNew, _wrap_error
+from .heldrows import HeldRows
 from .schema import MIGRATIONS, SCHEMA_VERSION, _split_sql
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class Store:
         self._writer: asyncio.Task | None = None
         self._closed = False
         self._task_counts: dict[TaskState, int] | None = None
+        self._held = HeldRows()
+        """The rows of tasks that hold resources, as the last write left them (`heldrows`)."""
         self.commit_observer: CommitObserver | None = None
         """Called (on the event loop) after each committed write batch."""
 

@@ -159,9 +159,19 @@ class TaskQueries(Store):
             if not rows:
                 return None
             task = _task_from_row(None, rows[0])
-            return Counted(task, {TaskState(before[0][0]): -1, task.state: 1} if before else {})
+            return Counted((task, rows[0]), {TaskState(before[0][0]): -1, task.state: 1} if before else {})
 
-        return await self._write(op)
+        ids = (int(task_id),)
+        token = self._held.begin(ids)
+        written: dict[int, Any] = {}
+        try:
+            done = await self._write(op)
+            if done is None:
+                return None
+            task, written[task.id] = done
+            return task
+        finally:
+            self._held.end(ids, token, written)
 
     async def requeue(
         self,
@@ -203,7 +213,12 @@ class TaskQueries(Store):
             task = _task_from_row(None, rows[0])
             return Counted(task, {TaskState(before[0][0]): -1, TaskState.PENDING: 1})
 
-        return await self._write(op, atomic=True)
+        ids = (int(task_id),)
+        token = self._held.begin(ids)
+        try:
+            return await self._write(op, atomic=True)
+        finally:
+            self._held.end(ids, token, {})  # pending again: it holds nothing
 
     async def attempts_of(self, ids: Iterable[int]) -> dict[int, list[TaskAttempt]]:
         """Each task's earlier attempts (those that were retried), oldest
@@ -253,7 +268,7 @@ class TaskQueries(Store):
             return []
 
         async def op(conn: aiosqlite.Connection) -> Counted:
-            moved: set[int] = set()
+            moved: dict[int, Any] = {}
             for chunk in _chunks(rows, 250):
                 values = ",".join(["(?,?,?,?)"] * len(chunk))
                 params: list[Any] = [now, now]
@@ -264,14 +279,22 @@ class TaskQueries(Store):
                                assigned_at=?, updated_at=?, finished_at=NULL
                         FROM (VALUES {values}) AS v
                         WHERE tasks.id = v.column1 AND tasks.state = 'pending'
-                        RETURNING id""",
+                        RETURNING {_TASK_COLUMNS}""",
                     params,
                 )
-                moved.update(r[0] for r in result)
+                # The whole rows: the tasks' first reports read them from memory (`heldrows`).
+                moved.update((r[0], r) for r in result)
             n = len(moved)
-            return Counted([r[0] for r in rows if r[0] in moved], {TaskState.PENDING: -n, TaskState.ASSIGNING: n})
+            return Counted(moved, {TaskState.PENDING: -n, TaskState.ASSIGNING: n})
 
-        return await self._write(op, atomic=True)
+        ids = [r[0] for r in rows]
+        token = self._held.begin(ids)
+        moved: dict[int, Any] = {}
+        try:
+            moved = await self._write(op, atomic=True)
+        finally:
+            self._held.end(ids, token, moved)
+        return [i for i in ids if i in moved]
 
     async def set_pending_priority(self, task_id: int, priority: int, now: float) -> bool:
         """Set a pending task's priority; False (nothing changed) when it is
@@ -307,14 +330,25 @@ class TaskQueries(Store):
     # ----------------------------------------------------------------- tasks: reads
 
     async def get_task(self, task_id: int) -> Task | None:
+        held = self._held.get(int(task_id))
+        if held is not None:
+            return _task_from_row(None, held)
         rows = await self._fetch(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id=?", (int(task_id),), _task_from_row)
         return rows[0] if rows else None
 
     async def get_tasks(self, ids: Iterable[int]) -> list[Task]:
-        """The tasks with these ids, in the order asked; unknown ids are left out."""
+        """The tasks with these ids, in the order asked; unknown ids are left out.
+        Those that hold resources come from memory (`heldrows`), the rest from the file."""
         wanted = list(dict.fromkeys(int(i) for i in ids))
         found: dict[int, Task] = {}
-        for chunk in _chunks(wanted):
+        unread: list[int] = []
+        for task_id in wanted:
+            held = self._held.get(task_id)
+            if held is None:
+                unread.append(task_id)
+            else:
+                found[task_id] = _task_from_row(None, held)
+        for chunk in _chunks(unread):
             for task in await self._fetch(
                 f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id IN ({','.join('?' * len(chunk))})",
                 tuple(chunk),
