@@ -28,14 +28,14 @@ Everything here runs on the event loop; the database thread never touches it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from ...models import TaskState
+from ...models import HOLDING_STATES
 
 _STATE_COLUMN = 2
 """Where `state` is in a row of `schema._TASK_COLUMNS` (rows._task_from_row reads it there too)."""
-_HOLDING = frozenset(str(s) for s in TaskState if s.holds_resources)
 
 
 class HeldRows:
@@ -68,8 +68,19 @@ class HeldRows:
                 continue  # a later write of it is queued: that one has the last word
             writing.pop(task_id, None)
             row = written.get(task_id)
-            if row is not None and token == self._epoch and row[_STATE_COLUMN] in _HOLDING:
+            if row is not None and token == self._epoch and row[_STATE_COLUMN] in HOLDING_STATES:
                 rows[task_id] = row
+
+    @contextmanager
+    def writing(self, ids: Sequence[int]) -> Iterator[dict[int, Sequence[Any]]]:
+        """`begin` and `end` around one write: the caller puts the rows the
+        write returned into the dict it is given (left empty when it failed)."""
+        token = self.begin(ids)
+        written: dict[int, Sequence[Any]] = {}
+        try:
+            yield written
+        finally:
+            self.end(ids, token, written)
 
     def forget_all(self) -> None:
         """A write is about to change rows nobody can name before it runs."""

@@ -161,17 +161,12 @@ class TaskQueries(Store):
             task = _task_from_row(None, rows[0])
             return Counted((task, rows[0]), {TaskState(before[0][0]): -1, task.state: 1} if before else {})
 
-        ids = (int(task_id),)
-        token = self._held.begin(ids)
-        written: dict[int, Any] = {}
-        try:
+        with self._held.writing((int(task_id),)) as written:
             done = await self._write(op)
             if done is None:
                 return None
             task, written[task.id] = done
             return task
-        finally:
-            self._held.end(ids, token, written)
 
     async def requeue(
         self,
@@ -213,12 +208,8 @@ class TaskQueries(Store):
             task = _task_from_row(None, rows[0])
             return Counted(task, {TaskState(before[0][0]): -1, TaskState.PENDING: 1})
 
-        ids = (int(task_id),)
-        token = self._held.begin(ids)
-        try:
+        with self._held.writing((int(task_id),)):  # pending again: it holds nothing
             return await self._write(op, atomic=True)
-        finally:
-            self._held.end(ids, token, {})  # pending again: it holds nothing
 
     async def attempts_of(self, ids: Iterable[int]) -> dict[int, list[TaskAttempt]]:
         """Each task's earlier attempts (those that were retried), oldest
@@ -288,13 +279,9 @@ class TaskQueries(Store):
             return Counted(moved, {TaskState.PENDING: -n, TaskState.ASSIGNING: n})
 
         ids = [r[0] for r in rows]
-        token = self._held.begin(ids)
-        moved: dict[int, Any] = {}
-        try:
-            moved = await self._write(op, atomic=True)
-        finally:
-            self._held.end(ids, token, moved)
-        return [i for i in ids if i in moved]
+        with self._held.writing(ids) as written:
+            written.update(await self._write(op, atomic=True))
+        return [i for i in ids if i in written]
 
     async def set_pending_priority(self, task_id: int, priority: int, now: float) -> bool:
         """Set a pending task's priority; False (nothing changed) when it is
