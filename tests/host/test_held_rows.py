@@ -32,6 +32,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
     database = await Database.open(tmp_path / "host.db")
     await database.upsert_node(node("n1"), now=10.0)
     await database.upsert_node(node("n2"), now=10.0)
+    await database.load_task_counts()
     yield database
     await database.close()
 
@@ -47,12 +48,23 @@ def in_file(db: Database, ids: list[int]) -> dict[int, Task]:
     return {row[0]: _task_from_row(None, row) for row in rows}
 
 
+def counts_in_file(db: Database) -> dict[TaskState, int]:
+    conn = sqlite3.connect(f"file:{db.path}?mode=ro", uri=True)
+    try:
+        return {TaskState(s): n for s, n in conn.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")}
+    finally:
+        conn.close()
+
+
 async def agree(db: Database, ids: list[int]) -> None:
-    """Every answer, from memory or not, is the file's."""
+    """Every answer, from memory or not, is the file's; so are the per-state
+    counts (`health`, `/metrics`), which the writes keep without a scan."""
     stored = in_file(db, ids)
     assert {t.id: t for t in await db.get_tasks(ids)} == stored
     for task_id in ids:
         assert await db.get_task(task_id) == stored.get(task_id)
+    counts = db.task_counts()
+    assert counts is not None and {s: n for s, n in counts.items() if n} == counts_in_file(db)
 
 
 class Reads:
