@@ -397,17 +397,25 @@ class HostClient:
         return {"tasks": tasks, "done": len(tasks) == len(ids) and all(is_final(t["state"]) for t in tasks)}
 
     async def logs(
-        self, task_id: int | str, stream: str = "stdout", offset: int = 0, tail: int | None = None
+        self,
+        task_id: int | str,
+        stream: str = "stdout",
+        offset: int = 0,
+        tail: int | None = None,
+        attempt: int | None = None,
     ) -> tuple[bytes, int, str]:
         """One chunk of a task's log: (data, next_offset, task_state).
 
         With `tail`, the chunk starts at the last `tail` lines and `offset`
         is ignored. Read on from `next_offset`; an empty chunk means nothing
         more has been written yet (or the log does not exist yet).
+        `attempt`: that attempt's output (`--retries`), not the current one's.
         """
         if stream not in STREAMS:
             raise ValueError(f"stream must be one of {STREAMS}, not {stream!r}")
         params = {"stream": stream}
+        if attempt is not None:
+            params["attempt"] = str(attempt)
         if tail is not None:
             params["tail"] = str(tail)
         else:

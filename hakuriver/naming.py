@@ -50,9 +50,21 @@ def task_id_from_name(name: str) -> int | None:
     return int(rest) if rest.isascii() and rest.isdigit() else None
 
 
-def stdout_path(shared_dir: str, task_id: int) -> str:
-    return f"{shared_dir.rstrip('/')}/task_outputs/{task_id}.out"
+def stdout_path(shared_dir: str, task_id: int, earlier: int | None = None) -> str:
+    """The task's stdout file: its current (or last) attempt's, or with
+    `earlier` the one that attempt `earlier` wrote before the task was
+    retried (`runner/earlier_output.py` keeps it under this name)."""
+    return f"{shared_dir.rstrip('/')}/task_outputs/{task_id}{_attempt_part(earlier)}.out"
 
 
-def stderr_path(shared_dir: str, task_id: int) -> str:
-    return f"{shared_dir.rstrip('/')}/task_errors/{task_id}.err"
+def stderr_path(shared_dir: str, task_id: int, earlier: int | None = None) -> str:
+    """The task's stderr file, as `stdout_path`."""
+    return f"{shared_dir.rstrip('/')}/task_errors/{task_id}{_attempt_part(earlier)}.err"
+
+
+def _attempt_part(earlier: int | None) -> str:
+    if earlier is None:
+        return ""
+    if int(earlier) < 1:
+        raise ValueError(f"an attempt is numbered from 1, not {earlier!r}")
+    return f".attempt{int(earlier)}"

@@ -660,6 +660,12 @@ def _add_logs(sub: Any) -> None:
     )
     p.add_argument("-n", "--tail", type=non_negative_int_arg, metavar="N", help="start with the last N lines")
     p.add_argument(
+        "--attempt",
+        type=positive_int_arg,
+        metavar="N",
+        help="the output of attempt N of a retried task (--retries; `status` lists them), not the current one's",
+    )
+    p.add_argument(
         "--interval",
         type=seconds_arg,
         default=FOLLOW_INTERVAL,
@@ -679,6 +685,7 @@ async def stream_logs(
     interval: float = FOLLOW_INTERVAL,
     out: Any = None,
     note: Any = None,
+    attempt: int | None = None,
 ) -> str:
     """Copy a task's log to `out` (a binary file); returns the task's last seen state.
 
@@ -701,7 +708,7 @@ async def stream_logs(
     noted = False
     while True:
         try:
-            data, next_offset, state = await host.logs(task_id, stream, offset, tail=tail)
+            data, next_offset, state = await host.logs(task_id, stream, offset, tail=tail, attempt=attempt)
         except (HostUnreachable, ApiError) as exc:
             # 503: a Host that is starting or stopping; anything else it says is final.
             if not (follow and reached) or (isinstance(exc, ApiError) and exc.status != 503):
@@ -739,6 +746,7 @@ async def _cmd_logs(args: argparse.Namespace, connect: Connect) -> int:
             tail=args.tail,
             follow=args.follow,
             interval=args.interval,
+            attempt=args.attempt,
         )
     return EXIT_OK
 

@@ -20,6 +20,7 @@ from .. import naming
 from ..config import Config
 from ..safefiles import UnsafeFile, open_log_dir
 from .db import Database
+from .retries import MAX_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ PURGE_BATCH = 1000
 
 
 def remove_logs(shared_dir: str, task_ids: Iterable[int]) -> int:
-    """Unlink the stdout and stderr files of these tasks; return how many
+    """Unlink the stdout and stderr files of these tasks, every attempt's; return how many
     went. Missing ones are fine; a log directory that is a link is left
     alone (logged)."""
     removed = 0
@@ -47,15 +48,18 @@ def remove_logs(shared_dir: str, task_ids: Iterable[int]) -> int:
             continue
         try:
             for task_id in ids:
-                name = os.path.basename(path_of(shared_dir, task_id))
-                try:
-                    os.unlink(name, dir_fd=dir_fd)  # a link goes itself; its target stays
-                    removed += 1
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    if exc.errno != errno.EISDIR:
-                        log.warning("cannot remove log %s of task %s: %s", name, task_id, exc)
+                # The current attempt's, then each earlier attempt's (runner/earlier_output.py):
+                # any of those may be missing (an attempt that failed before it wrote).
+                for earlier in (None, *range(1, MAX_RETRIES + 1)):
+                    name = os.path.basename(path_of(shared_dir, task_id, earlier))
+                    try:
+                        os.unlink(name, dir_fd=dir_fd)  # a link goes itself; its target stays
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+                    except OSError as exc:
+                        if exc.errno != errno.EISDIR:
+                            log.warning("cannot remove log %s of task %s: %s", name, task_id, exc)
         finally:
             os.close(dir_fd)
     return removed

@@ -58,6 +58,13 @@ async def test_a_purge_removes_only_old_final_tasks_and_their_logs(tmp_path):
         ]
         await db.insert_tasks(tasks)
         write_logs(cfg, *range(1, 8))
+        # Earlier attempts' files (runner/earlier_output.py), with a gap (attempt 2 wrote nothing).
+        shared = cfg.paths.shared_dir
+        earlier = [naming.stdout_path(shared, t, n) for t in (1, 3) for n in (1, 3)]
+        earlier += [naming.stderr_path(shared, 1, 10), naming.stderr_path(shared, 3, 10)]
+        for path in earlier:
+            with open(path, "w") as f:
+                f.write("an earlier attempt\n")
         # A log that is a link to a file outside: the link goes, its target stays.
         outside = tmp_path / "precious"
         outside.write_text("keep me")
@@ -71,6 +78,7 @@ async def test_a_purge_removes_only_old_final_tasks_and_their_logs(tmp_path):
             assert not os.path.lexists(naming.stderr_path(cfg.paths.shared_dir, task_id))
         for task_id in range(3, 8):
             assert os.path.exists(naming.stdout_path(cfg.paths.shared_dir, task_id))
+        assert [p for p in earlier if os.path.lexists(p)] == [p for p in earlier if "/3." in p]
         assert outside.read_text() == "keep me"
         assert (await db.dependencies_of([7])) == {7: [(6, "after")]}
 

@@ -46,3 +46,33 @@ def test_submit_with_retries_then_status_lists_the_attempts(cluster: ThreadedClu
     assert task("submit", "--retries", "2", "--wait", "--", "fake", "exit", "3") == 1
     task_id = capsys.readouterr().out.splitlines()[0]
     assert cluster.task(task_id)["attempt"] == 1
+
+
+def test_logs_reads_each_attempts_own_output(cluster: ThreadedCluster, tmp_path: Path, capsys) -> None:
+    cluster.add_runner("n1")
+    config = write_config(tmp_path / "user.toml", cluster, cluster.token)
+
+    def task(*argv: str) -> int:
+        return task_cli.main(["--config", config, *argv])
+
+    assert task("submit", "--retries", "1", "--retry-on-exit", "--wait", "--", "fake", "exit", "3") == 1
+    task_id = capsys.readouterr().out.splitlines()[0]
+    assert cluster.task(task_id)["attempt"] == 2
+    # Attempt 1's stdout was moved aside when attempt 2 started; attempt 2 wrote its own.
+    kept = cluster.inner.shared / "task_outputs" / f"{task_id}.attempt1.out"
+    assert kept.read_text() == f"fake task {task_id}: fake exit 3\n"
+    kept.write_text("attempt one's words\n")  # so that what `--attempt 1` prints is told apart
+
+    assert task("logs", task_id, "--attempt", "1") == 0
+    assert capsys.readouterr().out == "attempt one's words\n"
+    for current in ((), ("--attempt", "2")):
+        assert task("logs", task_id, *current) == 0
+        assert capsys.readouterr().out == f"fake task {task_id}: fake exit 3\n"
+    assert task("logs", task_id, "--stderr", "--attempt", "1") == 0
+    assert capsys.readouterr().out == f"fake task {task_id}: stderr\n"
+
+    assert task("logs", task_id, "--attempt", "3") != 0
+    _, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and "has no attempt 3 (it is at attempt 2)" in err, err
+    assert task("logs", task_id, "--attempt", "0") == 2
+    assert "--attempt: '0' must be at least 1" in capsys.readouterr().err

@@ -38,6 +38,26 @@ def test_exit_code_output_files_and_argv_verbatim(cluster: LocalCluster, node_na
     assert task["node"] == node_name
 
 
+def test_a_retried_task_keeps_each_attempts_output(cluster: LocalCluster, node_name: str) -> None:
+    cluster.add_runner(node_name)
+    # Each run counts itself in a file of the shared dir, says which run it is, and fails.
+    script = (
+        "import os, sys\n"
+        "runs = open('/shared/runs-kept', 'a+'); runs.write('x'); runs.flush(); n = os.path.getsize('/shared/runs-kept')\n"
+        "print(f'run {n} out'); print(f'run {n} err', file=sys.stderr); sys.exit(3)\n"
+    )
+    [task_id] = cluster.submit(["python3", "-c", script], retries=1, retry_on_exit=True)
+    task = cluster.wait_final(task_id)
+    assert (task["state"], task["attempt"], task["exit_code"]) == ("failed", 2, 3), task
+    # Attempt 1's files were moved aside before attempt 2's container wrote afresh.
+    outputs, errors = cluster.shared / "task_outputs", cluster.shared / "task_errors"
+    assert (outputs / f"{task_id}.attempt1.out").read_text() == "run 1 out\n"
+    assert (errors / f"{task_id}.attempt1.err").read_text() == "run 1 err\n"
+    assert (cluster.stdout(task_id), cluster.stderr(task_id)) == ("run 2 out\n", "run 2 err\n")
+    status, body = cluster.api("GET", f"/api/tasks/{task_id}/logs?attempt=1")
+    assert (status, body) == (200, b"run 1 out\n")
+
+
 def test_env_workdir_and_task_id(cluster: LocalCluster, node_name: str) -> None:
     cluster.add_runner(node_name)
     script = "import os, json, socket; print(json.dumps({k: os.environ.get(k) for k in ('FOO', 'EMPTY', 'HAKURIVER_TASK_ID')} | {'cwd': os.getcwd(), 'host': socket.gethostname()}))"

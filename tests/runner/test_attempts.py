@@ -15,6 +15,7 @@ import pytest
 from hakuriver.config import config_from_dict
 from hakuriver.errors import Conflict, ValidationError
 from hakuriver.models import ExitResult, TaskState
+from hakuriver.runner.earlier_output import keep_earlier_output
 from hakuriver.runner.executors.base import Handle
 from hakuriver.runner.executors.fake import FakeExecutor
 from hakuriver.runner.state import RunnerState
@@ -115,3 +116,54 @@ async def test_the_outbox_keeps_each_results_attempt_across_a_reopen(tmp_path: P
         assert {r.task_id: r.attempt for r in await state.outbox()} == {7: 1, 8: 3}
     finally:
         await state.close()
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else "<missing>"
+
+
+async def test_each_attempt_keeps_its_own_output(node: Any, tmp_path: Path) -> None:
+    sup, state, _ = node
+    out, err = tmp_path / "task_outputs", tmp_path / "task_errors"
+    assert await sup.accept(order(command=["fake", "exit", "3"])) == "accepted"
+    await apoll(lambda: state.in_outbox(7), timeout=10, what="attempt 1's result")
+    assert _read(out / "7.out") == "fake task 7: fake exit 3\n"
+
+    assert await sup.accept(order(2, command=["fake", "exit", "0"])) == "accepted"
+    await apoll(lambda: state.outbox_attempt(7) == 2, timeout=10, what="attempt 2's result")
+    # Attempt 1's files were moved aside before attempt 2 wrote: both are whole.
+    assert _read(out / "7.attempt1.out") == "fake task 7: fake exit 3\n"
+    assert _read(err / "7.attempt1.err") == "fake task 7: stderr\n"
+    assert _read(out / "7.out") == "fake task 7: fake exit 0\n"
+
+    # Attempt 3 after an attempt 2 that wrote nothing (it failed before starting, say):
+    # attempt 1's files stay as they are.
+    (out / "7.out").unlink()
+    (err / "7.err").unlink()
+    assert await sup.accept(order(3, command=["fake", "exit", "0"])) == "accepted"
+    await apoll(lambda: state.outbox_attempt(7) == 3, timeout=10, what="attempt 3's result")
+    assert _read(out / "7.attempt1.out") == "fake task 7: fake exit 3\n"
+    assert _read(out / "7.attempt2.out") == "<missing>"
+    assert _read(out / "7.out") == "fake task 7: fake exit 0\n"
+
+
+def test_only_a_regular_file_is_moved_and_nothing_is_overwritten(tmp_path: Path) -> None:
+    out, err = tmp_path / "task_outputs", tmp_path / "task_errors"
+    out.mkdir()
+    err.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_text("not a log")
+    (out / "9.out").symlink_to(secret)  # planted: the link is left for the executor to replace
+    (err / "9.err").write_text("attempt 1's stderr")
+    (err / "9.attempt1.err").write_text("kept before")  # taken: never overwritten
+    (out / "5.out").write_text("attempt 2's stdout")
+
+    assert keep_earlier_output(str(tmp_path), 9, 1) == []
+    assert (out / "9.out").is_symlink() and not (out / "9.attempt1.out").exists()
+    assert secret.read_text() == "not a log"
+    assert (err / "9.err").read_text() == "attempt 1's stderr"
+    assert (err / "9.attempt1.err").read_text() == "kept before"
+
+    assert keep_earlier_output(str(tmp_path), 5, 2) == [str(out / "5.attempt2.out")]
+    assert (out / "5.attempt2.out").read_text() == "attempt 2's stdout" and not (out / "5.out").exists()
+    assert keep_earlier_output(str(tmp_path / "nowhere"), 5, 2) == []  # no log dirs yet: nothing to keep

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import shlex
+import uuid
 
 import pytest
 
@@ -77,6 +78,22 @@ def test_a_task_runs_as_argv_with_its_output_exit_code_and_environment(sd: SdClu
         timeout=30,
         what="units and records cleaned up",
     )
+
+
+def test_a_retried_task_keeps_each_attempts_output(sd: SdCluster) -> None:
+    # Each run counts itself in a file of the node, says which run it is, and fails.
+    counter = f"/tmp/runs-kept-{uuid.uuid4().hex}"
+    script = f'printf x >> {counter}; n=$(wc -c < {counter}); echo "run $n out"; echo "run $n err" >&2; exit 3'
+    task_id = sd.submit(["sh", "-c", script], retries=1, retry_on_exit=True)
+    t = sd.wait_final(task_id)
+    assert (t["state"], t["attempt"], t["exit_code"]) == ("failed", 2, 3), t
+    # Attempt 1's files were moved aside (by the runner, whose directories they are)
+    # before attempt 2's unit opened its own: nothing of one is in the other.
+    kept = sd.node.exec(["cat", f"{SHARED}/task_outputs/{task_id}.attempt1.out"]).stdout
+    assert kept == "run 1 out\n"
+    status, body = sd.api("GET", f"/api/tasks/{task_id}/logs?stream=stderr&attempt=1")
+    assert (status, body) == (200, b"run 1 err\n")
+    assert (sd.logs(task_id), sd.logs(task_id, "stderr")) == ("run 2 out\n", "run 2 err\n")
 
 
 def test_limits_numa_pause_resume_kill_and_oom(sd: SdCluster) -> None:

@@ -251,8 +251,14 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
         raise ValidationError("query parameter 'stream' must be 'stdout' or 'stderr'")
     offset = query_int(request, "offset", 0)
     tail = query_int(request, "tail", None, maximum=1_000_000)
+    attempt = query_int(request, "attempt", None, minimum=1)
+    if attempt is not None and attempt > task.attempt:
+        raise NotFound(f"task {task_id} has no attempt {attempt} (it is at attempt {task.attempt})")
+    # An earlier attempt's files were moved to their own names when the next one started.
+    earlier = attempt if attempt is not None and attempt < task.attempt else None
     shared = request.app[CONFIG].paths.shared_dir
-    path = naming.stdout_path(shared, task_id) if stream == "stdout" else naming.stderr_path(shared, task_id)
+    path_of = naming.stdout_path if stream == "stdout" else naming.stderr_path
+    path = path_of(shared, task_id, earlier)
     try:
         data, next_offset = await asyncio.to_thread(read_log, path, offset, tail)
     except UnsafeFile as exc:
