@@ -5,7 +5,7 @@ import { ErrorLine, FINAL, StateBadge, bytes, useLive, when } from "./util.js";
 
 const KEEP = 256 * 1024;  // characters of each log kept on the page
 
-function LogView({ id, stream, running }) {
+function LogView({ id, stream, running, attempt }) {
   const [text, setText] = useState("");
   const [error, setError] = useState(null);
   const state = useRef({ offset: 0, decoder: new TextDecoder(), text: "", done: false });
@@ -17,7 +17,8 @@ function LogView({ id, stream, running }) {
     const poll = async () => {
       try {
         for (;;) {
-          const resp = await api("GET", `/tasks/${id}/logs?stream=${stream}&offset=${s.offset}`, { raw: true });
+          const which = attempt ? `&attempt=${attempt}` : "";
+          const resp = await api("GET", `/tasks/${id}/logs?stream=${stream}&offset=${s.offset}${which}`, { raw: true });
           const chunk = new Uint8Array(await resp.arrayBuffer());
           s.offset = Number(resp.headers.get("X-HakuRiver-Next-Offset") || s.offset);
           if (chunk.length) s.text = (s.text + s.decoder.decode(chunk, { stream: true })).slice(-KEEP);
@@ -32,7 +33,7 @@ function LogView({ id, stream, running }) {
     };
     poll();
     return () => { alive = false; clearTimeout(timer); };
-  }, [id, stream, running]);
+  }, [id, stream, running, attempt]);
   useEffect(() => { if (pre.current) pre.current.scrollTop = pre.current.scrollHeight; }, [text]);
   return html`<section class="log">
     <h2>${stream} ${running && html`<span class="badge live">live</span>`}</h2>
@@ -50,6 +51,7 @@ export function TaskPage({ id, session }) {
   const [error, setError] = useState(null);
   const [message, setMessage] = useState(null);
   const [busy, setBusy] = useState(false);
+  const [shown, setShown] = useState(null);  // an earlier attempt whose output is shown; null: the current one's
   useLive(["tasks"], async () => {
     try { setTask(await api("GET", `/tasks/${encodeURIComponent(id)}`)); setError(null); } catch (e) { setError(e); }
   }, [id]);
@@ -91,8 +93,14 @@ export function TaskPage({ id, session }) {
       ${task.error && html`<${Field} name="Error">${task.error}<//>`}
       ${task.output_error && html`<${Field} name="Output">${task.output_error}<//>`}
     </tbody></table>
-    ${mine && task.state !== "pending" && html`<div class="logs">
-      <${LogView} id=${task.task_id} stream="stdout" running=${running} />
-      <${LogView} id=${task.task_id} stream="stderr" running=${running} />
+    ${mine && task.attempts.length > 0 && html`<div class="actions" id="attempts">
+      Output of
+      ${task.attempts.map((a) => html`<button id=${"attempt-" + a.attempt} disabled=${shown === a.attempt}
+        onClick=${() => setShown(a.attempt)}>attempt ${a.attempt} (${a.state})</button>`)}
+      <button id="attempt-current" disabled=${shown === null} onClick=${() => setShown(null)}>attempt ${task.attempt} (${task.state})</button>
+    </div>`}
+    ${mine && (task.state !== "pending" || shown !== null) && html`<div class="logs">
+      <${LogView} key=${"stdout-" + shown} id=${task.task_id} stream="stdout" attempt=${shown} running=${running && shown === null} />
+      <${LogView} key=${"stderr-" + shown} id=${task.task_id} stream="stderr" attempt=${shown} running=${running && shown === null} />
     </div>`}`;
 }

@@ -239,6 +239,30 @@ def test_queue_task_log_and_kill(
     assert cluster.task(bobs)["state"] == "running"
 
 
+def test_a_retried_tasks_page_shows_each_attempts_output(cluster: ThreadedCluster, browser: Any) -> None:
+    alice = add_user(cluster, "alice")
+    cluster.add_runner("alpha")
+    body = {"command": ["fake", "exit", "3"], "retries": 1, "retry_on_exit": True}
+    [task_id] = cluster.api("POST", "/api/tasks", body, token=alice)[1]["task_ids"]
+    poll(lambda: cluster.task(task_id)["state"] == "failed", timeout=TIMEOUT, what="both attempts to fail")
+    assert cluster.task(task_id)["attempt"] == 2
+    shared = cluster.inner.host_config().paths.shared_dir
+    kept = Path(naming.stdout_path(shared, int(task_id), 1))
+    kept.write_text("attempt one's words\n")  # moved aside when attempt 2 started; told apart here
+
+    login(browser, cluster, alice)
+    wait_text(browser, "#whoami", "alice (user)")
+    browser.get(cluster.url + f"/dashboard/#/task/{task_id}")
+    wait_text(browser, "#attempts", "attempt 1 (failed)")
+    wait_text(browser, "#log-stdout", f"fake task {task_id}: fake exit 3")
+    click(browser, "#attempt-1")
+    wait_text(browser, "#log-stdout", "attempt one's words")
+    wait_text(browser, "#log-stderr", f"fake task {task_id}: stderr")
+    click(browser, "#attempt-current")
+    wait_text(browser, "#log-stdout", f"fake task {task_id}: fake exit 3")
+    assert "attempt one's words" not in _text(browser, "#log-stdout")
+
+
 def test_the_queue_pages_and_filters(cluster: ThreadedCluster, browser: Any) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
