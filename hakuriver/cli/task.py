@@ -739,12 +739,16 @@ async def stream_logs(
 async def _cmd_logs(args: argparse.Namespace, connect: Connect) -> int:
     sys.stdout.flush()
     async with connect() as host:
+        follow = args.follow
+        if follow and args.attempt is not None:
+            # An earlier attempt has ended: its output is whole, nothing to wait for.
+            follow = args.attempt >= int((await host.get_task(args.task_id)).get("attempt", 1))
         await stream_logs(
             host,
             args.task_id,
             stream="stderr" if args.stderr else "stdout",
             tail=args.tail,
-            follow=args.follow,
+            follow=follow,
             interval=args.interval,
             attempt=args.attempt,
         )

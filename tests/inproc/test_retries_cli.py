@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hakuriver.cli import task as task_cli
+from tests.harness.polling import poll
 
 from .cluster import ThreadedCluster
 from .test_drain_cli import write_config
@@ -76,3 +77,33 @@ def test_logs_reads_each_attempts_own_output(cluster: ThreadedCluster, tmp_path:
     assert len(err.strip().splitlines()) == 1 and "has no attempt 3 (it is at attempt 2)" in err, err
     assert task("logs", task_id, "--attempt", "0") == 2
     assert "--attempt: '0' must be at least 1" in capsys.readouterr().err
+
+
+def test_following_an_earlier_attempt_ends_with_its_output(cluster: ThreadedCluster, tmp_path: Path, capsys) -> None:
+    runner = cluster.add_runner("n1", hold_end=True)
+    config = write_config(tmp_path / "user.toml", cluster, cluster.token)
+    status, body = cluster.api(
+        "POST", "/api/tasks", {"command": ["fake", "exit", "3"], "retries": 1, "retry_on_exit": True}
+    )
+    [task_id] = body["task_ids"]
+    cluster.wait_state(task_id, "running")
+    # The node drained: attempt 2 waits pending once attempt 1 has ended, so the task is not final.
+    assert cluster.api("POST", "/api/nodes/n1/drain", {})[0] == 200
+    runner.docker.release_end(task_id)
+    poll(lambda: cluster.task(task_id)["attempt"] == 2, timeout=20, what="attempt 2 to be queued")
+    assert cluster.task(task_id)["state"] == "pending"
+
+    # Attempt 1 has ended: --follow prints its output and returns, the task still unfinished.
+    assert task_cli.main(["--config", config, "logs", task_id, "--attempt", "1", "--follow"]) == 0
+    assert capsys.readouterr().out == f"fake task {task_id}: fake exit 3\n"
+    assert cluster.task(task_id)["state"] == "pending"
+    # Attempt 2 has written nothing yet (its name still holds attempt 1's, until it starts).
+    assert task_cli.main(["--config", config, "logs", task_id]) == 0
+    assert capsys.readouterr().out == ""
+
+    assert cluster.api("POST", "/api/nodes/n1/resume", {})[0] == 200
+    assert cluster.wait_final(task_id)["attempt"] == 2
+    for which in ("1", "2"):
+        assert task_cli.main(["--config", config, "logs", task_id, "--attempt", which]) == 0
+        assert capsys.readouterr().out == f"fake task {task_id}: fake exit 3\n"
+    assert (cluster.inner.shared / "task_outputs" / f"{task_id}.attempt1.out").exists()
