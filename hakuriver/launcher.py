@@ -121,6 +121,8 @@ MAX_CORES = 100000
 MAX_TIME_LIMIT = 30 * 86400
 """The longest `time_limit` (seconds) a start request may carry: HakuRiver's own bound."""
 MAX_TIMEOUT_GRACE = 3600
+MAX_ATTEMPT = 1000
+"""A sanity bound on a retry's `attempt` (the Host's own cap is far lower)."""
 TIMEOUT_STOP = "15s"
 """How long leftover processes get between SIGTERM and SIGKILL when a task ends or is stopped."""
 TOOL_TIMEOUT = 120.0
@@ -144,6 +146,7 @@ REQUEST_FIELDS = frozenset(
         "timeout_grace",
         "array_index",
         "batch_id",
+        "attempt",
     }
 )
 REQUIRED_FIELDS = frozenset({"task_id", "user", "command", "shared_dir", "local_temp_dir"})
@@ -509,8 +512,10 @@ def unit_name(task_id):
     return f"{UNIT_PREFIX}{parse_task_id(task_id)}.service"
 
 
-def output_paths(shared_dir, task_id):
-    return (f"{shared_dir}/task_outputs/{task_id}.out", f"{shared_dir}/task_errors/{task_id}.err")
+def output_paths(shared_dir, task_id, attempt=1):
+    """Attempt `attempt`'s log files (hakuriver.naming.stdout_path): `ID.out` for the first, `ID.attemptN.out` after."""
+    part = "" if attempt == 1 else f".attempt{attempt}"
+    return (f"{shared_dir}/task_outputs/{task_id}{part}.out", f"{shared_dir}/task_errors/{task_id}{part}.err")
 
 
 def state_path(cfg, task_id):
@@ -593,7 +598,8 @@ def validate_request(req, cfg, *, accounts=SYSTEM_ACCOUNTS, node_exists=None):
     temp = clean_path(req["local_temp_dir"], "local_temp_dir")
     if temp not in cfg.local_temp_dirs:
         raise Refused(f"local temp dir {temp} is not one the launcher config allows ({', '.join(cfg.local_temp_dirs)})")
-    stdout, stderr = output_paths(shared, task_id)
+    attempt = _int_field(req, "attempt", 1, MAX_ATTEMPT) or 1
+    stdout, stderr = output_paths(shared, task_id, attempt)
     for key, expected in (("stdout", stdout), ("stderr", stderr)):
         if key in req and req[key] != expected:
             raise Refused(f"{key} must be {expected} (the logs live in the shared dir), not {req[key]!r}")

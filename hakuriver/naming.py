@@ -50,21 +50,21 @@ def task_id_from_name(name: str) -> int | None:
     return int(rest) if rest.isascii() and rest.isdigit() else None
 
 
-def stdout_path(shared_dir: str, task_id: int, earlier: int | None = None) -> str:
-    """The task's stdout file: its current (or last) attempt's, or with
-    `earlier` the one that attempt `earlier` wrote before the task was
-    retried (`runner/earlier_output.py` keeps it under this name)."""
-    return f"{shared_dir.rstrip('/')}/task_outputs/{task_id}{_attempt_part(earlier)}.out"
+def stdout_path(shared_dir: str, task_id: int, attempt: int | None = None) -> str:
+    """Attempt `attempt`'s stdout file (`--retries`; default the first):
+    `ID.out` for the first, `ID.attemptN.out` for attempt N after it, so
+    that every attempt has its own from its start and nothing is moved."""
+    return f"{shared_dir.rstrip('/')}/task_outputs/{task_id}{_attempt_part(attempt)}.out"
 
 
-def stderr_path(shared_dir: str, task_id: int, earlier: int | None = None) -> str:
-    """The task's stderr file, as `stdout_path`."""
-    return f"{shared_dir.rstrip('/')}/task_errors/{task_id}{_attempt_part(earlier)}.err"
+def stderr_path(shared_dir: str, task_id: int, attempt: int | None = None) -> str:
+    """Attempt `attempt`'s stderr file, as `stdout_path`: `ID.err`, `ID.attemptN.err`."""
+    return f"{shared_dir.rstrip('/')}/task_errors/{task_id}{_attempt_part(attempt)}.err"
 
 
-def _attempt_part(earlier: int | None) -> str:
-    if earlier is None:
+def _attempt_part(attempt: int | None) -> str:
+    if attempt is None or int(attempt) == 1:
         return ""
-    if int(earlier) < 1:
-        raise ValueError(f"an attempt is numbered from 1, not {earlier!r}")
-    return f".attempt{int(earlier)}"
+    if int(attempt) < 1:
+        raise ValueError(f"an attempt is numbered from 1, not {attempt!r}")
+    return f".attempt{int(attempt)}"

@@ -318,7 +318,8 @@ def query_int(
         return default
     if not (raw.isascii() and raw.isdigit()):
         raise ValidationError(f"query parameter {name!r} must be a non-negative integer, not {raw!r}")
-    value = int(raw)
+    # Not int() on thousands of digits: Python refuses that itself (a ValueError, a 500 here).
+    value = int(raw) if len(raw.lstrip("0")) <= 20 else maximum + 1
     if not minimum <= value <= maximum:
         raise ValidationError(f"query parameter {name!r} must be between {minimum} and {maximum}")
     return value

@@ -25,28 +25,16 @@ LOG_CHUNK = 1 << 20
 
 def read_log(path: str, offset: int | None, tail: int | None) -> tuple[bytes, int]:
     """`path` is `<shared>/<task_outputs|task_errors>/<name>` (`naming.stdout_path`)."""
-    fd = open_log(path)
-    if fd is None:
-        return b"", offset or 0
-    return read_open_log(fd, offset, tail)
-
-
-def open_log(path: str) -> int | None:
-    """The log at `path` opened to read (as `read_log` opens it), or None when there is none."""
     try:
         dir_fd, name = open_log_dir(path, create=False)
     except FileNotFoundError:
-        return None
+        return b"", offset or 0
     try:
-        return open_regular(dir_fd, name, os.O_RDONLY)
+        fd = open_regular(dir_fd, name, os.O_RDONLY)
     except FileNotFoundError:
-        return None
+        return b"", offset or 0
     finally:
         os.close(dir_fd)
-
-
-def read_open_log(fd: int, offset: int | None, tail: int | None) -> tuple[bytes, int]:
-    """`read_log` on a log `open_log` opened; closes `fd`."""
     with os.fdopen(fd, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if tail is not None:

@@ -48,10 +48,10 @@ def remove_logs(shared_dir: str, task_ids: Iterable[int]) -> int:
             continue
         try:
             for task_id in ids:
-                # The current attempt's, then each earlier attempt's (runner/earlier_output.py):
-                # any of those may be missing (an attempt that failed before it wrote).
-                for earlier in (None, *range(1, MAX_RETRIES + 1)):
-                    name = os.path.basename(path_of(shared_dir, task_id, earlier))
+                # Every attempt's (naming.stdout_path): any may be missing (one that
+                # failed before it wrote), so each possible one is tried.
+                for attempt in range(1, MAX_RETRIES + 2):
+                    name = os.path.basename(path_of(shared_dir, task_id, attempt))
                     try:
                         os.unlink(name, dir_fd=dir_fd)  # a link goes itself; its target stays
                         removed += 1

@@ -43,7 +43,6 @@ from ..errors import Conflict, HakuRiverError, NotFound, ValidationError
 from ..models import SYSTEMD_CONTAINER, ExitResult, Mount, NumaNode, TaskState
 from ..parsing import format_duration, format_size, validate_env_name
 from ..runrequest import RunRequest
-from .earlier_output import keep_earlier_output
 from .executors.base import Executor, Handle, LaunchSpec, Presence
 from .identity import docker_identity
 from .state import RunnerState
@@ -214,8 +213,10 @@ class Supervisor:
             task_id=request.task_id,
             command=request.command,
             env=dict(request.env),
-            stdout_path=naming.stdout_path(shared, request.task_id),
-            stderr_path=naming.stderr_path(shared, request.task_id),
+            # Each attempt its own files (`--retries`): nothing of one is in another's.
+            stdout_path=naming.stdout_path(shared, request.task_id, request.attempt),
+            stderr_path=naming.stderr_path(shared, request.task_id, request.attempt),
+            attempt=request.attempt,
             shared_dir=shared,
             local_temp_dir=self.config.paths.local_temp_dir,
             cores=request.cores,
@@ -280,9 +281,6 @@ class Supervisor:
         self._accepting.add(task_id)  # a second copy of the order, sent meanwhile, starts nothing
         try:
             spec = await self.prepare(request)
-            if request.attempt > 1:
-                # Before anything of this attempt is written: the previous one's output stays whole.
-                await asyncio.to_thread(keep_earlier_output, self.config.paths.shared_dir, task_id, request.attempt - 1)
             executor = self._executor_for(request.container)
             handle = Handle(task_id=task_id, executor=executor.name, ref=naming.task_container_name(task_id), data={})
             await self.state.save_task(handle, request.to_json())

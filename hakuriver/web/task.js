@@ -100,7 +100,7 @@ export function TaskPage({ id, session }) {
       <button id="attempt-current" disabled=${shown === null} onClick=${() => setShown(null)}>attempt ${task.attempt} (${task.state})</button>
     </div>`}
     ${mine && (task.state !== "pending" || shown !== null) && html`<div class="logs">
-      <${LogView} key=${"stdout-" + shown} id=${task.task_id} stream="stdout" attempt=${shown} running=${running && shown === null} />
-      <${LogView} key=${"stderr-" + shown} id=${task.task_id} stream="stderr" attempt=${shown} running=${running && shown === null} />
+      <${LogView} key=${"stdout-" + (shown ?? task.attempt)} id=${task.task_id} stream="stdout" attempt=${shown ?? task.attempt} running=${running && shown === null} />
+      <${LogView} key=${"stderr-" + (shown ?? task.attempt)} id=${task.task_id} stream="stderr" attempt=${shown ?? task.attempt} running=${running && shown === null} />
     </div>`}`;
 }

@@ -248,7 +248,7 @@ def test_a_retried_tasks_page_shows_each_attempts_output(cluster: ThreadedCluste
     assert cluster.task(task_id)["attempt"] == 2
     shared = cluster.inner.host_config().paths.shared_dir
     kept = Path(naming.stdout_path(shared, int(task_id), 1))
-    kept.write_text("attempt one's words\n")  # moved aside when attempt 2 started; told apart here
+    kept.write_text("attempt one's words\n")  # attempt 1's own file (ID.out); told apart here
 
     login(browser, cluster, alice)
     wait_text(browser, "#whoami", "alice (user)")

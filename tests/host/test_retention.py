@@ -58,9 +58,9 @@ async def test_a_purge_removes_only_old_final_tasks_and_their_logs(tmp_path):
         ]
         await db.insert_tasks(tasks)
         write_logs(cfg, *range(1, 8))
-        # Earlier attempts' files (runner/earlier_output.py), with a gap (attempt 2 wrote nothing).
+        # Later attempts' own files (`--retries`), with a gap (attempt 2 wrote nothing), up to the last one.
         shared = cfg.paths.shared_dir
-        earlier = [naming.stdout_path(shared, t, n) for t in (1, 3) for n in (1, 3)]
+        earlier = [naming.stdout_path(shared, t, n) for t in (1, 3) for n in (3, 11)]
         earlier += [naming.stderr_path(shared, 1, 10), naming.stderr_path(shared, 3, 10)]
         for path in earlier:
             with open(path, "w") as f:

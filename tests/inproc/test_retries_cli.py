@@ -59,10 +59,11 @@ def test_logs_reads_each_attempts_own_output(cluster: ThreadedCluster, tmp_path:
     assert task("submit", "--retries", "1", "--retry-on-exit", "--wait", "--", "fake", "exit", "3") == 1
     task_id = capsys.readouterr().out.splitlines()[0]
     assert cluster.task(task_id)["attempt"] == 2
-    # Attempt 1's stdout was moved aside when attempt 2 started; attempt 2 wrote its own.
-    kept = cluster.inner.shared / "task_outputs" / f"{task_id}.attempt1.out"
-    assert kept.read_text() == f"fake task {task_id}: fake exit 3\n"
-    kept.write_text("attempt one's words\n")  # so that what `--attempt 1` prints is told apart
+    # Attempt 1 wrote ID.out, attempt 2 its own ID.attempt2.out.
+    first = cluster.inner.shared / "task_outputs" / f"{task_id}.out"
+    assert (cluster.inner.shared / "task_outputs" / f"{task_id}.attempt2.out").exists()
+    assert first.read_text() == f"fake task {task_id}: fake exit 3\n"
+    first.write_text("attempt one's words\n")  # so that what `--attempt 1` prints is told apart
 
     assert task("logs", task_id, "--attempt", "1") == 0
     assert capsys.readouterr().out == "attempt one's words\n"
@@ -97,7 +98,7 @@ def test_following_an_earlier_attempt_ends_with_its_output(cluster: ThreadedClus
     assert task_cli.main(["--config", config, "logs", task_id, "--attempt", "1", "--follow"]) == 0
     assert capsys.readouterr().out == f"fake task {task_id}: fake exit 3\n"
     assert cluster.task(task_id)["state"] == "pending"
-    # Attempt 2 has written nothing yet (its name still holds attempt 1's, until it starts).
+    # Attempt 2 has written nothing yet.
     assert task_cli.main(["--config", config, "logs", task_id]) == 0
     assert capsys.readouterr().out == ""
 
@@ -106,4 +107,4 @@ def test_following_an_earlier_attempt_ends_with_its_output(cluster: ThreadedClus
     for which in ("1", "2"):
         assert task_cli.main(["--config", config, "logs", task_id, "--attempt", which]) == 0
         assert capsys.readouterr().out == f"fake task {task_id}: fake exit 3\n"
-    assert (cluster.inner.shared / "task_outputs" / f"{task_id}.attempt1.out").exists()
+    assert (cluster.inner.shared / "task_outputs" / f"{task_id}.attempt2.out").exists()

@@ -49,13 +49,19 @@ def test_a_retried_task_keeps_each_attempts_output(cluster: LocalCluster, node_n
     [task_id] = cluster.submit(["python3", "-c", script], retries=1, retry_on_exit=True)
     task = cluster.wait_final(task_id)
     assert (task["state"], task["attempt"], task["exit_code"]) == ("failed", 2, 3), task
-    # Attempt 1's files were moved aside before attempt 2's container wrote afresh.
+    # Each attempt's container wrote its own files: ID.out, then ID.attempt2.out.
     outputs, errors = cluster.shared / "task_outputs", cluster.shared / "task_errors"
-    assert (outputs / f"{task_id}.attempt1.out").read_text() == "run 1 out\n"
-    assert (errors / f"{task_id}.attempt1.err").read_text() == "run 1 err\n"
-    assert (cluster.stdout(task_id), cluster.stderr(task_id)) == ("run 2 out\n", "run 2 err\n")
-    status, body = cluster.api("GET", f"/api/tasks/{task_id}/logs?attempt=1")
-    assert (status, body) == (200, b"run 1 out\n")
+    assert (cluster.stdout(task_id), cluster.stderr(task_id)) == ("run 1 out\n", "run 1 err\n")
+    assert (outputs / f"{task_id}.attempt2.out").read_text() == "run 2 out\n"
+    assert (errors / f"{task_id}.attempt2.err").read_text() == "run 2 err\n"
+    # The log endpoint: the current (last) attempt's by default, any other by number.
+    for query, expected in (("", b"run 2 out\n"), ("?attempt=1", b"run 1 out\n"), ("?attempt=2", b"run 2 out\n")):
+        assert cluster.api("GET", f"/api/tasks/{task_id}/logs{query}") == (200, expected)
+    status, body = cluster.api("GET", f"/api/tasks/{task_id}/logs?attempt=3")
+    assert status == 404 and "has no attempt 3" in body["error"]["message"], body
+    for bad in ("0", "-1", "x"):
+        status, body = cluster.api("GET", f"/api/tasks/{task_id}/logs?attempt={bad}")
+        assert status == 400 and "attempt" in body["error"]["message"], body
 
 
 def test_env_workdir_and_task_id(cluster: LocalCluster, node_name: str) -> None:

@@ -6,18 +6,20 @@ executor; no Host."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hakuriver import launcher, naming
 from hakuriver.config import config_from_dict
 from hakuriver.errors import Conflict, ValidationError
 from hakuriver.models import ExitResult, TaskState
-from hakuriver.runner.earlier_output import keep_earlier_output
-from hakuriver.runner.executors.base import Handle
+from hakuriver.runner.executors.base import Handle, LaunchSpec
 from hakuriver.runner.executors.fake import FakeExecutor
+from hakuriver.runner.executors.systemd import launch_request
 from hakuriver.runner.state import RunnerState
 from hakuriver.runner.supervisor import Notices, Supervisor
 from hakuriver.runrequest import RUN_REQUEST_VERSION, RunRequest
@@ -122,48 +124,42 @@ def _read(path: Path) -> str:
     return path.read_text() if path.exists() else "<missing>"
 
 
-async def test_each_attempt_keeps_its_own_output(node: Any, tmp_path: Path) -> None:
+async def test_each_attempt_writes_its_own_output(node: Any, tmp_path: Path) -> None:
     sup, state, _ = node
     out, err = tmp_path / "task_outputs", tmp_path / "task_errors"
     assert await sup.accept(order(command=["fake", "exit", "3"])) == "accepted"
     await apoll(lambda: state.in_outbox(7), timeout=10, what="attempt 1's result")
-    assert _read(out / "7.out") == "fake task 7: fake exit 3\n"
-
-    assert await sup.accept(order(2, command=["fake", "exit", "0"])) == "accepted"
-    await apoll(lambda: state.outbox_attempt(7) == 2, timeout=10, what="attempt 2's result")
-    # Attempt 1's files were moved aside before attempt 2 wrote: both are whole.
-    assert _read(out / "7.attempt1.out") == "fake task 7: fake exit 3\n"
-    assert _read(err / "7.attempt1.err") == "fake task 7: stderr\n"
-    assert _read(out / "7.out") == "fake task 7: fake exit 0\n"
-
-    # Attempt 3 after an attempt 2 that wrote nothing (it failed before starting, say):
-    # attempt 1's files stay as they are.
-    (out / "7.out").unlink()
-    (err / "7.err").unlink()
     assert await sup.accept(order(3, command=["fake", "exit", "0"])) == "accepted"
     await apoll(lambda: state.outbox_attempt(7) == 3, timeout=10, what="attempt 3's result")
-    assert _read(out / "7.attempt1.out") == "fake task 7: fake exit 3\n"
-    assert _read(out / "7.attempt2.out") == "<missing>"
-    assert _read(out / "7.out") == "fake task 7: fake exit 0\n"
+    # Attempt 1's files are as it left them; attempt 3 wrote its own (attempt 2 never ran here).
+    assert (_read(out / "7.out"), _read(err / "7.err")) == ("fake task 7: fake exit 3\n", "fake task 7: stderr\n")
+    assert _read(out / "7.attempt3.out") == "fake task 7: fake exit 0\n"
+    assert _read(err / "7.attempt3.err") == "fake task 7: stderr\n"
+    assert not (out / "7.attempt2.out").exists()
 
 
-def test_only_a_regular_file_is_moved_and_nothing_is_overwritten(tmp_path: Path) -> None:
-    out, err = tmp_path / "task_outputs", tmp_path / "task_errors"
-    out.mkdir()
-    err.mkdir()
-    secret = tmp_path / "secret"
-    secret.write_text("not a log")
-    (out / "9.out").symlink_to(secret)  # planted: the link is left for the executor to replace
-    (err / "9.err").write_text("attempt 1's stderr")
-    (err / "9.attempt1.err").write_text("kept before")  # taken: never overwritten
-    (out / "5.out").write_text("attempt 2's stdout")
-
-    assert keep_earlier_output(str(tmp_path), 9, 1) == []
-    assert (out / "9.out").is_symlink() and not (out / "9.attempt1.out").exists()
-    assert secret.read_text() == "not a log"
-    assert (err / "9.err").read_text() == "attempt 1's stderr"
-    assert (err / "9.attempt1.err").read_text() == "kept before"
-
-    assert keep_earlier_output(str(tmp_path), 5, 2) == [str(out / "5.attempt2.out")]
-    assert (out / "5.attempt2.out").read_text() == "attempt 2's stdout" and not (out / "5.out").exists()
-    assert keep_earlier_output(str(tmp_path / "nowhere"), 5, 2) == []  # no log dirs yet: nothing to keep
+def test_a_retry_tells_the_launcher_its_attempt_and_a_first_run_does_not(tmp_path: Path) -> None:
+    spec = LaunchSpec(
+        task_id=7,
+        command=("true",),
+        env={},
+        stdout_path=naming.stdout_path("/srv/shared", 7, 2),
+        stderr_path=naming.stderr_path("/srv/shared", 7, 2),
+        shared_dir="/srv/shared",
+        local_temp_dir="/tmp",
+        attempt=2,
+    )
+    req = launch_request(spec, user="alice", runner_name="n1", numactl=None)
+    assert (req["attempt"], req["stdout"], req["stderr"]) == (
+        2,
+        "/srv/shared/task_outputs/7.attempt2.out",
+        "/srv/shared/task_errors/7.attempt2.err",
+    )
+    first = dataclasses.replace(spec, attempt=1, stdout_path=naming.stdout_path("/srv/shared", 7))
+    assert "attempt" not in launch_request(first, user="alice", runner_name="n1", numactl=None)
+    # The launcher's own paths for the same attempts, which it checks the request's against.
+    assert launcher.output_paths("/srv/shared", 7, 2) == (req["stdout"], req["stderr"])
+    assert launcher.output_paths("/srv/shared", 7) == (
+        naming.stdout_path("/srv/shared", 7),
+        naming.stderr_path("/srv/shared", 7),
+    )

@@ -87,10 +87,12 @@ def test_a_retried_task_keeps_each_attempts_output(sd: SdCluster) -> None:
     task_id = sd.submit(["sh", "-c", script], retries=1, retry_on_exit=True)
     t = sd.wait_final(task_id)
     assert (t["state"], t["attempt"], t["exit_code"]) == ("failed", 2, 3), t
-    # Attempt 1's files were moved aside (by the runner, whose directories they are)
-    # before attempt 2's unit opened its own: nothing of one is in the other.
-    kept = sd.node.exec(["cat", f"{SHARED}/task_outputs/{task_id}.attempt1.out"]).stdout
-    assert kept == "run 1 out\n"
+    # Each attempt's unit wrote its own files (the launcher checks the names): nothing
+    # of one is in the other, and both are the submitter's.
+    second = f"{SHARED}/task_outputs/{task_id}.attempt2.out"
+    assert sd.node.exec(["cat", f"{SHARED}/task_outputs/{task_id}.out"]).stdout == "run 1 out\n"
+    assert sd.node.exec(["cat", second]).stdout == "run 2 out\n"
+    assert sd.node.exec(["stat", "-c", "%U", second]).stdout.split() == [TASK_USER]
     status, body = sd.api("GET", f"/api/tasks/{task_id}/logs?stream=stderr&attempt=1")
     assert (status, body) == (200, b"run 1 err\n")
     assert (sd.logs(task_id), sd.logs(task_id, "stderr")) == ("run 2 out\n", "run 2 err\n")

@@ -146,6 +146,15 @@ def test_a_valid_request_becomes_a_plan_with_a_clean_environment() -> None:
     }
 
 
+def test_a_retry_writes_its_own_log_files() -> None:
+    p = plan(attempt=3, stdout="/srv/shared/task_outputs/123.attempt3.out")
+    assert (p.stdout, p.stderr) == (
+        "/srv/shared/task_outputs/123.attempt3.out",
+        "/srv/shared/task_errors/123.attempt3.err",
+    )
+    assert plan(attempt=1).stdout == "/srv/shared/task_outputs/123.out"
+
+
 @pytest.mark.parametrize(
     "task_id", ["../1", "1 2", "1;id", "01", "0", "-1", "", "1.service", "9" * 20, "１２", True, 1.5]
 )
@@ -185,6 +194,10 @@ def test_task_ids_are_digits_only(task_id: object) -> None:
         ({"numa": 3, "numactl": "/usr/bin/numactl"}, "no NUMA node 3"),
         ({"numactl": "/usr/bin/numactl"}, "only given with a NUMA target"),
         ({"runner": "a b"}, "runner name"),
+        ({"attempt": 0}, "attempt must be a whole number"),
+        ({"attempt": "2"}, "attempt must be a whole number"),
+        ({"attempt": True}, "attempt must be a whole number"),
+        ({"attempt": 2, "stdout": "/srv/shared/task_outputs/123.out"}, "stdout must be"),
     ],
 )
 def test_requests_outside_the_allow_list_are_refused(overrides: dict, match: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import time
 from typing import Any
 
@@ -21,7 +20,7 @@ from ...webapi import json_response, query_int, read_json_object, require_type
 from ..accounts import Principal, principal_of, require_owner_or_admin, validate_user_name
 from ..cluster import Cluster
 from ..keys import ACCOUNTS, CLUSTER, CONFIG, CONTROL, DB, METRICS
-from ..logs import open_log, read_log, read_open_log
+from ..logs import read_log
 from ..submission import MAX_TARGETS, SUBMIT_FIELDS, parse_submission
 from ..waiting import QueueOrder
 
@@ -244,41 +243,6 @@ async def wait_tasks(request: web.Request) -> web.Response:
     return json_response({"tasks": [task_view(t, principal, queue) for t in tasks], "done": done})
 
 
-def _unplaced(cluster: Cluster, task: Task) -> bool:
-    """The task waits for its current attempt to be placed: no runner has it yet."""
-    waiting = cluster.pending.get(task.id)
-    return waiting is not None and waiting.attempt == task.attempt
-
-
-async def _current_log(cluster: Cluster, task: Task, path: str, offset: int, tail: int | None) -> tuple[bytes, int]:
-    """The current attempt's log. A retried task waiting for its next attempt
-    has written nothing yet: what its name holds is still the previous
-    attempt's (the runner moves it when the next one starts)."""
-    if task.attempt > 1 and _unplaced(cluster, task):
-        return b"", offset
-    return await asyncio.to_thread(read_log, path, offset, tail)
-
-
-async def _earlier_log(
-    cluster: Cluster, task: Task, kept: str, moved_from: str | None, offset: int, tail: int | None
-) -> tuple[bytes, int]:
-    """An earlier attempt's log, at its own name (`runner/earlier_output.py`).
-    The one just before the current attempt is moved there only when the
-    current one starts: until then (`moved_from`) it is still at the task's
-    own name, and it is read there while the task is unplaced before and
-    after that file is opened (the Host places it, so no runner can have made
-    the next attempt's file at that name in between)."""
-    fd = await asyncio.to_thread(open_log, kept)
-    if fd is None and moved_from is not None and _unplaced(cluster, task):
-        fd = await asyncio.to_thread(open_log, moved_from)
-        if fd is not None and not _unplaced(cluster, task):
-            os.close(fd)  # placed meanwhile: the runner may have moved it by now
-            fd = await asyncio.to_thread(open_log, kept)
-    if fd is None:
-        return b"", offset
-    return await asyncio.to_thread(read_open_log, fd, offset, tail)
-
-
 async def task_logs(request: web.Request) -> web.StreamResponse:
     task = await _owned_task(request, "read the logs of")
     task_id = task.id
@@ -290,16 +254,12 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     attempt = query_int(request, "attempt", None, minimum=1)
     if attempt is not None and attempt > task.attempt:
         raise NotFound(f"task {task_id} has no attempt {attempt} (it is at attempt {task.attempt})")
+    # Each attempt writes its own files (naming.stdout_path); the default is the current one's.
     shared = request.app[CONFIG].paths.shared_dir
     path_of = naming.stdout_path if stream == "stdout" else naming.stderr_path
+    path = path_of(shared, task_id, task.attempt if attempt is None else attempt)
     try:
-        if attempt is None or attempt == task.attempt:
-            data, next_offset = await _current_log(request.app[CLUSTER], task, path_of(shared, task_id), offset, tail)
-        else:
-            kept, moved_from = path_of(shared, task_id, attempt), None
-            if attempt == task.attempt - 1:
-                moved_from = path_of(shared, task_id)
-            data, next_offset = await _earlier_log(request.app[CLUSTER], task, kept, moved_from, offset, tail)
+        data, next_offset = await asyncio.to_thread(read_log, path, offset, tail)
     except UnsafeFile as exc:
         raise UnsafeFile(
             f"the {stream} of task {task_id} is not served: {exc.message} (only a regular file HakuRiver wrote is)"

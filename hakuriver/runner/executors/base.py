@@ -102,6 +102,8 @@ class LaunchSpec:
     """An array task's batch; None for other tasks."""
     array_index: int | None = None
     """An array task's index (`--array`); None for other tasks."""
+    attempt: int = 1
+    """Which run of the task this is (`--retries`); its output files are its own (`naming.stdout_path`)."""
 
     def task_env(self) -> dict[str, str]:
         """The environment the task sees inside its sandbox (Docker paths)."""

@@ -167,6 +167,9 @@ def launch_request(spec: LaunchSpec, *, user: str, runner_name: str, numactl: st
         # Only with a limit: a launcher from before time limits still runs every other task.
         req["time_limit"] = int(spec.time_limit)
         req["timeout_grace"] = max(1, math.ceil(spec.timeout_grace))
+    if spec.attempt != 1:
+        # Only for a retry (its own log files): a launcher from before retries runs every first attempt.
+        req["attempt"] = int(spec.attempt)
     if spec.array_index is not None:
         # Only for array tasks: a launcher from before arrays still runs every other task.
         req["array_index"] = int(spec.array_index)
