@@ -30,7 +30,7 @@ import ssl
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import aiohttp
@@ -56,6 +56,17 @@ WAIT_BATCH = 1000
 """Most ids one wait request may carry (the Host's MAX_LIST)."""
 
 STREAMS = ("stdout", "stderr")
+
+
+class LogChunk(NamedTuple):
+    """One answer of the log endpoint (`HostClient.log_chunk`)."""
+
+    data: bytes
+    next_offset: int
+    state: str
+    attempt: int | None
+    """The task's current attempt when the Host read the file (`X-HakuRiver-Task-Attempt`)."""
+
 
 OPERATION_IDLE_TIMEOUT = 120.0
 """Seconds an environment operation's stream may stay silent (the Host sends a
@@ -411,6 +422,19 @@ class HostClient:
         more has been written yet (or the log does not exist yet).
         `attempt`: that attempt's output (`--retries`), not the current one's.
         """
+        chunk = await self.log_chunk(task_id, stream, offset, tail, attempt)
+        return chunk.data, chunk.next_offset, chunk.state
+
+    async def log_chunk(
+        self,
+        task_id: int | str,
+        stream: str = "stdout",
+        offset: int = 0,
+        tail: int | None = None,
+        attempt: int | None = None,
+    ) -> LogChunk:
+        """`logs`, with the task's current attempt as the Host read it before
+        the file (None from a Host that does not say)."""
         if stream not in STREAMS:
             raise ValueError(f"stream must be one of {STREAMS}, not {stream!r}")
         params = {"stream": stream}
@@ -430,7 +454,9 @@ class HostClient:
                 f"unexpected answer from {self.base_url}{path}: missing X-HakuRiver-Next-Offset/Task-State headers",
                 code="bad_response",
             ) from None
-        return data, next_offset, state
+        raw_attempt = headers.get("X-HakuRiver-Task-Attempt", "")
+        current = int(raw_attempt) if raw_attempt.isascii() and raw_attempt.isdigit() else None
+        return LogChunk(data, next_offset, state, current)
 
     # -------------------------------------------------------------- nodes
     async def nodes(self) -> dict[str, Any]:

@@ -699,6 +699,13 @@ async def stream_logs(
     note on `note` (stderr) says so, and reading resumes at the same offset, so
     no line is printed twice. A Host unreachable at the first read is still an
     error: then there is nothing to follow yet, and probably a wrong address.
+
+    Each attempt of a retried task has its own log (`attempt`: that one's).
+    Without `attempt`, the current attempt's is read, and kept to once known
+    (offsets are per file); when a read of it comes back empty and the Host
+    says the task is at a later attempt (read before the file: that attempt
+    had ended, its log whole), following goes on with the new attempt's log
+    from its start, with a note on `note`.
     """
     out = out if out is not None else sys.stdout.buffer
     note = note if note is not None else sys.stderr
@@ -706,9 +713,10 @@ async def stream_logs(
     reached = False
     retry_delay = FOLLOW_RETRY_FIRST
     noted = False
+    reading = attempt
     while True:
         try:
-            data, next_offset, state = await host.logs(task_id, stream, offset, tail=tail, attempt=attempt)
+            data, next_offset, state, current = await host.log_chunk(task_id, stream, offset, tail, reading)
         except (HostUnreachable, ApiError) as exc:
             # 503: a Host that is starting or stopping; anything else it says is final.
             if not (follow and reached) or (isinstance(exc, ApiError) and exc.status != 503):
@@ -722,6 +730,8 @@ async def stream_logs(
         reached = True
         retry_delay = FOLLOW_RETRY_FIRST
         tail = None
+        if reading is None:
+            reading = current  # the attempt just read (None: a Host that does not say)
         if data:
             out.write(data)
             out.flush()
@@ -733,6 +743,10 @@ async def stream_logs(
             continue  # there may be more right away: read on without sleeping
         if not follow or is_final(state):
             return state
+        if attempt is None and reading is not None and current is not None and current > reading:
+            print(f"task {task_id} was retried: attempt {current}'s own output follows", file=note, flush=True)
+            reading, offset = current, 0
+            continue
         await asyncio.sleep(interval)
 
 

@@ -118,7 +118,7 @@ def test_task_schema_matches_the_wire_format(doc):
 
 def test_logs_headers_documented(doc):
     ok = doc["paths"]["/api/tasks/{task_id}/logs"]["get"]["responses"]["200"]
-    assert set(ok["headers"]) == {"X-HakuRiver-Next-Offset", "X-HakuRiver-Task-State"}
+    assert set(ok["headers"]) == {"X-HakuRiver-Next-Offset", "X-HakuRiver-Task-State", "X-HakuRiver-Task-Attempt"}
     assert "application/octet-stream" in ok["content"]
 
 

@@ -5,6 +5,10 @@ touch the new run. The retry state survives a Host restart."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+
+from hakuriver.cli.task import stream_logs
 from hakuriver.runner.keys import STATE
 from tests.harness.polling import apoll
 
@@ -113,3 +117,25 @@ async def test_usage_counts_the_time_of_earlier_attempts(inproc_factory: Cluster
     assert set(by_node) == {"n1", "n2"}  # the lost attempt ran on n1 and counts there
     assert (by_node["n1"]["tasks"], by_node["n2"]["tasks"]) == (0, 1)  # the task itself once
     assert by_node["n1"]["hours"] > 0
+
+
+async def test_following_a_task_goes_on_with_its_next_attempts_own_log(inproc: InProcCluster) -> None:
+    runner = await inproc.add_runner("n1", hold_end=True)
+    reply = await inproc.client.submit(["fake", "exit", "3"], retries=1, retry_on_exit=True)
+    [task_id] = reply["task_ids"]
+    await inproc.wait_state(task_id, "running")
+    out, note = io.BytesIO(), io.StringIO()
+    follower = asyncio.ensure_future(
+        stream_logs(inproc.client, task_id, follow=True, interval=0.02, out=out, note=note)
+    )
+    try:
+        await apoll(lambda: out.getvalue() != b"", timeout=20, what="attempt 1's output to be followed")
+        runner.docker.release_end(task_id)  # attempt 1 ends (exit 3), attempt 2 runs and ends too
+        state = await asyncio.wait_for(follower, timeout=60)
+    finally:
+        follower.cancel()
+    assert (state, (await inproc.client.get_task(task_id))["attempt"]) == ("failed", 2)
+    # Both attempts' output, each from its own file's start, and a note where one ends.
+    banner = f"fake task {task_id}: fake exit 3\n".encode()
+    assert out.getvalue() == banner * 2
+    assert note.getvalue() == f"task {task_id} was retried: attempt 2's own output follows\n"

@@ -267,5 +267,9 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     return web.Response(
         body=data,
         content_type="application/octet-stream",
-        headers={"X-HakuRiver-Next-Offset": str(next_offset), "X-HakuRiver-Task-State": str(task.state)},
+        headers={
+            "X-HakuRiver-Next-Offset": str(next_offset),
+            "X-HakuRiver-Task-State": str(task.state),
+            "X-HakuRiver-Task-Attempt": str(task.attempt),
+        },
     )
