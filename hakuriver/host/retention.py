@@ -14,13 +14,12 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 from .. import naming
 from ..config import Config
 from ..safefiles import UnsafeFile, open_log_dir
 from .db import Database
-from .retries import MAX_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +29,12 @@ PURGE_BATCH = 1000
 """Tasks deleted in one write, so a long history never holds the writer long."""
 
 
-def remove_logs(shared_dir: str, task_ids: Iterable[int]) -> int:
+def remove_logs(shared_dir: str, tasks: Mapping[int, int]) -> int:
     """Unlink the stdout and stderr files of these tasks, every attempt's; return how many
     went. Missing ones are fine; a log directory that is a link is left
-    alone (logged)."""
+    alone (logged). `tasks`: each task id with its last attempt."""
     removed = 0
-    ids = list(task_ids)
+    ids = list(tasks)
     for path_of in (naming.stdout_path, naming.stderr_path):
         if not ids:
             break
@@ -49,8 +48,8 @@ def remove_logs(shared_dir: str, task_ids: Iterable[int]) -> int:
         try:
             for task_id in ids:
                 # Every attempt's (naming.stdout_path): any may be missing (one that
-                # failed before it wrote), so each possible one is tried.
-                for attempt in range(1, MAX_RETRIES + 2):
+                # failed before it wrote), so each one the task had is tried.
+                for attempt in range(1, max(1, tasks[task_id]) + 1):
                     name = os.path.basename(path_of(shared_dir, task_id, attempt))
                     try:
                         os.unlink(name, dir_fd=dir_fd)  # a link goes itself; its target stays
@@ -75,11 +74,12 @@ async def purge_once(config: Config, db: Database, now: float | None = None) -> 
     cutoff = (time.time() if now is None else now) - days * 86400
     purged: list[int] = []
     while True:
-        ids = await db.purge_final_tasks(cutoff, limit=PURGE_BATCH)
-        if not ids:
+        batch = await db.purge_final_tasks(cutoff, limit=PURGE_BATCH)
+        if not batch:
             break
+        ids = list(batch)
         purged.extend(ids)
-        files = await asyncio.to_thread(remove_logs, config.paths.shared_dir, ids)
+        files = await asyncio.to_thread(remove_logs, config.paths.shared_dir, batch)
         log.info("retention: purged %d final tasks older than %d days and %d log files", len(ids), days, files)
         if len(ids) < PURGE_BATCH:
             break

@@ -47,7 +47,8 @@ async def test_a_purge_removes_only_old_final_tasks_and_their_logs(tmp_path):
     try:
         old = NOW - 40 * DAY
         tasks = [
-            task(1, "alice", "n1", TaskState.COMPLETED, start=old),  # old, final: goes
+            # Old, final: goes, with the log files of all eleven attempts it had.
+            dataclasses.replace(task(1, "alice", "n1", TaskState.COMPLETED, start=old), attempt=11, retries=10),
             task(2, "alice", "n1", TaskState.FAILED, start=old, hours=2),  # old, final: goes
             task(3, "bob", "n1", TaskState.COMPLETED, start=NOW - 10 * DAY),  # recent: stays
             # Old but running (an end time on it, as a damaged row might have): stays.
@@ -58,7 +59,7 @@ async def test_a_purge_removes_only_old_final_tasks_and_their_logs(tmp_path):
         ]
         await db.insert_tasks(tasks)
         write_logs(cfg, *range(1, 8))
-        # Later attempts' own files (`--retries`), with a gap (attempt 2 wrote nothing), up to the last one.
+        # Later attempts' own files (`--retries`), with gaps (attempts that wrote nothing), up to the last one.
         shared = cfg.paths.shared_dir
         earlier = [naming.stdout_path(shared, t, n) for t in (1, 3) for n in (3, 11)]
         earlier += [naming.stderr_path(shared, 1, 10), naming.stderr_path(shared, 3, 10)]

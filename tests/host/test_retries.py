@@ -325,7 +325,7 @@ async def test_requeue_is_guarded_and_records_the_attempt(tmp_path: Path) -> Non
         assert (await db.get_task(1)).state is TaskState.PENDING  # type: ignore[union-attr]
         # Purging a final task takes its attempts with it.
         assert await db.transition(1, TaskState.KILLED, now=23.0, attempt=2) is not None
-        assert await db.purge_final_tasks(100.0) == [1]  # (3 has no end time: never purged)
+        assert await db.purge_final_tasks(100.0) == {1: 2}  # its last attempt; (3 has no end time: never purged)
         assert await db.attempts_of([1]) == {}
     finally:
         await db.close()

@@ -145,16 +145,17 @@ class AccountingQueries(Store):
             totals: dict[str | None, float] = await self._in_thread(_usage_totals_in_thread, *args)
         return totals
 
-    async def purge_final_tasks(self, finished_before: float, *, limit: int = 1000) -> list[int]:
+    async def purge_final_tasks(self, finished_before: float, *, limit: int = 1000) -> dict[int, int]:
         """Delete up to `limit` final tasks that finished before
         `finished_before`, oldest first, and their dependency and attempt rows; return
-        their ids. Never a task that is not final, and never one that a task
-        which is not final depends on (its waiter still reads it)."""
+        their ids, each with its last attempt (which log files it has,
+        `naming.stdout_path`), oldest first. Never a task that is not final, and
+        never one that a task which is not final depends on (its waiter still reads it)."""
 
         async def op(conn: aiosqlite.Connection) -> Counted:
             gone: dict[TaskState, int] = {}
             rows = await conn.execute_fetchall(
-                f"""SELECT id FROM tasks
+                f"""SELECT id, attempt FROM tasks
                     WHERE state IN ({_FINAL_SQL}) AND finished_at IS NOT NULL AND finished_at < ?
                       AND id NOT IN (
                         SELECT d.depends_on FROM task_dependencies d JOIN tasks w ON w.id = d.task_id
@@ -162,7 +163,8 @@ class AccountingQueries(Store):
                     ORDER BY finished_at LIMIT ?""",
                 (float(finished_before), max(0, int(limit))),
             )
-            ids = [int(r[0]) for r in rows]
+            attempts = {int(r[0]): int(r[1]) for r in rows}
+            ids = list(attempts)
             for chunk in _chunks(ids):
                 marks = ",".join("?" * len(chunk))
                 await conn.execute(f"DELETE FROM task_attempts WHERE task_id IN ({marks})", tuple(chunk))
@@ -176,6 +178,6 @@ class AccountingQueries(Store):
                 )
                 for (state,) in deleted:
                     gone[TaskState(state)] = gone.get(TaskState(state), 0) - 1
-            return Counted(ids, gone)
+            return Counted(attempts, gone)
 
         return await self._write(op, atomic=True)
