@@ -702,10 +702,11 @@ async def stream_logs(
 
     Each attempt of a retried task has its own log (`attempt`: that one's).
     Without `attempt`, the current attempt's is read, and kept to once known
-    (offsets are per file); when a read of it comes back empty and the Host
-    says the task is at a later attempt (read before the file: that attempt
-    had ended, its log whole), following goes on with the new attempt's log
-    from its start, with a note on `note`.
+    (offsets are per file). When a read of the attempt read comes back empty
+    and the Host says the task is at a later attempt (read before the file:
+    that attempt had ended, its log whole), following ends for an `attempt`
+    asked for, and otherwise goes on with the new attempt's log from its
+    start, with a note on `note`.
     """
     out = out if out is not None else sys.stdout.buffer
     note = note if note is not None else sys.stderr
@@ -743,7 +744,9 @@ async def stream_logs(
             continue  # there may be more right away: read on without sleeping
         if not follow or is_final(state):
             return state
-        if attempt is None and reading is not None and current is not None and current > reading:
+        if reading is not None and current is not None and current > reading:
+            if attempt is not None:
+                return state
             print(f"task {task_id} was retried: attempt {current}'s own output follows", file=note, flush=True)
             reading, offset = current, 0
             continue
@@ -753,16 +756,12 @@ async def stream_logs(
 async def _cmd_logs(args: argparse.Namespace, connect: Connect) -> int:
     sys.stdout.flush()
     async with connect() as host:
-        follow = args.follow
-        if follow and args.attempt is not None:
-            # An earlier attempt has ended: its output is whole, nothing to wait for.
-            follow = args.attempt >= int((await host.get_task(args.task_id)).get("attempt", 1))
         await stream_logs(
             host,
             args.task_id,
             stream="stderr" if args.stderr else "stdout",
             tail=args.tail,
-            follow=follow,
+            follow=args.follow,
             interval=args.interval,
             attempt=args.attempt,
         )

@@ -68,6 +68,7 @@ export function TaskPage({ id, session }) {
     } finally { setBusy(false); }
   };
   const final = FINAL.has(task.state);
+  const showing = shown ?? task.attempt;  // a new attempt gets fresh views: each has its own log
   const running = !final && task.state !== "pending";
   return html`<h1>Task ${task.task_id} <${StateBadge} state=${task.state} /></h1>
     <${ErrorLine} error=${error} />
@@ -100,7 +101,7 @@ export function TaskPage({ id, session }) {
       <button id="attempt-current" disabled=${shown === null} onClick=${() => setShown(null)}>attempt ${task.attempt} (${task.state})</button>
     </div>`}
     ${mine && (task.state !== "pending" || shown !== null) && html`<div class="logs">
-      <${LogView} key=${"stdout-" + (shown ?? task.attempt)} id=${task.task_id} stream="stdout" attempt=${shown ?? task.attempt} running=${running && shown === null} />
-      <${LogView} key=${"stderr-" + (shown ?? task.attempt)} id=${task.task_id} stream="stderr" attempt=${shown ?? task.attempt} running=${running && shown === null} />
+      <${LogView} key=${"stdout-" + showing} id=${task.task_id} stream="stdout" attempt=${showing} running=${running && shown === null} />
+      <${LogView} key=${"stderr-" + showing} id=${task.task_id} stream="stderr" attempt=${showing} running=${running && shown === null} />
     </div>`}`;
 }
