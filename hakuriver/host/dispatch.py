@@ -65,7 +65,7 @@ class Dispatcher:
         self.limits_of = limits_of
         """Each owner's effective limits (`Accounts.effective_limits`); None: nobody is limited."""
         self._full_pass_at = float("-inf")
-        """When the latest pass that ran the scheduler began (the loop's monotonic clock)."""
+        """When the latest pass that walked the whole queue began (the loop's monotonic clock)."""
         self._busy_at = float("-inf")
         """When the latest pass that found tasks pending began (same clock): `coalesce_delay`."""
         self._kick_later = False
@@ -140,7 +140,7 @@ class Dispatcher:
                     self._kick_later = True
                     loop.call_later(SATURATED_PASS_SECONDS - waited, self._late_kick)
                 return []
-            self._full_pass_at = loop.time()
+            began = loop.time()
             # Tasks waiting for a dependency are left out of the queue, not
             # placed behind: they cannot start however much is free, so they
             # must not be the head that backfill reserves for (host/dependencies.py).
@@ -158,12 +158,19 @@ class Dispatcher:
                 drained=cluster.drains.keys(),
                 avoid=cluster.retried_from,
                 usage=cluster.fairshare.snapshot(cluster.clock()),
+                # Under a backlog, a pass that has filled every node stops
+                # there; one walks the whole queue at least every
+                # SATURATED_PASS_SECONDS, for new tasks' reasons.
+                stop_when_full=waited < SATURATED_PASS_SECONDS,
             )
-            reasons = self.scheduler.last_stats.reasons
+            stats = self.scheduler.last_stats
+            if not stats.stopped_full:
+                self._full_pass_at = began
+            reasons = stats.reasons
             for task_id, holder in fenced.items():
                 if holder and task_id in cluster.pending:
                     reasons[task_id] = f"retry: waiting for node {holder!r} to let go of the earlier attempt"
-            cluster.waits.record(reasons, self.scheduler.last_stats.order)
+            cluster.waits.record(reasons, stats.order, unwalked=stats.order[stats.walked :])
             if not placements:
                 return []
             now = cluster.clock()

@@ -5,7 +5,10 @@ The scheduling pass records one short reason per pending task it looked at
 in memory only (bounded by the scheduler's `max_reasons`, replaced by each
 pass, never stored) and answers the task views of the API:
 
-- `pending_reason`: the reason of the latest pass; `no node is online` when
+- `pending_reason`: the reason of the latest pass that reached the task (a
+  pass that filled every node stops there, `Scheduler.schedule`'s
+  `stop_when_full`; the dispatcher walks the whole queue at least every
+  `SATURATED_PASS_SECONDS`); `no node is online` when
   the pass had no node to look at; `position: not examined yet` for a task
   the pass did not reach (just submitted, or beyond `max_examined`).
 - `position`: 1-based place in the pending queue in the order the latest
@@ -42,9 +45,18 @@ class WaitBoard:
         self._walked: Sequence[Task] = ()
         self._order: QueueOrder | None = None
 
-    def record(self, reasons: Mapping[int, str], order: Sequence[Task] = ()) -> None:
+    def record(self, reasons: dict[int, str], order: Sequence[Task] = (), *, unwalked: Sequence[Task] = ()) -> None:
         """The reasons of the pass that just ran, and the queue in the order it
-        walked it (the board keeps both; the positions are made when asked)."""
+        walked it (the board keeps both; the positions are made when asked).
+        `unwalked`: the tasks of the queue the pass stopped before (every node
+        was full); each keeps the reason it had, so a backlog's reasons are
+        as old as the latest pass that reached them, never lost."""
+        if unwalked and self._reasons:
+            before = self._reasons
+            for task in unwalked:
+                why = before.get(task.id)
+                if why is not None:
+                    reasons.setdefault(task.id, why)
         self._reasons = reasons
         self._no_nodes = False
         self._walked, self._order = order, None

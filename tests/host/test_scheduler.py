@@ -679,3 +679,72 @@ def test_pass_speed_10k_pending_100_nodes():
         )
     # full cluster: the pass must still have looked at everything cheaply
     assert sched.last_stats.examined + sched.last_stats.skipped_same_shape <= 10_000
+
+
+def test_a_pass_asked_to_stop_when_full_ends_at_the_last_free_core():
+    nodes = [node("a", cores=2), node("b", cores=2)]
+    ledger = Ledger()
+    ledger.hold(running(100, "a"))  # 3 cores free in all
+    pending = [task(i) for i in range(1, 11)]
+    sched = Scheduler()
+    placements = sched.schedule(pending, nodes, ledger, stop_when_full=True)
+    assert placed_ids(placements) == [1, 2, 3]
+    stats = sched.last_stats
+    assert stats.stopped_full and stats.walked == 3
+    assert [t.id for t in stats.order] == list(range(1, 11))  # positions still cover the whole queue
+    assert stats.reasons == {}  # nobody reached, nothing said: the caller keeps the earlier reasons
+    # Without it the same pass places the same tasks and says why each other waits.
+    ledger = Ledger()
+    ledger.hold(running(100, "a"))
+    again = Scheduler()
+    assert placed_ids(again.schedule(pending, nodes, ledger)) == [1, 2, 3]
+    assert not again.last_stats.stopped_full and again.last_stats.walked == 10
+    assert set(again.last_stats.reasons) == set(range(4, 11))
+
+
+def test_a_pass_with_a_core_free_goes_on_past_a_head_that_cannot_use_it():
+    # Stopping is only for "nothing more can start": one free core anywhere
+    # keeps the pass going, past a head too big for it, to a task it fits.
+    nodes = [node("a", cores=1), node("b", cores=4)]
+    ledger = Ledger()
+    ledger.hold(running(100, "b", cores=4))
+    sched = Scheduler()
+    placements = sched.schedule([task(1, cores=4), task(2), task(3)], nodes, ledger, stop_when_full=True)
+    assert {p.task_id: p.node for p in placements} == {2: "a"}
+    stats = sched.last_stats
+    assert stats.reserved == {1: "b"} and stats.stopped_full and stats.walked == 2
+    # Full from the start: nothing is looked at.
+    assert sched.schedule([task(3)], nodes, ledger, stop_when_full=True) == []
+    assert sched.last_stats.walked == 0 and sched.last_stats.examined == 0
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_randomized_stopping_when_full_places_exactly_what_a_full_walk_places(seed):
+    rng = random.Random(seed)
+    nodes = _random_cluster(rng)
+    ledgers, scheds = (Ledger(), Ledger()), (Scheduler(), Scheduler())
+    pending: dict[int, Task] = {}
+    active: list[int] = []
+    next_id = 1
+    for _round in range(25):
+        for _ in range(rng.randint(0, 15)):
+            pending[next_id] = _random_task(rng, next_id, nodes)
+            next_id += 1
+        full, stopped = (
+            sched.schedule(list(pending.values()), nodes, ledger, stop_when_full=stop)
+            for sched, ledger, stop in zip(scheds, ledgers, (False, True), strict=True)
+        )
+        assert stopped == full
+        stats = scheds[1].last_stats
+        if stats.stopped_full:
+            assert all(ledgers[1].used(n.hostname).cores >= n.cores for n in nodes)
+        # What it did reach, it says the same about.
+        reached = {t.id for t in stats.order[: stats.walked]}
+        assert {k: v for k, v in scheds[0].last_stats.reasons.items() if k in reached} == stats.reasons
+        for p in full:
+            pending.pop(p.task_id)
+            active.append(p.task_id)
+        for tid in rng.sample(active, k=len(active) // 3):
+            for ledger in ledgers:
+                ledger.release(tid)
+            active.remove(tid)

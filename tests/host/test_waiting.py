@@ -4,7 +4,7 @@ long queue, off the event loop; an answer never makes them itself."""
 from __future__ import annotations
 
 from hakuriver.host.scheduler import queue_order
-from hakuriver.host.waiting import INLINE_ORDER, WaitBoard
+from hakuriver.host.waiting import INLINE_ORDER, NOT_EXAMINED, WaitBoard
 
 from .test_scheduler import task
 from .test_scheduler_priority import owned
@@ -27,3 +27,16 @@ async def test_positions_follow_the_pass_short_and_long_queues() -> None:
         assert board.order_now() is order  # kept until the next pass
         board.record({}, walked[1:])
         assert board.order_now().position(walked[1].id) is None
+
+
+def test_tasks_a_pass_stopped_before_keep_the_reasons_they_had() -> None:
+    board = WaitBoard()
+    walked = [task(i) for i in range(1, 6)]
+    board.record({i: f"old {i}" for i in (1, 2, 3, 4)}, walked)
+    # The next pass placed task 1, reached task 2 and stopped (every node full);
+    # task 5 was new: nobody has looked at it yet, and it says so.
+    board.record({2: "new 2"}, walked[1:], unwalked=walked[2:])
+    assert [board.reason(i) for i in (2, 3, 4, 5)] == ["new 2", "old 3", "old 4", NOT_EXAMINED]
+    # A pass that walked the whole queue says only its own reasons.
+    board.record({3: "new 3"}, walked[2:])
+    assert [board.reason(i) for i in (3, 4)] == ["new 3", NOT_EXAMINED]

@@ -35,6 +35,12 @@ their place in the queue without a reservation for this pass; as the tasks
 ahead of them start they move into the reserved head of the queue, so every
 task is protected before long, while nodes nobody reserved keep filling.
 
+A pass asked to `stop_when_full` ends once no candidate node has a core
+free (every task needs one, so nothing more can start): under a backlog a
+pass then costs what it placed, not the length of the queue. The tasks it
+did not reach get no reason and no reservation from it (`PassStats.walked`
+says where it stopped); the caller keeps their previous reasons.
+
 Array limits (`Task.array_max_running`): an array's `%N` works like a
 per-user `max_running` for its batch: while N tasks of the batch hold
 resources (`Ledger.batch_running`), its other tasks are skipped with the
@@ -84,6 +90,10 @@ class PassStats:
     """Blocked tasks left without a reservation because the cap was reached."""
     stopped_early: bool = False
     """True when `max_examined` ended the pass before the end of the queue."""
+    stopped_full: bool = False
+    """True when `stop_when_full` ended the pass: no node had a core left."""
+    walked: int = 0
+    """How many tasks of `order` the pass went through (all of them unless it stopped)."""
     reserved: dict[int, str] = field(default_factory=dict)
     """Blocked task id -> the node reserved for it."""
     drained: dict[int, str] = field(default_factory=dict)
@@ -120,6 +130,7 @@ class Scheduler:
         drained: Collection[str] = (),
         usage: Usage | None = None,
         avoid: Mapping[int, str] | None = None,
+        stop_when_full: bool = False,
     ) -> list[Placement]:
         """Place what fits now, in queue order (`ordering`: priority, then the
         owners' fair-share `usage`, then id) with conservative backfill.
@@ -130,7 +141,8 @@ class Scheduler:
         killed meanwhile), it must `ledger.release(task_id)`. `limits` gives
         each owner's effective limits (None: nobody is limited). `avoid`: a
         task id -> a node it goes to only where no other fits (a retried
-        task's previous node, host/retries.py).
+        task's previous node, host/retries.py). `stop_when_full`: end the
+        pass once no node has a core free (see the module doc).
         """
         queue = queue_order(pending, usage)
         stats = PassStats(pending=len(queue), order=queue)
@@ -157,7 +169,14 @@ class Scheduler:
             if len(reasons) < self.max_reasons:
                 reasons[task_id] = why
 
-        for task in queue:
+        # Cores free on the nodes that may take work; placements only lower it.
+        free_cores = sum(max(0, st.cores - st.usage.cores) for st in states) if stop_when_full else 1
+        stats.walked = len(queue)
+        for index, task in enumerate(queue):
+            if free_cores <= 0:
+                stats.stopped_full = True
+                stats.walked = index
+                break
             if task.id in ledger:
                 continue
             # A pending task's shape never changes: made once, kept across passes.
@@ -189,6 +208,7 @@ class Scheduler:
                 continue
             if stats.examined >= self.max_examined:
                 stats.stopped_early = True
+                stats.walked = index
                 break
             stats.examined += 1
 
@@ -237,6 +257,8 @@ class Scheduler:
                 )
                 placements.append(Placement(task.id, best_state.name, req.numa, best_gpus))
                 stats.placed += 1
+                if stop_when_full:
+                    free_cores -= req.cores
                 continue
 
             failed.add(req)
