@@ -748,3 +748,16 @@ def test_randomized_stopping_when_full_places_exactly_what_a_full_walk_places(se
             for ledger in ledgers:
                 ledger.release(tid)
             active.remove(tid)
+
+
+def test_a_pass_ended_by_its_examination_cap_counts_as_walked_to_the_end():
+    # The tasks past `max_examined` must not keep an older pass's reason for
+    # good: only a pass that stopped because every node was full hands them on.
+    nodes = [node("a", cores=1)]
+    ledger = Ledger()
+    ledger.hold(running(100, "a"))
+    sched = Scheduler(max_examined=1)
+    pending = [task(1, cores=1), task(2, cores=1, memory=G), task(3, cores=1, memory=2 * G)]
+    assert sched.schedule(pending, nodes, ledger) == []
+    stats = sched.last_stats
+    assert stats.stopped_early and not stats.stopped_full and stats.walked == 3

@@ -93,7 +93,9 @@ class PassStats:
     stopped_full: bool = False
     """True when `stop_when_full` ended the pass: no node had a core left."""
     walked: int = 0
-    """How many tasks of `order` the pass went through (all of them unless it stopped)."""
+    """How many tasks of `order` the pass went through before `stop_when_full`
+    ended it; all of them otherwise (a pass `max_examined` ended included: the
+    tasks past that cap read "not examined", they keep no older reason)."""
     reserved: dict[int, str] = field(default_factory=dict)
     """Blocked task id -> the node reserved for it."""
     drained: dict[int, str] = field(default_factory=dict)
@@ -208,7 +210,6 @@ class Scheduler:
                 continue
             if stats.examined >= self.max_examined:
                 stats.stopped_early = True
-                stats.walked = index
                 break
             stats.examined += 1
 
