@@ -50,6 +50,7 @@ protected head.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -171,8 +172,9 @@ class Scheduler:
             if len(reasons) < self.max_reasons:
                 reasons[task_id] = why
 
-        # Cores free on the nodes that may take work; placements only lower it.
-        free_cores = sum(max(0, st.cores - st.usage.cores) for st in states) if stop_when_full else 1
+        # Cores free on the nodes that may take work; placements only lower it
+        # (never reaching 0 when the pass is not to stop).
+        free_cores = sum(max(0, st.cores - st.usage.cores) for st in states) if stop_when_full else math.inf
         stats.walked = len(queue)
         for index, task in enumerate(queue):
             if free_cores <= 0:
@@ -258,8 +260,7 @@ class Scheduler:
                 )
                 placements.append(Placement(task.id, best_state.name, req.numa, best_gpus))
                 stats.placed += 1
-                if stop_when_full:
-                    free_cores -= req.cores
+                free_cores -= req.cores
                 continue
 
             failed.add(req)
