@@ -63,8 +63,7 @@ def stderr_path(shared_dir: str, task_id: int, attempt: int | None = None) -> st
 
 
 def _attempt_part(attempt: int | None) -> str:
-    if attempt is None or int(attempt) == 1:
-        return ""
-    if int(attempt) < 1:
+    number = 1 if attempt is None else int(attempt)
+    if number < 1:
         raise ValueError(f"an attempt is numbered from 1, not {attempt!r}")
-    return f".attempt{int(attempt)}"
+    return "" if number == 1 else f".attempt{number}"

@@ -702,11 +702,11 @@ async def stream_logs(
 
     Each attempt of a retried task has its own log (`attempt`: that one's).
     Without `attempt`, the current attempt's is read, and kept to once known
-    (offsets are per file). When a read of the attempt read comes back empty
-    and the Host says the task is at a later attempt (read before the file:
-    that attempt had ended, its log whole), following ends for an `attempt`
-    asked for, and otherwise goes on with the new attempt's log from its
-    start, with a note on `note`.
+    (offsets are per file). When a read comes back empty and the Host says
+    the task is at a later attempt (read before the file: that attempt had
+    ended, its log whole), following ends for an `attempt` asked for, and
+    otherwise goes on with the new attempt's log from its start, with a note
+    on `note`.
     """
     out = out if out is not None else sys.stdout.buffer
     note = note if note is not None else sys.stderr

@@ -2,8 +2,11 @@
 
 The scheduling pass records one short reason per pending task it looked at
 (`scheduler.PassStats.reasons`); `WaitBoard` keeps the latest pass's reasons
-in memory only (bounded by the scheduler's `max_reasons`, replaced by each
-pass, never stored) and answers the task views of the API:
+in memory only (never stored) and answers the task views of the API. Each
+pass replaces them; one that stopped full also hands on the older reasons of
+the tasks it did not reach, so they are bounded by the scheduler's
+`max_reasons` plus the tasks that were given reasons since the latest full
+walk:
 
 - `pending_reason`: the reason of the latest pass that reached the task (a
   pass that filled every node stops there, `Scheduler.schedule`'s
