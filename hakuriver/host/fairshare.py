@@ -125,13 +125,15 @@ class FairShare:
             return
         if now - self._t0 > self.half_life:
             self._rebase(now)
-        for task_id in [t for t in self._running if t not in holds]:
+        # Set differences of the key views: two passes in C over the holds,
+        # not a Python loop, since every scheduling pass calls this.
+        for task_id in self._running.keys() - holds.keys():
             acc = self._stop(task_id)
             self._add(acc.owner, span_usage(acc.rate, acc.since, now, now, self.half_life), now)
         if len(self._running) != len(holds):
-            for task_id, hold in holds.items():
-                if task_id not in self._running:
-                    self._start(task_id, _Accrual(hold.owner, self.rate(hold.cores, len(hold.gpus)), now))
+            for task_id in holds.keys() - self._running.keys():
+                hold = holds[task_id]
+                self._start(task_id, _Accrual(hold.owner, self.rate(hold.cores, len(hold.gpus)), now))
 
     def _k(self) -> float:
         return math.log(2) / self.half_life
