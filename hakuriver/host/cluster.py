@@ -51,7 +51,7 @@ from .dependencies import AFTER, DependencyIndex
 from .fairshare import FairShare
 from .retries import RetryFences, should_retry
 from .runner_client import RunnerClient, RunnerRejected, RunnerUnreachable
-from .scheduler import UNLIMITED, Ledger, Used, UserLimits, check_fits_ever, check_fits_limits
+from .scheduler import UNLIMITED, Ledger, PendingQueue, Used, UserLimits, check_fits_ever, check_fits_limits
 from .waiting import WaitBoard
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class Cluster:
         self.ids = IdGenerator()
         self.lock = asyncio.Lock()
         self.ledger = Ledger()
-        self.pending: dict[int, Task] = {}
+        self.pending = PendingQueue()
+        """The tasks waiting for a place, by id, kept for the pass's order."""
         self.deps = DependencyIndex()
         """The pending tasks that wait for others (`--after`): the pass skips them."""
         self.waits = WaitBoard()
@@ -118,7 +119,7 @@ class Cluster:
                 finished_since=fs.window_start(now), now=now, half_life=fs.half_life, gpu_weight=fs.gpu_weight
             )
             fs.rebuild_totals(totals, holding, now)
-        self.pending = {t.id: t for t in await self.db.load_pending()}
+        self.pending = PendingQueue(await self.db.load_pending())
         # A retried task's previous node may still hold the old run: fenced
         # again until that node's first heartbeat says otherwise.
         self.fences, self.retried_from = RetryFences(), {}
@@ -262,7 +263,7 @@ class Cluster:
         ]
         await self.db.insert_tasks(tasks)
         for task in tasks:
-            self.pending[task.id] = task
+            self.pending.add(task)
         if after or after_any:
             for task in tasks:
                 self.deps.add(task.id, after, after_any)
@@ -461,7 +462,7 @@ class Cluster:
         self.fences.add(task.id, node)
         if node:
             self.retried_from[task.id] = node
-        self.pending[task.id] = task
+        self.pending.add(task)
 
     async def finish(
         self,

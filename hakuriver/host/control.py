@@ -60,9 +60,8 @@ class TaskControl:
                 if current is None:
                     raise NotFound(f"no task {task_id}")
                 raise Conflict(f"task {task_id} is {current.state}: only a pending task's priority can change")
-            task = self.cluster.pending.get(task_id)
-            if task is not None:
-                task.priority = priority
+            if task_id in self.cluster.pending:
+                self.cluster.pending.set_priority(task_id, priority)
         self.cluster.kick()
         stored = await self.cluster.db.get_task(task_id)
         if stored is None:  # purged meanwhile: impossible for a pending task, but say so
@@ -84,7 +83,7 @@ class TaskControl:
             )
             for task_id in changed:
                 if task_id in self.cluster.pending:
-                    self.cluster.pending[task_id].priority = priority
+                    self.cluster.pending.set_priority(task_id, priority)
         self.cluster.kick()
         return changed
 

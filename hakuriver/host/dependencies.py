@@ -34,7 +34,7 @@ database. The Host rebuilds it from `task_dependencies` at start.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, KeysView
 from dataclasses import dataclass, field
 
 from ..models import TaskState
@@ -108,6 +108,10 @@ class DependencyIndex:
         self._waiting[task_id] = w
         for dep in w.unmet():
             self._by_dep.setdefault(dep, set()).add(task_id)
+
+    def waiting_ids(self) -> KeysView[int]:
+        """The ids of the tasks that may not be scheduled yet (a live view)."""
+        return self._waiting.keys()
 
     def blocked(self, task_id: int) -> bool:
         """Whether the task may not be scheduled yet."""

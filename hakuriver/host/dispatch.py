@@ -11,7 +11,7 @@ the loop rests three times as long as it took (at most
 `PASS_MAX_REST_SECONDS`), so that a deep queue under a stream of submits
 costs a bounded share of the Host's time. Each pass first
 brings the fair share (`host/fairshare.py`) up to date with the ledger, and
-the scheduler orders the queue by priority, fair share and id.
+the pending queue hands the pass its tasks by priority, fair share and id.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ..parsing import parse_mount
 from ..runrequest import RunRequest
 from .cluster import Cluster
 from .runner_client import SEND_ALONE, RunnerRejected, RunnerUnreachable
-from .scheduler import LimitsOf, Scheduler, queue_order
+from .scheduler import LimitsOf, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class Dispatcher:
             if not online:
                 # Rare (every node down): the order is still shown, sorted here.
                 usage = cluster.fairshare.snapshot(cluster.clock())
-                cluster.waits.record_no_nodes(queue_order(cluster.pending.values(), usage))
+                cluster.waits.record_no_nodes(cluster.pending.ordered(usage))
                 return []
             loop = asyncio.get_running_loop()
             waited = loop.time() - self._full_pass_at
@@ -147,9 +147,14 @@ class Dispatcher:
             # A retried task waits while a node that may still hold its earlier
             # attempt is online (host/retries.py): a runner holds one run per id.
             fenced = {t: self._fence_holder(t) for t in cluster.fences.fenced_ids()} if cluster.fences else {}
-            queue = [t for t in cluster.pending.values() if not cluster.deps.blocked(t.id) and not fenced.get(t.id)]
-            # The scheduler orders the queue (priority, fair share, id) and
-            # holds each placement in the ledger as it decides.
+            # The queue comes in its order (priority, fair share, id) from
+            # the pending queue's buckets, not from a sort of every task.
+            usage = cluster.fairshare.snapshot(cluster.clock())
+            queue = cluster.pending.ordered(usage)
+            if len(cluster.deps) or fenced:
+                waiting = cluster.deps.waiting_ids()
+                queue = [t for t in queue if t.id not in waiting and not fenced.get(t.id)]
+            # The scheduler holds each placement in the ledger as it decides.
             placements = self.scheduler.schedule(
                 queue,
                 online,
@@ -157,7 +162,8 @@ class Dispatcher:
                 limits=self.limits_of,
                 drained=cluster.drains.keys(),
                 avoid=cluster.retried_from,
-                usage=cluster.fairshare.snapshot(cluster.clock()),
+                usage=usage,
+                in_order=True,
                 # Under a backlog, a pass that has filled every node stops
                 # there; one walks the whole queue at least every
                 # SATURATED_PASS_SECONDS, for new tasks' reasons.
@@ -170,7 +176,7 @@ class Dispatcher:
             for task_id, holder in fenced.items():
                 if holder and task_id in cluster.pending:
                     reasons[task_id] = f"retry: waiting for node {holder!r} to let go of the earlier attempt"
-            cluster.waits.record(reasons, stats.order, unwalked=stats.order[stats.walked :])
+            cluster.waits.record(reasons, stats.order, walked=stats.walked if stats.stopped_full else None)
             if not placements:
                 return []
             now = cluster.clock()

@@ -48,18 +48,23 @@ class WaitBoard:
         self._walked: Sequence[Task] = ()
         self._order: QueueOrder | None = None
 
-    def record(self, reasons: dict[int, str], order: Sequence[Task] = (), *, unwalked: Sequence[Task] = ()) -> None:
+    def record(self, reasons: dict[int, str], order: Sequence[Task] = (), *, walked: int | None = None) -> None:
         """The reasons of the pass that just ran, and the queue in the order it
         walked it (the board keeps both; the positions are made when asked).
-        `unwalked`: the tasks of the queue the pass stopped before (every node
-        was full); each keeps the reason it had, so a backlog's reasons are
-        as old as the latest pass that reached them, never lost."""
-        if unwalked and self._reasons:
-            before = self._reasons
-            for task in unwalked:
-                why = before.get(task.id)
-                if why is not None:
-                    reasons.setdefault(task.id, why)
+        `walked`: the pass stopped after that many tasks of `order` (every
+        node was full); each task it did not reach keeps the reason it had,
+        so a backlog's reasons are as old as the latest pass that reached
+        them, never lost. None: the pass went through the whole queue."""
+        if walked is not None and walked < len(order) and self._reasons:
+            # The earlier reasons are copied whole, not looked up task by task
+            # down a deep queue: the pass's cost stays what it walked. Those
+            # of tasks that left the queue are never asked for, and go with
+            # the next full walk.
+            carried = dict(self._reasons)
+            for task in order[:walked]:
+                carried.pop(task.id, None)  # reached: only this pass's reason counts
+            carried.update(reasons)
+            reasons = carried
         self._reasons = reasons
         self._no_nodes = False
         self._walked, self._order = order, None

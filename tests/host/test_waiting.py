@@ -35,8 +35,12 @@ def test_tasks_a_pass_stopped_before_keep_the_reasons_they_had() -> None:
     board.record({i: f"old {i}" for i in (1, 2, 3, 4)}, walked)
     # The next pass placed task 1, reached task 2 and stopped (every node full);
     # task 5 was new: nobody has looked at it yet, and it says so.
-    board.record({2: "new 2"}, walked[1:], unwalked=walked[2:])
+    board.record({2: "new 2"}, walked[1:], walked=1)
     assert [board.reason(i) for i in (2, 3, 4, 5)] == ["new 2", "old 3", "old 4", NOT_EXAMINED]
+    # One that reached tasks 2 and 3 and gave them none (placed meanwhile, or
+    # past the reasons' cap): they keep no older one.
+    board.record({}, walked[1:], walked=2)
+    assert [board.reason(i) for i in (2, 3, 4)] == [NOT_EXAMINED, NOT_EXAMINED, "old 4"]
     # A pass that walked the whole queue says only its own reasons.
     board.record({3: "new 3"}, walked[2:])
     assert [board.reason(i) for i in (3, 4)] == ["new 3", NOT_EXAMINED]

@@ -9,6 +9,7 @@ deterministic). One module per concept:
 | `nodestate` | one online node during a pass: fit, reservations, shortfall |
 | `reasons` | why a task that found no place waits |
 | `ordering` | the queue's order: priority, fair share, submission |
+| `pending` | the pending queue, handed out in that order without a sort |
 | `placement` | `Scheduler.schedule`: conservative backfill over the queue |
 
 The names callers use are importable from here.
@@ -19,6 +20,7 @@ from __future__ import annotations
 from .ledger import FreeView, Hold, Ledger, NodeUsage, NumaFree, OwnerUsage, Used
 from .limits import LIMIT_NAMES, UNLIMITED, LimitsOf, UserLimits, check_fits_limits, limit_refusal
 from .ordering import Usage, queue_key, queue_order
+from .pending import PendingQueue
 from .placement import (
     DEFAULT_MAX_EXAMINED,
     DEFAULT_MAX_REASONS,
@@ -44,6 +46,7 @@ __all__ = [
     "NumaFree",
     "OwnerUsage",
     "PassStats",
+    "PendingQueue",
     "Placement",
     "Scheduler",
     "Used",

@@ -9,7 +9,9 @@
 
 The scheduling pass walks the queue in this order (the first task that
 cannot start is the head backfill protects), and the task views number the
-positions by it (`host/waiting.py`). Pure.
+positions by it (`host/waiting.py`). The Host's pass gets it from
+`pending.PendingQueue` without a sort; `queue_order` is the definition it
+keeps to. Pure.
 """
 
 from __future__ import annotations

@@ -134,6 +134,7 @@ class Scheduler:
         usage: Usage | None = None,
         avoid: Mapping[int, str] | None = None,
         stop_when_full: bool = False,
+        in_order: bool = False,
     ) -> list[Placement]:
         """Place what fits now, in queue order (`ordering`: priority, then the
         owners' fair-share `usage`, then id) with conservative backfill.
@@ -145,9 +146,11 @@ class Scheduler:
         each owner's effective limits (None: nobody is limited). `avoid`: a
         task id -> a node it goes to only where no other fits (a retried
         task's previous node, host/retries.py). `stop_when_full`: end the
-        pass once no node has a core free (see the module doc).
+        pass once no node has a core free (see the module doc). `in_order`:
+        `pending` is in queue order already (`PendingQueue.ordered` with the
+        same `usage`), so the pass does not sort it again.
         """
-        queue = queue_order(pending, usage)
+        queue = list(pending) if in_order else queue_order(pending, usage)
         stats = PassStats(pending=len(queue), order=queue)
         self.last_stats = stats
         known: dict[int, Request] = self._requests
