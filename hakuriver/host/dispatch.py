@@ -164,8 +164,9 @@ class Dispatcher:
                 avoid=cluster.retried_from,
                 usage=usage,
                 in_order=True,
-                # Under a backlog, a pass that has filled every node stops
-                # there; one walks the whole queue at least every
+                # Under a backlog, a pass stops once nothing more can start
+                # (every node full, or a one-core task found no place); one
+                # walks the whole queue at least every
                 # SATURATED_PASS_SECONDS, for new tasks' reasons.
                 stop_when_full=waited < SATURATED_PASS_SECONDS,
             )

@@ -9,7 +9,7 @@ the tasks it did not reach, so they are bounded by the scheduler's
 walk:
 
 - `pending_reason`: the reason of the latest pass that reached the task (a
-  pass that filled every node stops there, `Scheduler.schedule`'s
+  pass stops once nothing more can start, `Scheduler.schedule`'s
   `stop_when_full`; the dispatcher walks the whole queue at least every
   `SATURATED_PASS_SECONDS`); `no node is online` when
   the pass had no node to look at; `position: not examined yet` for a task

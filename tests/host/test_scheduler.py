@@ -718,6 +718,29 @@ def test_a_pass_with_a_core_free_goes_on_past_a_head_that_cannot_use_it():
     assert sched.last_stats.walked == 0 and sched.last_stats.examined == 0
 
 
+def test_a_pass_stops_once_the_smallest_request_finds_no_place():
+    # Cores are free, but held back for the head (task 1, 4 cores, reserved
+    # on b): a one-core task finds no place, so no later task can either.
+    nodes = [node("a", cores=2), node("b", cores=6)]
+    ledger = Ledger()
+    ledger.hold(running(100, "a", cores=2))
+    ledger.hold(running(101, "b", cores=3))
+    pending = [task(1, cores=4), task(2), task(3, cores=2), task(4)]
+    sched = Scheduler()
+    assert sched.schedule(pending, nodes, ledger, stop_when_full=True) == []
+    stats = sched.last_stats
+    assert stats.stopped_full and stats.walked == 2 and set(stats.reasons) == {1, 2}
+    # A one-core task that asks for more than a core (memory), or that only
+    # some nodes may run (a kind one node refuses), is no such proof.
+    nodes = [able("a", NO_SYSTEMD, cores=1), able("b", BOTH, cores=1)]
+    ledger = Ledger()
+    ledger.hold(running(100, "b"))
+    pending = [task(11, memory=64 * G), task(12, container="NULL"), task(13)]
+    placements = sched.schedule(pending, nodes, ledger, stop_when_full=True)
+    assert {p.task_id: p.node for p in placements} == {13: "a"}
+    assert sched.last_stats.walked == 3
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_randomized_stopping_when_full_places_exactly_what_a_full_walk_places(seed):
     rng = random.Random(seed)
@@ -737,7 +760,13 @@ def test_randomized_stopping_when_full_places_exactly_what_a_full_walk_places(se
         assert stopped == full
         stats = scheds[1].last_stats
         if stats.stopped_full:
-            assert all(ledgers[1].used(n.hostname).cores >= n.cores for n in nodes)
+            # Every node full, or the last task reached is the smallest
+            # request there is (one core, nothing else) and found no place.
+            last = stats.order[stats.walked - 1] if stats.walked else None
+            smallest = last is not None and (last.cores, last.memory, last.target, last.gpu_count) == (1, None, None, 0)
+            assert all(ledgers[1].used(n.hostname).cores >= n.cores for n in nodes) or (
+                smallest and last.id in stats.reasons
+            )
         # What it did reach, it says the same about.
         reached = {t.id for t in stats.order[: stats.walked]}
         assert {k: v for k, v in scheds[0].last_stats.reasons.items() if k in reached} == stats.reasons

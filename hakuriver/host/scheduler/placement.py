@@ -36,8 +36,11 @@ ahead of them start they move into the reserved head of the queue, so every
 task is protected before long, while nodes nobody reserved keep filling.
 
 A pass asked to `stop_when_full` ends once no candidate node has a core
-free (every task needs one, so nothing more can start): under a backlog a
-pass then costs what it placed, not the length of the queue. The tasks it
+free (every task needs one, so nothing more can start), or once the
+smallest request there is (one core, no memory, no GPU, no target) found no
+place with every node a candidate: every later task asks for at least as
+much of every dimension, reservations included. Under a backlog a pass then
+costs what it placed, not the length of the queue. The tasks it
 did not reach get no reason and no reservation from it (`PassStats.walked`
 says where it stopped); the caller keeps their previous reasons.
 
@@ -67,6 +70,8 @@ DEFAULT_MAX_EXAMINED = 1000
 DEFAULT_MAX_RESERVATIONS = 128
 DEFAULT_MAX_REASONS = 10_000
 """Most wait reasons one pass records (the rest read as `position`)."""
+SMALLEST = (1, 0, None, None, (), 0)
+"""The smallest `Request` but its kind: one core, nothing else, anywhere."""
 
 
 class Placement(NamedTuple):
@@ -92,7 +97,8 @@ class PassStats:
     stopped_early: bool = False
     """True when `max_examined` ended the pass before the end of the queue."""
     stopped_full: bool = False
-    """True when `stop_when_full` ended the pass: no node had a core left."""
+    """True when `stop_when_full` ended the pass: no node had a core left, or
+    a task of the smallest request found no place."""
     walked: int = 0
     """How many tasks of `order` the pass went through before `stop_when_full`
     ended it; all of them otherwise (a pass `max_examined` ended included: the
@@ -279,6 +285,13 @@ class Scheduler:
             why = wait_reason(req, candidates, by_name, kept_by, reserve_on)
             note(task.id, why)
             shape_reason[req] = f"position: behind task {task.id} (same request)" if reserve_on is not None else why
+            if stop_when_full and req[:6] == SMALLEST and len(candidates) == len(states):
+                # The smallest request there is found no place on any node:
+                # every later task asks for at least as much of everything,
+                # and within a pass free capacity only shrinks.
+                stats.stopped_full = True
+                stats.walked = index + 1
+                break
         return placements
 
     @staticmethod
