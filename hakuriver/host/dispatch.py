@@ -141,22 +141,22 @@ class Dispatcher:
                     loop.call_later(SATURATED_PASS_SECONDS - waited, self._late_kick)
                 return []
             began = loop.time()
-            # Tasks waiting for a dependency are left out of the queue, not
-            # placed behind: they cannot start however much is free, so they
-            # must not be the head that backfill reserves for (host/dependencies.py).
+            # Tasks waiting for a dependency are passed over, not placed
+            # behind: they cannot start however much is free, so they must not
+            # be the head that backfill reserves for (host/dependencies.py).
             # A retried task waits while a node that may still hold its earlier
             # attempt is online (host/retries.py): a runner holds one run per id.
             fenced = {t: self._fence_holder(t) for t in cluster.fences.fenced_ids()} if cluster.fences else {}
             # The queue comes in its order (priority, fair share, id) from
             # the pending queue's buckets, not from a sort of every task.
             usage = cluster.fairshare.snapshot(cluster.clock())
-            queue = cluster.pending.ordered(usage)
-            if len(cluster.deps) or fenced:
-                waiting = cluster.deps.waiting_ids()
-                queue = [t for t in queue if t.id not in waiting and not fenced.get(t.id)]
+            # Passed over by the scheduler, not filtered out of the whole
+            # queue first: a pass that stops early never looks at most of
+            # them. A copy, since the positions are made from it later.
+            skip = frozenset(cluster.deps.waiting_ids()).union(t for t, holder in fenced.items() if holder)
             # The scheduler holds each placement in the ledger as it decides.
             placements = self.scheduler.schedule(
-                queue,
+                cluster.pending.ordered(usage),
                 online,
                 cluster.ledger,
                 limits=self.limits_of,
@@ -164,6 +164,7 @@ class Dispatcher:
                 avoid=cluster.retried_from,
                 usage=usage,
                 in_order=True,
+                skip=skip,
                 # Under a backlog, a pass stops once nothing more can start
                 # (every node full, or a one-core task found no place); one
                 # walks the whole queue at least every
@@ -177,7 +178,7 @@ class Dispatcher:
             for task_id, holder in fenced.items():
                 if holder and task_id in cluster.pending:
                     reasons[task_id] = f"retry: waiting for node {holder!r} to let go of the earlier attempt"
-            cluster.waits.record(reasons, stats.order, walked=stats.walked if stats.stopped_full else None)
+            cluster.waits.record(reasons, stats.order, walked=stats.walked if stats.stopped_full else None, hidden=skip)
             if not placements:
                 return []
             now = cluster.clock()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 from ..models import Task
 from .scheduler import Usage, queue_order
@@ -46,15 +47,25 @@ class WaitBoard:
         self._reasons: Mapping[int, str] = {}
         self._no_nodes = False
         self._walked: Sequence[Task] = ()
+        self._hidden: AbstractSet[int] = frozenset()
         self._order: QueueOrder | None = None
 
-    def record(self, reasons: dict[int, str], order: Sequence[Task] = (), *, walked: int | None = None) -> None:
+    def record(
+        self,
+        reasons: dict[int, str],
+        order: Sequence[Task] = (),
+        *,
+        walked: int | None = None,
+        hidden: AbstractSet[int] = frozenset(),
+    ) -> None:
         """The reasons of the pass that just ran, and the queue in the order it
         walked it (the board keeps both; the positions are made when asked).
         `walked`: the pass stopped after that many tasks of `order` (every
         node was full); each task it did not reach keeps the reason it had,
         so a backlog's reasons are as old as the latest pass that reached
-        them, never lost. None: the pass went through the whole queue."""
+        them, never lost. None: the pass went through the whole queue.
+        `hidden`: tasks of `order` the pass passed over (waiting for a
+        dependency or a retry fence): they get no position."""
         if walked is not None and walked < len(order) and self._reasons:
             # The earlier reasons are copied whole, not looked up task by task
             # down a deep queue: the pass's cost stays what it walked. Those
@@ -67,13 +78,13 @@ class WaitBoard:
             reasons = carried
         self._reasons = reasons
         self._no_nodes = False
-        self._walked, self._order = order, None
+        self._walked, self._hidden, self._order = order, hidden, None
 
     def record_no_nodes(self, order: Sequence[Task] = ()) -> None:
         """A pass found no node online: every pending task waits for one."""
         self._reasons = {}
         self._no_nodes = True
-        self._walked, self._order = order, None
+        self._walked, self._hidden, self._order = order, frozenset(), None
 
     def reason(self, task_id: int) -> str:
         """Why pending task `task_id` waits (see the module doc)."""
@@ -95,9 +106,9 @@ class WaitBoard:
             return self._order
         walked = self._walked
         if len(walked) <= INLINE_ORDER:
-            order = QueueOrder.from_ordered(walked)
+            order = QueueOrder.from_ordered(walked, self._hidden)
         else:
-            order = await asyncio.to_thread(QueueOrder.from_ordered, list(walked))
+            order = await asyncio.to_thread(QueueOrder.from_ordered, list(walked), self._hidden)
         if self._walked is walked:  # no newer pass meanwhile
             self._order = order
         return order
@@ -114,10 +125,11 @@ class QueueOrder:
         self._fill(queue_order(pending, usage))
 
     @classmethod
-    def from_ordered(cls, ordered: Sequence[Task]) -> QueueOrder:
-        """From a queue already in queue order (a pass's `PassStats.order`)."""
+    def from_ordered(cls, ordered: Sequence[Task], hidden: AbstractSet[int] = frozenset()) -> QueueOrder:
+        """From a queue already in queue order (a pass's `PassStats.order`),
+        leaving out the tasks in `hidden`."""
         order = cls(())
-        order._fill(ordered)
+        order._fill([t for t in ordered if t.id not in hidden] if hidden else ordered)
         return order
 
     def _fill(self, ordered: Sequence[Task]) -> None:

@@ -718,6 +718,19 @@ def test_a_pass_with_a_core_free_goes_on_past_a_head_that_cannot_use_it():
     assert sched.last_stats.walked == 0 and sched.last_stats.examined == 0
 
 
+def test_skipped_tasks_are_passed_over_never_the_head():
+    # Task 1 (waiting for a dependency) could not start anyway; passed over,
+    # it reserves nothing, so task 2 takes the node's last cores and task 3 is the head.
+    nodes = [node("a", cores=4)]
+    ledger = Ledger()
+    ledger.hold(running(100, "a", cores=2))
+    sched = Scheduler()
+    pending = [task(1, cores=4), task(2, cores=2), task(3)]
+    assert placed_ids(sched.schedule(pending, nodes, ledger, skip={1})) == [2]
+    stats = sched.last_stats
+    assert [t.id for t in stats.order] == [1, 2, 3] and stats.reserved == {3: "a"} and set(stats.reasons) == {3}
+
+
 def test_a_pass_stops_once_the_smallest_request_finds_no_place():
     # Cores are free, but held back for the head (task 1, 4 cores, reserved
     # on b): a one-core task finds no place, so no later task can either.

@@ -44,3 +44,13 @@ def test_tasks_a_pass_stopped_before_keep_the_reasons_they_had() -> None:
     # A pass that walked the whole queue says only its own reasons.
     board.record({3: "new 3"}, walked[2:])
     assert [board.reason(i) for i in (3, 4)] == ["new 3", NOT_EXAMINED]
+
+
+async def test_tasks_the_pass_passed_over_get_no_position() -> None:
+    # Waiting for a dependency or a retry fence: in the pass's order, but
+    # numbered as if they were not queued.
+    board = WaitBoard()
+    walked = [task(i) for i in range(1, 6)]
+    board.record({}, walked, hidden=frozenset({2, 4}))
+    order = await board.order()
+    assert [order.position(i) for i in range(1, 6)] == [1, None, 2, None, 3]

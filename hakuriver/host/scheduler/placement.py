@@ -87,7 +87,8 @@ class Placement(NamedTuple):
 class PassStats:
     pending: int = 0
     order: Sequence[Task] = ()
-    """The queue in the order this pass walked it (`ordering.queue_order`)."""
+    """The queue in the order this pass walked it (`ordering.queue_order`),
+    the tasks it was told to `skip` included."""
     examined: int = 0
     placed: int = 0
     reservations: int = 0
@@ -141,6 +142,7 @@ class Scheduler:
         avoid: Mapping[int, str] | None = None,
         stop_when_full: bool = False,
         in_order: bool = False,
+        skip: Collection[int] = (),
     ) -> list[Placement]:
         """Place what fits now, in queue order (`ordering`: priority, then the
         owners' fair-share `usage`, then id) with conservative backfill.
@@ -154,7 +156,10 @@ class Scheduler:
         task's previous node, host/retries.py). `stop_when_full`: end the
         pass once no node has a core free (see the module doc). `in_order`:
         `pending` is in queue order already (`PendingQueue.ordered` with the
-        same `usage`), so the pass does not sort it again.
+        same `usage`), so the pass does not sort it again. `skip`: ids the pass
+        passes over as if they were not queued (no reason, never the head:
+        tasks waiting for a dependency or a retry fence); they stay in
+        `PassStats.order`, so only the tasks the pass reaches cost a look.
         """
         queue = list(pending) if in_order else queue_order(pending, usage)
         stats = PassStats(pending=len(queue), order=queue)
@@ -190,7 +195,7 @@ class Scheduler:
                 stats.stopped_full = True
                 stats.walked = index
                 break
-            if task.id in ledger:
+            if task.id in ledger or task.id in skip:
                 continue
             # A pending task's shape never changes: made once, kept across passes.
             req = known.get(task.id)
