@@ -1198,7 +1198,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=5,
         help="idle phase: measure again with this many dashboard pages open (bench/dashboards.py; 0: skip)",
     )
-    p.add_argument("--profile", metavar="DIR", help="record py-spy profiles of the Host (throughput, idle) into DIR")
+    p.add_argument(
+        "--profile", metavar="DIR", help="record py-spy profiles of the Host (throughput, idle, scheduling) into DIR"
+    )
     p.add_argument("--json", metavar="PATH", help="also write the raw numbers as JSON")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, databases)")
     p.add_argument(

@@ -155,6 +155,9 @@ async def scenario(
     async with contextlib.AsyncExitStack() as stack:
         await host.start(session)
         stack.callback(host.stop)
+        prof = harness.Profiler(getattr(args, "profile", None))
+        prof.start(host.proc.pid, f"host-scheduling-{name}")
+        stack.callback(prof.stop)
         sim = harness.SimCluster(host, task_runtime=(1.0, 3.0))
         ports = await sim.start(names)
         stack.push_async_callback(sim.close)
@@ -213,8 +216,8 @@ def report(results: dict[str, dict[str, Any]]) -> None:
         lo, hi = whole.get(DEPTHS[0]), whole.get(DEPTHS[-1])
         if lo and hi and lo[1] > 0:
             growth = hi[1] / lo[1]
-            # Ordering by priority and fair share is a sort: n log n is the
-            # floor of any pass that orders the queue (13x from 1k to 10k).
+            # The bound of a pass that sorts the queue (13x from 1k to 10k);
+            # the pending queue's buckets only merge runs (scheduler/pending.py).
             bound = (DEPTHS[-1] * math.log(DEPTHS[-1])) / (DEPTHS[0] * math.log(DEPTHS[0]))
             harness.add(
                 SEC,

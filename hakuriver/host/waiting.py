@@ -45,6 +45,10 @@ INLINE_ORDER = 2000
 class WaitBoard:
     def __init__(self) -> None:
         self._reasons: Mapping[int, str] = {}
+        """The reasons of the latest pass that walked the whole queue."""
+        self._since: dict[int, str | None] = {}
+        """What the passes that stopped early said since, over `_reasons`:
+        a reason, or None for a task one reached and gave none."""
         self._no_nodes = False
         self._walked: Sequence[Task] = ()
         self._hidden: AbstractSet[int] = frozenset()
@@ -66,29 +70,29 @@ class WaitBoard:
         them, never lost. None: the pass went through the whole queue.
         `hidden`: tasks of `order` the pass passed over (waiting for a
         dependency or a retry fence): they get no position."""
-        if walked is not None and walked < len(order) and self._reasons:
-            # The earlier reasons are copied whole, not looked up task by task
-            # down a deep queue: the pass's cost stays what it walked. Those
-            # of tasks that left the queue are never asked for, and go with
-            # the next full walk.
-            carried = dict(self._reasons)
+        if walked is not None and walked < len(order) and (self._reasons or self._since):
+            # Laid over the earlier reasons, which are neither copied nor
+            # looked up down a deep queue: the pass costs what it walked.
+            # Those of tasks that left the queue are never asked for, and go
+            # with the next full walk.
+            since = self._since
             for task in order[:walked]:
-                carried.pop(task.id, None)  # reached: only this pass's reason counts
-            carried.update(reasons)
-            reasons = carried
-        self._reasons = reasons
+                since[task.id] = None  # reached: only this pass's reason counts
+            since.update(reasons)
+        else:
+            self._reasons, self._since = reasons, {}
         self._no_nodes = False
         self._walked, self._hidden, self._order = order, hidden, None
 
     def record_no_nodes(self, order: Sequence[Task] = ()) -> None:
         """A pass found no node online: every pending task waits for one."""
-        self._reasons = {}
+        self._reasons, self._since = {}, {}
         self._no_nodes = True
         self._walked, self._hidden, self._order = order, frozenset(), None
 
     def reason(self, task_id: int) -> str:
         """Why pending task `task_id` waits (see the module doc)."""
-        why = self._reasons.get(task_id)
+        why = self._since[task_id] if task_id in self._since else self._reasons.get(task_id)
         if why is not None:
             return why
         return NO_NODE_ONLINE if self._no_nodes else NOT_EXAMINED

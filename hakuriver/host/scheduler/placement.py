@@ -154,14 +154,16 @@ class Scheduler:
         each owner's effective limits (None: nobody is limited). `avoid`: a
         task id -> a node it goes to only where no other fits (a retried
         task's previous node, host/retries.py). `stop_when_full`: end the
-        pass once no node has a core free (see the module doc). `in_order`:
+        pass once nothing more can start (see the module doc). `in_order`:
         `pending` is in queue order already (`PendingQueue.ordered` with the
-        same `usage`), so the pass does not sort it again. `skip`: ids the pass
-        passes over as if they were not queued (no reason, never the head:
-        tasks waiting for a dependency or a retry fence); they stay in
-        `PassStats.order`, so only the tasks the pass reaches cost a look.
+        same `usage`), so the pass does not sort it again; a list is walked
+        and kept as `PassStats.order` as it is (the caller hands it over).
+        `skip`: ids the pass passes over as if they were not queued (no
+        reason, never the head: tasks waiting for a dependency or a retry
+        fence); they stay in `PassStats.order`, so only the tasks the pass
+        reaches cost a look.
         """
-        queue = list(pending) if in_order else queue_order(pending, usage)
+        queue = (pending if isinstance(pending, list) else list(pending)) if in_order else queue_order(pending, usage)
         stats = PassStats(pending=len(queue), order=queue)
         self.last_stats = stats
         known: dict[int, Request] = self._requests
