@@ -124,7 +124,7 @@ class Dispatcher:
         async with cluster.lock:
             online = cluster.online_resources()
             if not online:
-                # Rare (every node down): the order is still shown, sorted here.
+                # Rare (every node down): the order is still shown.
                 usage = cluster.fairshare.snapshot(cluster.clock())
                 cluster.waits.record_no_nodes(cluster.pending.ordered(usage))
                 return []

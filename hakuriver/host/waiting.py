@@ -3,10 +3,10 @@
 The scheduling pass records one short reason per pending task it looked at
 (`scheduler.PassStats.reasons`); `WaitBoard` keeps the latest pass's reasons
 in memory only (never stored) and answers the task views of the API. Each
-pass replaces them; one that stopped full also hands on the older reasons of
-the tasks it did not reach, so they are bounded by the scheduler's
-`max_reasons` plus the tasks that were given reasons since the latest full
-walk:
+pass that walks the whole queue replaces them; one that stopped early lays
+what it said over them, so the tasks it did not reach keep their older
+reasons. They are bounded by the scheduler's `max_reasons` plus the tasks
+the passes that stopped early reached since the latest full walk:
 
 - `pending_reason`: the reason of the latest pass that reached the task (a
   pass stops once nothing more can start, `Scheduler.schedule`'s
