@@ -22,12 +22,13 @@ import secrets
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
 
+from ..dbthread import in_db_thread
 from ..errors import HakuRiverError
 from ..jsoncodec import dumps_text
 from ..models import ExitResult, TaskState
@@ -163,21 +164,19 @@ class RunnerState:
         async with self._lock:
             await self._db.close()
 
-    async def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> int:
-        """Run statements in one IMMEDIATE transaction; return the last rowcount."""
+    async def _write(
+        self, *statements: tuple[str, tuple[Any, ...]], on_commit: Callable[[], object] | None = None
+    ) -> int:
+        """Run statements in one IMMEDIATE transaction; return the last rowcount.
+
+        The transaction goes to the database thread whole (`dbthread`): a
+        cancellation never leaves it half done, and it is raised only once the
+        transaction has ended. `on_commit` keeps the in-memory copy of the
+        outbox in step: it runs once the transaction has committed, even when
+        the caller was cancelled meanwhile."""
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rowcount = 0
-                for sql, params in statements:
-                    cur = await self._db.execute(sql, params)
-                    rowcount = cur.rowcount
-                    await cur.close()
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            return rowcount
+            then = None if on_commit is None else (lambda _rowcount: on_commit())
+            return await in_db_thread(self._db, _write_in_thread, statements, then=then)
 
     async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[aiosqlite.Row]:
         async with self._lock:
@@ -250,8 +249,8 @@ class RunnerState:
                 ),
             ),
             ("DELETE FROM tasks WHERE task_id = ?", (task_id,)),
+            on_commit=lambda: self._outbox_ids.setdefault(task_id, attempt),
         )
-        self._outbox_ids.setdefault(task_id, attempt)
 
     def in_outbox(self, task_id: int) -> bool:
         """Whether a result of this task waits in the outbox (no query)."""
@@ -286,12 +285,15 @@ class RunnerState:
         of that attempt (a slow delivery of an earlier run must not drop the
         result of a newer one, `--retries`)."""
         if attempt is None:
-            await self._write(("DELETE FROM outbox WHERE task_id = ?", (task_id,)))
-            self._outbox_ids.pop(task_id, None)
+            await self._write(
+                ("DELETE FROM outbox WHERE task_id = ?", (task_id,)),
+                on_commit=lambda: self._outbox_ids.pop(task_id, None),
+            )
             return
-        await self._write((f"DELETE FROM outbox WHERE task_id = ? AND {_ATTEMPT_SQL} = ?", (task_id, attempt)))
-        if self._outbox_ids.get(task_id) == attempt:
-            del self._outbox_ids[task_id]
+        await self._write(
+            (f"DELETE FROM outbox WHERE task_id = ? AND {_ATTEMPT_SQL} = ?", (task_id, attempt)),
+            on_commit=lambda: self._forget_delivered([(task_id, attempt)]),
+        )
 
     async def acknowledge_many(self, delivered: Iterable[tuple[int, int]]) -> None:
         """The Host has these results, as (task id, attempt): forget them, in
@@ -301,10 +303,30 @@ class RunnerState:
         if not pairs:
             return
         sql = f"DELETE FROM outbox WHERE task_id = ? AND {_ATTEMPT_SQL} = ?"
-        await self._write(*((sql, (task_id, attempt)) for task_id, attempt in pairs))
+        await self._write(
+            *((sql, (task_id, attempt)) for task_id, attempt in pairs),
+            on_commit=lambda: self._forget_delivered(pairs),
+        )
+
+    def _forget_delivered(self, pairs: Iterable[tuple[int, int]]) -> None:
         for task_id, attempt in pairs:
             if self._outbox_ids.get(task_id) == attempt:
                 del self._outbox_ids[task_id]
+
+
+def _write_in_thread(conn: sqlite3.Connection, statements: tuple[tuple[str, tuple[Any, ...]], ...]) -> int:
+    """The database thread's part of `RunnerState._write`."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rowcount = 0
+        for sql, params in statements:
+            rowcount = conn.execute(sql, params).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # some errors (a full disk) roll it back themselves
+            conn.execute("ROLLBACK")
+        raise
+    return rowcount
 
 
 class StateError(HakuRiverError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 
@@ -128,3 +129,37 @@ async def test_an_output_error_waits_in_the_outbox_across_an_upgrade_and_a_reope
     out = {o.task_id: o.result for o in await st.outbox()}
     assert out == {5: ExitResult(TaskState.COMPLETED, 0), BIG: ExitResult(TaskState.COMPLETED, 0, output_error=flag)}
     await st.close()
+
+
+async def test_a_write_cancelled_anywhere_ends_whole_and_stays_cancelled(tmp_path):
+    """A runner stopping cancels whatever write is under way (a kill's flag, a
+    result moving to the outbox). Cancelled at any point, the write is done
+    whole or not at all, the cancellation reaches the caller (a loop that
+    swallowed it never stops), the next write works, and the outbox the
+    runner keeps in memory says what the file says."""
+    st = await RunnerState.open(str(tmp_path / "runner.db"))
+    try:
+        for turns in range(40):  # cancel after 0, 1, ... turns of the event loop
+            task_id = 1000 + turns
+            await st.save_task(handle(task_id), {"task_id": str(task_id)})
+            writes = [
+                asyncio.ensure_future(st.set_flags(task_id, kill_requested=True)),
+                asyncio.ensure_future(st.record_result(task_id, ExitResult(TaskState.KILLED), 1.0)),
+            ]
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            for write in writes:
+                write.cancel()
+            outcomes = await asyncio.gather(*writes, return_exceptions=True)
+            for outcome in outcomes:
+                assert outcome is None or isinstance(outcome, (bool, asyncio.CancelledError)), outcome
+            in_file = {entry.task_id for entry in await st.outbox()}
+            assert set(st.outbox_ids()) == in_file, (turns, st.outbox_ids(), in_file)
+            # The store takes the next write (no transaction left open) and its effect shows.
+            await st.record_result(task_id, ExitResult(TaskState.KILLED), 2.0)
+            assert st.in_outbox(task_id)
+            await st.acknowledge(task_id)
+            assert not st.in_outbox(task_id)
+            assert task_id not in {entry.task_id for entry in await st.outbox()}
+    finally:
+        await st.close()

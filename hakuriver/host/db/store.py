@@ -16,6 +16,7 @@ from typing import Any, Self
 
 import aiosqlite
 
+from ...dbthread import in_db_thread
 from ...models import TaskState
 from .errors import DatabaseError, SchemaTooNew, _wrap_error
 from .heldrows import HeldRows
@@ -354,18 +355,9 @@ class Store:
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn(sqlite3_connection, *args)` in the database thread and wait
-        for it, even when the caller is cancelled meanwhile: what it does is
-        done either way, so its result must not be lost (a committed batch's
-        callers are answered)."""
-        # aiosqlite runs every call in its one thread through `_execute`; its
-        # public methods are single statements, and a batch needs many.
-        call = asyncio.ensure_future(self._conn._execute(fn, self._conn._conn, *args))
-        try:
-            return await asyncio.shield(call)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await call
-            raise
+        for it, even when the caller is cancelled meanwhile (`dbthread`): a
+        committed batch's callers are answered."""
+        return await in_db_thread(self._conn, fn, *args)
 
     def _observe_commit(self, seconds: float, ops: int) -> None:
         # The batch is committed: an observer's failure must not fail its callers.
