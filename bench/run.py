@@ -159,6 +159,18 @@ async def drain(session: aiohttp.ClientSession, host: HostSetup, expect: int, ti
     return counts
 
 
+async def db_commits(session: aiohttp.ClientSession, host: HostSetup) -> tuple[float, float]:
+    """The Host's group commits so far and the write operations they carried (from /metrics)."""
+    async with session.get(host.url + "/metrics", headers=host.headers) as resp:
+        text = await resp.text()
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("hakuriver_db_commit_operations_count", "hakuriver_db_commit_operations_sum"):
+            found[name] = float(value)
+    return found.get("hakuriver_db_commit_operations_count", 0.0), found.get("hakuriver_db_commit_operations_sum", 0.0)
+
+
 async def bench_throughput(
     args: argparse.Namespace, host: HostSetup, sim: SimCluster, names: list[str], session: aiohttp.ClientSession
 ) -> None:
@@ -195,6 +207,7 @@ async def bench_throughput(
     try:
         mon = asyncio.ensure_future(monitor())
         hb_mark = time.monotonic()
+        commits_before = await db_commits(session, host)
         host_cpu = CpuWindow(host.proc.pid)
         own_cpu = CpuWindow(None)
         others = OthersWindow()
@@ -216,6 +229,7 @@ async def bench_throughput(
         others_pct = others.percent()
         host_cpu_s = host_cpu.seconds()
         host_user, host_sys = host_cpu.split_percent()
+        commits_after = await db_commits(session, host)
         hb_during = sim.hb_since(hb_mark)
         # Extra rounds on the same Host: this disk's fsync tail varies from run to run.
         rounds = [
@@ -329,6 +343,17 @@ async def bench_throughput(
         f"<= {GOAL_CPU_PER_TASK * 1000:.1f} ms",
         "28 ms (93 % at 33/s)",
         per_task <= GOAL_CPU_PER_TASK,
+    )
+    commits = commits_after[0] - commits_before[0]
+    ops = commits_after[1] - commits_before[1]
+    RAW["throughput"]["db_commits"] = commits
+    RAW["throughput"]["db_write_ops"] = ops
+    add(
+        sec,
+        "  per task: requests to the Host / to runners / database commits",
+        f"{(accepted + len(sim.report_rtt) + len(hb_during)) / max(accepted, 1):.2f} / "
+        f"{(sim.batches_taken + sim.singles_taken) / max(accepted, 1):.2f} / {commits / max(accepted, 1):.2f}"
+        f"  ({ops / max(commits, 1):.1f} writes per commit)",
     )
     # Dispatch delay for the tasks that found free cores at once: the first
     # 80 % of the cluster's slots, in id (= submission) order.
