@@ -62,7 +62,7 @@ async def run_in(pool: concurrent.futures.Executor, fn: Callable[..., T], *args:
     return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
 
 
-def _collect_leaked_socket() -> None:
+def collect_leaked_socket() -> None:
     """The SDK does not close the socket of a failed unix-socket connect
     (its connection class leaves it to the garbage collector). Collect it
     now, quietly, so its ResourceWarning does not surface later inside some
@@ -116,7 +116,7 @@ class Engine:
                 if why is not None:
                     # Outside the except block: the traceback (which holds the
                     # socket) is gone, so the collector can close it.
-                    _collect_leaked_socket()
+                    collect_leaked_socket()
                     raise self._unreachable(why)
             client = self._client
             assert client is not None

@@ -27,6 +27,8 @@ from typing import Any
 import docker
 import docker.errors
 
+from hakuriver.dockerapi import collect_leaked_socket
+
 from .polling import PollTimeout, poll
 
 HARNESS_LABEL = "org.hakuriver.harness"
@@ -110,12 +112,18 @@ def _ping(client: docker.DockerClient) -> bool:
 
 
 def _try_client(timeout: int = 120) -> docker.DockerClient | None:
+    client = None
     try:
         client = docker.from_env(timeout=timeout)
         client.ping()
         return client
     except Exception:
-        return None
+        if client is not None:
+            client.close()
+    # Outside the except block, so the traceback that holds the socket is gone:
+    # otherwise pytest fails some later test for its ResourceWarning.
+    collect_leaked_socket()
+    return None
 
 
 def _local_engine_expected() -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from hakuriver import naming
+from hakuriver.dockerapi import collect_leaked_socket
 from hakuriver.models import Mount, NumaNode
 from hakuriver.runner.executors.base import LaunchSpec
 
@@ -77,11 +78,15 @@ def remove_test_containers(client: Any, runner: str | None = None) -> list[str]:
 @pytest.fixture(scope="session")
 def docker_client():
     docker = pytest.importorskip("docker")
+    why = None
     try:
         client = docker.from_env(max_pool_size=64)
         client.ping()
     except Exception as exc:
-        pytest.skip(f"no Docker engine: {exc}")
+        why = f"no Docker engine: {exc}"
+    if why is not None:
+        collect_leaked_socket()  # outside the except block: its traceback held the socket
+        pytest.skip(why)
     yield client
     client.close()
 

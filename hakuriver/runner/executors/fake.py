@@ -230,7 +230,11 @@ class FakeExecutor(Executor):
             if t.runner is not None:
                 try:
                     await t.runner
-                except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # destroy itself was cancelled, not just the run it ended
+                except Exception:  # noqa: BLE001, S110
                     pass
 
     @staticmethod
