@@ -28,6 +28,7 @@ import aiohttp
 import toml
 from aiohttp import web
 
+from hakuriver.runner.api import START_REPLY_WAIT_SECONDS
 from tests.harness import procs
 from tests.harness.procs import free_port, host_argv, loopback_config
 
@@ -275,6 +276,9 @@ class SimRunner:
     lifecycle's wait for delivery."""
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     deliver: asyncio.Task[None] | None = None
+    awaiting_reply: dict[int, asyncio.Event] = field(default_factory=dict)
+    """Tasks whose order is still being answered: a start meanwhile sets the
+    event and goes in the answer, not in a report of its own."""
 
 
 class SimCluster:
@@ -291,10 +295,15 @@ class SimCluster:
         *,
         task_runtime: tuple[float, float] = (1.0, 3.0),
         start_delay: tuple[float, float] = (0.01, 0.03),
+        start_reply_wait: float = START_REPLY_WAIT_SECONDS,
     ):
         self.host = host
         self.task_runtime = task_runtime
         self.start_delay = start_delay
+        self.start_reply_wait = start_reply_wait
+        """How long an order's answer waits for its tasks to start, as a real
+        runner's does (`runner/api.py`); 0: answered at once, every start
+        reported on its own (a runner before that change)."""
         self.runners: dict[str, SimRunner] = {}
         self.app = web.Application()
         self.app.add_routes(
@@ -322,6 +331,8 @@ class SimCluster:
         self.batches_taken = 0
         """Task orders that came in a batch request, and alone (`singles_taken`)."""
         self.singles_taken = 0
+        self.started_in_reply = 0
+        """Tasks whose start went in the answer to their order."""
         self.hb_lat: list[tuple[float, float]] = []  # (monotonic end time, latency)
         self.hb_errors = Counter[str]()
         self.hb_kill_orders = 0
@@ -413,8 +424,10 @@ class SimCluster:
             return refusal
         body = await request.json()
         self.singles_taken += 1
+        task_id = int(body["task_id"])
         status = self._take(r, body)
-        return web.json_response({"task_id": str(int(body["task_id"])), "status": status}, status=202)
+        (answer,) = await self._answer(r, [(task_id, status)])
+        return web.json_response(answer, status=202)
 
     async def _run_tasks(self, request: web.Request) -> web.Response:
         r, refusal = self._refusal(request)
@@ -423,9 +436,27 @@ class SimCluster:
             return refusal
         items = (await request.json())["tasks"]
         self.batches_taken += 1
-        return web.json_response(
-            {"results": [{"task_id": str(int(item["task_id"])), "status": self._take(r, item)} for item in items]}
-        )
+        taken = [(int(item["task_id"]), self._take(r, item)) for item in items]
+        return web.json_response({"results": await self._answer(r, taken)})
+
+    async def _answer(self, r: SimRunner, taken: list[tuple[int, str]]) -> list[dict[str, Any]]:
+        """Each order's outcome, once its newly accepted tasks have started or
+        `start_reply_wait` has passed: a task that started says so in it."""
+        waits = {i: r.awaiting_reply.setdefault(i, asyncio.Event()) for i, status in taken if status == "accepted"}
+        if waits and self.start_reply_wait > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.start_reply_wait):
+                    for event in waits.values():
+                        await event.wait()
+        answers = []
+        for task_id, status in taken:
+            event = r.awaiting_reply.pop(task_id, None) if task_id in waits else None
+            answer = {"task_id": str(task_id), "status": status}
+            if event is not None and event.is_set():
+                answer["state"] = "running"
+                self.started_in_reply += 1
+            answers.append(answer)
+        return answers
 
     async def _control(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -450,7 +481,11 @@ class SimCluster:
             await asyncio.sleep(random.uniform(*self.start_delay))  # "container start"
             r.started.add(task_id)
             r.finishing.discard(task_id)
-            await self._report(r, task_id, {"state": "running"})
+            waiting = r.awaiting_reply.get(task_id)
+            if waiting is not None:
+                waiting.set()  # its order's answer says it runs
+            else:
+                await self._report(r, task_id, {"state": "running"})
             await asyncio.sleep(random.uniform(*self.task_runtime))
             # The container has exited: its cores are free before the Host hears of it.
             r.cores_used -= cores

@@ -79,6 +79,7 @@ from bench.harness import (
     proc_rss_mib,
 )
 from hakuriver.models import TaskState
+from hakuriver.runner.api import START_REPLY_WAIT_SECONDS
 from tests.harness.procs import free_port, runner_argv, runner_config
 
 
@@ -89,7 +90,7 @@ async def setup_throughput_host(
     host = HostSetup(root / "throughput")
     stack.callback(host.stop)
     await host.start(session)
-    sim = SimCluster(host, task_runtime=(args.task_min, args.task_max))
+    sim = SimCluster(host, task_runtime=(args.task_min, args.task_max), start_reply_wait=args.start_reply_wait / 1000)
     stack.push_async_callback(sim.close)
     names = [f"sim{i:03d}" for i in range(args.runners)]
     ports = await sim.start(names)
@@ -353,7 +354,7 @@ async def bench_throughput(
         "  per task: requests to the Host / to runners / database commits",
         f"{(accepted + len(sim.report_rtt) + len(hb_during)) / max(accepted, 1):.2f} / "
         f"{(sim.batches_taken + sim.singles_taken) / max(accepted, 1):.2f} / {commits / max(accepted, 1):.2f}"
-        f"  ({ops / max(commits, 1):.1f} writes per commit)",
+        f"  ({ops / max(commits, 1):.1f} writes per commit; {sim.started_in_reply} starts in order answers)",
     )
     # Dispatch delay for the tasks that found free cores at once: the first
     # 80 % of the cluster's slots, in id (= submission) order.
@@ -1188,6 +1189,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--task-min", type=float, default=1.0, help="simulated task runtime, lower bound (s)")
     p.add_argument("--task-max", type=float, default=3.0, help="simulated task runtime, upper bound (s)")
+    p.add_argument(
+        "--start-reply-wait",
+        type=float,
+        default=START_REPLY_WAIT_SECONDS * 1000,
+        metavar="MS",
+        help="throughput phase: how long a simulated runner's answer to an order waits for its tasks to start "
+        "(a real runner's bound; 0: answered at once, each start reported on its own)",
+    )
     p.add_argument("--drain-timeout", type=float, default=120.0)
     p.add_argument(
         "--rounds",

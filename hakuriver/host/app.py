@@ -132,10 +132,11 @@ async def _cluster(app: web.Application) -> AsyncIterator[None]:
     cluster = Cluster(app[CONFIG], app[DB], app[RUNNERS])
     assigning = await cluster.load()
     accounts = app[ACCOUNTS]
-    dispatcher = Dispatcher(cluster, accounts.unix_user_of, accounts.effective_limits)
+    reports = Reports(cluster)
+    dispatcher = Dispatcher(cluster, accounts.unix_user_of, accounts.effective_limits, reports)
     liveness = Liveness(cluster)
     app[CLUSTER], app[DISPATCHER], app[LIVENESS] = cluster, dispatcher, liveness
-    app[REPORTS], app[CONTROL] = Reports(cluster), TaskControl(cluster)
+    app[REPORTS], app[CONTROL] = reports, TaskControl(cluster)
     dispatcher.resume(assigning)
     loops = [asyncio.create_task(dispatcher.schedule_loop()), asyncio.create_task(liveness.liveness_loop())]
     yield

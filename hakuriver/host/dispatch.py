@@ -21,11 +21,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from ..models import SYSTEMD_CONTAINER, NodeResources, Task, TaskState
+from ..models import SYSTEMD_CONTAINER, NodeResources, RunnerReport, Task, TaskState
 from ..parsing import parse_mount
 from ..runrequest import RunRequest
 from .cluster import Cluster
-from .runner_client import SEND_ALONE, RunnerRejected, RunnerUnreachable
+from .reports import Reports
+from .runner_client import SEND_ALONE, STARTED, RunnerRejected, RunnerUnreachable, started
 from .scheduler import LimitsOf, Scheduler
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,11 @@ class Dispatcher:
         cluster: Cluster,
         unix_user_of: Callable[[str | None], str | None] = lambda _name: None,
         limits_of: LimitsOf | None = None,
+        reports: Reports | None = None,
     ):
         self.cluster = cluster
+        self.reports = reports if reports is not None else Reports(cluster)
+        """Applies the `running` reports that come in runners' answers to orders."""
         self.scheduler = Scheduler()
         self.unix_user_of = unix_user_of
         self.limits_of = limits_of
@@ -253,17 +257,32 @@ class Dispatcher:
         outcomes = await cluster.runners.run_tasks(node, [self.run_request(task).to_json() for task in tasks])
         alone = []
         ended = []
+        running = []
         for task, outcome in zip(tasks, outcomes, strict=True):
-            if outcome is SEND_ALONE:
+            if outcome == STARTED:
+                running.append(task)
+            elif outcome is SEND_ALONE:
                 alone.append(task)
             elif isinstance(outcome, RunnerRejected):
                 ended.append((task, f"runner {node.hostname} refused the task: {outcome.message}"))
             elif isinstance(outcome, RunnerUnreachable):
                 ended.append((task, f"dispatch to {node.hostname} failed: {outcome}"))
         await asyncio.gather(
+            self._started(node.hostname, running),
             *(self.dispatch(task) for task in alone),
             *(cluster.finish(task.id, TaskState.FAILED, error=error, attempt=task.attempt) for task, error in ended),
         )
+
+    async def _started(self, node_name: str, tasks: list[Task]) -> None:
+        """The runner answered the order of `tasks` once they had started: their
+        `running` reports came with the answer, applied as if sent on their own
+        (`Reports`: a task killed or moved meanwhile is left as it is)."""
+        if not tasks:
+            return
+        reports = [RunnerReport(task.id, TaskState.RUNNING, attempt=task.attempt) for task in tasks]
+        for task, outcome in zip(tasks, await self.reports.apply_reports(node_name, reports), strict=True):
+            if isinstance(outcome, Exception):
+                log.debug("task %s: the running state in %s's answer was not applied: %s", task.id, node_name, outcome)
 
     async def dispatch(self, task: Task) -> None:
         cluster = self.cluster
@@ -274,7 +293,7 @@ class Dispatcher:
             )
             return
         try:
-            await cluster.runners.run_task(node, self.run_request(task).to_json())
+            answer = await cluster.runners.run_task(node, self.run_request(task).to_json())
         except RunnerRejected as exc:
             await cluster.finish(
                 task.id,
@@ -289,3 +308,6 @@ class Dispatcher:
             await cluster.finish(
                 task.id, TaskState.FAILED, error=f"dispatch to {node.hostname} failed: {exc}", attempt=task.attempt
             )
+        else:
+            if started(answer):
+                await self._started(node.hostname, [task])

@@ -50,9 +50,14 @@ BATCH_RETRY_SECONDS = 600.0
 SEND_ALONE = None
 """A task's outcome in `run_tasks` when it must go by the single route instead."""
 
+STARTED = "started"
+"""A task's outcome in `run_tasks` when the runner took it and says it had
+started by the time it answered (`"state": "running"` beside its status):
+the task's `running` report, carried in the answer to its order."""
+
 Outcome = str | RunnerRejected | RunnerUnreachable | None
 """One task's outcome in a batch: the runner's status (`accepted`, `already_accepted`),
-its refusal, no answer, or `SEND_ALONE`."""
+`STARTED`, its refusal, no answer, or `SEND_ALONE`."""
 
 
 class RunnerClient:
@@ -173,7 +178,7 @@ def _outcome(node: NodeRecord, result: Any) -> Outcome:
         return SEND_ALONE
     status = result.get("status")
     if status in ("accepted", "already_accepted"):
-        return str(status)
+        return STARTED if started(result) else str(status)
     if status != "refused":
         return SEND_ALONE
     code = result.get("http_status")
@@ -184,6 +189,11 @@ def _outcome(node: NodeRecord, result: Any) -> Outcome:
     if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 500:
         return RunnerRejected(code, message)
     return RunnerUnreachable(f"runner at {node.url} answered {code}: {message}")
+
+
+def started(answer: Any) -> bool:
+    """Whether a runner's answer to an order says its task had started by then."""
+    return isinstance(answer, dict) and answer.get("state") == "running"
 
 
 def _chunks(encoded: list[bytes]) -> list[list[bytes]]:

@@ -17,11 +17,26 @@ from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
+START_REPLY_WAIT_SECONDS = 0.025
+"""How long the answer to an order waits for its tasks to start: those that
+started by then are reported `running` in it (the Host applies that as their
+report), which spares the Host a report request per task. A container that
+takes longer (an image to load) is reported on its own as before."""
+
 
 async def run_task(request: web.Request) -> web.Response:
+    """One task's order: 202 once it is persisted; its outcome says `"state":
+    "running"` when it started within `START_REPLY_WAIT_SECONDS`."""
     order = RunRequest.from_json(await read_json_object(request, RUN_FIELDS))
-    status = await request.app[SUPERVISOR].accept(order)
-    return json_response({"task_id": str(order.task_id), "status": status}, status=202)
+    supervisor = request.app[SUPERVISOR]
+    held = supervisor.notices.hold([order.task_id])
+    try:
+        status = await supervisor.accept(order)
+    except BaseException:
+        supervisor.notices.abandon(held)
+        raise
+    (answer,) = await _answer_once_started(supervisor, held, [{"task_id": str(order.task_id), "status": status}])
+    return json_response(answer, status=202)
 
 
 async def run_tasks(request: web.Request) -> web.Response:
@@ -44,10 +59,30 @@ async def run_tasks(request: web.Request) -> web.Response:
         except ValidationError as exc:
             raise ValidationError(f"tasks[{index}]: {exc.message}") from None
     supervisor = request.app[SUPERVISOR]
-    outcomes = await asyncio.gather(*(_accept(supervisor, item) for item in items))
-    return json_response(
-        {"results": [{"task_id": str(task_id), **outcome} for task_id, outcome in zip(ids, outcomes, strict=True)]}
-    )
+    # Held before any is accepted: a task taken early in the batch may start
+    # while the others are still being taken.
+    held = supervisor.notices.hold(ids)
+    try:
+        outcomes = await asyncio.gather(*(_accept(supervisor, item) for item in items))
+    except BaseException:
+        supervisor.notices.abandon(held)
+        raise
+    results = [{"task_id": str(task_id), **outcome} for task_id, outcome in zip(ids, outcomes, strict=True)]
+    return json_response({"results": await _answer_once_started(supervisor, held, results)})
+
+
+async def _answer_once_started(
+    supervisor: Supervisor, held: dict[int, asyncio.Event], results: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The order's `results`, once each task it newly accepted has started or
+    `START_REPLY_WAIT_SECONDS` have passed: a task that started says `"state":
+    "running"` in its outcome, and is not reported on its own (`Notices.release`)."""
+    accepted = [int(r["task_id"]) for r in results if r["status"] == "accepted"]
+    started = await supervisor.notices.release(held, accepted, START_REPLY_WAIT_SECONDS)
+    for result in results:
+        if int(result["task_id"]) in started:
+            result["state"] = "running"
+    return results
 
 
 async def _accept(supervisor: Supervisor, item: dict[str, Any]) -> dict[str, Any]:

@@ -31,9 +31,11 @@ re-arms the deadline of every task it adopts from the persisted start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,16 +67,67 @@ class Notices:
       `take_started()`; `new_start` is set with each.
     - `result_recorded()`: a result is in the state store's outbox;
       `new_result` is set.
+
+    While the answer to a task's order is being made, its start is not
+    queued: the answer says the task runs, so the
+    Host hears of it once, without a report request of its own (`hold`, `release`).
     """
 
     def __init__(self) -> None:
         self._started: list[int] = []
+        self._answering: dict[int, asyncio.Event] = {}
         self.new_start = asyncio.Event()
         self.new_result = asyncio.Event()
 
     def task_started(self, task_id: int) -> None:
+        answering = self._answering.get(task_id)
+        if answering is not None:
+            answering.set()  # the answer to its order carries it
+            return
         self._started.append(task_id)
         self.new_start.set()
+
+    def hold(self, task_ids: Iterable[int]) -> dict[int, asyncio.Event]:
+        """Hold the starts of `task_ids` back from the queue: the answer to
+        their order is being made. Returns what to pass to `release`: the ids
+        it took (one another answer holds already stays with that one)."""
+        held: dict[int, asyncio.Event] = {}
+        for task_id in task_ids:
+            if task_id not in self._answering:
+                held[task_id] = self._answering[task_id] = asyncio.Event()
+        return held
+
+    async def release(self, held: dict[int, asyncio.Event], wait_for: Collection[int], wait: float) -> set[int]:
+        """Wait at most `wait` seconds for each held id in `wait_for` (those the
+        order newly accepted) to start, then stop holding them all; return the
+        ids of `wait_for` that started while held. The caller's answer must say
+        they run: they are never queued. Any other start held meanwhile is
+        queued. Cancelled (no answer goes out), it queues them all."""
+        waits = [held[task_id] for task_id in wait_for if task_id in held]
+        try:
+            if waits:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        for event in waits:
+                            await event.wait()
+        except BaseException:
+            self.abandon(held)
+            raise
+        answered = {task_id for task_id in wait_for if task_id in held and held[task_id].is_set()}
+        for task_id in held:
+            self._answering.pop(task_id, None)
+        for task_id in sorted(held):
+            if held[task_id].is_set() and task_id not in answered:
+                self.task_started(task_id)
+        return answered
+
+    def abandon(self, held: dict[int, asyncio.Event]) -> None:
+        """Stop holding: no answer will say these tasks run. Those that started meanwhile are queued."""
+        for task_id in held:
+            self._answering.pop(task_id, None)
+        for task_id in sorted(held):
+            if held[task_id].is_set():
+                self.task_started(task_id)
 
     def take_started(self) -> list[int]:
         """The ids posted since the last take, oldest first."""

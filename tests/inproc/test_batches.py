@@ -7,6 +7,10 @@ Runner apps in one loop (real SQLite files, the fake executor).
 - The Host sends the tasks one pass placed on a node in one request (the
   runner's `POST /api/tasks/batch`), which the runner takes exactly as it
   takes each task alone: idempotent per id, persisted before it answers.
+- A runner answers an order once its tasks have started (at most
+  `START_REPLY_WAIT_SECONDS`): a task that started says so in the answer,
+  which the Host applies as its `running` report; the runner sends no report
+  of its own for it. A slower start is reported on its own.
 - Against an older peer (a Host or a runner without the batch route) each
   side falls back to one request per report or task.
 
@@ -24,9 +28,11 @@ import aiohttp
 import pytest
 
 from hakuriver.host import app as host_app
+from hakuriver.host.dispatch import Dispatcher
 from hakuriver.host.reports import Reports
 from hakuriver.host.runner_client import RunnerClient
 from hakuriver.models import RunnerReport
+from hakuriver.runner import api as runner_api
 from hakuriver.runner import app as runner_app
 from hakuriver.runner.keys import STATE
 from hakuriver.runrequest import RunRequest
@@ -36,22 +42,28 @@ from .cluster import DEFAULT_ENV, InProcCluster, InProcRunner
 from .conftest import ClusterFactory
 
 _SINGLE = contextvars.ContextVar("single_report", default=False)
+_IN_ANSWER = contextvars.ContextVar("report_in_answer", default=False)
 
 
 class ReportSpy:
     """What reached `Reports.apply_reports` through the batch route
-    (`batches`: each call's (task id, state) in order), and through the
-    single route (`singles`)."""
+    (`batches`: each call's (task id, state) in order), through the single
+    route (`singles`), and in runners' answers to orders (`in_answers`,
+    `Dispatcher._started`)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.batches: list[list[tuple[str, str]]] = []
         self.singles: list[tuple[str, str]] = []
-        many, one = Reports.apply_reports, Reports.apply_report
+        self.in_answers: list[tuple[str, str]] = []
+        many, one, started = Reports.apply_reports, Reports.apply_report, Dispatcher._started
         spy = self
 
         async def apply_reports(self: Reports, node: str, reports: list[RunnerReport]) -> Any:
-            if not _SINGLE.get():
-                spy.batches.append([(str(r.task_id), str(r.state)) for r in reports])
+            seen = [(str(r.task_id), str(r.state)) for r in reports]
+            if _IN_ANSWER.get():
+                spy.in_answers.extend(seen)
+            elif not _SINGLE.get():
+                spy.batches.append(seen)
             return await many(self, node, reports)
 
         async def apply_report(self: Reports, node: str, task_id: int, state: Any, **fields: Any) -> Any:
@@ -62,8 +74,20 @@ class ReportSpy:
             finally:
                 _SINGLE.reset(token)
 
+        async def answered(self: Dispatcher, node: str, tasks: Any) -> None:
+            token = _IN_ANSWER.set(True)
+            try:
+                await started(self, node, tasks)
+            finally:
+                _IN_ANSWER.reset(token)
+
         monkeypatch.setattr(Reports, "apply_reports", apply_reports)
         monkeypatch.setattr(Reports, "apply_report", apply_report)
+        monkeypatch.setattr(Dispatcher, "_started", answered)
+
+    def sent(self) -> list[tuple[str, str]]:
+        """Every report the runner sent in a request of its own (either route)."""
+        return [*self.sequence(), *self.singles]
 
     def sequence(self) -> list[tuple[str, str]]:
         return [item for batch in self.batches for item in batch]
@@ -116,6 +140,8 @@ def messages(caplog: pytest.LogCaptureFixture, words: str) -> list[str]:
 async def test_reports_go_in_batches_and_running_before_the_result(
     inproc: InProcCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Every start reported on its own, as a start slower than the bound is.
+    monkeypatch.setattr(runner_api, "START_REPLY_WAIT_SECONDS", 0.0)
     reports = ReportSpy(monkeypatch)
     dispatch = DispatchSpy(monkeypatch)
     await inproc.add_runner("n1")
@@ -130,6 +156,43 @@ async def test_reports_go_in_batches_and_running_before_the_result(
     for task_id in ids:
         assert (task_id, "running") in seen and (task_id, "completed") in seen, seen
         assert seen.index((task_id, "running")) < seen.index((task_id, "completed"))
+
+
+async def test_tasks_that_start_at_once_are_running_in_the_answer_to_their_order(
+    inproc: InProcCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reports = ReportSpy(monkeypatch)
+    dispatch = DispatchSpy(monkeypatch)
+    await inproc.add_runner("n1")
+    await two_cores(inproc, "n1")
+    alone = await inproc.submit(["fake", "hang"], cores=1)
+    await inproc.wait_state(alone, "running")
+    await inproc.client.kill(alone)  # its core, for the pair
+    await inproc.wait_state(alone, "killed")
+    pair = await array(inproc, ["fake", "hang"], "0-1")
+    for task_id in pair:
+        await inproc.wait_state(task_id, "running")
+    assert dispatch.singles == [alone] and dispatch.batches == [pair]
+    # The Host heard of each start once, in the runner's answer, not in a report of its own.
+    assert sorted(reports.in_answers) == sorted((i, "running") for i in [alone, *pair])
+    assert not [r for r in reports.sent() if r[1] == "running"], reports.sent()
+    for task_id in pair:
+        await inproc.client.kill(task_id)
+        await inproc.wait_state(task_id, "killed")
+
+
+async def test_a_start_slower_than_the_answer_is_reported_on_its_own(
+    inproc: InProcCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_api, "START_REPLY_WAIT_SECONDS", 0.0)  # the answer never waits
+    reports = ReportSpy(monkeypatch)
+    await inproc.add_runner("n1")
+    task_id = await inproc.submit(["fake", "hang"], cores=1)
+    await inproc.wait_state(task_id, "running")
+    assert reports.in_answers == []
+    assert (task_id, "running") in reports.sent()
+    await inproc.client.kill(task_id)
+    await inproc.wait_state(task_id, "killed")
 
 
 async def test_a_restarted_runner_delivers_its_outbox_in_one_batch(
@@ -171,7 +234,8 @@ async def test_an_older_host_gets_each_report_alone(
     done = (await inproc.client.wait(ids, timeout=20))["tasks"]
     assert [(t["state"], t["exit_code"]) for t in done] == [("completed", 0), ("failed", 2)]
     assert reports.batches == []
-    assert {(ids[0], "running"), (ids[0], "completed"), (ids[1], "running"), (ids[1], "failed")} <= set(reports.singles)
+    assert {(ids[0], "completed"), (ids[1], "failed")} <= set(reports.singles)
+    assert {(i, "running") for i in ids} <= set(reports.singles) | set(reports.in_answers)
     # Asked once, then remembered.
     assert len(messages(caplog, "no batch route for reports")) == 1
 
