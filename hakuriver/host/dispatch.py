@@ -280,8 +280,13 @@ class Dispatcher:
         if not tasks:
             return
         reports = [RunnerReport(task.id, TaskState.RUNNING, attempt=task.attempt) for task in tasks]
-        for task, outcome in zip(tasks, await self.reports.apply_reports(node_name, reports), strict=True):
-            if isinstance(outcome, Exception):
+        try:
+            outcomes = await self.reports.apply_reports(node_name, reports)
+        except Exception:  # the task is dispatched: its runner's heartbeat says it runs
+            log.exception("applying the running state in %s's answer failed", node_name)
+            return
+        for task, outcome in zip(tasks, outcomes, strict=True):
+            if isinstance(outcome, Exception):  # killed or retried meanwhile: as a late report
                 log.debug("task %s: the running state in %s's answer was not applied: %s", task.id, node_name, outcome)
 
     async def dispatch(self, task: Task) -> None:

@@ -80,8 +80,15 @@ async def _answer_once_started(
     accepted = [int(r["task_id"]) for r in results if r["status"] == "accepted"]
     started = await supervisor.notices.release(held, accepted, START_REPLY_WAIT_SECONDS)
     for result in results:
-        if int(result["task_id"]) in started:
+        task_id = int(result["task_id"])
+        if task_id in started:
             result["state"] = "running"
+        elif result["status"] == "already_accepted":
+            # A copy of an order answered before (a restarted Host sends its
+            # `assigning` tasks again): that answer may never have been read.
+            entry = supervisor.tasks.get(task_id)
+            if entry is not None and entry.started and not entry.paused and not entry.kill_requested:
+                result["state"] = "running"
     return results
 
 

@@ -113,21 +113,41 @@ class Notices:
         except BaseException:
             self.abandon(held)
             raise
-        answered = {task_id for task_id in wait_for if task_id in held and held[task_id].is_set()}
-        for task_id in held:
-            self._answering.pop(task_id, None)
-        for task_id in sorted(held):
-            if held[task_id].is_set() and task_id not in answered:
-                self.task_started(task_id)
-        return answered
+        return self._stop_holding(held, set(wait_for))
 
     def abandon(self, held: dict[int, asyncio.Event]) -> None:
         """Stop holding: no answer will say these tasks run. Those that started meanwhile are queued."""
-        for task_id in held:
-            self._answering.pop(task_id, None)
+        self._stop_holding(held, set())
+
+    def _stop_holding(self, held: dict[int, asyncio.Event], answerable: set[int]) -> set[int]:
+        """Stop holding what is still held for this answer (`ending` may have
+        taken an id back); the started ids of `answerable` are the answer's,
+        the other starts are queued, in id order."""
+        answered = set()
         for task_id in sorted(held):
-            if held[task_id].is_set():
+            event = held[task_id]
+            if self._answering.get(task_id) is not event:
+                continue  # taken back (`ending`): its start is queued already
+            del self._answering[task_id]
+            if not event.is_set():
+                continue
+            if task_id in answerable:
+                answered.add(task_id)
+            else:
                 self.task_started(task_id)
+        return answered
+
+    def ending(self, task_id: int) -> None:
+        """The task is about to record its result. A start still held for an
+        answer is queued now: the Host must hear of the start before the end
+        (the report queue sends starts first), and the answer, which may wait
+        for other tasks, could come after the result."""
+        event = self._answering.pop(task_id, None)
+        if event is None:
+            return
+        if event.is_set():
+            self.task_started(task_id)
+        event.set()  # the answer need not wait for it any longer
 
     def take_started(self) -> list[int]:
         """The ids posted since the last take, oldest first."""
@@ -459,6 +479,7 @@ class Supervisor:
     async def _finish(self, entry: Supervised, result: ExitResult) -> None:
         if entry.deadline is not None and entry.deadline is not asyncio.current_task():
             entry.deadline.cancel()
+        self.notices.ending(entry.task_id)
         await self.state.record_result(entry.task_id, result, time.time(), attempt=entry.request.attempt)
         self.tasks.pop(entry.task_id, None)
         self.notices.result_recorded()

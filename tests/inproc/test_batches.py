@@ -181,6 +181,28 @@ async def test_tasks_that_start_at_once_are_running_in_the_answer_to_their_order
         await inproc.wait_state(task_id, "killed")
 
 
+async def test_a_task_that_ends_before_its_answer_is_started_then_ended_on_the_host(
+    inproc: InProcCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer to an order waits for its slowest task; a sibling that
+    started and ended meanwhile is told to the Host as started, then ended, by
+    the report queue: its record has its start (usage accounting and run
+    times read it), and its end is not held up."""
+    monkeypatch.setattr(runner_api, "START_REPLY_WAIT_SECONDS", 5.0)  # under the Host's 10 s order timeout
+    runner = await inproc.add_runner("n1", hold_start=True)
+    await two_cores(inproc, "n1")
+    quick, slow = await array(inproc, ["fake", "exit", "0"], "0-1")
+    docker = runner.docker
+    await apoll(lambda: docker.waiting_to_start(quick) and docker.waiting_to_start(slow), timeout=20, what="both held")
+    docker.release_start(quick)
+    ended = await inproc.wait_state(quick, "completed")  # while the answer still waits for `slow`
+    assert ended["started_at"] is not None and ended["started_at"] <= ended["finished_at"], ended
+    assert docker.waiting_to_start(slow)
+    docker.release_start(slow)
+    done = await inproc.wait_state(slow, "completed")
+    assert done["started_at"] is not None, done
+
+
 async def test_a_start_slower_than_the_answer_is_reported_on_its_own(
     inproc: InProcCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:

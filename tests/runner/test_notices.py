@@ -72,3 +72,16 @@ async def test_abandon_queues_what_started() -> None:
     notices.task_started(3)
     notices.abandon(held)  # the order was refused as a whole after the hold
     assert notices.take_started() == [3]
+
+
+async def test_a_task_that_ends_while_held_has_its_start_queued_before_its_end() -> None:
+    """Its result goes out through the report queue, starts first; the answer,
+    which may still wait for other tasks, would come after it."""
+    notices = Notices()
+    held = notices.hold([1, 2])
+    notices.task_started(1)
+    notices.ending(1)  # 1 ran and ended before the answer: its start is queued now
+    assert notices.take_started() == [1]
+    notices.ending(2)  # 2 failed to start: nothing to queue, and the answer stops waiting for it
+    assert await notices.release(held, [1, 2], wait=60.0) == set()
+    assert notices.take_started() == []
