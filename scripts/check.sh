@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The fast check: lint, format, types, man pages and the tests that need no Docker or systemd.
-# Well under a minute on a 2-core machine; the first step of .ci/run and what pre-commit runs.
+# The fast check: lint, format, types, man pages and the tests that need no Docker, systemd or browser.
+# A few minutes on a 2-core machine (the lint steps, seconds); the first step of .ci/run and what
+# pre-commit runs (--no-tests).
 #
 #   bash scripts/check.sh            # everything
 #   bash scripts/check.sh --no-tests # lint, format, types, man pages only (pre-commit)
@@ -38,10 +39,9 @@ step "ruff format" "$VENV/bin/ruff" format --check --quiet hakuriver tests bench
 step "mypy" "$VENV/bin/mypy"
 step "man pages" "$VENV/bin/python" -m hakuriver.deploy.manpages --check
 if ((TESTS)); then
-    # The in-process tier: real aiohttp servers on loopback, real SQLite files, fake executors.
-    step "fast tests" "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-        -m "not docker and not systemd and not conformance" tests \
-        --ignore=tests/test_harness.py --ignore=tests/integration --ignore=tests/environments
+    # The in-process tier: real aiohttp servers on loopback, real SQLite files, fake executors
+    # (which tests those are: tests/conftest.py, in_fast_tier).
+    step "fast tests" env HAKURIVER_TIER=fast "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests
 fi
 log "total: $((SECONDS - T_START))s"
 ((RC == 0)) || die "the fast check failed"
