@@ -47,6 +47,7 @@ from typing import Any
 
 import aiohttp
 import toml
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import harness
 from bench.dashboards import Dashboards
@@ -164,11 +165,7 @@ async def db_commits(session: aiohttp.ClientSession, host: HostSetup) -> tuple[f
     """The Host's group commits so far and the write operations they carried (from /metrics)."""
     async with session.get(host.url + "/metrics", headers=host.headers) as resp:
         text = await resp.text()
-    found = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("hakuriver_db_commit_operations_count", "hakuriver_db_commit_operations_sum"):
-            found[name] = float(value)
+    found = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
     return found.get("hakuriver_db_commit_operations_count", 0.0), found.get("hakuriver_db_commit_operations_sum", 0.0)
 
 

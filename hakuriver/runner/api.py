@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -29,13 +30,11 @@ async def run_task(request: web.Request) -> web.Response:
     "running"` when it started within `START_REPLY_WAIT_SECONDS`."""
     order = RunRequest.from_json(await read_json_object(request, RUN_FIELDS))
     supervisor = request.app[SUPERVISOR]
-    held = supervisor.notices.hold([order.task_id])
-    try:
-        status = await supervisor.accept(order)
-    except BaseException:
-        supervisor.notices.abandon(held)
-        raise
-    (answer,) = await _answer_once_started(supervisor, held, [{"task_id": str(order.task_id), "status": status}])
+
+    async def take() -> list[dict[str, Any]]:
+        return [{"task_id": str(order.task_id), "status": await supervisor.accept(order)}]
+
+    (answer,) = await _take_and_answer(supervisor, [order.task_id], take)
     return json_response(answer, status=202)
 
 
@@ -59,24 +58,29 @@ async def run_tasks(request: web.Request) -> web.Response:
         except ValidationError as exc:
             raise ValidationError(f"tasks[{index}]: {exc.message}") from None
     supervisor = request.app[SUPERVISOR]
-    # Held before any is accepted: a task taken early in the batch may start
-    # while the others are still being taken.
+
+    async def take() -> list[dict[str, Any]]:
+        outcomes = await asyncio.gather(*(_accept(supervisor, item) for item in items))
+        return [{"task_id": str(task_id), **outcome} for task_id, outcome in zip(ids, outcomes, strict=True)]
+
+    return json_response({"results": await _take_and_answer(supervisor, ids, take)})
+
+
+async def _take_and_answer(
+    supervisor: Supervisor, ids: list[int], take: Callable[[], Awaitable[list[dict[str, Any]]]]
+) -> list[dict[str, Any]]:
+    """An order's outcomes (`take()` accepts its tasks), once each task it
+    newly accepted has started or `START_REPLY_WAIT_SECONDS` have passed: a
+    task that started says `"state": "running"` in its outcome, and is not
+    reported on its own (`Notices.release`). The starts are held before any
+    task is accepted: one taken early in a batch may start while the others
+    are still being taken."""
     held = supervisor.notices.hold(ids)
     try:
-        outcomes = await asyncio.gather(*(_accept(supervisor, item) for item in items))
+        results = await take()
     except BaseException:
         supervisor.notices.abandon(held)
         raise
-    results = [{"task_id": str(task_id), **outcome} for task_id, outcome in zip(ids, outcomes, strict=True)]
-    return json_response({"results": await _answer_once_started(supervisor, held, results)})
-
-
-async def _answer_once_started(
-    supervisor: Supervisor, held: dict[int, asyncio.Event], results: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """The order's `results`, once each task it newly accepted has started or
-    `START_REPLY_WAIT_SECONDS` have passed: a task that started says `"state":
-    "running"` in its outcome, and is not reported on its own (`Notices.release`)."""
     accepted = [int(r["task_id"]) for r in results if r["status"] == "accepted"]
     started = await supervisor.notices.release(held, accepted, START_REPLY_WAIT_SECONDS)
     for result in results:
